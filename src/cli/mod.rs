@@ -1,0 +1,56 @@
+//! The command line: one module per subcommand, each starting with what it does. Results
+//! go to stdout (a table, or one JSON object with `--json`); progress and logs to stderr.
+
+mod forward;
+mod model_args;
+mod summary;
+
+use clap::{Parser, Subcommand};
+
+pub use model_args::ModelArgs;
+
+/// DenseNets (Huang et al., CVPR 2017) on the CPU: summarise, run, train and analyse every
+/// DenseNet of the paper, with parity to PyTorch and the memory-efficient design.
+#[derive(Parser, Debug)]
+#[command(name = "densenet", version, about, long_about = None)]
+pub struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Per-stage shapes, parameters and multiply-accumulates of a model.
+    Summary(summary::Args),
+    /// Run a model on tensors from a safetensors file (eval logits, or a training step's
+    /// logits, loss, gradients and running statistics with --train).
+    Forward(forward::Args),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot start {t} threads: {e}"))?;
+    }
+    match cli.command {
+        Command::Summary(a) => summary::run(a),
+        Command::Forward(a) => forward::run(a),
+    }
+}
+
+/// Prints a serde value as pretty JSON with a trailing newline.
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}

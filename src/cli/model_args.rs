@@ -1,0 +1,116 @@
+//! `--model` and the options that adjust a preset (classes, input channels, dropout, the
+//! B and C choices), shared by every subcommand that builds a network.
+
+use crate::config::{DenseNetConfig, Stem};
+use anyhow::Context;
+
+/// Which model to build.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model: densenet-L-k (plain), densenet-bc-L-k (bottleneck, θ=0.5), densenet-b-L-k,
+    /// densenet-c-L-k, densenet121/161/169/201/264, or a JSON config object.
+    #[arg(long, short = 'm', value_name = "MODEL")]
+    pub model: String,
+    #[command(flatten)]
+    pub adjust: ModelAdjust,
+}
+
+/// Options that change a preset.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ModelAdjust {
+    /// Number of classes (default: 10 for the CIFAR family, 1000 for ImageNet models).
+    #[arg(long, value_name = "N")]
+    pub classes: Option<usize>,
+    /// Input channels: 3 (RGB) or 1 (grey).
+    #[arg(long, value_name = "C")]
+    pub in_channels: Option<usize>,
+    /// Dropout rate after every convolution but the first (the paper: 0.2 without
+    /// augmentation).
+    #[arg(long, value_name = "P")]
+    pub drop_rate: Option<f32>,
+    /// DenseNet-B: use bottleneck layers (CIFAR family; changes layers per block).
+    #[arg(long, value_name = "BOOL")]
+    pub bottleneck: Option<bool>,
+    /// DenseNet-C: compression θ of the transitions, in (0, 1].
+    #[arg(long, value_name = "THETA")]
+    pub compression: Option<f64>,
+}
+
+impl ModelAdjust {
+    /// Applies the adjustments to a parsed preset.
+    pub fn apply(&self, mut cfg: DenseNetConfig) -> anyhow::Result<DenseNetConfig> {
+        if self.bottleneck.is_some() || self.compression.is_some() {
+            let b = self.bottleneck.unwrap_or(cfg.bottleneck);
+            let theta = self.compression.unwrap_or(cfg.compression);
+            if cfg.stem == Stem::Cifar {
+                // keep L: the same depth with or without bottleneck (the paper's naming)
+                let per = if cfg.bottleneck { 6 } else { 3 };
+                let depth = per * cfg.block_config[0] + 4;
+                let keep = cfg.clone();
+                cfg = DenseNetConfig::cifar(depth, cfg.growth_rate, b, theta)?;
+                cfg.in_channels = keep.in_channels;
+                cfg.num_classes = keep.num_classes;
+                cfg.drop_rate = keep.drop_rate;
+            } else {
+                cfg.bottleneck = b;
+                cfg.compression = theta;
+            }
+        }
+        if let Some(n) = self.classes {
+            cfg.num_classes = n;
+        }
+        if let Some(c) = self.in_channels {
+            anyhow::ensure!(c == 1 || c == 3, "--in-channels must be 1 or 3, got {c}");
+            cfg.in_channels = c;
+        }
+        if let Some(p) = self.drop_rate {
+            cfg.drop_rate = p;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl ModelArgs {
+    /// The configuration these arguments describe.
+    pub fn resolve(&self) -> anyhow::Result<DenseNetConfig> {
+        let cfg = DenseNetConfig::from_name(&self.model)
+            .with_context(|| format!("--model {}", self.model))?;
+        self.adjust.apply(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjustments() {
+        let a = ModelArgs {
+            model: "densenet-bc-100-12".into(),
+            adjust: ModelAdjust {
+                classes: Some(100),
+                bottleneck: Some(false),
+                ..Default::default()
+            },
+        };
+        let c = a.resolve().unwrap();
+        // DenseNet-C L=100: 32 layers per block
+        assert_eq!(
+            (c.block_config[0], c.num_classes, c.compression),
+            (32, 100, 0.5)
+        );
+        let bad = ModelArgs {
+            model: "densenet-40-12".into(),
+            adjust: ModelAdjust {
+                compression: Some(1.5),
+                ..Default::default()
+            },
+        };
+        assert!(bad
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("compression"));
+    }
+}

@@ -1,0 +1,32 @@
+//! # densenet
+//!
+//! DenseNets (Huang, Liu, van der Maaten, Weinberger, *Densely Connected Convolutional
+//! Networks*, CVPR 2017) on the CPU: a specialised engine with explicit forward and backward
+//! passes, parity with PyTorch, and the memory-efficient design of Pleiss et al. (shared
+//! storage for concatenations, recomputation of BN-ReLU and bottleneck outputs).
+//!
+//! The crate is laid out by concern:
+//! - [`config`]: what a DenseNet is (presets, validation);
+//! - [`ops`]: the engine's operations, forward and backward;
+//! - [`net`]: the network: parameter table, dense layer, transition, forward/backward;
+//! - [`memory`]: the memory plan that decides where every activation lives;
+//! - [`optim`]: SGD with Nesterov momentum;
+//! - [`weights`]: safetensors and PyTorch `.pth` checkpoints with torchvision key names;
+//! - [`summary`]: per-stage shapes, parameters and multiply-accumulates.
+
+pub mod atomic;
+pub mod cli;
+pub mod config;
+pub mod memory;
+pub mod net;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod summary;
+pub mod tensor;
+pub mod weights;
+
+pub use config::{ConfigError, DenseNetConfig, Stem};
+pub use memory::{MemoryMode, MemoryPlan};
+pub use net::Network;

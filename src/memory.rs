@@ -1,0 +1,432 @@
+//! The memory plan: where every activation lives, decided once per batch size.
+//!
+//! Pleiss et al. (*Memory-Efficient Implementation of DenseNets*, 2017) observe that a
+//! naive DenseNet allocates, at every layer ℓ, a fresh concatenation of all earlier maps and
+//! a fresh BN-ReLU output of it: Θ(ℓ) floats per layer, Θ(L²) in all. Their fix, which this
+//! plan implements, keeps across the forward pass only what is linear in depth:
+//!
+//! - **the block buffer**: each dense block's features live in one `[C_out][N·H·W]` buffer;
+//!   layer ℓ reads the contiguous prefix of its `m` input channels and appends its k
+//!   output channels after it, so concatenation copies nothing;
+//! - **per-channel batch statistics** of that buffer (a channel's batch mean and variance
+//!   are the same for every layer that normalises it, so they are computed once);
+//! - **a gradient buffer** of the same shape per block, where every reader of a channel
+//!   accumulates its gradient.
+//!
+//! The BN-ReLU output `A` of a layer's input, the bottleneck output `B` and its BN-ReLU
+//! `C` live in **scratch buffers shared by all layers** and are recomputed during the
+//! backward pass from the block buffer and the stored statistics ([`MemoryMode::Efficient`]).
+//! [`MemoryMode::Naive`] instead keeps `A`, `B` and `C` of every layer, as a framework that
+//! materialises each concatenation would: it is the reference for memory and time.
+//!
+//! Buffers are sized for the largest batch and reused for smaller ones; nothing is
+//! allocated inside a step.
+
+use crate::config::Stem;
+use crate::net::Architecture;
+use crate::ops::conv::{col_len, ConvShape};
+use serde::{Deserialize, Serialize};
+
+/// Where intermediate results of dense layers live during training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryMode {
+    /// Shared scratch storage, recomputed in the backward pass: memory linear in depth.
+    #[default]
+    Efficient,
+    /// Every layer keeps its own BN-ReLU and bottleneck outputs: memory quadratic in depth.
+    Naive,
+}
+
+impl std::str::FromStr for MemoryMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "efficient" => Ok(MemoryMode::Efficient),
+            "naive" => Ok(MemoryMode::Naive),
+            _ => Err(format!(
+                "unknown memory mode '{s}' (expected efficient or naive)"
+            )),
+        }
+    }
+}
+
+/// im2col scratch budget in floats (16 MiB): big enough that the GEMMs stay efficient
+/// (thousands of columns), small enough not to matter next to the block buffers.
+const COL_BUDGET: usize = 4 << 20;
+
+/// Floats kept by one dense layer in naive mode: its `A`, `B` and `C`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct KeptLayer {
+    /// BN-ReLU of the layer's input, `m × len`.
+    pub a: usize,
+    /// Bottleneck output, `bn_size·k × len` (0 without bottleneck).
+    pub b: usize,
+    /// BN-ReLU of the bottleneck output (0 without bottleneck).
+    pub c: usize,
+}
+
+/// Sizes (in floats, unless named otherwise) of every activation buffer for one batch size.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    /// Largest batch the buffers hold.
+    pub batch: usize,
+    /// Memory mode.
+    pub mode: MemoryMode,
+    /// Whether the plan supports backward passes.
+    pub training: bool,
+    /// The input, channel-major.
+    pub input: usize,
+    /// The input gradient (training only).
+    pub input_grad: usize,
+    /// ImageNet stem: the 7×7 convolution's output (BN0's input).
+    pub stem_z: usize,
+    /// ImageNet stem: the max pool's argmax (u32 entries).
+    pub stem_argmax: usize,
+    /// Each block's feature buffer.
+    pub block_feats: Vec<usize>,
+    /// Each block's gradient buffer (training only).
+    pub block_grads: Vec<usize>,
+    /// Naive mode: what each dense layer keeps, per block.
+    pub kept_layers: Vec<Vec<KeptLayer>>,
+    /// Naive mode: each transition's kept BN-ReLU output.
+    pub kept_transitions: Vec<usize>,
+    /// Shared scratch: BN-ReLU of a layer's input (and the stem's ReLU output).
+    pub scratch_a: usize,
+    /// Shared scratch: gradient of `A` for 3×3 layers without bottleneck.
+    pub scratch_da: usize,
+    /// Shared scratch: bottleneck output `B`.
+    pub scratch_b: usize,
+    /// Shared scratch: `C`, then the gradient of `B`.
+    pub scratch_c: usize,
+    /// Shared scratch: gradient of `C`.
+    pub scratch_dc: usize,
+    /// Shared scratch: a transition's full-resolution output and its gradient, dropout.
+    pub scratch_tmp: usize,
+    /// im2col scratch.
+    pub col: usize,
+    /// Statistics, pooled features, logits and other per-channel vectors.
+    pub small: usize,
+}
+
+impl MemoryPlan {
+    /// Plans the buffers of `arch` for batches of up to `batch` images.
+    pub fn new(arch: &Architecture, batch: usize, mode: MemoryMode, training: bool) -> Self {
+        let cfg = &arch.config;
+        let n = batch.max(1);
+        let s = cfg.input_size;
+        let naive = training && mode == MemoryMode::Naive;
+        let width = cfg.bn_size * cfg.growth_rate;
+        let k = cfg.growth_rate;
+        let mut plan = MemoryPlan {
+            batch: n,
+            mode,
+            training,
+            input: cfg.in_channels * n * s * s,
+            input_grad: if training {
+                cfg.in_channels * n * s * s
+            } else {
+                0
+            },
+            stem_z: 0,
+            stem_argmax: 0,
+            block_feats: vec![],
+            block_grads: vec![],
+            kept_layers: vec![],
+            kept_transitions: vec![],
+            scratch_a: 0,
+            scratch_da: 0,
+            scratch_b: 0,
+            scratch_c: 0,
+            scratch_dc: 0,
+            scratch_tmp: 0,
+            col: 0,
+            small: 0,
+        };
+        let col_for = |sh: ConvShape| {
+            let per = sh.col_per_sample().max(1);
+            col_len(&sh, (COL_BUDGET / per).max(1))
+        };
+        let mut col = col_for(arch.conv0.shape(n, s));
+        let mut small = 0;
+        if cfg.stem == Stem::ImageNet {
+            let z = arch.stem_conv_size(s);
+            plan.stem_z = cfg.init_features * n * z * z;
+            plan.stem_argmax = cfg.init_features * n * arch.blocks[0].size.pow(2);
+            // the ReLU output feeds the max pool (forward) and receives its gradient
+            plan.scratch_a = plan.stem_z;
+            // BN0's input gradient
+            if training {
+                plan.scratch_tmp = plan.stem_z;
+            }
+            small += 3 * cfg.init_features;
+        }
+        for block in &arch.blocks {
+            let len = n * block.size * block.size;
+            plan.block_feats.push(block.c_out * len);
+            if training {
+                plan.block_grads.push(block.c_out * len);
+            }
+            small += 3 * block.c_out;
+            let mut kept = vec![];
+            for layer in &block.layers {
+                let m = layer.c_in;
+                let bottleneck = layer.bottleneck.is_some();
+                let (a, bc) = (m * len, if bottleneck { width * len } else { 0 });
+                if naive {
+                    kept.push(KeptLayer { a, b: bc, c: bc });
+                } else {
+                    plan.scratch_a = plan.scratch_a.max(a);
+                    plan.scratch_b = plan.scratch_b.max(bc);
+                    plan.scratch_c = plan.scratch_c.max(bc);
+                }
+                if training {
+                    if bottleneck {
+                        plan.scratch_dc = plan.scratch_dc.max(bc);
+                    } else {
+                        plan.scratch_da = plan.scratch_da.max(a);
+                    }
+                    if cfg.drop_rate > 0.0 {
+                        plan.scratch_tmp = plan.scratch_tmp.max(k * len);
+                    }
+                }
+                small += 3 * width;
+                let conv3 = layer
+                    .bottleneck
+                    .as_ref()
+                    .map(|(_, c)| c)
+                    .unwrap_or(&layer.conv1);
+                col = col.max(col_for(conv3.shape(n, block.size)));
+            }
+            plan.kept_layers.push(kept);
+            if let Some(t) = &block.transition {
+                let a = block.c_out * len;
+                if naive {
+                    plan.kept_transitions.push(a);
+                } else {
+                    plan.kept_transitions.push(0);
+                    plan.scratch_a = plan.scratch_a.max(a);
+                }
+                plan.scratch_tmp = plan.scratch_tmp.max(t.conv.cout * len);
+            }
+        }
+        let cf = cfg.final_channels();
+        small += 2 * cf * n + 2 * n * cfg.num_classes + 2 * cf.max(width);
+        plan.col = col;
+        plan.small = small;
+        plan
+    }
+
+    /// Bytes of activation memory the plan allocates (all buffers above).
+    pub fn activation_bytes(&self) -> usize {
+        let kept: usize = self
+            .kept_layers
+            .iter()
+            .flatten()
+            .map(|k| k.a + k.b + k.c)
+            .sum::<usize>()
+            + self.kept_transitions.iter().sum::<usize>();
+        let floats = self.input
+            + self.input_grad
+            + self.stem_z
+            + self.block_feats.iter().sum::<usize>()
+            + self.block_grads.iter().sum::<usize>()
+            + kept
+            + self.scratch_a
+            + self.scratch_da
+            + self.scratch_b
+            + self.scratch_c
+            + self.scratch_dc
+            + self.scratch_tmp
+            + self.col
+            + self.small;
+        4 * (floats + self.stem_argmax)
+    }
+}
+
+/// Per-channel batch statistics of a buffer, computed once when the channels are written.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelStats {
+    /// Batch mean per channel.
+    pub mean: Vec<f32>,
+    /// Biased batch variance per channel.
+    pub var: Vec<f32>,
+    /// 1/√(var + ε).
+    pub rstd: Vec<f32>,
+}
+
+impl ChannelStats {
+    fn new(c: usize) -> Self {
+        ChannelStats {
+            mean: vec![0.0; c],
+            var: vec![0.0; c],
+            rstd: vec![0.0; c],
+        }
+    }
+    /// Computes the statistics of channels `c0..c1` of `x: [C][len]`.
+    pub fn compute(&mut self, x: &[f32], c0: usize, c1: usize, len: usize) {
+        use crate::ops::norm::{channel_stats, rstd_from_var};
+        channel_stats(
+            &mut self.mean[c0..c1],
+            &mut self.var[c0..c1],
+            &x[c0 * len..c1 * len],
+            len,
+        );
+        rstd_from_var(&mut self.rstd[c0..c1], &self.var[c0..c1]);
+    }
+}
+
+/// One dense block's memory.
+#[derive(Debug, Default)]
+pub struct BlockMemory {
+    /// `[C_out][N·H·W]` features; the block input occupies the first channels.
+    pub feats: Vec<f32>,
+    /// Gradient of `feats`.
+    pub grads: Vec<f32>,
+    /// Batch statistics of each channel of `feats`.
+    pub stats: ChannelStats,
+    /// Per-layer memory.
+    pub layers: Vec<LayerMemory>,
+    /// Naive mode: the transition's BN-ReLU output.
+    pub kept_transition: Vec<f32>,
+}
+
+/// One dense layer's memory across the pass.
+#[derive(Debug, Default)]
+pub struct LayerMemory {
+    /// Batch statistics of the bottleneck output (BN2's input).
+    pub bn2: ChannelStats,
+    /// Naive mode: `A`, `B`, `C` of this layer (empty in efficient mode).
+    pub kept: [Vec<f32>; 3],
+}
+
+/// Shared scratch buffers (see [`MemoryPlan`]).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// `A` / `dA` (bottleneck), stem ReLU output / its gradient.
+    pub a: Vec<f32>,
+    /// `dA` of 3×3 layers.
+    pub da: Vec<f32>,
+    /// `B`.
+    pub b: Vec<f32>,
+    /// `C`, then `dB`.
+    pub c: Vec<f32>,
+    /// `dC`.
+    pub dc: Vec<f32>,
+    /// Transition output / gradient, dropout-masked gradients, stem BN0 gradient.
+    pub tmp: Vec<f32>,
+    /// im2col.
+    pub col: Vec<f32>,
+    /// Per-channel BN scale.
+    pub scale: Vec<f32>,
+    /// Per-channel BN shift.
+    pub shift: Vec<f32>,
+}
+
+/// Every activation buffer of a network, allocated once from a [`MemoryPlan`].
+#[derive(Debug)]
+pub struct Workspace {
+    /// The plan it was allocated from.
+    pub plan: MemoryPlan,
+    /// Images in the current batch (≤ `plan.batch`).
+    pub n: usize,
+    /// Whether the last forward pass ran in training mode.
+    pub training: bool,
+    /// Dropout seed of the current step.
+    pub dropout_seed: u64,
+    /// The input, channel-major.
+    pub input: Vec<f32>,
+    /// Gradient of the input (NCHW after backward).
+    pub input_grad: Vec<f32>,
+    /// ImageNet stem convolution output.
+    pub stem_z: Vec<f32>,
+    /// ImageNet stem BN0 batch statistics.
+    pub stem_stats: ChannelStats,
+    /// ImageNet stem max-pool argmax.
+    pub stem_argmax: Vec<u32>,
+    /// Dense blocks.
+    pub blocks: Vec<BlockMemory>,
+    /// Shared scratch.
+    pub scratch: Scratch,
+    /// Pooled features `[C][N]`.
+    pub pooled: Vec<f32>,
+    /// Their gradient.
+    pub dpooled: Vec<f32>,
+    /// Logits `[N][classes]`.
+    pub logits: Vec<f32>,
+    /// Gradient of the mean loss with respect to the logits.
+    pub dlogits: Vec<f32>,
+}
+
+impl Workspace {
+    /// Allocates every buffer of `plan` for `arch`.
+    pub fn new(arch: &Architecture, plan: MemoryPlan) -> Self {
+        let z = |n: usize| vec![0f32; n];
+        let cfg = &arch.config;
+        let n = plan.batch;
+        let width = cfg.bn_size * cfg.growth_rate;
+        let blocks = arch
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(b, block)| BlockMemory {
+                feats: z(plan.block_feats[b]),
+                grads: z(plan.block_grads.get(b).copied().unwrap_or(0)),
+                stats: ChannelStats::new(block.c_out),
+                layers: block
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| {
+                        let k = plan.kept_layers[b].get(i).copied().unwrap_or_default();
+                        LayerMemory {
+                            bn2: ChannelStats::new(width),
+                            kept: [z(k.a), z(k.b), z(k.c)],
+                        }
+                    })
+                    .collect(),
+                kept_transition: z(plan.kept_transitions.get(b).copied().unwrap_or(0)),
+            })
+            .collect();
+        let cf = cfg.final_channels();
+        let widest = arch
+            .blocks
+            .iter()
+            .map(|b| b.c_out)
+            .max()
+            .unwrap_or(0)
+            .max(width);
+        Workspace {
+            n,
+            training: false,
+            dropout_seed: 0,
+            input: z(plan.input),
+            input_grad: z(plan.input_grad),
+            stem_z: z(plan.stem_z),
+            stem_stats: ChannelStats::new(cfg.init_features),
+            stem_argmax: vec![0; plan.stem_argmax],
+            blocks,
+            scratch: Scratch {
+                a: z(plan.scratch_a),
+                da: z(plan.scratch_da),
+                b: z(plan.scratch_b),
+                c: z(plan.scratch_c),
+                dc: z(plan.scratch_dc),
+                tmp: z(plan.scratch_tmp),
+                col: z(plan.col),
+                scale: z(widest),
+                shift: z(widest),
+            },
+            pooled: z(cf * n),
+            dpooled: z(cf * n),
+            logits: z(n * cfg.num_classes),
+            dlogits: z(n * cfg.num_classes),
+            plan,
+        }
+    }
+
+    /// Bytes of activation memory held (the plan's figure).
+    pub fn activation_bytes(&self) -> usize {
+        self.plan.activation_bytes()
+    }
+}

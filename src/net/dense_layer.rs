@@ -1,0 +1,301 @@
+//! The dense layer (paper §3, "Composite function" and "Bottleneck layers"), forward and
+//! backward.
+//!
+//! Layer ℓ of a block reads the m = k0 + k·(ℓ−1) channels before it in the block buffer
+//! (the concatenation `[x0, y1, …, y(ℓ−1)]`, oldest first, is simply the buffer's prefix)
+//! and appends its k output channels:
+//!
+//! ```text
+//! plain      A = relu(BN1(X))  →  Y = conv3×3(A)                              [→ dropout]
+//! bottleneck A = relu(BN1(X))  →  B = conv1×1(A) [→ dropout]  (bn_size·k maps)
+//!            C = relu(BN2(B))  →  Y = conv3×3(C)                              [→ dropout]
+//! ```
+//!
+//! In memory-efficient mode A, B and C live in scratch shared by all layers, and
+//! [`DenseLayer::backward`] recomputes them from the block buffer and the stored batch
+//! statistics (Pleiss et al.); in naive mode each layer keeps its own.
+
+use super::{BatchNorm, Conv};
+use crate::config::DenseNetConfig;
+use crate::memory::{BlockMemory, Scratch, Workspace};
+use crate::ops::conv::{conv_backward, conv_forward, pointwise_backward_in_place};
+use crate::ops::dropout;
+use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
+use crate::params::TensorTable;
+
+/// One dense layer: BN-ReLU-Conv, or with bottleneck BN-ReLU-Conv1×1-BN-ReLU-Conv3×3.
+#[derive(Clone, Debug)]
+pub struct DenseLayer {
+    /// Index of the layer in the whole network (for dropout masks).
+    pub id: usize,
+    /// Input channels m.
+    pub c_in: usize,
+    /// BN of the concatenated input (`norm1`).
+    pub norm1: BatchNorm,
+    /// First convolution: 1×1 to bn_size·k with bottleneck, else 3×3 to k (`conv1`).
+    pub conv1: Conv,
+    /// With bottleneck: `norm2` and the 3×3 `conv2`.
+    pub bottleneck: Option<(BatchNorm, Conv)>,
+    /// Dropout after each convolution.
+    pub drop_rate: f32,
+}
+
+impl DenseLayer {
+    pub(crate) fn new(
+        name: &str,
+        id: usize,
+        c_in: usize,
+        cfg: &DenseNetConfig,
+        p: &mut TensorTable,
+        s: &mut TensorTable,
+    ) -> Self {
+        let k = cfg.growth_rate;
+        let norm1 = BatchNorm::new(&format!("{name}.norm1"), c_in, p, s);
+        let (conv1, bottleneck) = if cfg.bottleneck {
+            let width = cfg.bn_size * k;
+            let conv1 = Conv::new(&format!("{name}.conv1"), width, c_in, 1, 1, 0, p);
+            let norm2 = BatchNorm::new(&format!("{name}.norm2"), width, p, s);
+            let conv2 = Conv::new(&format!("{name}.conv2"), k, width, 3, 1, 1, p);
+            (conv1, Some((norm2, conv2)))
+        } else {
+            (
+                Conv::new(&format!("{name}.conv1"), k, c_in, 3, 1, 1, p),
+                None,
+            )
+        };
+        DenseLayer {
+            id,
+            c_in,
+            norm1,
+            conv1,
+            bottleneck,
+            drop_rate: cfg.drop_rate,
+        }
+    }
+
+    /// Channels this layer appends (k).
+    pub fn growth(&self) -> usize {
+        self.bottleneck
+            .as_ref()
+            .map(|(_, c)| c.cout)
+            .unwrap_or(self.conv1.cout)
+    }
+
+    /// Dropout site of this layer's convolution `which` (1 or 2).
+    fn site(&self, which: u64) -> u64 {
+        ((self.id as u64) << 2) | which
+    }
+
+    /// Forward: reads channels `0..m` of block `b`'s buffer, writes `m..m+k`. In training
+    /// it also records the batch statistics of B and of the new channels.
+    pub(crate) fn forward(
+        &self,
+        p: &[f32],
+        running: &mut [f32],
+        ws: &mut Workspace,
+        b: usize,
+        i: usize,
+        size: usize,
+    ) {
+        let (n, training, seed) = (ws.n, ws.training, ws.dropout_seed);
+        let len = n * size * size;
+        let (m, k) = (self.c_in, self.growth());
+        let drop = if training { self.drop_rate } else { 0.0 };
+        let BlockMemory {
+            feats,
+            stats,
+            layers,
+            ..
+        } = &mut ws.blocks[b];
+        let Scratch {
+            a,
+            b: sb,
+            c: sc,
+            col,
+            scale,
+            shift,
+            ..
+        } = &mut ws.scratch;
+        let lm = &mut layers[i];
+        let [ka, kb, kc] = &mut lm.kept;
+        let naive = !ka.is_empty();
+        let (x, rest) = feats.split_at_mut(m * len);
+        let y = &mut rest[..k * len];
+
+        let batch = training.then_some(&*stats);
+        self.norm1
+            .forward_affine(p, running, batch, len, scale, shift);
+        let a = if naive {
+            &mut ka[..m * len]
+        } else {
+            &mut a[..m * len]
+        };
+        bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
+        match &self.bottleneck {
+            Some((norm2, conv2)) => {
+                let w = conv2.cin;
+                let (bb, cb) = if naive {
+                    (&mut kb[..w * len], &mut kc[..w * len])
+                } else {
+                    (&mut sb[..w * len], &mut sc[..w * len])
+                };
+                conv_forward(bb, a, self.conv1.w(p), &self.conv1.shape(n, size), col);
+                dropout::apply(bb, drop, seed, self.site(1));
+                if training {
+                    lm.bn2.compute(bb, 0, w, len);
+                }
+                let batch = training.then_some(&lm.bn2);
+                norm2.forward_affine(p, running, batch, len, scale, shift);
+                bn_relu_forward(cb, bb, &scale[..w], &shift[..w], len);
+                conv_forward(y, cb, conv2.w(p), &conv2.shape(n, size), col);
+            }
+            None => conv_forward(y, a, self.conv1.w(p), &self.conv1.shape(n, size), col),
+        }
+        dropout::apply(y, drop, seed, self.site(2));
+        if training {
+            stats.compute(feats, m, m + k, len);
+        }
+    }
+
+    /// Backward: takes the (complete) gradient of its k output channels from the block's
+    /// gradient buffer, accumulates into the gradient of channels `0..m` and into its
+    /// parameters' gradients. Recomputes A, B and C first in memory-efficient mode.
+    pub(crate) fn backward(
+        &self,
+        p: &[f32],
+        g: &mut [f32],
+        ws: &mut Workspace,
+        b: usize,
+        i: usize,
+        size: usize,
+    ) {
+        let (n, seed) = (ws.n, ws.dropout_seed);
+        let len = n * size * size;
+        let (m, k) = (self.c_in, self.growth());
+        let drop = self.drop_rate;
+        let BlockMemory {
+            feats,
+            grads,
+            stats,
+            layers,
+            ..
+        } = &mut ws.blocks[b];
+        let Scratch {
+            a,
+            da,
+            b: sb,
+            c: sc,
+            dc,
+            tmp,
+            col,
+            scale,
+            shift,
+        } = &mut ws.scratch;
+        let lm = &mut layers[i];
+        let [ka, kb, kc] = &mut lm.kept;
+        let naive = !ka.is_empty();
+        let x = &feats[..m * len];
+        let (dx, drest) = grads.split_at_mut(m * len);
+        let dy_out = &drest[..k * len];
+
+        // A = relu(BN1(X)), recomputed unless kept.
+        let a = if naive {
+            &mut ka[..m * len]
+        } else {
+            &mut a[..m * len]
+        };
+        if !naive {
+            self.norm1.batch_affine(p, stats, scale, shift);
+            bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
+        }
+        // Gradient through the output dropout: the mask is recomputed from its seed.
+        let dy: &[f32] = if drop > 0.0 {
+            let t = &mut tmp[..k * len];
+            t.copy_from_slice(dy_out);
+            dropout::apply(t, drop, seed, self.site(2));
+            t
+        } else {
+            dy_out
+        };
+        let da: &[f32] = match &self.bottleneck {
+            Some((norm2, conv2)) => {
+                let w = conv2.cin;
+                let (bb, cb) = if naive {
+                    (&mut kb[..w * len], &mut kc[..w * len])
+                } else {
+                    (&mut sb[..w * len], &mut sc[..w * len])
+                };
+                norm2.batch_affine(p, &lm.bn2, scale, shift);
+                if !naive {
+                    conv_forward(bb, a, self.conv1.w(p), &self.conv1.shape(n, size), col);
+                    dropout::apply(bb, drop, seed, self.site(1));
+                    bn_relu_forward(cb, bb, &scale[..w], &shift[..w], len);
+                }
+                // conv2: dW2 += dY·col(C)ᵀ, dC = col2im(W2ᵀ·dY)
+                let dcb = &mut dc[..w * len];
+                conv_backward(
+                    Some(dcb),
+                    conv2.dw(g),
+                    dy,
+                    cb,
+                    conv2.w(p),
+                    &conv2.shape(n, size),
+                    col,
+                );
+                // BN2-ReLU: dB, written where C was (C is dead now)
+                let db = cb;
+                db.fill(0.0);
+                let (dg2, dbeta2) = norm2.grads(g);
+                let st2 = &lm.bn2;
+                bn_relu_backward(
+                    db,
+                    dg2,
+                    dbeta2,
+                    OutGrad::Dense(dcb),
+                    bb,
+                    &st2.mean,
+                    &st2.rstd,
+                    &scale[..w],
+                    &shift[..w],
+                    norm2.gamma(p),
+                    len,
+                );
+                dropout::apply(db, drop, seed, self.site(1));
+                // conv1 (1×1): dW1 += dB·Aᵀ, then A's storage becomes dA = W1ᵀ·dB
+                let s1 = self.conv1.shape(n, size);
+                pointwise_backward_in_place(a, self.conv1.dw(g), db, self.conv1.w(p), &s1);
+                a
+            }
+            None => {
+                let da = &mut da[..m * len];
+                let s1 = self.conv1.shape(n, size);
+                conv_backward(
+                    Some(&mut *da),
+                    self.conv1.dw(g),
+                    dy,
+                    a,
+                    self.conv1.w(p),
+                    &s1,
+                    col,
+                );
+                da
+            }
+        };
+        // BN1-ReLU: accumulate into the gradient of every input channel.
+        self.norm1.batch_affine(p, stats, scale, shift);
+        let (dg1, db1) = self.norm1.grads(g);
+        bn_relu_backward(
+            dx,
+            dg1,
+            db1,
+            OutGrad::Dense(da),
+            x,
+            &stats.mean[..m],
+            &stats.rstd[..m],
+            &scale[..m],
+            &shift[..m],
+            self.norm1.gamma(p),
+            len,
+        );
+    }
+}

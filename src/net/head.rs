@@ -1,0 +1,103 @@
+//! The head, forward and backward: final BN-ReLU, global average pooling and the linear
+//! classifier (`features.norm_final`/`norm5`, functional ReLU and pool, `classifier`).
+
+use super::Architecture;
+use crate::memory::Workspace;
+use crate::ops::gemm::{sgemm, Mat};
+use crate::ops::norm::{bn_relu_avgpool_forward, bn_relu_backward, OutGrad};
+use crate::tensor::Tensor;
+
+/// Forward: pooled features `ws.pooled [C][N]`, then `ws.logits [N][classes]`.
+pub(crate) fn forward(arch: &Architecture, p: &[f32], running: &mut [f32], ws: &mut Workspace) {
+    let cfg = &arch.config;
+    let (n, j) = (ws.n, cfg.num_classes);
+    let last = arch.blocks.last().expect("at least one block");
+    let (c, hw) = (last.c_out, last.size * last.size);
+    let blk = ws.blocks.last_mut().expect("at least one block");
+    let (scale, shift) = (&mut ws.scratch.scale, &mut ws.scratch.shift);
+    let batch = ws.training.then_some(&blk.stats);
+    arch.norm_final
+        .forward_affine(p, running, batch, n * hw, scale, shift);
+    let pooled = &mut ws.pooled[..c * n];
+    bn_relu_avgpool_forward(pooled, &blk.feats, &scale[..c], &shift[..c], n, hw);
+    // logits[N×J] = pooledᵀ · Wᵀ + b
+    let w = &p[arch.classifier..arch.classifier + j * c];
+    let bias = &p[arch.classifier + j * c..][..j];
+    let logits = &mut ws.logits[..n * j];
+    sgemm(n, j, c, logits, j, false, Mat::t(pooled, n), Mat::t(w, c));
+    for row in logits.chunks_mut(j) {
+        row.iter_mut().zip(bias).for_each(|(l, b)| *l += b);
+    }
+}
+
+/// Backward from `ws.dlogits` into the last block's gradient buffer (accumulating).
+pub(crate) fn backward(arch: &Architecture, p: &[f32], g: &mut [f32], ws: &mut Workspace) {
+    let cfg = &arch.config;
+    let (n, j) = (ws.n, cfg.num_classes);
+    let last = arch.blocks.last().expect("at least one block");
+    let (c, hw) = (last.c_out, last.size * last.size);
+    let (dl, pooled) = (&ws.dlogits[..n * j], &ws.pooled[..c * n]);
+    let off = arch.classifier;
+    {
+        let (dw, db) = g[off..off + j * c + j].split_at_mut(j * c);
+        // dW[J×C] += dlogitsᵀ · pooledᵀ ; db += Σ_n dlogits
+        sgemm(j, c, n, dw, c, true, Mat::t(dl, j), Mat::t(pooled, n));
+        for row in dl.chunks(j) {
+            db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+        }
+    }
+    // dpooled[C×N] = Wᵀ · dlogitsᵀ
+    let w = &p[off..off + j * c];
+    let dpooled = &mut ws.dpooled[..c * n];
+    sgemm(c, n, j, dpooled, n, false, Mat::t(w, c), Mat::t(dl, j));
+    let blk = ws.blocks.last_mut().expect("at least one block");
+    let (scale, shift) = (&mut ws.scratch.scale, &mut ws.scratch.shift);
+    let norm = &arch.norm_final;
+    norm.batch_affine(p, &blk.stats, scale, shift);
+    let (dg, db) = norm.grads(g);
+    bn_relu_backward(
+        &mut blk.grads[..c * n * hw],
+        dg,
+        db,
+        OutGrad::Pooled {
+            dpool: dpooled,
+            n,
+            hw,
+        },
+        &blk.feats[..c * n * hw],
+        &blk.stats.mean,
+        &blk.stats.rstd,
+        &scale[..c],
+        &shift[..c],
+        norm.gamma(p),
+        n * hw,
+    );
+}
+
+/// The final BN's output before the ReLU, NCHW (evaluation mode), for probes.
+pub(crate) fn final_norm_output(
+    arch: &Architecture,
+    p: &[f32],
+    running: &mut [f32],
+    ws: &mut Workspace,
+) -> Tensor {
+    let last = arch.blocks.last().expect("at least one block");
+    let (c, n, hw) = (last.c_out, ws.n, last.size * last.size);
+    let (scale, shift) = (&mut ws.scratch.scale, &mut ws.scratch.shift);
+    let mut snapshot = running.to_vec(); // the probe must not update running statistics
+    let batch = ws
+        .training
+        .then_some(&ws.blocks.last().expect("block").stats);
+    arch.norm_final
+        .forward_affine(p, &mut snapshot, batch, n * hw, scale, shift);
+    let x = &ws.blocks.last().expect("block").feats;
+    let mut out = vec![0.0; c * n * hw];
+    for ci in 0..c {
+        for ni in 0..n {
+            for q in 0..hw {
+                out[(ni * c + ci) * hw + q] = x[(ci * n + ni) * hw + q] * scale[ci] + shift[ci];
+            }
+        }
+    }
+    Tensor::new(vec![n, c, last.size, last.size], out)
+}

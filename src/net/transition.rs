@@ -1,0 +1,140 @@
+//! The transition layer between dense blocks (paper §3, "Pooling layers"), forward and
+//! backward: `Z = conv1×1(relu(BN(X)))` to ⌊θ·m⌋ channels [→ dropout], then 2×2 average
+//! pooling, written as the prefix of the next block's buffer.
+
+use super::{BatchNorm, Conv};
+use crate::config::DenseNetConfig;
+use crate::memory::{Scratch, Workspace};
+use crate::ops::conv::{conv_forward, pointwise_backward_in_place};
+use crate::ops::dropout;
+use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
+use crate::ops::pool::{avgpool2_backward, avgpool2_forward};
+use crate::params::TensorTable;
+
+/// BN-ReLU-Conv1×1-AvgPool2×2.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    /// Dropout site.
+    pub site: u64,
+    /// `norm`.
+    pub norm: BatchNorm,
+    /// `conv`: m → ⌊θ·m⌋.
+    pub conv: Conv,
+    /// Dropout after the convolution.
+    pub drop_rate: f32,
+}
+
+impl Transition {
+    pub(crate) fn new(
+        name: &str,
+        site: u64,
+        c_in: usize,
+        cfg: &DenseNetConfig,
+        p: &mut TensorTable,
+        s: &mut TensorTable,
+    ) -> Self {
+        let norm = BatchNorm::new(&format!("{name}.norm"), c_in, p, s);
+        let cout = cfg.transition_channels(c_in);
+        let conv = Conv::new(&format!("{name}.conv"), cout, c_in, 1, 1, 0, p);
+        Transition {
+            site,
+            norm,
+            conv,
+            drop_rate: cfg.drop_rate,
+        }
+    }
+
+    /// Forward from block `b` (spatial `size`) into the prefix of block `b + 1`.
+    pub(crate) fn forward(
+        &self,
+        p: &[f32],
+        running: &mut [f32],
+        ws: &mut Workspace,
+        b: usize,
+        size: usize,
+    ) {
+        let (n, training, seed) = (ws.n, ws.training, ws.dropout_seed);
+        let len = n * size * size;
+        let (m, t) = (self.conv.cin, self.conv.cout);
+        let (cur, next) = ws.blocks.split_at_mut(b + 1);
+        let (blk, nxt) = (&mut cur[b], &mut next[0]);
+        let Scratch {
+            a,
+            tmp,
+            col,
+            scale,
+            shift,
+            ..
+        } = &mut ws.scratch;
+        let naive = !blk.kept_transition.is_empty();
+        let a = if naive {
+            &mut blk.kept_transition[..m * len]
+        } else {
+            &mut a[..m * len]
+        };
+        let batch = training.then_some(&blk.stats);
+        self.norm
+            .forward_affine(p, running, batch, len, scale, shift);
+        bn_relu_forward(a, &blk.feats[..m * len], &scale[..m], &shift[..m], len);
+        let z = &mut tmp[..t * len];
+        conv_forward(z, a, self.conv.w(p), &self.conv.shape(n, size), col);
+        if training {
+            dropout::apply(z, self.drop_rate, seed, self.site);
+        }
+        avgpool2_forward(&mut nxt.feats[..t * len / 4], z, t * n, size, size);
+        if training {
+            nxt.stats.compute(&nxt.feats, 0, t, len / 4);
+        }
+    }
+
+    /// Backward: from the gradient of block `b + 1`'s prefix to block `b`'s gradient buffer.
+    pub(crate) fn backward(
+        &self,
+        p: &[f32],
+        g: &mut [f32],
+        ws: &mut Workspace,
+        b: usize,
+        size: usize,
+    ) {
+        let (n, seed) = (ws.n, ws.dropout_seed);
+        let len = n * size * size;
+        let (m, t) = (self.conv.cin, self.conv.cout);
+        let (cur, next) = ws.blocks.split_at_mut(b + 1);
+        let (blk, nxt) = (&mut cur[b], &next[0]);
+        let Scratch {
+            a,
+            tmp,
+            scale,
+            shift,
+            ..
+        } = &mut ws.scratch;
+        let naive = !blk.kept_transition.is_empty();
+        let dz = &mut tmp[..t * len];
+        avgpool2_backward(dz, &nxt.grads[..t * len / 4], t * n, size, size);
+        dropout::apply(dz, self.drop_rate, seed, self.site);
+        self.norm.batch_affine(p, &blk.stats, scale, shift);
+        let a = if naive {
+            &mut blk.kept_transition[..m * len]
+        } else {
+            let a = &mut a[..m * len];
+            bn_relu_forward(a, &blk.feats[..m * len], &scale[..m], &shift[..m], len);
+            a
+        };
+        let s = self.conv.shape(n, size);
+        pointwise_backward_in_place(a, self.conv.dw(g), dz, self.conv.w(p), &s);
+        let (dg, db) = self.norm.grads(g);
+        bn_relu_backward(
+            &mut blk.grads[..m * len],
+            dg,
+            db,
+            OutGrad::Dense(a),
+            &blk.feats[..m * len],
+            &blk.stats.mean[..m],
+            &blk.stats.rstd[..m],
+            &scale[..m],
+            &shift[..m],
+            self.norm.gamma(p),
+            len,
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! Matrix products: a safe, bounds-checked front to the `gemm` crate.
+//!
+//! All matrices are row-major with a leading dimension; a transposed operand is read
+//! through swapped strides, never copied. The `gemm` crate packs and blocks for the cache
+//! and spreads large products over rayon's threads (see ../shared/PERF.md for its rates on
+//! DenseNet shapes).
+
+use gemm::Parallelism;
+
+/// One operand: a row-major matrix `rows × cols` stored with leading dimension `ld`,
+/// read transposed when `trans` is set (then the stored matrix is `cols × rows`).
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    /// Storage.
+    pub data: &'a [f32],
+    /// Distance between consecutive stored rows.
+    pub ld: usize,
+    /// Read the stored matrix transposed.
+    pub trans: bool,
+}
+
+impl<'a> Mat<'a> {
+    /// A plain row-major matrix with leading dimension `ld`.
+    pub fn n(data: &'a [f32], ld: usize) -> Self {
+        Mat {
+            data,
+            ld,
+            trans: false,
+        }
+    }
+    /// The transpose of a stored row-major matrix with leading dimension `ld`.
+    pub fn t(data: &'a [f32], ld: usize) -> Self {
+        Mat {
+            data,
+            ld,
+            trans: true,
+        }
+    }
+    /// (row stride, column stride) of the logical matrix.
+    fn strides(&self) -> (isize, isize) {
+        if self.trans {
+            (1, self.ld as isize)
+        } else {
+            (self.ld as isize, 1)
+        }
+    }
+    /// Panics unless a logical `rows × cols` matrix fits in the storage.
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let (rs, cs) = self.strides();
+        let last = (rows - 1) * rs as usize + (cols - 1) * cs as usize;
+        assert!(
+            last < self.data.len(),
+            "gemm: {what} ({rows}×{cols}, ld {}) needs {} floats, has {}",
+            self.ld,
+            last + 1,
+            self.data.len()
+        );
+    }
+}
+
+/// `C[m×n] = (C if accumulate) + A[m×k] · B[k×n]`; C is row-major with leading dimension `ldc`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * ldc + n <= c.len(),
+        "gemm: C ({m}×{n}, ld {ldc}) does not fit in {} floats",
+        c.len()
+    );
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    a.check(m, k, "A");
+    b.check(k, n, "B");
+    let (ars, acs) = a.strides();
+    let (brs, bcs) = b.strides();
+    // Products under ~1 MFLOP finish before threads would wake up.
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= 1 << 18 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the asserts above check that every element the strides reach lies inside the
+    // slices; `c` is borrowed mutably, so it cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.data.as_ptr(),
+            acs,
+            ars,
+            b.data.as_ptr(),
+            bcs,
+            brs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    let av = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                    s += av as f64 * bv as f64;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn all_transpose_combinations_match_naive() {
+        let (m, n, k) = (37, 53, 29);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let am = if ta { Mat::t(&a, m) } else { Mat::n(&a, k) };
+            let bm = if tb { Mat::t(&b, k) } else { Mat::n(&b, n) };
+            let mut c = vec![1.0; m * n];
+            sgemm(m, n, k, &mut c, n, true, am, bm);
+            let want = naive(m, n, k, &a, ta, &b, tb);
+            for (x, y) in c.iter().zip(&want) {
+                assert!(
+                    (x - (y + 1.0)).abs() < 1e-4,
+                    "{ta} {tb}: {x} vs {}",
+                    y + 1.0
+                );
+            }
+        }
+    }
+}

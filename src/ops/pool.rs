@@ -1,0 +1,163 @@
+//! Pooling on the channel-major layout: planes of `h×w` for every (channel, sample), so a
+//! `[C][N·H·W]` tensor is simply `C·N` planes in a row.
+
+use rayon::prelude::*;
+
+/// Output size of a pooling window: `⌊(size + 2·pad − k)/stride⌋ + 1` (PyTorch's floor mode).
+pub fn pooled_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (size + 2 * pad - k) / stride + 1
+}
+
+/// 2×2 average pooling, stride 2 (transitions): `planes` planes of `h×w` → `h/2 × w/2`.
+pub fn avgpool2_forward(y: &mut [f32], x: &[f32], planes: usize, h: usize, w: usize) {
+    let (ho, wo) = (h / 2, w / 2);
+    y[..planes * ho * wo]
+        .par_chunks_mut(ho * wo)
+        .enumerate()
+        .for_each(|(p, out)| {
+            let plane = &x[p * h * w..][..h * w];
+            for oy in 0..ho {
+                let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
+                for ox in 0..wo {
+                    out[oy * wo + ox] =
+                        0.25 * (r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1]);
+                }
+            }
+        });
+}
+
+/// Backward of [`avgpool2_forward`]: `dx` is **overwritten** (each input position belongs
+/// to at most one window; rows/columns dropped by the floor get zero).
+pub fn avgpool2_backward(dx: &mut [f32], dy: &[f32], planes: usize, h: usize, w: usize) {
+    let (ho, wo) = (h / 2, w / 2);
+    dx[..planes * h * w]
+        .par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(p, plane)| {
+            plane.fill(0.0);
+            let g = &dy[p * ho * wo..][..ho * wo];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let v = 0.25 * g[oy * wo + ox];
+                    for (dy_, dx_) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        plane[(2 * oy + dy_) * w + 2 * ox + dx_] = v;
+                    }
+                }
+            }
+        });
+}
+
+/// 3×3 max pooling, stride 2, padding 1 (ImageNet stem). Records the winning input
+/// position of each output in `argmax` (index within its plane) for the backward pass.
+pub fn maxpool3s2_forward(
+    y: &mut [f32],
+    argmax: &mut [u32],
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+) {
+    let (ho, wo) = (pooled_size(h, 3, 2, 1), pooled_size(w, 3, 2, 1));
+    y[..planes * ho * wo]
+        .par_chunks_mut(ho * wo)
+        .zip(argmax[..planes * ho * wo].par_chunks_mut(ho * wo))
+        .enumerate()
+        .for_each(|(p, (out, arg))| {
+            let plane = &x[p * h * w..][..h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let (mut best, mut at) = (f32::NEG_INFINITY, 0usize);
+                    for ky in 0..3 {
+                        let iy = (2 * oy + ky) as isize - 1;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..3 {
+                            let ix = (2 * ox + kx) as isize - 1;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let i = iy as usize * w + ix as usize;
+                            // strict '>' keeps the first maximum, as PyTorch does
+                            if plane[i] > best || best.is_nan() {
+                                best = plane[i];
+                                at = i;
+                            }
+                        }
+                    }
+                    out[oy * wo + ox] = best;
+                    arg[oy * wo + ox] = at as u32;
+                }
+            }
+        });
+}
+
+/// Backward of [`maxpool3s2_forward`]: `dx` is **overwritten**.
+pub fn maxpool3s2_backward(
+    dx: &mut [f32],
+    dy: &[f32],
+    argmax: &[u32],
+    planes: usize,
+    h: usize,
+    w: usize,
+) {
+    let (ho, wo) = (pooled_size(h, 3, 2, 1), pooled_size(w, 3, 2, 1));
+    dx[..planes * h * w]
+        .par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(p, plane)| {
+            plane.fill(0.0);
+            let (g, a) = (
+                &dy[p * ho * wo..][..ho * wo],
+                &argmax[p * ho * wo..][..ho * wo],
+            );
+            for (gv, &ai) in g.iter().zip(a) {
+                plane[ai as usize] += gv;
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avgpool_forward_backward() {
+        let x: Vec<f32> = (0..2 * 5 * 4).map(|i| i as f32).collect(); // 2 planes 5×4
+        let mut y = vec![0.0; 2 * 2 * 2];
+        avgpool2_forward(&mut y, &x, 2, 5, 4);
+        assert_eq!(y[0], (0.0 + 1.0 + 4.0 + 5.0) / 4.0);
+        // plane 1 starts at 20; output (1, 1) averages rows 2-3, columns 2-3
+        assert_eq!(y[7], (30.0 + 31.0 + 34.0 + 35.0) / 4.0);
+        let mut dx = vec![9.0; x.len()];
+        avgpool2_backward(&mut dx, &[4.0; 8], 2, 5, 4);
+        assert_eq!(dx[0], 1.0);
+        assert_eq!(dx[16], 0.0, "the row dropped by the floor gets no gradient");
+    }
+
+    #[test]
+    fn maxpool_picks_window_maximum() {
+        let (h, w) = (5, 5);
+        let x: Vec<f32> = (0..h * w).map(|i| ((i * 7) % 11) as f32).collect();
+        let (ho, wo) = (pooled_size(h, 3, 2, 1), pooled_size(w, 3, 2, 1));
+        assert_eq!((ho, wo), (3, 3));
+        let mut y = vec![0.0; ho * wo];
+        let mut arg = vec![0; ho * wo];
+        maxpool3s2_forward(&mut y, &mut arg, &x, 1, h, w);
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut best = f32::MIN;
+                for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                    for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                        best = best.max(x[iy * w + ix]);
+                    }
+                }
+                assert_eq!(y[oy * wo + ox], best);
+                assert_eq!(x[arg[oy * wo + ox] as usize], best);
+            }
+        }
+        let mut dx = vec![0.0; h * w];
+        maxpool3s2_backward(&mut dx, &vec![1.0; ho * wo], &arg, 1, h, w);
+        assert_eq!(dx.iter().sum::<f32>(), (ho * wo) as f32);
+    }
+}
