@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each starting with what it does. Results
 //! go to stdout (a table, or one JSON object with `--json`); progress and logs to stderr.
 
+mod bench;
 mod forward;
 mod model_args;
 mod summary;
@@ -29,6 +30,8 @@ pub enum Command {
     /// Run a model on tensors from a safetensors file (eval logits, or a training step's
     /// logits, loss, gradients and running statistics with --train).
     Forward(forward::Args),
+    /// Benchmarks: training step time, inference time, memory against depth.
+    Bench(bench::Args),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -43,6 +46,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Summary(a) => summary::run(a),
         Command::Forward(a) => forward::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

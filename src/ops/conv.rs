@@ -71,6 +71,15 @@ pub fn col_len(s: &ConvShape, samples: usize) -> usize {
     }
 }
 
+/// For stride 1: the output columns `lo..hi` whose input column `ox + kx − pad` lies
+/// inside the image.
+#[inline]
+fn valid_run(s: &ConvShape, kx: usize, wo: usize) -> (usize, usize) {
+    let lo = s.pad.saturating_sub(kx).min(wo);
+    let hi = (s.w + s.pad).saturating_sub(kx).min(wo).max(lo);
+    (lo, hi)
+}
+
 /// Fills `col[(ci,ky,kx)][(n−n0, oy, ox)]` for samples `n0..n1`.
 fn im2col(col: &mut [f32], x: &[f32], s: &ConvShape, n0: usize, n1: usize) {
     let (ho, wo, hw) = (s.ho(), s.wo(), s.h * s.w);
@@ -92,6 +101,14 @@ fn im2col(col: &mut [f32], x: &[f32], s: &ConvShape, n0: usize, n1: usize) {
                         continue;
                     }
                     let src = &plane[iy as usize * s.w..][..s.w];
+                    if s.stride == 1 {
+                        // one contiguous run: copy it, zero the padding on both sides
+                        let (lo, hi) = valid_run(s, kx, wo);
+                        out[..lo].fill(0.0);
+                        out[lo..hi].copy_from_slice(&src[lo + kx - s.pad..hi + kx - s.pad]);
+                        out[hi..].fill(0.0);
+                        continue;
+                    }
                     for (ox, o) in out.iter_mut().enumerate() {
                         let ix = (ox * s.stride + kx) as isize - s.pad as isize;
                         *o = if ix < 0 || ix >= s.w as isize {
@@ -126,6 +143,12 @@ fn col2im(dx: &mut [f32], col: &[f32], s: &ConvShape, n0: usize, n1: usize) {
                         }
                         let src = &row[((ni - n0) * ho + oy) * wo..][..wo];
                         let dst = &mut plane[iy as usize * s.w..][..s.w];
+                        if s.stride == 1 {
+                            let (lo, hi) = valid_run(s, kx, wo);
+                            let d = &mut dst[lo + kx - s.pad..hi + kx - s.pad];
+                            d.iter_mut().zip(&src[lo..hi]).for_each(|(d, g)| *d += g);
+                            continue;
+                        }
                         for (ox, &g) in src.iter().enumerate() {
                             let ix = (ox * s.stride + kx) as isize - s.pad as isize;
                             if ix >= 0 && ix < s.w as isize {

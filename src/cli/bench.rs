@@ -1,0 +1,353 @@
+//! `densenet bench`: timings and memory, in the manner of hyperfine: warm-up, repeated
+//! runs, median/mean ± σ/min…max, machine-readable with `--json`.
+//!
+//! - `bench train`: training steps (forward, backward, SGD update) on random data;
+//! - `bench infer`: evaluation-mode forward passes;
+//! - `bench memory`: peak memory of one training step at several depths, both memory
+//!   modes, each measured in a fresh child process (peak RSS is a process-wide high-water
+//!   mark), as a table and a PNG plot.
+
+use super::model_args::ModelAdjust;
+use crate::config::DenseNetConfig;
+use crate::memory::MemoryMode;
+use crate::net::{Network, TrainOptions};
+use crate::optim::{Sgd, SgdConfig};
+use crate::rng::Rng;
+use anyhow::Context;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Arguments of `densenet bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub what: What,
+}
+
+/// What to measure.
+#[derive(clap::Subcommand, Debug)]
+pub enum What {
+    /// Median time of a training step (forward, backward, SGD update).
+    #[command(
+        after_long_help = "Example:\n  densenet bench train --model densenet-bc-100-12 --batch 64 --steps 3"
+    )]
+    Train(TrainArgs),
+    /// Median time of an evaluation-mode forward pass.
+    #[command(after_long_help = "Example:\n  densenet bench infer --model densenet121 --batch 16")]
+    Infer(InferArgs),
+    /// Peak memory of one training step against depth, both memory modes (table + PNG).
+    #[command(after_long_help = "Example:\n  densenet bench memory --out bench-out")]
+    Memory(MemoryArgs),
+}
+
+/// `bench train` arguments.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Model name.
+    #[arg(long, short = 'm', default_value = "densenet-bc-100-12")]
+    pub model: String,
+    #[command(flatten)]
+    pub adjust: ModelAdjust,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Timed steps (after warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Warm-up steps (not timed).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Memory mode.
+    #[arg(long, default_value = "efficient")]
+    pub memory: MemoryMode,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bench infer` arguments.
+#[derive(clap::Args, Debug)]
+pub struct InferArgs {
+    /// Model name.
+    #[arg(long, short = 'm', default_value = "densenet121")]
+    pub model: String,
+    #[command(flatten)]
+    pub adjust: ModelAdjust,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Timed passes (after warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Warm-up passes.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bench memory` arguments.
+#[derive(clap::Args, Debug)]
+pub struct MemoryArgs {
+    /// Depths L of DenseNet-BC to measure.
+    #[arg(long, value_delimiter = ',', default_value = "100,250,500")]
+    pub depths: Vec<usize>,
+    /// Growth rate k.
+    #[arg(long, default_value_t = 12)]
+    pub growth_rate: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Directory for memory.png and memory.json.
+    #[arg(long, default_value = "bench-out")]
+    pub out: std::path::PathBuf,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Timing statistics over repeated runs, in seconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    /// Median.
+    pub median_s: f64,
+    /// Mean.
+    pub mean_s: f64,
+    /// Standard deviation (absent with one run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stddev_s: Option<f64>,
+    /// Fastest run.
+    pub min_s: f64,
+    /// Slowest run.
+    pub max_s: f64,
+    /// Every run.
+    pub times_s: Vec<f64>,
+}
+
+impl Stats {
+    fn new(mut times: Vec<f64>) -> Self {
+        let n = times.len() as f64;
+        let mean = times.iter().sum::<f64>() / n;
+        let stddev = (times.len() > 1)
+            .then(|| (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+        let orig = times.clone();
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = if times.len() % 2 == 1 {
+            times[times.len() / 2]
+        } else {
+            0.5 * (times[times.len() / 2 - 1] + times[times.len() / 2])
+        };
+        Stats {
+            median_s: median,
+            mean_s: mean,
+            stddev_s: stddev,
+            min_s: times[0],
+            max_s: *times.last().unwrap_or(&0.0),
+            times_s: orig,
+        }
+    }
+    fn describe(&self) -> String {
+        format!(
+            "median {:.3} s, mean {:.3} s ± {:.3} s, range {:.3} … {:.3} s",
+            self.median_s,
+            self.mean_s,
+            self.stddev_s.unwrap_or(0.0),
+            self.min_s,
+            self.max_s
+        )
+    }
+}
+
+/// Result of `bench train`.
+#[derive(Debug, Serialize)]
+pub struct TrainReport {
+    /// Format version.
+    pub version: u32,
+    /// Model.
+    pub model: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Memory mode.
+    pub memory: MemoryMode,
+    /// Worker threads.
+    pub threads: usize,
+    /// Median step time.
+    pub median_step_s: f64,
+    /// Images per second at the median step time.
+    pub images_per_s: f64,
+    /// Activation bytes the memory plan allocated.
+    pub activation_bytes: usize,
+    /// Peak resident memory of the process (from the OS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+    /// Step time statistics.
+    pub step: Stats,
+}
+
+/// Result of `bench infer`.
+#[derive(Debug, Serialize)]
+pub struct InferReport {
+    /// Format version.
+    pub version: u32,
+    /// Model.
+    pub model: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Median time per batch.
+    pub median_s: f64,
+    /// Images per second at the median.
+    pub images_per_s: f64,
+    /// Activation bytes the memory plan allocated.
+    pub activation_bytes: usize,
+    /// Peak resident memory of the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+    /// Timing statistics.
+    pub pass: Stats,
+}
+
+/// The process's peak resident set size (Linux: `VmHWM` in /proc/self/status).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn random_input(n: usize, cfg: &DenseNetConfig, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Rng::new(seed);
+    let s = cfg.input_size;
+    let x = (0..n * cfg.in_channels * s * s)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let y = (0..n).map(|_| rng.below(cfg.num_classes) as u32).collect();
+    (x, y)
+}
+
+fn resolve(model: &str, adjust: &ModelAdjust) -> anyhow::Result<DenseNetConfig> {
+    let cfg = DenseNetConfig::from_name(model).with_context(|| format!("model {model}"))?;
+    adjust.apply(cfg)
+}
+
+/// Runs `densenet bench`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    match a.what {
+        What::Train(t) => bench_train(t),
+        What::Infer(i) => bench_infer(i),
+        What::Memory(m) => bench_memory(m),
+    }
+}
+
+fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.batch > 0 && a.steps > 0,
+        "--batch and --steps must be at least 1"
+    );
+    let cfg = resolve(&a.model, &a.adjust)?;
+    let mut net = Network::new(&cfg, 0);
+    let mut ws = net.workspace(a.batch, a.memory, true);
+    let mut opt = Sgd::new(SgdConfig::default());
+    let (x, y) = random_input(a.batch, &cfg, 1);
+    let mut times = Vec::new();
+    for step in 0..a.warmup + a.steps {
+        let t = Instant::now();
+        let opts = TrainOptions {
+            dropout_seed: step as u64,
+            input_grad: false,
+        };
+        let loss = net.forward_train(&mut ws, &x, &y, &opts);
+        net.zero_grad();
+        net.backward(&mut ws, &opts);
+        opt.step(&mut net.params, &net.grads);
+        let dt = t.elapsed().as_secs_f64();
+        if !a.json {
+            eprintln!(
+                "step {step}: {dt:.3} s, loss {loss:.4}{}",
+                if step < a.warmup { " (warm-up)" } else { "" }
+            );
+        }
+        if step >= a.warmup {
+            times.push(dt);
+        }
+    }
+    let step = Stats::new(times);
+    let r = TrainReport {
+        version: 1,
+        model: cfg.name.clone(),
+        batch: a.batch,
+        memory: a.memory,
+        threads: rayon::current_num_threads(),
+        median_step_s: step.median_s,
+        images_per_s: a.batch as f64 / step.median_s,
+        activation_bytes: ws.activation_bytes(),
+        peak_rss_bytes: peak_rss_bytes(),
+        step,
+    };
+    if a.json {
+        return super::print_json(&r);
+    }
+    println!(
+        "{} train, batch {}, {:?} memory, {} threads: {}\n  {:.1} images/s, activations {:.1} MiB, peak RSS {}",
+        r.model,
+        r.batch,
+        r.memory,
+        r.threads,
+        r.step.describe(),
+        r.images_per_s,
+        r.activation_bytes as f64 / (1 << 20) as f64,
+        r.peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or("n/a".into())
+    );
+    Ok(())
+}
+
+fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.batch > 0 && a.steps > 0,
+        "--batch and --steps must be at least 1"
+    );
+    let cfg = resolve(&a.model, &a.adjust)?;
+    let mut net = Network::new(&cfg, 0);
+    let mut ws = net.workspace(a.batch, MemoryMode::Efficient, false);
+    let (x, _) = random_input(a.batch, &cfg, 1);
+    let mut times = Vec::new();
+    for i in 0..a.warmup + a.steps {
+        let t = Instant::now();
+        let logits = net.forward_eval(&mut ws, &x, a.batch, None);
+        std::hint::black_box(logits);
+        if i >= a.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let pass = Stats::new(times);
+    let r = InferReport {
+        version: 1,
+        model: cfg.name.clone(),
+        batch: a.batch,
+        threads: rayon::current_num_threads(),
+        median_s: pass.median_s,
+        images_per_s: a.batch as f64 / pass.median_s,
+        activation_bytes: ws.activation_bytes(),
+        peak_rss_bytes: peak_rss_bytes(),
+        pass,
+    };
+    if a.json {
+        return super::print_json(&r);
+    }
+    println!(
+        "{} eval, batch {}, {} threads: {}\n  {:.1} images/s",
+        r.model,
+        r.batch,
+        r.threads,
+        r.pass.describe(),
+        r.images_per_s
+    );
+    Ok(())
+}
+
+fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
+    let _ = a;
+    anyhow::bail!("bench memory: not yet implemented")
+}

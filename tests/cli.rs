@@ -1,0 +1,318 @@
+//! The `densenet` binary end to end: figures in `--json`, the forward command against the
+//! reference, weights in `.pth` form with legacy keys, and clear errors for bad input.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn densenet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .args(args)
+        .output()
+        .expect("run densenet")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("densenet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ref_path(name: &str) -> String {
+    reference_dir().join(name).display().to_string()
+}
+
+#[test]
+fn summary_json_gives_the_paper_counts() {
+    for (model, classes, params) in [
+        ("densenet-40-12", "10", 1_019_722u64),
+        ("densenet-bc-100-12", "10", 769_162),
+        ("densenet-bc-40-12", "10", 176_122),
+        ("densenet121", "1000", 7_978_856),
+        ("densenet264", "1000", 33_337_704),
+    ] {
+        let o = densenet(&["summary", model, "--classes", classes, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["parameters"].as_u64(), Some(params), "{model}");
+        assert!(v["macs"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn forward_eval_and_train_match_the_reference() {
+    let out = tmp("ref-eval.safetensors");
+    let o = densenet(&[
+        "forward",
+        "--model",
+        "densenet-bc-40-12",
+        "--weights",
+        &ref_path("cifar_bc_L40_k12.weights.safetensors"),
+        "--input",
+        &ref_path("cifar_bc_L40_k12.eval.safetensors"),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = densenet::weights::read_safetensors(&out).unwrap();
+    let want = reference("cifar_bc_L40_k12", "eval");
+    check_close(
+        "logits",
+        &got.get("logits").unwrap().tensor.data,
+        &want.get("logits").unwrap().tensor.data,
+        1e-4,
+        1e-4,
+    )
+    .unwrap();
+
+    let out = tmp("ref-train.safetensors");
+    let o = densenet(&[
+        "forward",
+        "--model",
+        "densenet-bc-40-12",
+        "--train",
+        "--weights",
+        &ref_path("cifar_bc_L40_k12.weights.safetensors"),
+        "--input",
+        &ref_path("cifar_bc_L40_k12.train.safetensors"),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = densenet::weights::read_safetensors(&out).unwrap();
+    let want = reference("cifar_bc_L40_k12", "train");
+    let loss = got.get("loss").unwrap().tensor.data[0];
+    assert!((loss - want.get("loss").unwrap().tensor.data[0]).abs() < 1e-5);
+    let mut grads = 0;
+    for t in want
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("grad.") || t.name.starts_with("post."))
+    {
+        let ours = got
+            .get(&t.name)
+            .unwrap_or_else(|| panic!("output lacks {}", t.name));
+        if t.name.starts_with("grad.") {
+            check_rel_l2(&t.name, &ours.tensor.data, &t.tensor.data, 5e-2).unwrap();
+            grads += 1;
+        } else {
+            check_close(&t.name, &ours.tensor.data, &t.tensor.data, 1e-5, 1e-5).unwrap();
+        }
+    }
+    assert_eq!(grads, 119);
+}
+
+/// A torchvision checkpoint saved by torch with the legacy `norm.1`/`conv.1` keys (see
+/// tests/fixtures/make_pth_fixtures.py) loads, and round-trips to safetensors.
+#[test]
+fn legacy_pth_checkpoint_loads() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cfg = densenet::DenseNetConfig::from_json(
+        r#"{"family":"imagenet_densenet","growth_rate":4,"block_config":[1,1],
+            "init_features":8,"bn_size":2,"num_classes":3}"#,
+    )
+    .unwrap();
+    let mut net = densenet::Network::new(&cfg, 0);
+    net.load(&fixtures.join("legacy_tiny_densenet.pth"))
+        .unwrap();
+    let want = densenet::weights::read_safetensors(
+        &fixtures.join("legacy_tiny_densenet.expected.safetensors"),
+    )
+    .unwrap();
+    let sd = net.state_dict();
+    assert_eq!(
+        sd.len(),
+        want.tensors
+            .iter()
+            .filter(|t| !t.name.ends_with("num_batches_tracked"))
+            .count()
+    );
+    for (name, t) in &sd {
+        assert_eq!(&t.data, &want.get(name).unwrap().tensor.data, "{name}");
+    }
+    // and through the command line, eval logits from the .pth equal those from a re-save
+    let st = tmp("legacy.safetensors");
+    net.save(&st).unwrap();
+    let x = tmp("legacy-input.safetensors");
+    let input = densenet::tensor::Tensor::new(
+        vec![1, 3, 224, 224],
+        (0..3 * 224 * 224)
+            .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
+            .collect(),
+    );
+    densenet::weights::write_safetensors(&x, &[("input".into(), input)], &[], Default::default())
+        .unwrap();
+    let model = r#"{"family":"imagenet_densenet","growth_rate":4,"block_config":[1,1],"init_features":8,"bn_size":2,"num_classes":3}"#;
+    let mut logits = vec![];
+    for w in [fixtures.join("legacy_tiny_densenet.pth"), st.clone()] {
+        let out = tmp("legacy-out.safetensors");
+        let o = densenet(&[
+            "forward",
+            "--model",
+            model,
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        logits.push(
+            densenet::weights::read_safetensors(&out)
+                .unwrap()
+                .get("logits")
+                .unwrap()
+                .tensor
+                .data
+                .clone(),
+        );
+    }
+    assert_eq!(logits[0], logits[1]);
+}
+
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let o = densenet(args);
+    assert!(!o.status.success(), "expected failure: {args:?}");
+    let e = stderr(&o);
+    for n in needles {
+        assert!(e.contains(n), "stderr lacks {n:?}:\n{e}");
+    }
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let w = ref_path("cifar_bc_L40_k12.weights.safetensors");
+    let x = ref_path("cifar_bc_L40_k12.eval.safetensors");
+    let out = tmp("never.safetensors");
+    let out = out.to_str().unwrap();
+    // unknown model
+    assert_fails(&["summary", "resnet-50"], &["unknown model 'resnet-50'"]);
+    assert_fails(
+        &[
+            "forward",
+            "--model",
+            "densenet-bc-41-12",
+            "--weights",
+            &w,
+            "--input",
+            &x,
+            "--output",
+            out,
+        ],
+        &["divisible by 6"],
+    );
+    // missing weights file
+    assert_fails(
+        &[
+            "forward",
+            "--model",
+            "densenet-bc-40-12",
+            "--weights",
+            "/nonexistent/w.safetensors",
+            "--input",
+            &x,
+            "--output",
+            out,
+        ],
+        &["/nonexistent/w.safetensors"],
+    );
+    // truncated weights file
+    let bytes = std::fs::read(&w).unwrap();
+    let trunc = tmp("truncated.safetensors");
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(
+        &[
+            "forward",
+            "--model",
+            "densenet-bc-40-12",
+            "--weights",
+            trunc.to_str().unwrap(),
+            "--input",
+            &x,
+            "--output",
+            out,
+        ],
+        &["truncated.safetensors", "not a valid safetensors file"],
+    );
+    // wrong tensor shapes: the plain DenseNet-40's weights for DenseNet-BC-40, all listed
+    let plain = ref_path("cifar_densenet_L40_k12.weights.safetensors");
+    assert_fails(
+        &["forward", "--model", "densenet-bc-40-12", "--weights", &plain, "--input", &x, "--output", out],
+        &["nothing was loaded", "wrong shape: features.conv0.weight is [16, 3, 3, 3] in the file, the model expects [24, 3, 3, 3]", "missing: features.denseblock1.denselayer1.norm2.weight", "unexpected: features.denseblock1.denselayer12.conv1.weight"],
+    );
+    // wrong number of classes
+    assert_fails(
+        &[
+            "forward",
+            "--model",
+            "densenet-bc-40-12",
+            "--classes",
+            "100",
+            "--weights",
+            &w,
+            "--input",
+            &x,
+            "--output",
+            out,
+        ],
+        &["classifier.weight is [10, 132] in the file, the model expects [100, 132]"],
+    );
+    // input of the wrong size
+    let small = tmp("small-input.safetensors");
+    let t = densenet::tensor::Tensor::new(vec![1, 3, 16, 16], vec![0.0; 3 * 256]);
+    densenet::weights::write_safetensors(&small, &[("input".into(), t)], &[], Default::default())
+        .unwrap();
+    assert_fails(
+        &[
+            "forward",
+            "--model",
+            "densenet-bc-40-12",
+            "--weights",
+            &w,
+            "--input",
+            small.to_str().unwrap(),
+            "--output",
+            out,
+        ],
+        &["'input' has shape [1, 3, 16, 16]", "expects [N, 3, 32, 32]"],
+    );
+    // --train without labels
+    assert_fails(
+        &[
+            "forward",
+            "--train",
+            "--model",
+            "densenet-bc-40-12",
+            "--weights",
+            &w,
+            "--input",
+            small.to_str().unwrap(),
+            "--output",
+            out,
+        ],
+        &["'input' has shape"],
+    );
+    assert_fails(
+        &[
+            "forward",
+            "--train",
+            "--model",
+            "densenet-bc-40-12",
+            "--weights",
+            &w,
+            "--input",
+            &x,
+            "--output",
+            out,
+        ],
+        &["needs a tensor named 'labels'"],
+    );
+    assert!(!Path::new(out).exists(), "no output is written on failure");
+}

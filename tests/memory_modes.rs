@@ -1,0 +1,128 @@
+//! The memory-efficient mode (shared storage + recomputation) against the naive mode that
+//! keeps every intermediate: identical results, and activation memory linear in depth
+//! (quadratic for naive), computed from the memory plan.
+
+use densenet::memory::{MemoryMode, MemoryPlan};
+use densenet::net::{Architecture, TrainOptions};
+use densenet::rng::Rng;
+use densenet::{DenseNetConfig, Network};
+
+/// One training step in `mode`; returns (loss, logits, grads, running stats, input grad).
+fn step(
+    cfg: &DenseNetConfig,
+    mode: MemoryMode,
+    n: usize,
+) -> (f32, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut net = Network::new(cfg, 3);
+    // non-trivial BN parameters so that every path matters
+    let mut rng = Rng::new(9);
+    for e in net.arch.params.entries().to_vec() {
+        if e.shape.len() == 1 {
+            net.params[e.range()]
+                .iter_mut()
+                .for_each(|v| *v += 0.2 * rng.normal() as f32);
+        }
+    }
+    let s = cfg.input_size;
+    let x: Vec<f32> = (0..n * cfg.in_channels * s * s)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let y: Vec<u32> = (0..n).map(|i| (i % cfg.num_classes) as u32).collect();
+    let mut ws = net.workspace(n, mode, true);
+    let opts = TrainOptions {
+        dropout_seed: 42,
+        input_grad: true,
+    };
+    let loss = net.forward_train(&mut ws, &x, &y, &opts);
+    net.zero_grad();
+    net.backward(&mut ws, &opts);
+    let logits = ws.logits[..n * cfg.num_classes].to_vec();
+    let ig = ws.input_grad[..x.len()].to_vec();
+    (loss, logits, net.grads.clone(), net.stats.clone(), ig)
+}
+
+fn assert_same(name: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        worst <= 1e-6 * scale,
+        "{name}: max |diff| {worst} (scale {scale})"
+    );
+}
+
+fn compare(cfg: &DenseNetConfig, n: usize) {
+    let e = step(cfg, MemoryMode::Efficient, n);
+    let v = step(cfg, MemoryMode::Naive, n);
+    assert!(
+        (e.0 - v.0).abs() <= 1e-6 * v.0.abs(),
+        "loss {} vs {}",
+        e.0,
+        v.0
+    );
+    assert_same("logits", &e.1, &v.1);
+    assert_same("grads", &e.2, &v.2);
+    assert_same("running stats", &e.3, &v.3);
+    assert_same("input grad", &e.4, &v.4);
+}
+
+#[test]
+fn modes_agree_on_bc_40_12() {
+    compare(&DenseNetConfig::from_name("densenet-bc-40-12").unwrap(), 4);
+}
+
+/// A deeper model, with dropout: the recomputed masks must equal the forward ones.
+#[test]
+fn modes_agree_on_deeper_model_with_dropout() {
+    let mut cfg = DenseNetConfig::from_name("densenet-bc-100-12").unwrap();
+    cfg.drop_rate = 0.2;
+    compare(&cfg, 2);
+}
+
+/// Plain (no bottleneck) layers take the other backward path (separate dA scratch).
+#[test]
+fn modes_agree_on_plain_densenet() {
+    let mut cfg = DenseNetConfig::from_name("densenet-40-12").unwrap();
+    cfg.drop_rate = 0.2;
+    cfg.in_channels = 1;
+    compare(&cfg, 2);
+}
+
+/// The ImageNet stem (7×7 stride 2, BN, max pool) in both modes, on a small input.
+#[test]
+fn modes_agree_on_imagenet_stem() {
+    let mut cfg = DenseNetConfig::from_json(
+        r#"{"family":"imagenet_densenet","growth_rate":8,"block_config":[2,2],"num_classes":5}"#,
+    )
+    .unwrap();
+    cfg.input_size = 32;
+    compare(&cfg, 2);
+}
+
+fn bytes(depth: usize, mode: MemoryMode) -> f64 {
+    let cfg = DenseNetConfig::cifar(depth, 12, true, 0.5).unwrap();
+    MemoryPlan::new(&Architecture::new(&cfg), 64, mode, true).activation_bytes() as f64
+}
+
+/// Fits `f(L) = a·L² + b·L + c` through L = 100, 190, 250 and returns the share of the
+/// quadratic term in f(250): 0 for memory linear in depth.
+fn quadratic_share(mode: MemoryMode) -> f64 {
+    let (x1, x2, x3) = (100.0, 190.0, 250.0);
+    let (f1, f2, f3) = (bytes(100, mode), bytes(190, mode), bytes(250, mode));
+    let a = ((f3 - f2) / (x3 - x2) - (f2 - f1) / (x2 - x1)) / (x3 - x1);
+    a * x3 * x3 / f3
+}
+
+#[test]
+fn efficient_memory_is_linear_in_depth() {
+    let q = quadratic_share(MemoryMode::Efficient);
+    // ⌊θ·m⌋ in the transitions makes it piecewise, not perfectly, linear
+    assert!(q.abs() < 0.01, "quadratic share {q}");
+    assert!(bytes(250, MemoryMode::Efficient) * 5.0 < bytes(250, MemoryMode::Naive));
+}
+
+#[test]
+fn naive_memory_is_quadratic_in_depth() {
+    let q = quadratic_share(MemoryMode::Naive);
+    assert!(q > 0.5, "quadratic share {q}");
+}
