@@ -17,14 +17,17 @@
 pub mod atomic;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod memory;
 pub mod net;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod plot;
 pub mod rng;
 pub mod summary;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use config::{ConfigError, DenseNetConfig, Stem};

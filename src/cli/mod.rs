@@ -4,7 +4,9 @@
 mod bench;
 mod forward;
 mod model_args;
+mod plot;
 mod summary;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,10 @@ pub enum Command {
     Forward(forward::Args),
     /// Benchmarks: training step time, inference time, memory against depth.
     Bench(bench::Args),
+    /// Train a DenseNet (with no arguments: on the built-in digits set).
+    Train(Box<train::Args>),
+    /// Draw a run's learning curves (curves.png) from its metrics.csv.
+    Plot(plot::Args),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -47,6 +53,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Summary(a) => summary::run(a),
         Command::Forward(a) => forward::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(*a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 

@@ -28,6 +28,9 @@ pub struct ModelAdjust {
     /// augmentation).
     #[arg(long, value_name = "P")]
     pub drop_rate: Option<f32>,
+    /// Input height and width (default: 32 for the CIFAR family, 224 for ImageNet models).
+    #[arg(long, value_name = "PIXELS")]
+    pub input_size: Option<usize>,
     /// DenseNet-B: use bottleneck layers (CIFAR family; changes layers per block).
     #[arg(long, value_name = "BOOL")]
     pub bottleneck: Option<bool>,
@@ -62,6 +65,9 @@ impl ModelAdjust {
         if let Some(c) = self.in_channels {
             anyhow::ensure!(c == 1 || c == 3, "--in-channels must be 1 or 3, got {c}");
             cfg.in_channels = c;
+        }
+        if let Some(s) = self.input_size {
+            cfg.input_size = s;
         }
         if let Some(p) = self.drop_rate {
             cfg.drop_rate = p;

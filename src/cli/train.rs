@@ -1,0 +1,332 @@
+//! `densenet train`: trains a DenseNet on a data set with the paper's recipe (or the quick
+//! default recipe on the built-in digits), shows progress, writes a run directory, and
+//! resumes interrupted runs exactly.
+
+use super::model_args::ModelAdjust;
+use crate::config::DenseNetConfig;
+use crate::memory::MemoryMode;
+use crate::optim::SgdConfig;
+use crate::train::{self, EpochMetrics, Progress, RunOptions, Schedule, TrainConfig};
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+/// Arguments of `densenet train`.
+#[derive(clap::Args, Debug, Default)]
+#[command(
+    after_long_help = "Examples:\n  densenet train\n  densenet train --dataset cifar10 \
+    --data ~/data/cifar-10-batches-bin --model densenet-bc-100-12 --recipe paper"
+)]
+pub struct Args {
+    /// Model (default: densenet-bc-40-12 on digits, densenet-bc-100-12 on CIFAR/SVHN/MNIST,
+    /// densenet121 on image folders).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub adjust: ModelAdjust,
+    /// Data set: digits (built in), cifar10, cifar100, cifar100-coarse, svhn, mnist,
+    /// fashion-mnist, or folder (root/<class>/<image>, ImageNet's layout).
+    #[arg(long, default_value = "digits")]
+    pub dataset: String,
+    /// Directory with the data set's files as its publisher distributes them.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Recipe: `paper` (DENSENET.md §4: batch 64, 300 epochs CIFAR / 40 SVHN / 90
+    /// ImageNet, lr 0.1 ÷10 at 50% and 75%, dropout 0.2 without augmentation) or `quick`
+    /// (the digits default: 16×16 inputs, cosine schedule). Default: quick on digits,
+    /// paper elsewhere. Every setting below overrides the recipe.
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Base learning rate.
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Momentum.
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Schedule: step (÷10 at 50% and 75%), step:E1,E2 (÷10 at those epochs), cosine,
+    /// constant.
+    #[arg(long)]
+    pub schedule: Option<Schedule>,
+    /// Standard augmentation of the data set on/off (CIFAR: pad-4 crop + flip).
+    #[arg(long, value_name = "BOOL")]
+    pub augment: Option<bool>,
+    /// Nearest-neighbour upscaling of stored images (digits: 2 gives 16×16 inputs).
+    #[arg(long)]
+    pub upscale: Option<usize>,
+    /// Fraction of the training set held out for validation (picks the best checkpoint).
+    #[arg(long, default_value_t = 0.0)]
+    pub val_split: f64,
+    /// SVHN: also train on extra_32x32.mat (as the paper does).
+    #[arg(long)]
+    pub svhn_extra: bool,
+    /// Seed of the initialisation, shuffling, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Memory mode.
+    #[arg(long, default_value = "efficient")]
+    pub memory: MemoryMode,
+    /// Run directory (default: a new runs/<time>-<dataset>-<model>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in DIR from its last checkpoint, with its own configuration.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many epochs in total (with a checkpoint; --resume continues).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Resolves recipe, defaults and overrides into a training configuration.
+pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
+    let ds = a.dataset.to_ascii_lowercase();
+    let is = |p: &str| ds.starts_with(p);
+    let recipe = a.recipe.clone().unwrap_or_else(|| {
+        if is("digits") {
+            "quick".into()
+        } else {
+            "paper".into()
+        }
+    });
+    anyhow::ensure!(
+        recipe == "paper" || recipe == "quick",
+        "--recipe {recipe}: expected paper or quick"
+    );
+    let folder = is("folder") || is("imagenet");
+    let default_model = if is("digits") {
+        "densenet-bc-40-12"
+    } else if folder {
+        "densenet121"
+    } else {
+        "densenet-bc-100-12"
+    };
+    let model_name = a.model.clone().unwrap_or_else(|| default_model.into());
+    let mut model =
+        DenseNetConfig::from_name(&model_name).with_context(|| format!("--model {model_name}"))?;
+    // paper: augmentation where the paper uses it (C10+, C100+, ImageNet), not on SVHN
+    let paper_augment = is("cifar") || folder;
+    let (epochs, schedule, augment, upscale) = if recipe == "paper" {
+        let epochs = if is("svhn") {
+            40
+        } else if folder {
+            90
+        } else {
+            300
+        };
+        let schedule = if folder {
+            Schedule::Step {
+                milestones: vec![30, 60],
+                gamma: 0.1,
+            }
+        } else {
+            Schedule::paper(epochs)
+        };
+        (epochs, schedule, paper_augment, 1)
+    } else {
+        (
+            QUICK_EPOCHS,
+            Schedule::Cosine,
+            false,
+            if is("digits") { QUICK_UPSCALE } else { 1 },
+        )
+    };
+    let epochs = a.epochs.unwrap_or(epochs);
+    let augment = a.augment.unwrap_or(augment);
+    let mut schedule = a.schedule.clone().unwrap_or(schedule);
+    if let Schedule::Step { milestones, .. } = &mut schedule {
+        if milestones.is_empty() {
+            *milestones = vec![epochs / 2, epochs * 3 / 4];
+        }
+    }
+    // the paper's dropout rule, unless the model options say otherwise
+    if recipe == "paper" && a.adjust.drop_rate.is_none() && !augment {
+        model.drop_rate = 0.2;
+    }
+    let model = a.adjust.apply(model)?;
+    let optimizer = SgdConfig {
+        lr: a.lr.unwrap_or(0.1),
+        momentum: a.momentum.unwrap_or(0.9),
+        weight_decay: a.weight_decay.unwrap_or(1e-4),
+        nesterov: true,
+    };
+    anyhow::ensure!(epochs > 0, "--epochs must be at least 1");
+    anyhow::ensure!(
+        (0.0..1.0).contains(&a.val_split),
+        "--val-split must be in [0, 1)"
+    );
+    Ok(TrainConfig {
+        model,
+        dataset: ds,
+        data_dir: a.data.clone(),
+        epochs,
+        batch_size: a.batch_size.unwrap_or(64).max(1),
+        optimizer,
+        schedule,
+        augment,
+        upscale: a.upscale.unwrap_or(upscale),
+        val_split: a.val_split,
+        seed: a.seed,
+        memory: a.memory,
+        svhn_extra: a.svhn_extra,
+    })
+}
+
+/// Epochs of the quick recipe.
+pub const QUICK_EPOCHS: usize = 30;
+/// Digits upscaling of the quick recipe (8×8 → 16×16).
+pub const QUICK_UPSCALE: usize = 2;
+
+/// A progress bar on stderr (hidden when stderr is not a terminal) plus one line per epoch.
+struct Bar {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl Progress for Bar {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize) {
+        let bar = ProgressBar::new(batches as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        self.bar = Some(bar);
+    }
+    fn batch(&mut self, done: usize, loss: f64, accuracy: f64, images_per_s: f64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+            b.set_message(format!(
+                "loss {loss:.4} acc {:.2}% {images_per_s:.0} img/s",
+                100.0 * accuracy
+            ));
+        }
+    }
+    fn epoch_end(&mut self, m: &EpochMetrics) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if !self.quiet {
+            let val = m
+                .val_accuracy
+                .map(|v| format!(" val {:.2}%", 100.0 * v))
+                .unwrap_or_default();
+            eprintln!(
+                "epoch {:>3}: lr {:.4} loss {:.4} train {:.2}%{val} test {:.2}% (loss {:.4}) {:.1} s",
+                m.epoch,
+                m.lr,
+                m.train_loss,
+                100.0 * m.train_accuracy,
+                100.0 * m.test_accuracy,
+                m.test_loss,
+                m.seconds
+            );
+        }
+    }
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+/// `runs/<UTC yyyymmdd-hhmmss>-<dataset>-<model>`.
+fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // civil-from-days (H. Hinnant's algorithm): days since 1970-01-01 → y-m-d
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    PathBuf::from("runs").join(format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{}-{}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        cfg.dataset,
+        cfg.model.name
+    ))
+}
+
+/// Runs `densenet train`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let (cfg, dir, resume) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("{}: cannot read the run's configuration", path.display())
+            })?;
+            let cfg: TrainConfig =
+                serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+            (cfg, dir.clone(), true)
+        }
+        None => {
+            let cfg = resolve(&a)?;
+            let dir = a.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
+            (cfg, dir, false)
+        }
+    };
+    if !resume {
+        eprintln!(
+            "training {} on {} for {} epochs (batch {}, lr {}, {:?}), run directory {}",
+            cfg.model.name,
+            cfg.dataset,
+            cfg.epochs,
+            cfg.batch_size,
+            cfg.optimizer.lr,
+            cfg.schedule,
+            dir.display()
+        );
+    }
+    let mut bar = Bar {
+        bar: None,
+        quiet: a.json,
+    };
+    let opts = RunOptions {
+        dir: &dir,
+        resume,
+        stop_after: a.stop_after,
+    };
+    let summary = train::train(&cfg, &opts, &mut bar)?;
+    if summary.epochs == cfg.epochs {
+        if let Err(e) = super::plot::run_dir_curves(&dir) {
+            eprintln!("warning: learning curves not drawn: {e:#}");
+        }
+    }
+    if a.json {
+        return super::print_json(&summary);
+    }
+    println!(
+        "{} on {}: test accuracy {:.2}% (error {:.2}%) after {} epochs, best {:.2}% at epoch {}; \
+         {:.1} s, {:.0} images/s; run directory {}",
+        summary.model,
+        summary.dataset,
+        100.0 * summary.test_accuracy,
+        summary.test_error_percent,
+        summary.epochs,
+        100.0 * summary.best_test_accuracy,
+        summary.best_epoch,
+        summary.seconds,
+        summary.images_per_s,
+        summary.run_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Learning-rate schedules: the paper's step schedule (÷10 at 50% and 75% of training;
+//! ImageNet: at epochs 30 and 60) and the cosine shape of the authors' later code.
+
+use serde::{Deserialize, Serialize};
+
+/// How the learning rate changes over the epochs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Schedule {
+    /// Multiply by `gamma` at each milestone epoch.
+    Step {
+        /// Epochs (0-based) from which the next factor applies.
+        milestones: Vec<usize>,
+        /// Factor per milestone (0.1 in the paper).
+        gamma: f32,
+    },
+    /// Per-epoch cosine: `lr·½(1 + cos(π·e/E))` for epoch e of E.
+    Cosine,
+    /// Constant.
+    Constant,
+}
+
+impl Schedule {
+    /// The paper's CIFAR/SVHN schedule for `epochs`: ÷10 at 50% and 75%.
+    pub fn paper(epochs: usize) -> Self {
+        Schedule::Step {
+            milestones: vec![epochs / 2, epochs * 3 / 4],
+            gamma: 0.1,
+        }
+    }
+
+    /// Learning rate of epoch `epoch` (0-based) of `epochs`.
+    pub fn lr(&self, base: f32, epoch: usize, epochs: usize) -> f32 {
+        match self {
+            Schedule::Step { milestones, gamma } => {
+                let passed = milestones.iter().filter(|&&m| epoch >= m).count();
+                base * gamma.powi(passed as i32)
+            }
+            Schedule::Cosine => {
+                let t = epoch as f64 / epochs.max(1) as f64;
+                (base as f64 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
+            }
+            Schedule::Constant => base,
+        }
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    /// `cosine`, `constant`, `step` (the paper's 50%/75%, resolved later) or
+    /// `step:30,60` (explicit milestones).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cosine" => Ok(Schedule::Cosine),
+            "constant" => Ok(Schedule::Constant),
+            "step" => Ok(Schedule::Step {
+                milestones: vec![],
+                gamma: 0.1,
+            }),
+            _ => {
+                let list = s.strip_prefix("step:").ok_or_else(|| {
+                    format!(
+                        "unknown schedule '{s}' (expected step, step:E1,E2,…, cosine or constant)"
+                    )
+                })?;
+                let milestones = list
+                    .split(',')
+                    .map(|v| v.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| format!("schedule '{s}': milestones must be epoch numbers"))?;
+                Ok(Schedule::Step {
+                    milestones,
+                    gamma: 0.1,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_step_schedule() {
+        let s = Schedule::paper(300);
+        assert_eq!(s.lr(0.1, 0, 300), 0.1);
+        assert_eq!(s.lr(0.1, 149, 300), 0.1);
+        assert!((s.lr(0.1, 150, 300) - 0.01).abs() < 1e-9);
+        assert!((s.lr(0.1, 225, 300) - 0.001).abs() < 1e-9);
+        let imagenet: Schedule = "step:30,60".parse().unwrap();
+        assert!((imagenet.lr(0.1, 59, 90) - 0.01).abs() < 1e-9);
+        assert!((imagenet.lr(0.1, 60, 90) - 0.001).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cosine_schedule() {
+        let s = Schedule::Cosine;
+        assert_eq!(s.lr(0.1, 0, 30), 0.1);
+        assert!((s.lr(0.1, 15, 30) - 0.05).abs() < 1e-7);
+        assert!(s.lr(0.1, 29, 30) < 0.001);
+        assert!("bogus".parse::<Schedule>().is_err());
+    }
+}

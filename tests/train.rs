@@ -1,0 +1,182 @@
+//! Training runs on the built-in digits set with a tiny model: resuming is exact, an
+//! interrupted checkpoint write leaves the previous checkpoint usable, a diverging loss
+//! stops with the last good checkpoint intact, and the run directory has what it promises.
+
+use densenet::memory::MemoryMode;
+use densenet::optim::SgdConfig;
+use densenet::train::{self, checkpoint, Quiet, RunOptions, Schedule, TrainConfig, TrainError};
+use densenet::{DenseNetConfig, Network};
+use std::path::PathBuf;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("densenet-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// DenseNet-BC L=16 k=4 (2 layers per block) on 8×8 digits: a few seconds an epoch… less.
+fn tiny(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        model: DenseNetConfig::cifar(16, 4, true, 0.5).unwrap(),
+        dataset: "digits".into(),
+        data_dir: None,
+        epochs,
+        batch_size: 100,
+        optimizer: SgdConfig::default(),
+        schedule: Schedule::Cosine,
+        augment: false,
+        upscale: 1,
+        val_split: 0.0,
+        seed: 7,
+        memory: MemoryMode::Efficient,
+        svhn_extra: false,
+    }
+}
+
+fn weights(dir: &std::path::Path) -> Vec<f32> {
+    let f = densenet::weights::read_safetensors(&dir.join("last.safetensors")).unwrap();
+    f.tensors
+        .iter()
+        .flat_map(|t| t.tensor.data.clone())
+        .collect()
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let mut cfg = tiny(2);
+    cfg.model.drop_rate = 0.1; // dropout masks must resume exactly too
+    let straight = tmp("straight");
+    let s = train::train(
+        &cfg,
+        &RunOptions {
+            dir: &straight,
+            resume: false,
+            stop_after: None,
+        },
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(s.epochs, 2);
+
+    let split = tmp("split");
+    let first = train::train(
+        &cfg,
+        &RunOptions {
+            dir: &split,
+            resume: false,
+            stop_after: Some(1),
+        },
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(first.epochs, 1);
+    assert!(
+        !split.join("summary.json").exists(),
+        "an unfinished run has no summary"
+    );
+    // a checkpoint write interrupted before its rename leaves a partial temporary file
+    std::fs::write(split.join(".last.safetensors.tmp"), b"half a checkpoi").unwrap();
+    let second = train::train(
+        &cfg,
+        &RunOptions {
+            dir: &split,
+            resume: true,
+            stop_after: None,
+        },
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(second.epochs, 2);
+    assert_eq!(
+        weights(&straight),
+        weights(&split),
+        "1 epoch + resume 1 epoch = 2 epochs"
+    );
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(split.join("summary.json")).unwrap()).unwrap();
+    for key in ["test_accuracy", "epochs", "seconds", "model", "dataset"] {
+        assert!(summary.get(key).is_some(), "summary.json lacks {key}");
+    }
+    let acc = summary["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let metrics = train::read_metrics(&split.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.len(), 2);
+    assert!(split.join("config.json").exists() && split.join("best.safetensors").exists());
+}
+
+#[test]
+fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
+    let cfg = tiny(1);
+    let dir = tmp("interrupted");
+    train::train(
+        &cfg,
+        &RunOptions {
+            dir: &dir,
+            resume: false,
+            stop_after: None,
+        },
+        &mut Quiet,
+    )
+    .unwrap();
+    let before = std::fs::read(dir.join("last.safetensors")).unwrap();
+    // what a crash between writing the temporary file and the rename leaves behind
+    std::fs::write(
+        dir.join(".last.safetensors.tmp"),
+        &before[..before.len() / 3],
+    )
+    .unwrap();
+    let mut net = Network::new(
+        &densenet::DenseNetConfig {
+            in_channels: 1,
+            input_size: 8,
+            ..cfg.model.clone()
+        },
+        0,
+    );
+    let mut opt = densenet::optim::Sgd::new(cfg.optimizer);
+    let loaded = checkpoint::load(&dir.join("last.safetensors"), &mut net, &mut opt).unwrap();
+    assert_eq!(loaded.state.epochs_done, 1);
+    assert_eq!(opt.momentum.len(), net.params.len());
+    // and an atomic write replaces the file whole
+    densenet::atomic::write(&dir.join("last.safetensors"), b"new").unwrap();
+    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), b"new");
+}
+
+#[test]
+fn diverging_loss_stops_with_the_last_good_checkpoint() {
+    let mut cfg = tiny(3);
+    let dir = tmp("diverge");
+    train::train(
+        &cfg,
+        &RunOptions {
+            dir: &dir,
+            resume: false,
+            stop_after: Some(1),
+        },
+        &mut Quiet,
+    )
+    .unwrap();
+    let good = std::fs::read(dir.join("last.safetensors")).unwrap();
+    // an absurd learning rate from epoch 2 on: continue the run with it
+    cfg.optimizer.lr = 1e30;
+    cfg.schedule = Schedule::Constant;
+    let dir2 = tmp("diverge2");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let err = train::train(
+        &cfg,
+        &RunOptions {
+            dir: &dir2,
+            resume: false,
+            stop_after: None,
+        },
+        &mut Quiet,
+    )
+    .unwrap_err();
+    match &err {
+        TrainError::Diverged { epoch, .. } => assert_eq!(*epoch, 1),
+        other => panic!("expected divergence, got {other}"),
+    }
+    assert!(err.to_string().contains("training stopped"), "{err}");
+    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), good);
+}
