@@ -217,6 +217,14 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Memory the OS can still give (Linux: `MemAvailable` in /proc/meminfo).
+fn available_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn random_input(n: usize, cfg: &DenseNetConfig, seed: u64) -> (Vec<f32>, Vec<u32>) {
     let mut rng = Rng::new(seed);
     let s = cfg.input_size;
@@ -347,7 +355,150 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One measured point of `bench memory`.
+#[derive(Debug, Serialize)]
+pub struct MemoryPoint {
+    /// Depth L.
+    pub depth: usize,
+    /// Memory mode.
+    pub memory: MemoryMode,
+    /// Activation bytes of the plan.
+    pub activation_bytes: usize,
+    /// Peak resident memory of the child process; absent if it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+    /// Step time; absent if it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_s: Option<f64>,
+    /// Why the child failed, if it did (e.g. out of memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
-    let _ = a;
-    anyhow::bail!("bench memory: not yet implemented")
+    use crate::memory::MemoryPlan;
+    use crate::net::Architecture;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let exe = std::env::current_exe().context("locating the densenet executable")?;
+    let mut points = Vec::new();
+    for &depth in &a.depths {
+        let cfg = DenseNetConfig::cifar(depth, a.growth_rate, true, 0.5)
+            .with_context(|| format!("--depths {depth}"))?;
+        for mode in [MemoryMode::Naive, MemoryMode::Efficient] {
+            let plan = MemoryPlan::new(&Architecture::new(&cfg), a.batch, mode, true);
+            if !a.json {
+                eprintln!("measuring {} batch {} {mode:?} …", cfg.name, a.batch);
+            }
+            let mut p = MemoryPoint {
+                depth,
+                memory: mode,
+                activation_bytes: plan.activation_bytes(),
+                peak_rss_bytes: None,
+                step_s: None,
+                error: None,
+            };
+            // never start a step that cannot fit: the OOM killer could take anything down
+            if let Some(avail) = available_memory_bytes() {
+                if plan.activation_bytes() as f64 > 0.8 * avail as f64 {
+                    p.error = Some(format!(
+                        "not run: its activations alone need {:.1} GiB, {:.1} GiB are available",
+                        p.activation_bytes as f64 / (1u64 << 30) as f64,
+                        avail as f64 / (1u64 << 30) as f64
+                    ));
+                    points.push(p);
+                    continue;
+                }
+            }
+            // a fresh process per point: peak RSS is a high-water mark of the whole process
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "bench",
+                    "train",
+                    "--model",
+                    &cfg.name,
+                    "--batch",
+                    &a.batch.to_string(),
+                ])
+                .args(["--steps", "1", "--warmup", "0", "--json", "--memory"])
+                .arg(if mode == MemoryMode::Naive {
+                    "naive"
+                } else {
+                    "efficient"
+                })
+                .output()
+                .context("running a measurement")?;
+            match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                Ok(v) if out.status.success() => {
+                    p.peak_rss_bytes = v["peak_rss_bytes"].as_u64();
+                    p.step_s = v["median_step_s"].as_f64();
+                }
+                _ => {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    p.error = Some(format!(
+                        "exit {}: {}",
+                        out.status,
+                        err.trim().lines().last().unwrap_or("")
+                    ));
+                }
+            }
+            points.push(p);
+        }
+    }
+    let json_path = a.out.join("memory.json");
+    crate::atomic::write(&json_path, &serde_json::to_vec_pretty(&points)?)
+        .with_context(|| json_path.display().to_string())?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let series = |mode: MemoryMode, label: &str| crate::plot::Series {
+        label: label.into(),
+        points: points
+            .iter()
+            .filter(|p| p.memory == mode)
+            .filter_map(|p| p.peak_rss_bytes.map(|b| (p.depth as f64, gib(b))))
+            .collect(),
+    };
+    let panel = crate::plot::Panel {
+        title: format!(
+            "DenseNet-BC k={} training step, batch {}: peak memory",
+            a.growth_rate, a.batch
+        ),
+        x_label: "depth L".into(),
+        y_label: "peak resident memory (GiB)".into(),
+        series: vec![
+            series(MemoryMode::Naive, "naive (every intermediate kept)"),
+            series(
+                MemoryMode::Efficient,
+                "efficient (shared storage, recomputation)",
+            ),
+        ],
+        log_y: false,
+    };
+    let png = a.out.join("memory.png");
+    crate::plot::plot_panels(&png, &[panel], 1, 900, 560)?;
+    if a.json {
+        return super::print_json(&points);
+    }
+    println!(
+        "{:>6} {:>10} {:>16} {:>16} {:>10}",
+        "depth", "mode", "activations", "peak RSS", "step"
+    );
+    for p in &points {
+        let rss = p
+            .peak_rss_bytes
+            .map(|b| format!("{:.2} GiB", gib(b)))
+            .unwrap_or_else(|| "failed".into());
+        let step = p.step_s.map(|s| format!("{s:.1} s")).unwrap_or_default();
+        println!(
+            "{:>6} {:>10} {:>12.2} GiB {:>16} {:>10}",
+            p.depth,
+            format!("{:?}", p.memory).to_lowercase(),
+            gib(p.activation_bytes as u64),
+            rss,
+            step
+        );
+        if let Some(e) = &p.error {
+            println!("       {e}");
+        }
+    }
+    println!("wrote {} and {}", png.display(), json_path.display());
+    Ok(())
 }

@@ -2,9 +2,11 @@
 //! go to stdout (a table, or one JSON object with `--json`); progress and logs to stderr.
 
 mod bench;
+mod eval;
 mod forward;
 mod model_args;
 mod plot;
+mod predict;
 mod summary;
 mod train;
 
@@ -38,6 +40,10 @@ pub enum Command {
     Train(Box<train::Args>),
     /// Draw a run's learning curves (curves.png) from its metrics.csv.
     Plot(plot::Args),
+    /// Top-1/top-5 error, per-class accuracy and confusion matrix on a test set.
+    Eval(eval::Args),
+    /// Top classes of images, with probabilities.
+    Predict(predict::Args),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -55,6 +61,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(*a),
         Command::Plot(a) => plot::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Predict(a) => predict::run(a),
     }
 }
 

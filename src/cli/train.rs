@@ -33,7 +33,8 @@ pub struct Args {
     pub data: Option<PathBuf>,
     /// Recipe: `paper` (DENSENET.md §4: batch 64, 300 epochs CIFAR / 40 SVHN / 90
     /// ImageNet, lr 0.1 ÷10 at 50% and 75%, dropout 0.2 without augmentation) or `quick`
-    /// (the digits default: 16×16 inputs, cosine schedule). Default: quick on digits,
+    /// (the digits default: 30 epochs, cosine schedule, native 8×8 inputs shifted by up to
+    /// one pixel). Default: quick on digits,
     /// paper elsewhere. Every setting below overrides the recipe.
     #[arg(long)]
     pub recipe: Option<String>,
@@ -59,7 +60,8 @@ pub struct Args {
     /// Standard augmentation of the data set on/off (CIFAR: pad-4 crop + flip).
     #[arg(long, value_name = "BOOL")]
     pub augment: Option<bool>,
-    /// Nearest-neighbour upscaling of stored images (digits: 2 gives 16×16 inputs).
+    /// Nearest-neighbour upscaling of stored images (digits: 4 gives the 32×32 inputs of
+    /// the PyTorch baseline; default 1).
     #[arg(long)]
     pub upscale: Option<usize>,
     /// Fraction of the training set held out for validation (picks the best checkpoint).
@@ -134,12 +136,7 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
         };
         (epochs, schedule, paper_augment, 1)
     } else {
-        (
-            QUICK_EPOCHS,
-            Schedule::Cosine,
-            false,
-            if is("digits") { QUICK_UPSCALE } else { 1 },
-        )
+        (QUICK_EPOCHS, Schedule::Cosine, is("digits"), 1)
     };
     let epochs = a.epochs.unwrap_or(epochs);
     let augment = a.augment.unwrap_or(augment);
@@ -182,10 +179,10 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
     })
 }
 
-/// Epochs of the quick recipe.
+/// Epochs of the quick recipe. On digits (native 8×8 inputs, shifts of up to one pixel)
+/// DenseNet-BC-40-12 reached 98.65% test accuracy after 20 epochs in a trial (98.99% at
+/// its best epoch); 30 leave a margin, at about 2 s an epoch.
 pub const QUICK_EPOCHS: usize = 30;
-/// Digits upscaling of the quick recipe (8×8 → 16×16).
-pub const QUICK_UPSCALE: usize = 2;
 
 /// A progress bar on stderr (hidden when stderr is not a terminal) plus one line per epoch.
 struct Bar {

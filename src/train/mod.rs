@@ -16,7 +16,7 @@ pub mod checkpoint;
 pub mod schedule;
 
 use crate::config::DenseNetConfig;
-use crate::data::augment::Transform;
+use crate::data::augment::{Geometry, Transform};
 use crate::data::pipeline::{holdout_fraction, Batch, Loader, LoaderConfig};
 use crate::data::{self, DataError, DatasetKind, Source, Split};
 use crate::memory::{MemoryMode, Workspace};
@@ -248,8 +248,17 @@ impl DataSetup {
             train_transform.hflip = false;
         }
         // the configuration's factor is the resolved one (the recipe's or the user's)
-        train_transform.upscale = config.upscale.max(1);
-        eval_transform.upscale = config.upscale.max(1);
+        let up = config.upscale.max(1);
+        train_transform.upscale = up;
+        eval_transform.upscale = up;
+        if kind == DatasetKind::Digits && config.augment {
+            // digits: shifts of up to one original pixel; no flips (a mirrored 2 is no digit)
+            train_transform.geometry = Geometry::PadCrop {
+                pad: up,
+                size: 8 * up,
+            };
+            train_transform.hflip = false;
+        }
         let input = match &train {
             Source::Memory(d) => eval_transform.output_shape(d.channels, d.height, d.width)?,
             Source::Folder(_) => (3, 224, 224),

@@ -1,0 +1,160 @@
+//! `densenet eval`: top-1/top-5 error, per-class accuracy and the confusion matrix of a
+//! model on a data set's test split.
+
+use crate::data::augment::Transform;
+use crate::data::{self, DatasetKind, Split};
+use crate::memory::MemoryMode;
+use crate::net::Network;
+use crate::train::checkpoint::Preprocess;
+use crate::train::{evaluate, Evaluation};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Arguments of `densenet eval`.
+#[derive(clap::Args, Debug)]
+#[command(after_long_help = "Example:\n  densenet eval --weights runs/<run>/best.safetensors")]
+pub struct Args {
+    /// Weights: a training checkpoint (its model, data set and preprocessing are used), or
+    /// any safetensors/.pth state dict together with --model and --dataset.
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// Model, for weights that are not a densenet training checkpoint.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Data set (default: the checkpoint's).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Directory of the data set's files (default: the checkpoint's).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Print one JSON object (with the per-class accuracies and the confusion matrix).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The JSON result of `densenet eval`.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    version: u32,
+    model: String,
+    dataset: String,
+    top1_error_percent: f64,
+    top5_error_percent: f64,
+    classes: Vec<String>,
+    #[serde(flatten)]
+    eval: &'a Evaluation,
+}
+
+/// A network with its weights, and what its training run recorded (if anything).
+pub(crate) struct Loaded {
+    pub net: Network,
+    pub dataset: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub upscale: Option<usize>,
+    pub preprocess: Option<Preprocess>,
+}
+
+/// Builds the network for `weights`: from a checkpoint's metadata, or from `--model`.
+pub(crate) fn load_model(weights: &Path, model: Option<&str>) -> anyhow::Result<Loaded> {
+    let meta = if weights.extension().is_some_and(|e| e == "pth") {
+        Default::default()
+    } else {
+        crate::weights::read_safetensors(weights)?.metadata
+    };
+    let train_cfg: Option<crate::train::TrainConfig> = meta
+        .get("train_config")
+        .and_then(|s| serde_json::from_str(s).ok());
+    let cfg = match (model, meta.get("config")) {
+        (Some(name), _) => crate::config::DenseNetConfig::from_name(name)
+            .with_context(|| format!("--model {name}"))?,
+        (None, Some(json)) => serde_json::from_str(json).with_context(|| {
+            format!("{}: model configuration in its metadata", weights.display())
+        })?,
+        (None, None) => anyhow::bail!(
+            "{}: no model configuration inside; give --model",
+            weights.display()
+        ),
+    };
+    let mut net = Network::new(&cfg, 0);
+    let tensors: Vec<_> = crate::weights::read_checkpoint(weights)?
+        .into_iter()
+        .filter(|t| t.name != crate::train::checkpoint::MOMENTUM)
+        .collect();
+    net.load_tensors(&tensors, &weights.display().to_string())?;
+    Ok(Loaded {
+        net,
+        dataset: train_cfg.as_ref().map(|c| c.dataset.clone()),
+        data_dir: train_cfg.as_ref().and_then(|c| c.data_dir.clone()),
+        upscale: train_cfg.as_ref().map(|c| c.upscale),
+        preprocess: meta
+            .get("preprocess")
+            .and_then(|s| serde_json::from_str(s).ok()),
+    })
+}
+
+/// Runs `densenet eval`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut m = load_model(&a.weights, a.model.as_deref())?;
+    let dataset = a
+        .dataset
+        .clone()
+        .or(m.dataset.clone())
+        .context("give --dataset (the weights do not name one)")?;
+    let kind: DatasetKind = dataset.parse()?;
+    let dir = a.data.clone().or(m.data_dir.clone());
+    let train = data::load(kind, dir.as_deref(), Split::Train)?;
+    let test = Arc::new(data::load(kind, dir.as_deref(), Split::Test)?);
+    let mut transform = Transform::preset(kind, false, &train)?;
+    if let Some(u) = m.upscale {
+        transform.upscale = u.max(1);
+    }
+    let cfg = m.net.config().clone();
+    anyhow::ensure!(
+        cfg.num_classes == test.num_classes(),
+        "the model has {} classes, data set {dataset} has {}",
+        cfg.num_classes,
+        test.num_classes()
+    );
+    let mut ws = m
+        .net
+        .workspace(a.batch_size.max(1), MemoryMode::Efficient, false);
+    let e = evaluate(&mut m.net, &mut ws, &test, None, &transform)?;
+    let classes = test.classes().to_vec();
+    if a.json {
+        return super::print_json(&Report {
+            version: 1,
+            model: cfg.name.clone(),
+            dataset,
+            top1_error_percent: 100.0 * (1.0 - e.top1_accuracy),
+            top5_error_percent: 100.0 * (1.0 - e.top5_accuracy),
+            classes,
+            eval: &e,
+        });
+    }
+    println!(
+        "{} on {dataset} ({} images): top-1 error {:.2}%, top-5 error {:.2}%, loss {:.4}",
+        cfg.name,
+        e.images,
+        100.0 * (1.0 - e.top1_accuracy),
+        100.0 * (1.0 - e.top5_accuracy),
+        e.loss
+    );
+    if classes.len() <= 20 {
+        println!("per class accuracy:");
+        for (c, (acc, n)) in e.per_class.iter().enumerate() {
+            println!("  {:>12} {:6.2}% of {n}", classes[c], 100.0 * acc);
+        }
+        println!("confusion matrix (rows: true class, columns: predicted):");
+        for row in &e.confusion {
+            println!(
+                "  {}",
+                row.iter().map(|v| format!("{v:>4}")).collect::<String>()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! `densenet predict`: the top classes of images, with probabilities and class names.
+
+use super::eval::load_model;
+use crate::data::augment::Normalize;
+use crate::data::folder::decode_file;
+use crate::memory::MemoryMode;
+use std::path::PathBuf;
+
+/// Arguments of `densenet predict`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_long_help = "Example:\n  densenet predict --weights runs/<run>/best.safetensors digit.png\n\n\
+    Images are decoded, converted to the model's channels, resized to its input size and\n\
+    normalised as in training (pixel/255, then the data set's mean and std). The digits\n\
+    set is white ink on black: invert a scan of dark ink on paper first."
+)]
+pub struct Args {
+    /// Image files (PNG or JPEG).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// Weights: a training checkpoint, or a state dict with --model.
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// Model, for weights that are not a densenet training checkpoint (ImageNet models use
+    /// ImageNet's normalisation).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// How many classes to show.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Prediction {
+    image: PathBuf,
+    top: Vec<(String, f64)>,
+}
+
+/// Runs `densenet predict`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut m = load_model(&a.weights, a.model.as_deref())?;
+    let cfg = m.net.config().clone();
+    let (c, s) = (cfg.in_channels, cfg.input_size);
+    let (norm, names) = match &m.preprocess {
+        Some(p) => (Normalize::new(&p.mean, &p.std), p.classes.clone()),
+        None if cfg.stem == crate::config::Stem::ImageNet => (Normalize::imagenet(), vec![]),
+        None => (Normalize::none(), vec![]),
+    };
+    let mut ws = m.net.workspace(1, MemoryMode::Efficient, false);
+    let mut out = Vec::new();
+    for path in &a.images {
+        let rgb = decode_file(path)?;
+        let img = if c == 1 {
+            // luminance as the mean of the three channels
+            let plane = rgb.height * rgb.width;
+            let grey = (0..plane)
+                .map(|i| {
+                    ((rgb.data[i] as u32
+                        + rgb.data[plane + i] as u32
+                        + rgb.data[2 * plane + i] as u32)
+                        / 3) as u8
+                })
+                .collect();
+            crate::data::augment::Image::new(1, rgb.height, rgb.width, grey)?
+        } else {
+            rgb
+        };
+        let img = img.resize(s, s)?;
+        let mut x = vec![0f32; c * s * s];
+        norm.write(&img, 255.0, &mut x)?;
+        let logits = m.net.forward_eval(&mut ws, &x, 1, None);
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let exp: Vec<f64> = logits.iter().map(|&v| ((v - max) as f64).exp()).collect();
+        let sum: f64 = exp.iter().sum();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&i, &j| exp[j].total_cmp(&exp[i]));
+        let top = order
+            .iter()
+            .take(a.top.max(1))
+            .map(|&i| {
+                (
+                    names
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| format!("class {i}")),
+                    exp[i] / sum,
+                )
+            })
+            .collect();
+        out.push(Prediction {
+            image: path.clone(),
+            top,
+        });
+    }
+    if a.json {
+        return super::print_json(&out);
+    }
+    for p in &out {
+        println!("{}:", p.image.display());
+        for (name, prob) in &p.top {
+            println!("  {:>6.2}%  {name}", 100.0 * prob);
+        }
+    }
+    Ok(())
+}
