@@ -14,6 +14,7 @@
 //! - [`weights`]: safetensors and PyTorch `.pth` checkpoints with torchvision key names;
 //! - [`summary`]: per-stage shapes, parameters and multiply-accumulates.
 
+pub mod analysis;
 pub mod atomic;
 pub mod cli;
 pub mod config;

@@ -90,8 +90,8 @@ pub struct InferArgs {
 /// `bench memory` arguments.
 #[derive(clap::Args, Debug)]
 pub struct MemoryArgs {
-    /// Depths L of DenseNet-BC to measure.
-    #[arg(long, value_delimiter = ',', default_value = "100,250,500")]
+    /// Depths L of DenseNet-BC to measure (L−4 divisible by 6: 502 stands in for 500).
+    #[arg(long, value_delimiter = ',', default_value = "100,250,502")]
     pub depths: Vec<usize>,
     /// Growth rate k.
     #[arg(long, default_value_t = 12)]
@@ -380,10 +380,17 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
     use crate::net::Architecture;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let exe = std::env::current_exe().context("locating the densenet executable")?;
+    // check every depth before spending minutes on the first ones
+    let configs = a
+        .depths
+        .iter()
+        .map(|&d| {
+            DenseNetConfig::cifar(d, a.growth_rate, true, 0.5)
+                .with_context(|| format!("--depths {d}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut points = Vec::new();
-    for &depth in &a.depths {
-        let cfg = DenseNetConfig::cifar(depth, a.growth_rate, true, 0.5)
-            .with_context(|| format!("--depths {depth}"))?;
+    for (&depth, cfg) in a.depths.iter().zip(configs) {
         for mode in [MemoryMode::Naive, MemoryMode::Efficient] {
             let plan = MemoryPlan::new(&Architecture::new(&cfg), a.batch, mode, true);
             if !a.json {

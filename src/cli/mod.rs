@@ -4,6 +4,7 @@
 mod bench;
 mod eval;
 mod forward;
+mod heatmap;
 mod model_args;
 mod plot;
 mod predict;
@@ -44,6 +45,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Top classes of images, with probabilities.
     Predict(predict::Args),
+    /// The feature-reuse heat map of a trained DenseNet (the paper's Fig. 5).
+    Heatmap(heatmap::Args),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -63,6 +66,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Plot(a) => plot::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Heatmap(a) => heatmap::run(a),
     }
 }
 

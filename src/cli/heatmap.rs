@@ -1,0 +1,55 @@
+//! `densenet heatmap`: the paper's Fig. 5 for a trained DenseNet.
+
+use crate::analysis::{feature_reuse, to_csv};
+use crate::plot::{heatmaps, HeatMatrix};
+use anyhow::Context;
+use std::path::PathBuf;
+
+/// Arguments of `densenet heatmap`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_long_help = "Cell (s, l) of block b is the average absolute weight that \
+    target layer l assigns to the maps of source layer s (s = 0: the block's input). For \
+    bottleneck models the target is each layer's first (1×1) convolution, the one that sees \
+    the concatenated input. Target n+1 is the transition after the block, or the classifier \
+    after the last block (outlined).\n\nExample:\n  densenet heatmap --weights runs/<run>/best.safetensors --out heatmap"
+)]
+pub struct Args {
+    /// Weights: a training checkpoint, or a state dict with --model.
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// Model, for weights that are not a densenet training checkpoint.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Output directory for heatmap.png, heatmap.svg and heatmap.csv.
+    #[arg(long, default_value = "heatmap")]
+    pub out: PathBuf,
+}
+
+/// Runs `densenet heatmap`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let m = super::eval::load_model(&a.weights, a.model.as_deref())?;
+    let mats = feature_reuse(&m.net);
+    std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
+    let csv = a.out.join("heatmap.csv");
+    crate::atomic::write(&csv, to_csv(&mats).as_bytes())
+        .with_context(|| csv.display().to_string())?;
+    let panels: Vec<HeatMatrix> = mats
+        .iter()
+        .map(|mm| HeatMatrix {
+            title: format!("{}: dense block {}", m.net.config().name, mm.block),
+            rows: mm.layers + 1,
+            cols: mm.layers + 1,
+            values: mm.values.clone(),
+        })
+        .collect();
+    let (png, svg) = (a.out.join("heatmap.png"), a.out.join("heatmap.svg"));
+    heatmaps(&png, Some(&svg), &panels)?;
+    println!(
+        "wrote {}, {} and {}",
+        png.display(),
+        svg.display(),
+        csv.display()
+    );
+    Ok(())
+}
