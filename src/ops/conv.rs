@@ -6,7 +6,15 @@
 //! (zero outside the image), then `Y = W·col`. im2col of a whole batch can be huge (a 3×3
 //! conv over 48 channels at 64×32×32 is 113 MB), so the batch is processed in chunks of
 //! samples that fit the `col` scratch the memory plan provides.
+//!
+//! 3×3 stride-1 padding-1 convolutions (every 3×3 in a dense layer) with channel counts
+//! divisible by 4 take the direct AVX2 kernels of [`super::conv3x3`] instead when the CPU
+//! has AVX2+FMA ([`col_len`] then sizes the scratch for their padded copies). On
+//! DenseNet-BC-100 k=12 b64 (`densenet bench train --model densenet-bc-100-12 --batch 64
+//! --steps 3`, 2-core AMD EPYC, one session) the step went from 4.9 s with im2col + GEMM
+//! to 2.7 s. The im2col path stays for the rest and is tested against the direct kernels.
 
+use super::conv3x3;
 use super::gemm::{sgemm, Mat};
 use rayon::prelude::*;
 
@@ -66,6 +74,8 @@ impl ConvShape {
 pub fn col_len(s: &ConvShape, samples: usize) -> usize {
     if s.is_pointwise() {
         0
+    } else if conv3x3::applies(s) {
+        conv3x3::scratch_per_sample(s) * samples.clamp(1, s.n)
     } else {
         s.col_per_sample() * samples.clamp(1, s.n)
     }
@@ -178,6 +188,17 @@ pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mu
         );
         return;
     }
+    if conv3x3::applies(s) {
+        conv3x3::forward(y, x, w, s, col);
+        return;
+    }
+    im2col_forward(y, x, w, s, col);
+}
+
+/// [`conv_forward`] through im2col + GEMM (any kernel, stride and padding).
+pub(crate) fn im2col_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) {
+    let (how, kr) = (s.ho() * s.wo(), s.col_rows());
+    let ldy = s.n * how;
     let chunk = s.chunk(col.len());
     let mut n0 = 0;
     while n0 < s.n {
@@ -209,7 +230,7 @@ pub fn conv_backward(
     s: &ConvShape,
     col: &mut [f32],
 ) {
-    let (how, kr, hw) = (s.ho() * s.wo(), s.col_rows(), s.h * s.w);
+    let (how, kr) = (s.ho() * s.wo(), s.col_rows());
     let ldy = s.n * how;
     if s.is_pointwise() {
         // dW[Cout×Cin] += dY[Cout×len] · Xᵀ ; dX[Cin×len] = Wᵀ · dY
@@ -237,6 +258,25 @@ pub fn conv_backward(
         }
         return;
     }
+    if conv3x3::applies(s) {
+        conv3x3::backward(dx, dw, dy, x, w, s, col);
+        return;
+    }
+    im2col_backward(dx, dw, dy, x, w, s, col);
+}
+
+/// [`conv_backward`] through im2col + GEMM + col2im (any kernel, stride and padding).
+pub(crate) fn im2col_backward(
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+) {
+    let (how, kr, hw) = (s.ho() * s.wo(), s.col_rows(), s.h * s.w);
+    let ldy = s.n * how;
     let chunk = s.chunk(col.len());
     let mut dx = dx;
     if let Some(dx) = dx.as_deref_mut() {
@@ -369,6 +409,7 @@ mod tests {
             mk(3, 4, 5, 6, 6, 1, 1, 0),  // 1×1 bottleneck
             mk(2, 3, 4, 11, 9, 7, 2, 3), // ImageNet stem
             mk(1, 2, 2, 4, 4, 3, 2, 1),
+            mk(2, 4, 8, 5, 6, 3, 1, 1), // direct 3×3 kernels (conv3x3) where AVX2 exists
         ]
     }
 

@@ -91,16 +91,104 @@ pub fn sgemm(
     }
     a.check(m, k, "A");
     b.check(k, n, "B");
-    let (ars, acs) = a.strides();
-    let (brs, bcs) = b.strides();
     // Products under ~1 MFLOP finish before threads would wake up.
     let threads = rayon::current_num_threads();
+    if threads > 1 && m * n * k >= 1 << 18 && k_split_pays(m, n, k) {
+        return sgemm_k_split(m, n, k, c, ldc, accumulate, a, b, threads);
+    }
     let par = if threads > 1 && m * n * k >= 1 << 18 {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
-    // SAFETY: the asserts above check that every element the strides reach lies inside the
+    raw(m, n, k, c, ldc, accumulate, a, b, par);
+}
+
+/// Whether a product is a weight gradient's shape: a small `m×n` output summed over a long
+/// `k` (dW = dY·Xᵀ: 48×216 summed over 65536 positions). The `gemm` crate splits work
+/// over m and n only, so such a product ran on one thread (`shape_bench`: 48×65536·65536×216
+/// at 30 GFLOP/s with 1 thread, 34 with 2, under load); splitting k gives each thread
+/// its own partial product.
+fn k_split_pays(m: usize, n: usize, k: usize) -> bool {
+    m * n <= 256 * 256 && k >= 8 * m.max(n)
+}
+
+/// `C (+)= A·B` as `threads` single-threaded products over slices of k, summed in a fixed
+/// order (first slice straight into C, the others through partial buffers), so the result
+/// depends on the thread count only.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_k_split(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: usize,
+) {
+    let parts = threads.min(k / 64).max(1);
+    let step = k.div_ceil(parts);
+    let (_, acs) = a.strides();
+    let (brs, _) = b.strides();
+    // the slice of A's columns and B's rows p0..p1
+    let sub = |p0: usize| {
+        let a_off = p0 * acs as usize;
+        let b_off = p0 * brs as usize;
+        (
+            Mat {
+                data: &a.data[a_off..],
+                ..a
+            },
+            Mat {
+                data: &b.data[b_off..],
+                ..b
+            },
+        )
+    };
+    let mut partials = vec![0f32; (parts - 1) * m * n];
+    rayon::scope(|sc| {
+        let mut rest: &mut [f32] = &mut partials;
+        for part in 1..parts {
+            let (mine, tail) = rest.split_at_mut(m * n);
+            rest = tail;
+            let p0 = part * step;
+            let kk = step.min(k - p0);
+            let (sa, sb) = sub(p0);
+            sc.spawn(move |_| raw(m, n, kk, mine, n, false, sa, sb, Parallelism::None));
+        }
+        let (sa, sb) = sub(0);
+        raw(m, n, step, c, ldc, accumulate, sa, sb, Parallelism::None);
+    });
+    for part in partials.chunks_exact(m * n) {
+        for i in 0..m {
+            let row = &mut c[i * ldc..i * ldc + n];
+            row.iter_mut()
+                .zip(&part[i * n..(i + 1) * n])
+                .for_each(|(c, p)| *c += p);
+        }
+    }
+}
+
+/// The `gemm` crate call; the caller has checked the shapes.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    par: Parallelism,
+) {
+    a.check(m, k, "A");
+    b.check(k, n, "B");
+    let (ars, acs) = a.strides();
+    let (brs, bcs) = b.strides();
+    // SAFETY: the checks above make sure every element the strides reach lies inside the
     // slices; `c` is borrowed mutably, so it cannot alias `a` or `b`.
     unsafe {
         gemm::gemm(
@@ -145,6 +233,38 @@ mod tests {
             }
         }
         c
+    }
+
+    /// A weight-gradient shape (long k) takes the k-split path with several threads.
+    #[test]
+    fn k_split_matches_naive() {
+        let (m, n, k) = (12, 20, 3001);
+        assert!(k_split_pays(m, n, k) && m * n * k >= 1 << 18);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let want = naive(m, n, k, &a, false, &b, true);
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            // C with a leading dimension wider than n: the partial sums must respect it
+            let mut c = vec![1.0; m * (n + 3)];
+            pool.install(|| sgemm(m, n, k, &mut c, n + 3, true, Mat::n(&a, k), Mat::t(&b, k)));
+            for i in 0..m {
+                for j in 0..n {
+                    let (x, y) = (c[i * (n + 3) + j], want[i * n + j] + 1.0);
+                    assert!(
+                        (x - y).abs() < 1e-2 * (1.0 + y.abs()),
+                        "{threads}: {x} vs {y}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

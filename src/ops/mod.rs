@@ -14,11 +14,15 @@
 //! says whether they overwrite or accumulate.
 
 pub mod conv;
+pub mod conv3x3;
 pub mod dropout;
 pub mod gemm;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+#[cfg(test)]
+mod shape_bench;
+pub(crate) mod simd;
 
 /// Converts `[N][C][HW]` to `[C][N][HW]`.
 pub fn nchw_to_cnhw(out: &mut [f32], x: &[f32], n: usize, c: usize, hw: usize) {

@@ -1,0 +1,621 @@
+//! Direct 3×3, stride 1, padding 1 convolution (every 3×3 convolution in a dense layer),
+//! forward and backward, with AVX2+FMA kernels. Selected by [`super::conv`] when
+//! [`applies`] holds; everything else (and CPUs without AVX2) takes the im2col + GEMM path.
+//!
+//! **Why.** With few output channels (k = 12..48) the im2col + GEMM route is bound by
+//! memory traffic, not arithmetic: im2col writes a `Cin·9 × len` matrix (113 MB per BC-100
+//! layer at b64), the GEMM packs it again and uses each packed value for only 12 FMAs, and
+//! backward-data needs a second such matrix plus col2im. `cargo test --release --lib
+//! shape_bench -- --ignored --nocapture` measured 12–28 GFLOP/s for the forward GEMM and
+//! 12–14 GFLOP/s for dW (12×9216·9216×432) on this 2-core AMD EPYC (AVX2, no AVX-512).
+//!
+//! **How.** The input is copied once into a zero-padded layout: per channel, the samples'
+//! `(H+2)×(W+2)` planes one after another, with a zero margin before and after. In that
+//! layout the 9 taps of a 3×3 window are 9 constant offsets `(ky−1)·(W+2) + (kx−1)` from
+//! the output position, across rows and samples alike, so one flat loop over positions
+//! computes every output (positions on the padding ring compute junk that is never read):
+//!
+//! - forward: `out[o][p] = Σ_i Σ_t w[o][i][t] · in[i][p + off_t]` ([`correlate`]);
+//! - backward-data is the same loop on the padded `dY` with the weights transposed and
+//!   flipped (`off` of tap `8−t` is `−off_t`);
+//! - backward-weights: `dw[o][i][t] += Σ_p dy[o][p] · x[i][p + off_t]` ([`weight_grad`]);
+//!   `dY` is zero on the padding ring, so junk positions add nothing.
+//!
+//! The batch is processed in chunks of samples that fit the `col` scratch
+//! ([`scratch_per_sample`] floats each). Register blocking: 4 output channels × 24
+//! positions (12 AVX accumulators) for [`correlate`], 4 output channels × 3 taps for
+//! [`weight_grad`]: 7 loads per 12 FMAs, so the FMA units, not the loads, set the pace.
+
+use super::conv::ConvShape;
+use rayon::prelude::*;
+
+/// Output channels per register block.
+const OB: usize = 4;
+/// Positions per register block of [`correlate`]: three 8-float vectors.
+const PB: usize = 24;
+/// Input channels per group in [`correlate`] (see the loop-order note there).
+const IB: usize = 16;
+
+/// Whether the direct kernels handle this convolution on this CPU.
+pub fn applies(s: &ConvShape) -> bool {
+    s.k == 3
+        && s.stride == 1
+        && s.pad == 1
+        && s.cin.is_multiple_of(OB)
+        && s.cout.is_multiple_of(OB)
+        && avx2()
+}
+
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::avx2_fma()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The padded layout of a chunk of `ns` samples.
+#[derive(Clone, Copy)]
+struct Padded {
+    /// Padded row width W+2.
+    wp: usize,
+    /// Positions of the chunk: ns·(H+2)·(W+2).
+    body: usize,
+    /// Zero floats before and after the body of each channel row.
+    margin: usize,
+}
+
+impl Padded {
+    fn new(s: &ConvShape, ns: usize) -> Self {
+        let wp = s.w + 2;
+        Padded {
+            wp,
+            body: ns * (s.h + 2) * wp,
+            margin: wp + 1 + PB,
+        }
+    }
+    /// Length of one channel row, margins included.
+    fn row(&self) -> usize {
+        self.body + 2 * self.margin
+    }
+    /// Offsets of the 9 taps, row-major (ky, kx).
+    fn offsets(&self) -> [isize; 9] {
+        let mut o = [0isize; 9];
+        for (t, v) in o.iter_mut().enumerate() {
+            *v = (t / 3) as isize * self.wp as isize + (t % 3) as isize - self.wp as isize - 1;
+        }
+        o
+    }
+    /// The rows and positions [`correlate`] computes.
+    fn span(&self) -> Span {
+        let (p0, p1) = self.interior();
+        Span {
+            ld: self.row(),
+            base: self.margin,
+            p0,
+            p1,
+            overrun: true,
+        }
+    }
+    /// The position range that covers every interior (real output) position.
+    fn interior(&self) -> (usize, usize) {
+        (self.wp + 1, self.body - self.wp - 1)
+    }
+}
+
+/// Floats of `col` scratch per sample: padded input, padded output gradient and padded
+/// input gradient (backward needs all three; forward uses the first two).
+pub fn scratch_per_sample(s: &ConvShape) -> usize {
+    let p = Padded::new(s, 1);
+    (2 * s.cin + s.cout) * (p.body + 2 * p.margin)
+}
+
+/// Samples per chunk for a scratch of `col_len` floats.
+fn chunk(s: &ConvShape, col_len: usize) -> usize {
+    // margins are per chunk, so a chunk of k samples needs at most k·per_sample
+    (col_len / scratch_per_sample(s).max(1)).clamp(1, s.n)
+}
+
+/// Copies samples `n0..n1` of `src: [C][N·H·W]` into the padded rows of `buf` (zeroed
+/// first, so the ring and the margins are 0).
+fn pad(buf: &mut [f32], src: &[f32], c: usize, s: &ConvShape, n0: usize, n1: usize, p: Padded) {
+    let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
+    let plane = (s.h + 2) * p.wp;
+    buf[..c * p.row()]
+        .par_chunks_mut(p.row())
+        .enumerate()
+        .for_each(|(ci, row)| {
+            row.fill(0.0);
+            for ni in n0..n1 {
+                let sp = &src[ci * len + ni * hw..][..hw];
+                let dp = &mut row[p.margin + (ni - n0) * plane..][..plane];
+                for y in 0..s.h {
+                    dp[(y + 1) * p.wp + 1..][..s.w].copy_from_slice(&sp[y * s.w..][..s.w]);
+                }
+            }
+        });
+}
+
+/// Copies the interior of padded rows back to samples `n0..n1` of `dst: [C][N·H·W]`
+/// (overwriting).
+fn unpad(dst: &mut [f32], buf: &[f32], c: usize, s: &ConvShape, n0: usize, n1: usize, p: Padded) {
+    let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
+    let plane = (s.h + 2) * p.wp;
+    dst[..c * len]
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(ci, drow)| {
+            let row = &buf[ci * p.row()..][..p.row()];
+            for ni in n0..n1 {
+                let sp = &row[p.margin + (ni - n0) * plane..][..plane];
+                let dp = &mut drow[ni * hw..][..hw];
+                for y in 0..s.h {
+                    dp[y * s.w..][..s.w].copy_from_slice(&sp[(y + 1) * p.wp + 1..][..s.w]);
+                }
+            }
+        });
+}
+
+/// Weights `[O][I][T]` repacked as `[O/4][I][T][4]`, so the 4 broadcasts of a tap are
+/// adjacent. With `flip`, the source is a forward weight `[I][O][T]` read as the
+/// backward-data kernel: `w'[o][i][t] = w[i][o][T−1−t]`.
+fn pack_weights(w: &[f32], o_n: usize, i_n: usize, taps: usize, flip: bool) -> Vec<f32> {
+    assert_eq!(w.len(), o_n * i_n * taps);
+    let mut out = vec![0.0; o_n * i_n * taps];
+    for o in 0..o_n {
+        for i in 0..i_n {
+            for t in 0..taps {
+                let v = if flip {
+                    w[(i * o_n + o) * taps + taps - 1 - t]
+                } else {
+                    w[(o * i_n + i) * taps + t]
+                };
+                out[(((o / OB) * i_n + i) * taps + t) * OB + o % OB] = v;
+            }
+        }
+    }
+    out
+}
+
+/// A pointer that may cross threads; each task writes a disjoint set of positions.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for writes to disjoint position ranges (see `correlate`).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Rows and positions a [`correlate`] call works on: row r of a buffer starts at
+/// `r·ld + base`; positions `p0..p1` are computed.
+#[derive(Clone, Copy)]
+struct Span {
+    ld: usize,
+    base: usize,
+    p0: usize,
+    p1: usize,
+    /// Whether the rows have at least `PB` readable and writable floats past `p1` (the
+    /// padded layout's margin): then the last block may run over instead of a scalar tail.
+    overrun: bool,
+}
+
+/// `out[o][p] = Σ_i Σ_t w[o][i][t] · inp[i][p + off_t]` for `p` in the span (`o_n` output
+/// rows, `i_n` input rows, both laid out as `sp` says); `wp` is [`pack_weights`]' layout.
+/// Parallel over tiles of positions.
+#[allow(clippy::too_many_arguments)]
+fn correlate(
+    out: &mut [f32],
+    inp: &[f32],
+    wp: &[f32],
+    o_n: usize,
+    i_n: usize,
+    offs: &[isize],
+    sp: Span,
+) {
+    assert!(o_n.is_multiple_of(OB) && avx2());
+    assert_eq!(wp.len(), o_n * i_n * offs.len());
+    let (lo, hi) = (
+        offs.iter().copied().min().unwrap_or(0),
+        offs.iter().copied().max().unwrap_or(0),
+    );
+    let over = if sp.overrun { PB } else { 0 };
+    // every read and write lies inside the slices
+    assert!(sp.base as isize + sp.p0 as isize + lo >= 0);
+    assert!(inp.len() as isize >= ((i_n - 1) * sp.ld + sp.base + sp.p1 + over) as isize + hi);
+    assert!(out.len() >= (o_n - 1) * sp.ld + sp.base + sp.p1 + over);
+    if sp.p1 <= sp.p0 {
+        return;
+    }
+    // A tile's input (i_n rows of `tile` floats, plus the taps' halo) should stay in L2
+    // (512 KiB per core here) while all o_n/4 output blocks sweep it.
+    let tile = ((64 << 10) / (i_n * PB)).clamp(1, 64) * PB;
+    let tiles = (sp.p1 - sp.p0).div_ceil(tile);
+    let optr = SyncPtr(out.as_mut_ptr());
+    let work = |t: usize| {
+        let a = sp.p0 + t * tile;
+        let b = (a + tile).min(sp.p1);
+        // SAFETY: positions a..b of each output row are written by this task only (the
+        // overrun, if any, lies past p1 in the last tile); the asserts above bound every
+        // access; avx2() was checked.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            correlate_avx2(optr.get(), inp, wp, o_n, i_n, offs, sp, a, b)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (optr, a, b, offs, i_n, o_n, wp, inp);
+            unreachable!("conv3x3 needs x86-64")
+        }
+    };
+    if tiles > 1 && o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17 {
+        (0..tiles).into_par_iter().for_each(work);
+    } else {
+        (0..tiles).for_each(work);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn correlate_avx2(
+    out: *mut f32,
+    inp: &[f32],
+    wp: &[f32],
+    o_n: usize,
+    i_n: usize,
+    offs: &[isize],
+    sp: Span,
+    a: usize,
+    b: usize,
+) {
+    use std::arch::x86_64::*;
+    let taps = offs.len();
+    let base = inp.as_ptr().add(sp.base);
+    // whole blocks; without overrun room the last partial block is done in scalar code
+    let full = if sp.overrun { b } else { a + (b - a) / PB * PB };
+    // Loop order: position block, then a group of IB input channels, then output blocks.
+    // The group's input lines (IB channels × 3 rows × 2–3 lines ≈ 9 KiB) stay in L1 while
+    // every output block reuses them; partial sums go through `out` between groups (exact
+    // in f32, so the order of additions per output is still i ascending, t ascending).
+    // With the output-block loop outermost instead, 128 input channels × 3 rows were 384
+    // concurrent streams per block and densenet121 b16 inference spent 44% of its time
+    // here (`perf record`).
+    let mut q = a;
+    while q < full {
+        for i0 in (0..i_n).step_by(IB) {
+            let i1 = (i0 + IB).min(i_n);
+            for ob in 0..o_n / OB {
+                let wb = wp.as_ptr().add(ob * i_n * taps * OB);
+                let mut acc = [[_mm256_setzero_ps(); 3]; OB];
+                if i0 > 0 {
+                    for (oo, acc) in acc.iter_mut().enumerate() {
+                        let op = out.add((ob * OB + oo) * sp.ld + sp.base + q);
+                        for (v, accv) in acc.iter_mut().enumerate() {
+                            *accv = _mm256_loadu_ps(op.add(8 * v));
+                        }
+                    }
+                }
+                for i in i0..i1 {
+                    let ip = base.add(i * sp.ld + q);
+                    let wi = wb.add(i * taps * OB);
+                    for (t, &off) in offs.iter().enumerate() {
+                        let x = ip.offset(off);
+                        let xv = [
+                            _mm256_loadu_ps(x),
+                            _mm256_loadu_ps(x.add(8)),
+                            _mm256_loadu_ps(x.add(16)),
+                        ];
+                        for (oo, acc) in acc.iter_mut().enumerate() {
+                            let wv = _mm256_broadcast_ss(&*wi.add(t * OB + oo));
+                            for v in 0..3 {
+                                acc[v] = _mm256_fmadd_ps(wv, xv[v], acc[v]);
+                            }
+                        }
+                    }
+                }
+                for (oo, acc) in acc.iter().enumerate() {
+                    let op = out.add((ob * OB + oo) * sp.ld + sp.base + q);
+                    for (v, &accv) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(op.add(8 * v), accv);
+                    }
+                }
+            }
+        }
+        q += PB;
+    }
+    for ob in 0..o_n / OB {
+        let wb = wp.as_ptr().add(ob * i_n * taps * OB);
+        // scalar tail, same summation order per position (i outer, t inner)
+        for q in full..b.max(full) {
+            for oo in 0..OB {
+                let mut acc = 0f32;
+                for i in 0..i_n {
+                    let ip = base.add(i * sp.ld + q);
+                    for (t, &off) in offs.iter().enumerate() {
+                        acc = (*wb.add((i * taps + t) * OB + oo)).mul_add(*ip.offset(off), acc);
+                    }
+                }
+                *out.add((ob * OB + oo) * sp.ld + sp.base + q) = acc;
+            }
+        }
+    }
+}
+
+/// `out[o][0..len] = Σ_i w[o][i]·inp[i][0..len]`: a 1×1 convolution (or its
+/// backward-data with `flip`: `w` then is `[I][O]`) through [`correlate`], without the
+/// packing a GEMM does. Needs AVX2 and `o_n % 4 == 0` ([`pointwise_applies`]).
+///
+/// Not used by [`super::conv`]: at one thread it measured 26 GFLOP/s against the `gemm`
+/// crate's 20 on 48×216·216×65536 but 35 against 69 on densenet121's 128×512·512×12544
+/// and 26 against 54 on the 216×48 backward-data shape (`shape_bench`, machine under
+/// load). Kept, tested, as the starting point for a fused BN-ReLU + 1×1 kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn pointwise(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    o_n: usize,
+    i_n: usize,
+    len: usize,
+    flip: bool,
+) {
+    let wp = pack_weights(w, o_n, i_n, 1, flip);
+    let sp = Span {
+        ld: len,
+        base: 0,
+        p0: 0,
+        p1: len,
+        overrun: false,
+    };
+    correlate(out, inp, &wp, o_n, i_n, &[0], sp);
+}
+
+/// Whether [`pointwise`] handles `o_n` output rows on this CPU.
+pub fn pointwise_applies(o_n: usize) -> bool {
+    o_n.is_multiple_of(OB) && o_n > 0 && avx2()
+}
+
+/// `dw[o][i][t] += Σ_p dy[o][p] · x[i][p + off_t]` over the chunk's positions (`dy` is
+/// zero off the interior). Parallel over input channels, each task owning its `dw`
+/// entries, so the result does not depend on the thread count.
+fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], o_n: usize, i_n: usize, p: Padded) {
+    let row = p.row();
+    assert!(dy.len() >= o_n * row && x.len() >= i_n * row);
+    assert_eq!(dw.len(), o_n * i_n * 9);
+    let offs = p.offsets();
+    let mut cols = vec![[0f32; 9]; i_n * o_n];
+    cols.par_chunks_mut(o_n).enumerate().for_each(|(i, col)| {
+        // SAFETY: avx2() was checked by `applies`; reads stay in the rows (see
+        // `weight_grad_avx2`).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            weight_grad_avx2(col, dy, &x[i * row..][..row], o_n, p, &offs)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (col, i, &offs, dy, x);
+            unreachable!("conv3x3 needs x86-64")
+        }
+    });
+    for (i, col) in cols.chunks(o_n).enumerate() {
+        for (o, taps) in col.iter().enumerate() {
+            for (t, v) in taps.iter().enumerate() {
+                dw[(o * i_n + i) * 9 + t] += v;
+            }
+        }
+    }
+}
+
+/// One input channel's slice of [`weight_grad`]: `out[o][t] = Σ_p dy[o][p]·x[p + off_t]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_grad_avx2(
+    out: &mut [[f32; 9]],
+    dy: &[f32],
+    x: &[f32],
+    o_n: usize,
+    p: Padded,
+    offs: &[isize; 9],
+) {
+    use std::arch::x86_64::*;
+    let row = p.row();
+    let (p0, p1) = p.interior();
+    // whole vectors from p0; the last may run past p1 into the ring/margin, where dy = 0
+    let nvec = (p1 - p0).div_ceil(8);
+    let xb = x.as_ptr().add(p.margin + p0);
+    for ob in 0..o_n / OB {
+        let db = dy.as_ptr().add(ob * OB * row + p.margin + p0);
+        for ky in 0..3 {
+            let off = offs[ky * 3];
+            let mut acc = [[_mm256_setzero_ps(); 3]; OB];
+            for j in 0..nvec {
+                let xp = xb.offset(off).add(8 * j);
+                let xv = [
+                    _mm256_loadu_ps(xp),
+                    _mm256_loadu_ps(xp.add(1)),
+                    _mm256_loadu_ps(xp.add(2)),
+                ];
+                for (oo, acc) in acc.iter_mut().enumerate() {
+                    let d = _mm256_loadu_ps(db.add(oo * row + 8 * j));
+                    for kx in 0..3 {
+                        acc[kx] = _mm256_fmadd_ps(d, xv[kx], acc[kx]);
+                    }
+                }
+            }
+            for (oo, acc) in acc.iter().enumerate() {
+                for (kx, &v) in acc.iter().enumerate() {
+                    let mut l = [0f32; 8];
+                    _mm256_storeu_ps(l.as_mut_ptr(), v);
+                    out[ob * OB + oo][ky * 3 + kx] = l.iter().sum();
+                }
+            }
+        }
+    }
+}
+
+/// Forward: `y[Cout][N·H·W] = conv3×3(x)`, chunked over samples through `col`.
+pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) {
+    debug_assert!(applies(s));
+    let wp = pack_weights(w, s.cout, s.cin, 9, false);
+    let ns = chunk(s, col.len());
+    let mut n0 = 0;
+    while n0 < s.n {
+        let n1 = (n0 + ns).min(s.n);
+        let p = Padded::new(s, n1 - n0);
+        assert!(
+            col.len() >= (s.cin + s.cout) * p.row(),
+            "conv3x3: col scratch too small"
+        );
+        let (xin, rest) = col.split_at_mut(s.cin * p.row());
+        let yout = &mut rest[..s.cout * p.row()];
+        pad(xin, x, s.cin, s, n0, n1, p);
+        correlate(yout, xin, &wp, s.cout, s.cin, &p.offsets(), p.span());
+        unpad(y, yout, s.cout, s, n0, n1, p);
+        n0 = n1;
+    }
+}
+
+/// Backward: `dw += dy ⋆ x`; `dx`, if given, is **overwritten** with the input gradient.
+pub fn backward(
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+) {
+    debug_assert!(applies(s));
+    let wflip = dx
+        .is_some()
+        .then(|| pack_weights(w, s.cin, s.cout, 9, true));
+    let ns = chunk(s, col.len());
+    let mut dx = dx;
+    let mut n0 = 0;
+    while n0 < s.n {
+        let n1 = (n0 + ns).min(s.n);
+        let p = Padded::new(s, n1 - n0);
+        assert!(
+            col.len() >= (2 * s.cin + s.cout) * p.row(),
+            "conv3x3: col scratch too small"
+        );
+        let (xin, rest) = col.split_at_mut(s.cin * p.row());
+        let (dyp, rest) = rest.split_at_mut(s.cout * p.row());
+        pad(xin, x, s.cin, s, n0, n1, p);
+        pad(dyp, dy, s.cout, s, n0, n1, p);
+        weight_grad(dw, dyp, xin, s.cout, s.cin, p);
+        if let (Some(dx), Some(wf)) = (dx.as_deref_mut(), &wflip) {
+            let dxp = &mut rest[..s.cin * p.row()];
+            correlate(dxp, dyp, wf, s.cin, s.cout, &p.offsets(), p.span());
+            unpad(dx, dxp, s.cin, s, n0, n1, p);
+        }
+        n0 = n1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::{col_len, im2col_backward, im2col_forward};
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    fn shape(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> ConvShape {
+        ConvShape {
+            n,
+            cin,
+            cout,
+            h,
+            w,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        }
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_naive() {
+        if !avx2() {
+            return;
+        }
+        // len 53: two blocks of 24 and a scalar tail of 5
+        for (o_n, i_n, len, flip) in [(4, 3, 53, false), (8, 20, 53, true), (12, 5, 7, false)] {
+            let x = data(i_n * len, 4);
+            let w = data(o_n * i_n, 5);
+            let mut y = vec![f32::NAN; o_n * len];
+            pointwise(&mut y, &x, &w, o_n, i_n, len, flip);
+            let mut want = vec![0.0; o_n * len];
+            for o in 0..o_n {
+                for i in 0..i_n {
+                    let wv = if flip { w[i * o_n + o] } else { w[o * i_n + i] };
+                    for p in 0..len {
+                        want[o * len + p] += wv * x[i * len + p];
+                    }
+                }
+            }
+            close(&y, &want, "pointwise");
+        }
+    }
+
+    /// The direct kernels against the im2col + GEMM path (itself tested against a naive
+    /// convolution in `conv`), on odd sizes, 1-row and 1-column images, and scratch sizes
+    /// that force one sample per chunk as well as the whole batch in one.
+    #[test]
+    fn direct_matches_im2col() {
+        if !avx2() {
+            return;
+        }
+        let shapes = [
+            shape(2, 4, 4, 5, 7),
+            shape(3, 8, 12, 9, 6),
+            shape(1, 4, 8, 1, 11),
+            shape(2, 12, 4, 13, 1),
+            shape(2, 48, 12, 8, 8),
+            shape(1, 4, 4, 2, 2),
+        ];
+        for s in shapes {
+            assert!(applies(&s));
+            let x = data(s.cin * s.n * s.h * s.w, 1);
+            let w = data(s.cout * s.col_rows(), 2);
+            let dy = data(s.cout * s.n * s.h * s.w, 3);
+            let mut big = vec![0.0; (s.cin * 9) * s.n * s.h * s.w];
+            for samples in [1, s.n] {
+                let mut col = vec![f32::NAN; col_len(&s, samples)];
+                let mut y = vec![f32::NAN; dy.len()];
+                forward(&mut y, &x, &w, &s, &mut col);
+                let mut want = vec![0.0; dy.len()];
+                im2col_forward(&mut want, &x, &w, &s, &mut big);
+                close(&y, &want, &format!("{s:?} y"));
+
+                let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5; w.len()]);
+                backward(Some(&mut dx), &mut dw, &dy, &x, &w, &s, &mut col);
+                let (mut wdx, mut wdw) = (vec![0.0; x.len()], vec![0.5; w.len()]);
+                im2col_backward(Some(&mut wdx), &mut wdw, &dy, &x, &w, &s, &mut big);
+                close(&dx, &wdx, &format!("{s:?} dx"));
+                close(&dw, &wdw, &format!("{s:?} dw"));
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Timing of the GEMM shapes a DenseNet-BC k=12 b64 training step runs, at 1 and 2
+//! threads: `cargo test --release --lib shape_bench -- --ignored --nocapture`.
+//! Not a correctness test; it exists so kernel choices can be re-measured.
+
+use super::gemm::{sgemm, Mat};
+use std::time::Instant;
+
+fn rate(m: usize, n: usize, k: usize, ta: bool, tb: bool, threads: usize) -> f64 {
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; k * n];
+    let mut c = vec![0f32; m * n];
+    let am = if ta { Mat::t(&a, m) } else { Mat::n(&a, k) };
+    let bm = if tb { Mat::t(&b, k) } else { Mat::n(&b, n) };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut best = f64::MAX;
+        for _ in 0..6 {
+            let t = Instant::now();
+            sgemm(m, n, k, &mut c, n, true, am, bm);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        2.0 * (m * n * k) as f64 / best / 1e9
+    })
+}
+
+#[test]
+#[ignore]
+fn gemm_shapes() {
+    // (what, m, n, k, A transposed, B transposed)
+    let shapes = [
+        ("1x1 fwd 48x216.216x65536", 48, 65536, 216, false, false),
+        ("1x1 dW 48x65536.65536x216", 48, 216, 65536, false, true),
+        ("1x1 dX 216x48.48x65536", 216, 65536, 48, true, false),
+        ("3x3 fwd 12x432.432x9216", 12, 9216, 432, false, false),
+        ("3x3 dW 12x9216.9216x432", 12, 432, 9216, false, true),
+        ("3x3 dX 432x12.12x9216", 432, 9216, 12, true, false),
+        ("3x3 fwd^T 9216x432.432x12", 9216, 12, 432, false, true),
+    ];
+    for (what, m, n, k, ta, tb) in shapes {
+        let r1 = rate(m, n, k, ta, tb, 1);
+        let r2 = rate(m, n, k, ta, tb, 2);
+        println!("{what:32} 1t {r1:6.1} GFLOP/s   2t {r2:6.1} GFLOP/s");
+    }
+    // the direct 1×1 kernel (conv3x3::pointwise) on the same shapes as the GEMMs above
+    for (what, o, i, len, flip) in [
+        ("direct 1x1 fwd o48 i216", 48, 216, 65536, false),
+        ("direct 1x1 dX o216 i48", 216, 48, 65536, true),
+        ("direct 1x1 fwd o128 i512 (121)", 128, 512, 12544, false),
+    ] {
+        let x = vec![0.5f32; i * len];
+        let w = vec![0.25f32; o * i];
+        let mut y = vec![0f32; o * len];
+        let mut r = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut best = f64::MAX;
+                for _ in 0..6 {
+                    let t = Instant::now();
+                    super::conv3x3::pointwise(&mut y, &x, &w, o, i, len, flip);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                2.0 * (o * i * len) as f64 / best / 1e9
+            })
+        };
+        let (r1, r2) = (r(1), r(2));
+        println!("{what:32} 1t {r1:6.1} GFLOP/s   2t {r2:6.1} GFLOP/s");
+    }
+    let r1 = rate(128, 12544, 512, false, false, 1);
+    let r2 = rate(128, 12544, 512, false, false, 2);
+    println!(
+        "{:32} 1t {r1:6.1} GFLOP/s   2t {r2:6.1} GFLOP/s",
+        "gemm 1x1 o128 i512 (121)"
+    );
+}
+
+/// Process CPU seconds (utime + stime from /proc/self/stat, 10 ms ticks).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// Thread use of a weight-gradient product: the `gemm` crate's own parallelism against
+/// [`sgemm`]'s k-split, as CPU seconds per wall second (2.0 = both cores busy).
+#[test]
+#[ignore]
+fn dw_thread_use() {
+    let (m, n, k) = (48, 216, 65536);
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; n * k];
+    let mut c = vec![0f32; m * n];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for split in [false, true] {
+        let (c0, t0) = (cpu_seconds(), Instant::now());
+        pool.install(|| {
+            for _ in 0..20 {
+                if split {
+                    sgemm(m, n, k, &mut c, n, true, Mat::n(&a, k), Mat::t(&b, k));
+                } else {
+                    super::gemm::raw(
+                        m,
+                        n,
+                        k,
+                        &mut c,
+                        n,
+                        true,
+                        Mat::n(&a, k),
+                        Mat::t(&b, k),
+                        gemm::Parallelism::Rayon(2),
+                    );
+                }
+            }
+        });
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - c0;
+        let rate = 20.0 * 2.0 * (m * n * k) as f64 / wall / 1e9;
+        println!(
+            "k-split {split}: {rate:.1} GFLOP/s, {:.2} CPU s per wall s",
+            cpu / wall
+        );
+    }
+}
