@@ -231,7 +231,9 @@ fn random_input(n: usize, cfg: &DenseNetConfig, seed: u64) -> (Vec<f32>, Vec<u32
     let x = (0..n * cfg.in_channels * s * s)
         .map(|_| rng.normal() as f32)
         .collect();
-    let y = (0..n).map(|_| rng.below(cfg.num_classes) as u32).collect();
+    let y = (0..n)
+        .map(|_| rng.below(cfg.num_classes as u64) as u32)
+        .collect();
     (x, y)
 }
 

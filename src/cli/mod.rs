@@ -2,6 +2,7 @@
 //! go to stdout (a table, or one JSON object with `--json`); progress and logs to stderr.
 
 mod bench;
+mod compare;
 mod eval;
 mod forward;
 mod heatmap;
@@ -47,6 +48,8 @@ pub enum Command {
     Predict(predict::Args),
     /// The feature-reuse heat map of a trained DenseNet (the paper's Fig. 5).
     Heatmap(heatmap::Args),
+    /// Test error against parameters for finished runs (table and PNG).
+    Compare(compare::Args),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -67,6 +70,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Heatmap(a) => heatmap::run(a),
+        Command::Compare(a) => compare::run(a),
     }
 }
 

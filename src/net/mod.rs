@@ -346,7 +346,7 @@ impl Network {
             if e.name.ends_with("classifier.weight") {
                 let bound = 1.0 / (e.shape[1] as f64).sqrt();
                 v.iter_mut()
-                    .for_each(|x| *x = ((2.0 * rng.uniform() - 1.0) * bound) as f32);
+                    .for_each(|x| *x = (rng.uniform(-bound, bound)) as f32);
             } else if e.shape.len() == 4 {
                 let fan_in = (e.shape[1] * e.shape[2] * e.shape[3]) as f64;
                 let std = (2.0 / fan_in).sqrt();

@@ -21,8 +21,8 @@ use crate::data::pipeline::{holdout_fraction, Batch, Loader, LoaderConfig};
 use crate::data::{self, DataError, DatasetKind, Source, Split};
 use crate::memory::{MemoryMode, Workspace};
 use crate::net::{Network, TrainOptions};
-use crate::ops::dropout::mix64;
 use crate::optim::{Sgd, SgdConfig};
+use crate::rng::mix_seed;
 use crate::weights::WeightsError;
 use checkpoint::Preprocess;
 pub use schedule::Schedule;
@@ -385,6 +385,9 @@ pub fn argmax(v: &[f32]) -> usize {
     best
 }
 
+/// Distinguishes the dropout seeds from the data pipeline's seeds of the same batch.
+const DROPOUT_TAG: u64 = 0xd20f;
+
 /// Options of one call to [`train`].
 pub struct RunOptions<'a> {
     /// The run directory.
@@ -471,7 +474,7 @@ pub fn train(
             let batch = batch?;
             let n = batch.len();
             let step = TrainOptions {
-                dropout_seed: mix64(config.seed ^ mix64(((epoch as u64) << 32) | b as u64)),
+                dropout_seed: mix_seed(&[config.seed, epoch as u64, b as u64, DROPOUT_TAG]),
                 input_grad: false,
             };
             let loss = net.forward_train(&mut ws, &batch.images, &batch.labels, &step);
