@@ -1,7 +1,6 @@
 //! Per-stage description of a network: output shape, parameters, multiply-accumulates and
 //! the dense connectivity of each block (the numbers of the paper's Table 1 and §3).
 
-use crate::config::Stem;
 use crate::net::Architecture;
 use serde::Serialize;
 
@@ -121,7 +120,6 @@ pub fn summarize(arch: &Architecture) -> Summary {
         layers: None,
         connections: None,
     });
-    let _ = Stem::Cifar;
     Summary {
         version: 1,
         model: cfg.name.clone(),

@@ -60,11 +60,8 @@ pub(crate) struct Loaded {
 
 /// Builds the network for `weights`: from a checkpoint's metadata, or from `--model`.
 pub(crate) fn load_model(weights: &Path, model: Option<&str>) -> anyhow::Result<Loaded> {
-    let meta = if weights.extension().is_some_and(|e| e == "pth") {
-        Default::default()
-    } else {
-        crate::weights::read_safetensors(weights)?.metadata
-    };
+    let file = crate::weights::read_checkpoint(weights)?;
+    let meta = &file.metadata;
     let train_cfg: Option<crate::train::TrainConfig> = meta
         .get("train_config")
         .and_then(|s| serde_json::from_str(s).ok());
@@ -80,11 +77,7 @@ pub(crate) fn load_model(weights: &Path, model: Option<&str>) -> anyhow::Result<
         ),
     };
     let mut net = Network::new(&cfg, 0);
-    let tensors: Vec<_> = crate::weights::read_checkpoint(weights)?
-        .into_iter()
-        .filter(|t| t.name != crate::train::checkpoint::MOMENTUM)
-        .collect();
-    net.load_tensors(&tensors, &weights.display().to_string())?;
+    net.load_tensors(&file.tensors, &weights.display().to_string())?;
     Ok(Loaded {
         net,
         dataset: train_cfg.as_ref().map(|c| c.dataset.clone()),

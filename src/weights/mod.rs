@@ -187,22 +187,25 @@ pub fn write_safetensors(
 }
 
 /// Reads a checkpoint in either format: a zip archive (`PK` magic) is a PyTorch `.pth`
-/// file, anything else is read as safetensors.
-pub fn read_checkpoint(path: &Path) -> Result<Vec<NamedTensor>, WeightsError> {
+/// file (no metadata), anything else is read as safetensors.
+pub fn read_checkpoint(path: &Path) -> Result<TensorFile, WeightsError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     if bytes.starts_with(b"PK\x03\x04") {
         let what = path.display().to_string();
-        let tensors = pth::read_pth_bytes(&bytes, &what)?;
-        return Ok(tensors
+        let tensors = pth::read_pth_bytes(&bytes, &what)?
             .into_iter()
             .map(|t| NamedTensor {
                 name: t.name,
                 tensor: Tensor::new(t.shape, t.data),
                 dtype: t.dtype,
             })
-            .collect());
+            .collect();
+        return Ok(TensorFile {
+            tensors,
+            metadata: HashMap::new(),
+        });
     }
-    Ok(parse_safetensors(&bytes, path)?.tensors)
+    parse_safetensors(&bytes, path)
 }
 
 /// Maps a checkpoint key to the engine's name: strips a `module.` prefix (saved from
@@ -246,7 +249,7 @@ impl Network {
     }
 
     /// Loads named tensors (all parameters and running statistics must be present with the
-    /// right shapes; integer bookkeeping such as `num_batches_tracked` is ignored). On any
+    /// right shapes; `num_batches_tracked` and `optim.*` entries are ignored). On any
     /// mismatch nothing is changed and every problem is reported.
     pub fn load_tensors(
         &mut self,
@@ -255,7 +258,9 @@ impl Network {
     ) -> Result<(), WeightsError> {
         let mut by_name: HashMap<String, &NamedTensor> = HashMap::new();
         for t in tensors {
-            if t.name.ends_with("num_batches_tracked") {
+            // integer bookkeeping, and optimizer state stored beside the weights in a
+            // training checkpoint (`optim.momentum`)
+            if t.name.ends_with("num_batches_tracked") || t.name.starts_with("optim.") {
                 continue;
             }
             by_name.insert(canonical_name(&t.name), t);
@@ -299,8 +304,8 @@ impl Network {
 
     /// Loads a `.safetensors` or `.pth` file.
     pub fn load(&mut self, path: &Path) -> Result<(), WeightsError> {
-        let tensors = read_checkpoint(path)?;
-        self.load_tensors(&tensors, &path.display().to_string())
+        let file = read_checkpoint(path)?;
+        self.load_tensors(&file.tensors, &path.display().to_string())
     }
 
     /// Saves parameters and running statistics to safetensors (atomically), with the model
