@@ -25,6 +25,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod profile;
 pub mod rng;
 pub mod summary;
 pub mod tensor;

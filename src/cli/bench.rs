@@ -60,9 +60,25 @@ pub struct TrainArgs {
     /// Memory mode.
     #[arg(long, default_value = "efficient")]
     pub memory: MemoryMode,
+    /// Also report where the timed steps spent their time, per kind of operation.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// One row of `bench train --profile`.
+#[derive(Debug, Serialize)]
+pub struct ProfileRow {
+    /// Kind of operation (`other` is the rest of the step).
+    pub op: String,
+    /// Seconds per step.
+    pub step_s: f64,
+    /// Share of the step, percent.
+    pub percent: f64,
+    /// Calls per step.
+    pub calls: f64,
 }
 
 /// `bench infer` arguments.
@@ -183,6 +199,9 @@ pub struct TrainReport {
     pub peak_rss_bytes: Option<u64>,
     /// Step time statistics.
     pub step: Stats,
+    /// With `--profile`: time per kind of operation, per step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<ProfileRow>>,
 }
 
 /// Result of `bench infer`.
@@ -263,6 +282,10 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     let (x, y) = random_input(a.batch, &cfg, 1);
     let mut times = Vec::new();
     for step in 0..a.warmup + a.steps {
+        if a.profile && step == a.warmup {
+            crate::profile::reset();
+            crate::profile::enable(true);
+        }
         let t = Instant::now();
         let opts = TrainOptions {
             dropout_seed: step as u64,
@@ -271,7 +294,10 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         let loss = net.forward_train(&mut ws, &x, &y, &opts);
         net.zero_grad();
         net.backward(&mut ws, &opts);
-        opt.step(&mut net.params, &net.grads);
+        {
+            let _t = crate::profile::scope(crate::profile::Op::Optimizer);
+            opt.step(&mut net.params, &net.grads);
+        }
         let dt = t.elapsed().as_secs_f64();
         if !a.json {
             eprintln!(
@@ -283,6 +309,28 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             times.push(dt);
         }
     }
+    crate::profile::enable(false);
+    let total: f64 = times.iter().sum();
+    let profile = a.profile.then(|| {
+        let per = 1.0 / a.steps as f64;
+        let mut rows: Vec<ProfileRow> = crate::profile::snapshot()
+            .into_iter()
+            .map(|(op, secs, calls)| ProfileRow {
+                op: op.name().to_string(),
+                step_s: secs * per,
+                percent: 100.0 * secs / total,
+                calls: calls as f64 * per,
+            })
+            .collect();
+        let counted: f64 = rows.iter().map(|r| r.step_s).sum();
+        rows.push(ProfileRow {
+            op: "other".into(),
+            step_s: total * per - counted,
+            percent: 100.0 * (1.0 - counted / (total * per)),
+            calls: 0.0,
+        });
+        rows
+    });
     let step = Stats::new(times);
     let r = TrainReport {
         version: 1,
@@ -295,6 +343,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         activation_bytes: ws.activation_bytes(),
         peak_rss_bytes: peak_rss_bytes(),
         step,
+        profile,
     };
     if a.json {
         return super::print_json(&r);
@@ -310,6 +359,18 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         r.activation_bytes as f64 / (1 << 20) as f64,
         r.peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or("n/a".into())
     );
+    if let Some(rows) = &r.profile {
+        println!(
+            "{:<26} {:>10} {:>7} {:>9}",
+            "operation", "s/step", "share", "calls"
+        );
+        for row in rows {
+            println!(
+                "{:<26} {:>10.3} {:>6.1}% {:>9.0}",
+                row.op, row.step_s, row.percent, row.calls
+            );
+        }
+    }
     Ok(())
 }
 
