@@ -176,6 +176,15 @@ pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mu
     let (how, kr) = (s.ho() * s.wo(), s.col_rows());
     let ldy = s.n * how;
     if s.is_pointwise() {
+        if s.cout <= 48 && conv3x3::pointwise_applies(s.cout) {
+            // A dense layer's bottleneck (4k = 48 outputs): the direct kernel, tiles of
+            // packed input rows, beats the `gemm` crate here. `cargo test --release --lib
+            // gemm_shapes -- --ignored --nocapture`, 48×216·216×65536: direct 37.5 / 73.5
+            // GFLOP/s (1 / 2 threads), gemm 18.9 / 33.9; but 128×512·512×12544
+            // (densenet121): direct 52 / 68, gemm 56 / 108, so wider outputs keep gemm.
+            conv3x3::pointwise(y, x, w, s.cout, s.cin, ldy, false);
+            return;
+        }
         sgemm(
             s.cout,
             ldy,

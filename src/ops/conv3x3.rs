@@ -22,17 +22,18 @@
 //!   `dY` is zero on the padding ring, so junk positions add nothing.
 //!
 //! The batch is processed in chunks of samples that fit the `col` scratch
-//! ([`scratch_per_sample`] floats each). Register blocking: 4 output channels × 24
-//! positions (12 AVX accumulators) for [`correlate`], 4 output channels × 3 taps for
-//! [`weight_grad`]: 7 loads per 12 FMAs, so the FMA units, not the loads, set the pace.
+//! ([`scratch_per_sample`] floats each). Register blocking: 4 output channels × 16
+//! positions (8 AVX accumulators, 6 loads per 8 FMAs; see `correlate_avx2` for why not
+//! 24) for [`correlate`], 4 output channels × 3 taps for [`weight_grad`] (7 loads per 12
+//! FMAs).
 
 use super::conv::ConvShape;
 use rayon::prelude::*;
 
 /// Output channels per register block.
 const OB: usize = 4;
-/// Positions per register block of [`correlate`]: three 8-float vectors.
-const PB: usize = 24;
+/// Positions per register block of [`correlate`]: two 8-float vectors.
+const PB: usize = 16;
 /// Input channels per group in [`correlate`] (see the loop-order note there).
 const IB: usize = 16;
 
@@ -180,6 +181,11 @@ fn pack_weights(w: &[f32], o_n: usize, i_n: usize, taps: usize, flip: bool) -> V
     out
 }
 
+thread_local! {
+    /// Per-thread buffer for a packed tile of 1×1 input rows (see `correlate`).
+    static PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A pointer that may cross threads; each task writes a disjoint set of positions.
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
@@ -247,7 +253,33 @@ fn correlate(
         // access; avx2() was checked.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            correlate_avx2(optr.get(), inp, wp, o_n, i_n, offs, sp, a, b)
+            let ib = inp.as_ptr().add(sp.base);
+            match offs.len() {
+                9 => correlate_avx2::<9>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b),
+                1 if !sp.overrun && tiles > 1 => {
+                    // 1×1: copy the tile's input rows into a contiguous buffer first. The
+                    // rows of a `[C][N·H·W]` tensor are 2^k floats apart at b64
+                    // (65536), so a 16-row group maps to one L1 set and thrashes:
+                    // `conv3x3_shapes`/`gemm_shapes`, o48 i216 len 65536: 21 GFLOP/s
+                    // straight from the tensor, 37.5 packed (with the 8·IB group below).
+                    let ild = tile + 8;
+                    PACK.with(|buf| {
+                        let mut buf = buf.borrow_mut();
+                        if buf.len() < i_n * ild {
+                            buf.resize(i_n * ild, 0.0);
+                        }
+                        for i in 0..i_n {
+                            buf[i * ild..][..b - a]
+                                .copy_from_slice(&inp[sp.base + i * sp.ld + a..][..b - a]);
+                        }
+                        // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
+                        let ibp = buf.as_ptr().wrapping_sub(a);
+                        correlate_avx2::<1>(optr.get(), ibp, ild, wp, o_n, i_n, offs, sp, a, b)
+                    })
+                }
+                1 => correlate_avx2::<1>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b),
+                n => unreachable!("correlate: {n} taps"),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -265,9 +297,10 @@ fn correlate(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn correlate_avx2(
+unsafe fn correlate_avx2<const TAPS: usize>(
     out: *mut f32,
-    inp: &[f32],
+    ib: *const f32,
+    ild: usize,
     wp: &[f32],
     o_n: usize,
     i_n: usize,
@@ -277,8 +310,11 @@ unsafe fn correlate_avx2(
     b: usize,
 ) {
     use std::arch::x86_64::*;
-    let taps = offs.len();
-    let base = inp.as_ptr().add(sp.base);
+    let taps = TAPS;
+    let offs: &[isize; TAPS] = offs.try_into().expect("tap count");
+    // With one tap a group of IB channels is only 16 FMAs per accumulator round trip
+    // through `out`; 1×1 inputs are packed (contiguous, L1-friendly), so take more.
+    let group = if TAPS == 1 { 8 * IB } else { IB };
     // whole blocks; without overrun room the last partial block is done in scalar code
     let full = if sp.overrun { b } else { a + (b - a) / PB * PB };
     // Loop order: position block, then a group of IB input channels, then output blocks.
@@ -290,43 +326,64 @@ unsafe fn correlate_avx2(
     // here (`perf record`).
     let mut q = a;
     while q < full {
-        for i0 in (0..i_n).step_by(IB) {
-            let i1 = (i0 + IB).min(i_n);
+        for i0 in (0..i_n).step_by(group) {
+            let i1 = (i0 + group).min(i_n);
             for ob in 0..o_n / OB {
                 let wb = wp.as_ptr().add(ob * i_n * taps * OB);
-                let mut acc = [[_mm256_setzero_ps(); 3]; OB];
+                let op = out.add(ob * OB * sp.ld + sp.base + q);
+                let ld = sp.ld;
+                // 4 output channels × 16 positions = 8 accumulators in named locals. With
+                // 4 × 24 (12 accumulators + 3 inputs + 1 weight = all 16 ymm registers)
+                // LLVM kept one accumulator on the stack, a load-FMA-store chain through
+                // store forwarding on every tap (objdump of `correlate_avx2::<9>`).
+                // `cargo test --release --lib conv3x3_shapes -- --ignored --nocapture`,
+                // one thread, 121 shape 16×128→32 at 28×28: 24 GFLOP/s before, 55 after (BC-100
+                // 64×48→12 at 32×32: 31 → 53; machine shared with other builds).
+                let (mut c00, mut c01, mut c10, mut c11);
+                let (mut c20, mut c21, mut c30, mut c31);
                 if i0 > 0 {
-                    for (oo, acc) in acc.iter_mut().enumerate() {
-                        let op = out.add((ob * OB + oo) * sp.ld + sp.base + q);
-                        for (v, accv) in acc.iter_mut().enumerate() {
-                            *accv = _mm256_loadu_ps(op.add(8 * v));
-                        }
-                    }
+                    c00 = _mm256_loadu_ps(op);
+                    c01 = _mm256_loadu_ps(op.add(8));
+                    c10 = _mm256_loadu_ps(op.add(ld));
+                    c11 = _mm256_loadu_ps(op.add(ld + 8));
+                    c20 = _mm256_loadu_ps(op.add(2 * ld));
+                    c21 = _mm256_loadu_ps(op.add(2 * ld + 8));
+                    c30 = _mm256_loadu_ps(op.add(3 * ld));
+                    c31 = _mm256_loadu_ps(op.add(3 * ld + 8));
+                } else {
+                    c00 = _mm256_setzero_ps();
+                    (c01, c10, c11, c20, c21, c30, c31) = (c00, c00, c00, c00, c00, c00, c00);
                 }
                 for i in i0..i1 {
-                    let ip = base.add(i * sp.ld + q);
+                    let ip = ib.wrapping_add(i * ild + q);
                     let wi = wb.add(i * taps * OB);
                     for (t, &off) in offs.iter().enumerate() {
                         let x = ip.offset(off);
-                        let xv = [
-                            _mm256_loadu_ps(x),
-                            _mm256_loadu_ps(x.add(8)),
-                            _mm256_loadu_ps(x.add(16)),
-                        ];
-                        for (oo, acc) in acc.iter_mut().enumerate() {
-                            let wv = _mm256_broadcast_ss(&*wi.add(t * OB + oo));
-                            for v in 0..3 {
-                                acc[v] = _mm256_fmadd_ps(wv, xv[v], acc[v]);
-                            }
-                        }
+                        let w = wi.add(t * OB);
+                        let x0 = _mm256_loadu_ps(x);
+                        let x1 = _mm256_loadu_ps(x.add(8));
+                        let wv = _mm256_broadcast_ss(&*w);
+                        c00 = _mm256_fmadd_ps(wv, x0, c00);
+                        c01 = _mm256_fmadd_ps(wv, x1, c01);
+                        let wv = _mm256_broadcast_ss(&*w.add(1));
+                        c10 = _mm256_fmadd_ps(wv, x0, c10);
+                        c11 = _mm256_fmadd_ps(wv, x1, c11);
+                        let wv = _mm256_broadcast_ss(&*w.add(2));
+                        c20 = _mm256_fmadd_ps(wv, x0, c20);
+                        c21 = _mm256_fmadd_ps(wv, x1, c21);
+                        let wv = _mm256_broadcast_ss(&*w.add(3));
+                        c30 = _mm256_fmadd_ps(wv, x0, c30);
+                        c31 = _mm256_fmadd_ps(wv, x1, c31);
                     }
                 }
-                for (oo, acc) in acc.iter().enumerate() {
-                    let op = out.add((ob * OB + oo) * sp.ld + sp.base + q);
-                    for (v, &accv) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(op.add(8 * v), accv);
-                    }
-                }
+                _mm256_storeu_ps(op, c00);
+                _mm256_storeu_ps(op.add(8), c01);
+                _mm256_storeu_ps(op.add(ld), c10);
+                _mm256_storeu_ps(op.add(ld + 8), c11);
+                _mm256_storeu_ps(op.add(2 * ld), c20);
+                _mm256_storeu_ps(op.add(2 * ld + 8), c21);
+                _mm256_storeu_ps(op.add(3 * ld), c30);
+                _mm256_storeu_ps(op.add(3 * ld + 8), c31);
             }
         }
         q += PB;
@@ -338,7 +395,7 @@ unsafe fn correlate_avx2(
             for oo in 0..OB {
                 let mut acc = 0f32;
                 for i in 0..i_n {
-                    let ip = base.add(i * sp.ld + q);
+                    let ip = ib.wrapping_add(i * ild + q);
                     for (t, &off) in offs.iter().enumerate() {
                         acc = (*wb.add((i * taps + t) * OB + oo)).mul_add(*ip.offset(off), acc);
                     }
@@ -353,10 +410,8 @@ unsafe fn correlate_avx2(
 /// backward-data with `flip`: `w` then is `[I][O]`) through [`correlate`], without the
 /// packing a GEMM does. Needs AVX2 and `o_n % 4 == 0` ([`pointwise_applies`]).
 ///
-/// Not used by [`super::conv`]: at one thread it measured 26 GFLOP/s against the `gemm`
-/// crate's 20 on 48×216·216×65536 but 35 against 69 on densenet121's 128×512·512×12544
-/// and 26 against 54 on the 216×48 backward-data shape (`shape_bench`, machine under
-/// load). Kept, tested, as the starting point for a fused BN-ReLU + 1×1 kernel.
+/// [`super::conv`] uses it for 1×1 convolutions with at most 48 outputs (measurements
+/// there); the `gemm` crate keeps wider ones and the backward products.
 #[allow(clippy::too_many_arguments)]
 pub fn pointwise(
     out: &mut [f32],
@@ -560,8 +615,15 @@ mod tests {
         if !avx2() {
             return;
         }
-        // len 53: two blocks of 24 and a scalar tail of 5
-        for (o_n, i_n, len, flip) in [(4, 3, 53, false), (8, 20, 53, true), (12, 5, 7, false)] {
+        // len 53: three blocks of 16 and a scalar tail of 5; i_n 300 and 200: several
+        // tiles (the packed path), channel groups, a partial last tile with a tail
+        for (o_n, i_n, len, flip) in [
+            (4, 3, 53, false),
+            (8, 20, 53, true),
+            (12, 5, 7, false),
+            (8, 300, 500, false),
+            (12, 200, 1001, true),
+        ] {
             let x = data(i_n * len, 4);
             let w = data(o_n * i_n, 5);
             let mut y = vec![f32::NAN; o_n * len];

@@ -133,3 +133,58 @@ fn dw_thread_use() {
         );
     }
 }
+
+/// The direct 3×3 kernel (conv3x3::forward / backward) on densenet121's and BC-100's
+/// dense-layer shapes, 1 and 2 threads.
+#[test]
+#[ignore]
+fn conv3x3_shapes() {
+    use super::conv::{col_len, ConvShape};
+    let mk = |n, cin, cout, h| ConvShape {
+        n,
+        cin,
+        cout,
+        h,
+        w: h,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    };
+    for (what, s, chunk) in [
+        ("121 fwd n16 i128 o32 28x28", mk(16, 128, 32, 28), 16),
+        ("121 fwd n16 i128 o32 14x14", mk(16, 128, 32, 14), 16),
+        ("BC100 fwd n64 i48 o12 32x32", mk(64, 48, 12, 32), 8),
+    ] {
+        if !super::conv3x3::applies(&s) {
+            return;
+        }
+        let x = vec![0.5f32; s.cin * s.n * s.h * s.w];
+        let w = vec![0.25f32; s.cout * s.col_rows()];
+        let mut y = vec![0f32; s.cout * s.n * s.h * s.w];
+        let mut col = vec![0f32; col_len(&s, chunk)];
+        let mut r = |threads, bwd: bool| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut dx = vec![0f32; x.len()];
+            let mut dw = vec![0f32; w.len()];
+            pool.install(|| {
+                let mut best = f64::MAX;
+                for _ in 0..5 {
+                    let t = Instant::now();
+                    if bwd {
+                        super::conv3x3::backward(Some(&mut dx), &mut dw, &y, &x, &w, &s, &mut col);
+                    } else {
+                        super::conv3x3::forward(&mut y, &x, &w, &s, &mut col);
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let passes = if bwd { 2.0 } else { 1.0 };
+                passes * 2.0 * s.macs() as f64 / best / 1e9
+            })
+        };
+        let (f1, f2, b1, b2) = (r(1, false), r(2, false), r(1, true), r(2, true));
+        println!("{what:32} fwd 1t {f1:6.1} 2t {f2:6.1}  bwd 1t {b1:6.1} 2t {b2:6.1} GFLOP/s");
+    }
+}
