@@ -171,8 +171,21 @@ fn col2im(dx: &mut [f32], col: &[f32], s: &ConvShape, n0: usize, n1: usize) {
         });
 }
 
+/// The profiling bucket of a convolution.
+fn kind(s: &ConvShape, forward: bool) -> crate::profile::Op {
+    use crate::profile::Op;
+    match (s.k, forward) {
+        (1, true) => Op::Conv1x1Forward,
+        (1, false) => Op::Conv1x1Backward,
+        (3, true) => Op::Conv3x3Forward,
+        (3, false) => Op::Conv3x3Backward,
+        _ => Op::ConvOther,
+    }
+}
+
 /// `y[Cout][N·Ho·Wo] = conv(x, w)`; `col` is scratch (may be empty for 1×1 stride 1).
 pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) {
+    let _t = crate::profile::scope(kind(s, true));
     let (how, kr) = (s.ho() * s.wo(), s.col_rows());
     let ldy = s.n * how;
     if s.is_pointwise() {
@@ -239,6 +252,7 @@ pub fn conv_backward(
     s: &ConvShape,
     col: &mut [f32],
 ) {
+    let _t = crate::profile::scope(kind(s, false));
     let (how, kr) = (s.ho() * s.wo(), s.col_rows());
     let ldy = s.n * how;
     if s.is_pointwise() {
@@ -334,6 +348,7 @@ pub fn pointwise_backward_in_place(
     w: &[f32],
     s: &ConvShape,
 ) {
+    let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
     assert!(s.is_pointwise());
     let len = s.n * s.h * s.w;
     sgemm(

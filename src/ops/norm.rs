@@ -17,6 +17,7 @@ pub const BN_MOMENTUM: f32 = 0.1;
 
 /// Per-channel batch mean and biased variance (divide by `len`) of `x: [C][len]`.
 pub fn channel_stats(mean: &mut [f32], var: &mut [f32], x: &[f32], len: usize) {
+    let _t = crate::profile::scope(crate::profile::Op::BnForward);
     let c = mean.len();
     assert_eq!(var.len(), c);
     assert!(x.len() >= c * len);
@@ -100,6 +101,7 @@ pub fn update_running(rm: &mut [f32], rv: &mut [f32], mean: &[f32], var: &[f32],
 
 /// `out[c] = relu(x[c]·scale[c] + shift[c])` for `x, out: [C][len]`.
 pub fn bn_relu_forward(out: &mut [f32], x: &[f32], scale: &[f32], shift: &[f32], len: usize) {
+    let _t = crate::profile::scope(crate::profile::Op::BnForward);
     let c = scale.len();
     let out = &mut out[..c * len];
     let work = |(ci, o): (usize, &mut [f32])| {
@@ -174,6 +176,7 @@ pub fn bn_relu_backward(
     gamma: &[f32],
     len: usize,
 ) {
+    let _t = crate::profile::scope(crate::profile::Op::BnBackward);
     let c = scale.len();
     let dx = &mut dx[..c * len];
     let work = |(ci, (dxr, (dg, db))): (usize, (&mut [f32], (&mut f32, &mut f32)))| {
@@ -469,6 +472,7 @@ pub fn bn_relu_avgpool_forward(
     n: usize,
     hw: usize,
 ) {
+    let _t = crate::profile::scope(crate::profile::Op::BnForward);
     let c = scale.len();
     pooled[..c * n]
         .par_chunks_mut(n)
