@@ -323,25 +323,54 @@ fn train_eval_predict_plot_pipeline() {
     let dir = tmp("run");
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.to_str().unwrap();
-    let o = densenet(&["train", "--model", "densenet-bc-16-4", "--epochs", "2", "--out", d, "--json"]);
+    let o = densenet(&[
+        "train",
+        "--model",
+        "densenet-bc-16-4",
+        "--epochs",
+        "2",
+        "--out",
+        d,
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["epochs"].as_u64(), Some(2));
-    assert!(dir.join("curves.png").exists(), "train draws the learning curves");
+    assert!(
+        dir.join("curves.png").exists(),
+        "train draws the learning curves"
+    );
     let best = dir.join("best.safetensors");
     let o = densenet(&["eval", "--weights", best.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(e["images"].as_u64(), Some(297));
-    let confusion: u64 = e["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    let confusion: u64 = e["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(confusion, 297);
     let top1 = e["top1_accuracy"].as_f64().unwrap();
     let best_acc = s["best_test_accuracy"].as_f64().unwrap();
-    assert!((top1 - best_acc).abs() < 1e-9, "eval of best.safetensors reproduces the run's best accuracy");
+    assert!(
+        (top1 - best_acc).abs() < 1e-9,
+        "eval of best.safetensors reproduces the run's best accuracy"
+    );
     // a grey 8×8 image through predict: five classes with probabilities summing to ≤ 1
     let png = tmp("digit.png");
-    image::GrayImage::from_fn(8, 8, |x, _| image::Luma([if x == 4 { 255 } else { 0 }])).save(&png).unwrap();
-    let o = densenet(&["predict", "--weights", best.to_str().unwrap(), "--json", png.to_str().unwrap()]);
+    image::GrayImage::from_fn(8, 8, |x, _| image::Luma([if x == 4 { 255 } else { 0 }]))
+        .save(&png)
+        .unwrap();
+    let o = densenet(&[
+        "predict",
+        "--weights",
+        best.to_str().unwrap(),
+        "--json",
+        png.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let top = p[0]["top"].as_array().unwrap();
@@ -350,12 +379,36 @@ fn train_eval_predict_plot_pipeline() {
     assert!(total > 0.0 && total <= 1.0 + 1e-9);
     std::fs::remove_file(dir.join("curves.png")).unwrap();
     let o = densenet(&["plot", d]);
-    assert!(o.status.success() && dir.join("curves.png").exists(), "{}", stderr(&o));
+    assert!(
+        o.status.success() && dir.join("curves.png").exists(),
+        "{}",
+        stderr(&o)
+    );
     // errors: a missing run directory, an image that is not an image
-    assert_fails(&["plot", "/nonexistent/run"], &["/nonexistent/run/metrics.csv"]);
+    assert_fails(
+        &["plot", "/nonexistent/run"],
+        &["/nonexistent/run/metrics.csv"],
+    );
     let bad = tmp("bad.png");
     std::fs::write(&bad, b"not a png").unwrap();
-    assert_fails(&["predict", "--weights", best.to_str().unwrap(), bad.to_str().unwrap()], &["bad.png"]);
+    assert_fails(
+        &[
+            "predict",
+            "--weights",
+            best.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ],
+        &["bad.png"],
+    );
     assert_fails(&["train", "--dataset", "cifar10"], &["cifar10"]);
-    assert_fails(&["train", "--dataset", "cifar10", "--data", "/nonexistent/cifar"], &["/nonexistent/cifar"]);
+    assert_fails(
+        &[
+            "train",
+            "--dataset",
+            "cifar10",
+            "--data",
+            "/nonexistent/cifar",
+        ],
+        &["/nonexistent/cifar"],
+    );
 }
