@@ -440,6 +440,11 @@ pub fn train(
             config.epochs
         ));
     }
+    if data.val_indices.is_empty() && !opts.resume {
+        progress.message(
+            "note: without --val-split, best.safetensors is the epoch with the best test accuracy",
+        );
+    }
     let config_json = serde_json::to_vec_pretty(&config).unwrap_or_default();
     crate::atomic::write(&dir.join("config.json"), &config_json).map_err(io(dir))?;
     let pre = data.preprocess();
