@@ -87,13 +87,11 @@ impl BatchNorm {
             }
             None => {
                 let (rm, rv) = self.running(running);
-                let mut rstd = vec![0.0; c];
-                norm::rstd_from_var(&mut rstd, rv);
+                norm::rstd_from_var(&mut scale[..c], rv);
                 norm::scale_shift(
                     &mut scale[..c],
                     &mut shift[..c],
                     rm,
-                    &rstd,
                     self.gamma(p),
                     self.beta(p),
                 );
@@ -105,11 +103,11 @@ impl BatchNorm {
     /// statistics (used when the backward pass recomputes a BN-ReLU output).
     pub fn batch_affine(&self, p: &[f32], st: &ChannelStats, scale: &mut [f32], shift: &mut [f32]) {
         let c = self.c;
+        scale[..c].copy_from_slice(&st.rstd[..c]);
         norm::scale_shift(
             &mut scale[..c],
             &mut shift[..c],
             &st.mean[..c],
-            &st.rstd[..c],
             self.gamma(p),
             self.beta(p),
         );

@@ -253,31 +253,10 @@ pub fn conv_backward(
     col: &mut [f32],
 ) {
     let _t = crate::profile::scope(kind(s, false));
-    let (how, kr) = (s.ho() * s.wo(), s.col_rows());
-    let ldy = s.n * how;
     if s.is_pointwise() {
-        // dW[Cout×Cin] += dY[Cout×len] · Xᵀ ; dX[Cin×len] = Wᵀ · dY
-        sgemm(
-            s.cout,
-            s.cin,
-            ldy,
-            dw,
-            kr,
-            true,
-            Mat::n(dy, ldy),
-            Mat::t(x, ldy),
-        );
+        pointwise_dw(dw, dy, x, s);
         if let Some(dx) = dx {
-            sgemm(
-                s.cin,
-                ldy,
-                s.cout,
-                dx,
-                ldy,
-                false,
-                Mat::t(w, kr),
-                Mat::n(dy, ldy),
-            );
+            pointwise_dx(dx, dy, w, s);
         }
         return;
     }
@@ -338,6 +317,36 @@ pub(crate) fn im2col_backward(
     }
 }
 
+/// 1×1 weight gradient: `dW[Cout×Cin] += dY[Cout×len] · Xᵀ`.
+fn pointwise_dw(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) {
+    let len = s.n * s.h * s.w;
+    sgemm(
+        s.cout,
+        s.cin,
+        len,
+        dw,
+        s.cin,
+        true,
+        Mat::n(dy, len),
+        Mat::t(x, len),
+    );
+}
+
+/// 1×1 input gradient: `dX[Cin×len] = Wᵀ · dY` (overwritten).
+fn pointwise_dx(dx: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape) {
+    let len = s.n * s.h * s.w;
+    sgemm(
+        s.cin,
+        len,
+        s.cout,
+        dx,
+        len,
+        false,
+        Mat::t(w, s.cin),
+        Mat::n(dy, len),
+    );
+}
+
 /// Backward of a 1×1 stride-1 convolution whose input buffer may be overwritten:
 /// `dw += dy·xᵀ`, then `buf` (which held x) **becomes** `dx = wᵀ·dy`. The input is dead
 /// once `dw` is formed, so its storage takes the gradient and no second buffer is needed.
@@ -350,27 +359,8 @@ pub fn pointwise_backward_in_place(
 ) {
     let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
     assert!(s.is_pointwise());
-    let len = s.n * s.h * s.w;
-    sgemm(
-        s.cout,
-        s.cin,
-        len,
-        dw,
-        s.cin,
-        true,
-        Mat::n(dy, len),
-        Mat::t(buf, len),
-    );
-    sgemm(
-        s.cin,
-        len,
-        s.cout,
-        buf,
-        len,
-        false,
-        Mat::t(w, s.cin),
-        Mat::n(dy, len),
-    );
+    pointwise_dw(dw, dy, buf, s);
+    pointwise_dx(buf, dy, w, s);
 }
 
 #[cfg(test)]

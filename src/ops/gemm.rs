@@ -93,10 +93,11 @@ pub fn sgemm(
     b.check(k, n, "B");
     // Products under ~1 MFLOP finish before threads would wake up.
     let threads = rayon::current_num_threads();
-    if threads > 1 && m * n * k >= 1 << 18 && k_split_pays(m, n, k) {
+    let parallel = threads > 1 && m * n * k >= 1 << 18;
+    if parallel && k_split_pays(m, n, k) {
         return sgemm_k_split(m, n, k, c, ldc, accumulate, a, b, threads);
     }
-    let par = if threads > 1 && m * n * k >= 1 << 18 {
+    let par = if parallel {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None

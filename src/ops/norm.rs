@@ -70,17 +70,17 @@ pub fn rstd_from_var(rstd: &mut [f32], var: &[f32]) {
     }
 }
 
-/// Per-channel `scale = γ·rstd`, `shift = β − mean·scale`.
+/// Per-channel `scale = γ·rstd`, `shift = β − mean·scale`; `scale` holds rstd on entry
+/// (so the evaluation path can compute rstd in place, without a temporary).
 pub fn scale_shift(
     scale: &mut [f32],
     shift: &mut [f32],
     mean: &[f32],
-    rstd: &[f32],
     gamma: &[f32],
     beta: &[f32],
 ) {
     for c in 0..scale.len() {
-        scale[c] = gamma[c] * rstd[c];
+        scale[c] *= gamma[c];
         shift[c] = beta[c] - mean[c] * scale[c];
     }
 }
@@ -548,7 +548,8 @@ mod tests {
         channel_stats(&mut mean, &mut var, &x, len);
         rstd_from_var(&mut rstd, &var);
         let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
-        scale_shift(&mut scale, &mut shift, &mean, &rstd, &gamma, &beta);
+        scale.copy_from_slice(&rstd);
+        scale_shift(&mut scale, &mut shift, &mean, &gamma, &beta);
         let mut dx = vec![0.0; c * len];
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
         bn_relu_backward(
