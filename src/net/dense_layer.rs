@@ -18,8 +18,11 @@
 use super::{BatchNorm, Conv};
 use crate::config::DenseNetConfig;
 use crate::memory::{BlockMemory, Scratch, Workspace};
-use crate::ops::conv::{conv_backward, conv_forward, pointwise_backward_in_place};
+use crate::ops::conv::{
+    conv_backward, conv_forward, pointwise_backward_data, pointwise_backward_in_place,
+};
 use crate::ops::dropout;
+use crate::ops::fused::{self, BnRelu};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
 use crate::params::TensorTable;
 
@@ -125,12 +128,6 @@ impl DenseLayer {
         let batch = training.then_some(&*stats);
         self.norm1
             .forward_affine(p, running, batch, len, scale, shift);
-        let a = if naive {
-            &mut ka[..m * len]
-        } else {
-            &mut a[..m * len]
-        };
-        bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
         match &self.bottleneck {
             Some((norm2, conv2)) => {
                 let w = conv2.cin;
@@ -139,7 +136,18 @@ impl DenseLayer {
                 } else {
                     (&mut sb[..w * len], &mut sc[..w * len])
                 };
-                conv_forward(bb, a, self.conv1.w(p), &self.conv1.shape(n, size), col);
+                if naive {
+                    let a = &mut ka[..m * len];
+                    bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
+                    conv_forward(bb, a, self.conv1.w(p), &self.conv1.shape(n, size), col);
+                } else {
+                    // B = W1·relu(BN1(X)) with A formed tile by tile, never stored
+                    let bn1 = BnRelu {
+                        scale: &scale[..m],
+                        shift: &shift[..m],
+                    };
+                    fused::forward(bb, x, self.conv1.w(p), bn1, w, len);
+                }
                 dropout::apply(bb, drop, seed, self.site(1));
                 if training {
                     lm.bn2.compute(bb, 0, w, len);
@@ -149,7 +157,15 @@ impl DenseLayer {
                 bn_relu_forward(cb, bb, &scale[..w], &shift[..w], len);
                 conv_forward(y, cb, conv2.w(p), &conv2.shape(n, size), col);
             }
-            None => conv_forward(y, a, self.conv1.w(p), &self.conv1.shape(n, size), col),
+            None => {
+                let a = if naive {
+                    &mut ka[..m * len]
+                } else {
+                    &mut a[..m * len]
+                };
+                bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
+                conv_forward(y, a, self.conv1.w(p), &self.conv1.shape(n, size), col)
+            }
         }
         dropout::apply(y, drop, seed, self.site(2));
         if training {
@@ -198,16 +214,11 @@ impl DenseLayer {
         let (dx, drest) = grads.split_at_mut(m * len);
         let dy_out = &drest[..k * len];
 
-        // A = relu(BN1(X)), recomputed unless kept.
         let a = if naive {
             &mut ka[..m * len]
         } else {
             &mut a[..m * len]
         };
-        if !naive {
-            self.norm1.batch_affine(p, stats, scale, shift);
-            bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
-        }
         // Gradient through the output dropout: the mask is recomputed from its seed.
         let dy: &[f32] = if drop > 0.0 {
             let t = &mut tmp[..k * len];
@@ -225,11 +236,19 @@ impl DenseLayer {
                 } else {
                     (&mut sb[..w * len], &mut sc[..w * len])
                 };
-                norm2.batch_affine(p, &lm.bn2, scale, shift);
                 if !naive {
-                    conv_forward(bb, a, self.conv1.w(p), &self.conv1.shape(n, size), col);
+                    // recompute B (A is formed tile by tile, as in forward) and C
+                    self.norm1.batch_affine(p, stats, scale, shift);
+                    let bn1 = BnRelu {
+                        scale: &scale[..m],
+                        shift: &shift[..m],
+                    };
+                    fused::forward(bb, x, self.conv1.w(p), bn1, w, len);
                     dropout::apply(bb, drop, seed, self.site(1));
+                    norm2.batch_affine(p, &lm.bn2, scale, shift);
                     bn_relu_forward(cb, bb, &scale[..w], &shift[..w], len);
+                } else {
+                    norm2.batch_affine(p, &lm.bn2, scale, shift);
                 }
                 // conv2: dW2 += dY·col(C)ᵀ, dC = col2im(W2ᵀ·dY)
                 let dcb = &mut dc[..w * len];
@@ -261,12 +280,28 @@ impl DenseLayer {
                     len,
                 );
                 dropout::apply(db, drop, seed, self.site(1));
-                // conv1 (1×1): dW1 += dB·Aᵀ, then A's storage becomes dA = W1ᵀ·dB
                 let s1 = self.conv1.shape(n, size);
-                pointwise_backward_in_place(a, self.conv1.dw(g), db, self.conv1.w(p), &s1);
+                if naive {
+                    // conv1 (1×1): dW1 += dB·Aᵀ, then A's storage becomes dA = W1ᵀ·dB
+                    pointwise_backward_in_place(a, self.conv1.dw(g), db, self.conv1.w(p), &s1);
+                } else {
+                    // dW1 += dB·relu(BN1(X))ᵀ, tile by tile; dA = W1ᵀ·dB into A's scratch
+                    self.norm1.batch_affine(p, stats, scale, shift);
+                    let bn1 = BnRelu {
+                        scale: &scale[..m],
+                        shift: &shift[..m],
+                    };
+                    fused::weight_grad(self.conv1.dw(g), db, x, bn1, w, len);
+                    pointwise_backward_data(a, db, self.conv1.w(p), &s1);
+                }
                 a
             }
             None => {
+                if !naive {
+                    // A = relu(BN1(X)), recomputed
+                    self.norm1.batch_affine(p, stats, scale, shift);
+                    bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
+                }
                 let da = &mut da[..m * len];
                 let s1 = self.conv1.shape(n, size);
                 conv_backward(

@@ -5,8 +5,9 @@
 use super::{BatchNorm, Conv};
 use crate::config::DenseNetConfig;
 use crate::memory::{Scratch, Workspace};
-use crate::ops::conv::{conv_forward, pointwise_backward_in_place};
+use crate::ops::conv::{conv_forward, pointwise_backward_data, pointwise_backward_in_place};
 use crate::ops::dropout;
+use crate::ops::fused::{self, BnRelu};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
 use crate::ops::pool::{avgpool2_backward, avgpool2_forward};
 use crate::params::TensorTable;
@@ -59,7 +60,6 @@ impl Transition {
         let (cur, next) = ws.blocks.split_at_mut(b + 1);
         let (blk, nxt) = (&mut cur[b], &mut next[0]);
         let Scratch {
-            a,
             tmp,
             col,
             scale,
@@ -67,17 +67,22 @@ impl Transition {
             ..
         } = &mut ws.scratch;
         let naive = !blk.kept_transition.is_empty();
-        let a = if naive {
-            &mut blk.kept_transition[..m * len]
-        } else {
-            &mut a[..m * len]
-        };
         let batch = training.then_some(&blk.stats);
         self.norm
             .forward_affine(p, running, batch, len, scale, shift);
-        bn_relu_forward(a, &blk.feats[..m * len], &scale[..m], &shift[..m], len);
+        let x = &blk.feats[..m * len];
         let z = &mut tmp[..t * len];
-        conv_forward(z, a, self.conv.w(p), &self.conv.shape(n, size), col);
+        if naive {
+            let a = &mut blk.kept_transition[..m * len];
+            bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
+            conv_forward(z, a, self.conv.w(p), &self.conv.shape(n, size), col);
+        } else {
+            let bn = BnRelu {
+                scale: &scale[..m],
+                shift: &shift[..m],
+            };
+            fused::forward(z, x, self.conv.w(p), bn, t, len);
+        }
         if training {
             dropout::apply(z, self.drop_rate, seed, self.site);
         }
@@ -113,15 +118,22 @@ impl Transition {
         avgpool2_backward(dz, &nxt.grads[..t * len / 4], t * n, size, size);
         dropout::apply(dz, self.drop_rate, seed, self.site);
         self.norm.batch_affine(p, &blk.stats, scale, shift);
+        let s = self.conv.shape(n, size);
         let a = if naive {
-            &mut blk.kept_transition[..m * len]
+            let a = &mut blk.kept_transition[..m * len];
+            pointwise_backward_in_place(a, self.conv.dw(g), dz, self.conv.w(p), &s);
+            a
         } else {
+            // dW += dZ·relu(BN(X))ᵀ tile by tile; dA = Wᵀ·dZ into the A scratch
+            let bn = BnRelu {
+                scale: &scale[..m],
+                shift: &shift[..m],
+            };
+            fused::weight_grad(self.conv.dw(g), dz, &blk.feats[..m * len], bn, t, len);
             let a = &mut a[..m * len];
-            bn_relu_forward(a, &blk.feats[..m * len], &scale[..m], &shift[..m], len);
+            pointwise_backward_data(a, dz, self.conv.w(p), &s);
             a
         };
-        let s = self.conv.shape(n, size);
-        pointwise_backward_in_place(a, self.conv.dw(g), dz, self.conv.w(p), &s);
         let (dg, db) = self.norm.grads(g);
         bn_relu_backward(
             &mut blk.grads[..m * len],

@@ -335,6 +335,12 @@ fn pointwise_dw(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) {
 /// 1×1 input gradient: `dX[Cin×len] = Wᵀ · dY` (overwritten).
 fn pointwise_dx(dx: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape) {
     let len = s.n * s.h * s.w;
+    if s.cout <= 48 && conv3x3::pointwise_applies(s.cin) {
+        // a bottleneck's dA from 4k = 48 rows of dB: the direct kernel, as in forward
+        // (`gemm_shapes`, 216×48·48×65536: direct 46 GFLOP/s, gemm 41, one thread)
+        conv3x3::pointwise(dx, dy, w, s.cin, s.cout, len, true);
+        return;
+    }
     sgemm(
         s.cin,
         len,
@@ -345,6 +351,13 @@ fn pointwise_dx(dx: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape) {
         Mat::t(w, s.cin),
         Mat::n(dy, len),
     );
+}
+
+/// Input gradient of a 1×1 stride-1 convolution: `dx = wᵀ·dy` (**overwritten**).
+pub fn pointwise_backward_data(dx: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape) {
+    let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
+    assert!(s.is_pointwise());
+    pointwise_dx(dx, dy, w, s);
 }
 
 /// Backward of a 1×1 stride-1 convolution whose input buffer may be overwritten:

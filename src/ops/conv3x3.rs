@@ -256,28 +256,6 @@ fn correlate(
             let ib = inp.as_ptr().add(sp.base);
             match offs.len() {
                 9 => correlate_avx2::<9>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b),
-                1 if !sp.overrun && tiles > 1 => {
-                    // 1×1: copy the tile's input rows into a contiguous buffer first. The
-                    // rows of a `[C][N·H·W]` tensor are 2^k floats apart at b64
-                    // (65536), so a 16-row group maps to one L1 set and thrashes:
-                    // `conv3x3_shapes`/`gemm_shapes`, o48 i216 len 65536: 21 GFLOP/s
-                    // straight from the tensor, 37.5 packed (with the 8·IB group below).
-                    let ild = tile + 8;
-                    PACK.with(|buf| {
-                        let mut buf = buf.borrow_mut();
-                        if buf.len() < i_n * ild {
-                            buf.resize(i_n * ild, 0.0);
-                        }
-                        for i in 0..i_n {
-                            buf[i * ild..][..b - a]
-                                .copy_from_slice(&inp[sp.base + i * sp.ld + a..][..b - a]);
-                        }
-                        // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
-                        let ibp = buf.as_ptr().wrapping_sub(a);
-                        correlate_avx2::<1>(optr.get(), ibp, ild, wp, o_n, i_n, offs, sp, a, b)
-                    })
-                }
-                1 => correlate_avx2::<1>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b),
                 n => unreachable!("correlate: {n} taps"),
             }
         }
@@ -407,11 +385,11 @@ unsafe fn correlate_avx2<const TAPS: usize>(
 }
 
 /// `out[o][0..len] = Σ_i w[o][i]·inp[i][0..len]`: a 1×1 convolution (or its
-/// backward-data with `flip`: `w` then is `[I][O]`) through [`correlate`], without the
+/// backward-data with `flip`: `w` then is `[I][O]`) through `correlate_avx2`, without the
 /// packing a GEMM does. Needs AVX2 and `o_n % 4 == 0` ([`pointwise_applies`]).
 ///
 /// [`super::conv`] uses it for 1×1 convolutions with at most 48 outputs (measurements
-/// there); the `gemm` crate keeps wider ones and the backward products.
+/// there); the `gemm` crate keeps wider ones.
 #[allow(clippy::too_many_arguments)]
 pub fn pointwise(
     out: &mut [f32],
@@ -422,7 +400,43 @@ pub fn pointwise(
     len: usize,
     flip: bool,
 ) {
+    assert!(inp.len() >= i_n * len);
+    pointwise_with(out, w, o_n, i_n, len, flip, |buf, ld, a, b| {
+        for i in 0..i_n {
+            buf[i * ld..][..b - a].copy_from_slice(&inp[i * len + a..][..b - a]);
+        }
+    });
+}
+
+/// [`pointwise`] on an input that is produced tile by tile: `fill(buf, ld, a, b)` must
+/// write positions `a..b` of every input row i into `buf[i·ld..][..b − a]`. Each tile's
+/// input is formed in a per-thread buffer that stays in L2, so an elementwise function of
+/// a stored tensor (a BN-ReLU, see [`super::fused`]) never has to be written out whole.
+///
+/// The copy also helps by itself: the rows of a `[C][N·H·W]` tensor are 2^k floats apart
+/// at b64 (65536), so a 16-row group read in place maps to one L1 set and thrashes
+/// (`gemm_shapes`, o48 i216 len 65536: 21 GFLOP/s straight from the tensor, 37.5 packed).
+pub fn pointwise_with<F>(
+    out: &mut [f32],
+    w: &[f32],
+    o_n: usize,
+    i_n: usize,
+    len: usize,
+    flip: bool,
+    fill: F,
+) where
+    F: Fn(&mut [f32], usize, usize, usize) + Sync,
+{
+    assert!(o_n.is_multiple_of(OB) && avx2());
+    assert!(out.len() >= o_n * len);
+    if len == 0 || o_n == 0 {
+        return;
+    }
     let wp = pack_weights(w, o_n, i_n, 1, flip);
+    // A tile's input (i_n rows) should stay in L2 (512 KiB per core here) while all o_n/4
+    // output blocks sweep it.
+    let tile = ((64 << 10) / (i_n.max(1) * PB)).clamp(1, 64) * PB;
+    let tiles = len.div_ceil(tile);
     let sp = Span {
         ld: len,
         base: 0,
@@ -430,7 +444,38 @@ pub fn pointwise(
         p1: len,
         overrun: false,
     };
-    correlate(out, inp, &wp, o_n, i_n, &[0], sp);
+    let optr = SyncPtr(out.as_mut_ptr());
+    let work = |t: usize| {
+        let a = t * tile;
+        let b = (a + tile).min(len);
+        let ild = tile + 8;
+        PACK.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < i_n * ild {
+                buf.resize(i_n * ild, 0.0);
+            }
+            fill(&mut buf[..i_n * ild], ild, a, b);
+            // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
+            let ibp = buf.as_ptr().wrapping_sub(a);
+            // SAFETY: positions a..b of each output row are written by this task only;
+            // `out` holds o_n rows of len; the tile buffer holds i_n rows of ild ≥ b − a;
+            // avx2() was checked.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                correlate_avx2::<1>(optr.get(), ibp, ild, &wp, o_n, i_n, &[0], sp, a, b)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (optr, ibp, &wp, sp);
+                unreachable!("conv3x3 needs x86-64")
+            }
+        })
+    };
+    if tiles > 1 && o_n * i_n * len >= 1 << 17 {
+        (0..tiles).into_par_iter().for_each(work);
+    } else {
+        (0..tiles).for_each(work);
+    }
 }
 
 /// Whether [`pointwise`] handles `o_n` output rows on this CPU.

@@ -185,18 +185,42 @@ pub(super) fn raw(
     b: Mat,
     par: Parallelism,
 ) {
+    assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= c.len());
+    // SAFETY: `c` holds the m×n block (checked above) and, borrowed mutably, cannot alias
+    // `a` or `b`.
+    unsafe { raw_ptr(m, n, k, c.as_mut_ptr(), ldc, accumulate, a, b, par) }
+}
+
+/// [`raw`] into a C given by pointer, for tasks that each write their own columns of one
+/// matrix (see [`super::fused`]).
+///
+/// # Safety
+/// `c` must be valid for writes of the `m×n` block with leading dimension `ldc`, and no
+/// other thread may access that block during the call; it must not alias `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn raw_ptr(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    par: Parallelism,
+) {
     a.check(m, k, "A");
     b.check(k, n, "B");
     let (ars, acs) = a.strides();
     let (brs, bcs) = b.strides();
     // SAFETY: the checks above make sure every element the strides reach lies inside the
-    // slices; `c` is borrowed mutably, so it cannot alias `a` or `b`.
+    // slices; the caller vouches for `c`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             ldc as isize,
             accumulate,

@@ -16,6 +16,7 @@
 pub mod conv;
 pub mod conv3x3;
 pub mod dropout;
+pub mod fused;
 pub mod gemm;
 pub mod loss;
 pub mod norm;

@@ -116,7 +116,7 @@ pub fn bn_relu_forward(out: &mut [f32], x: &[f32], scale: &[f32], shift: &[f32],
 
 /// `o = relu(x·s + t)`; AVX2 when available (bit-identical: no FMA contraction).
 #[inline]
-fn affine_relu(o: &mut [f32], x: &[f32], s: f32, t: f32) {
+pub(crate) fn affine_relu(o: &mut [f32], x: &[f32], s: f32, t: f32) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).

@@ -1,0 +1,247 @@
+//! A BN-ReLU read by a 1×1 convolution, without materialising the BN-ReLU output.
+//!
+//! Every 1×1 convolution of a DenseNet-BC (a bottleneck's `conv1`, a transition's `conv`)
+//! reads `A = relu(X·scale + shift)` (per input channel; batch norm folded into `scale`
+//! and `shift`) of a block's prefix X. Written out, A is as large as X: at BC-100 b64 a
+//! layer writes and rereads 30 MB of it, once in forward and again when the backward pass
+//! recomputes it. Here A is formed a tile of positions at a time in a per-thread buffer
+//! that stays in L2 and is consumed there:
+//!
+//! - [`forward`]: `Y = W·A`;
+//! - [`weight_grad`]: `dW += dY·Aᵀ`.
+//!
+//! The input gradient `dA = Wᵀ·dY` needs no A. The tile values come from the same
+//! [`affine_relu`] as [`super::norm::bn_relu_forward`], so they are bit-identical to a
+//! materialised A, and the backward's ReLU mask (recomputed from X) agrees with them.
+
+use super::conv3x3;
+use super::gemm::{raw_ptr, Mat};
+use super::norm::affine_relu;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// A per-channel affine map followed by ReLU: `a[i][p] = relu(x[i][p]·scale[i] + shift[i])`.
+#[derive(Clone, Copy, Debug)]
+pub struct BnRelu<'a> {
+    /// Per-channel factor (γ·rstd in training, γ/√(var+ε) in evaluation).
+    pub scale: &'a [f32],
+    /// Per-channel offset.
+    pub shift: &'a [f32],
+}
+
+impl BnRelu<'_> {
+    /// Writes positions `a..b` of rows `0..i_n` of `A` into `buf[i·ld..][..b − a]`.
+    fn fill(&self, buf: &mut [f32], ld: usize, x: &[f32], len: usize, a: usize, b: usize) {
+        for i in 0..self.scale.len() {
+            affine_relu(
+                &mut buf[i * ld..][..b - a],
+                &x[i * len + a..][..b - a],
+                self.scale[i],
+                self.shift[i],
+            );
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread tile of A for the GEMM paths.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Positions per tile of the GEMM paths: `i_n` rows of A should stay within L2 (512 KiB
+/// per core here), but tiles narrower than a few hundred positions leave the GEMM
+/// repacking W for little work.
+fn tile_len(i_n: usize) -> usize {
+    ((64 << 10) / i_n.max(1)).clamp(256, 4096) / 16 * 16
+}
+
+/// A pointer that may cross threads; each task writes its own columns.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for writes to disjoint column ranges (see `forward`).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `y[o][p] = Σ_i w[o][i]·relu(x[i][p]·scale[i] + shift[i])` for `x: [I][len]`,
+/// `w: [O][I]`, `y: [O][len]` (overwritten).
+pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], bn: BnRelu, o_n: usize, len: usize) {
+    let _t = crate::profile::scope(crate::profile::Op::Conv1x1Forward);
+    let i_n = bn.scale.len();
+    assert!(bn.shift.len() == i_n && x.len() >= i_n * len && w.len() == o_n * i_n);
+    assert!(y.len() >= o_n * len);
+    if o_n <= 48 && conv3x3::pointwise_applies(o_n) {
+        // the direct kernel (see `conv::conv_forward` for when it beats the GEMM)
+        conv3x3::pointwise_with(y, w, o_n, i_n, len, false, |buf, ld, a, b| {
+            bn.fill(buf, ld, x, len, a, b)
+        });
+        return;
+    }
+    let tile = tile_len(i_n);
+    let tiles = len.div_ceil(tile);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let work = |t: usize| {
+        let (a, b) = (t * tile, ((t + 1) * tile).min(len));
+        TILE.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < i_n * tile {
+                buf.resize(i_n * tile, 0.0);
+            }
+            bn.fill(&mut buf, tile, x, len, a, b);
+            // SAFETY: columns a..b of y's o_n rows (ld len) lie inside y (asserted above)
+            // and only this task writes them.
+            unsafe {
+                raw_ptr(
+                    o_n,
+                    b - a,
+                    i_n,
+                    yp.get().add(a),
+                    len,
+                    false,
+                    Mat::n(w, i_n),
+                    Mat::n(&buf, tile),
+                    Parallelism::None,
+                )
+            }
+        })
+    };
+    if tiles > 1 && o_n * i_n * len >= 1 << 18 {
+        (0..tiles).into_par_iter().for_each(work);
+    } else {
+        (0..tiles).for_each(work);
+    }
+}
+
+/// `dw[o][i] += Σ_p dy[o][p]·relu(x[i][p]·scale[i] + shift[i])`.
+///
+/// Positions are split into one slice per thread; each slice is summed tile by tile into
+/// its own partial (the first straight into `dw`), and the partials are added in a fixed
+/// order, so the result depends on the thread count only (as `gemm::sgemm`'s k-split).
+pub fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], bn: BnRelu, o_n: usize, len: usize) {
+    let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
+    let i_n = bn.scale.len();
+    assert!(bn.shift.len() == i_n && x.len() >= i_n * len && dy.len() >= o_n * len);
+    assert_eq!(dw.len(), o_n * i_n);
+    if len == 0 || o_n == 0 || i_n == 0 {
+        return;
+    }
+    let tile = tile_len(i_n);
+    let tiles = len.div_ceil(tile);
+    let threads = if o_n * i_n * len >= 1 << 18 {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let parts = threads.min(tiles).max(1);
+    let per = tiles.div_ceil(parts);
+    // one slice of tiles, summed into `acc` (accumulating)
+    let slice = |part: usize, acc: &mut [f32]| {
+        TILE.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < i_n * tile {
+                buf.resize(i_n * tile, 0.0);
+            }
+            for t in part * per..((part + 1) * per).min(tiles) {
+                let (a, b) = (t * tile, ((t + 1) * tile).min(len));
+                bn.fill(&mut buf, tile, x, len, a, b);
+                // SAFETY: `acc` is this task's own o_n×i_n matrix.
+                unsafe {
+                    raw_ptr(
+                        o_n,
+                        i_n,
+                        b - a,
+                        acc.as_mut_ptr(),
+                        i_n,
+                        true,
+                        Mat::n(&dy[a..], len),
+                        Mat::t(&buf, tile),
+                        Parallelism::None,
+                    )
+                }
+            }
+        })
+    };
+    let mut partials = vec![0f32; (parts - 1) * o_n * i_n];
+    rayon::scope(|sc| {
+        for (p, part) in partials.chunks_mut(o_n * i_n).enumerate() {
+            let slice = &slice;
+            sc.spawn(move |_| slice(p + 1, part));
+        }
+        slice(0, dw);
+    });
+    for part in partials.chunks_exact(o_n * i_n) {
+        dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    /// A materialised in f64, then the products, against both fused functions, on the
+    /// direct (≤ 48 outputs) and GEMM paths, with several tiles and a partial last one.
+    #[test]
+    fn fused_matches_materialised() {
+        for (o_n, i_n, len) in [(12, 20, 700), (48, 36, 5000), (64, 24, 4100), (8, 3, 10)] {
+            let x = data(i_n * len, 1);
+            let w = data(o_n * i_n, 2);
+            let dy = data(o_n * len, 3);
+            let scale = data(i_n, 4);
+            let shift = data(i_n, 5);
+            let a: Vec<f64> = (0..i_n * len)
+                .map(|j| (x[j] * scale[j / len] + shift[j / len]).max(0.0) as f64)
+                .collect();
+            let bn = BnRelu {
+                scale: &scale,
+                shift: &shift,
+            };
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut y = vec![f32::NAN; o_n * len];
+                let mut dw = vec![0.5f32; o_n * i_n];
+                pool.install(|| {
+                    forward(&mut y, &x, &w, bn, o_n, len);
+                    weight_grad(&mut dw, &dy, &x, bn, o_n, len);
+                });
+                for o in 0..o_n {
+                    for p in (0..len).step_by(7) {
+                        let want: f64 = (0..i_n)
+                            .map(|i| w[o * i_n + i] as f64 * a[i * len + p])
+                            .sum();
+                        let got = y[o * len + p] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "y {o_n} {i_n} {len}"
+                        );
+                    }
+                    for i in 0..i_n {
+                        let want: f64 = 0.5
+                            + (0..len)
+                                .map(|p| dy[o * len + p] as f64 * a[i * len + p])
+                                .sum::<f64>();
+                        let got = dw[o * i_n + i] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "dw {o_n} {i_n} {len}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
