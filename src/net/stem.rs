@@ -47,7 +47,7 @@ pub(crate) fn forward(arch: &Architecture, p: &[f32], running: &mut [f32], ws: &
             bn_relu_forward(r, z, &scale[..c0], &shift[..c0], len0);
             maxpool3s2_forward(
                 &mut blk.feats[..c0 * len1],
-                &mut ws.stem_argmax[..c0 * len1],
+                ws.training.then_some(&mut ws.stem_argmax[..c0 * len1]),
                 r,
                 c0 * n,
                 zs,
