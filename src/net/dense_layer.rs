@@ -142,10 +142,7 @@ impl DenseLayer {
                     conv_forward(bb, a, self.conv1.w(p), &self.conv1.shape(n, size), col);
                 } else {
                     // B = W1·relu(BN1(X)) with A formed tile by tile, never stored
-                    let bn1 = BnRelu {
-                        scale: &scale[..m],
-                        shift: &shift[..m],
-                    };
+                    let bn1 = BnRelu::first(scale, shift, m);
                     fused::forward(bb, x, self.conv1.w(p), bn1, w, len);
                 }
                 dropout::apply(bb, drop, seed, self.site(1));
@@ -154,17 +151,27 @@ impl DenseLayer {
                 }
                 let batch = training.then_some(&lm.bn2);
                 norm2.forward_affine(p, running, batch, len, scale, shift);
-                bn_relu_forward(cb, bb, &scale[..w], &shift[..w], len);
-                conv_forward(y, cb, conv2.w(p), &conv2.shape(n, size), col);
+                let s2 = conv2.shape(n, size);
+                if naive {
+                    bn_relu_forward(cb, bb, &scale[..w], &shift[..w], len);
+                    conv_forward(y, cb, conv2.w(p), &s2, col);
+                } else {
+                    // C = relu(BN2(B)) only inside the 3×3's padded copy
+                    let bn2 = BnRelu::first(scale, shift, w);
+                    fused::conv3x3_forward(y, bb, bn2, conv2.w(p), &s2, col, cb);
+                }
             }
             None => {
-                let a = if naive {
-                    &mut ka[..m * len]
+                let s1 = self.conv1.shape(n, size);
+                if naive {
+                    let a = &mut ka[..m * len];
+                    bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
+                    conv_forward(y, a, self.conv1.w(p), &s1, col)
                 } else {
-                    &mut a[..m * len]
-                };
-                bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
-                conv_forward(y, a, self.conv1.w(p), &self.conv1.shape(n, size), col)
+                    let bn1 = BnRelu::first(scale, shift, m);
+                    let a = &mut a[..m * len];
+                    fused::conv3x3_forward(y, x, bn1, self.conv1.w(p), &s1, col, a);
+                }
             }
         }
         dropout::apply(y, drop, seed, self.site(2));
@@ -236,31 +243,24 @@ impl DenseLayer {
                 } else {
                     (&mut sb[..w * len], &mut sc[..w * len])
                 };
-                if !naive {
-                    // recompute B (A is formed tile by tile, as in forward) and C
+                let s2 = conv2.shape(n, size);
+                let dcb = &mut dc[..w * len];
+                if naive {
+                    // conv2: dW2 += dY·col(C)ᵀ, dC = col2im(W2ᵀ·dY)
+                    norm2.batch_affine(p, &lm.bn2, scale, shift);
+                    conv_backward(Some(&mut *dcb), conv2.dw(g), dy, cb, conv2.w(p), &s2, col);
+                } else {
+                    // recompute B (A formed tile by tile, as in forward); C again only
+                    // inside the 3×3's padded copy
                     self.norm1.batch_affine(p, stats, scale, shift);
-                    let bn1 = BnRelu {
-                        scale: &scale[..m],
-                        shift: &shift[..m],
-                    };
+                    let bn1 = BnRelu::first(scale, shift, m);
                     fused::forward(bb, x, self.conv1.w(p), bn1, w, len);
                     dropout::apply(bb, drop, seed, self.site(1));
                     norm2.batch_affine(p, &lm.bn2, scale, shift);
-                    bn_relu_forward(cb, bb, &scale[..w], &shift[..w], len);
-                } else {
-                    norm2.batch_affine(p, &lm.bn2, scale, shift);
+                    let bn2 = BnRelu::first(scale, shift, w);
+                    let (dw2, w2) = (conv2.dw(g), conv2.w(p));
+                    fused::conv3x3_backward(Some(&mut *dcb), dw2, dy, bb, bn2, w2, &s2, col, cb);
                 }
-                // conv2: dW2 += dY·col(C)ᵀ, dC = col2im(W2ᵀ·dY)
-                let dcb = &mut dc[..w * len];
-                conv_backward(
-                    Some(dcb),
-                    conv2.dw(g),
-                    dy,
-                    cb,
-                    conv2.w(p),
-                    &conv2.shape(n, size),
-                    col,
-                );
                 // BN2-ReLU: dB, written where C was (C is dead now)
                 let db = cb;
                 db.fill(0.0);
@@ -287,32 +287,24 @@ impl DenseLayer {
                 } else {
                     // dW1 += dB·relu(BN1(X))ᵀ, tile by tile; dA = W1ᵀ·dB into A's scratch
                     self.norm1.batch_affine(p, stats, scale, shift);
-                    let bn1 = BnRelu {
-                        scale: &scale[..m],
-                        shift: &shift[..m],
-                    };
+                    let bn1 = BnRelu::first(scale, shift, m);
                     fused::weight_grad(self.conv1.dw(g), db, x, bn1, w, len);
                     pointwise_backward_data(a, db, self.conv1.w(p), &s1);
                 }
                 a
             }
             None => {
-                if !naive {
-                    // A = relu(BN1(X)), recomputed
-                    self.norm1.batch_affine(p, stats, scale, shift);
-                    bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
-                }
                 let da = &mut da[..m * len];
                 let s1 = self.conv1.shape(n, size);
-                conv_backward(
-                    Some(&mut *da),
-                    self.conv1.dw(g),
-                    dy,
-                    a,
-                    self.conv1.w(p),
-                    &s1,
-                    col,
-                );
+                let (dw1, w1) = (self.conv1.dw(g), self.conv1.w(p));
+                if naive {
+                    conv_backward(Some(&mut *da), dw1, dy, a, w1, &s1, col);
+                } else {
+                    // A = relu(BN1(X)) again only inside the 3×3's padded copy
+                    self.norm1.batch_affine(p, stats, scale, shift);
+                    let bn1 = BnRelu::first(scale, shift, m);
+                    fused::conv3x3_backward(Some(&mut *da), dw1, dy, x, bn1, w1, &s1, col, a);
+                }
                 da
             }
         };

@@ -211,7 +211,7 @@ pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mu
         return;
     }
     if conv3x3::applies(s) {
-        conv3x3::forward(y, x, w, s, col);
+        conv3x3::forward(y, x, None, w, s, col);
         return;
     }
     im2col_forward(y, x, w, s, col);
@@ -261,7 +261,7 @@ pub fn conv_backward(
         return;
     }
     if conv3x3::applies(s) {
-        conv3x3::backward(dx, dw, dy, x, w, s, col);
+        conv3x3::backward(dx, dw, dy, x, None, w, s, col);
         return;
     }
     im2col_backward(dx, dw, dy, x, w, s, col);

@@ -28,6 +28,8 @@
 //! FMAs).
 
 use super::conv::ConvShape;
+use super::fused::BnRelu;
+use super::norm::affine_relu;
 use rayon::prelude::*;
 
 /// Output channels per register block.
@@ -121,8 +123,19 @@ fn chunk(s: &ConvShape, col_len: usize) -> usize {
 }
 
 /// Copies samples `n0..n1` of `src: [C][N·H·W]` into the padded rows of `buf` (zeroed
-/// first, so the ring and the margins are 0).
-fn pad(buf: &mut [f32], src: &[f32], c: usize, s: &ConvShape, n0: usize, n1: usize, p: Padded) {
+/// first, so the ring and the margins are 0), through `bn` if given: then the padded copy
+/// holds `relu(src·scale + shift)` and a BN-ReLU output never has to be stored.
+#[allow(clippy::too_many_arguments)]
+fn pad(
+    buf: &mut [f32],
+    src: &[f32],
+    bn: Option<BnRelu>,
+    c: usize,
+    s: &ConvShape,
+    n0: usize,
+    n1: usize,
+    p: Padded,
+) {
     let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
     let plane = (s.h + 2) * p.wp;
     buf[..c * p.row()]
@@ -134,7 +147,11 @@ fn pad(buf: &mut [f32], src: &[f32], c: usize, s: &ConvShape, n0: usize, n1: usi
                 let sp = &src[ci * len + ni * hw..][..hw];
                 let dp = &mut row[p.margin + (ni - n0) * plane..][..plane];
                 for y in 0..s.h {
-                    dp[(y + 1) * p.wp + 1..][..s.w].copy_from_slice(&sp[y * s.w..][..s.w]);
+                    let (d, v) = (&mut dp[(y + 1) * p.wp + 1..][..s.w], &sp[y * s.w..][..s.w]);
+                    match bn {
+                        Some(bn) => affine_relu(d, v, bn.scale[ci], bn.shift[ci]),
+                        None => d.copy_from_slice(v),
+                    }
                 }
             }
         });
@@ -561,8 +578,16 @@ unsafe fn weight_grad_avx2(
     }
 }
 
-/// Forward: `y[Cout][N·H·W] = conv3×3(x)`, chunked over samples through `col`.
-pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) {
+/// Forward: `y[Cout][N·H·W] = conv3×3(x)`, chunked over samples through `col`; with `bn`,
+/// of `relu(x·scale + shift)` instead (see [`pad`]).
+pub fn forward(
+    y: &mut [f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+) {
     debug_assert!(applies(s));
     let wp = pack_weights(w, s.cout, s.cin, 9, false);
     let ns = chunk(s, col.len());
@@ -576,19 +601,22 @@ pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f3
         );
         let (xin, rest) = col.split_at_mut(s.cin * p.row());
         let yout = &mut rest[..s.cout * p.row()];
-        pad(xin, x, s.cin, s, n0, n1, p);
+        pad(xin, x, bn, s.cin, s, n0, n1, p);
         correlate(yout, xin, &wp, s.cout, s.cin, &p.offsets(), p.span());
         unpad(y, yout, s.cout, s, n0, n1, p);
         n0 = n1;
     }
 }
 
-/// Backward: `dw += dy ⋆ x`; `dx`, if given, is **overwritten** with the input gradient.
+/// Backward: `dw += dy ⋆ x` (of `relu(x·scale + shift)` with `bn`); `dx`, if given, is
+/// **overwritten** with the input gradient.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     dx: Option<&mut [f32]>,
     dw: &mut [f32],
     dy: &[f32],
     x: &[f32],
+    bn: Option<BnRelu>,
     w: &[f32],
     s: &ConvShape,
     col: &mut [f32],
@@ -609,8 +637,8 @@ pub fn backward(
         );
         let (xin, rest) = col.split_at_mut(s.cin * p.row());
         let (dyp, rest) = rest.split_at_mut(s.cout * p.row());
-        pad(xin, x, s.cin, s, n0, n1, p);
-        pad(dyp, dy, s.cout, s, n0, n1, p);
+        pad(xin, x, bn, s.cin, s, n0, n1, p);
+        pad(dyp, dy, None, s.cout, s, n0, n1, p);
         weight_grad(dw, dyp, xin, s.cout, s.cin, p);
         if let (Some(dx), Some(wf)) = (dx.as_deref_mut(), &wflip) {
             let dxp = &mut rest[..s.cin * p.row()];
@@ -711,13 +739,13 @@ mod tests {
             for samples in [1, s.n] {
                 let mut col = vec![f32::NAN; col_len(&s, samples)];
                 let mut y = vec![f32::NAN; dy.len()];
-                forward(&mut y, &x, &w, &s, &mut col);
+                forward(&mut y, &x, None, &w, &s, &mut col);
                 let mut want = vec![0.0; dy.len()];
                 im2col_forward(&mut want, &x, &w, &s, &mut big);
                 close(&y, &want, &format!("{s:?} y"));
 
                 let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5; w.len()]);
-                backward(Some(&mut dx), &mut dw, &dy, &x, &w, &s, &mut col);
+                backward(Some(&mut dx), &mut dw, &dy, &x, None, &w, &s, &mut col);
                 let (mut wdx, mut wdw) = (vec![0.0; x.len()], vec![0.5; w.len()]);
                 im2col_backward(Some(&mut wdx), &mut wdw, &dy, &x, &w, &s, &mut big);
                 close(&dx, &wdx, &format!("{s:?} dx"));

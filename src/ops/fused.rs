@@ -14,9 +14,10 @@
 //! [`affine_relu`] as [`super::norm::bn_relu_forward`], so they are bit-identical to a
 //! materialised A, and the backward's ReLU mask (recomputed from X) agrees with them.
 
+use super::conv::{conv_backward, conv_forward, ConvShape};
 use super::conv3x3;
 use super::gemm::{raw_ptr, Mat};
-use super::norm::affine_relu;
+use super::norm::{affine_relu, bn_relu_forward};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -29,7 +30,15 @@ pub struct BnRelu<'a> {
     pub shift: &'a [f32],
 }
 
-impl BnRelu<'_> {
+impl<'a> BnRelu<'a> {
+    /// The map of the first `c` channels of full-width `scale` and `shift` buffers.
+    pub fn first(scale: &'a [f32], shift: &'a [f32], c: usize) -> Self {
+        BnRelu {
+            scale: &scale[..c],
+            shift: &shift[..c],
+        }
+    }
+
     /// Writes positions `a..b` of rows `0..i_n` of `A` into `buf[i·ld..][..b − a]`.
     fn fill(&self, buf: &mut [f32], ld: usize, x: &[f32], len: usize, a: usize, b: usize) {
         for i in 0..self.scale.len() {
@@ -180,6 +189,57 @@ pub fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], bn: BnRelu, o_n: usize
     }
 }
 
+/// `y = conv3×3(relu(x·scale + shift))` (stride 1, padding 1; `y` overwritten). The
+/// direct kernel applies the BN-ReLU while it makes its zero-padded copy of the input;
+/// where it does not apply, the BN-ReLU output is written to `tmp` first.
+#[allow(clippy::too_many_arguments)]
+pub fn conv3x3_forward(
+    y: &mut [f32],
+    x: &[f32],
+    bn: BnRelu,
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+    tmp: &mut [f32],
+) {
+    assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
+    if conv3x3::applies(s) {
+        let _t = crate::profile::scope(crate::profile::Op::Conv3x3Forward);
+        conv3x3::forward(y, x, Some(bn), w, s, col);
+    } else {
+        let len = s.n * s.h * s.w;
+        let a = &mut tmp[..s.cin * len];
+        bn_relu_forward(a, x, bn.scale, bn.shift, len);
+        conv_forward(y, a, w, s, col);
+    }
+}
+
+/// Backward of [`conv3x3_forward`]: `dw += dy ⋆ relu(x·scale + shift)`; `dx`, if given, is
+/// **overwritten** with the gradient of the BN-ReLU output (not of x).
+#[allow(clippy::too_many_arguments)]
+pub fn conv3x3_backward(
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    bn: BnRelu,
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+    tmp: &mut [f32],
+) {
+    assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
+    if conv3x3::applies(s) {
+        let _t = crate::profile::scope(crate::profile::Op::Conv3x3Backward);
+        conv3x3::backward(dx, dw, dy, x, Some(bn), w, s, col);
+    } else {
+        let len = s.n * s.h * s.w;
+        let a = &mut tmp[..s.cin * len];
+        bn_relu_forward(a, x, bn.scale, bn.shift, len);
+        conv_backward(dx, dw, dy, a, w, s, col);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +248,56 @@ mod tests {
         (0..n)
             .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
             .collect()
+    }
+
+    /// The fused 3×3 against BN-ReLU written out and the plain convolution, on a shape
+    /// the direct kernel takes and one it does not (odd channel count).
+    #[test]
+    fn fused_conv3x3_matches_materialised() {
+        let mk = |cin, cout| ConvShape {
+            n: 2,
+            cin,
+            cout,
+            h: 5,
+            w: 6,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        };
+        for s in [mk(8, 4), mk(3, 5)] {
+            let len = s.n * s.h * s.w;
+            let x = data(s.cin * len, 1);
+            let w = data(s.cout * s.cin * 9, 2);
+            let dy = data(s.cout * len, 3);
+            let (scale, shift) = (data(s.cin, 4), data(s.cin, 5));
+            let bn = BnRelu {
+                scale: &scale,
+                shift: &shift,
+            };
+            let mut a = vec![0.0; x.len()];
+            bn_relu_forward(&mut a, &x, &scale, &shift, len);
+            let mut col = vec![0.0; crate::ops::conv::col_len(&s, 1)];
+            let mut tmp = vec![f32::NAN; x.len()];
+            let (mut y, mut want) = (vec![f32::NAN; dy.len()], vec![0.0; dy.len()]);
+            conv3x3_forward(&mut y, &x, bn, &w, &s, &mut col, &mut tmp);
+            conv_forward(&mut want, &a, &w, &s, &mut col);
+            assert_eq!(y, want, "{s:?} forward");
+            let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5; w.len()]);
+            let (mut wdx, mut wdw) = (vec![0.0; x.len()], vec![0.5; w.len()]);
+            conv3x3_backward(
+                Some(&mut dx),
+                &mut dw,
+                &dy,
+                &x,
+                bn,
+                &w,
+                &s,
+                &mut col,
+                &mut tmp,
+            );
+            conv_backward(Some(&mut wdx), &mut wdw, &dy, &a, &w, &s, &mut col);
+            assert_eq!((dx, dw), (wdx, wdw), "{s:?} backward");
+        }
     }
 
     /// A materialised in f64, then the products, against both fused functions, on the

@@ -174,9 +174,18 @@ fn conv3x3_shapes() {
                 for _ in 0..5 {
                     let t = Instant::now();
                     if bwd {
-                        super::conv3x3::backward(Some(&mut dx), &mut dw, &y, &x, &w, &s, &mut col);
+                        super::conv3x3::backward(
+                            Some(&mut dx),
+                            &mut dw,
+                            &y,
+                            &x,
+                            None,
+                            &w,
+                            &s,
+                            &mut col,
+                        );
                     } else {
-                        super::conv3x3::forward(&mut y, &x, &w, &s, &mut col);
+                        super::conv3x3::forward(&mut y, &x, None, &w, &s, &mut col);
                     }
                     best = best.min(t.elapsed().as_secs_f64());
                 }
