@@ -335,12 +335,8 @@ fn pointwise_dw(dw: &mut [f32], dy: &[f32], x: &[f32], s: &ConvShape) {
 /// 1×1 input gradient: `dX[Cin×len] = Wᵀ · dY` (overwritten).
 fn pointwise_dx(dx: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape) {
     let len = s.n * s.h * s.w;
-    if s.cout <= 48 && conv3x3::pointwise_applies(s.cin) {
-        // a bottleneck's dA from 4k = 48 rows of dB: the direct kernel, as in forward
-        // (`gemm_shapes`, 216×48·48×65536: direct 46 GFLOP/s, gemm 41, one thread)
-        conv3x3::pointwise(dx, dy, w, s.cin, s.cout, len, true);
-        return;
-    }
+    // The direct kernel loses here: 216×48·48×65536, one thread, interleaved runs on a
+    // shared machine: direct 42–46 GFLOP/s, gemm 55–66.
     sgemm(
         s.cin,
         len,
