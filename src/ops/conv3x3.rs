@@ -34,6 +34,8 @@ use rayon::prelude::*;
 
 /// Output channels per register block.
 const OB: usize = 4;
+/// Output channels per register block of [`correlate6_avx2`], where they divide by 6.
+const OB6: usize = 6;
 /// Positions per register block of [`correlate`]: two 8-float vectors.
 const PB: usize = 16;
 /// Input channels per group in [`correlate`] (see the loop-order note there).
@@ -177,11 +179,22 @@ fn unpad(dst: &mut [f32], buf: &[f32], c: usize, s: &ConvShape, n0: usize, n1: u
         });
 }
 
-/// Weights `[O][I][T]` repacked as `[O/4][I][T][4]`, so the 4 broadcasts of a tap are
-/// adjacent. With `flip`, the source is a forward weight `[I][O][T]` read as the
-/// backward-data kernel: `w'[o][i][t] = w[i][o][T−1−t]`.
+/// Output channels per register block for `o_n` outputs: 6 where they divide by 6 (12
+/// accumulators, see [`correlate6_avx2`]), else 4.
+fn block_width(o_n: usize) -> usize {
+    if o_n.is_multiple_of(OB6) {
+        OB6
+    } else {
+        OB
+    }
+}
+
+/// Weights `[O][I][T]` repacked as `[O/B][I][T][B]` with `B = block_width(o_n)`, so the
+/// B broadcasts of a tap are adjacent. With `flip`, the source is a forward weight
+/// `[I][O][T]` read as the backward-data kernel: `w'[o][i][t] = w[i][o][T−1−t]`.
 fn pack_weights(w: &[f32], o_n: usize, i_n: usize, taps: usize, flip: bool) -> Vec<f32> {
     assert_eq!(w.len(), o_n * i_n * taps);
+    let ob = block_width(o_n);
     let mut out = vec![0.0; o_n * i_n * taps];
     for o in 0..o_n {
         for i in 0..i_n {
@@ -191,7 +204,7 @@ fn pack_weights(w: &[f32], o_n: usize, i_n: usize, taps: usize, flip: bool) -> V
                 } else {
                     w[(o * i_n + i) * taps + t]
                 };
-                out[(((o / OB) * i_n + i) * taps + t) * OB + o % OB] = v;
+                out[(((o / ob) * i_n + i) * taps + t) * ob + o % ob] = v;
             }
         }
     }
@@ -243,8 +256,9 @@ fn correlate(
     offs: &[isize],
     sp: Span,
 ) {
-    assert!(o_n.is_multiple_of(OB) && avx2());
+    assert!((o_n.is_multiple_of(OB) || o_n.is_multiple_of(OB6)) && avx2());
     assert_eq!(wp.len(), o_n * i_n * offs.len());
+    let six = block_width(o_n) == OB6;
     let (lo, hi) = (
         offs.iter().copied().min().unwrap_or(0),
         offs.iter().copied().max().unwrap_or(0),
@@ -272,6 +286,9 @@ fn correlate(
         unsafe {
             let ib = inp.as_ptr().add(sp.base);
             match offs.len() {
+                9 if six => {
+                    correlate6_avx2::<9>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b)
+                }
                 9 => correlate_avx2::<9>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b),
                 n => unreachable!("correlate: {n} taps"),
             }
@@ -449,12 +466,8 @@ pub fn pointwise_with<F>(
     if len == 0 || o_n == 0 {
         return;
     }
-    let six = o_n.is_multiple_of(OB6);
-    let wp = if six {
-        pack_weights6(w, o_n, i_n, flip)
-    } else {
-        pack_weights(w, o_n, i_n, 1, flip)
-    };
+    let six = block_width(o_n) == OB6;
+    let wp = pack_weights(w, o_n, i_n, 1, flip);
     // A tile's input (i_n rows) should stay in L2 (512 KiB per core here) while all o_n/4
     // output blocks sweep it.
     let tile = ((64 << 10) / (i_n.max(1) * PB)).clamp(1, 64) * PB;
@@ -489,7 +502,7 @@ pub fn pointwise_with<F>(
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 if six {
-                    pointwise6_avx2(optr.get(), len, ibp, ild, &wp, o_n, i_n, a, b)
+                    correlate6_avx2::<1>(optr.get(), ibp, ild, &wp, o_n, i_n, &[0], sp, a, b)
                 } else {
                     correlate_avx2::<1>(optr.get(), ibp, ild, &wp, o_n, i_n, &[0], sp, a, b)
                 }
@@ -513,55 +526,42 @@ pub fn pointwise_applies(o_n: usize) -> bool {
     (o_n.is_multiple_of(OB) || o_n.is_multiple_of(OB6)) && o_n > 0 && avx2()
 }
 
-/// Output channels per register block of the 1×1 kernel [`pointwise6_avx2`].
-const OB6: usize = 6;
-
-/// 1×1 weights `[O][I]` (or, with `flip`, `[I][O]` read transposed) as `[O/6][I][6]`.
-fn pack_weights6(w: &[f32], o_n: usize, i_n: usize, flip: bool) -> Vec<f32> {
-    assert_eq!(w.len(), o_n * i_n);
-    let mut out = vec![0.0; o_n * i_n];
-    for o in 0..o_n {
-        for i in 0..i_n {
-            let v = if flip { w[i * o_n + o] } else { w[o * i_n + i] };
-            out[((o / OB6) * i_n + i) * OB6 + o % OB6] = v;
-        }
-    }
-    out
-}
-
-/// The 1×1 case of `correlate_avx2` with 6 output channels × 16 positions per register
-/// block: 12 accumulators instead of 8. With 8, each accumulator takes an FMA every
-/// iteration and 8 chains exactly cover 2 FMA pipes × 4 cycles of latency, so any load
-/// hiccup stalls; 12 leave slack (2 x loads + 6 broadcasts per 12 FMAs). One thread,
-/// best of 8 interleaved runs, machine shared with a build: o48·i216 over 65536
-/// positions 52–55 GFLOP/s against 47–52 with 4 × 16; o48·i96 46–48 against 40–42.
-/// `out[o][q] = Σ_i w[o][i]·in[i][q]` for q in a..b; input (i, q) at `ib + i·ild + q`,
-/// output (o, q) at `out + o·ld + q`.
+/// `correlate_avx2` with 6 output channels × 16 positions per register block: 12
+/// accumulators instead of 8. With 8, each accumulator takes an FMA every tap and 8
+/// chains exactly cover 2 FMA pipes × 4 cycles of latency, so any load hiccup stalls; 12
+/// leave slack (2 x loads + 6 broadcasts per 12 FMAs; 15 of the 16 ymm registers). For
+/// 1×1, one thread, best of 8 interleaved runs, machine shared with a build: o48·i216
+/// over 65536 positions 52–55 GFLOP/s against 47–52 with 4 × 16; o48·i96 46–48 against
+/// 40–42. Same contract, loop order and summation order as `correlate_avx2`; `wp` is
+/// [`pack_weights`]' layout with blocks of 6.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pointwise6_avx2(
+unsafe fn correlate6_avx2<const TAPS: usize>(
     out: *mut f32,
-    ld: usize,
     ib: *const f32,
     ild: usize,
     wp: &[f32],
     o_n: usize,
     i_n: usize,
+    offs: &[isize],
+    sp: Span,
     a: usize,
     b: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(o_n.is_multiple_of(OB6) && wp.len() == o_n * i_n);
-    let group = 8 * IB;
-    let full = a + (b - a) / PB * PB;
+    let offs: &[isize; TAPS] = offs.try_into().expect("tap count");
+    debug_assert!(o_n.is_multiple_of(OB6) && wp.len() == o_n * i_n * TAPS);
+    let group = if TAPS == 1 { 8 * IB } else { IB };
+    let full = if sp.overrun { b } else { a + (b - a) / PB * PB };
+    let ld = sp.ld;
     let mut q = a;
     while q < full {
         for i0 in (0..i_n).step_by(group) {
             let i1 = (i0 + group).min(i_n);
             for ob in 0..o_n / OB6 {
-                let wb = wp.as_ptr().add(ob * i_n * OB6);
-                let op = out.add(ob * OB6 * ld + q);
+                let wb = wp.as_ptr().add(ob * i_n * TAPS * OB6);
+                let op = out.add(ob * OB6 * ld + sp.base + q);
                 let mut c = [[_mm256_setzero_ps(); 2]; OB6];
                 if i0 > 0 {
                     for (r, c) in c.iter_mut().enumerate() {
@@ -570,14 +570,18 @@ unsafe fn pointwise6_avx2(
                     }
                 }
                 for i in i0..i1 {
-                    let x = ib.wrapping_add(i * ild + q);
-                    let w = wb.add(i * OB6);
-                    let x0 = _mm256_loadu_ps(x);
-                    let x1 = _mm256_loadu_ps(x.add(8));
-                    for (r, c) in c.iter_mut().enumerate() {
-                        let wv = _mm256_broadcast_ss(&*w.add(r));
-                        c[0] = _mm256_fmadd_ps(wv, x0, c[0]);
-                        c[1] = _mm256_fmadd_ps(wv, x1, c[1]);
+                    let ip = ib.wrapping_add(i * ild + q);
+                    let wi = wb.add(i * TAPS * OB6);
+                    for (t, &off) in offs.iter().enumerate() {
+                        let x = ip.offset(off);
+                        let w = wi.add(t * OB6);
+                        let x0 = _mm256_loadu_ps(x);
+                        let x1 = _mm256_loadu_ps(x.add(8));
+                        for (r, c) in c.iter_mut().enumerate() {
+                            let wv = _mm256_broadcast_ss(&*w.add(r));
+                            c[0] = _mm256_fmadd_ps(wv, x0, c[0]);
+                            c[1] = _mm256_fmadd_ps(wv, x1, c[1]);
+                        }
                     }
                 }
                 for (r, c) in c.iter().enumerate() {
@@ -588,15 +592,18 @@ unsafe fn pointwise6_avx2(
         }
         q += PB;
     }
-    // scalar tail, same summation order per position (i ascending, fused multiply-add)
+    // scalar tail, same summation order per position (i outer, t inner, fused)
     for o in 0..o_n {
-        let wb = wp.as_ptr().add((o / OB6) * i_n * OB6 + o % OB6);
-        for q in full..b {
+        let wb = wp.as_ptr().add((o / OB6) * i_n * TAPS * OB6 + o % OB6);
+        for q in full..b.max(full) {
             let mut acc = 0f32;
             for i in 0..i_n {
-                acc = (*wb.add(i * OB6)).mul_add(*ib.wrapping_add(i * ild + q), acc);
+                let ip = ib.wrapping_add(i * ild + q);
+                for (t, &off) in offs.iter().enumerate() {
+                    acc = (*wb.add((i * TAPS + t) * OB6)).mul_add(*ip.offset(off), acc);
+                }
             }
-            *out.add(o * ld + q) = acc;
+            *out.add(o * ld + sp.base + q) = acc;
         }
     }
 }

@@ -197,3 +197,80 @@ fn conv3x3_shapes() {
         println!("{what:32} fwd 1t {f1:6.1} 2t {f2:6.1}  bwd 1t {b1:6.1} 2t {b2:6.1} GFLOP/s");
     }
 }
+
+/// The fused BN-ReLU + 1×1 products (`fused::forward`, `fused::weight_grad`) against
+/// BN-ReLU written out followed by the plain product, one thread.
+#[test]
+#[ignore]
+fn fused_shapes() {
+    use super::fused::{self, BnRelu};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for (what, o, i, len) in [
+        ("BC100 bottleneck o48 i216", 48, 216, 65536),
+        ("BC100 transition o108 i216", 108, 216, 65536),
+        ("121 bottleneck o128 i512", 128, 512, 12544),
+    ] {
+        let x = vec![0.5f32; i * len];
+        let w = vec![0.25f32; o * i];
+        let dy = vec![0.125f32; o * len];
+        let (scale, shift) = (vec![1.5f32; i], vec![-0.25f32; i]);
+        let bn = BnRelu {
+            scale: &scale,
+            shift: &shift,
+        };
+        let mut y = vec![0f32; o * len];
+        let mut a = vec![0f32; i * len];
+        let mut dw = vec![0f32; o * i];
+        let mut best = [f64::MAX; 4];
+        pool.install(|| {
+            for _ in 0..4 {
+                for (v, b) in best.iter_mut().enumerate() {
+                    let t = Instant::now();
+                    match v {
+                        0 => fused::forward(&mut y, &x, &w, bn, o, len),
+                        1 => {
+                            super::norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
+                            let s = super::conv::ConvShape {
+                                n: 1,
+                                cin: i,
+                                cout: o,
+                                h: 1,
+                                w: len,
+                                k: 1,
+                                stride: 1,
+                                pad: 0,
+                            };
+                            super::conv::conv_forward(&mut y, &a, &w, &s, &mut []);
+                        }
+                        2 => fused::weight_grad(&mut dw, &dy, &x, bn, o, len),
+                        _ => {
+                            super::norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
+                            sgemm(
+                                o,
+                                i,
+                                len,
+                                &mut dw,
+                                i,
+                                true,
+                                Mat::n(&dy, len),
+                                Mat::t(&a, len),
+                            );
+                        }
+                    }
+                    *b = b.min(t.elapsed().as_secs_f64());
+                }
+            }
+        });
+        let g = |t: f64| 2.0 * (o * i * len) as f64 / t / 1e9;
+        println!(
+            "{what:28} fwd fused {:6.1} unfused {:6.1}   dW fused {:6.1} unfused {:6.1} GFLOP/s",
+            g(best[0]),
+            g(best[1]),
+            g(best[2]),
+            g(best[3])
+        );
+    }
+}
