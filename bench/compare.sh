@@ -3,37 +3,58 @@
 # PyTorch right after (same machine, same threads), then prints the time ratios.
 # Without PyTorch it prints densenet's figures alone. Not part of the tests.
 #
-#   bench/compare.sh            # BC-100-12 train b64, densenet121 eval b16 and b1
-#   THREADS=2 STEPS=5 bench/compare.sh
+#   bench/compare.sh                     # BC-100-12 train b64, densenet121 eval b16 and b1
+#   THREADS=2 STEPS=5 ROUNDS=3 bench/compare.sh
+#
+# With ROUNDS > 1 the two sides alternate (ours, theirs, ours, theirs, ...) and the line
+# shows each side's median over the rounds and the median of the per-round ratios: on a
+# shared 2-core machine single runs of either side vary by 20-40%, and PyTorch's OpenMP
+# threads suffer most when another process takes a core, so compare on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-3}
+ROUNDS=${ROUNDS:-1}
 cargo build --release -q
 bin=target/release/densenet
 have_torch=0
 if python3 -c "import torch, torchvision" 2>/dev/null; then have_torch=1; fi
-json_get() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d[sys.argv[2]])" "$1" "$2"; }
+json_get() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get(sys.argv[2], d.get(sys.argv[3], '')))" "$1" "$2" "${3:-$2}"; }
+median() { python3 -c "import statistics,sys; print(statistics.median(float(v) for v in sys.argv[1:]))" "$@"; }
 
-echo "threads: $THREADS, cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-printf '%-40s %12s %12s %8s\n' "work" "densenet" "pytorch" "ratio"
+echo "threads: $THREADS, rounds: $ROUNDS, cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+printf '%-34s %10s %10s %8s   %s\n' "work" "densenet" "pytorch" "ratio" "per-round ratios"
 
-ours=$($bin --threads "$THREADS" bench train --model densenet-bc-100-12 --batch 64 --steps "$STEPS" --json)
-o=$(json_get "$ours" median_step_s)
-if [ $have_torch = 1 ]; then
-  theirs=$(python3 bench/pytorch/bench_train.py --depth 100 --k 12 --bc --batch 64 --threads "$THREADS" --steps "$STEPS" 2>/dev/null | tail -1)
-  t=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get('median_s', d.get('median_step_s')))" "$theirs")
-else t=""; fi
-ratio() { if [ -n "$2" ]; then python3 -c "print(f'{$1/$2:.2f}x')"; else echo "-"; fi; }
-printf '%-40s %11.3fs %12s %8s\n' "BC-100-12 train step, batch 64" "$o" "${t:--}" "$(ratio "$o" "$t")"
-
-for b in 16 1; do
-  ours=$($bin --threads "$THREADS" bench infer --model densenet121 --batch $b --steps "$STEPS" --json)
-  o=$(json_get "$ours" median_s)
+# compare NAME OURS_CMD THEIRS_CMD OURS_KEY THEIRS_KEY
+compare() {
+  local name=$1 ours_cmd=$2 theirs_cmd=$3 okey=$4 tkey=$5
+  local os=() ts=() rs=()
+  for _ in $(seq "$ROUNDS"); do
+    o=$(json_get "$(eval "$ours_cmd")" "$okey")
+    os+=("$o")
+    if [ $have_torch = 1 ]; then
+      t=$(json_get "$(eval "$theirs_cmd" 2>/dev/null | tail -1)" median_s "$tkey")
+      ts+=("$t")
+      rs+=("$(python3 -c "print(f'{$o/$t:.2f}')")")
+    fi
+  done
+  local om tm="-" rm="-"
+  om=$(median "${os[@]}")
   if [ $have_torch = 1 ]; then
-    theirs=$(python3 bench/pytorch/bench_infer.py --model densenet121 --batch $b --threads "$THREADS" --iters "$STEPS" 2>/dev/null | tail -1)
-    t=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get('median_s', d.get('median')))" "$theirs")
-  else t=""; fi
-  printf '%-40s %11.3fs %12s %8s\n' "densenet121 eval, batch $b" "$o" "${t:--}" "$(ratio "$o" "$t")"
+    tm=$(printf '%.3fs' "$(median "${ts[@]}")")
+    rm=$(printf '%.2fx' "$(median "${rs[@]}")")
+  fi
+  printf '%-34s %9.3fs %10s %8s   %s\n' "$name" "$om" "$tm" "$rm" "${rs[*]:-}"
+}
+
+compare "BC-100-12 train step, batch 64" \
+  "$bin --threads $THREADS bench train --model densenet-bc-100-12 --batch 64 --steps $STEPS --json" \
+  "python3 bench/pytorch/bench_train.py --depth 100 --k 12 --bc --batch 64 --threads $THREADS --steps $STEPS" \
+  median_step_s median_step_s
+for b in 16 1; do
+  compare "densenet121 eval, batch $b" \
+    "$bin --threads $THREADS bench infer --model densenet121 --batch $b --steps $STEPS --json" \
+    "python3 bench/pytorch/bench_infer.py --model densenet121 --batch $b --threads $THREADS --iters $STEPS" \
+    median_s median
 done
 [ $have_torch = 1 ] || echo "(PyTorch not installed: pip install torch torchvision to compare)"
