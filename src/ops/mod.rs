@@ -17,6 +17,7 @@ pub mod conv;
 pub mod conv3x3;
 pub mod dropout;
 pub mod gemm;
+pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
