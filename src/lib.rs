@@ -11,6 +11,7 @@
 //! - [`ops`]: the engine's operations, forward and backward;
 //! - [`net`]: the network: parameter table, dense layer, transition, forward/backward;
 //! - [`resnet`]: the pre-activation ResNet: residual unit, forward/backward, memory plan;
+//! - [`model`]: both families behind one [`Model`] trait and one [`ModelConfig`];
 //! - [`memory`]: the memory plan that decides where every activation lives;
 //! - [`optim`]: SGD with Nesterov momentum;
 //! - [`weights`]: safetensors and PyTorch `.pth` checkpoints with torchvision key names;
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod memory;
+pub mod model;
 pub mod net;
 pub mod ops;
 pub mod optim;
@@ -37,5 +39,6 @@ pub mod weights;
 
 pub use config::{ConfigError, DenseNetConfig, Stem};
 pub use memory::{MemoryMode, MemoryPlan};
+pub use model::{AnyModel, Model, ModelConfig};
 pub use net::Network;
 pub use resnet::{PreActResNet, PreActResNetConfig};
