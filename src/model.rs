@@ -53,7 +53,8 @@ impl ModelConfig {
         }
         let t = name.trim();
         if t.starts_with('{') {
-            let json_err = |e: serde_json::Error| ConfigError::Rule(format!("model config JSON: {e}"));
+            let json_err =
+                |e: serde_json::Error| ConfigError::Rule(format!("model config JSON: {e}"));
             let v: serde_json::Value = serde_json::from_str(t).map_err(json_err)?;
             if v.get("family").and_then(|f| f.as_str()) == Some(PREACT_RESNET) {
                 let cfg: ModelConfig = serde_json::from_value(v).map_err(json_err)?;

@@ -369,6 +369,13 @@ fn training_memory_is_linear_in_depth() {
         let q = quadratic_share(mode);
         assert!(q.abs() < 1e-3, "{mode:?}: quadratic share {q}");
     }
+    for depth in [164, 1001] {
+        println!(
+            "preresnet-{depth}, batch 64: {:.0} MiB efficient, {:.0} MiB naive",
+            bytes(depth, MemoryMode::Efficient) / (1 << 20) as f64,
+            bytes(depth, MemoryMode::Naive) / (1 << 20) as f64
+        );
+    }
     // per unit, efficient keeps x, u1, u2 (4w + w + w channels) where naive adds h0..h2
     let ratio = bytes(1001, MemoryMode::Naive) / bytes(1001, MemoryMode::Efficient);
     assert!(ratio > 1.9, "naive/efficient {ratio}");
