@@ -53,7 +53,9 @@ pub enum ConfigError {
     /// The model name is not a known preset.
     #[error(
         "unknown model '{0}': expected densenet-L-k, densenet-bc-L-k (e.g. densenet-bc-100-12), \
-         densenet121, densenet161, densenet169, densenet201 or densenet264"
+         densenet121, densenet161, densenet169, densenet201, densenet264, or a pre-activation \
+         ResNet: preresnet-110, preresnet-164, preresnet-1001 (preresnet-L, preresnet-basic-L, \
+         preresnet-bottleneck-L)"
     )]
     UnknownModel(String),
     /// The depth does not fit the CIFAR block formula.

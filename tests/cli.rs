@@ -412,3 +412,140 @@ fn train_eval_predict_plot_pipeline() {
         &["/nonexistent/cifar"],
     );
 }
+
+/// The pre-activation ResNets through the same commands: the paper's parameter counts in
+/// `summary --json`, `forward --train` against the PyTorch fixture, and a digits run that
+/// `eval`, `predict` and `compare` (beside a DenseNet run) read back.
+#[test]
+fn preresnet_summary_forward_train_eval_compare() {
+    for (model, params) in [
+        ("preresnet-164", 1_703_258u64),
+        ("preresnet-1001", 10_327_706),
+    ] {
+        let o = densenet(&["summary", model, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["parameters"].as_u64(), Some(params), "{model}");
+        assert_eq!(v["family"], "preact_resnet");
+    }
+    let o = densenet(&["summary", "preresnet-110"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("1,730,522") && text.contains("layer3"),
+        "{text}"
+    );
+
+    // forward --train on the PyTorch fixture, the model given as its JSON configuration
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let case = |kind: &str| {
+        fixtures
+            .join(format!("preresnet_bottleneck_w8.{kind}.safetensors"))
+            .display()
+            .to_string()
+    };
+    let weights = densenet::weights::read_safetensors(Path::new(&case("weights"))).unwrap();
+    let out = tmp("resnet-train.safetensors");
+    let o = densenet(&[
+        "forward",
+        "--model",
+        &weights.metadata["config"],
+        "--weights",
+        &case("weights"),
+        "--input",
+        &case("train"),
+        "--output",
+        out.to_str().unwrap(),
+        "--train",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = densenet::weights::read_safetensors(&out).unwrap();
+    let want = densenet::weights::read_safetensors(Path::new(&case("train"))).unwrap();
+    for name in [
+        "loss",
+        "logits",
+        "grad.layer2.0.shortcut.0.weight",
+        "post.bn.running_var",
+    ] {
+        let (a, b) = (
+            &ours.get(name).unwrap().tensor.data,
+            &want.get(name).unwrap().tensor.data,
+        );
+        check_close(name, a, b, 1e-4, 1e-3).unwrap();
+    }
+
+    // a DenseNet run and a ResNet run on the digits, side by side
+    let runs = tmp("compare-runs");
+    let _ = std::fs::remove_dir_all(&runs);
+    for model in ["densenet-bc-16-4", "preresnet-8"] {
+        let dir = runs.join(model);
+        let o = densenet(&[
+            "train",
+            "--model",
+            model,
+            "--epochs",
+            "1",
+            "--out",
+            dir.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+    }
+    let best = runs.join("preresnet-8/best.safetensors");
+    let o = densenet(&["eval", "--weights", best.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (e["images"].as_u64(), e["model"].as_str()),
+        (Some(297), Some("preresnet-8"))
+    );
+    let png = tmp("resnet-digit.png");
+    image::GrayImage::from_fn(8, 8, |_, y| image::Luma([if y == 3 { 255 } else { 0 }]))
+        .save(&png)
+        .unwrap();
+    let o = densenet(&[
+        "predict",
+        "--weights",
+        best.to_str().unwrap(),
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_fails(
+        &["heatmap", "--weights", best.to_str().unwrap()],
+        &["pre-activation ResNet"],
+    );
+    let plot = tmp("compare.png");
+    let o = densenet(&[
+        "compare",
+        runs.join("densenet-bc-16-4").to_str().unwrap(),
+        runs.join("preresnet-8").to_str().unwrap(),
+        "--out",
+        plot.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let families: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["family"].as_str().unwrap())
+        .collect();
+    assert_eq!(families.len(), 2);
+    assert!(families.contains(&"densenet") && families.contains(&"preact_resnet"));
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["parameters"].as_u64() > Some(0)));
+    assert!(plot.exists());
+    // DenseNet-only options are refused for a ResNet
+    assert_fails(
+        &["summary", "preresnet-110", "--compression", "0.5"],
+        &["--compression applies to DenseNets"],
+    );
+    assert_fails(
+        &["summary", "preresnet-111"],
+        &["depth 111", "multiple of 6"],
+    );
+}

@@ -17,7 +17,7 @@ fn tmp(name: &str) -> PathBuf {
 /// DenseNet-BC L=16 k=4 (2 layers per block) on 8×8 digits: a few seconds an epoch… less.
 fn tiny(epochs: usize) -> TrainConfig {
     TrainConfig {
-        model: DenseNetConfig::cifar(16, 4, true, 0.5).unwrap(),
+        model: DenseNetConfig::cifar(16, 4, true, 0.5).unwrap().into(),
         dataset: "digits".into(),
         data_dir: None,
         epochs,
@@ -44,7 +44,7 @@ fn weights(dir: &std::path::Path) -> Vec<f32> {
 #[test]
 fn resume_continues_exactly() {
     let mut cfg = tiny(2);
-    cfg.model.drop_rate = 0.1; // dropout masks must resume exactly too
+    cfg.model.as_densenet_mut().unwrap().drop_rate = 0.1; // dropout masks must resume exactly too
     let straight = tmp("straight");
     let s = train::train(
         &cfg,
@@ -130,7 +130,7 @@ fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
         &densenet::DenseNetConfig {
             in_channels: 1,
             input_size: 8,
-            ..cfg.model.clone()
+            ..cfg.model.as_densenet().unwrap().clone()
         },
         0,
     );

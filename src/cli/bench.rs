@@ -10,7 +10,8 @@
 use super::model_args::ModelAdjust;
 use crate::config::DenseNetConfig;
 use crate::memory::MemoryMode;
-use crate::net::{Network, TrainOptions};
+use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
+use crate::net::TrainOptions;
 use crate::optim::{Sgd, SgdConfig};
 use crate::rng::Rng;
 use anyhow::Context;
@@ -43,7 +44,7 @@ pub enum What {
 /// `bench train` arguments.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Model name.
+    /// Model name (either family: densenet-bc-100-12, preresnet-164, …).
     #[arg(long, short = 'm', default_value = "densenet-bc-100-12")]
     pub model: String,
     #[command(flatten)]
@@ -84,7 +85,7 @@ pub struct ProfileRow {
 /// `bench infer` arguments.
 #[derive(clap::Args, Debug)]
 pub struct InferArgs {
-    /// Model name.
+    /// Model name (either family).
     #[arg(long, short = 'm', default_value = "densenet121")]
     pub model: String,
     #[command(flatten)]
@@ -244,20 +245,20 @@ fn available_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn random_input(n: usize, cfg: &DenseNetConfig, seed: u64) -> (Vec<f32>, Vec<u32>) {
+fn random_input(n: usize, cfg: &ModelConfig, seed: u64) -> (Vec<f32>, Vec<u32>) {
     let mut rng = Rng::new(seed);
-    let s = cfg.input_size;
-    let x = (0..n * cfg.in_channels * s * s)
+    let s = cfg.input_size();
+    let x = (0..n * cfg.in_channels() * s * s)
         .map(|_| rng.normal() as f32)
         .collect();
     let y = (0..n)
-        .map(|_| rng.below(cfg.num_classes as u64) as u32)
+        .map(|_| rng.below(cfg.num_classes() as u64) as u32)
         .collect();
     (x, y)
 }
 
-fn resolve(model: &str, adjust: &ModelAdjust) -> anyhow::Result<DenseNetConfig> {
-    let cfg = DenseNetConfig::from_name(model).with_context(|| format!("model {model}"))?;
+fn resolve(model: &str, adjust: &ModelAdjust) -> anyhow::Result<ModelConfig> {
+    let cfg = ModelConfig::from_name(model).with_context(|| format!("model {model}"))?;
     adjust.apply(cfg)
 }
 
@@ -276,7 +277,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
-    let mut net = Network::new(&cfg, 0);
+    let mut net = AnyModel::new(&cfg, 0);
     let mut ws = net.workspace(a.batch, a.memory, true);
     let mut opt = Sgd::new(SgdConfig::default());
     let (x, y) = random_input(a.batch, &cfg, 1);
@@ -296,7 +297,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         net.backward(&mut ws, &opts);
         {
             let _t = crate::profile::scope(crate::profile::Op::Optimizer);
-            opt.step(&mut net.params, &net.grads);
+            let b = net.buffers_mut();
+            opt.step(b.params, b.grads);
         }
         let dt = t.elapsed().as_secs_f64();
         if !a.json {
@@ -334,7 +336,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     let step = Stats::new(times);
     let r = TrainReport {
         version: 1,
-        model: cfg.name.clone(),
+        model: cfg.name().to_string(),
         batch: a.batch,
         memory: a.memory,
         threads: rayon::current_num_threads(),
@@ -380,7 +382,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
-    let mut net = Network::new(&cfg, 0);
+    let mut net = AnyModel::new(&cfg, 0);
     let mut ws = net.workspace(a.batch, MemoryMode::Efficient, false);
     let (x, _) = random_input(a.batch, &cfg, 1);
     let mut times = Vec::new();
@@ -395,7 +397,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
     let pass = Stats::new(times);
     let r = InferReport {
         version: 1,
-        model: cfg.name.clone(),
+        model: cfg.name().to_string(),
         batch: a.batch,
         threads: rayon::current_num_threads(),
         median_s: pass.median_s,

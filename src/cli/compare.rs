@@ -1,5 +1,6 @@
 //! `densenet compare`: test error against parameters for finished runs (the paper's
-//! Fig. 4), as a table and a PNG, so runs on the same data can be put side by side.
+//! Fig. 4), as a table and a PNG, so runs on the same data can be put side by side,
+//! DenseNets and pre-activation ResNets alike.
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ pub struct Args {
 struct Row {
     run: PathBuf,
     model: String,
+    /// `densenet` or `preact_resnet` (runs made before the ResNet existed are DenseNets).
+    family: String,
     dataset: String,
     parameters: u64,
     test_error_percent: f64,
@@ -45,6 +48,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         rows.push(Row {
             run: dir.clone(),
             model: field("model")?.as_str().unwrap_or_default().to_string(),
+            family: v
+                .get("family")
+                .and_then(|f| f.as_str())
+                .unwrap_or("densenet")
+                .to_string(),
             dataset: field("dataset")?.as_str().unwrap_or_default().to_string(),
             parameters: field("parameters")?.as_u64().unwrap_or(0),
             test_error_percent: field("test_error_percent")?.as_f64().unwrap_or(f64::NAN),
@@ -71,13 +79,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return super::print_json(&rows);
     }
     println!(
-        "{:<28} {:<10} {:>12} {:>8} {:>12}",
-        "model", "dataset", "parameters", "epochs", "test error"
+        "{:<28} {:<14} {:<10} {:>12} {:>8} {:>12}",
+        "model", "family", "dataset", "parameters", "epochs", "test error"
     );
     for r in &rows {
         println!(
-            "{:<28} {:<10} {:>12} {:>8} {:>11.2}%",
+            "{:<28} {:<14} {:<10} {:>12} {:>8} {:>11.2}%",
             r.model,
+            r.family,
             r.dataset,
             super::summary::group(r.parameters as usize),
             r.epochs,

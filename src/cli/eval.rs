@@ -4,7 +4,7 @@
 use crate::data::augment::Transform;
 use crate::data::{self, DatasetKind, Split};
 use crate::memory::MemoryMode;
-use crate::net::Network;
+use crate::model::{AnyModel, Model, ModelConfig};
 use crate::train::checkpoint::Preprocess;
 use crate::train::{evaluate, Evaluation};
 use anyhow::Context;
@@ -19,7 +19,8 @@ pub struct Args {
     /// any safetensors/.pth state dict together with --model and --dataset.
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
-    /// Model, for weights that are not a densenet training checkpoint.
+    /// Model, for weights that are not a densenet training checkpoint (either family:
+    /// densenet-bc-100-12, preresnet-164, …).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
     /// Data set (default: the checkpoint's).
@@ -51,7 +52,7 @@ struct Report<'a> {
 
 /// A network with its weights, and what its training run recorded (if anything).
 pub(crate) struct Loaded {
-    pub net: Network,
+    pub net: AnyModel,
     pub dataset: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub upscale: Option<usize>,
@@ -66,9 +67,11 @@ pub(crate) fn load_model(weights: &Path, model: Option<&str>) -> anyhow::Result<
         .get("train_config")
         .and_then(|s| serde_json::from_str(s).ok());
     let cfg = match (model, meta.get("config")) {
-        (Some(name), _) => crate::config::DenseNetConfig::from_name(name)
-            .with_context(|| format!("--model {name}"))?,
-        (None, Some(json)) => serde_json::from_str(json).with_context(|| {
+        (Some(name), _) => {
+            ModelConfig::from_name(name).with_context(|| format!("--model {name}"))?
+        }
+        // a bare DenseNetConfig (every checkpoint before the ResNet) or a tagged ResNet's
+        (None, Some(json)) => serde_json::from_str::<ModelConfig>(json).with_context(|| {
             format!("{}: model configuration in its metadata", weights.display())
         })?,
         (None, None) => anyhow::bail!(
@@ -76,7 +79,7 @@ pub(crate) fn load_model(weights: &Path, model: Option<&str>) -> anyhow::Result<
             weights.display()
         ),
     };
-    let mut net = Network::new(&cfg, 0);
+    let mut net = AnyModel::new(&cfg, 0);
     net.load_tensors(&file.tensors, &weights.display().to_string())?;
     Ok(Loaded {
         net,
@@ -105,11 +108,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(u) = m.upscale {
         transform.upscale = u.max(1);
     }
-    let cfg = m.net.config().clone();
+    let cfg = m.net.model_config();
     anyhow::ensure!(
-        cfg.num_classes == test.num_classes(),
+        cfg.num_classes() == test.num_classes(),
         "the model has {} classes, data set {dataset} has {}",
-        cfg.num_classes,
+        cfg.num_classes(),
         test.num_classes()
     );
     let mut ws = m
@@ -120,7 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.json {
         return super::print_json(&Report {
             version: 1,
-            model: cfg.name.clone(),
+            model: cfg.name().to_string(),
             dataset,
             top1_error_percent: 100.0 * (1.0 - e.top1_accuracy),
             top5_error_percent: 100.0 * (1.0 - e.top5_accuracy),
@@ -130,7 +133,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     println!(
         "{} on {dataset} ({} images): top-1 error {:.2}%, top-5 error {:.2}%, loss {:.4}",
-        cfg.name,
+        cfg.name(),
         e.images,
         100.0 * (1.0 - e.top1_accuracy),
         100.0 * (1.0 - e.top5_accuracy),

@@ -6,9 +6,10 @@
 
 use super::ModelArgs;
 use crate::memory::MemoryMode;
-use crate::net::{Network, TrainOptions};
+use crate::model::{AnyModel, Model, ModelWorkspace};
+use crate::net::TrainOptions;
 use crate::tensor::Tensor;
-use crate::weights::{read_safetensors, write_safetensors};
+use crate::weights::{read_checkpoint, read_safetensors, write_safetensors};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,28 +43,29 @@ pub struct Args {
 /// Runs `densenet forward`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let cfg = a.model.resolve()?;
-    let mut net = Network::new(&cfg, 0);
-    net.load(&a.weights)?;
+    let mut net = AnyModel::new(&cfg, 0);
+    let weights = read_checkpoint(&a.weights)?;
+    net.load_tensors(&weights.tensors, &a.weights.display().to_string())?;
     let file = read_safetensors(&a.input)?;
     let input = &file
         .get("input")
         .with_context(|| format!("{}: no tensor named 'input'", a.input.display()))?
         .tensor;
-    let s = cfg.input_size;
-    let want = [cfg.in_channels, s, s];
+    let s = cfg.input_size();
+    let want = [cfg.in_channels(), s, s];
     if input.shape.len() != 4 || input.shape[1..] != want || input.shape[0] == 0 {
         bail!(
             "{}: 'input' has shape {:?}; model {} expects [N, {}, {}, {}] (NCHW)",
             a.input.display(),
             input.shape,
-            cfg.name,
+            cfg.name(),
             want[0],
             want[1],
             want[2]
         );
     }
     let n = input.shape[0];
-    let classes = cfg.num_classes;
+    let classes = cfg.num_classes();
     let mut out: Vec<(String, Tensor)> = Vec::new();
     if !a.train {
         let mut ws = net.workspace(n, MemoryMode::Efficient, false);
@@ -103,19 +105,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         net.backward(&mut ws, &opts);
         out.push((
             "logits".into(),
-            Tensor::new(vec![n, classes], ws.logits[..n * classes].to_vec()),
+            Tensor::new(vec![n, classes], ws.logits()[..n * classes].to_vec()),
         ));
         out.push(("loss".into(), Tensor::new(vec![1], vec![loss])));
         out.push((
             "input_grad".into(),
-            Tensor::new(input.shape.clone(), ws.input_grad[..input.numel()].to_vec()),
+            Tensor::new(
+                input.shape.clone(),
+                ws.input_grad()[..input.numel()].to_vec(),
+            ),
         ));
-        for e in net.arch.params.entries() {
-            let g = net.grads[e.range()].to_vec();
+        for e in net.param_table().entries() {
+            let g = net.grads()[e.range()].to_vec();
             out.push((format!("grad.{}", e.name), Tensor::new(e.shape.clone(), g)));
         }
-        for e in net.arch.stats.entries() {
-            let v = net.stats[e.range()].to_vec();
+        for e in net.stats_table().entries() {
+            let v = net.stats()[e.range()].to_vec();
             out.push((format!("post.{}", e.name), Tensor::new(e.shape.clone(), v)));
         }
     }

@@ -29,7 +29,15 @@ pub struct Args {
 /// Runs `densenet heatmap`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let m = super::eval::load_model(&a.weights, a.model.as_deref())?;
-    let mats = feature_reuse(&m.net);
+    let Some(net) = m.net.as_densenet() else {
+        anyhow::bail!(
+            "{}: the feature-reuse heat map reads the weights a dense layer gives each earlier \
+             layer; {} is a pre-activation ResNet, whose units read only their input",
+            a.weights.display(),
+            crate::model::Model::name(&m.net)
+        );
+    };
+    let mats = feature_reuse(net);
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let csv = a.out.join("heatmap.csv");
     crate::atomic::write(&csv, to_csv(&mats).as_bytes())
@@ -37,7 +45,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let panels: Vec<HeatMatrix> = mats
         .iter()
         .map(|mm| HeatMatrix {
-            title: format!("{}: dense block {}", m.net.config().name, mm.block),
+            title: format!("{}: dense block {}", net.config().name, mm.block),
             rows: mm.layers + 1,
             cols: mm.layers + 1,
             values: mm.values.clone(),

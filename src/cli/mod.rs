@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
 pub use model_args::ModelArgs;
 
 /// DenseNets (Huang et al., CVPR 2017) on the CPU: summarise, run, train and analyse every
-/// DenseNet of the paper, with parity to PyTorch and the memory-efficient design.
+/// DenseNet of the paper, with parity to PyTorch and the memory-efficient design, and the
+/// pre-activation ResNets it compares against (preresnet-110/164/1001).
 #[derive(Parser, Debug)]
 #[command(name = "densenet", version, about, long_about = None)]
 pub struct Cli {
@@ -38,7 +39,8 @@ pub enum Command {
     Forward(forward::Args),
     /// Benchmarks: training step time, inference time, memory against depth.
     Bench(bench::Args),
-    /// Train a DenseNet (with no arguments: on the built-in digits set).
+    /// Train a DenseNet or a pre-activation ResNet (with no arguments: DenseNet-BC on the
+    /// built-in digits set).
     Train(Box<train::Args>),
     /// Draw a run's learning curves (curves.png) from its metrics.csv.
     Plot(plot::Args),

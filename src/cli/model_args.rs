@@ -2,13 +2,15 @@
 //! B and C choices), shared by every subcommand that builds a network.
 
 use crate::config::{DenseNetConfig, Stem};
+use crate::model::ModelConfig;
 use anyhow::Context;
 
 /// Which model to build.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model: densenet-L-k (plain), densenet-bc-L-k (bottleneck, θ=0.5), densenet-b-L-k,
-    /// densenet-c-L-k, densenet121/161/169/201/264, or a JSON config object.
+    /// densenet-c-L-k, densenet121/161/169/201/264, preresnet-110/164/1001 (pre-activation
+    /// ResNets; also preresnet-basic-L, preresnet-bottleneck-L), or a JSON config object.
     #[arg(long, short = 'm', value_name = "MODEL")]
     pub model: String,
     #[command(flatten)]
@@ -18,14 +20,15 @@ pub struct ModelArgs {
 /// Options that change a preset.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ModelAdjust {
-    /// Number of classes (default: 10 for the CIFAR family, 1000 for ImageNet models).
+    /// Number of classes (default: 10 for the CIFAR family and the ResNets, 1000 for
+    /// ImageNet models).
     #[arg(long, value_name = "N")]
     pub classes: Option<usize>,
     /// Input channels: 3 (RGB) or 1 (grey).
     #[arg(long, value_name = "C")]
     pub in_channels: Option<usize>,
-    /// Dropout rate after every convolution but the first (the paper: 0.2 without
-    /// augmentation).
+    /// DenseNets: dropout rate after every convolution but the first (the paper: 0.2
+    /// without augmentation).
     #[arg(long, value_name = "P")]
     pub drop_rate: Option<f32>,
     /// Input height and width (default: 32 for the CIFAR family, 224 for ImageNet models).
@@ -40,8 +43,41 @@ pub struct ModelAdjust {
 }
 
 impl ModelAdjust {
-    /// Applies the adjustments to a parsed preset.
-    pub fn apply(&self, mut cfg: DenseNetConfig) -> anyhow::Result<DenseNetConfig> {
+    /// Applies the adjustments to a parsed preset of either family.
+    pub fn apply(&self, cfg: ModelConfig) -> anyhow::Result<ModelConfig> {
+        match cfg {
+            ModelConfig::DenseNet(c) => Ok(ModelConfig::DenseNet(self.apply_densenet(c)?)),
+            ModelConfig::PreActResNet(mut c) => {
+                let densenet_only = [
+                    ("--drop-rate", self.drop_rate.is_some()),
+                    ("--bottleneck", self.bottleneck.is_some()),
+                    ("--compression", self.compression.is_some()),
+                ];
+                if let Some((flag, _)) = densenet_only.iter().find(|f| f.1) {
+                    anyhow::bail!(
+                        "{flag} applies to DenseNets; {} is a pre-activation ResNet (its \
+                         unit is part of the name: preresnet-basic-L, preresnet-bottleneck-L)",
+                        c.name
+                    );
+                }
+                if let Some(n) = self.classes {
+                    c.num_classes = n;
+                }
+                if let Some(ch) = self.in_channels {
+                    anyhow::ensure!(ch == 1 || ch == 3, "--in-channels must be 1 or 3, got {ch}");
+                    c.in_channels = ch;
+                }
+                if let Some(s) = self.input_size {
+                    c.input_size = s;
+                }
+                c.validate()?;
+                Ok(ModelConfig::PreActResNet(c))
+            }
+        }
+    }
+
+    /// Applies the adjustments to a DenseNet preset.
+    fn apply_densenet(&self, mut cfg: DenseNetConfig) -> anyhow::Result<DenseNetConfig> {
         if self.bottleneck.is_some() || self.compression.is_some() {
             let b = self.bottleneck.unwrap_or(cfg.bottleneck);
             let theta = self.compression.unwrap_or(cfg.compression);
@@ -79,8 +115,8 @@ impl ModelAdjust {
 
 impl ModelArgs {
     /// The configuration these arguments describe.
-    pub fn resolve(&self) -> anyhow::Result<DenseNetConfig> {
-        let cfg = DenseNetConfig::from_name(&self.model)
+    pub fn resolve(&self) -> anyhow::Result<ModelConfig> {
+        let cfg = ModelConfig::from_name(&self.model)
             .with_context(|| format!("--model {}", self.model))?;
         self.adjust.apply(cfg)
     }
@@ -101,6 +137,7 @@ mod tests {
             },
         };
         let c = a.resolve().unwrap();
+        let c = c.as_densenet().unwrap();
         // DenseNet-C L=100: 32 layers per block
         assert_eq!(
             (c.block_config[0], c.num_classes, c.compression),
@@ -118,5 +155,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("compression"));
+    }
+
+    #[test]
+    fn resnet_adjustments() {
+        let a = ModelArgs {
+            model: "preresnet-110".into(),
+            adjust: ModelAdjust {
+                classes: Some(100),
+                in_channels: Some(1),
+                ..Default::default()
+            },
+        };
+        let c = a.resolve().unwrap();
+        assert_eq!(
+            (c.num_classes(), c.in_channels(), c.family()),
+            (100, 1, "preact_resnet")
+        );
+        let bad = ModelArgs {
+            model: "preresnet-164".into(),
+            adjust: ModelAdjust {
+                compression: Some(0.5),
+                ..Default::default()
+            },
+        };
+        let e = bad.resolve().unwrap_err().to_string();
+        assert!(e.contains("--compression applies to DenseNets"), "{e}");
     }
 }

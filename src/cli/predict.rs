@@ -4,6 +4,7 @@ use super::eval::load_model;
 use crate::data::augment::Normalize;
 use crate::data::folder::decode_file;
 use crate::memory::MemoryMode;
+use crate::model::{Model, ModelConfig};
 use std::path::PathBuf;
 
 /// Arguments of `densenet predict`.
@@ -42,11 +43,13 @@ struct Prediction {
 /// Runs `densenet predict`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let mut m = load_model(&a.weights, a.model.as_deref())?;
-    let cfg = m.net.config().clone();
-    let (c, s) = (cfg.in_channels, cfg.input_size);
+    let cfg = m.net.model_config();
+    let (c, s) = (cfg.in_channels(), cfg.input_size());
+    let imagenet =
+        matches!(&cfg, ModelConfig::DenseNet(d) if d.stem == crate::config::Stem::ImageNet);
     let (norm, names) = match &m.preprocess {
         Some(p) => (Normalize::new(&p.mean, &p.std), p.classes.clone()),
-        None if cfg.stem == crate::config::Stem::ImageNet => (Normalize::imagenet(), vec![]),
+        None if imagenet => (Normalize::imagenet(), vec![]),
         None => (Normalize::none(), vec![]),
     };
     let mut ws = m.net.workspace(1, MemoryMode::Efficient, false);

@@ -1,15 +1,17 @@
 //! `densenet summary`: per stage the output shape, parameters, multiply-accumulates and the
-//! dense connectivity, then totals (the paper's Table 1 with numbers).
+//! connectivity, then totals (the paper's Table 1 with numbers), for DenseNets and
+//! pre-activation ResNets alike.
 
 use super::model_args::ModelAdjust;
-use crate::config::DenseNetConfig;
-use crate::net::Architecture;
-use crate::summary::summarize;
+use crate::model::ModelConfig;
+use crate::summary::summarize_model;
 use anyhow::Context;
 
 /// Arguments of `densenet summary`.
 #[derive(clap::Args, Debug)]
-#[command(after_long_help = "Example:\n  densenet summary densenet-bc-100-12 --json")]
+#[command(
+    after_long_help = "Examples:\n  densenet summary densenet-bc-100-12 --json\n  densenet summary preresnet-164"
+)]
 pub struct Args {
     /// Model name (see `densenet forward --help` for the forms).
     #[arg(value_name = "MODEL")]
@@ -23,31 +25,35 @@ pub struct Args {
 
 /// Runs `densenet summary`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let cfg = DenseNetConfig::from_name(&a.model).with_context(|| format!("model {}", a.model))?;
+    let cfg = ModelConfig::from_name(&a.model).with_context(|| format!("model {}", a.model))?;
     let cfg = a.adjust.apply(cfg)?;
-    let s = summarize(&Architecture::new(&cfg));
+    let s = summarize_model(&cfg);
     if a.json {
         return super::print_json(&s);
     }
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    let kind = match (s.growth_rate, s.compression) {
+        (Some(k), Some(theta)) => format!("k={k} bottleneck={} θ={theta}", s.bottleneck),
+        _ => format!(
+            "pre-activation ResNet, {} units",
+            if s.bottleneck { "bottleneck" } else { "basic" }
+        ),
+    };
     writeln!(
         out,
-        "{}: k={} bottleneck={} θ={} depth={} input {}×{}×{}, {} classes",
-        s.model,
-        s.growth_rate,
-        s.bottleneck,
-        s.compression,
-        s.depth,
-        s.input[0],
-        s.input[1],
-        s.input[2],
-        s.classes
+        "{}: {kind} depth={} input {}×{}×{}, {} classes",
+        s.model, s.depth, s.input[0], s.input[1], s.input[2], s.classes
     )?;
+    let layers = if s.growth_rate.is_some() {
+        "layers"
+    } else {
+        "units"
+    };
     writeln!(
         out,
         "{:<14} {:>16} {:>12} {:>14} {:>7} {:>12}",
-        "stage", "output (C×H×W)", "parameters", "MACs", "layers", "connections"
+        "stage", "output (C×H×W)", "parameters", "MACs", layers, "connections"
     )?;
     for st in &s.stages {
         let shape = format!("{}×{}×{}", st.output[0], st.output[1], st.output[2]);

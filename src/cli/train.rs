@@ -1,10 +1,10 @@
-//! `densenet train`: trains a DenseNet on a data set with the paper's recipe (or the quick
-//! default recipe on the built-in digits), shows progress, writes a run directory, and
-//! resumes interrupted runs exactly.
+//! `densenet train`: trains a DenseNet or a pre-activation ResNet on a data set with the
+//! paper's recipe (or the quick default recipe on the built-in digits), shows progress,
+//! writes a run directory, and resumes interrupted runs exactly.
 
 use super::model_args::ModelAdjust;
-use crate::config::DenseNetConfig;
 use crate::memory::MemoryMode;
+use crate::model::ModelConfig;
 use crate::optim::SgdConfig;
 use crate::train::{self, EpochMetrics, Progress, RunOptions, Schedule, TrainConfig};
 use anyhow::Context;
@@ -14,12 +14,14 @@ use std::path::PathBuf;
 /// Arguments of `densenet train`.
 #[derive(clap::Args, Debug, Default)]
 #[command(
-    after_long_help = "Examples:\n  densenet train\n  densenet train --dataset cifar10 \
-    --data ~/data/cifar-10-batches-bin --model densenet-bc-100-12 --recipe paper"
+    after_long_help = "Examples:\n  densenet train\n  densenet train --model preresnet-110\n  \
+    densenet train --dataset cifar10 --data ~/data/cifar-10-batches-bin --model \
+    densenet-bc-100-12 --recipe paper"
 )]
 pub struct Args {
     /// Model (default: densenet-bc-40-12 on digits, densenet-bc-100-12 on CIFAR/SVHN/MNIST,
-    /// densenet121 on image folders).
+    /// densenet121 on image folders); pre-activation ResNets: preresnet-110, preresnet-164,
+    /// preresnet-1001.
     #[arg(long, short = 'm')]
     pub model: Option<String>,
     #[command(flatten)]
@@ -115,7 +117,7 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
     };
     let model_name = a.model.clone().unwrap_or_else(|| default_model.into());
     let mut model =
-        DenseNetConfig::from_name(&model_name).with_context(|| format!("--model {model_name}"))?;
+        ModelConfig::from_name(&model_name).with_context(|| format!("--model {model_name}"))?;
     // paper: augmentation where the paper uses it (C10+, C100+, ImageNet), not on SVHN
     let paper_augment = is("cifar") || folder;
     let (epochs, schedule, augment, upscale) = if recipe == "paper" {
@@ -146,9 +148,12 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
             *milestones = vec![epochs / 2, epochs * 3 / 4];
         }
     }
-    // the paper's dropout rule, unless the model options say otherwise
-    if recipe == "paper" && a.adjust.drop_rate.is_none() && !augment {
-        model.drop_rate = 0.2;
+    // the paper's dropout rule, unless the model options say otherwise (DenseNets only:
+    // He et al. train their ResNets without dropout)
+    if let Some(m) = model.as_densenet_mut() {
+        if recipe == "paper" && a.adjust.drop_rate.is_none() && !augment {
+            m.drop_rate = 0.2;
+        }
     }
     let model = a.adjust.apply(model)?;
     let optimizer = SgdConfig {
@@ -266,7 +271,7 @@ fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
         rem / 60 % 60,
         rem % 60,
         cfg.dataset,
-        cfg.model.name
+        cfg.model.name()
     ))
 }
 
@@ -291,7 +296,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !resume {
         eprintln!(
             "training {} on {} for {} epochs (batch {}, lr {}, {:?}), run directory {}",
-            cfg.model.name,
+            cfg.model.name(),
             cfg.dataset,
             cfg.epochs,
             cfg.batch_size,
@@ -319,9 +324,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return super::print_json(&summary);
     }
     println!(
-        "{} on {}: test accuracy {:.2}% (error {:.2}%) after {} epochs, best {:.2}% at epoch {}; \
-         {:.1} s, {:.0} images/s; run directory {}",
+        "{} ({} parameters) on {}: test accuracy {:.2}% (error {:.2}%) after {} epochs, best \
+         {:.2}% at epoch {}; {:.1} s, {:.0} images/s; run directory {}",
         summary.model,
+        super::summary::group(summary.parameters),
         summary.dataset,
         100.0 * summary.test_accuracy,
         summary.test_error_percent,

@@ -41,7 +41,12 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    fn new(name: &str, c: usize, params: &mut TensorTable, stats: &mut TensorTable) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        c: usize,
+        params: &mut TensorTable,
+        stats: &mut TensorTable,
+    ) -> Self {
         let weight = params.push(format!("{name}.weight"), &[c]);
         params.push(format!("{name}.bias"), &[c]);
         let running = stats.push(format!("{name}.running_mean"), &[c]);
@@ -140,7 +145,7 @@ pub struct Conv {
 
 impl Conv {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
         name: &str,
         cout: usize,
         cin: usize,

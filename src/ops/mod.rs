@@ -18,6 +18,7 @@ pub mod conv3x3;
 pub mod dropout;
 pub mod fused;
 pub mod gemm;
+pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;

@@ -8,7 +8,7 @@
 //! weights file and an old state file.
 
 use super::{TrainConfig, TrainError, TrainState};
-use crate::net::Network;
+use crate::model::Model;
 use crate::optim::Sgd;
 use crate::tensor::Tensor;
 use crate::weights::{read_safetensors, write_safetensors};
@@ -34,9 +34,9 @@ pub struct Preprocess {
 }
 
 /// Writes a checkpoint atomically.
-pub fn save(
+pub fn save<M: Model>(
     path: &Path,
-    net: &Network,
+    net: &M,
     opt: &Sgd,
     config: &TrainConfig,
     state: &TrainState,
@@ -51,7 +51,7 @@ pub fn save(
     }
     let json = |v: &dyn erased::Json| v.json();
     let mut meta = HashMap::new();
-    meta.insert("config".into(), json(&net.arch.config));
+    meta.insert("config".into(), json(&net.model_config()));
     meta.insert("train_config".into(), json(config));
     meta.insert("train_state".into(), json(state));
     meta.insert("preprocess".into(), json(pre));
@@ -71,7 +71,7 @@ pub struct Loaded {
 }
 
 /// Reads a checkpoint into `net` and `opt`.
-pub fn load(path: &Path, net: &mut Network, opt: &mut Sgd) -> Result<Loaded, TrainError> {
+pub fn load<M: Model>(path: &Path, net: &mut M, opt: &mut Sgd) -> Result<Loaded, TrainError> {
     let file = read_safetensors(path)?;
     let meta = |key: &str| {
         file.metadata.get(key).ok_or_else(|| {
@@ -94,13 +94,13 @@ pub fn load(path: &Path, net: &mut Network, opt: &mut Sgd) -> Result<Loaded, Tra
         file.tensors.into_iter().partition(|t| t.name == MOMENTUM);
     net.load_tensors(&weights, &path.display().to_string())?;
     opt.momentum = match momentum.into_iter().next() {
-        Some(m) if m.tensor.numel() == net.params.len() => m.tensor.data,
+        Some(m) if m.tensor.numel() == net.num_params() => m.tensor.data,
         Some(m) => {
             return Err(TrainError::Config(format!(
                 "{}: {MOMENTUM} has {} values, the model has {} parameters",
                 path.display(),
                 m.tensor.numel(),
-                net.params.len()
+                net.num_params()
             )))
         }
         None => Vec::new(),

@@ -1,5 +1,6 @@
 //! Training and evaluation: the paper's recipe on a data set, with checkpoints that resume
-//! exactly, per-epoch metrics and a run directory.
+//! exactly, per-epoch metrics and a run directory. One loop for both model families: it
+//! drives an [`AnyModel`] through the [`Model`] trait.
 //!
 //! Reproducibility rests on one rule: every random choice is a pure function of the run's
 //! seed and the position in the run. The epoch's order comes from (seed, epoch), each
@@ -15,12 +16,12 @@
 pub mod checkpoint;
 pub mod schedule;
 
-use crate::config::DenseNetConfig;
 use crate::data::augment::{Geometry, Transform};
 use crate::data::pipeline::{holdout_fraction, Batch, Loader, LoaderConfig};
 use crate::data::{self, DataError, DatasetKind, Source, Split};
-use crate::memory::{MemoryMode, Workspace};
-use crate::net::{Network, TrainOptions};
+use crate::memory::MemoryMode;
+use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
+use crate::net::TrainOptions;
 use crate::optim::{Sgd, SgdConfig};
 use crate::rng::mix_seed;
 use crate::weights::WeightsError;
@@ -73,8 +74,8 @@ pub enum TrainError {
 /// Everything that defines a training run (written to `config.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// The network.
-    pub model: DenseNetConfig,
+    /// The network (a DenseNet or a pre-activation ResNet).
+    pub model: ModelConfig,
     /// Data set name (`digits`, `cifar10`, `cifar100`, `svhn`, `mnist`, …).
     pub dataset: String,
     /// Where its files are (none for the built-in digits).
@@ -144,6 +145,8 @@ pub struct RunSummary {
     pub version: u32,
     /// Model name.
     pub model: String,
+    /// Model family: `densenet` or `preact_resnet`.
+    pub family: String,
     /// Data set.
     pub dataset: String,
     /// Trainable parameters.
@@ -292,37 +295,35 @@ impl DataSetup {
 
     /// Checks that `model` fits this data and returns it with classes, channels and input
     /// size taken from the data.
-    pub fn fit_model(&self, mut model: DenseNetConfig) -> Result<DenseNetConfig, TrainError> {
+    pub fn fit_model(&self, mut model: ModelConfig) -> Result<ModelConfig, TrainError> {
         let (c, h, w) = self.input;
         if h != w {
             return Err(TrainError::Config(format!(
                 "inputs are {h}×{w}; only square inputs are supported"
             )));
         }
-        model.num_classes = self.train.num_classes();
-        model.in_channels = c;
-        model.input_size = h;
+        model.set_io(self.train.num_classes(), c, h);
         model.validate().map_err(|e| {
-            TrainError::Config(format!("model {} on {h}×{w} inputs: {e}", model.name))
+            TrainError::Config(format!("model {} on {h}×{w} inputs: {e}", model.name()))
         })?;
         Ok(model)
     }
 }
 
 /// Evaluates `net` in evaluation mode on `indices` of `source` (all when `None`).
-pub fn evaluate(
-    net: &mut Network,
-    ws: &mut Workspace,
+pub fn evaluate<M: Model>(
+    net: &mut M,
+    ws: &mut M::Workspace,
     source: &Arc<Source>,
     indices: Option<Vec<usize>>,
     transform: &Transform,
 ) -> Result<Evaluation, TrainError> {
-    let classes = net.config().num_classes;
+    let classes = net.model_config().num_classes();
     let loader = Loader::new(
         source.clone(),
         indices,
         transform.clone(),
-        LoaderConfig::eval(ws.plan.batch),
+        LoaderConfig::eval(ws.batch()),
     )?;
     let mut confusion = vec![vec![0u64; classes]; classes];
     let (mut loss_sum, mut top5, mut images) = (0f64, 0usize, 0usize);
@@ -418,7 +419,7 @@ pub fn train(
     let model = data.fit_model(config.model.clone())?;
     let mut config = config.clone();
     config.model = model.clone();
-    let mut net = Network::new(&model, config.seed);
+    let mut net = AnyModel::new(&model, config.seed);
     let mut opt = Sgd::new(config.optimizer);
     let last = dir.join("last.safetensors");
     let mut state = TrainState::default();
@@ -462,7 +463,7 @@ pub fn train(
     )?;
     let mut ws = net.workspace(config.batch_size, config.memory, true);
     let mut eval_ws = net.workspace(config.batch_size.max(100), MemoryMode::Efficient, false);
-    let classes = model.num_classes;
+    let classes = model.num_classes();
     let end = opts.stop_after.unwrap_or(config.epochs).min(config.epochs);
     let mut images_trained = 0usize;
     let mut train_seconds = 0f64;
@@ -502,13 +503,14 @@ pub fn train(
                 });
             }
             for (i, &y) in batch.labels.iter().enumerate() {
-                if argmax(&ws.logits[i * classes..(i + 1) * classes]) == y as usize {
+                if argmax(&ws.logits()[i * classes..(i + 1) * classes]) == y as usize {
                     correct += 1;
                 }
             }
             net.zero_grad();
             net.backward(&mut ws, &step);
-            opt.step(&mut net.params, &net.grads);
+            let bufs = net.buffers_mut();
+            opt.step(bufs.params, bufs.grads);
             loss_sum += loss as f64 * n as f64;
             seen += n;
             let elapsed = t0.elapsed().as_secs_f64();
@@ -579,9 +581,10 @@ pub fn train(
     let test_accuracy = last_m.as_ref().map(|m| m.test_accuracy).unwrap_or(0.0);
     let summary = RunSummary {
         version: 1,
-        model: model.name.clone(),
+        model: model.name().to_string(),
+        family: model.family().to_string(),
         dataset: config.dataset.clone(),
-        parameters: net.params.len(),
+        parameters: net.num_params(),
         epochs: state.epochs_done,
         test_accuracy,
         test_error_percent: 100.0 * (1.0 - test_accuracy),

@@ -9,6 +9,7 @@
 pub mod pth;
 
 use crate::net::Network;
+use crate::params::TensorTable;
 use crate::tensor::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -233,19 +234,83 @@ pub fn canonical_name(name: &str) -> String {
     out.join(".")
 }
 
+/// Every parameter and running statistic of a model as `(state-dict name, tensor)`, from
+/// its tables and flat buffers.
+pub fn state_dict(
+    params: (&TensorTable, &[f32]),
+    stats: (&TensorTable, &[f32]),
+) -> Vec<(String, Tensor)> {
+    let p = params.0.entries().iter().map(|e| (e, params.1));
+    let s = stats.0.entries().iter().map(|e| (e, stats.1));
+    p.chain(s)
+        .map(|(e, buf)| {
+            (
+                e.name.clone(),
+                Tensor::new(e.shape.clone(), buf[e.range()].to_vec()),
+            )
+        })
+        .collect()
+}
+
+/// Where each of a model's tensors comes from: `(range, is_param, data)`, the range in the
+/// parameter buffer (`is_param`) or the statistics buffer.
+pub type LoadPlan<'a> = Vec<(std::ops::Range<usize>, bool, &'a [f32])>;
+
+/// Matches named tensors against a model's tables: all parameters and running statistics
+/// must be present with the right shapes (`num_batches_tracked` and `optim.*` entries are
+/// ignored). On any mismatch every problem is reported and nothing should be loaded.
+pub fn match_tensors<'a>(
+    params: &TensorTable,
+    stats: &TensorTable,
+    tensors: &'a [NamedTensor],
+    source: &str,
+    model: &str,
+) -> Result<LoadPlan<'a>, WeightsError> {
+    let mut by_name: HashMap<String, &NamedTensor> = HashMap::new();
+    for t in tensors {
+        // integer bookkeeping, and optimizer state stored beside the weights in a
+        // training checkpoint (`optim.momentum`)
+        if t.name.ends_with("num_batches_tracked") || t.name.starts_with("optim.") {
+            continue;
+        }
+        by_name.insert(canonical_name(&t.name), t);
+    }
+    let mut problems = Vec::new();
+    let mut plan = Vec::new();
+    for (table, is_param) in [(params, true), (stats, false)] {
+        for e in table.entries() {
+            match by_name.remove(&e.name) {
+                None => problems.push(format!("missing: {} {:?}", e.name, e.shape)),
+                Some(t) if t.tensor.shape != e.shape => problems.push(format!(
+                    "wrong shape: {} is {:?} in the file, the model expects {:?}",
+                    e.name, t.tensor.shape, e.shape
+                )),
+                Some(t) => plan.push((e.range(), is_param, t.tensor.data.as_slice())),
+            }
+        }
+    }
+    let mut unexpected: Vec<_> = by_name.into_iter().collect();
+    unexpected.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in unexpected {
+        problems.push(format!("unexpected: {name} {:?}", t.tensor.shape));
+    }
+    if !problems.is_empty() {
+        return Err(WeightsError::Mismatch {
+            source_name: source.to_string(),
+            model: model.to_string(),
+            problems,
+        });
+    }
+    Ok(plan)
+}
+
 impl Network {
     /// Every parameter and running statistic as `(state-dict name, tensor)`.
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let p = self.arch.params.entries().iter().map(|e| (e, &self.params));
-        let s = self.arch.stats.entries().iter().map(|e| (e, &self.stats));
-        p.chain(s)
-            .map(|(e, buf)| {
-                (
-                    e.name.clone(),
-                    Tensor::new(e.shape.clone(), buf[e.range()].to_vec()),
-                )
-            })
-            .collect()
+        state_dict(
+            (&self.arch.params, &self.params),
+            (&self.arch.stats, &self.stats),
+        )
     }
 
     /// Loads named tensors (all parameters and running statistics must be present with the
@@ -256,41 +321,13 @@ impl Network {
         tensors: &[NamedTensor],
         source: &str,
     ) -> Result<(), WeightsError> {
-        let mut by_name: HashMap<String, &NamedTensor> = HashMap::new();
-        for t in tensors {
-            // integer bookkeeping, and optimizer state stored beside the weights in a
-            // training checkpoint (`optim.momentum`)
-            if t.name.ends_with("num_batches_tracked") || t.name.starts_with("optim.") {
-                continue;
-            }
-            by_name.insert(canonical_name(&t.name), t);
-        }
-        let mut problems = Vec::new();
-        let mut plan = Vec::new();
-        for (table, is_param) in [(&self.arch.params, true), (&self.arch.stats, false)] {
-            for e in table.entries() {
-                match by_name.remove(&e.name) {
-                    None => problems.push(format!("missing: {} {:?}", e.name, e.shape)),
-                    Some(t) if t.tensor.shape != e.shape => problems.push(format!(
-                        "wrong shape: {} is {:?} in the file, the model expects {:?}",
-                        e.name, t.tensor.shape, e.shape
-                    )),
-                    Some(t) => plan.push((e.range(), is_param, &t.tensor.data)),
-                }
-            }
-        }
-        let mut unexpected: Vec<_> = by_name.into_iter().collect();
-        unexpected.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, t) in unexpected {
-            problems.push(format!("unexpected: {name} {:?}", t.tensor.shape));
-        }
-        if !problems.is_empty() {
-            return Err(WeightsError::Mismatch {
-                source_name: source.to_string(),
-                model: self.arch.config.name.clone(),
-                problems,
-            });
-        }
+        let plan = match_tensors(
+            &self.arch.params,
+            &self.arch.stats,
+            tensors,
+            source,
+            &self.arch.config.name,
+        )?;
         for (range, is_param, data) in plan {
             let dst = if is_param {
                 &mut self.params[range]

@@ -1,0 +1,575 @@
+//! The model families the engine trains, behind one interface.
+//!
+//! - [`ModelConfig`]: a DenseNet ([`DenseNetConfig`]) or a pre-activation ResNet
+//!   ([`PreActResNetConfig`]), parsed from a preset name. It serialises a DenseNet as the
+//!   bare `DenseNetConfig` object that checkpoints have always stored under `config`, and a
+//!   ResNet as its object plus `"family": "preact_resnet"`, so old checkpoints still load.
+//! - [`Model`]: what training, evaluation, checkpoints and the command line need from a
+//!   network: workspaces, the passes, the flat buffers and their named tables. Implemented
+//!   by the DenseNet [`Network`] and the [`PreActResNet`].
+//! - [`AnyModel`]: either one, chosen at run time from a [`ModelConfig`]; it implements
+//!   [`Model`] by forwarding, with [`AnyWorkspace`] as its workspace.
+
+use crate::config::{ConfigError, DenseNetConfig};
+use crate::memory::{MemoryMode, Workspace};
+use crate::net::{Network, Probe, TrainOptions};
+use crate::params::TensorTable;
+use crate::resnet::{PreActResNet, PreActResNetConfig, ResNetWorkspace};
+use crate::tensor::Tensor;
+use crate::weights::{NamedTensor, WeightsError};
+use serde::{Deserialize, Serialize};
+
+/// The `family` tag of a pre-activation ResNet's serialised configuration.
+pub const PREACT_RESNET: &str = "preact_resnet";
+
+/// Which network to build.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelConfig {
+    /// A DenseNet of any variant.
+    DenseNet(DenseNetConfig),
+    /// A pre-activation ResNet.
+    PreActResNet(PreActResNetConfig),
+}
+
+impl From<DenseNetConfig> for ModelConfig {
+    fn from(c: DenseNetConfig) -> Self {
+        ModelConfig::DenseNet(c)
+    }
+}
+
+impl From<PreActResNetConfig> for ModelConfig {
+    fn from(c: PreActResNetConfig) -> Self {
+        ModelConfig::PreActResNet(c)
+    }
+}
+
+impl ModelConfig {
+    /// Parses a preset name of either family (`densenet-bc-100-12`, `densenet121`,
+    /// `preresnet-164`, …) or a JSON object: a DenseNet in the reference files' format, or a
+    /// serialised [`PreActResNetConfig`] with `"family": "preact_resnet"`.
+    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        if let Some(r) = PreActResNetConfig::from_name(name) {
+            return r.map(ModelConfig::PreActResNet);
+        }
+        let t = name.trim();
+        if t.starts_with('{') {
+            let json_err =
+                |e: serde_json::Error| ConfigError::Rule(format!("model config JSON: {e}"));
+            let v: serde_json::Value = serde_json::from_str(t).map_err(json_err)?;
+            if v.get("family").and_then(|f| f.as_str()) == Some(PREACT_RESNET) {
+                let cfg: ModelConfig = serde_json::from_value(v).map_err(json_err)?;
+                cfg.validate()?;
+                return Ok(cfg);
+            }
+        }
+        // names, and DenseNet JSON in the reference files' format
+        DenseNetConfig::from_name(name).map(ModelConfig::DenseNet)
+    }
+
+    /// The preset name.
+    pub fn name(&self) -> &str {
+        match self {
+            ModelConfig::DenseNet(c) => &c.name,
+            ModelConfig::PreActResNet(c) => &c.name,
+        }
+    }
+
+    /// `densenet` or `preact_resnet`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::DenseNet(_) => "densenet",
+            ModelConfig::PreActResNet(_) => PREACT_RESNET,
+        }
+    }
+
+    /// Classifier outputs.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            ModelConfig::DenseNet(c) => c.num_classes,
+            ModelConfig::PreActResNet(c) => c.num_classes,
+        }
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        match self {
+            ModelConfig::DenseNet(c) => c.in_channels,
+            ModelConfig::PreActResNet(c) => c.in_channels,
+        }
+    }
+
+    /// Input height and width.
+    pub fn input_size(&self) -> usize {
+        match self {
+            ModelConfig::DenseNet(c) => c.input_size,
+            ModelConfig::PreActResNet(c) => c.input_size,
+        }
+    }
+
+    /// Sets the classes, input channels and input size (fitting a model to a data set);
+    /// does not validate.
+    pub fn set_io(&mut self, classes: usize, in_channels: usize, input_size: usize) {
+        match self {
+            ModelConfig::DenseNet(c) => {
+                (c.num_classes, c.in_channels, c.input_size) = (classes, in_channels, input_size)
+            }
+            ModelConfig::PreActResNet(c) => {
+                (c.num_classes, c.in_channels, c.input_size) = (classes, in_channels, input_size)
+            }
+        }
+    }
+
+    /// Checks every rule of the family.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            ModelConfig::DenseNet(c) => c.validate(),
+            ModelConfig::PreActResNet(c) => c.validate(),
+        }
+    }
+
+    /// The DenseNet configuration, if it is one.
+    pub fn as_densenet(&self) -> Option<&DenseNetConfig> {
+        match self {
+            ModelConfig::DenseNet(c) => Some(c),
+            ModelConfig::PreActResNet(_) => None,
+        }
+    }
+
+    /// The DenseNet configuration, mutably, if it is one.
+    pub fn as_densenet_mut(&mut self) -> Option<&mut DenseNetConfig> {
+        match self {
+            ModelConfig::DenseNet(c) => Some(c),
+            ModelConfig::PreActResNet(_) => None,
+        }
+    }
+}
+
+impl Serialize for ModelConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Tagged<'a> {
+            family: &'static str,
+            #[serde(flatten)]
+            config: &'a PreActResNetConfig,
+        }
+        match self {
+            // bare, exactly as checkpoints stored it before there was a second family
+            ModelConfig::DenseNet(c) => c.serialize(s),
+            ModelConfig::PreActResNet(c) => Tagged {
+                family: PREACT_RESNET,
+                config: c,
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        let family = v.get("family").and_then(|f| f.as_str()).map(str::to_owned);
+        match family.as_deref() {
+            Some(PREACT_RESNET) => serde_json::from_value(v)
+                .map(ModelConfig::PreActResNet)
+                .map_err(D::Error::custom),
+            // no tag: a DenseNetConfig, as every checkpoint before the ResNet wrote it
+            None => serde_json::from_value(v)
+                .map(ModelConfig::DenseNet)
+                .map_err(D::Error::custom),
+            Some(other) => Err(D::Error::custom(format!(
+                "unknown model family '{other}' (expected {PREACT_RESNET}, or no family for \
+                 a DenseNet)"
+            ))),
+        }
+    }
+}
+
+/// The flat buffers of a model, borrowed mutably together.
+pub struct Buffers<'a> {
+    /// Trainable parameters.
+    pub params: &'a mut [f32],
+    /// Their gradients.
+    pub grads: &'a mut [f32],
+    /// BN running statistics.
+    pub stats: &'a mut [f32],
+}
+
+/// What a model's workspace exposes to the code that drives it.
+pub trait ModelWorkspace {
+    /// Largest batch the workspace holds.
+    fn batch(&self) -> usize;
+    /// Logits `[N][classes]` of the last forward pass (first `N·classes` entries).
+    fn logits(&self) -> &[f32];
+    /// Input gradient (NCHW) of the last backward pass that asked for it.
+    fn input_grad(&self) -> &[f32];
+    /// Bytes of activation memory its plan allocated.
+    fn activation_bytes(&self) -> usize;
+}
+
+/// A network the engine can train: forward and backward passes over a workspace, and its
+/// parameters, gradients and running statistics in flat buffers with PyTorch names.
+pub trait Model {
+    /// Its activation memory.
+    type Workspace: ModelWorkspace;
+
+    /// Its configuration.
+    fn model_config(&self) -> ModelConfig;
+    /// A workspace for batches of up to `batch` images (`training`: with the buffers a
+    /// backward pass needs).
+    fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Self::Workspace;
+    /// Evaluation-mode forward pass of `n` NCHW images; returns the logits `[n][classes]`.
+    fn forward_eval(
+        &mut self,
+        ws: &mut Self::Workspace,
+        input: &[f32],
+        n: usize,
+        probe: Option<Probe>,
+    ) -> Vec<f32>;
+    /// Training-mode forward pass; returns the mean cross-entropy loss.
+    fn forward_train(
+        &mut self,
+        ws: &mut Self::Workspace,
+        input: &[f32],
+        labels: &[u32],
+        opts: &TrainOptions,
+    ) -> f32;
+    /// Backward pass of the last training forward pass; accumulates into the gradients.
+    fn backward(&mut self, ws: &mut Self::Workspace, opts: &TrainOptions);
+    /// Names, shapes and offsets of the parameters.
+    fn param_table(&self) -> &TensorTable;
+    /// Names, shapes and offsets of the running statistics.
+    fn stats_table(&self) -> &TensorTable;
+    /// The parameters.
+    fn params(&self) -> &[f32];
+    /// Their gradients.
+    fn grads(&self) -> &[f32];
+    /// The running statistics.
+    fn stats(&self) -> &[f32];
+    /// All three buffers, mutably.
+    fn buffers_mut(&mut self) -> Buffers<'_>;
+
+    /// The preset name.
+    fn name(&self) -> String {
+        self.model_config().name().to_string()
+    }
+    /// Trainable parameters (BN γ and β included, running statistics excluded).
+    fn num_params(&self) -> usize {
+        self.params().len()
+    }
+    /// Sets every gradient to zero.
+    fn zero_grad(&mut self) {
+        self.buffers_mut().grads.fill(0.0);
+    }
+    /// Every parameter and running statistic as `(state-dict name, tensor)`.
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        crate::weights::state_dict(
+            (self.param_table(), self.params()),
+            (self.stats_table(), self.stats()),
+        )
+    }
+    /// Loads named tensors, all or nothing (see [`crate::weights::match_tensors`]).
+    fn load_tensors(&mut self, tensors: &[NamedTensor], source: &str) -> Result<(), WeightsError> {
+        let name = self.name();
+        let plan = crate::weights::match_tensors(
+            self.param_table(),
+            self.stats_table(),
+            tensors,
+            source,
+            &name,
+        )?;
+        let b = self.buffers_mut();
+        for (range, is_param, data) in plan {
+            let dst = if is_param {
+                &mut b.params[range]
+            } else {
+                &mut b.stats[range]
+            };
+            dst.copy_from_slice(data);
+        }
+        Ok(())
+    }
+}
+
+impl ModelWorkspace for Workspace {
+    fn batch(&self) -> usize {
+        self.plan.batch
+    }
+    fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+    fn input_grad(&self) -> &[f32] {
+        &self.input_grad
+    }
+    fn activation_bytes(&self) -> usize {
+        self.plan.activation_bytes()
+    }
+}
+
+impl ModelWorkspace for ResNetWorkspace {
+    fn batch(&self) -> usize {
+        self.plan.batch
+    }
+    fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+    fn input_grad(&self) -> &[f32] {
+        &self.input_grad
+    }
+    fn activation_bytes(&self) -> usize {
+        self.plan.activation_bytes()
+    }
+}
+
+/// Implements [`Model`] for a network type by forwarding to its inherent methods (which
+/// keep working without the trait in scope).
+macro_rules! forward_model {
+    ($ty:ty, $ws:ty, $variant:ident) => {
+        impl Model for $ty {
+            type Workspace = $ws;
+            fn model_config(&self) -> ModelConfig {
+                ModelConfig::$variant(self.arch.config.clone())
+            }
+            fn name(&self) -> String {
+                self.arch.config.name.clone()
+            }
+            fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> $ws {
+                <$ty>::workspace(self, batch, mode, training)
+            }
+            fn forward_eval(
+                &mut self,
+                ws: &mut $ws,
+                input: &[f32],
+                n: usize,
+                probe: Option<Probe>,
+            ) -> Vec<f32> {
+                <$ty>::forward_eval(self, ws, input, n, probe)
+            }
+            fn forward_train(
+                &mut self,
+                ws: &mut $ws,
+                input: &[f32],
+                labels: &[u32],
+                opts: &TrainOptions,
+            ) -> f32 {
+                <$ty>::forward_train(self, ws, input, labels, opts)
+            }
+            fn backward(&mut self, ws: &mut $ws, opts: &TrainOptions) {
+                <$ty>::backward(self, ws, opts)
+            }
+            fn param_table(&self) -> &TensorTable {
+                &self.arch.params
+            }
+            fn stats_table(&self) -> &TensorTable {
+                &self.arch.stats
+            }
+            fn params(&self) -> &[f32] {
+                &self.params
+            }
+            fn grads(&self) -> &[f32] {
+                &self.grads
+            }
+            fn stats(&self) -> &[f32] {
+                &self.stats
+            }
+            fn buffers_mut(&mut self) -> Buffers<'_> {
+                Buffers {
+                    params: &mut self.params,
+                    grads: &mut self.grads,
+                    stats: &mut self.stats,
+                }
+            }
+        }
+    };
+}
+
+forward_model!(Network, Workspace, DenseNet);
+forward_model!(PreActResNet, ResNetWorkspace, PreActResNet);
+
+/// A network of either family, chosen at run time.
+pub enum AnyModel {
+    /// A DenseNet.
+    DenseNet(Network),
+    /// A pre-activation ResNet.
+    PreActResNet(PreActResNet),
+}
+
+/// The workspace of an [`AnyModel`]: the variant must match the model's.
+pub enum AnyWorkspace {
+    /// A DenseNet's.
+    DenseNet(Workspace),
+    /// A pre-activation ResNet's.
+    PreActResNet(ResNetWorkspace),
+}
+
+impl AnyModel {
+    /// A freshly initialised network of `config` (see each family's `new`).
+    pub fn new(config: &ModelConfig, seed: u64) -> Self {
+        match config {
+            ModelConfig::DenseNet(c) => AnyModel::DenseNet(Network::new(c, seed)),
+            ModelConfig::PreActResNet(c) => AnyModel::PreActResNet(PreActResNet::new(c, seed)),
+        }
+    }
+
+    /// The DenseNet, if it is one.
+    pub fn as_densenet(&self) -> Option<&Network> {
+        match self {
+            AnyModel::DenseNet(n) => Some(n),
+            AnyModel::PreActResNet(_) => None,
+        }
+    }
+}
+
+/// Runs `$body` with `$m` bound to the inner network.
+macro_rules! dispatch {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            AnyModel::DenseNet($m) => $body,
+            AnyModel::PreActResNet($m) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with the inner network and its workspace; a workspace of the other
+/// family is a programming error.
+macro_rules! dispatch_ws {
+    ($self:expr, $ws:expr, $m:ident, $w:ident => $body:expr) => {
+        match ($self, $ws) {
+            (AnyModel::DenseNet($m), AnyWorkspace::DenseNet($w)) => $body,
+            (AnyModel::PreActResNet($m), AnyWorkspace::PreActResNet($w)) => $body,
+            _ => panic!("a workspace of another model family"),
+        }
+    };
+}
+
+impl ModelWorkspace for AnyWorkspace {
+    fn batch(&self) -> usize {
+        match self {
+            AnyWorkspace::DenseNet(w) => w.batch(),
+            AnyWorkspace::PreActResNet(w) => w.batch(),
+        }
+    }
+    fn logits(&self) -> &[f32] {
+        match self {
+            AnyWorkspace::DenseNet(w) => w.logits(),
+            AnyWorkspace::PreActResNet(w) => w.logits(),
+        }
+    }
+    fn input_grad(&self) -> &[f32] {
+        match self {
+            AnyWorkspace::DenseNet(w) => ModelWorkspace::input_grad(w),
+            AnyWorkspace::PreActResNet(w) => ModelWorkspace::input_grad(w),
+        }
+    }
+    fn activation_bytes(&self) -> usize {
+        match self {
+            AnyWorkspace::DenseNet(w) => w.activation_bytes(),
+            AnyWorkspace::PreActResNet(w) => w.activation_bytes(),
+        }
+    }
+}
+
+impl Model for AnyModel {
+    type Workspace = AnyWorkspace;
+    fn model_config(&self) -> ModelConfig {
+        dispatch!(self, m => m.model_config())
+    }
+    fn name(&self) -> String {
+        dispatch!(self, m => Model::name(m))
+    }
+    fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> AnyWorkspace {
+        match self {
+            AnyModel::DenseNet(m) => AnyWorkspace::DenseNet(m.workspace(batch, mode, training)),
+            AnyModel::PreActResNet(m) => {
+                AnyWorkspace::PreActResNet(m.workspace(batch, mode, training))
+            }
+        }
+    }
+    fn forward_eval(
+        &mut self,
+        ws: &mut AnyWorkspace,
+        input: &[f32],
+        n: usize,
+        probe: Option<Probe>,
+    ) -> Vec<f32> {
+        dispatch_ws!(self, ws, m, w => m.forward_eval(w, input, n, probe))
+    }
+    fn forward_train(
+        &mut self,
+        ws: &mut AnyWorkspace,
+        input: &[f32],
+        labels: &[u32],
+        opts: &TrainOptions,
+    ) -> f32 {
+        dispatch_ws!(self, ws, m, w => m.forward_train(w, input, labels, opts))
+    }
+    fn backward(&mut self, ws: &mut AnyWorkspace, opts: &TrainOptions) {
+        dispatch_ws!(self, ws, m, w => m.backward(w, opts))
+    }
+    fn param_table(&self) -> &TensorTable {
+        dispatch!(self, m => &m.arch.params)
+    }
+    fn stats_table(&self) -> &TensorTable {
+        dispatch!(self, m => &m.arch.stats)
+    }
+    fn params(&self) -> &[f32] {
+        dispatch!(self, m => &m.params)
+    }
+    fn grads(&self) -> &[f32] {
+        dispatch!(self, m => &m.grads)
+    }
+    fn stats(&self) -> &[f32] {
+        dispatch!(self, m => &m.stats)
+    }
+    fn buffers_mut(&mut self) -> Buffers<'_> {
+        dispatch!(self, m => Buffers {
+            params: &mut m.params,
+            grads: &mut m.grads,
+            stats: &mut m.stats,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn densenet_configs_serialise_bare_and_old_ones_load() {
+        let d = DenseNetConfig::from_name("densenet-bc-40-12").unwrap();
+        let m = ModelConfig::from(d.clone());
+        // exactly what checkpoints stored before the ResNet existed
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            serde_json::to_string(&d).unwrap()
+        );
+        let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn resnet_configs_round_trip_with_their_family() {
+        let m = ModelConfig::from_name("preresnet-164").unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(r#""family":"preact_resnet""#), "{json}");
+        let back: ModelConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(ModelConfig::from_name(&json).unwrap(), m);
+        let e = serde_json::from_str::<ModelConfig>(r#"{"family":"vgg"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown model family 'vgg'"), "{e}");
+    }
+
+    #[test]
+    fn names_of_both_families_parse() {
+        assert_eq!(
+            ModelConfig::from_name("preresnet-110").unwrap().family(),
+            PREACT_RESNET
+        );
+        assert_eq!(
+            ModelConfig::from_name("densenet121").unwrap().family(),
+            "densenet"
+        );
+        let e = ModelConfig::from_name("resnet50").unwrap_err();
+        assert!(e.to_string().contains("preresnet-164"), "{e}");
+    }
+}

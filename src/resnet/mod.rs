@@ -1,0 +1,499 @@
+//! Pre-activation ResNets (He, Zhang, Ren, Sun, *Identity Mappings in Deep Residual
+//! Networks*, ECCV 2016) in the same engine as the DenseNets, so the two families can be
+//! trained and compared side by side (the DenseNet paper's Table 2 quotes the pre-activation
+//! ResNet-164 and ResNet-1001 as its baselines).
+//!
+//! The CIFAR network of the paper:
+//!
+//! ```text
+//! conv1     3×3 conv, in → 16 channels (no BN or ReLU: the first unit's BN1-ReLU follows)
+//! layer1    n residual units of width 16 (basic: 16 channels out; bottleneck: 64), 32×32
+//! layer2    n units of width 32, the first with stride 2, 16×16
+//! layer3    n units of width 64, the first with stride 2, 8×8
+//! bn        final BN-ReLU, global average pool, fc (linear with bias)
+//! ```
+//!
+//! The first unit of a stage has a 1×1 projection shortcut where the shape changes (stride
+//! 2, or 16 → 64 channels at the first bottleneck unit); every other shortcut is the
+//! identity. State-dict names: `conv1`, `layer{s}.{i}.bn{j}` / `.conv{j}`,
+//! `layer{s}.{i}.shortcut.0`, `bn`, `fc` (the module names of the PyTorch definition in
+//! `tests/fixtures/make_preresnet_fixtures.py`, after kuangliu's `PreActBottleneck`).
+//!
+//! Where to look: the residual unit's forward and backward are in [`block`], the memory plan
+//! in [`memory`], the presets in [`config`]. This file lays out the parameters and strings
+//! the units together, forward in order and backward in reverse.
+
+pub mod block;
+pub mod config;
+pub mod memory;
+
+use crate::memory::MemoryMode;
+use crate::net::{BatchNorm, Conv, Probe, TrainOptions};
+use crate::ops::conv::{conv_backward, conv_forward};
+use crate::ops::linear::{linear_backward, linear_forward};
+use crate::ops::loss::softmax_cross_entropy;
+use crate::ops::norm::{bn_relu_avgpool_forward, bn_relu_backward, OutGrad};
+use crate::ops::{cnhw_to_nchw, nchw_to_cnhw};
+use crate::params::TensorTable;
+use crate::rng::Rng;
+pub use block::ResidualUnit;
+pub use config::{BlockKind, PreActResNetConfig};
+pub use memory::{ResNetPlan, ResNetWorkspace};
+
+/// One stage: units at one spatial size.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    /// Output channels (the stage width × the unit's expansion).
+    pub channels: usize,
+    /// Output spatial size for the family's input size.
+    pub size: usize,
+    /// Its units.
+    pub units: Vec<ResidualUnit>,
+}
+
+/// The whole network as a list of units pointing into the flat buffers.
+#[derive(Clone, Debug)]
+pub struct Architecture {
+    /// What it was built from.
+    pub config: PreActResNetConfig,
+    /// Stem convolution (`conv1`).
+    pub conv1: Conv,
+    /// Stages (`layer1` …).
+    pub stages: Vec<Stage>,
+    /// Final batch norm (`bn`).
+    pub norm: BatchNorm,
+    /// Offset of `fc.weight` `[classes, C]`; `fc.bias` follows.
+    pub fc: usize,
+    /// Trainable parameters, in state-dict order.
+    pub params: TensorTable,
+    /// BN running statistics, in state-dict order.
+    pub stats: TensorTable,
+}
+
+impl Architecture {
+    /// Lays out every tensor of `config`.
+    pub fn new(config: &PreActResNetConfig) -> Self {
+        let mut p = TensorTable::default();
+        let mut s = TensorTable::default();
+        let c0 = config.stem_channels;
+        let conv1 = Conv::new("conv1", c0, config.in_channels, 3, 1, 1, &mut p);
+        let bottleneck = config.block == BlockKind::Bottleneck;
+        let sizes = config.stage_sizes(config.input_size);
+        let (mut c, mut size) = (c0, config.input_size);
+        let mut stages = Vec::new();
+        for (si, (&n, &width)) in config.units.iter().zip(&config.widths).enumerate() {
+            let mut units = Vec::new();
+            for i in 0..n {
+                let stride = if si > 0 && i == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{i}", si + 1);
+                let unit =
+                    ResidualUnit::new(&name, bottleneck, c, width, size, stride, &mut p, &mut s);
+                (c, size) = (unit.c_out, unit.size_out);
+                units.push(unit);
+            }
+            debug_assert_eq!(size, sizes[si]);
+            stages.push(Stage {
+                channels: c,
+                size,
+                units,
+            });
+        }
+        let norm = BatchNorm::new("bn", c, &mut p, &mut s);
+        let fc = p.push("fc.weight", &[config.num_classes, c]);
+        p.push("fc.bias", &[config.num_classes]);
+        Architecture {
+            config: config.clone(),
+            conv1,
+            stages,
+            norm,
+            fc,
+            params: p,
+            stats: s,
+        }
+    }
+
+    /// Every unit, in order.
+    pub fn units(&self) -> impl Iterator<Item = &ResidualUnit> {
+        self.stages.iter().flat_map(|s| s.units.iter())
+    }
+
+    /// Number of trainable parameters (BN γ, β included; running statistics excluded).
+    pub fn num_params(&self) -> usize {
+        self.params.total()
+    }
+
+    /// The most channels any BN or stream buffer has (sizes the per-channel scratch).
+    pub fn widest_channels(&self) -> usize {
+        self.units()
+            .map(|u| u.c_in.max(u.c_out))
+            .max()
+            .unwrap_or(0)
+            .max(self.config.final_channels())
+    }
+}
+
+/// A pre-activation ResNet with its parameters, gradients and running statistics.
+pub struct PreActResNet {
+    /// Units and tensor layout.
+    pub arch: Architecture,
+    /// All trainable parameters (see [`Architecture::params`] for names).
+    pub params: Vec<f32>,
+    /// Their gradients, same layout.
+    pub grads: Vec<f32>,
+    /// BN running statistics (see [`Architecture::stats`]).
+    pub stats: Vec<f32>,
+}
+
+/// `(x, y)`: stream buffer `i` to read and `j` to write.
+fn pair(v: &mut [Vec<f32>], i: usize, j: usize) -> (&[f32], &mut [f32]) {
+    assert_ne!(i, j, "a unit cannot write its own input");
+    if i < j {
+        let (a, b) = v.split_at_mut(j);
+        (&a[i], &mut b[0])
+    } else {
+        let (a, b) = v.split_at_mut(i);
+        (&b[0], &mut a[j])
+    }
+}
+
+/// The first `K` buffers of `v` as slices (empty slices where `v` has fewer).
+fn views<const K: usize>(v: &mut [Vec<f32>]) -> [&mut [f32]; K] {
+    let mut it = v.iter_mut();
+    std::array::from_fn(|_| match it.next() {
+        Some(b) => b.as_mut_slice(),
+        None => &mut [],
+    })
+}
+
+impl PreActResNet {
+    /// A network initialised as fb.resnet.torch and torchvision's ResNets do: convolutions
+    /// He-normal with std √(2/fan_out) (fan_out = k²·C_out, the authors' "MSRA" init),
+    /// BN γ = 1, β = 0, running mean 0 and variance 1, PyTorch's default linear weight
+    /// (uniform ±1/√fan_in) and zero bias.
+    pub fn new(config: &PreActResNetConfig, seed: u64) -> Self {
+        let arch = Architecture::new(config);
+        let mut params = vec![0.0; arch.params.total()];
+        let mut stats = vec![0.0; arch.stats.total()];
+        let mut rng = Rng::new(seed);
+        for e in arch.params.entries() {
+            let v = &mut params[e.range()];
+            if e.name == "fc.weight" {
+                let bound = 1.0 / (e.shape[1] as f64).sqrt();
+                v.iter_mut()
+                    .for_each(|x| *x = rng.uniform(-bound, bound) as f32);
+            } else if e.shape.len() == 4 {
+                let fan_out = (e.shape[0] * e.shape[2] * e.shape[3]) as f64;
+                let std = (2.0 / fan_out).sqrt();
+                v.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
+            } else if e.name.ends_with(".weight") {
+                v.fill(1.0); // BN γ
+            }
+        }
+        for e in arch.stats.entries() {
+            if e.name.ends_with("running_var") {
+                stats[e.range()].fill(1.0);
+            }
+        }
+        let grads = vec![0.0; params.len()];
+        PreActResNet {
+            arch,
+            params,
+            grads,
+            stats,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PreActResNetConfig {
+        &self.arch.config
+    }
+
+    /// A workspace for batches of up to `batch` images.
+    pub fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> ResNetWorkspace {
+        ResNetWorkspace::new(
+            &self.arch,
+            ResNetPlan::new(&self.arch, batch, mode, training),
+        )
+    }
+
+    fn check_input(&self, ws: &ResNetWorkspace, input: &[f32], n: usize) {
+        let cfg = &self.arch.config;
+        let s = cfg.input_size;
+        assert!(
+            n >= 1 && n <= ws.plan.batch,
+            "batch {n} exceeds the workspace's {}",
+            ws.plan.batch
+        );
+        assert_eq!(
+            input.len(),
+            n * cfg.in_channels * s * s,
+            "input must be [N, C, H, W] = [{n}, {}, {s}, {s}]",
+            cfg.in_channels
+        );
+    }
+
+    /// Evaluation-mode forward pass (BN with running statistics) of `n` images in NCHW;
+    /// returns the logits `[n][classes]`. `probe` receives the stem's and every stage's
+    /// output (NCHW) as `conv1`, `layer1`, `layer2`, `layer3`.
+    pub fn forward_eval(
+        &mut self,
+        ws: &mut ResNetWorkspace,
+        input: &[f32],
+        n: usize,
+        mut probe: Option<Probe>,
+    ) -> Vec<f32> {
+        self.check_input(ws, input, n);
+        self.forward(ws, input, n, false, &mut probe);
+        ws.logits[..n * self.arch.config.num_classes].to_vec()
+    }
+
+    /// Training-mode forward pass: batch statistics, running statistics updated once.
+    /// Returns the mean cross-entropy loss; logits stay in `ws.logits`. (The options'
+    /// dropout seed is unused: He et al. train ResNets without dropout.)
+    pub fn forward_train(
+        &mut self,
+        ws: &mut ResNetWorkspace,
+        input: &[f32],
+        labels: &[u32],
+        _opts: &TrainOptions,
+    ) -> f32 {
+        let n = labels.len();
+        self.check_input(ws, input, n);
+        assert!(ws.plan.training, "forward_train needs a training workspace");
+        let classes = self.arch.config.num_classes;
+        self.forward(ws, input, n, true, &mut None);
+        let (logits, dlogits) = (&ws.logits[..n * classes], &mut ws.dlogits[..n * classes]);
+        softmax_cross_entropy(dlogits, logits, labels, classes)
+    }
+
+    fn forward(
+        &mut self,
+        ws: &mut ResNetWorkspace,
+        input: &[f32],
+        n: usize,
+        training: bool,
+        probe: &mut Option<Probe>,
+    ) {
+        let arch = &self.arch;
+        let cfg = &arch.config;
+        let (s, cin) = (cfg.input_size, cfg.in_channels);
+        ws.n = n;
+        ws.training = training;
+        let keep_all = ws.plan.training;
+        let idx = |t: usize| if keep_all { t } else { t % 2 };
+        let ResNetWorkspace {
+            input: x_in,
+            stream,
+            units,
+            scratch: sc,
+            final_stats,
+            pooled,
+            logits,
+            ..
+        } = ws;
+        nchw_to_cnhw(&mut x_in[..n * cin * s * s], input, n, cin, s * s);
+        let p = &self.params;
+        let running = &mut self.stats;
+
+        // stem: conv1 straight into the first stream buffer
+        let c0 = cfg.stem_channels;
+        let out0 = &mut stream[idx(0)][..c0 * n * s * s];
+        conv_forward(
+            out0,
+            &x_in[..cin * n * s * s],
+            arch.conv1.w(p),
+            &arch.conv1.shape(n, s),
+            &mut sc.col,
+        );
+        emit(probe, "conv1", out0, c0, n, s);
+
+        let mut t = 0;
+        for (si, stage) in arch.stages.iter().enumerate() {
+            for unit in &stage.units {
+                let (x, y) = pair(stream, idx(t), idx(t + 1));
+                let um = &mut units[t];
+                let u = if um.u.is_empty() {
+                    views(&mut sc.u)
+                } else {
+                    views(&mut um.u)
+                };
+                let h = if um.h.is_empty() {
+                    views(&mut sc.h)
+                } else {
+                    views(&mut um.h)
+                };
+                let fwd = block::Forward {
+                    x,
+                    y,
+                    u,
+                    h,
+                    stats: training.then_some(&mut um.stats[..]),
+                    proj: &mut sc.proj,
+                    col: &mut sc.col,
+                    scale: &mut sc.scale,
+                    shift: &mut sc.shift,
+                };
+                unit.forward(p, running, n, fwd);
+                t += 1;
+            }
+            let out = &stream[idx(t)];
+            emit(
+                probe,
+                &format!("layer{}", si + 1),
+                out,
+                stage.channels,
+                n,
+                stage.size,
+            );
+        }
+
+        // head: final BN-ReLU fused with global average pooling, then fc
+        let last = arch.stages.last().expect("at least one stage");
+        let (c, hw) = (last.channels, last.size * last.size);
+        let x = &stream[idx(t)][..c * n * hw];
+        if training {
+            final_stats.compute(x, 0, c, n * hw);
+        }
+        let batch = training.then_some(&*final_stats);
+        arch.norm
+            .forward_affine(p, running, batch, n * hw, &mut sc.scale, &mut sc.shift);
+        let pooled = &mut pooled[..c * n];
+        bn_relu_avgpool_forward(pooled, x, &sc.scale[..c], &sc.shift[..c], n, hw);
+        let j = cfg.num_classes;
+        let (w, b) = p[arch.fc..arch.fc + j * c + j].split_at(j * c);
+        linear_forward(logits, pooled, w, b, n, c, j);
+    }
+
+    /// Backward pass of the last [`PreActResNet::forward_train`]: **accumulates** every
+    /// parameter's gradient into `self.grads` (call [`PreActResNet::zero_grad`] first) and,
+    /// if asked, writes the input gradient (NCHW) into `ws.input_grad`.
+    pub fn backward(&mut self, ws: &mut ResNetWorkspace, opts: &TrainOptions) {
+        assert!(
+            ws.training && ws.plan.training,
+            "backward needs a training-mode forward pass first"
+        );
+        let arch = &self.arch;
+        let cfg = &arch.config;
+        let n = ws.n;
+        let p = &self.params;
+        let g = &mut self.grads;
+        let ResNetWorkspace {
+            input,
+            input_grad,
+            stream,
+            units,
+            scratch: sc,
+            final_stats,
+            pooled,
+            dpooled,
+            dlogits,
+            ..
+        } = ws;
+
+        // head: fc, then the final BN-ReLU through the average pool into the gradient of
+        // the last stream buffer
+        let last = arch.stages.last().expect("at least one stage");
+        let (c, hw) = (last.channels, last.size * last.size);
+        let j = cfg.num_classes;
+        {
+            let (dw, db) = g[arch.fc..arch.fc + j * c + j].split_at_mut(j * c);
+            let w = &p[arch.fc..arch.fc + j * c];
+            linear_backward(dpooled, dw, db, dlogits, pooled, w, n, c, j);
+        }
+        let num_units = units.len();
+        let mut cur = 0;
+        {
+            let dout = &mut sc.grad[cur][..c * n * hw];
+            dout.fill(0.0);
+            arch.norm
+                .batch_affine(p, final_stats, &mut sc.scale, &mut sc.shift);
+            let (dgamma, dbeta) = arch.norm.grads(g);
+            bn_relu_backward(
+                dout,
+                dgamma,
+                dbeta,
+                OutGrad::Pooled {
+                    dpool: &dpooled[..c * n],
+                    n,
+                    hw,
+                },
+                &stream[num_units][..c * n * hw],
+                &final_stats.mean,
+                &final_stats.rstd,
+                &sc.scale[..c],
+                &sc.shift[..c],
+                arch.norm.gamma(p),
+                n * hw,
+            );
+        }
+
+        // units in reverse; the stream gradient alternates between two buffers
+        let units_rev = arch.stages.iter().rev().flat_map(|s| s.units.iter().rev());
+        for (t, unit) in (0..num_units).rev().zip(units_rev) {
+            let [g0, g1] = &mut sc.grad;
+            let (dy, dx) = if cur == 0 { (&*g0, g1) } else { (&*g1, g0) };
+            let um = &mut units[t];
+            let recompute = um.h.is_empty();
+            let h = if recompute {
+                views(&mut sc.h)
+            } else {
+                views(&mut um.h)
+            };
+            let kept = |i: usize| um.u.get(i).map(|v| v.as_slice()).unwrap_or(&[]);
+            let bwd = block::Backward {
+                x: &stream[t],
+                dy,
+                dx,
+                u: [kept(0), kept(1)],
+                h,
+                recompute,
+                stats: &um.stats,
+                dh: &mut sc.dh,
+                du: &mut sc.du,
+                dproj: &mut sc.proj,
+                col: &mut sc.col,
+                scale: &mut sc.scale,
+                shift: &mut sc.shift,
+            };
+            unit.backward(p, g, n, bwd);
+            cur = 1 - cur;
+        }
+
+        // stem
+        let (s, cin, c0) = (cfg.input_size, cfg.in_channels, cfg.stem_channels);
+        let len = n * cin * s * s;
+        let dx = opts.input_grad.then(|| &mut input_grad[..len]);
+        conv_backward(
+            dx,
+            arch.conv1.dw(g),
+            &sc.grad[cur][..c0 * n * s * s],
+            &input[..len],
+            arch.conv1.w(p),
+            &arch.conv1.shape(n, s),
+            &mut sc.col,
+        );
+        if opts.input_grad {
+            let mut out = vec![0.0; len];
+            cnhw_to_nchw(&mut out, &input_grad[..len], n, cin, s * s);
+            input_grad[..len].copy_from_slice(&out);
+        }
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(0.0);
+    }
+}
+
+/// Hands a channel-major activation to the probe as an NCHW tensor.
+fn emit(probe: &mut Option<Probe>, name: &str, x: &[f32], c: usize, n: usize, size: usize) {
+    if let Some(probe) = probe.as_mut() {
+        let hw = size * size;
+        let mut out = vec![0.0; c * n * hw];
+        cnhw_to_nchw(&mut out, &x[..c * n * hw], n, c, hw);
+        probe(
+            name,
+            crate::tensor::Tensor::new(vec![n, c, size, size], out),
+        );
+    }
+}
