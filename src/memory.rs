@@ -91,13 +91,16 @@ pub struct MemoryPlan {
     pub kept_layers: Vec<Vec<KeptLayer>>,
     /// Naive mode: each transition's kept BN-ReLU output.
     pub kept_transitions: Vec<usize>,
-    /// Shared scratch: BN-ReLU of a layer's input (and the stem's ReLU output).
+    /// Shared scratch: the gradient of a layer's BN-ReLU output `A` (efficient mode never
+    /// stores A itself: `ops::fused` forms it tile by tile) or, where the direct 3×3
+    /// kernel does not apply, A; the stem's ReLU output.
     pub scratch_a: usize,
     /// Shared scratch: gradient of `A` for 3×3 layers without bottleneck.
     pub scratch_da: usize,
     /// Shared scratch: bottleneck output `B`.
     pub scratch_b: usize,
-    /// Shared scratch: `C`, then the gradient of `B`.
+    /// Shared scratch: `C` where the direct 3×3 kernel does not apply (it forms C in its
+    /// padded copy), then the gradient of `B`.
     pub scratch_c: usize,
     /// Shared scratch: gradient of `C`.
     pub scratch_dc: usize,

@@ -11,9 +11,13 @@
 //!            C = relu(BN2(B))  →  Y = conv3×3(C)                              [→ dropout]
 //! ```
 //!
-//! In memory-efficient mode A, B and C live in scratch shared by all layers, and
-//! [`DenseLayer::backward`] recomputes them from the block buffer and the stored batch
-//! statistics (Pleiss et al.); in naive mode each layer keeps its own.
+//! In memory-efficient mode nothing of a layer outlives its pass except its k channels
+//! and statistics (Pleiss et al.): B lives in scratch shared by all layers, and
+//! [`DenseLayer::backward`] recomputes it from the block buffer and the stored batch
+//! statistics. A and C are never written out at all: the 1×1 convolution forms A a tile
+//! at a time ([`crate::ops::fused`]) and the direct 3×3 kernel forms C (or a plain
+//! layer's A) in its zero-padded copy, in forward and again in backward. In naive mode
+//! each layer keeps its own A, B and C.
 
 use super::{BatchNorm, Conv};
 use crate::config::DenseNetConfig;

@@ -30,6 +30,7 @@
 use super::conv::ConvShape;
 use super::fused::BnRelu;
 use super::norm::affine_relu;
+use super::SyncPtr;
 use rayon::prelude::*;
 
 /// Output channels per register block.
@@ -214,20 +215,6 @@ fn pack_weights(w: &[f32], o_n: usize, i_n: usize, taps: usize, flip: bool) -> V
 thread_local! {
     /// Per-thread buffer for a packed tile of 1×1 input rows (see `correlate`).
     static PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A pointer that may cross threads; each task writes a disjoint set of positions.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only for writes to disjoint position ranges (see `correlate`).
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Rows and positions a [`correlate`] call works on: row r of a buffer starts at

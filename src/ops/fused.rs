@@ -18,6 +18,7 @@ use super::conv::{conv_backward, conv_forward, ConvShape};
 use super::conv3x3;
 use super::gemm::{raw_ptr, Mat};
 use super::norm::{affine_relu, bn_relu_forward};
+use super::SyncPtr;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -62,20 +63,6 @@ thread_local! {
 /// repacking W for little work.
 fn tile_len(i_n: usize) -> usize {
     ((64 << 10) / i_n.max(1)).clamp(256, 4096) / 16 * 16
-}
-
-/// A pointer that may cross threads; each task writes its own columns.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only for writes to disjoint column ranges (see `forward`).
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `y[o][p] = Σ_i w[o][i]·relu(x[i][p]·scale[i] + shift[i])` for `x: [I][len]`,

@@ -53,3 +53,18 @@ pub fn cnhw_to_nchw(out: &mut [f32], x: &[f32], n: usize, c: usize, hw: usize) {
 /// Work below this many floats runs on the calling thread: rayon's fork-join costs a few
 /// microseconds, more than a small channel loop.
 pub(crate) const PAR_MIN: usize = 1 << 14;
+
+/// A pointer that may cross threads, for tasks that each write their own disjoint part of
+/// one buffer (columns of a matrix, positions of every row).
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: only used for writes to disjoint ranges; each user states which.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
