@@ -8,9 +8,15 @@ fn main() -> ExitCode {
         Err(err) => {
             // A closed pipe (`densenet summary ... | head`) is not an error worth reporting:
             // the reader got what it wanted.
+            // (`--json` output fails inside serde_json, which keeps the io::Error's kind)
+            let broken =
+                |kind: Option<std::io::ErrorKind>| kind == Some(std::io::ErrorKind::BrokenPipe);
             if err.chain().any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                broken(e.downcast_ref::<std::io::Error>().map(|io| io.kind()))
+                    || broken(
+                        e.downcast_ref::<serde_json::Error>()
+                            .and_then(|j| j.io_error_kind()),
+                    )
             }) {
                 return ExitCode::SUCCESS;
             }

@@ -549,3 +549,20 @@ fn preresnet_summary_forward_train_eval_compare() {
         &["depth 111", "multiple of 6"],
     );
 }
+
+/// A reader that stops early (`densenet summary --json | head`) is not an error: the
+/// command exits 0 and prints nothing on stderr.
+#[test]
+fn closed_stdout_is_not_an_error() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .args(["summary", "preresnet-1001", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn densenet");
+    // close the read end before the command has written its ~100 KB
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));
+    assert!(stderr(&out).is_empty(), "stderr: {}", stderr(&out));
+}
