@@ -3,7 +3,7 @@
 
 use super::Architecture;
 use crate::memory::Workspace;
-use crate::ops::gemm::{sgemm, Mat};
+use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::norm::{bn_relu_avgpool_forward, bn_relu_backward, OutGrad};
 use crate::tensor::Tensor;
 
@@ -20,14 +20,8 @@ pub(crate) fn forward(arch: &Architecture, p: &[f32], running: &mut [f32], ws: &
         .forward_affine(p, running, batch, n * hw, scale, shift);
     let pooled = &mut ws.pooled[..c * n];
     bn_relu_avgpool_forward(pooled, &blk.feats, &scale[..c], &shift[..c], n, hw);
-    // logits[N×J] = pooledᵀ · Wᵀ + b
-    let w = &p[arch.classifier..arch.classifier + j * c];
-    let bias = &p[arch.classifier + j * c..][..j];
-    let logits = &mut ws.logits[..n * j];
-    sgemm(n, j, c, logits, j, false, Mat::t(pooled, n), Mat::t(w, c));
-    for row in logits.chunks_mut(j) {
-        row.iter_mut().zip(bias).for_each(|(l, b)| *l += b);
-    }
+    let (w, bias) = p[arch.classifier..arch.classifier + j * c + j].split_at(j * c);
+    linear_forward(&mut ws.logits, pooled, w, bias, n, c, j);
 }
 
 /// Backward from `ws.dlogits` into the last block's gradient buffer (accumulating).
@@ -38,18 +32,10 @@ pub(crate) fn backward(arch: &Architecture, p: &[f32], g: &mut [f32], ws: &mut W
     let (c, hw) = (last.c_out, last.size * last.size);
     let (dl, pooled) = (&ws.dlogits[..n * j], &ws.pooled[..c * n]);
     let off = arch.classifier;
-    {
-        let (dw, db) = g[off..off + j * c + j].split_at_mut(j * c);
-        // dW[J×C] += dlogitsᵀ · pooledᵀ ; db += Σ_n dlogits
-        sgemm(j, c, n, dw, c, true, Mat::t(dl, j), Mat::t(pooled, n));
-        for row in dl.chunks(j) {
-            db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
-        }
-    }
-    // dpooled[C×N] = Wᵀ · dlogitsᵀ
+    let (dw, db) = g[off..off + j * c + j].split_at_mut(j * c);
     let w = &p[off..off + j * c];
     let dpooled = &mut ws.dpooled[..c * n];
-    sgemm(c, n, j, dpooled, n, false, Mat::t(w, c), Mat::t(dl, j));
+    linear_backward(dpooled, dw, db, dl, pooled, w, n, c, j);
     let blk = ws.blocks.last_mut().expect("at least one block");
     let (scale, shift) = (&mut ws.scratch.scale, &mut ws.scratch.shift);
     let norm = &arch.norm_final;

@@ -19,7 +19,7 @@ use crate::memory::{ChannelStats, MemoryMode, MemoryPlan, Workspace};
 use crate::ops::conv::ConvShape;
 use crate::ops::loss::softmax_cross_entropy;
 use crate::ops::norm;
-use crate::ops::{cnhw_to_nchw, nchw_to_cnhw};
+use crate::ops::{cnhw_to_nchw, cnhw_to_nchw_in_place, nchw_to_cnhw};
 use crate::params::TensorTable;
 use crate::rng::Rng;
 
@@ -387,18 +387,7 @@ impl Network {
 
     fn check_input(&self, ws: &Workspace, input: &[f32], n: usize) {
         let cfg = &self.arch.config;
-        let s = cfg.input_size;
-        assert!(
-            n >= 1 && n <= ws.plan.batch,
-            "batch {n} exceeds the workspace's {}",
-            ws.plan.batch
-        );
-        assert_eq!(
-            input.len(),
-            n * cfg.in_channels * s * s,
-            "input must be [N, C, H, W] = [{n}, {}, {s}, {s}]",
-            cfg.in_channels
-        );
+        check_input(input, n, ws.plan.batch, cfg.in_channels, cfg.input_size);
     }
 
     /// Evaluation-mode forward pass (BN with running statistics) of `n` images in NCHW;
@@ -530,10 +519,7 @@ impl Network {
         if opts.input_grad {
             let cfg = &self.arch.config;
             let hw = cfg.input_size * cfg.input_size;
-            let len = n * cfg.in_channels * hw;
-            let mut out = vec![0.0; len];
-            cnhw_to_nchw(&mut out, &ws.input_grad[..len], n, cfg.in_channels, hw);
-            ws.input_grad[..len].copy_from_slice(&out);
+            cnhw_to_nchw_in_place(&mut ws.input_grad, n, cfg.in_channels, hw);
         }
     }
 
@@ -543,8 +529,29 @@ impl Network {
     }
 }
 
+/// Panics unless `input` is `[n, in_channels, size, size]` with `1 ≤ n ≤ batch` (the
+/// workspace's capacity): a caller's bug, not user input.
+pub(crate) fn check_input(input: &[f32], n: usize, batch: usize, in_channels: usize, size: usize) {
+    assert!(
+        n >= 1 && n <= batch,
+        "batch {n} exceeds the workspace's {batch}"
+    );
+    assert_eq!(
+        input.len(),
+        n * in_channels * size * size,
+        "input must be [N, C, H, W] = [{n}, {in_channels}, {size}, {size}]"
+    );
+}
+
 /// Hands a channel-major activation to the probe as an NCHW tensor.
-fn emit(probe: &mut Option<Probe>, name: &str, x: &[f32], c: usize, n: usize, size: usize) {
+pub(crate) fn emit(
+    probe: &mut Option<Probe>,
+    name: &str,
+    x: &[f32],
+    c: usize,
+    n: usize,
+    size: usize,
+) {
     if let Some(probe) = probe.as_mut() {
         let hw = size * size;
         let mut out = vec![0.0; c * n * hw];

@@ -2,7 +2,7 @@
 //!
 //! Pooled features are channel-major like every activation, `x: [C][N]`; the weight is
 //! PyTorch's `[J][C]` (J outputs), the bias `[J]`, and the output `y: [N][J]` (PyTorch's
-//! logits layout). The DenseNet head (`net/head.rs`) inlines the same two GEMMs.
+//! logits layout). Both families' heads use it.
 
 use super::gemm::{sgemm, Mat};
 

@@ -50,6 +50,15 @@ pub fn cnhw_to_nchw(out: &mut [f32], x: &[f32], n: usize, c: usize, hw: usize) {
     }
 }
 
+/// Converts the first `n·c·hw` floats of `x` from `[C][N][HW]` to `[N][C][HW]` in place
+/// (through a temporary: used once per backward pass, for the input gradient).
+pub fn cnhw_to_nchw_in_place(x: &mut [f32], n: usize, c: usize, hw: usize) {
+    let x = &mut x[..n * c * hw];
+    let mut out = vec![0.0; x.len()];
+    cnhw_to_nchw(&mut out, x, n, c, hw);
+    x.copy_from_slice(&out);
+}
+
 /// Work below this many floats runs on the calling thread: rayon's fork-join costs a few
 /// microseconds, more than a small channel loop.
 pub(crate) const PAR_MIN: usize = 1 << 14;

@@ -28,12 +28,12 @@ pub mod config;
 pub mod memory;
 
 use crate::memory::MemoryMode;
-use crate::net::{BatchNorm, Conv, Probe, TrainOptions};
+use crate::net::{check_input, emit, BatchNorm, Conv, Probe, TrainOptions};
 use crate::ops::conv::{conv_backward, conv_forward};
 use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::loss::softmax_cross_entropy;
 use crate::ops::norm::{bn_relu_avgpool_forward, bn_relu_backward, OutGrad};
-use crate::ops::{cnhw_to_nchw, nchw_to_cnhw};
+use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
 use crate::params::TensorTable;
 use crate::rng::Rng;
 pub use block::ResidualUnit;
@@ -218,18 +218,7 @@ impl PreActResNet {
 
     fn check_input(&self, ws: &ResNetWorkspace, input: &[f32], n: usize) {
         let cfg = &self.arch.config;
-        let s = cfg.input_size;
-        assert!(
-            n >= 1 && n <= ws.plan.batch,
-            "batch {n} exceeds the workspace's {}",
-            ws.plan.batch
-        );
-        assert_eq!(
-            input.len(),
-            n * cfg.in_channels * s * s,
-            "input must be [N, C, H, W] = [{n}, {}, {s}, {s}]",
-            cfg.in_channels
-        );
+        check_input(input, n, ws.plan.batch, cfg.in_channels, cfg.input_size);
     }
 
     /// Evaluation-mode forward pass (BN with running statistics) of `n` images in NCHW;
@@ -473,27 +462,12 @@ impl PreActResNet {
             &mut sc.col,
         );
         if opts.input_grad {
-            let mut out = vec![0.0; len];
-            cnhw_to_nchw(&mut out, &input_grad[..len], n, cin, s * s);
-            input_grad[..len].copy_from_slice(&out);
+            cnhw_to_nchw_in_place(input_grad, n, cin, s * s);
         }
     }
 
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
         self.grads.fill(0.0);
-    }
-}
-
-/// Hands a channel-major activation to the probe as an NCHW tensor.
-fn emit(probe: &mut Option<Probe>, name: &str, x: &[f32], c: usize, n: usize, size: usize) {
-    if let Some(probe) = probe.as_mut() {
-        let hw = size * size;
-        let mut out = vec![0.0; c * n * hw];
-        cnhw_to_nchw(&mut out, &x[..c * n * hw], n, c, hw);
-        probe(
-            name,
-            crate::tensor::Tensor::new(vec![n, c, size, size], out),
-        );
     }
 }
