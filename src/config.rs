@@ -78,6 +78,17 @@ pub enum ConfigError {
     Rule(String),
 }
 
+impl ConfigError {
+    /// `Ok` if the rule holds, else [`ConfigError::Rule`] with `msg`.
+    pub fn check(ok: bool, msg: String) -> Result<(), ConfigError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::Rule(msg))
+        }
+    }
+}
+
 impl DenseNetConfig {
     /// The CIFAR/SVHN family: depth L, growth rate k, bottleneck B, compression θ.
     ///
@@ -264,13 +275,7 @@ impl DenseNetConfig {
 
     /// Checks every rule; the error names the one that failed.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let rule = |ok: bool, msg: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Rule(msg))
-            }
-        };
+        let rule = ConfigError::check;
         rule(
             self.growth_rate > 0,
             "growth rate k must be at least 1".into(),

@@ -59,6 +59,14 @@ impl TensorTable {
     pub fn get(&self, name: &str) -> Option<&TensorEntry> {
         self.index.get(name).map(|&i| &self.entries[i])
     }
+    /// Elements of the tensors whose names start with `prefix` (a module's parameters).
+    pub fn numel_with_prefix(&self, prefix: &str) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.name.starts_with(prefix))
+            .map(|e| e.numel())
+            .sum()
+    }
     /// Total number of elements.
     pub fn total(&self) -> usize {
         self.total

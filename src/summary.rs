@@ -63,14 +63,7 @@ pub struct Summary {
 pub fn summarize(arch: &Architecture) -> Summary {
     let cfg = &arch.config;
     let s = cfg.input_size;
-    let count = |prefix: &str| -> usize {
-        arch.params
-            .entries()
-            .iter()
-            .filter(|e| e.name.starts_with(prefix))
-            .map(|e| e.numel())
-            .sum()
-    };
+    let count = |prefix: &str| arch.params.numel_with_prefix(prefix);
     let mut stages = Vec::new();
     let conv0 = arch.conv0.shape(1, s);
     let stem_params = count("features.conv0.") + count("features.norm0.");
@@ -148,14 +141,7 @@ pub fn summarize(arch: &Architecture) -> Summary {
 pub fn summarize_resnet(arch: &resnet::Architecture) -> Summary {
     let cfg = &arch.config;
     let s = cfg.input_size;
-    let count = |prefix: &str| -> usize {
-        arch.params
-            .entries()
-            .iter()
-            .filter(|e| e.name.starts_with(prefix))
-            .map(|e| e.numel())
-            .sum()
-    };
+    let count = |prefix: &str| arch.params.numel_with_prefix(prefix);
     let mut stages = vec![Stage {
         name: "stem".into(),
         output: [cfg.stem_channels, s, s],

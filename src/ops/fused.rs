@@ -176,6 +176,14 @@ pub fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], bn: BnRelu, o_n: usize
     }
 }
 
+/// The fallback of the fused 3×3: `relu(x·scale + shift)` written into `tmp`.
+fn written_out<'t>(tmp: &'t mut [f32], x: &[f32], bn: BnRelu, s: &ConvShape) -> &'t [f32] {
+    let len = s.n * s.h * s.w;
+    let a = &mut tmp[..s.cin * len];
+    bn_relu_forward(a, x, bn.scale, bn.shift, len);
+    a
+}
+
 /// `y = conv3×3(relu(x·scale + shift))` (stride 1, padding 1; `y` overwritten). The
 /// direct kernel applies the BN-ReLU while it makes its zero-padded copy of the input;
 /// where it does not apply, the BN-ReLU output is written to `tmp` first.
@@ -194,10 +202,7 @@ pub fn conv3x3_forward(
         let _t = crate::profile::scope(crate::profile::Op::Conv3x3Forward);
         conv3x3::forward(y, x, Some(bn), w, s, col);
     } else {
-        let len = s.n * s.h * s.w;
-        let a = &mut tmp[..s.cin * len];
-        bn_relu_forward(a, x, bn.scale, bn.shift, len);
-        conv_forward(y, a, w, s, col);
+        conv_forward(y, written_out(tmp, x, bn, s), w, s, col);
     }
 }
 
@@ -220,10 +225,7 @@ pub fn conv3x3_backward(
         let _t = crate::profile::scope(crate::profile::Op::Conv3x3Backward);
         conv3x3::backward(dx, dw, dy, x, Some(bn), w, s, col);
     } else {
-        let len = s.n * s.h * s.w;
-        let a = &mut tmp[..s.cin * len];
-        bn_relu_forward(a, x, bn.scale, bn.shift, len);
-        conv_backward(dx, dw, dy, a, w, s, col);
+        conv_backward(dx, dw, dy, written_out(tmp, x, bn, s), w, s, col);
     }
 }
 

@@ -118,13 +118,7 @@ impl PreActResNetConfig {
 
     /// Checks every rule; the error names the one that failed.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let rule = |ok: bool, msg: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Rule(msg))
-            }
-        };
+        let rule = ConfigError::check;
         rule(
             !self.units.is_empty() && self.units.len() == self.widths.len(),
             format!(
