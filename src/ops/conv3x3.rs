@@ -217,6 +217,13 @@ thread_local! {
     static PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Positions per parallel tile of [`correlate`] and [`pointwise_with`]: a tile's input
+/// (`i_n` rows, plus the taps' halo) should stay in L2 (512 KiB per core here) while all
+/// output blocks sweep it.
+fn tile_len(i_n: usize) -> usize {
+    ((64 << 10) / (i_n.max(1) * PB)).clamp(1, 64) * PB
+}
+
 /// Rows and positions a [`correlate`] call works on: row r of a buffer starts at
 /// `r·ld + base`; positions `p0..p1` are computed.
 #[derive(Clone, Copy)]
@@ -243,7 +250,7 @@ fn correlate(
     offs: &[isize],
     sp: Span,
 ) {
-    assert!((o_n.is_multiple_of(OB) || o_n.is_multiple_of(OB6)) && avx2());
+    assert!(pointwise_applies(o_n));
     assert_eq!(wp.len(), o_n * i_n * offs.len());
     let six = block_width(o_n) == OB6;
     let (lo, hi) = (
@@ -258,9 +265,7 @@ fn correlate(
     if sp.p1 <= sp.p0 {
         return;
     }
-    // A tile's input (i_n rows of `tile` floats, plus the taps' halo) should stay in L2
-    // (512 KiB per core here) while all o_n/4 output blocks sweep it.
-    let tile = ((64 << 10) / (i_n * PB)).clamp(1, 64) * PB;
+    let tile = tile_len(i_n);
     let tiles = (sp.p1 - sp.p0).div_ceil(tile);
     let optr = SyncPtr(out.as_mut_ptr());
     let work = |t: usize| {
@@ -455,9 +460,7 @@ pub fn pointwise_with<F>(
     }
     let six = block_width(o_n) == OB6;
     let wp = pack_weights(w, o_n, i_n, 1, flip);
-    // A tile's input (i_n rows) should stay in L2 (512 KiB per core here) while all o_n/4
-    // output blocks sweep it.
-    let tile = ((64 << 10) / (i_n.max(1) * PB)).clamp(1, 64) * PB;
+    let tile = tile_len(i_n);
     let tiles = len.div_ceil(tile);
     let sp = Span {
         ld: len,
@@ -508,7 +511,8 @@ pub fn pointwise_with<F>(
     }
 }
 
-/// Whether [`pointwise`] handles `o_n` output rows on this CPU.
+/// Whether the direct kernels ([`pointwise`], `correlate`) handle `o_n` output rows on
+/// this CPU.
 pub fn pointwise_applies(o_n: usize) -> bool {
     (o_n.is_multiple_of(OB) || o_n.is_multiple_of(OB6)) && o_n > 0 && avx2()
 }
