@@ -5,6 +5,7 @@
 #
 #   bench/compare.sh                     # BC-100-12 train b64, densenet121 eval b16 and b1
 #   THREADS=2 STEPS=5 ROUNDS=3 bench/compare.sh
+#   WORK=train bench/compare.sh          # only the training step (WORK=infer: only inference)
 #
 # With ROUNDS > 1 the two sides alternate (ours, theirs, ours, theirs, ...) and the line
 # shows each side's median over the rounds and the median of the per-round ratios: on a
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-3}
 ROUNDS=${ROUNDS:-1}
+WORK=${WORK:-all}
 cargo build --release -q
 bin=target/release/densenet
 have_torch=0
@@ -47,11 +49,11 @@ compare() {
   printf '%-34s %9.3fs %10s %8s   %s\n' "$name" "$om" "$tm" "$rm" "${rs[*]:-}"
 }
 
-compare "BC-100-12 train step, batch 64" \
+[ "$WORK" = infer ] || compare "BC-100-12 train step, batch 64" \
   "$bin --threads $THREADS bench train --model densenet-bc-100-12 --batch 64 --steps $STEPS --json" \
   "python3 bench/pytorch/bench_train.py --depth 100 --k 12 --bc --batch 64 --threads $THREADS --steps $STEPS" \
   median_step_s median_step_s
-for b in 16 1; do
+[ "$WORK" = train ] || for b in 16 1; do
   compare "densenet121 eval, batch $b" \
     "$bin --threads $THREADS bench infer --model densenet121 --batch $b --steps $STEPS --json" \
     "python3 bench/pytorch/bench_infer.py --model densenet121 --batch $b --threads $THREADS --iters $STEPS" \

@@ -13,9 +13,12 @@
 //! - **a gradient buffer** of the same shape per block, where every reader of a channel
 //!   accumulates its gradient.
 //!
-//! The BN-ReLU output `A` of a layer's input, the bottleneck output `B` and its BN-ReLU
-//! `C` live in **scratch buffers shared by all layers** and are recomputed during the
-//! backward pass from the block buffer and the stored statistics ([`MemoryMode::Efficient`]).
+//! The BN-ReLU output `A` of a layer's input and `C` of the bottleneck output `B` are
+//! recomputed rather than kept, and never even stored whole: the convolution that reads
+//! them forms them a tile at a time (`ops::fused`), and so does the backward pass with `A`'s
+//! gradient. `B` lives in a **scratch buffer shared by all layers** and is recomputed
+//! during the backward pass from the block buffer and the stored statistics
+//! ([`MemoryMode::Efficient`]).
 //! [`MemoryMode::Naive`] instead keeps `A`, `B` and `C` of every layer, as a framework that
 //! materialises each concatenation would: it is the reference for memory and time.
 //!
@@ -91,9 +94,9 @@ pub struct MemoryPlan {
     pub kept_layers: Vec<Vec<KeptLayer>>,
     /// Naive mode: each transition's kept BN-ReLU output.
     pub kept_transitions: Vec<usize>,
-    /// Shared scratch: the gradient of a layer's BN-ReLU output `A` (efficient mode never
-    /// stores A itself: `ops::fused` forms it tile by tile) or, where the direct 3×3
-    /// kernel does not apply, A; the stem's ReLU output.
+    /// Shared scratch: a plain layer's BN-ReLU output `A` where the direct 3×3 kernel does
+    /// not apply (elsewhere efficient mode never stores A or its gradient: `ops::fused`
+    /// forms both a tile at a time); the stem's ReLU output.
     pub scratch_a: usize,
     /// Shared scratch: gradient of `A` for 3×3 layers without bottleneck.
     pub scratch_da: usize,
@@ -179,7 +182,11 @@ impl MemoryPlan {
                 if naive {
                     kept.push(KeptLayer { a, b: bc, c: bc });
                 } else {
-                    plan.scratch_a = plan.scratch_a.max(a);
+                    // A of a bottleneck is formed a tile at a time (`ops::fused`); a plain
+                    // layer's 3×3 may need it written out (its fallback path)
+                    if !bottleneck {
+                        plan.scratch_a = plan.scratch_a.max(a);
+                    }
                     plan.scratch_b = plan.scratch_b.max(bc);
                     plan.scratch_c = plan.scratch_c.max(bc);
                 }
@@ -204,12 +211,8 @@ impl MemoryPlan {
             plan.kept_layers.push(kept);
             if let Some(t) = &block.transition {
                 let a = block.c_out * len;
-                if naive {
-                    plan.kept_transitions.push(a);
-                } else {
-                    plan.kept_transitions.push(0);
-                    plan.scratch_a = plan.scratch_a.max(a);
-                }
+                // efficient mode: A (and dA) only a tile at a time (`ops::fused`)
+                plan.kept_transitions.push(if naive { a } else { 0 });
                 plan.scratch_tmp = plan.scratch_tmp.max(t.conv.cout * len);
             }
         }
@@ -292,6 +295,23 @@ pub struct BlockMemory {
     pub layers: Vec<LayerMemory>,
     /// Naive mode: the transition's BN-ReLU output.
     pub kept_transition: Vec<f32>,
+    /// Per channel, the part of its gradient its readers left pending (see
+    /// [`crate::ops::fused::backward`]): `(c0, c1)` of `grads += c0 + c1·(feats − mean)`.
+    pub pending: Vec<(f64, f64)>,
+}
+
+impl BlockMemory {
+    /// Completes the gradient of channels `c` (every reader of them is done): applies and
+    /// clears what their readers left pending.
+    pub fn complete_grads(&mut self, c: std::ops::Range<usize>, len: usize) {
+        crate::ops::norm::apply_pending(
+            &mut self.grads[c.start * len..c.end * len],
+            &self.feats[c.start * len..c.end * len],
+            &self.stats.mean[c.clone()],
+            &mut self.pending[c],
+            len,
+        );
+    }
 }
 
 /// One dense layer's memory across the pass.
@@ -306,7 +326,7 @@ pub struct LayerMemory {
 /// Shared scratch buffers (see [`MemoryPlan`]).
 #[derive(Debug, Default)]
 pub struct Scratch {
-    /// `A` / `dA` (bottleneck), stem ReLU output / its gradient.
+    /// `A` of a plain layer (fallback 3×3 path only), stem ReLU output / its gradient.
     pub a: Vec<f32>,
     /// `dA` of 3×3 layers.
     pub da: Vec<f32>,
@@ -376,6 +396,7 @@ impl Workspace {
                 feats: z(plan.block_feats[b]),
                 grads: z(plan.block_grads.get(b).copied().unwrap_or(0)),
                 stats: ChannelStats::new(block.c_out),
+                pending: vec![(0.0, 0.0); block.c_out],
                 layers: block
                     .layers
                     .iter()

@@ -16,15 +16,18 @@
 //! [`DenseLayer::backward`] recomputes it from the block buffer and the stored batch
 //! statistics. A and C are never written out at all: the 1×1 convolution forms A a tile
 //! at a time ([`crate::ops::fused`]) and the direct 3×3 kernel forms C (or a plain
-//! layer's A) in its zero-padded copy, in forward and again in backward. In naive mode
-//! each layer keeps its own A, B and C.
+//! layer's A) in its zero-padded copy, in forward and again in backward. The backward of
+//! the bottleneck's BN1-ReLU-conv1×1 ([`crate::ops::fused::backward`]) forms A's gradient
+//! a tile at a time too, and leaves the part of BN1's input gradient that needs sums over
+//! all positions pending per channel: every reader of a channel normalises it with the
+//! same batch statistics, so those parts add up to one affine map of the channel, applied
+//! once by its producer ([`BlockMemory::complete_grads`]) before it reads its gradient.
+//! In naive mode each layer keeps its own A, B and C.
 
 use super::{BatchNorm, Conv};
 use crate::config::DenseNetConfig;
 use crate::memory::{BlockMemory, Scratch, Workspace};
-use crate::ops::conv::{
-    conv_backward, conv_forward, pointwise_backward_data, pointwise_backward_in_place,
-};
+use crate::ops::conv::{conv_backward, conv_forward, pointwise_backward_in_place};
 use crate::ops::dropout;
 use crate::ops::fused::{self, BnRelu};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
@@ -200,11 +203,14 @@ impl DenseLayer {
         let len = n * size * size;
         let (m, k) = (self.c_in, self.growth());
         let drop = self.drop_rate;
+        // every reader of this layer's output channels is done: complete their gradient
+        ws.blocks[b].complete_grads(m..m + k, len);
         let BlockMemory {
             feats,
             grads,
             stats,
             layers,
+            pending,
             ..
         } = &mut ws.blocks[b];
         let Scratch {
@@ -225,11 +231,6 @@ impl DenseLayer {
         let (dx, drest) = grads.split_at_mut(m * len);
         let dy_out = &drest[..k * len];
 
-        let a = if naive {
-            &mut ka[..m * len]
-        } else {
-            &mut a[..m * len]
-        };
         // Gradient through the output dropout: the mask is recomputed from its seed.
         let dy: &[f32] = if drop > 0.0 {
             let t = &mut tmp[..k * len];
@@ -284,17 +285,30 @@ impl DenseLayer {
                     len,
                 );
                 dropout::apply(db, drop, seed, self.site(1));
-                let s1 = self.conv1.shape(n, size);
-                if naive {
-                    // conv1 (1×1): dW1 += dB·Aᵀ, then A's storage becomes dA = W1ᵀ·dB
-                    pointwise_backward_in_place(a, self.conv1.dw(g), db, self.conv1.w(p), &s1);
-                } else {
-                    // dW1 += dB·relu(BN1(X))ᵀ, tile by tile; dA = W1ᵀ·dB into A's scratch
+                if !naive {
+                    // conv1 and BN1-ReLU in one: A and dA only ever exist a tile at a time
                     self.norm1.batch_affine(p, stats, scale, shift);
+                    let (dgamma, dbeta, dw) = self.norm1.grads_with(&self.conv1, g);
+                    let grads = fused::Grads {
+                        dx,
+                        dw,
+                        dgamma,
+                        dbeta,
+                        pending: &mut pending[..m],
+                    };
+                    let bn = fused::BatchStats {
+                        mean: &stats.mean[..m],
+                        rstd: &stats.rstd[..m],
+                        gamma: self.norm1.gamma(p),
+                    };
                     let bn1 = BnRelu::first(scale, shift, m);
-                    fused::weight_grad(self.conv1.dw(g), db, x, bn1, w, len);
-                    pointwise_backward_data(a, db, self.conv1.w(p), &s1);
+                    fused::backward(grads, db, x, self.conv1.w(p), bn1, bn, w, len);
+                    return;
                 }
+                // conv1 (1×1): dW1 += dB·Aᵀ, then A's storage becomes dA = W1ᵀ·dB
+                let s1 = self.conv1.shape(n, size);
+                let a = &mut ka[..m * len];
+                pointwise_backward_in_place(a, self.conv1.dw(g), db, self.conv1.w(p), &s1);
                 a
             }
             None => {
@@ -302,8 +316,10 @@ impl DenseLayer {
                 let s1 = self.conv1.shape(n, size);
                 let (dw1, w1) = (self.conv1.dw(g), self.conv1.w(p));
                 if naive {
-                    conv_backward(Some(&mut *da), dw1, dy, a, w1, &s1, col);
+                    conv_backward(Some(&mut *da), dw1, dy, &ka[..m * len], w1, &s1, col);
                 } else {
+                    // scratch for the fallback, where the direct kernel does not apply
+                    let a = &mut a[..m * len];
                     // A = relu(BN1(X)) again only inside the 3×3's padded copy
                     self.norm1.batch_affine(p, stats, scale, shift);
                     let bn1 = BnRelu::first(scale, shift, m);

@@ -70,6 +70,31 @@ impl BatchNorm {
     pub fn grads<'a>(&self, g: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
         g[self.weight..self.weight + 2 * self.c].split_at_mut(self.c)
     }
+    /// (dγ, dβ) of this BN and the weight gradient of `conv` together (their ranges of the
+    /// gradient buffer are disjoint), for a fused BN-ReLU-conv backward.
+    pub(crate) fn grads_with<'a>(
+        &self,
+        conv: &Conv,
+        g: &'a mut [f32],
+    ) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32]) {
+        let (bn, cv) = (
+            self.weight..self.weight + 2 * self.c,
+            conv.weight..conv.weight + conv.numel(),
+        );
+        assert!(
+            bn.end <= cv.start || cv.end <= bn.start,
+            "overlapping parameters"
+        );
+        let (dbn, dw) = if bn.end <= cv.start {
+            let (lo, hi) = g.split_at_mut(cv.start);
+            (&mut lo[bn], &mut hi[..cv.len()])
+        } else {
+            let (lo, hi) = g.split_at_mut(bn.start);
+            (&mut hi[..bn.len()], &mut lo[cv])
+        };
+        let (dg, db) = dbn.split_at_mut(self.c);
+        (dg, db, dw)
+    }
     /// Forward-pass affine map of this BN, into `scale[..c]`, `shift[..c]`. In training
     /// (`batch` given: the statistics of the channels it normalises, a prefix of `batch`)
     /// it also applies PyTorch's running-statistics update, once per forward pass; in
@@ -502,6 +527,7 @@ impl Network {
         let n = ws.n;
         for b in ws.blocks.iter_mut() {
             b.grads.fill(0.0);
+            b.pending.fill((0.0, 0.0));
         }
         let p = &self.params;
         let g = &mut self.grads;
@@ -514,6 +540,9 @@ impl Network {
             for (i, layer) in block.layers.iter().enumerate().rev() {
                 layer.backward(p, g, ws, b, i, block.size);
             }
+            // the block's input channels have had all their readers
+            let len = n * block.size * block.size;
+            ws.blocks[b].complete_grads(0..block.c_in, len);
         }
         stem::backward(&self.arch, p, g, ws, opts.input_grad);
         if opts.input_grad {

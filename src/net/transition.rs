@@ -5,7 +5,7 @@
 use super::{BatchNorm, Conv};
 use crate::config::DenseNetConfig;
 use crate::memory::{Scratch, Workspace};
-use crate::ops::conv::{conv_forward, pointwise_backward_data, pointwise_backward_in_place};
+use crate::ops::conv::{conv_forward, pointwise_backward_in_place};
 use crate::ops::dropout;
 use crate::ops::fused::{self, BnRelu};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
@@ -107,11 +107,7 @@ impl Transition {
         let (cur, next) = ws.blocks.split_at_mut(b + 1);
         let (blk, nxt) = (&mut cur[b], &next[0]);
         let Scratch {
-            a,
-            tmp,
-            scale,
-            shift,
-            ..
+            tmp, scale, shift, ..
         } = &mut ws.scratch;
         let naive = !blk.kept_transition.is_empty();
         let dz = &mut tmp[..t * len];
@@ -119,21 +115,28 @@ impl Transition {
         dropout::apply(dz, self.drop_rate, seed, self.site);
         self.norm.batch_affine(p, &blk.stats, scale, shift);
         let s = self.conv.shape(n, size);
-        let a = if naive {
-            let a = &mut blk.kept_transition[..m * len];
-            pointwise_backward_in_place(a, self.conv.dw(g), dz, self.conv.w(p), &s);
-            a
-        } else {
-            // dW += dZ·relu(BN(X))ᵀ tile by tile; dA = Wᵀ·dZ into the A scratch
-            let bn = BnRelu {
-                scale: &scale[..m],
-                shift: &shift[..m],
+        if !naive {
+            // conv and BN-ReLU in one: A and dA only ever exist a tile at a time
+            let (dgamma, dbeta, dw) = self.norm.grads_with(&self.conv, g);
+            let grads = fused::Grads {
+                dx: &mut blk.grads[..m * len],
+                dw,
+                dgamma,
+                dbeta,
+                pending: &mut blk.pending[..m],
             };
-            fused::weight_grad(self.conv.dw(g), dz, &blk.feats[..m * len], bn, t, len);
-            let a = &mut a[..m * len];
-            pointwise_backward_data(a, dz, self.conv.w(p), &s);
-            a
-        };
+            let stats = fused::BatchStats {
+                mean: &blk.stats.mean[..m],
+                rstd: &blk.stats.rstd[..m],
+                gamma: self.norm.gamma(p),
+            };
+            let bn = BnRelu::first(scale, shift, m);
+            let (x, w) = (&blk.feats[..m * len], self.conv.w(p));
+            fused::backward(grads, dz, x, w, bn, stats, t, len);
+            return;
+        }
+        let a = &mut blk.kept_transition[..m * len];
+        pointwise_backward_in_place(a, self.conv.dw(g), dz, self.conv.w(p), &s);
         let (dg, db) = self.norm.grads(g);
         bn_relu_backward(
             &mut blk.grads[..m * len],

@@ -8,16 +8,17 @@
 //! that stays in L2 and is consumed there:
 //!
 //! - [`forward`]: `Y = W·A`;
-//! - [`weight_grad`]: `dW += dY·Aᵀ`.
+//! - [`backward`]: `dW += dY·Aᵀ`, then `dA = Wᵀ·dY` in the same buffer and the BN-ReLU
+//!   backward from it, so neither A nor dA is ever written out.
 //!
-//! The input gradient `dA = Wᵀ·dY` needs no A. The tile values come from the same
-//! [`affine_relu`] as [`super::norm::bn_relu_forward`], so they are bit-identical to a
-//! materialised A, and the backward's ReLU mask (recomputed from X) agrees with them.
+//! The tile values come from the same `affine_relu` as [`super::norm::bn_relu_forward`],
+//! so they are bit-identical to a materialised A, and the backward's ReLU mask
+//! (recomputed from X) agrees with them.
 
 use super::conv::{conv_backward, conv_forward, ConvShape};
 use super::conv3x3;
 use super::gemm::{raw_ptr, Mat};
-use super::norm::{affine_relu, bn_relu_forward};
+use super::norm::{self, affine_relu, bn_relu_forward, masked_sums_axpy};
 use super::SyncPtr;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -114,17 +115,69 @@ pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], bn: BnRelu, o_n: usize, len:
     }
 }
 
-/// `dw[o][i] += Σ_p dy[o][p]·relu(x[i][p]·scale[i] + shift[i])`.
+/// Batch statistics and γ of the batch norm a [`backward`] differentiates through.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchStats<'a> {
+    /// Per-channel batch mean.
+    pub mean: &'a [f32],
+    /// Per-channel `1/√(var + ε)` of the batch.
+    pub rstd: &'a [f32],
+    /// Per-channel γ.
+    pub gamma: &'a [f32],
+}
+
+/// The gradients a [`backward`] accumulates into.
+pub struct Grads<'a> {
+    /// `[I][len]`: the gradient of X, accumulated, **except** for the centred part of the
+    /// BN-ReLU backward, which goes to `pending`.
+    pub dx: &'a mut [f32],
+    /// `[O][I]`: the convolution's weight gradient.
+    pub dw: &'a mut [f32],
+    /// `[I]`: the batch norm's γ gradient.
+    pub dgamma: &'a mut [f32],
+    /// `[I]`: the batch norm's β gradient.
+    pub dbeta: &'a mut [f32],
+    /// `[I]`: per channel, `(c0, c1)` of the `dx += c0 + c1·(x − mean)` still owed to
+    /// `dx` (accumulated; applied by `norm::apply_pending`).
+    pub pending: &'a mut [(f64, f64)],
+}
+
+/// Backward of `Y = W·relu(BN(X))` (BN with batch statistics, folded into `bn`) from
+/// `dy: [O][len]`, without ever writing A or dA out: tile by tile of positions, in one
+/// per-thread buffer that stays in L2,
 ///
-/// Positions are split into one slice per thread; each slice is summed tile by tile into
-/// its own partial (the first straight into `dw`), and the partials are added in a fixed
+/// 1. `A = relu(X·scale + shift)`, then `dW += dY·Aᵀ`;
+/// 2. `dA = Wᵀ·dY` over the same buffer (A is dead), then in one sweep per channel the
+///    BN-ReLU sums `Σg`, `Σg·(x − mean)` (`g = dA·[A > 0]`) and `dx += γ·rstd·g`.
+///
+/// The rest of the BN-ReLU input gradient, `−γ·rstd·(mg + x̂·mgx)`, needs the sums over
+/// all positions: it is an affine map of x per channel, left in `pending` for the
+/// channel's owner to apply once (`norm::apply_pending`). Unfused, dA (as large as X)
+/// was written by one GEMM and read twice by the batch norm's two passes, the second of
+/// which also read X and read and wrote dX.
+///
+/// Positions are split into one slice of tiles per thread; each slice sums `dW` and the
+/// BN sums into its own partials (the first `dW` straight into `dw`), added in a fixed
 /// order, so the result depends on the thread count only (as `gemm::sgemm`'s k-split).
-pub fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], bn: BnRelu, o_n: usize, len: usize) {
-    let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    g: Grads,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    bn: BnRelu,
+    stats: BatchStats,
+    o_n: usize,
+    len: usize,
+) {
     let i_n = bn.scale.len();
     assert!(bn.shift.len() == i_n && x.len() >= i_n * len && dy.len() >= o_n * len);
-    assert_eq!(dw.len(), o_n * i_n);
-    if len == 0 || o_n == 0 || i_n == 0 {
+    assert!(stats.mean.len() >= i_n && stats.rstd.len() >= i_n && stats.gamma.len() >= i_n);
+    assert!(g.dx.len() >= i_n * len && g.dgamma.len() >= i_n && g.dbeta.len() >= i_n);
+    assert!(g.pending.len() >= i_n);
+    assert_eq!(g.dw.len(), o_n * i_n);
+    assert_eq!(w.len(), o_n * i_n);
+    if len == 0 || i_n == 0 {
         return;
     }
     let tile = tile_len(i_n);
@@ -136,8 +189,9 @@ pub fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], bn: BnRelu, o_n: usize
     };
     let parts = threads.min(tiles).max(1);
     let per = tiles.div_ceil(parts);
-    // one slice of tiles, summed into `acc` (accumulating)
-    let slice = |part: usize, acc: &mut [f32]| {
+    let dxp = SyncPtr(g.dx.as_mut_ptr());
+    // One slice of tiles: dW summed into `acc`, the BN sums into `sums`.
+    let slice = |part: usize, acc: &mut [f32], sums: &mut [(f64, f64)]| {
         TILE.with(|buf| {
             let mut buf = buf.borrow_mut();
             if buf.len() < i_n * tile {
@@ -145,35 +199,90 @@ pub fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], bn: BnRelu, o_n: usize
             }
             for t in part * per..((part + 1) * per).min(tiles) {
                 let (a, b) = (t * tile, ((t + 1) * tile).min(len));
+                let n = b - a;
                 bn.fill(&mut buf, tile, x, len, a, b);
-                // SAFETY: `acc` is this task's own o_n×i_n matrix.
+                // SAFETY: `acc` is this task's own o_n×i_n matrix; `buf` holds i_n rows of
+                // `tile` ≥ n floats and is this thread's own.
                 unsafe {
                     raw_ptr(
                         o_n,
                         i_n,
-                        b - a,
+                        n,
                         acc.as_mut_ptr(),
                         i_n,
                         true,
                         Mat::n(&dy[a..], len),
                         Mat::t(&buf, tile),
                         Parallelism::None,
-                    )
+                    );
+                    raw_ptr(
+                        i_n,
+                        n,
+                        o_n,
+                        buf.as_mut_ptr(),
+                        tile,
+                        false,
+                        Mat::t(w, i_n),
+                        Mat::n(&dy[a..], len),
+                        Parallelism::None,
+                    );
+                }
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    // SAFETY: positions a..b of dx's rows (asserted to hold i_n rows of
+                    // len) belong to this tile, and each tile to one task.
+                    let dx =
+                        unsafe { std::slice::from_raw_parts_mut(dxp.get().add(i * len + a), n) };
+                    let (sg, sgc) = masked_sums_axpy(
+                        dx,
+                        &x[i * len + a..][..n],
+                        &buf[i * tile..][..n],
+                        bn.scale[i],
+                        bn.shift[i],
+                        stats.mean[i],
+                        stats.gamma[i] * stats.rstd[i],
+                    );
+                    sum.0 += sg;
+                    sum.1 += sgc;
                 }
             }
         })
     };
-    let mut partials = vec![0f32; (parts - 1) * o_n * i_n];
-    rayon::scope(|sc| {
-        for (p, part) in partials.chunks_mut(o_n * i_n).enumerate() {
-            let slice = &slice;
-            sc.spawn(move |_| slice(p + 1, part));
+    let mut sums = vec![(0f64, 0f64); parts * i_n];
+    {
+        let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
+        let mut partials = vec![0f32; (parts - 1) * o_n * i_n];
+        let (sums0, sums_rest) = sums.split_at_mut(i_n);
+        rayon::scope(|sc| {
+            for (p, (part, s)) in partials
+                .chunks_mut(o_n * i_n)
+                .zip(sums_rest.chunks_mut(i_n))
+                .enumerate()
+            {
+                let slice = &slice;
+                sc.spawn(move |_| slice(p + 1, part, s));
+            }
+            slice(0, &mut *g.dw, sums0);
+        });
+        for part in partials.chunks_exact(o_n * i_n) {
+            g.dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
         }
-        slice(0, dw);
-    });
-    for part in partials.chunks_exact(o_n * i_n) {
-        dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
     }
+    let (total, rest) = sums.split_at_mut(i_n);
+    for part in rest.chunks_exact(i_n) {
+        for (t, p) in total.iter_mut().zip(part) {
+            t.0 += p.0;
+            t.1 += p.1;
+        }
+    }
+    norm::bn_relu_backward_pending(
+        g.dgamma,
+        g.dbeta,
+        &mut g.pending[..i_n],
+        total,
+        stats.rstd,
+        stats.gamma,
+        len,
+    );
 }
 
 /// The fallback of the fused 3×3: `relu(x·scale + shift)` written into `tmp`.
@@ -293,6 +402,7 @@ mod tests {
     /// direct (≤ 48 outputs) and GEMM paths, with several tiles and a partial last one.
     #[test]
     fn fused_matches_materialised() {
+        // lengths past one tile (tile_len) give several tiles and, on two threads, two parts
         for (o_n, i_n, len) in [(12, 20, 700), (48, 36, 5000), (64, 24, 4100), (8, 3, 10)] {
             let x = data(i_n * len, 1);
             let w = data(o_n * i_n, 2);
@@ -302,6 +412,8 @@ mod tests {
             let a: Vec<f64> = (0..i_n * len)
                 .map(|j| (x[j] * scale[j / len] + shift[j / len]).max(0.0) as f64)
                 .collect();
+            let (mean, gamma) = (data(i_n, 6), data(i_n, 7));
+            let rstd: Vec<f32> = data(i_n, 8).iter().map(|v| 0.5 + v.abs()).collect();
             let bn = BnRelu {
                 scale: &scale,
                 shift: &shift,
@@ -313,10 +425,68 @@ mod tests {
                     .unwrap();
                 let mut y = vec![f32::NAN; o_n * len];
                 let mut dw = vec![0.5f32; o_n * i_n];
+                let mut dx = data(i_n * len, 9);
+                let dx0 = dx.clone();
+                let (mut dgamma, mut dbeta) = (vec![0.25f32; i_n], vec![-0.25f32; i_n]);
+                let mut pending = vec![(0.5f64, -0.5f64); i_n];
                 pool.install(|| {
                     forward(&mut y, &x, &w, bn, o_n, len);
-                    weight_grad(&mut dw, &dy, &x, bn, o_n, len);
+                    let g = Grads {
+                        dx: &mut dx,
+                        dw: &mut dw,
+                        dgamma: &mut dgamma,
+                        dbeta: &mut dbeta,
+                        pending: &mut pending,
+                    };
+                    let st = BatchStats {
+                        mean: &mean,
+                        rstd: &rstd,
+                        gamma: &gamma,
+                    };
+                    backward(g, &dy, &x, &w, bn, st, o_n, len);
+                    // the pending (0.5, −0.5) of an earlier reader is applied too
+                    norm::apply_pending(&mut dx, &x, &mean, &mut pending, len);
                 });
+                assert!(pending.iter().all(|&p| p == (0.0, 0.0)), "pending cleared");
+                // the BN-ReLU backward in f64: g = dA·[A > 0], dA = Wᵀ·dY
+                for i in 0..i_n {
+                    let (mu, r) = (mean[i] as f64, rstd[i] as f64);
+                    let gr: Vec<f64> = (0..len)
+                        .map(|p| {
+                            let da: f64 = (0..o_n)
+                                .map(|o| w[o * i_n + i] as f64 * dy[o * len + p] as f64)
+                                .sum();
+                            if a[i * len + p] > 0.0 {
+                                da
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let xr = &x[i * len..(i + 1) * len];
+                    let sg: f64 = gr.iter().sum();
+                    let sgx: f64 = gr
+                        .iter()
+                        .zip(xr)
+                        .map(|(g, &v)| g * (v as f64 - mu) * r)
+                        .sum();
+                    let close = |got: f32, want: f64, what: &str| {
+                        assert!(
+                            (got as f64 - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "{what} {o_n} {i_n} {len} channel {i}: {got} vs {want}"
+                        )
+                    };
+                    close(dbeta[i], -0.25 + sg, "dbeta");
+                    close(dgamma[i], 0.25 + sgx, "dgamma");
+                    let k = gamma[i] as f64 * r;
+                    let (mg, mgx) = (sg / len as f64, sgx / len as f64);
+                    for p in (0..len).step_by(5) {
+                        let xh = (xr[p] as f64 - mu) * r;
+                        let earlier = 0.5 - 0.5 * (xr[p] as f64 - mu);
+                        let want = dx0[i * len + p] as f64 + earlier + k * (gr[p] - mg - xh * mgx);
+                        close(dx[i * len + p], want, "dx");
+                    }
+                }
                 for o in 0..o_n {
                     for p in (0..len).step_by(7) {
                         let want: f64 = (0..i_n)

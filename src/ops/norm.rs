@@ -197,12 +197,7 @@ pub fn bn_relu_backward(
                 (a, b)
             }
         };
-        // Σg·x̂ = rstd·Σg·(x−mean)
-        let sgx = sgc * r as f64;
-        *dg += sgx as f32;
-        *db += sg as f32;
-        let k = gamma[ci] * r;
-        let (mg, mgx) = ((sg / len as f64) as f32, (sgx / len as f64) as f32);
+        let (k, mg, mgx) = finish_channel(sg, sgc, r, gamma[ci], len, dg, db);
         match dout {
             OutGrad::Dense(d) => masked_update(
                 dxr,
@@ -274,9 +269,138 @@ fn masked_sums(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { masked_sums_avx2(x, d, s, t, mu) };
+        return unsafe { masked_sums_avx2::<false>(x, d, s, t, mu, &mut [], 0.0) };
     }
-    masked_sums_body(x, d, s, t, mu)
+    masked_sums_body::<false>(x, d, s, t, mu, &mut [], 0.0)
+}
+
+/// [`masked_sums`] of a gradient row `d` that also adds `k·g` to `dx` in the same sweep
+/// (`g = d·[x·s + t > 0]`): the first half of `dx += k·(g − mg − x̂·mgx)` for a caller
+/// that has `d` only a tile at a time and finishes with [`centred_update`] once the sums
+/// over all positions are known (see `fused::backward`).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn masked_sums_axpy(
+    dx: &mut [f32],
+    x: &[f32],
+    d: &[f32],
+    s: f32,
+    t: f32,
+    mu: f32,
+    k: f32,
+) -> (f64, f64) {
+    assert!(dx.len() == x.len() && d.len() == x.len());
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        return unsafe { masked_sums_avx2::<true>(x, Grad::Row(d), s, t, mu, dx, k) };
+    }
+    masked_sums_body::<true>(x, Grad::Row(d), s, t, mu, dx, k)
+}
+
+/// The second half of the BN-ReLU input gradient: `dx += c0 + (x − mu)·c1`.
+pub(crate) fn centred_update(dx: &mut [f32], x: &[f32], mu: f32, c0: f32, c1: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        return unsafe { centred_update_avx2(dx, x, mu, c0, c1) };
+    }
+    centred_update_body(dx, x, mu, c0, c1)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn centred_update_avx2(dx: &mut [f32], x: &[f32], mu: f32, c0: f32, c1: f32) {
+    centred_update_body(dx, x, mu, c0, c1)
+}
+
+#[inline(always)]
+fn centred_update_body(dx: &mut [f32], x: &[f32], mu: f32, c0: f32, c1: f32) {
+    for (o, &v) in dx.iter_mut().zip(x) {
+        *o += c0 + (v - mu) * c1;
+    }
+}
+
+/// The per-channel constants of the BN-ReLU input gradient from the sums `sg = Σg` and
+/// `sgc = Σg·(x − mean)` over `len` positions; accumulates `dγ = Σg·x̂` and `dβ = Σg`.
+/// Returns `(k, mg, mgx)` of `dx = k·(g − mg − x̂·mgx)`.
+fn finish_channel(
+    sg: f64,
+    sgc: f64,
+    r: f32,
+    gamma: f32,
+    len: usize,
+    dg: &mut f32,
+    db: &mut f32,
+) -> (f32, f32, f32) {
+    // Σg·x̂ = rstd·Σg·(x−mean)
+    let sgx = sgc * r as f64;
+    *dg += sgx as f32;
+    *db += sg as f32;
+    let (mg, mgx) = ((sg / len as f64) as f32, (sgx / len as f64) as f32);
+    (gamma * r, mg, mgx)
+}
+
+/// Turns the per-channel sums `sums[c] = (Σg, Σg·(x − mean))` of a BN-ReLU backward whose
+/// `dx += k·g` half was done by [`masked_sums_axpy`] into `dγ`, `dβ` (accumulated) and
+/// the rest of `dx = k·(g − mg − x̂·mgx)`, which is not applied here but added to
+/// `pending[c]` as `(c0, c1)` of `dx += c0 + c1·(x − mean)` (see [`apply_pending`]).
+pub(crate) fn bn_relu_backward_pending(
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    pending: &mut [(f64, f64)],
+    sums: &[(f64, f64)],
+    rstd: &[f32],
+    gamma: &[f32],
+    len: usize,
+) {
+    for (c, (&(sg, sgc), pend)) in sums.iter().zip(pending.iter_mut()).enumerate() {
+        let r = rstd[c];
+        let (k, mg, mgx) = finish_channel(sg, sgc, r, gamma[c], len, &mut dgamma[c], &mut dbeta[c]);
+        pend.0 -= (k * mg) as f64;
+        pend.1 -= (k * r * mgx) as f64;
+    }
+}
+
+/// Completes the gradient of channels whose readers left their BN-ReLU backward's centred
+/// part pending: `dx[c] += c0 + c1·(x[c] − mean[c])` with `(c0, c1) = pending[c]`, which
+/// is then cleared (parallel over channels).
+///
+/// Why this is exact: every reader of a dense block's channel normalises it with the same
+/// batch statistics (only γ and β are the reader's own), so each reader's
+/// `−k·(mg + x̂·mgx)` is an affine map of the same `x`, and their sum is one affine map,
+/// applied once when the channel's last reader is done. The alternative, a second pass
+/// over all `m` input channels per layer, was the largest memory stream of the backward.
+pub(crate) fn apply_pending(
+    dx: &mut [f32],
+    x: &[f32],
+    mean: &[f32],
+    pending: &mut [(f64, f64)],
+    len: usize,
+) {
+    let _t = crate::profile::scope(crate::profile::Op::BnBackward);
+    let c = pending.len();
+    let work = |(ci, (dxr, pend)): (usize, (&mut [f32], &mut (f64, f64)))| {
+        if *pend != (0.0, 0.0) {
+            let (c0, c1) = std::mem::take(pend);
+            centred_update(
+                dxr,
+                &x[ci * len..(ci + 1) * len],
+                mean[ci],
+                c0 as f32,
+                c1 as f32,
+            );
+        }
+    };
+    let it = dx[..c * len]
+        .par_chunks_mut(len)
+        .zip(pending.par_iter_mut())
+        .enumerate();
+    if c * len >= super::PAR_MIN {
+        it.for_each(work);
+    } else {
+        it.with_min_len(c.max(1)).for_each(work);
+    }
 }
 
 /// [`masked_sums_body`] in AVX2 intrinsics: LLVM left the 16-lane select-and-accumulate
@@ -285,13 +409,23 @@ fn masked_sums(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
 /// mask and every partial sum are bit-identical to the portable version.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn masked_sums_avx2(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
+unsafe fn masked_sums_avx2<const AXPY: bool>(
+    x: &[f32],
+    d: Grad,
+    s: f32,
+    t: f32,
+    mu: f32,
+    dx: &mut [f32],
+    k: f32,
+) -> (f64, f64) {
     use std::arch::x86_64::*;
+    assert!(!AXPY || dx.len() == x.len());
     let (mut sg, mut sgx) = (0f64, 0f64);
-    let (vs, vt, vmu, zero) = (
+    let (vs, vt, vmu, vk, zero) = (
         _mm256_set1_ps(s),
         _mm256_set1_ps(t),
         _mm256_set1_ps(mu),
+        _mm256_set1_ps(k),
         _mm256_setzero_ps(),
     );
     for (bi, xb) in x.chunks(BLOCK).enumerate() {
@@ -317,6 +451,13 @@ unsafe fn masked_sums_avx2(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64,
             let m0 = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_add_ps(_mm256_mul_ps(x0, vs), vt), zero);
             let m1 = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_add_ps(_mm256_mul_ps(x1, vs), vt), zero);
             let (g0, g1) = (_mm256_and_ps(m0, g0), _mm256_and_ps(m1, g1));
+            if AXPY {
+                // SAFETY: dx has x's length (asserted), so j + 16 is in bounds here too
+                let o = dx.as_mut_ptr().add(bi * BLOCK + j);
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(vk, g0)));
+                let o = o.add(8);
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(vk, g1)));
+            }
             a0 = _mm256_add_ps(a0, g0);
             a1 = _mm256_add_ps(a1, g1);
             b0 = _mm256_add_ps(b0, _mm256_mul_ps(g0, _mm256_sub_ps(x0, vmu)));
@@ -331,6 +472,9 @@ unsafe fn masked_sums_avx2(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64,
         for (jj, &v) in xb.iter().enumerate().skip(full) {
             let gv = gb.map_or(c, |g| g[jj]);
             let g = if v * s + t > 0.0 { gv } else { 0.0 };
+            if AXPY {
+                dx[bi * BLOCK + jj] += k * g;
+            }
             a[0] += g;
             b[0] += g * (v - mu);
         }
@@ -341,7 +485,16 @@ unsafe fn masked_sums_avx2(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64,
 }
 
 #[inline(always)]
-fn masked_sums_body(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
+fn masked_sums_body<const AXPY: bool>(
+    x: &[f32],
+    d: Grad,
+    s: f32,
+    t: f32,
+    mu: f32,
+    dx: &mut [f32],
+    k: f32,
+) -> (f64, f64) {
+    assert!(!AXPY || (matches!(d, Grad::Row(_)) && dx.len() == x.len()));
     let (mut sg, mut sgx) = (0f64, 0f64);
     for (bi, xb) in x.chunks(BLOCK).enumerate() {
         let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
@@ -351,18 +504,24 @@ fn masked_sums_body(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
         match d {
             Grad::Row(row) => {
                 let gb = &row[bi * BLOCK..][..xb.len()];
-                for (xv, gv) in xc.zip(gb.chunks_exact(LANES)) {
+                for (j, (xv, gv)) in xc.zip(gb.chunks_exact(LANES)).enumerate() {
                     let xv: &[f32; LANES] = xv.try_into().unwrap();
                     let gv: &[f32; LANES] = gv.try_into().unwrap();
                     for l in 0..LANES {
                         let v = xv[l];
                         let g = if v * s + t > 0.0 { gv[l] } else { 0.0 };
+                        if AXPY {
+                            dx[bi * BLOCK + j * LANES + l] += k * g;
+                        }
                         a[l] += g;
                         b[l] += g * (v - mu);
                     }
                 }
-                for (&v, &gv) in xr.iter().zip(&gb[full..]) {
+                for (jj, (&v, &gv)) in xr.iter().zip(&gb[full..]).enumerate() {
                     let g = if v * s + t > 0.0 { gv } else { 0.0 };
+                    if AXPY {
+                        dx[bi * BLOCK + full + jj] += k * g;
+                    }
                     a[0] += g;
                     b[0] += g * (v - mu);
                 }
@@ -510,12 +669,28 @@ mod tests {
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
                 .collect();
             for d in [Grad::Row(&g), Grad::Const(0.37)] {
-                let want = masked_sums_body(&x, d, 0.8, -0.1, 0.05);
+                let want = masked_sums_body::<false>(&x, d, 0.8, -0.1, 0.05, &mut [], 0.0);
                 // SAFETY: checked avx2_fma above.
-                let got = unsafe { masked_sums_avx2(&x, d, 0.8, -0.1, 0.05) };
+                let got =
+                    unsafe { masked_sums_avx2::<false>(&x, d, 0.8, -0.1, 0.05, &mut [], 0.0) };
                 assert_eq!(want.0.to_bits(), got.0.to_bits(), "len {len}");
                 assert_eq!(want.1.to_bits(), got.1.to_bits(), "len {len}");
             }
+            // the variant that also adds k·g to dx: same sums, same dx
+            let (mut dx0, mut dx1) = (x.clone(), x.clone());
+            let want = masked_sums_body::<true>(&x, Grad::Row(&g), 0.8, -0.1, 0.05, &mut dx0, 1.3);
+            // SAFETY: checked avx2_fma above.
+            let got = unsafe {
+                masked_sums_avx2::<true>(&x, Grad::Row(&g), 0.8, -0.1, 0.05, &mut dx1, 1.3)
+            };
+            assert_eq!(want.0.to_bits(), got.0.to_bits(), "len {len}");
+            assert_eq!(want.1.to_bits(), got.1.to_bits(), "len {len}");
+            assert!(dx0
+                .iter()
+                .zip(&dx1)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            let moved = dx0.iter().zip(&x).filter(|(a, b)| a != b).count();
+            assert!(len < 2 || moved > 0, "len {len}: dx untouched");
         }
     }
 

@@ -198,8 +198,9 @@ fn conv3x3_shapes() {
     }
 }
 
-/// The fused BN-ReLU + 1×1 products (`fused::forward`, `fused::weight_grad`) against
-/// BN-ReLU written out followed by the plain product, one thread.
+/// The fused BN-ReLU + 1×1 forward and backward (`fused::forward`, `fused::backward`:
+/// weight and input gradients and the BN-ReLU backward) against BN-ReLU written out and
+/// the plain products, one thread.
 #[test]
 #[ignore]
 fn fused_shapes() {
@@ -224,6 +225,10 @@ fn fused_shapes() {
         let mut y = vec![0f32; o * len];
         let mut a = vec![0f32; i * len];
         let mut dw = vec![0f32; o * i];
+        let (mut dx, mut da) = (vec![0f32; i * len], vec![0f32; i * len]);
+        let (mean, rstd, gamma) = (vec![0.1f32; i], vec![1.2f32; i], vec![0.9f32; i]);
+        let (mut dg, mut db) = (vec![0f32; i], vec![0f32; i]);
+        let mut pending = vec![(0f64, 0f64); i];
         let mut best = [f64::MAX; 4];
         pool.install(|| {
             for _ in 0..4 {
@@ -245,7 +250,22 @@ fn fused_shapes() {
                             };
                             super::conv::conv_forward(&mut y, &a, &w, &s, &mut []);
                         }
-                        2 => fused::weight_grad(&mut dw, &dy, &x, bn, o, len),
+                        2 => {
+                            let g = fused::Grads {
+                                dx: &mut dx,
+                                dw: &mut dw,
+                                dgamma: &mut dg,
+                                dbeta: &mut db,
+                                pending: &mut pending,
+                            };
+                            let st = fused::BatchStats {
+                                mean: &mean,
+                                rstd: &rstd,
+                                gamma: &gamma,
+                            };
+                            fused::backward(g, &dy, &x, &w, bn, st, o, len);
+                            super::norm::apply_pending(&mut dx, &x, &mean, &mut pending, len);
+                        }
                         _ => {
                             super::norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
                             sgemm(
@@ -258,19 +278,42 @@ fn fused_shapes() {
                                 Mat::n(&dy, len),
                                 Mat::t(&a, len),
                             );
+                            sgemm(
+                                i,
+                                len,
+                                o,
+                                &mut da,
+                                len,
+                                false,
+                                Mat::t(&w, i),
+                                Mat::n(&dy, len),
+                            );
+                            super::norm::bn_relu_backward(
+                                &mut dx,
+                                &mut dg,
+                                &mut db,
+                                super::norm::OutGrad::Dense(&da),
+                                &x,
+                                &mean,
+                                &rstd,
+                                &scale,
+                                &shift,
+                                &gamma,
+                                len,
+                            );
                         }
                     }
                     *b = b.min(t.elapsed().as_secs_f64());
                 }
             }
         });
-        let g = |t: f64| 2.0 * (o * i * len) as f64 / t / 1e9;
+        let g = |t: f64, passes: f64| passes * 2.0 * (o * i * len) as f64 / t / 1e9;
         println!(
-            "{what:28} fwd fused {:6.1} unfused {:6.1}   dW fused {:6.1} unfused {:6.1} GFLOP/s",
-            g(best[0]),
-            g(best[1]),
-            g(best[2]),
-            g(best[3])
+            "{what:28} fwd fused {:6.1} unfused {:6.1}   bwd fused {:6.1} unfused {:6.1} GFLOP/s",
+            g(best[0], 1.0),
+            g(best[1], 1.0),
+            g(best[2], 2.0),
+            g(best[3], 2.0)
         );
     }
 }
