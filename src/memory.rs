@@ -58,7 +58,12 @@ impl std::str::FromStr for MemoryMode {
 /// (thousands of columns), small enough not to matter next to the block buffers.
 const COL_BUDGET: usize = 4 << 20;
 
-/// Floats kept by one dense layer in naive mode: its `A`, `B` and `C`.
+/// Share of the rest of an efficient-mode training plan that bottleneck outputs `B` may
+/// take to spare their recomputation (see `MemoryPlan::keep_bottlenecks`).
+pub const KEEP_B_SHARE: f64 = 0.25;
+
+/// Floats kept by one dense layer: in naive mode its `A`, `B` and `C`; in efficient mode
+/// at most its `B`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct KeptLayer {
     /// BN-ReLU of the layer's input, `m × len`.
@@ -90,7 +95,8 @@ pub struct MemoryPlan {
     pub block_feats: Vec<usize>,
     /// Each block's gradient buffer (training only).
     pub block_grads: Vec<usize>,
-    /// Naive mode: what each dense layer keeps, per block.
+    /// What each dense layer keeps, per block: naive mode A, B and C; efficient mode
+    /// (training) B of the layers `keep_bottlenecks` picks.
     pub kept_layers: Vec<Vec<KeptLayer>>,
     /// Naive mode: each transition's kept BN-ReLU output.
     pub kept_transitions: Vec<usize>,
@@ -182,6 +188,7 @@ impl MemoryPlan {
                 if naive {
                     kept.push(KeptLayer { a, b: bc, c: bc });
                 } else {
+                    kept.push(KeptLayer::default());
                     // A of a bottleneck is formed a tile at a time (`ops::fused`); a plain
                     // layer's 3×3 may need it written out (its fallback path)
                     if !bottleneck {
@@ -220,7 +227,42 @@ impl MemoryPlan {
         small += 2 * cf * n + 2 * n * cfg.num_classes + 2 * cf.max(width);
         plan.col = col;
         plan.small = small;
+        if training && !naive {
+            plan.keep_bottlenecks(arch, n);
+        }
         plan
+    }
+
+    /// Efficient mode: lets the bottleneck layers whose recomputation costs the most per
+    /// byte keep their `B` after all, within [`KEEP_B_SHARE`] of the rest of the plan.
+    ///
+    /// Recomputing `B = W1·relu(BN1(X))` in the backward pass repeats the whole 1×1
+    /// forward (~12% of a BC-100 step); keeping it costs `bn_size·k × len` floats, the
+    /// same for every layer of a block. Per byte saved, a recomputation costs `2·m`
+    /// FLOPs (m input channels), so the layers with the most input channels go first.
+    /// The budget is a fixed share of memory that is itself linear in depth, so the plan
+    /// stays linear in depth; Pleiss et al. keep every `B` (only the concatenation and
+    /// BN-ReLU outputs are shared and recomputed), which would add ~100% at BC-100.
+    fn keep_bottlenecks(&mut self, arch: &Architecture, n: usize) {
+        let width = arch.config.bn_size * arch.config.growth_rate;
+        let mut budget = (self.activation_bytes() as f64 * KEEP_B_SHARE / 4.0) as usize;
+        let mut layers: Vec<(usize, usize, usize, usize)> = vec![];
+        for (b, block) in arch.blocks.iter().enumerate() {
+            let len = n * block.size * block.size;
+            for (i, layer) in block.layers.iter().enumerate() {
+                if layer.bottleneck.is_some() {
+                    layers.push((layer.c_in, b, i, width * len));
+                }
+            }
+        }
+        // most input channels first; among equals the smaller B, then the later block
+        layers.sort_by(|x, y| y.0.cmp(&x.0).then(x.3.cmp(&y.3)).then(y.1.cmp(&x.1)));
+        for (_, b, i, floats) in layers {
+            if floats <= budget {
+                budget -= floats;
+                self.kept_layers[b][i].b = floats;
+            }
+        }
     }
 
     /// Bytes of activation memory the plan allocates (all buffers above).
@@ -319,7 +361,8 @@ impl BlockMemory {
 pub struct LayerMemory {
     /// Batch statistics of the bottleneck output (BN2's input).
     pub bn2: ChannelStats,
-    /// Naive mode: `A`, `B`, `C` of this layer (empty in efficient mode).
+    /// `A`, `B`, `C` of this layer in naive mode; in efficient mode only `B`, and only for
+    /// the layers [`MemoryPlan::kept_layers`] names (the others are empty).
     pub kept: [Vec<f32>; 3],
 }
 

@@ -51,6 +51,35 @@ fn assert_same(name: &str, a: &[f32], b: &[f32]) {
     );
 }
 
+/// Bottleneck layers in the efficient plan for a batch of `n`: (keeping B, recomputing B).
+fn kept_b(cfg: &DenseNetConfig, n: usize) -> (usize, usize) {
+    let plan = MemoryPlan::new(&Architecture::new(cfg), n, MemoryMode::Efficient, true);
+    let arch = Architecture::new(cfg);
+    let layers = arch.blocks.iter().flat_map(|b| &b.layers);
+    let mut counts = (0, 0);
+    for (l, k) in layers.zip(plan.kept_layers.iter().flatten()) {
+        if l.bottleneck.is_some() {
+            if k.b > 0 {
+                counts.0 += 1
+            } else {
+                counts.1 += 1
+            }
+        }
+    }
+    counts
+}
+
+/// [`compare`] on a model whose efficient plan has bottleneck layers on both backward
+/// paths (B kept, B recomputed).
+fn compare_both_paths(cfg: &DenseNetConfig, n: usize) {
+    let (kept, recomputed) = kept_b(cfg, n);
+    assert!(
+        kept > 0 && recomputed > 0,
+        "kept {kept}, recomputed {recomputed}"
+    );
+    compare(cfg, n);
+}
+
 fn compare(cfg: &DenseNetConfig, n: usize) {
     let e = step(cfg, MemoryMode::Efficient, n);
     let v = step(cfg, MemoryMode::Naive, n);
@@ -68,7 +97,7 @@ fn compare(cfg: &DenseNetConfig, n: usize) {
 
 #[test]
 fn modes_agree_on_bc_40_12() {
-    compare(&DenseNetConfig::from_name("densenet-bc-40-12").unwrap(), 4);
+    compare_both_paths(&DenseNetConfig::from_name("densenet-bc-40-12").unwrap(), 4);
 }
 
 /// A deeper model, with dropout: the recomputed masks must equal the forward ones.
@@ -76,7 +105,7 @@ fn modes_agree_on_bc_40_12() {
 fn modes_agree_on_deeper_model_with_dropout() {
     let mut cfg = DenseNetConfig::from_name("densenet-bc-100-12").unwrap();
     cfg.drop_rate = 0.2;
-    compare(&cfg, 2);
+    compare_both_paths(&cfg, 2);
 }
 
 /// Plain (no bottleneck) layers take the other backward path (separate dA scratch).
@@ -111,6 +140,32 @@ fn quadratic_share(mode: MemoryMode) -> f64 {
     let (f1, f2, f3) = (bytes(100, mode), bytes(190, mode), bytes(250, mode));
     let a = ((f3 - f2) / (x3 - x2) - (f2 - f1) / (x2 - x1)) / (x3 - x1);
     a * x3 * x3 / f3
+}
+
+/// Efficient mode keeps B only within its budget, most input channels first.
+#[test]
+fn efficient_mode_keeps_b_within_budget() {
+    let cfg = DenseNetConfig::from_name("densenet-bc-100-12").unwrap();
+    let arch = Architecture::new(&cfg);
+    let plan = MemoryPlan::new(&arch, 64, MemoryMode::Efficient, true);
+    let kept: usize = plan.kept_layers.iter().flatten().map(|k| k.b).sum();
+    let rest = plan.activation_bytes() - 4 * kept;
+    assert!(kept > 0, "no B kept");
+    assert!(4.0 * kept as f64 <= densenet::memory::KEEP_B_SHARE * rest as f64);
+    // within a block, every kept layer has more input channels than every recomputed one
+    for (block, kept) in arch.blocks.iter().zip(&plan.kept_layers) {
+        let m = |keep: bool| {
+            block
+                .layers
+                .iter()
+                .zip(kept)
+                .filter(move |(_, k)| (k.b > 0) == keep)
+                .map(|(l, _)| l.c_in)
+        };
+        if let (Some(lo), Some(hi)) = (m(true).min(), m(false).max()) {
+            assert!(lo > hi, "kept m {lo} <= recomputed m {hi}");
+        }
+    }
 }
 
 #[test]

@@ -138,10 +138,16 @@ impl DenseLayer {
         match &self.bottleneck {
             Some((norm2, conv2)) => {
                 let w = conv2.cin;
-                let (bb, cb) = if naive {
-                    (&mut kb[..w * len], &mut kc[..w * len])
+                // B in the layer's own buffer where the plan keeps it, else in scratch
+                let bb = if kb.is_empty() {
+                    &mut sb[..w * len]
                 } else {
-                    (&mut sb[..w * len], &mut sc[..w * len])
+                    &mut kb[..w * len]
+                };
+                let cb = if naive {
+                    &mut kc[..w * len]
+                } else {
+                    &mut sc[..w * len]
                 };
                 if naive {
                     let a = &mut ka[..m * len];
@@ -243,10 +249,16 @@ impl DenseLayer {
         let da: &[f32] = match &self.bottleneck {
             Some((norm2, conv2)) => {
                 let w = conv2.cin;
-                let (bb, cb) = if naive {
-                    (&mut kb[..w * len], &mut kc[..w * len])
+                let kept_b = !kb.is_empty();
+                let bb = if kept_b {
+                    &mut kb[..w * len]
                 } else {
-                    (&mut sb[..w * len], &mut sc[..w * len])
+                    &mut sb[..w * len]
+                };
+                let cb = if naive {
+                    &mut kc[..w * len]
+                } else {
+                    &mut sc[..w * len]
                 };
                 let s2 = conv2.shape(n, size);
                 let dcb = &mut dc[..w * len];
@@ -255,12 +267,14 @@ impl DenseLayer {
                     norm2.batch_affine(p, &lm.bn2, scale, shift);
                     conv_backward(Some(&mut *dcb), conv2.dw(g), dy, cb, conv2.w(p), &s2, col);
                 } else {
-                    // recompute B (A formed tile by tile, as in forward); C again only
-                    // inside the 3×3's padded copy
-                    self.norm1.batch_affine(p, stats, scale, shift);
-                    let bn1 = BnRelu::first(scale, shift, m);
-                    fused::forward(bb, x, self.conv1.w(p), bn1, w, len);
-                    dropout::apply(bb, drop, seed, self.site(1));
+                    // recompute B unless kept (A formed tile by tile, as in forward); C
+                    // again only inside the 3×3's padded copy
+                    if !kept_b {
+                        self.norm1.batch_affine(p, stats, scale, shift);
+                        let bn1 = BnRelu::first(scale, shift, m);
+                        fused::forward(bb, x, self.conv1.w(p), bn1, w, len);
+                        dropout::apply(bb, drop, seed, self.site(1));
+                    }
                     norm2.batch_affine(p, &lm.bn2, scale, shift);
                     let bn2 = BnRelu::first(scale, shift, w);
                     let (dw2, w2) = (conv2.dw(g), conv2.w(p));
