@@ -30,7 +30,7 @@ use crate::memory::{BlockMemory, Scratch, Workspace};
 use crate::ops::conv::{conv_backward, conv_forward, pointwise_backward_in_place};
 use crate::ops::dropout;
 use crate::ops::fused::{self, BnRelu};
-use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
+use crate::ops::norm::{bn_relu_backward, bn_relu_backward_into, bn_relu_forward, OutGrad};
 use crate::params::TensorTable;
 
 /// One dense layer: BN-ReLU-Conv, or with bottleneck BN-ReLU-Conv1×1-BN-ReLU-Conv3×3.
@@ -282,10 +282,9 @@ impl DenseLayer {
                 }
                 // BN2-ReLU: dB, written where C was (C is dead now)
                 let db = cb;
-                db.fill(0.0);
                 let (dg2, dbeta2) = norm2.grads(g);
                 let st2 = &lm.bn2;
-                bn_relu_backward(
+                bn_relu_backward_into(
                     db,
                     dg2,
                     dbeta2,

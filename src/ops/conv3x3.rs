@@ -125,8 +125,8 @@ fn chunk(s: &ConvShape, col_len: usize) -> usize {
     (col_len / scratch_per_sample(s).max(1)).clamp(1, s.n)
 }
 
-/// Copies samples `n0..n1` of `src: [C][N·H·W]` into the padded rows of `buf` (zeroed
-/// first, so the ring and the margins are 0), through `bn` if given: then the padded copy
+/// Copies samples `n0..n1` of `src: [C][N·H·W]` into the padded rows of `buf` (the ring
+/// and the margins set to 0), through `bn` if given: then the padded copy
 /// holds `relu(src·scale + shift)` and a BN-ReLU output never has to be stored.
 #[allow(clippy::too_many_arguments)]
 fn pad(
@@ -145,17 +145,27 @@ fn pad(
         .par_chunks_mut(p.row())
         .enumerate()
         .for_each(|(ci, row)| {
-            row.fill(0.0);
+            // zeros only where nothing is copied (margins and ring): zeroing whole rows
+            // first wrote every value twice
+            row[..p.margin].fill(0.0);
+            row[p.margin + (n1 - n0) * plane..].fill(0.0);
+            let wp = p.wp;
             for ni in n0..n1 {
                 let sp = &src[ci * len + ni * hw..][..hw];
                 let dp = &mut row[p.margin + (ni - n0) * plane..][..plane];
+                // top ring row and the left ring value of the first image row
+                dp[..wp + 1].fill(0.0);
                 for y in 0..s.h {
-                    let (d, v) = (&mut dp[(y + 1) * p.wp + 1..][..s.w], &sp[y * s.w..][..s.w]);
+                    let (d, v) = (&mut dp[(y + 1) * wp + 1..][..s.w], &sp[y * s.w..][..s.w]);
                     match bn {
                         Some(bn) => affine_relu(d, v, bn.scale[ci], bn.shift[ci]),
                         None => d.copy_from_slice(v),
                     }
+                    // right ring value of this row, left ring value of the next
+                    dp[(y + 2) * wp - 1..][..2].fill(0.0);
                 }
+                // the rest of the bottom ring row
+                dp[(s.h + 1) * wp + 1..].fill(0.0);
             }
         });
 }

@@ -198,6 +198,46 @@ pub fn bn_relu_backward(
     gamma: &[f32],
     len: usize,
 ) {
+    bn_relu_backward_impl::<true>(
+        dx, dgamma, dbeta, dout, x, mean, rstd, scale, shift, gamma, len,
+    )
+}
+
+/// [`bn_relu_backward`] for an input with one reader: `dx` is **overwritten** (no zeroing
+/// pass before, no read of the old values); `dgamma` and `dbeta` still accumulate.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_backward_into(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    dout: OutGrad,
+    x: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    gamma: &[f32],
+    len: usize,
+) {
+    bn_relu_backward_impl::<false>(
+        dx, dgamma, dbeta, dout, x, mean, rstd, scale, shift, gamma, len,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bn_relu_backward_impl<const ACC: bool>(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    dout: OutGrad,
+    x: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    gamma: &[f32],
+    len: usize,
+) {
     let _t = crate::profile::scope(crate::profile::Op::BnBackward);
     let c = scale.len();
     let dx = &mut dx[..c * len];
@@ -221,7 +261,7 @@ pub fn bn_relu_backward(
         };
         let (k, mg, mgx) = finish_channel(sg, sgc, r, gamma[ci], len, dg, db);
         match dout {
-            OutGrad::Dense(d) => masked_update(
+            OutGrad::Dense(d) => masked_update::<ACC>(
                 dxr,
                 xr,
                 Grad::Row(&d[ci * len..(ci + 1) * len]),
@@ -237,7 +277,7 @@ pub fn bn_relu_backward(
                 for i in 0..n {
                     let gv = dpool[ci * n + i] / hw as f32;
                     let seg = i * hw..(i + 1) * hw;
-                    masked_update(
+                    masked_update::<ACC>(
                         &mut dxr[seg.clone()],
                         &xr[seg],
                         Grad::Const(gv),
@@ -571,11 +611,11 @@ fn masked_sums_body<const AXPY: bool>(
     (sg, sgx)
 }
 
-/// `dx += k·(g − mg − (x−mean)·rstd·mgx)` over a run, branch-free; AVX2 when available
-/// (same arithmetic, bit-identical results).
+/// `dx += k·(g − mg − (x−mean)·rstd·mgx)` over a run (`dx =` without `ACC`),
+/// branch-free; AVX2 when available (same arithmetic, bit-identical results).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn masked_update(
+fn masked_update<const ACC: bool>(
     dx: &mut [f32],
     x: &[f32],
     d: Grad,
@@ -590,15 +630,15 @@ fn masked_update(
     #[cfg(target_arch = "x86_64")]
     if super::simd::avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { masked_update_avx2(dx, x, d, s, t, mu, r, k, mg, mgx) };
+        return unsafe { masked_update_avx2::<ACC>(dx, x, d, s, t, mu, r, k, mg, mgx) };
     }
-    masked_update_body(dx, x, d, s, t, mu, r, k, mg, mgx)
+    masked_update_body::<ACC>(dx, x, d, s, t, mu, r, k, mg, mgx)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn masked_update_avx2(
+unsafe fn masked_update_avx2<const ACC: bool>(
     dx: &mut [f32],
     x: &[f32],
     d: Grad,
@@ -610,12 +650,12 @@ unsafe fn masked_update_avx2(
     mg: f32,
     mgx: f32,
 ) {
-    masked_update_body(dx, x, d, s, t, mu, r, k, mg, mgx)
+    masked_update_body::<ACC>(dx, x, d, s, t, mu, r, k, mg, mgx)
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn masked_update_body(
+fn masked_update_body<const ACC: bool>(
     dx: &mut [f32],
     x: &[f32],
     d: Grad,
@@ -631,13 +671,15 @@ fn masked_update_body(
         Grad::Row(row) => {
             for ((o, &v), &gv) in dx.iter_mut().zip(x).zip(row) {
                 let g = if v * s + t > 0.0 { gv } else { 0.0 };
-                *o += k * (g - mg - (v - mu) * r * mgx);
+                let d = k * (g - mg - (v - mu) * r * mgx);
+                *o = if ACC { *o + d } else { d };
             }
         }
         Grad::Const(gv) => {
             for (o, &v) in dx.iter_mut().zip(x) {
                 let g = if v * s + t > 0.0 { gv } else { 0.0 };
-                *o += k * (g - mg - (v - mu) * r * mgx);
+                let d = k * (g - mg - (v - mu) * r * mgx);
+                *o = if ACC { *o + d } else { d };
             }
         }
     }
