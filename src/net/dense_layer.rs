@@ -156,7 +156,7 @@ impl DenseLayer {
                 } else {
                     // B = W1·relu(BN1(X)) with A formed tile by tile, never stored
                     let bn1 = BnRelu::first(scale, shift, m);
-                    fused::forward(bb, x, self.conv1.w(p), bn1, w, len);
+                    fused::forward(bb, x, self.conv1.w(p), bn1, w, len, training);
                 }
                 dropout::apply(bb, drop, seed, self.site(1));
                 if training {
@@ -272,7 +272,7 @@ impl DenseLayer {
                     if !kept_b {
                         self.norm1.batch_affine(p, stats, scale, shift);
                         let bn1 = BnRelu::first(scale, shift, m);
-                        fused::forward(bb, x, self.conv1.w(p), bn1, w, len);
+                        fused::forward(bb, x, self.conv1.w(p), bn1, w, len, true);
                         dropout::apply(bb, drop, seed, self.site(1));
                     }
                     norm2.batch_affine(p, &lm.bn2, scale, shift);

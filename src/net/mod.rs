@@ -491,7 +491,7 @@ impl Network {
             }
             emit(
                 probe,
-                &format!("features.denseblock{}", b + 1),
+                format_args!("features.denseblock{}", b + 1),
                 &ws.blocks[b].feats,
                 block.c_out,
                 n,
@@ -501,7 +501,7 @@ impl Network {
                 t.forward(p, st, ws, b, block.size);
                 emit(
                     probe,
-                    &format!("features.transition{}", b + 1),
+                    format_args!("features.transition{}", b + 1),
                     &ws.blocks[b + 1].feats,
                     t.conv.cout,
                     n,
@@ -575,7 +575,7 @@ pub(crate) fn check_input(input: &[f32], n: usize, batch: usize, in_channels: us
 /// Hands a channel-major activation to the probe as an NCHW tensor.
 pub(crate) fn emit(
     probe: &mut Option<Probe>,
-    name: &str,
+    name: impl std::fmt::Display,
     x: &[f32],
     c: usize,
     n: usize,
@@ -586,7 +586,7 @@ pub(crate) fn emit(
         let mut out = vec![0.0; c * n * hw];
         cnhw_to_nchw(&mut out, &x[..c * n * hw], n, c, hw);
         probe(
-            name,
+            &name.to_string(),
             crate::tensor::Tensor::new(vec![n, c, size, size], out),
         );
     }

@@ -81,7 +81,7 @@ impl Transition {
                 scale: &scale[..m],
                 shift: &shift[..m],
             };
-            fused::forward(z, x, self.conv.w(p), bn, t, len);
+            fused::forward(z, x, self.conv.w(p), bn, t, len, training);
         }
         if training {
             dropout::apply(z, self.drop_rate, seed, self.site);

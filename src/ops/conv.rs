@@ -260,7 +260,7 @@ pub fn conv_backward(
         }
         return;
     }
-    if conv3x3::applies(s) {
+    if conv3x3::applies(s) && (dx.is_none() || conv3x3::applies_data(s)) {
         conv3x3::backward(dx, dw, dy, x, None, w, s, col);
         return;
     }

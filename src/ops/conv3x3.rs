@@ -38,18 +38,19 @@ const OB: usize = 4;
 /// Output channels per register block of [`correlate6_avx2`], where they divide by 6.
 const OB6: usize = 6;
 /// Positions per register block of [`correlate`]: two 8-float vectors.
-const PB: usize = 16;
+pub(crate) const PB: usize = 16;
 /// Input channels per group in [`correlate`] (see the loop-order note there).
 const IB: usize = 16;
 
-/// Whether the direct kernels handle this convolution on this CPU.
+/// Whether the direct kernels handle this convolution's forward pass and weight gradient
+/// on this CPU (any input channel count: the CIFAR stem has 3).
 pub fn applies(s: &ConvShape) -> bool {
-    s.k == 3
-        && s.stride == 1
-        && s.pad == 1
-        && s.cin.is_multiple_of(OB)
-        && s.cout.is_multiple_of(OB)
-        && avx2()
+    s.k == 3 && s.stride == 1 && s.pad == 1 && s.cout.is_multiple_of(OB) && avx2()
+}
+
+/// Whether they handle its input gradient too (its output rows are the input channels).
+pub fn applies_data(s: &ConvShape) -> bool {
+    applies(s) && s.cin.is_multiple_of(OB)
 }
 
 fn avx2() -> bool {
@@ -202,24 +203,36 @@ fn block_width(o_n: usize) -> usize {
 
 /// Weights `[O][I][T]` repacked as `[O/B][I][T][B]` with `B = block_width(o_n)`, so the
 /// B broadcasts of a tap are adjacent. With `flip`, the source is a forward weight
-/// `[I][O][T]` read as the backward-data kernel: `w'[o][i][t] = w[i][o][T−1−t]`.
-fn pack_weights(w: &[f32], o_n: usize, i_n: usize, taps: usize, flip: bool) -> Vec<f32> {
+/// `[I][O][T]` read as the backward-data kernel: `w'[o][i][t] = w[i][o][T−1−t]`. The
+/// packing lives in a per-thread buffer for the duration of `f`.
+pub(crate) fn with_packed<R>(
+    w: &[f32],
+    o_n: usize,
+    i_n: usize,
+    taps: usize,
+    flip: bool,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
     assert_eq!(w.len(), o_n * i_n * taps);
+    thread_local! {
+        static WPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let ob = block_width(o_n);
-    let mut out = vec![0.0; o_n * i_n * taps];
-    for o in 0..o_n {
-        for i in 0..i_n {
-            for t in 0..taps {
-                let v = if flip {
-                    w[(i * o_n + o) * taps + taps - 1 - t]
-                } else {
-                    w[(o * i_n + i) * taps + t]
-                };
-                out[(((o / ob) * i_n + i) * taps + t) * ob + o % ob] = v;
+    super::with_scratch(&WPACK, o_n * i_n * taps, |out| {
+        for o in 0..o_n {
+            for i in 0..i_n {
+                for t in 0..taps {
+                    let v = if flip {
+                        w[(i * o_n + o) * taps + taps - 1 - t]
+                    } else {
+                        w[(o * i_n + i) * taps + t]
+                    };
+                    out[(((o / ob) * i_n + i) * taps + t) * ob + o % ob] = v;
+                }
             }
         }
-    }
-    out
+        f(out)
+    })
 }
 
 thread_local! {
@@ -469,55 +482,103 @@ pub fn pointwise_with<F>(
         return;
     }
     let six = block_width(o_n) == OB6;
-    let wp = pack_weights(w, o_n, i_n, 1, flip);
-    let tile = tile_len(i_n);
-    let tiles = len.div_ceil(tile);
+    with_packed(w, o_n, i_n, 1, flip, |wp| {
+        let tile = tile_len(i_n);
+        let tiles = len.div_ceil(tile);
+        let sp = Span {
+            ld: len,
+            base: 0,
+            p0: 0,
+            p1: len,
+            overrun: false,
+        };
+        let optr = SyncPtr(out.as_mut_ptr());
+        let work = |t: usize| {
+            let a = t * tile;
+            let b = (a + tile).min(len);
+            let ild = tile + 8;
+            PACK.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < i_n * ild + 16 {
+                    buf.resize(i_n * ild + 16, 0.0);
+                }
+                // rows start on 64-byte lines (ild·4 is a multiple of 32 and the start is
+                // aligned), so no 32-byte load of the kernel straddles two cache lines
+                let skip = buf.as_ptr().align_offset(64).min(15);
+                let buf = &mut buf[skip..][..i_n * ild];
+                fill(buf, ild, a, b);
+                // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
+                let ibp = buf.as_ptr().wrapping_sub(a);
+                // SAFETY: positions a..b of each output row are written by this task only;
+                // `out` holds o_n rows of len; the tile buffer holds i_n rows of ild ≥ b − a;
+                // avx2() was checked.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    if six {
+                        correlate6_avx2::<1>(optr.get(), ibp, ild, wp, o_n, i_n, &[0], sp, a, b)
+                    } else {
+                        correlate_avx2::<1>(optr.get(), ibp, ild, wp, o_n, i_n, &[0], sp, a, b)
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = (optr, ibp, &wp, sp);
+                    unreachable!("conv3x3 needs x86-64")
+                }
+            })
+        };
+        if tiles > 1 && o_n * i_n * len >= 1 << 17 {
+            (0..tiles).into_par_iter().for_each(work);
+        } else {
+            (0..tiles).for_each(work);
+        }
+    })
+}
+
+/// `out[o][q] = Σ_i wp[o][i]·inp[i][q]` for q in `0..n`: the 1×1 kernel on one tile already
+/// in cache, on the calling thread (`super::fused::backward`'s `dA = Wᵀ·dY`). `wp` comes
+/// from [`with_packed`] (one tap); rows of `out` and `inp` are `out_ld` and `inp_ld`
+/// apart, each with room for `PB` floats past `n` (the last register block runs over
+/// them). Needs [`pointwise_applies`]`(o_n)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pointwise_tile(
+    out: &mut [f32],
+    out_ld: usize,
+    inp: &[f32],
+    inp_ld: usize,
+    wp: &[f32],
+    o_n: usize,
+    i_n: usize,
+    n: usize,
+) {
+    assert!(pointwise_applies(o_n));
+    assert_eq!(wp.len(), o_n * i_n);
+    let end = n.next_multiple_of(PB);
+    assert!(out_ld >= end && inp_ld >= end);
+    assert!(out.len() >= (o_n - 1) * out_ld + end);
+    assert!(i_n == 0 || inp.len() >= (i_n - 1) * inp_ld + end);
     let sp = Span {
-        ld: len,
+        ld: out_ld,
         base: 0,
         p0: 0,
-        p1: len,
-        overrun: false,
+        p1: n,
+        overrun: true,
     };
-    let optr = SyncPtr(out.as_mut_ptr());
-    let work = |t: usize| {
-        let a = t * tile;
-        let b = (a + tile).min(len);
-        let ild = tile + 8;
-        PACK.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < i_n * ild + 16 {
-                buf.resize(i_n * ild + 16, 0.0);
-            }
-            // rows start on 64-byte lines (ild·4 is a multiple of 32 and the start is
-            // aligned), so no 32-byte load of the kernel straddles two cache lines
-            let skip = buf.as_ptr().align_offset(64).min(15);
-            let buf = &mut buf[skip..][..i_n * ild];
-            fill(buf, ild, a, b);
-            // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
-            let ibp = buf.as_ptr().wrapping_sub(a);
-            // SAFETY: positions a..b of each output row are written by this task only;
-            // `out` holds o_n rows of len; the tile buffer holds i_n rows of ild ≥ b − a;
-            // avx2() was checked.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                if six {
-                    correlate6_avx2::<1>(optr.get(), ibp, ild, &wp, o_n, i_n, &[0], sp, a, b)
-                } else {
-                    correlate_avx2::<1>(optr.get(), ibp, ild, &wp, o_n, i_n, &[0], sp, a, b)
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = (optr, ibp, &wp, sp);
-                unreachable!("conv3x3 needs x86-64")
-            }
-        })
-    };
-    if tiles > 1 && o_n * i_n * len >= 1 << 17 {
-        (0..tiles).into_par_iter().for_each(work);
-    } else {
-        (0..tiles).for_each(work);
+    // SAFETY: the asserts bound every access of the (overrunning) register blocks; avx2
+    // was checked by pointwise_applies.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        let (o, i) = (out.as_mut_ptr(), inp.as_ptr());
+        if block_width(o_n) == OB6 {
+            correlate6_avx2::<1>(o, i, inp_ld, wp, o_n, i_n, &[0], sp, 0, n)
+        } else {
+            correlate_avx2::<1>(o, i, inp_ld, wp, o_n, i_n, &[0], sp, 0, n)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, inp, sp);
+        unreachable!("pointwise_tile needs x86-64")
     }
 }
 
@@ -617,17 +678,38 @@ fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], o_n: usize, i_n: usize, p:
     assert!(dy.len() >= o_n * row && x.len() >= i_n * row);
     assert_eq!(dw.len(), o_n * i_n * 9);
     let offs = p.offsets();
-    let mut cols = vec![[0f32; 9]; i_n * o_n];
+    thread_local! {
+        static COLS: std::cell::RefCell<Vec<[f32; 9]>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    super::with_scratch(&COLS, i_n * o_n, |cols| {
+        weight_grad_into(dw, cols, dy, x, o_n, i_n, p, &offs)
+    });
+}
+
+/// [`weight_grad`] with its per-input-channel results in `cols` (`i_n × o_n`, every entry
+/// written before it is read).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_into(
+    dw: &mut [f32],
+    cols: &mut [[f32; 9]],
+    dy: &[f32],
+    x: &[f32],
+    o_n: usize,
+    i_n: usize,
+    p: Padded,
+    offs: &[isize; 9],
+) {
+    let row = p.row();
     cols.par_chunks_mut(o_n).enumerate().for_each(|(i, col)| {
         // SAFETY: avx2() was checked by `applies`; reads stay in the rows (see
         // `weight_grad_avx2`).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            weight_grad_avx2(col, dy, &x[i * row..][..row], o_n, p, &offs)
+            weight_grad_avx2(col, dy, &x[i * row..][..row], o_n, p, offs)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (col, i, &offs, dy, x);
+            let _ = (col, i, offs, dy, x, row);
             unreachable!("conv3x3 needs x86-64")
         }
     });
@@ -698,23 +780,24 @@ pub fn forward(
     col: &mut [f32],
 ) {
     debug_assert!(applies(s));
-    let wp = pack_weights(w, s.cout, s.cin, 9, false);
-    let ns = chunk(s, col.len());
-    let mut n0 = 0;
-    while n0 < s.n {
-        let n1 = (n0 + ns).min(s.n);
-        let p = Padded::new(s, n1 - n0);
-        assert!(
-            col.len() >= (s.cin + s.cout) * p.row(),
-            "conv3x3: col scratch too small"
-        );
-        let (xin, rest) = col.split_at_mut(s.cin * p.row());
-        let yout = &mut rest[..s.cout * p.row()];
-        pad(xin, x, bn, s.cin, s, n0, n1, p);
-        correlate(yout, xin, &wp, s.cout, s.cin, &p.offsets(), p.span());
-        unpad(y, yout, s.cout, s, n0, n1, p);
-        n0 = n1;
-    }
+    with_packed(w, s.cout, s.cin, 9, false, |wp| {
+        let ns = chunk(s, col.len());
+        let mut n0 = 0;
+        while n0 < s.n {
+            let n1 = (n0 + ns).min(s.n);
+            let p = Padded::new(s, n1 - n0);
+            assert!(
+                col.len() >= (s.cin + s.cout) * p.row(),
+                "conv3x3: col scratch too small"
+            );
+            let (xin, rest) = col.split_at_mut(s.cin * p.row());
+            let yout = &mut rest[..s.cout * p.row()];
+            pad(xin, x, bn, s.cin, s, n0, n1, p);
+            correlate(yout, xin, wp, s.cout, s.cin, &p.offsets(), p.span());
+            unpad(y, yout, s.cout, s, n0, n1, p);
+            n0 = n1;
+        }
+    })
 }
 
 /// Backward: `dw += dy ⋆ x` (of `relu(x·scale + shift)` with `bn`); `dx`, if given, is
@@ -730,32 +813,39 @@ pub fn backward(
     s: &ConvShape,
     col: &mut [f32],
 ) {
-    debug_assert!(applies(s));
-    let wflip = dx
-        .is_some()
-        .then(|| pack_weights(w, s.cin, s.cout, 9, true));
-    let ns = chunk(s, col.len());
-    let mut dx = dx;
-    let mut n0 = 0;
-    while n0 < s.n {
-        let n1 = (n0 + ns).min(s.n);
-        let p = Padded::new(s, n1 - n0);
-        assert!(
-            col.len() >= (2 * s.cin + s.cout) * p.row(),
-            "conv3x3: col scratch too small"
-        );
-        let (xin, rest) = col.split_at_mut(s.cin * p.row());
-        let (dyp, rest) = rest.split_at_mut(s.cout * p.row());
-        pad(xin, x, bn, s.cin, s, n0, n1, p);
-        pad(dyp, dy, None, s.cout, s, n0, n1, p);
-        weight_grad(dw, dyp, xin, s.cout, s.cin, p);
-        if let (Some(dx), Some(wf)) = (dx.as_deref_mut(), &wflip) {
-            let dxp = &mut rest[..s.cin * p.row()];
-            correlate(dxp, dyp, wf, s.cin, s.cout, &p.offsets(), p.span());
-            unpad(dx, dxp, s.cin, s, n0, n1, p);
+    debug_assert!(applies(s) && (dx.is_none() || applies_data(s)));
+    // the flipped weights of backward-data (packed for nothing without dx)
+    let wf = if dx.is_some() { w } else { &[] };
+    let (o_w, i_w) = if dx.is_some() {
+        (s.cin, s.cout)
+    } else {
+        (0, 0)
+    };
+    with_packed(wf, o_w, i_w, 9, true, |wflip| {
+        let wflip = dx.is_some().then_some(wflip);
+        let ns = chunk(s, col.len());
+        let mut dx = dx;
+        let mut n0 = 0;
+        while n0 < s.n {
+            let n1 = (n0 + ns).min(s.n);
+            let p = Padded::new(s, n1 - n0);
+            assert!(
+                col.len() >= (2 * s.cin + s.cout) * p.row(),
+                "conv3x3: col scratch too small"
+            );
+            let (xin, rest) = col.split_at_mut(s.cin * p.row());
+            let (dyp, rest) = rest.split_at_mut(s.cout * p.row());
+            pad(xin, x, bn, s.cin, s, n0, n1, p);
+            pad(dyp, dy, None, s.cout, s, n0, n1, p);
+            weight_grad(dw, dyp, xin, s.cout, s.cin, p);
+            if let (Some(dx), Some(wf)) = (dx.as_deref_mut(), &wflip) {
+                let dxp = &mut rest[..s.cin * p.row()];
+                correlate(dxp, dyp, wf, s.cin, s.cout, &p.offsets(), p.span());
+                unpad(dx, dxp, s.cin, s, n0, n1, p);
+            }
+            n0 = n1;
         }
-        n0 = n1;
-    }
+    })
 }
 
 #[cfg(test)]
@@ -841,9 +931,13 @@ mod tests {
             shape(2, 12, 4, 13, 1),
             shape(2, 48, 12, 8, 8),
             shape(1, 4, 4, 2, 2),
+            // the CIFAR stem's 3 input channels: forward and weight gradient only
+            shape(2, 3, 24, 6, 5),
         ];
         for s in shapes {
             assert!(applies(&s));
+            let data_grad = applies_data(&s);
+            assert_eq!(data_grad, s.cin != 3);
             let x = data(s.cin * s.n * s.h * s.w, 1);
             let w = data(s.cout * s.col_rows(), 2);
             let dy = data(s.cout * s.n * s.h * s.w, 3);
@@ -857,10 +951,13 @@ mod tests {
                 close(&y, &want, &format!("{s:?} y"));
 
                 let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5; w.len()]);
-                backward(Some(&mut dx), &mut dw, &dy, &x, None, &w, &s, &mut col);
+                let dxo = data_grad.then_some(&mut dx[..]);
+                backward(dxo, &mut dw, &dy, &x, None, &w, &s, &mut col);
                 let (mut wdx, mut wdw) = (vec![0.0; x.len()], vec![0.5; w.len()]);
                 im2col_backward(Some(&mut wdx), &mut wdw, &dy, &x, &w, &s, &mut big);
-                close(&dx, &wdx, &format!("{s:?} dx"));
+                if data_grad {
+                    close(&dx, &wdx, &format!("{s:?} dx"));
+                }
                 close(&dw, &wdw, &format!("{s:?} dw"));
             }
         }

@@ -91,6 +91,9 @@ pub fn sgemm(
     }
     a.check(m, k, "A");
     b.check(k, n, "B");
+    if m * n * k <= SMALL {
+        return small(m, n, k, c, ldc, accumulate, a, b);
+    }
     // Products under ~1 MFLOP finish before threads would wake up.
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && m * n * k >= 1 << 18;
@@ -103,6 +106,37 @@ pub fn sgemm(
         Parallelism::None
     };
     raw(m, n, k, c, ldc, accumulate, a, b, par);
+}
+
+/// Products up to this many multiply-adds (a CIFAR classifier: 64×10×342) take [`small`]:
+/// the `gemm` crate allocates its packing buffers on every call, and a training step
+/// should allocate nothing after its first run.
+const SMALL: usize = 1 << 18;
+
+/// `C (+)= A·B` by plain loops, for products too small for packing to pay.
+#[allow(clippy::too_many_arguments)]
+fn small(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    let ((ars, acs), (brs, bcs)) = (a.strides(), b.strides());
+    let (ars, acs, brs, bcs) = (ars as usize, acs as usize, brs as usize, bcs as usize);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0f32;
+            for p in 0..k {
+                acc += a.data[i * ars + p * acs] * b.data[p * brs + j * bcs];
+            }
+            let cij = &mut c[i * ldc + j];
+            *cij = if accumulate { *cij + acc } else { acc };
+        }
+    }
 }
 
 /// Whether a product is a weight gradient's shape: a small `m×n` output summed over a long
@@ -292,27 +326,33 @@ mod tests {
         }
     }
 
+    /// Both routes: plain loops below `SMALL` multiply-adds, the `gemm` crate above.
     #[test]
     fn all_transpose_combinations_match_naive() {
-        let (m, n, k) = (37, 53, 29);
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
-            .collect();
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let am = if ta { Mat::t(&a, m) } else { Mat::n(&a, k) };
-            let bm = if tb { Mat::t(&b, k) } else { Mat::n(&b, n) };
-            let mut c = vec![1.0; m * n];
-            sgemm(m, n, k, &mut c, n, true, am, bm);
-            let want = naive(m, n, k, &a, ta, &b, tb);
-            for (x, y) in c.iter().zip(&want) {
-                assert!(
-                    (x - (y + 1.0)).abs() < 1e-4,
-                    "{ta} {tb}: {x} vs {}",
-                    y + 1.0
-                );
+        for (m, n, k) in [(37, 53, 29), (70, 90, 61)] {
+            assert_eq!(m * n * k <= SMALL, m == 37);
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+                .collect();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let am = if ta { Mat::t(&a, m) } else { Mat::n(&a, k) };
+                let bm = if tb { Mat::t(&b, k) } else { Mat::n(&b, n) };
+                for accumulate in [true, false] {
+                    let mut c = vec![1.0; m * n];
+                    sgemm(m, n, k, &mut c, n, accumulate, am, bm);
+                    let want = naive(m, n, k, &a, ta, &b, tb);
+                    let c0 = if accumulate { 1.0 } else { 0.0 };
+                    for (x, y) in c.iter().zip(&want) {
+                        assert!(
+                            (x - (y + c0)).abs() < 1e-3,
+                            "{m} {ta} {tb} {accumulate}: {x} vs {}",
+                            y + c0
+                        );
+                    }
+                }
             }
         }
     }

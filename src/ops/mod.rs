@@ -63,6 +63,30 @@ pub fn cnhw_to_nchw_in_place(x: &mut [f32], n: usize, c: usize, hw: usize) {
 /// microseconds, more than a small channel loop.
 pub(crate) const PAR_MIN: usize = 1 << 14;
 
+/// Runs `f` with a per-thread scratch vector of `len` elements, borrowed from `slot` and
+/// given back afterwards, so buffers that every step needs again are allocated on first
+/// use only (the training step allocates nothing after its first run: `tests/alloc.rs`).
+/// The contents are whatever the previous user left. A nested use of the same slot on
+/// one thread finds it empty and allocates its own.
+pub(crate) fn with_scratch<T: Clone + Default, R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    let mut v = slot.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    let r = f(&mut v[..len]);
+    slot.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.capacity() < v.capacity() {
+            *c = v;
+        }
+    });
+    r
+}
+
 /// A pointer that may cross threads, for tasks that each write their own disjoint part of
 /// one buffer (columns of a matrix, positions of every row).
 #[derive(Clone, Copy)]

@@ -235,7 +235,7 @@ fn fused_shapes() {
                 for (v, b) in best.iter_mut().enumerate() {
                     let t = Instant::now();
                     match v {
-                        0 => fused::forward(&mut y, &x, &w, bn, o, len),
+                        0 => fused::forward(&mut y, &x, &w, bn, o, len, false),
                         1 => {
                             super::norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
                             let s = super::conv::ConvShape {

@@ -328,7 +328,7 @@ impl PreActResNet {
             let out = &stream[idx(t)];
             emit(
                 probe,
-                &format!("layer{}", si + 1),
+                format_args!("layer{}", si + 1),
                 out,
                 stage.channels,
                 n,

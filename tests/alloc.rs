@@ -1,0 +1,112 @@
+//! A training step allocates nothing once it has run: every buffer of the memory plan is
+//! allocated with the workspace, and the engine's per-thread scratch (packed weights, tiles)
+//! on first use. Counted by a global allocator in this test binary, over whole steps
+//! (forward, backward, SGD update) of the CIFAR DenseNets, with and without bottleneck.
+//!
+//! The main thread is a rayon worker here, as in the `densenet` binary (`cli::run`):
+//! otherwise every parallel operation it starts is pushed onto the pool's injector queue,
+//! which allocates a block every few dozen pushes.
+
+use densenet::memory::MemoryMode;
+use densenet::net::TrainOptions;
+use densenet::optim::{Sgd, SgdConfig};
+use densenet::{DenseNetConfig, Network};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+struct Counting;
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; the counters are atomics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        // SAFETY: the caller's layout contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(new_size, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Allocations (count, bytes) of the third of three training steps.
+fn third_step(name: &str, batch: usize, drop_rate: f32) -> (usize, usize) {
+    let mut cfg = DenseNetConfig::from_name(name).unwrap();
+    cfg.drop_rate = drop_rate;
+    let mut net = Network::new(&cfg, 1);
+    let s = cfg.input_size;
+    let x: Vec<f32> = (0..batch * 3 * s * s)
+        .map(|i| (i % 17) as f32 / 17.0)
+        .collect();
+    let y: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+    let mut ws = net.workspace(batch, MemoryMode::Efficient, true);
+    let mut opt = Sgd::new(SgdConfig::default());
+    let opts = TrainOptions {
+        dropout_seed: 1,
+        input_grad: false,
+    };
+    let mut counts = (0, 0);
+    for step in 0..3 {
+        COUNTING.store(step == 2, Ordering::SeqCst);
+        let (a0, b0) = (
+            ALLOCATIONS.load(Ordering::SeqCst),
+            BYTES.load(Ordering::SeqCst),
+        );
+        net.forward_train(&mut ws, &x, &y, &opts);
+        net.zero_grad();
+        net.backward(&mut ws, &opts);
+        opt.step(&mut net.params, &net.grads);
+        COUNTING.store(false, Ordering::SeqCst);
+        counts = (
+            ALLOCATIONS.load(Ordering::SeqCst) - a0,
+            BYTES.load(Ordering::SeqCst) - b0,
+        );
+    }
+    counts
+}
+
+#[test]
+fn a_training_step_allocates_nothing_after_the_first() {
+    // without AVX2 and FMA the products go through the `gemm` crate, which allocates
+    #[cfg(target_arch = "x86_64")]
+    let direct = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let direct = false;
+    if !direct {
+        eprintln!("SKIPPED: the allocation-free kernels need AVX2 and FMA");
+        return;
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .use_current_thread()
+        .build_global()
+        .expect("the global pool is built once, here");
+    for (name, batch, drop) in [
+        ("densenet-bc-100-12", 16, 0.0),
+        ("densenet-bc-40-12", 8, 0.2),
+        ("densenet-40-12", 8, 0.2),
+    ] {
+        let (count, bytes) = third_step(name, batch, drop);
+        assert_eq!(
+            count, 0,
+            "{name} b{batch}: {count} allocations ({bytes} bytes)"
+        );
+    }
+}
