@@ -191,18 +191,50 @@ fn unpad(dst: &mut [f32], buf: &[f32], c: usize, s: &ConvShape, n0: usize, n1: u
         });
 }
 
-/// Output channels per register block for `o_n` outputs: 6 where they divide by 6 (12
-/// accumulators, see [`correlate6_avx2`]), else 4.
-fn block_width(o_n: usize) -> usize {
+/// Output rows taken in register blocks of 6 ([`correlate6_avx2`], 12 accumulators): all
+/// of them where they divide by 6, else the largest multiple of 12, and the rest (4 or 8:
+/// the callers' counts divide by 4 then) in blocks of 4 ([`correlate_avx2`]). densenet121's
+/// 3×3 has 32 outputs: 24 + 8.
+fn rows6(o_n: usize) -> usize {
     if o_n.is_multiple_of(OB6) {
-        OB6
+        o_n
     } else {
-        OB
+        o_n / (2 * OB6) * (2 * OB6)
     }
 }
 
-/// Weights `[O][I][T]` repacked as `[O/B][I][T][B]` with `B = block_width(o_n)`, so the
-/// B broadcasts of a tap are adjacent. With `flip`, the source is a forward weight
+/// The direct kernel over `o_n` output rows: the first [`rows6`] in blocks of 6, the rest
+/// in blocks of 4 (`wp` packed by [`with_packed`] to match). Same contract as the kernels.
+///
+/// # Safety
+/// As [`correlate_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn correlate_rows<const TAPS: usize>(
+    out: *mut f32,
+    ib: *const f32,
+    ild: usize,
+    wp: &[f32],
+    o_n: usize,
+    i_n: usize,
+    offs: &[isize],
+    sp: Span,
+    a: usize,
+    b: usize,
+) {
+    let r6 = rows6(o_n);
+    let split = r6 * i_n * TAPS;
+    if r6 > 0 {
+        correlate6_avx2::<TAPS>(out, ib, ild, &wp[..split], r6, i_n, offs, sp, a, b);
+    }
+    if r6 < o_n {
+        let rest = out.add(r6 * sp.ld);
+        correlate_avx2::<TAPS>(rest, ib, ild, &wp[split..], o_n - r6, i_n, offs, sp, a, b);
+    }
+}
+
+/// Weights `[O][I][T]` repacked as `[O/B][I][T][B]` with `B` = 6 for the first
+/// [`rows6`] rows and 4 for the rest, so the B broadcasts of a tap are adjacent. With `flip`, the source is a forward weight
 /// `[I][O][T]` read as the backward-data kernel: `w'[o][i][t] = w[i][o][T−1−t]`. The
 /// packing lives in a per-thread buffer for the duration of `f`.
 pub(crate) fn with_packed<R>(
@@ -217,9 +249,15 @@ pub(crate) fn with_packed<R>(
     thread_local! {
         static WPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let ob = block_width(o_n);
+    let r6 = rows6(o_n);
     super::with_scratch(&WPACK, o_n * i_n * taps, |out| {
         for o in 0..o_n {
+            // (block width, row within the part, start of the part)
+            let (ob, r, base) = if o < r6 {
+                (OB6, o, 0)
+            } else {
+                (OB, o - r6, r6 * i_n * taps)
+            };
             for i in 0..i_n {
                 for t in 0..taps {
                     let v = if flip {
@@ -227,7 +265,7 @@ pub(crate) fn with_packed<R>(
                     } else {
                         w[(o * i_n + i) * taps + t]
                     };
-                    out[(((o / ob) * i_n + i) * taps + t) * ob + o % ob] = v;
+                    out[base + (((r / ob) * i_n + i) * taps + t) * ob + r % ob] = v;
                 }
             }
         }
@@ -275,7 +313,6 @@ fn correlate(
 ) {
     assert!(pointwise_applies(o_n));
     assert_eq!(wp.len(), o_n * i_n * offs.len());
-    let six = block_width(o_n) == OB6;
     let (lo, hi) = (
         offs.iter().copied().min().unwrap_or(0),
         offs.iter().copied().max().unwrap_or(0),
@@ -301,10 +338,7 @@ fn correlate(
         unsafe {
             let ib = inp.as_ptr().add(sp.base);
             match offs.len() {
-                9 if six => {
-                    correlate6_avx2::<9>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b)
-                }
-                9 => correlate_avx2::<9>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b),
+                9 => correlate_rows::<9>(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b),
                 n => unreachable!("correlate: {n} taps"),
             }
         }
@@ -481,7 +515,6 @@ pub fn pointwise_with<F>(
     if len == 0 || o_n == 0 {
         return;
     }
-    let six = block_width(o_n) == OB6;
     with_packed(w, o_n, i_n, 1, flip, |wp| {
         let tile = tile_len(i_n);
         let tiles = len.div_ceil(tile);
@@ -514,11 +547,7 @@ pub fn pointwise_with<F>(
                 // avx2() was checked.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    if six {
-                        correlate6_avx2::<1>(optr.get(), ibp, ild, wp, o_n, i_n, &[0], sp, a, b)
-                    } else {
-                        correlate_avx2::<1>(optr.get(), ibp, ild, wp, o_n, i_n, &[0], sp, a, b)
-                    }
+                    correlate_rows::<1>(optr.get(), ibp, ild, wp, o_n, i_n, &[0], sp, a, b)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {
@@ -569,11 +598,7 @@ pub(crate) fn pointwise_tile(
     #[cfg(target_arch = "x86_64")]
     unsafe {
         let (o, i) = (out.as_mut_ptr(), inp.as_ptr());
-        if block_width(o_n) == OB6 {
-            correlate6_avx2::<1>(o, i, inp_ld, wp, o_n, i_n, &[0], sp, 0, n)
-        } else {
-            correlate_avx2::<1>(o, i, inp_ld, wp, o_n, i_n, &[0], sp, 0, n)
-        }
+        correlate_rows::<1>(o, i, inp_ld, wp, o_n, i_n, &[0], sp, 0, n)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -898,6 +923,9 @@ mod tests {
             (6, 7, 53, true),
             (48, 216, 300, false),
             (18, 130, 77, true),
+            // 12 + 8 rows, and 120 + 8 (densenet121's bottleneck width)
+            (20, 9, 53, false),
+            (128, 40, 70, true),
         ] {
             let x = data(i_n * len, 4);
             let w = data(o_n * i_n, 5);
@@ -933,6 +961,9 @@ mod tests {
             shape(1, 4, 4, 2, 2),
             // the CIFAR stem's 3 input channels: forward and weight gradient only
             shape(2, 3, 24, 6, 5),
+            // blocks of 6 and of 4 in one call: 16 = 12 + 4 outputs, 20 = 12 + 8 inputs
+            shape(2, 20, 16, 5, 6),
+            shape(1, 32, 32, 4, 4),
         ];
         for s in shapes {
             assert!(applies(&s));
