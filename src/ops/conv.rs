@@ -349,13 +349,6 @@ fn pointwise_dx(dx: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape) {
     );
 }
 
-/// Input gradient of a 1×1 stride-1 convolution: `dx = wᵀ·dy` (**overwritten**).
-pub fn pointwise_backward_data(dx: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape) {
-    let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
-    assert!(s.is_pointwise());
-    pointwise_dx(dx, dy, w, s);
-}
-
 /// Backward of a 1×1 stride-1 convolution whose input buffer may be overwritten:
 /// `dw += dy·xᵀ`, then `buf` (which held x) **becomes** `dx = wᵀ·dy`. The input is dead
 /// once `dw` is formed, so its storage takes the gradient and no second buffer is needed.

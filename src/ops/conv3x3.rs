@@ -530,11 +530,7 @@ pub fn pointwise_with<F>(
             let a = t * tile;
             let b = (a + tile).min(len);
             let ild = tile + 8;
-            PACK.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                if buf.len() < i_n * ild + 16 {
-                    buf.resize(i_n * ild + 16, 0.0);
-                }
+            super::with_scratch(&PACK, i_n * ild + 16, |buf| {
                 // rows start on 64-byte lines (ild·4 is a multiple of 32 and the start is
                 // aligned), so no 32-byte load of the kernel straddles two cache lines
                 let skip = buf.as_ptr().align_offset(64).min(15);
