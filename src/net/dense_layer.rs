@@ -300,22 +300,10 @@ impl DenseLayer {
                 dropout::apply(db, drop, seed, self.site(1));
                 if !naive {
                     // conv1 and BN1-ReLU in one: A and dA only ever exist a tile at a time
-                    self.norm1.batch_affine(p, stats, scale, shift);
-                    let (dgamma, dbeta, dw) = self.norm1.grads_with(&self.conv1, g);
-                    let grads = fused::Grads {
-                        dx,
-                        dw,
-                        dgamma,
-                        dbeta,
-                        pending: &mut pending[..m],
-                    };
-                    let bn = fused::BatchStats {
-                        mean: &stats.mean[..m],
-                        rstd: &stats.rstd[..m],
-                        gamma: self.norm1.gamma(p),
-                    };
-                    let bn1 = BnRelu::first(scale, shift, m);
-                    fused::backward(grads, db, x, self.conv1.w(p), bn1, bn, w, len);
+                    let (n1, c1) = (&self.norm1, &self.conv1);
+                    n1.relu_conv1x1_backward(
+                        c1, p, g, stats, scale, shift, x, dx, pending, db, len,
+                    );
                     return;
                 }
                 // conv1 (1×1): dW1 += dB·Aᵀ, then A's storage becomes dA = W1ᵀ·dB

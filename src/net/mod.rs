@@ -17,6 +17,7 @@ pub mod transition;
 use crate::config::{DenseNetConfig, Stem};
 use crate::memory::{ChannelStats, MemoryMode, MemoryPlan, Workspace};
 use crate::ops::conv::ConvShape;
+use crate::ops::fused;
 use crate::ops::loss::softmax_cross_entropy;
 use crate::ops::norm;
 use crate::ops::{cnhw_to_nchw, cnhw_to_nchw_in_place, nchw_to_cnhw};
@@ -70,9 +71,47 @@ impl BatchNorm {
     pub fn grads<'a>(&self, g: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
         g[self.weight..self.weight + 2 * self.c].split_at_mut(self.c)
     }
+    /// Backward of this BN (batch statistics `stats` of `x`'s channels) → ReLU → the 1×1
+    /// `conv`, fused ([`crate::ops::fused::backward`]): from the conv's output gradient
+    /// `dy`, accumulates the conv's and this BN's parameter gradients into `g` and the
+    /// gradient of `x` into `dx`, except for the per-channel part left in `pending` (see
+    /// [`crate::memory::BlockMemory::pending`]). `scale` and `shift` are scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn relu_conv1x1_backward(
+        &self,
+        conv: &Conv,
+        p: &[f32],
+        g: &mut [f32],
+        stats: &ChannelStats,
+        scale: &mut [f32],
+        shift: &mut [f32],
+        x: &[f32],
+        dx: &mut [f32],
+        pending: &mut [(f64, f64)],
+        dy: &[f32],
+        len: usize,
+    ) {
+        let m = self.c;
+        self.batch_affine(p, stats, scale, shift);
+        let (dgamma, dbeta, dw) = self.grads_with(conv, g);
+        let grads = fused::Grads {
+            dx,
+            dw,
+            dgamma,
+            dbeta,
+            pending: &mut pending[..m],
+        };
+        let batch = fused::BatchStats {
+            mean: &stats.mean[..m],
+            rstd: &stats.rstd[..m],
+            gamma: self.gamma(p),
+        };
+        let bn = fused::BnRelu::first(scale, shift, m);
+        fused::backward(grads, dy, x, conv.w(p), bn, batch, conv.cout, len);
+    }
     /// (dγ, dβ) of this BN and the weight gradient of `conv` together (their ranges of the
     /// gradient buffer are disjoint), for a fused BN-ReLU-conv backward.
-    pub(crate) fn grads_with<'a>(
+    fn grads_with<'a>(
         &self,
         conv: &Conv,
         g: &'a mut [f32],

@@ -113,28 +113,16 @@ impl Transition {
         let dz = &mut tmp[..t * len];
         avgpool2_backward(dz, &nxt.grads[..t * len / 4], t * n, size, size);
         dropout::apply(dz, self.drop_rate, seed, self.site);
-        self.norm.batch_affine(p, &blk.stats, scale, shift);
-        let s = self.conv.shape(n, size);
         if !naive {
             // conv and BN-ReLU in one: A and dA only ever exist a tile at a time
-            let (dgamma, dbeta, dw) = self.norm.grads_with(&self.conv, g);
-            let grads = fused::Grads {
-                dx: &mut blk.grads[..m * len],
-                dw,
-                dgamma,
-                dbeta,
-                pending: &mut blk.pending[..m],
-            };
-            let stats = fused::BatchStats {
-                mean: &blk.stats.mean[..m],
-                rstd: &blk.stats.rstd[..m],
-                gamma: self.norm.gamma(p),
-            };
-            let bn = BnRelu::first(scale, shift, m);
-            let (x, w) = (&blk.feats[..m * len], self.conv.w(p));
-            fused::backward(grads, dz, x, w, bn, stats, t, len);
+            let (x, dx) = (&blk.feats[..m * len], &mut blk.grads[..m * len]);
+            let (st, pending) = (&blk.stats, &mut blk.pending);
+            let (norm, conv) = (&self.norm, &self.conv);
+            norm.relu_conv1x1_backward(conv, p, g, st, scale, shift, x, dx, pending, dz, len);
             return;
         }
+        self.norm.batch_affine(p, &blk.stats, scale, shift);
+        let s = self.conv.shape(n, size);
         let a = &mut blk.kept_transition[..m * len];
         pointwise_backward_in_place(a, self.conv.dw(g), dz, self.conv.w(p), &s);
         let (dg, db) = self.norm.grads(g);
