@@ -297,10 +297,21 @@ fn bn_relu_backward_impl<const ACC: bool>(
         .par_chunks_mut(len)
         .zip(dgamma[..c].par_iter_mut().zip(dbeta[..c].par_iter_mut()))
         .enumerate();
-    if c * len >= super::PAR_MIN {
+    per_channel(it, c * len, work);
+}
+
+/// Runs `work` on every channel of `it`: in parallel from [`super::PAR_MIN`] floats of
+/// work on, else as one piece on the calling thread.
+fn per_channel<I: IndexedParallelIterator>(
+    it: I,
+    floats: usize,
+    work: impl Fn(I::Item) + Sync + Send,
+) {
+    if floats >= super::PAR_MIN {
         it.for_each(work);
     } else {
-        it.with_min_len(c.max(1)).for_each(work);
+        let c = it.len().max(1);
+        it.with_min_len(c).for_each(work);
     }
 }
 
@@ -458,11 +469,7 @@ pub(crate) fn apply_pending(
         .par_chunks_mut(len)
         .zip(pending.par_iter_mut())
         .enumerate();
-    if c * len >= super::PAR_MIN {
-        it.for_each(work);
-    } else {
-        it.with_min_len(c.max(1)).for_each(work);
-    }
+    per_channel(it, c * len, work);
 }
 
 /// [`masked_sums_body`] in AVX2 intrinsics: LLVM left the 16-lane select-and-accumulate
