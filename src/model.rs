@@ -291,35 +291,28 @@ pub trait Model {
     }
 }
 
-impl ModelWorkspace for Workspace {
-    fn batch(&self) -> usize {
-        self.plan.batch
-    }
-    fn logits(&self) -> &[f32] {
-        &self.logits
-    }
-    fn input_grad(&self) -> &[f32] {
-        &self.input_grad
-    }
-    fn activation_bytes(&self) -> usize {
-        self.plan.activation_bytes()
-    }
+/// Implements [`ModelWorkspace`] for workspaces with the same fields: `plan` (with `batch`
+/// and `activation_bytes`), `logits` and `input_grad`.
+macro_rules! model_workspace {
+    ($($ty:ty),*) => {$(
+        impl ModelWorkspace for $ty {
+            fn batch(&self) -> usize {
+                self.plan.batch
+            }
+            fn logits(&self) -> &[f32] {
+                &self.logits
+            }
+            fn input_grad(&self) -> &[f32] {
+                &self.input_grad
+            }
+            fn activation_bytes(&self) -> usize {
+                self.plan.activation_bytes()
+            }
+        }
+    )*};
 }
 
-impl ModelWorkspace for ResNetWorkspace {
-    fn batch(&self) -> usize {
-        self.plan.batch
-    }
-    fn logits(&self) -> &[f32] {
-        &self.logits
-    }
-    fn input_grad(&self) -> &[f32] {
-        &self.input_grad
-    }
-    fn activation_bytes(&self) -> usize {
-        self.plan.activation_bytes()
-    }
-}
+model_workspace!(Workspace, ResNetWorkspace);
 
 /// Implements [`Model`] for a network type by forwarding to its inherent methods (which
 /// keep working without the trait in scope).
