@@ -6,39 +6,36 @@
 //! storage for concatenations, recomputation of BN-ReLU and bottleneck outputs). The same
 //! engine runs the pre-activation ResNets the paper compares against (He et al., 2016).
 //!
-//! The crate is laid out by concern:
-//! - [`config`]: what a DenseNet is (presets, validation);
-//! - [`ops`]: the engine's operations, forward and backward;
-//! - [`net`]: the network: parameter table, dense layer, transition, forward/backward;
-//! - [`resnet`]: the pre-activation ResNet: residual unit, forward/backward, memory plan;
+//! The crate is layered; each module imports only from the ones listed before it:
+//! - [`util`]: tensors, random numbers, atomic writes, the profiler;
+//! - [`kernels`]: the CPU's inner loops, one [`kernels::Kernels`] table chosen at start-up;
+//! - [`ops`]: the operations' forward and backward passes on shapes;
+//! - [`nn`]: what both families share: parameter table, BN and convolution handles,
+//!   batch statistics, the memory mode;
+//! - [`densenet`] and [`resnet`]: each model family in its own folder (configuration,
+//!   architecture, memory plan, layers);
+//! - [`weights`]: safetensors and PyTorch `.pth` files, torchvision key names;
 //! - [`model`]: both families behind one [`Model`] trait and one [`ModelConfig`];
-//! - [`memory`]: the memory plan that decides where every activation lives;
-//! - [`optim`]: SGD with Nesterov momentum;
-//! - [`weights`]: safetensors and PyTorch `.pth` checkpoints with torchvision key names;
-//! - [`summary`]: per-stage shapes, parameters and multiply-accumulates.
+//!   [`summary`], [`optim`], [`plot`];
+//! - [`data`], [`train`]: data sets and the training loop, checkpoints;
+//! - [`cli`]: the command line.
 
-pub mod analysis;
-pub mod atomic;
 pub mod cli;
-pub mod config;
 pub mod data;
-pub mod memory;
+pub mod densenet;
+pub mod kernels;
 pub mod model;
-pub mod net;
+pub mod nn;
 pub mod ops;
 pub mod optim;
-pub mod params;
 pub mod plot;
-pub mod profile;
 pub mod resnet;
-pub mod rng;
 pub mod summary;
-pub mod tensor;
 pub mod train;
+pub mod util;
 pub mod weights;
 
-pub use config::{ConfigError, DenseNetConfig, Stem};
-pub use memory::{MemoryMode, MemoryPlan};
+pub use densenet::{DenseNet, DenseNetConfig, Stem};
 pub use model::{AnyModel, Model, ModelConfig};
-pub use net::Network;
+pub use nn::{ConfigError, MemoryMode};
 pub use resnet::{PreActResNet, PreActResNetConfig};

@@ -6,16 +6,15 @@
 //!   ResNet as its object plus `"family": "preact_resnet"`, so old checkpoints still load.
 //! - [`Model`]: what training, evaluation, checkpoints and the command line need from a
 //!   network: workspaces, the passes, the flat buffers and their named tables. Implemented
-//!   by the DenseNet [`Network`] and the [`PreActResNet`].
+//!   by the DenseNet [`DenseNet`] and the [`PreActResNet`].
 //! - [`AnyModel`]: either one, chosen at run time from a [`ModelConfig`]; it implements
 //!   [`Model`] by forwarding, with [`AnyWorkspace`] as its workspace.
 
-use crate::config::{ConfigError, DenseNetConfig};
-use crate::memory::{MemoryMode, Workspace};
-use crate::net::{Network, Probe, TrainOptions};
-use crate::params::TensorTable;
+use crate::densenet::{DenseNet, DenseNetConfig, DenseNetWorkspace};
+use crate::nn::params::TensorTable;
+use crate::nn::{ConfigError, MemoryMode, Probe, TrainOptions};
 use crate::resnet::{PreActResNet, PreActResNetConfig, ResNetWorkspace};
-use crate::tensor::Tensor;
+use crate::util::tensor::Tensor;
 use crate::weights::{NamedTensor, WeightsError};
 use serde::{Deserialize, Serialize};
 
@@ -312,7 +311,7 @@ macro_rules! model_workspace {
     )*};
 }
 
-model_workspace!(Workspace, ResNetWorkspace);
+model_workspace!(DenseNetWorkspace, ResNetWorkspace);
 
 /// Implements [`Model`] for a network type by forwarding to its inherent methods (which
 /// keep working without the trait in scope).
@@ -376,13 +375,13 @@ macro_rules! forward_model {
     };
 }
 
-forward_model!(Network, Workspace, DenseNet);
+forward_model!(DenseNet, DenseNetWorkspace, DenseNet);
 forward_model!(PreActResNet, ResNetWorkspace, PreActResNet);
 
 /// A network of either family, chosen at run time.
 pub enum AnyModel {
     /// A DenseNet.
-    DenseNet(Network),
+    DenseNet(DenseNet),
     /// A pre-activation ResNet.
     PreActResNet(PreActResNet),
 }
@@ -390,7 +389,7 @@ pub enum AnyModel {
 /// The workspace of an [`AnyModel`]: the variant must match the model's.
 pub enum AnyWorkspace {
     /// A DenseNet's.
-    DenseNet(Workspace),
+    DenseNet(DenseNetWorkspace),
     /// A pre-activation ResNet's.
     PreActResNet(ResNetWorkspace),
 }
@@ -399,13 +398,13 @@ impl AnyModel {
     /// A freshly initialised network of `config` (see each family's `new`).
     pub fn new(config: &ModelConfig, seed: u64) -> Self {
         match config {
-            ModelConfig::DenseNet(c) => AnyModel::DenseNet(Network::new(c, seed)),
+            ModelConfig::DenseNet(c) => AnyModel::DenseNet(DenseNet::new(c, seed)),
             ModelConfig::PreActResNet(c) => AnyModel::PreActResNet(PreActResNet::new(c, seed)),
         }
     }
 
     /// The DenseNet, if it is one.
-    pub fn as_densenet(&self) -> Option<&Network> {
+    pub fn as_densenet(&self) -> Option<&DenseNet> {
         match self {
             AnyModel::DenseNet(n) => Some(n),
             AnyModel::PreActResNet(_) => None,

@@ -4,7 +4,7 @@
 //! Text is drawn with DejaVu Sans, embedded in the binary from `assets/fonts/` (license
 //! next to it) through plotters' `ab_glyph` renderer, so plotting needs no system fonts
 //! and no fontconfig. Pixels are rendered into memory, encoded with the `image` crate and
-//! written with [`crate::atomic::write`]: a reader never sees half a figure.
+//! written with [`crate::util::atomic::write`]: a reader never sees half a figure.
 //!
 //! Data are taken as they come: NaN and infinite values are skipped, as are non-positive
 //! values on a logarithmic axis; an axis whose values are all equal (or that has none)
@@ -185,7 +185,7 @@ where
         path: path.to_path_buf(),
         source,
     })?;
-    crate::atomic::write(path, &png).map_err(|source| PlotError::Io {
+    crate::util::atomic::write(path, &png).map_err(|source| PlotError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -517,7 +517,7 @@ pub fn heatmaps(png: &Path, svg: Option<&Path>, panels: &[HeatMatrix]) -> Result
                     message,
                 })?;
         }
-        crate::atomic::write(svg, text.as_bytes()).map_err(|source| PlotError::Io {
+        crate::util::atomic::write(svg, text.as_bytes()).map_err(|source| PlotError::Io {
             path: svg.to_path_buf(),
             source,
         })?;

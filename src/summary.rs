@@ -3,8 +3,8 @@
 //! DenseNet ([`summarize`]) or a pre-activation ResNet ([`summarize_resnet`]), so the two
 //! families can be read side by side.
 
+use crate::densenet::Architecture;
 use crate::model::ModelConfig;
-use crate::net::Architecture;
 use crate::resnet::{self, BlockKind};
 use serde::Serialize;
 
@@ -213,7 +213,7 @@ pub fn summarize_model(cfg: &ModelConfig) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DenseNetConfig;
+    use crate::densenet::config::DenseNetConfig;
 
     /// DENSENET.md §3: the parameter counts must match to the parameter, MACs within 1%.
     #[test]

@@ -7,10 +7,10 @@
 //! otherwise every parallel operation it starts is pushed onto the pool's injector queue,
 //! which allocates a block every few dozen pushes.
 
-use densenet::memory::MemoryMode;
-use densenet::net::TrainOptions;
+use densenet::nn::TrainOptions;
 use densenet::optim::{Sgd, SgdConfig};
-use densenet::{DenseNetConfig, Network};
+use densenet::MemoryMode;
+use densenet::{DenseNet, DenseNetConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -50,7 +50,7 @@ static ALLOCATOR: Counting = Counting;
 fn third_step(name: &str, batch: usize, drop_rate: f32) -> (usize, usize) {
     let mut cfg = DenseNetConfig::from_name(name).unwrap();
     cfg.drop_rate = drop_rate;
-    let mut net = Network::new(&cfg, 1);
+    let mut net = DenseNet::new(&cfg, 1);
     let s = cfg.input_size;
     let x: Vec<f32> = (0..batch * 3 * s * s)
         .map(|i| (i % 17) as f32 / 17.0)

@@ -118,7 +118,7 @@ fn legacy_pth_checkpoint_loads() {
             "init_features":8,"bn_size":2,"num_classes":3}"#,
     )
     .unwrap();
-    let mut net = densenet::Network::new(&cfg, 0);
+    let mut net = densenet::DenseNet::new(&cfg, 0);
     net.load(&fixtures.join("legacy_tiny_densenet.pth"))
         .unwrap();
     let want = densenet::weights::read_safetensors(
@@ -140,7 +140,7 @@ fn legacy_pth_checkpoint_loads() {
     let st = tmp("legacy.safetensors");
     net.save(&st).unwrap();
     let x = tmp("legacy-input.safetensors");
-    let input = densenet::tensor::Tensor::new(
+    let input = densenet::util::tensor::Tensor::new(
         vec![1, 3, 224, 224],
         (0..3 * 224 * 224)
             .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
@@ -266,7 +266,7 @@ fn bad_input_gives_clear_errors() {
     );
     // input of the wrong size
     let small = tmp("small-input.safetensors");
-    let t = densenet::tensor::Tensor::new(vec![1, 3, 16, 16], vec![0.0; 3 * 256]);
+    let t = densenet::util::tensor::Tensor::new(vec![1, 3, 16, 16], vec![0.0; 3 * 256]);
     densenet::weights::write_safetensors(&small, &[("input".into(), t)], &[], Default::default())
         .unwrap();
     assert_fails(

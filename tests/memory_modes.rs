@@ -2,10 +2,10 @@
 //! keeps every intermediate: identical results, and activation memory linear in depth
 //! (quadratic for naive), computed from the memory plan.
 
-use densenet::memory::{MemoryMode, MemoryPlan};
-use densenet::net::{Architecture, TrainOptions};
-use densenet::rng::Rng;
-use densenet::{DenseNetConfig, Network};
+use densenet::util::rng::Rng;
+use densenet::{densenet::Architecture, nn::TrainOptions};
+use densenet::{densenet::DenseNetPlan, MemoryMode};
+use densenet::{DenseNet, DenseNetConfig};
 
 /// One training step in `mode`; returns (loss, logits, grads, running stats, input grad).
 fn step(
@@ -13,7 +13,7 @@ fn step(
     mode: MemoryMode,
     n: usize,
 ) -> (f32, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut net = Network::new(cfg, 3);
+    let mut net = DenseNet::new(cfg, 3);
     // non-trivial BN parameters so that every path matters
     let mut rng = Rng::new(9);
     for e in net.arch.params.entries().to_vec() {
@@ -53,7 +53,7 @@ fn assert_same(name: &str, a: &[f32], b: &[f32]) {
 
 /// Bottleneck layers in the efficient plan for a batch of `n`: (keeping B, recomputing B).
 fn kept_b(cfg: &DenseNetConfig, n: usize) -> (usize, usize) {
-    let plan = MemoryPlan::new(&Architecture::new(cfg), n, MemoryMode::Efficient, true);
+    let plan = DenseNetPlan::new(&Architecture::new(cfg), n, MemoryMode::Efficient, true);
     let arch = Architecture::new(cfg);
     let layers = arch.blocks.iter().flat_map(|b| &b.layers);
     let mut counts = (0, 0);
@@ -130,7 +130,7 @@ fn modes_agree_on_imagenet_stem() {
 
 fn bytes(depth: usize, mode: MemoryMode) -> f64 {
     let cfg = DenseNetConfig::cifar(depth, 12, true, 0.5).unwrap();
-    MemoryPlan::new(&Architecture::new(&cfg), 64, mode, true).activation_bytes() as f64
+    DenseNetPlan::new(&Architecture::new(&cfg), 64, mode, true).activation_bytes() as f64
 }
 
 /// Fits `f(L) = a·L² + b·L + c` through L = 100, 190, 250 and returns the share of the
@@ -147,11 +147,11 @@ fn quadratic_share(mode: MemoryMode) -> f64 {
 fn efficient_mode_keeps_b_within_budget() {
     let cfg = DenseNetConfig::from_name("densenet-bc-100-12").unwrap();
     let arch = Architecture::new(&cfg);
-    let plan = MemoryPlan::new(&arch, 64, MemoryMode::Efficient, true);
+    let plan = DenseNetPlan::new(&arch, 64, MemoryMode::Efficient, true);
     let kept: usize = plan.kept_layers.iter().flatten().map(|k| k.b).sum();
     let rest = plan.activation_bytes() - 4 * kept;
     assert!(kept > 0, "no B kept");
-    assert!(4.0 * kept as f64 <= densenet::memory::KEEP_B_SHARE * rest as f64);
+    assert!(4.0 * kept as f64 <= densenet::densenet::memory::KEEP_B_SHARE * rest as f64);
     // within a block, every kept layer has more input channels than every recomputed one
     for (block, kept) in arch.blocks.iter().zip(&plan.kept_layers) {
         let m = |keep: bool| {

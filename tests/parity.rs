@@ -6,15 +6,15 @@
 mod common;
 
 use common::*;
-use densenet::memory::MemoryMode;
-use densenet::net::TrainOptions;
+use densenet::nn::TrainOptions;
 use densenet::weights::TensorFile;
-use densenet::{DenseNetConfig, Network};
+use densenet::MemoryMode;
+use densenet::{DenseNet, DenseNetConfig};
 use std::collections::HashMap;
 
-fn network(weights: &TensorFile) -> Network {
+fn network(weights: &TensorFile) -> DenseNet {
     let cfg = DenseNetConfig::from_json(&weights.metadata["config"]).unwrap();
-    let mut net = Network::new(&cfg, 0);
+    let mut net = DenseNet::new(&cfg, 0);
     net.load_tensors(&weights.tensors, "reference weights")
         .unwrap();
     net
@@ -22,13 +22,13 @@ fn network(weights: &TensorFile) -> Network {
 
 /// Eval forward with probes; returns logits, pooled features `[N][C]` and activations.
 fn eval(
-    net: &mut Network,
-    input: &densenet::tensor::Tensor,
+    net: &mut DenseNet,
+    input: &densenet::util::tensor::Tensor,
 ) -> (Vec<f32>, Vec<f32>, HashMap<String, Vec<f32>>) {
     let n = input.shape[0];
     let mut ws = net.workspace(n, MemoryMode::Efficient, false);
     let mut acts = HashMap::new();
-    let mut probe = |name: &str, t: densenet::tensor::Tensor| {
+    let mut probe = |name: &str, t: densenet::util::tensor::Tensor| {
         acts.insert(format!("act.{name}"), t.data);
     };
     let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));
@@ -86,7 +86,7 @@ fn eval_plain_l40_k12() {
 }
 
 /// One train-mode forward and backward in the given memory mode; checks everything.
-fn check_train(net: &mut Network, mode: MemoryMode, scale_dlogits: f32) -> Result<(), String> {
+fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Result<(), String> {
     let r = reference("cifar_bc_L40_k12", "train");
     let input = &r.get("input").unwrap().tensor;
     let labels: Vec<u32> = r
@@ -193,7 +193,7 @@ fn eval_torchvision_densenet121() {
     let r =
         densenet::weights::read_safetensors(&dir.join("torchvision_densenet121.eval.safetensors"))
             .unwrap();
-    let mut net = Network::new(&DenseNetConfig::from_name("densenet121").unwrap(), 0);
+    let mut net = DenseNet::new(&DenseNetConfig::from_name("densenet121").unwrap(), 0);
     net.load_tensors(&w.tensors, "densenet121 weights").unwrap();
     let (logits, pooled, acts) = eval(&mut net, &r.get("input").unwrap().tensor);
     let worst = check_close(

@@ -8,14 +8,14 @@
 mod common;
 
 use common::*;
-use densenet::memory::MemoryMode;
 use densenet::model::{Model, ModelConfig};
-use densenet::net::TrainOptions;
+use densenet::nn::TrainOptions;
 use densenet::optim::SgdConfig;
 use densenet::resnet::{Architecture, ResNetPlan};
-use densenet::rng::Rng;
 use densenet::train::{self, Quiet, RunOptions, Schedule, TrainConfig};
+use densenet::util::rng::Rng;
 use densenet::weights::{read_safetensors, TensorFile};
+use densenet::MemoryMode;
 use densenet::{PreActResNet, PreActResNetConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ fn check_eval(net: &mut PreActResNet, case: &str) -> Result<(), String> {
     let n = input.shape[0];
     let mut ws = net.workspace(n, MemoryMode::Efficient, false);
     let mut acts = HashMap::new();
-    let mut probe = |name: &str, t: densenet::tensor::Tensor| {
+    let mut probe = |name: &str, t: densenet::util::tensor::Tensor| {
         acts.insert(format!("act.{name}"), t.data);
     };
     let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));

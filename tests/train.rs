@@ -2,10 +2,10 @@
 //! interrupted checkpoint write leaves the previous checkpoint usable, a diverging loss
 //! stops with the last good checkpoint intact, and the run directory has what it promises.
 
-use densenet::memory::MemoryMode;
 use densenet::optim::SgdConfig;
 use densenet::train::{self, checkpoint, Quiet, RunOptions, Schedule, TrainConfig, TrainError};
-use densenet::{DenseNetConfig, Network};
+use densenet::MemoryMode;
+use densenet::{DenseNet, DenseNetConfig};
 use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
@@ -126,7 +126,7 @@ fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
         &before[..before.len() / 3],
     )
     .unwrap();
-    let mut net = Network::new(
+    let mut net = DenseNet::new(
         &densenet::DenseNetConfig {
             in_channels: 1,
             input_size: 8,
@@ -139,7 +139,7 @@ fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
     assert_eq!(loaded.state.epochs_done, 1);
     assert_eq!(opt.momentum.len(), net.params.len());
     // and an atomic write replaces the file whole
-    densenet::atomic::write(&dir.join("last.safetensors"), b"new").unwrap();
+    densenet::util::atomic::write(&dir.join("last.safetensors"), b"new").unwrap();
     assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), b"new");
 }
 

@@ -8,12 +8,12 @@
 //!   mark), as a table and a PNG plot.
 
 use super::model_args::ModelAdjust;
-use crate::config::DenseNetConfig;
-use crate::memory::MemoryMode;
+use crate::densenet::config::DenseNetConfig;
 use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
-use crate::net::TrainOptions;
+use crate::nn::MemoryMode;
+use crate::nn::TrainOptions;
 use crate::optim::{Sgd, SgdConfig};
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 use anyhow::Context;
 use serde::Serialize;
 use std::time::Instant;
@@ -284,8 +284,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for step in 0..a.warmup + a.steps {
         if a.profile && step == a.warmup {
-            crate::profile::reset();
-            crate::profile::enable(true);
+            crate::util::profile::reset();
+            crate::util::profile::enable(true);
         }
         let t = Instant::now();
         let opts = TrainOptions {
@@ -296,7 +296,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         net.zero_grad();
         net.backward(&mut ws, &opts);
         {
-            let _t = crate::profile::scope(crate::profile::Op::Optimizer);
+            let _t = crate::util::profile::scope(crate::util::profile::Op::Optimizer);
             let b = net.buffers_mut();
             opt.step(b.params, b.grads);
         }
@@ -311,11 +311,11 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             times.push(dt);
         }
     }
-    crate::profile::enable(false);
+    crate::util::profile::enable(false);
     let total: f64 = times.iter().sum();
     let profile = a.profile.then(|| {
         let per = 1.0 / a.steps as f64;
-        let mut rows: Vec<ProfileRow> = crate::profile::snapshot()
+        let mut rows: Vec<ProfileRow> = crate::util::profile::snapshot()
             .into_iter()
             .map(|(op, secs, calls)| ProfileRow {
                 op: op.name().to_string(),
@@ -441,8 +441,8 @@ pub struct MemoryPoint {
 }
 
 fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
-    use crate::memory::MemoryPlan;
-    use crate::net::Architecture;
+    use crate::densenet::memory::DenseNetPlan;
+    use crate::densenet::Architecture;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let exe = std::env::current_exe().context("locating the densenet executable")?;
     // check every depth before spending minutes on the first ones
@@ -457,7 +457,7 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
     let mut points = Vec::new();
     for (&depth, cfg) in a.depths.iter().zip(configs) {
         for mode in [MemoryMode::Naive, MemoryMode::Efficient] {
-            let plan = MemoryPlan::new(&Architecture::new(&cfg), a.batch, mode, true);
+            let plan = DenseNetPlan::new(&Architecture::new(&cfg), a.batch, mode, true);
             if !a.json {
                 eprintln!("measuring {} batch {} {mode:?} …", cfg.name, a.batch);
             }
@@ -517,7 +517,7 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
         }
     }
     let json_path = a.out.join("memory.json");
-    crate::atomic::write(&json_path, &serde_json::to_vec_pretty(&points)?)
+    crate::util::atomic::write(&json_path, &serde_json::to_vec_pretty(&points)?)
         .with_context(|| json_path.display().to_string())?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let series = |mode: MemoryMode, label: &str| crate::plot::Series {

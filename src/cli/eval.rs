@@ -3,8 +3,8 @@
 
 use crate::data::augment::Transform;
 use crate::data::{self, DatasetKind, Split};
-use crate::memory::MemoryMode;
 use crate::model::{AnyModel, Model, ModelConfig};
+use crate::nn::MemoryMode;
 use crate::train::checkpoint::Preprocess;
 use crate::train::{evaluate, Evaluation};
 use anyhow::Context;

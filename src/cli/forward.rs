@@ -5,10 +5,10 @@
 //! after the step's forward pass. This is how a port of weights is checked.
 
 use super::ModelArgs;
-use crate::memory::MemoryMode;
 use crate::model::{AnyModel, Model, ModelWorkspace};
-use crate::net::TrainOptions;
-use crate::tensor::Tensor;
+use crate::nn::MemoryMode;
+use crate::nn::TrainOptions;
+use crate::util::tensor::Tensor;
 use crate::weights::{read_checkpoint, read_safetensors, write_safetensors};
 use anyhow::{bail, Context};
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! `densenet heatmap`: the paper's Fig. 5 for a trained DenseNet.
 
-use crate::analysis::{feature_reuse, to_csv};
+use crate::densenet::analysis::{feature_reuse, to_csv};
 use crate::plot::{heatmaps, HeatMatrix};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mats = feature_reuse(net);
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let csv = a.out.join("heatmap.csv");
-    crate::atomic::write(&csv, to_csv(&mats).as_bytes())
+    crate::util::atomic::write(&csv, to_csv(&mats).as_bytes())
         .with_context(|| csv.display().to_string())?;
     let panels: Vec<HeatMatrix> = mats
         .iter()

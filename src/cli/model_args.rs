@@ -1,7 +1,7 @@
 //! `--model` and the options that adjust a preset (classes, input channels, dropout, the
 //! B and C choices), shared by every subcommand that builds a network.
 
-use crate::config::{DenseNetConfig, Stem};
+use crate::densenet::config::{DenseNetConfig, Stem};
 use crate::model::ModelConfig;
 use anyhow::Context;
 

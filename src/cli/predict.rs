@@ -3,8 +3,8 @@
 use super::eval::load_model;
 use crate::data::augment::Normalize;
 use crate::data::folder::decode_file;
-use crate::memory::MemoryMode;
 use crate::model::{Model, ModelConfig};
+use crate::nn::MemoryMode;
 use std::path::PathBuf;
 
 /// Arguments of `densenet predict`.
@@ -45,8 +45,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut m = load_model(&a.weights, a.model.as_deref())?;
     let cfg = m.net.model_config();
     let (c, s) = (cfg.in_channels(), cfg.input_size());
-    let imagenet =
-        matches!(&cfg, ModelConfig::DenseNet(d) if d.stem == crate::config::Stem::ImageNet);
+    let imagenet = matches!(&cfg, ModelConfig::DenseNet(d) if d.stem == crate::densenet::config::Stem::ImageNet);
     let (norm, names) = match &m.preprocess {
         Some(p) => (Normalize::new(&p.mean, &p.std), p.classes.clone()),
         None if imagenet => (Normalize::imagenet(), vec![]),

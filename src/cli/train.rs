@@ -3,8 +3,8 @@
 //! writes a run directory, and resumes interrupted runs exactly.
 
 use super::model_args::ModelAdjust;
-use crate::memory::MemoryMode;
 use crate::model::ModelConfig;
+use crate::nn::MemoryMode;
 use crate::optim::SgdConfig;
 use crate::train::{self, EpochMetrics, Progress, RunOptions, Schedule, TrainConfig};
 use anyhow::Context;

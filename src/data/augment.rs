@@ -37,7 +37,7 @@ pub const MNIST_MEAN: [f32; 1] = [0.1307];
 /// Published MNIST standard deviation.
 pub const MNIST_STD: [f32; 1] = [0.3081];
 
-pub use crate::rng::{mix_seed, splitmix64, Rng};
+pub use crate::util::rng::{mix_seed, splitmix64, Rng};
 
 /// One u8 image, channels-first (CHW: planes, rows, columns).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,67 +8,17 @@
 //! samples that fit the `col` scratch the memory plan provides.
 //!
 //! 3×3 stride-1 padding-1 convolutions (every 3×3 in a dense layer) with channel counts
-//! divisible by 4 take the direct AVX2 kernels of [`super::conv3x3`] instead when the CPU
-//! has AVX2+FMA ([`col_len`] then sizes the scratch for their padded copies). On
+//! divisible by 4 take the direct kernels of [`crate::kernels::conv3x3`] instead when the
+//! active kernels table has them ([`col_len`] then sizes the scratch for their padded copies). On
 //! DenseNet-BC-100 k=12 b64 (`densenet bench train --model densenet-bc-100-12 --batch 64
 //! --steps 3`, 2-core AMD EPYC, one session) the step went from 4.9 s with im2col + GEMM
 //! to 2.7 s. The im2col path stays for the rest and is tested against the direct kernels.
 
-use super::conv3x3;
-use super::gemm::{sgemm, Mat};
+use crate::kernels::gemm::{sgemm, Mat};
+pub use crate::kernels::ConvShape;
+use crate::kernels::{conv1x1, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
+use crate::util::profile;
 use rayon::prelude::*;
-
-/// The geometry of one convolution applied to a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvShape {
-    /// Batch size.
-    pub n: usize,
-    /// Input channels.
-    pub cin: usize,
-    /// Output channels.
-    pub cout: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Square kernel size.
-    pub k: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding on every side.
-    pub pad: usize,
-}
-
-impl ConvShape {
-    /// Output height.
-    pub fn ho(&self) -> usize {
-        (self.h + 2 * self.pad - self.k) / self.stride + 1
-    }
-    /// Output width.
-    pub fn wo(&self) -> usize {
-        (self.w + 2 * self.pad - self.k) / self.stride + 1
-    }
-    /// Whether the convolution is a plain GEMM on the input (1×1, stride 1, no padding).
-    pub fn is_pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == 0
-    }
-    /// Rows of the im2col matrix: `Cin·K·K`.
-    pub fn col_rows(&self) -> usize {
-        self.cin * self.k * self.k
-    }
-    /// Floats of im2col scratch for one sample.
-    pub fn col_per_sample(&self) -> usize {
-        self.col_rows() * self.ho() * self.wo()
-    }
-    /// Samples per im2col chunk for a scratch of `col_len` floats.
-    fn chunk(&self, col_len: usize) -> usize {
-        (col_len / self.col_per_sample().max(1)).clamp(1, self.n)
-    }
-    /// Multiply-accumulates for the whole batch.
-    pub fn macs(&self) -> usize {
-        self.n * self.cout * self.col_rows() * self.ho() * self.wo()
-    }
-}
 
 /// The im2col scratch (in floats) that a convolution wants to process `samples` at a time.
 pub fn col_len(s: &ConvShape, samples: usize) -> usize {
@@ -172,8 +122,8 @@ fn col2im(dx: &mut [f32], col: &[f32], s: &ConvShape, n0: usize, n1: usize) {
 }
 
 /// The profiling bucket of a convolution.
-fn kind(s: &ConvShape, forward: bool) -> crate::profile::Op {
-    use crate::profile::Op;
+fn kind(s: &ConvShape, forward: bool) -> profile::Op {
+    use profile::Op;
     match (s.k, forward) {
         (1, true) => Op::Conv1x1Forward,
         (1, false) => Op::Conv1x1Backward,
@@ -185,17 +135,13 @@ fn kind(s: &ConvShape, forward: bool) -> crate::profile::Op {
 
 /// `y[Cout][N·Ho·Wo] = conv(x, w)`; `col` is scratch (may be empty for 1×1 stride 1).
 pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) {
-    let _t = crate::profile::scope(kind(s, true));
+    let _t = profile::scope(kind(s, true));
     let (how, kr) = (s.ho() * s.wo(), s.col_rows());
     let ldy = s.n * how;
     if s.is_pointwise() {
-        if s.cout <= 48 && conv3x3::pointwise_applies(s.cout) {
-            // A dense layer's bottleneck (4k = 48 outputs): the direct kernel, tiles of
-            // packed input rows, beats the `gemm` crate here. `cargo test --release --lib
-            // gemm_shapes -- --ignored --nocapture`, 48×216·216×65536: direct 37.5 / 73.5
-            // GFLOP/s (1 / 2 threads), gemm 18.9 / 33.9; but 128×512·512×12544
-            // (densenet121): direct 52 / 68, gemm 56 / 108, so wider outputs keep gemm.
-            conv3x3::pointwise(y, x, w, s.cout, s.cin, ldy, false);
+        if s.cout <= DIRECT_1X1_MAX_OUTPUTS && conv1x1::pointwise_applies(s.cout) {
+            // a dense layer's bottleneck: the direct kernel beats the `gemm` crate here
+            conv1x1::pointwise(y, x, w, s.cout, s.cin, ldy, false);
             return;
         }
         sgemm(
@@ -252,7 +198,7 @@ pub fn conv_backward(
     s: &ConvShape,
     col: &mut [f32],
 ) {
-    let _t = crate::profile::scope(kind(s, false));
+    let _t = profile::scope(kind(s, false));
     if s.is_pointwise() {
         pointwise_dw(dw, dy, x, s);
         if let Some(dx) = dx {
@@ -359,7 +305,7 @@ pub fn pointwise_backward_in_place(
     w: &[f32],
     s: &ConvShape,
 ) {
-    let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
+    let _t = profile::scope(profile::Op::Conv1x1Backward);
     assert!(s.is_pointwise());
     pointwise_dw(dw, dy, buf, s);
     pointwise_dx(buf, dy, w, s);

@@ -16,43 +16,16 @@
 //! (recomputed from X) agrees with them.
 
 use super::conv::{conv_backward, conv_forward, ConvShape};
-use super::conv3x3;
-use super::gemm::{raw_ptr, Mat};
-use super::norm::{self, affine_relu, bn_relu_forward, masked_sums_axpy};
-use super::{with_scratch, SyncPtr};
+use super::norm::{self, bn_relu_forward};
+use crate::kernels::conv1x1::{self, dot_tile};
+use crate::kernels::correlate::{with_packed, PB};
+use crate::kernels::gemm::{raw_ptr, Mat};
+pub use crate::kernels::BnRelu;
+use crate::kernels::{self, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
+use crate::util::par::{with_scratch, SyncPtr};
+use crate::util::profile;
 use gemm::Parallelism;
 use rayon::prelude::*;
-
-/// A per-channel affine map followed by ReLU: `a[i][p] = relu(x[i][p]·scale[i] + shift[i])`.
-#[derive(Clone, Copy, Debug)]
-pub struct BnRelu<'a> {
-    /// Per-channel factor (γ·rstd in training, γ/√(var+ε) in evaluation).
-    pub scale: &'a [f32],
-    /// Per-channel offset.
-    pub shift: &'a [f32],
-}
-
-impl<'a> BnRelu<'a> {
-    /// The map of the first `c` channels of full-width `scale` and `shift` buffers.
-    pub fn first(scale: &'a [f32], shift: &'a [f32], c: usize) -> Self {
-        BnRelu {
-            scale: &scale[..c],
-            shift: &shift[..c],
-        }
-    }
-
-    /// Writes positions `a..b` of rows `0..i_n` of `A` into `buf[i·ld..][..b − a]`.
-    fn fill(&self, buf: &mut [f32], ld: usize, x: &[f32], len: usize, a: usize, b: usize) {
-        for i in 0..self.scale.len() {
-            affine_relu(
-                &mut buf[i * ld..][..b - a],
-                &x[i * len + a..][..b - a],
-                self.scale[i],
-                self.shift[i],
-            );
-        }
-    }
-}
 
 thread_local! {
     /// Per-thread tile of A for the GEMM paths.
@@ -69,7 +42,7 @@ fn tile_len(i_n: usize) -> usize {
 /// `y[o][p] = Σ_i w[o][i]·relu(x[i][p]·scale[i] + shift[i])` for `x: [I][len]`,
 /// `w: [O][I]`, `y: [O][len]` (overwritten).
 ///
-/// Up to 48 outputs, the direct kernel; wider, the `gemm` crate on each tile, which is up
+/// Up to [`DIRECT_1X1_MAX_OUTPUTS`] outputs, the direct kernel; wider, the `gemm` crate on each tile, which is up
 /// to ~20% faster there (`fused_shapes`, o108 and o128) but allocates its packing buffers
 /// on every call. With `no_alloc` (training: a step allocates nothing after its first)
 /// the direct kernel takes every output count it handles.
@@ -82,13 +55,13 @@ pub fn forward(
     len: usize,
     no_alloc: bool,
 ) {
-    let _t = crate::profile::scope(crate::profile::Op::Conv1x1Forward);
+    let _t = profile::scope(profile::Op::Conv1x1Forward);
     let i_n = bn.scale.len();
     assert!(bn.shift.len() == i_n && x.len() >= i_n * len && w.len() == o_n * i_n);
     assert!(y.len() >= o_n * len);
-    if (o_n <= 48 || no_alloc) && conv3x3::pointwise_applies(o_n) {
+    if (o_n <= DIRECT_1X1_MAX_OUTPUTS || no_alloc) && conv1x1::pointwise_applies(o_n) {
         // the direct kernel (see `conv::conv_forward` for when it beats the GEMM)
-        conv3x3::pointwise_with(y, w, o_n, i_n, len, false, |buf, ld, a, b| {
+        conv1x1::pointwise_with(y, w, o_n, i_n, len, false, |buf, ld, a, b| {
             bn.fill(buf, ld, x, len, a, b)
         });
         return;
@@ -189,11 +162,11 @@ pub fn backward(
     if len == 0 || i_n == 0 {
         return;
     }
-    // The direct kernels (AVX2): dW by `dot_tile`, dA by the 1×1 kernel over rows with
+    // The direct kernels: dW by `dot_tile`, dA by the 1×1 kernel over rows with
     // slack for its last register block; elsewhere the `gemm` crate on each tile.
-    let direct = conv3x3::pointwise_applies(i_n);
+    let direct = conv1x1::pointwise_applies(i_n);
     let tile = tile_len(i_n);
-    let ld = if direct { tile + conv3x3::PB } else { tile };
+    let ld = if direct { tile + PB } else { tile };
     let tiles = len.div_ceil(tile);
     let threads = if o_n * i_n * len >= 1 << 18 {
         rayon::current_num_threads()
@@ -208,6 +181,7 @@ pub fn backward(
         static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         static SUMS: std::cell::RefCell<Vec<(f64, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    let masked_sums_axpy = kernels::active().masked_sums_axpy;
     // One slice of tiles: dW summed into `acc` (o_n×i_n), the BN sums into `sums`.
     let slice = |part: usize, acc: *mut f32, sums: &mut [(f64, f64)], wt: &[f32]| {
         with_scratch(&TILE, i_n * ld, |buf| {
@@ -222,11 +196,11 @@ pub fn backward(
                         for o in 0..o_n {
                             dyt[o * ld..][..n].copy_from_slice(&dy[o * len + a..][..n]);
                         }
-                        // SAFETY: `acc` is this task's own o_n×i_n matrix; avx2 was
-                        // checked (pointwise_applies); rows hold n floats.
+                        // SAFETY: `acc` is this task's own o_n×i_n matrix; the table has
+                        // direct kernels (pointwise_applies); rows hold n floats.
                         unsafe { dot_tile(acc, i_n, dyt, ld, buf, ld, o_n, i_n, n) };
                         // dA over A (dead now); wt is Wᵀ packed
-                        conv3x3::pointwise_tile(buf, ld, dyt, ld, wt, i_n, o_n, n);
+                        conv1x1::pointwise_tile(buf, ld, dyt, ld, wt, i_n, o_n, n);
                     } else {
                         // SAFETY: `acc` is this task's own o_n×i_n matrix; `buf` holds i_n
                         // rows of ld ≥ n floats and is this thread's own.
@@ -282,11 +256,11 @@ pub fn backward(
     with_scratch(&SUMS, parts * i_n, |sums| {
         sums.fill((0.0, 0.0));
         {
-            let _t = crate::profile::scope(crate::profile::Op::Conv1x1Backward);
+            let _t = profile::scope(profile::Op::Conv1x1Backward);
             with_scratch(&PARTIALS, (parts - 1) * o_n * i_n, |partials| {
                 partials.fill(0.0);
                 let (dwp, pp) = (SyncPtr(g.dw.as_mut_ptr()), SyncPtr(partials.as_mut_ptr()));
-                conv3x3::with_packed(wsrc, wt_o, wt_i, 1, true, |wt| {
+                with_packed(wsrc, wt_o, wt_i, 1, true, |wt| {
                     // part 0 sums straight into dw, part p > 0 into partial p − 1
                     let work = |(p, sums): (usize, &mut [(f64, f64)])| {
                         let acc = if p == 0 {
@@ -322,136 +296,6 @@ pub fn backward(
     });
 }
 
-/// `dw[o][i] += Σ_{p<n} dy[o][p]·a[i][p]` (`dw` rows `dw_ld` apart, `dy` and `a` rows
-/// `dy_ld` and `a_ld` apart), for an even `i_n`: the weight gradient of one tile,
-/// where both operands run along the summation. Register blocks of 4 outputs × 2 inputs
-/// (8 accumulators over 8 positions each): per step 4 dY loads (they stay in L1 across
-/// the input rows), 2 A loads (from L2) and 8 FMAs, then one horizontal reduction per
-/// block and tile. This replaces a `gemm` call per tile, which allocated its packing
-/// buffers every time.
-///
-/// # Safety
-/// AVX2 and FMA must be available; `dw` must hold `(o_n − 1)·dw_ld + i_n` floats.
-#[allow(clippy::too_many_arguments)]
-unsafe fn dot_tile(
-    dw: *mut f32,
-    dw_ld: usize,
-    dy: &[f32],
-    dy_ld: usize,
-    a: &[f32],
-    a_ld: usize,
-    o_n: usize,
-    i_n: usize,
-    n: usize,
-) {
-    assert!(i_n.is_multiple_of(2));
-    assert!(o_n == 0 || dy.len() >= (o_n - 1) * dy_ld + n);
-    assert!(i_n == 0 || a.len() >= (i_n - 1) * a_ld + n);
-    #[cfg(target_arch = "x86_64")]
-    dot_tile_avx2(dw, dw_ld, dy, dy_ld, a, a_ld, o_n, i_n, n);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (dw, dw_ld, dy_ld, a_ld, o_n, n);
-        unreachable!("dot_tile needs x86-64")
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dot_tile_avx2(
-    dw: *mut f32,
-    dw_ld: usize,
-    dy: &[f32],
-    dy_ld: usize,
-    a: &[f32],
-    a_ld: usize,
-    o_n: usize,
-    i_n: usize,
-    n: usize,
-) {
-    use std::arch::x86_64::*;
-    let n8 = n / 8 * 8;
-    let o4 = o_n / 4 * 4;
-    for o0 in (0..o4).step_by(4) {
-        let d = dy.as_ptr().add(o0 * dy_ld);
-        for i0 in (0..i_n).step_by(2) {
-            let a0 = a.as_ptr().add(i0 * a_ld);
-            let a1 = a0.add(a_ld);
-            let mut c = [[_mm256_setzero_ps(); 2]; 4];
-            let mut p = 0;
-            while p < n8 {
-                let (x0, x1) = (_mm256_loadu_ps(a0.add(p)), _mm256_loadu_ps(a1.add(p)));
-                for (r, c) in c.iter_mut().enumerate() {
-                    let dv = _mm256_loadu_ps(d.add(r * dy_ld + p));
-                    c[0] = _mm256_fmadd_ps(dv, x0, c[0]);
-                    c[1] = _mm256_fmadd_ps(dv, x1, c[1]);
-                }
-                p += 8;
-            }
-            // [c00 c01 c10 c11 | c20 c21 c30 c31] → 8 sums: two rounds of in-lane hadd,
-            // then the two 128-bit halves added
-            let h0 = _mm256_hadd_ps(
-                _mm256_hadd_ps(c[0][0], c[0][1]),
-                _mm256_hadd_ps(c[1][0], c[1][1]),
-            );
-            let h1 = _mm256_hadd_ps(
-                _mm256_hadd_ps(c[2][0], c[2][1]),
-                _mm256_hadd_ps(c[3][0], c[3][1]),
-            );
-            let mut s = [0f32; 8];
-            _mm_storeu_ps(
-                s.as_mut_ptr(),
-                _mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps::<1>(h0)),
-            );
-            _mm_storeu_ps(
-                s.as_mut_ptr().add(4),
-                _mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps::<1>(h1)),
-            );
-            for (r, s) in s.chunks_exact(2).enumerate() {
-                let (mut s0, mut s1) = (s[0], s[1]);
-                for q in n8..n {
-                    let dv = *d.add(r * dy_ld + q);
-                    s0 += dv * *a0.add(q);
-                    s1 += dv * *a1.add(q);
-                }
-                let out = dw.add((o0 + r) * dw_ld + i0);
-                *out += s0;
-                *out.add(1) += s1;
-            }
-        }
-    }
-    // the last o_n mod 4 rows (a transition's 150 outputs), one at a time
-    let hsum = |v: __m256| {
-        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps::<1>(q, q)))
-    };
-    for o in o4..o_n {
-        let d = dy.as_ptr().add(o * dy_ld);
-        for i0 in (0..i_n).step_by(2) {
-            let a0 = a.as_ptr().add(i0 * a_ld);
-            let a1 = a0.add(a_ld);
-            let (mut c0, mut c1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut p = 0;
-            while p < n8 {
-                let dv = _mm256_loadu_ps(d.add(p));
-                c0 = _mm256_fmadd_ps(dv, _mm256_loadu_ps(a0.add(p)), c0);
-                c1 = _mm256_fmadd_ps(dv, _mm256_loadu_ps(a1.add(p)), c1);
-                p += 8;
-            }
-            let (mut s0, mut s1) = (hsum(c0), hsum(c1));
-            for q in n8..n {
-                s0 += *d.add(q) * *a0.add(q);
-                s1 += *d.add(q) * *a1.add(q);
-            }
-            let out = dw.add(o * dw_ld + i0);
-            *out += s0;
-            *out.add(1) += s1;
-        }
-    }
-}
-
 /// The fallback of the fused 3×3: `relu(x·scale + shift)` written into `tmp`.
 fn written_out<'t>(tmp: &'t mut [f32], x: &[f32], bn: BnRelu, s: &ConvShape) -> &'t [f32] {
     let len = s.n * s.h * s.w;
@@ -475,7 +319,7 @@ pub fn conv3x3_forward(
 ) {
     assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
     if conv3x3::applies(s) {
-        let _t = crate::profile::scope(crate::profile::Op::Conv3x3Forward);
+        let _t = profile::scope(profile::Op::Conv3x3Forward);
         conv3x3::forward(y, x, Some(bn), w, s, col);
     } else {
         conv_forward(y, written_out(tmp, x, bn, s), w, s, col);
@@ -498,7 +342,7 @@ pub fn conv3x3_backward(
 ) {
     assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
     if conv3x3::applies(s) && (dx.is_none() || conv3x3::applies_data(s)) {
-        let _t = crate::profile::scope(crate::profile::Op::Conv3x3Backward);
+        let _t = profile::scope(profile::Op::Conv3x3Backward);
         conv3x3::backward(dx, dw, dy, x, Some(bn), w, s, col);
     } else {
         conv_backward(dx, dw, dy, written_out(tmp, x, bn, s), w, s, col);

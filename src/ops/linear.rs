@@ -4,7 +4,7 @@
 //! PyTorch's `[J][C]` (J outputs), the bias `[J]`, and the output `y: [N][J]` (PyTorch's
 //! logits layout). Both families' heads use it.
 
-use super::gemm::{sgemm, Mat};
+use crate::kernels::gemm::{sgemm, Mat};
 
 /// `y[N×J] = xᵀ·Wᵀ + b`.
 pub fn linear_forward(

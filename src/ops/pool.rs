@@ -10,7 +10,7 @@ pub fn pooled_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
 
 /// 2×2 average pooling, stride 2 (transitions): `planes` planes of `h×w` → `h/2 × w/2`.
 pub fn avgpool2_forward(y: &mut [f32], x: &[f32], planes: usize, h: usize, w: usize) {
-    let _t = crate::profile::scope(crate::profile::Op::Pool);
+    let _t = crate::util::profile::scope(crate::util::profile::Op::Pool);
     let (ho, wo) = (h / 2, w / 2);
     y[..planes * ho * wo]
         .par_chunks_mut(ho * wo)
@@ -30,7 +30,7 @@ pub fn avgpool2_forward(y: &mut [f32], x: &[f32], planes: usize, h: usize, w: us
 /// Backward of [`avgpool2_forward`]: `dx` is **overwritten** (each input position belongs
 /// to at most one window; rows/columns dropped by the floor get zero).
 pub fn avgpool2_backward(dx: &mut [f32], dy: &[f32], planes: usize, h: usize, w: usize) {
-    let _t = crate::profile::scope(crate::profile::Op::Pool);
+    let _t = crate::util::profile::scope(crate::util::profile::Op::Pool);
     let (ho, wo) = (h / 2, w / 2);
     dx[..planes * h * w]
         .par_chunks_mut(h * w)
@@ -60,7 +60,7 @@ pub fn maxpool3s2_forward(
     h: usize,
     w: usize,
 ) {
-    let _t = crate::profile::scope(crate::profile::Op::Pool);
+    let _t = crate::util::profile::scope(crate::util::profile::Op::Pool);
     let (ho, wo) = (pooled_size(h, 3, 2, 1), pooled_size(w, 3, 2, 1));
     let Some(argmax) = argmax else {
         // max over the window's rows first (whole rows, vectorised), then over columns.
@@ -143,7 +143,7 @@ pub fn maxpool3s2_backward(
     h: usize,
     w: usize,
 ) {
-    let _t = crate::profile::scope(crate::profile::Op::Pool);
+    let _t = crate::util::profile::scope(crate::util::profile::Op::Pool);
     let (ho, wo) = (pooled_size(h, 3, 2, 1), pooled_size(w, 3, 2, 1));
     dx[..planes * h * w]
         .par_chunks_mut(h * w)

@@ -24,11 +24,11 @@
 //! x, u1, u2. The BN-ReLU outputs h0..h(k−1) are recomputed in [`ResidualUnit::backward`]
 //! from those (cheap elementwise work), unless naive mode kept them.
 
-use crate::memory::ChannelStats;
-use crate::net::{BatchNorm, Conv};
+use crate::nn::params::TensorTable;
+use crate::nn::ChannelStats;
+use crate::nn::{BatchNorm, Conv};
 use crate::ops::conv::{conv_backward, conv_forward, pointwise_backward_in_place};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
-use crate::params::TensorTable;
 
 /// One residual unit: its BN-ReLU-Conv layers and its shortcut.
 #[derive(Clone, Debug)]

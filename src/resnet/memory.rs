@@ -27,7 +27,7 @@
 //! Evaluation needs none of this: two stream buffers used in turn and shared scratch.
 
 use super::Architecture;
-use crate::memory::{ChannelStats, MemoryMode};
+use crate::nn::{ChannelStats, MemoryMode};
 use crate::ops::conv::{col_len, ConvShape};
 use serde::Serialize;
 

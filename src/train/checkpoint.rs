@@ -10,7 +10,7 @@
 use super::{TrainConfig, TrainError, TrainState};
 use crate::model::Model;
 use crate::optim::Sgd;
-use crate::tensor::Tensor;
+use crate::util::tensor::Tensor;
 use crate::weights::{read_safetensors, write_safetensors};
 use std::collections::HashMap;
 use std::path::Path;

@@ -19,11 +19,11 @@ pub mod schedule;
 use crate::data::augment::{Geometry, Transform};
 use crate::data::pipeline::{holdout_fraction, Batch, Loader, LoaderConfig};
 use crate::data::{self, DataError, DatasetKind, Source, Split};
-use crate::memory::MemoryMode;
 use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
-use crate::net::TrainOptions;
+use crate::nn::MemoryMode;
+use crate::nn::TrainOptions;
 use crate::optim::{Sgd, SgdConfig};
-use crate::rng::mix_seed;
+use crate::util::rng::mix_seed;
 use crate::weights::WeightsError;
 use checkpoint::Preprocess;
 pub use schedule::Schedule;
@@ -447,7 +447,7 @@ pub fn train(
         );
     }
     let config_json = serde_json::to_vec_pretty(&config).unwrap_or_default();
-    crate::atomic::write(&dir.join("config.json"), &config_json).map_err(io(dir))?;
+    crate::util::atomic::write(&dir.join("config.json"), &config_json).map_err(io(dir))?;
     let pre = data.preprocess();
 
     let loader_cfg = LoaderConfig {
@@ -604,7 +604,7 @@ pub fn train(
     };
     if state.epochs_done == config.epochs {
         let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
-        crate::atomic::write(&dir.join("summary.json"), &json).map_err(io(dir))?;
+        crate::util::atomic::write(&dir.join("summary.json"), &json).map_err(io(dir))?;
     }
     Ok(summary)
 }
@@ -629,7 +629,7 @@ pub fn write_metrics(path: &Path, rows: &[EpochMetrics]) -> Result<(), TrainErro
             m.seconds
         ));
     }
-    crate::atomic::write(path, s.as_bytes()).map_err(io(path))
+    crate::util::atomic::write(path, s.as_bytes()).map_err(io(path))
 }
 
 /// Reads a metrics CSV written by [`write_metrics`].

@@ -8,9 +8,9 @@
 
 pub mod pth;
 
-use crate::net::Network;
-use crate::params::TensorTable;
-use crate::tensor::Tensor;
+use crate::densenet::DenseNet;
+use crate::nn::params::TensorTable;
+use crate::util::tensor::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ pub fn write_safetensors(
     }
     let meta = (!metadata.is_empty()).then_some(metadata);
     let bytes = safetensors::serialize(views, meta).map_err(|e| fmt(e.to_string()))?;
-    crate::atomic::write(path, &bytes).map_err(io_err(path))
+    crate::util::atomic::write(path, &bytes).map_err(io_err(path))
 }
 
 /// Reads a checkpoint in either format: a zip archive (`PK` magic) is a PyTorch `.pth`
@@ -304,7 +304,7 @@ pub fn match_tensors<'a>(
     Ok(plan)
 }
 
-impl Network {
+impl DenseNet {
     /// Every parameter and running statistic as `(state-dict name, tensor)`.
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
         state_dict(

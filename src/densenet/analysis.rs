@@ -9,7 +9,7 @@
 //! DenseNet-B) and ℓ = n+1 (the transition after the block, or the classifier after the
 //! last block). A layer only sees earlier layers, so cells with s ≥ ℓ are empty (NaN).
 
-use crate::net::Network;
+use crate::densenet::DenseNet;
 use serde::Serialize;
 
 /// One block's matrix: `values[s·(n+1) + (ℓ−1)]` for sources s = 0..=n, targets ℓ = 1..=n+1.
@@ -42,7 +42,7 @@ fn mean_abs(w: &[f32], cout: usize, cin: usize, taps: usize, c0: usize, c1: usiz
 }
 
 /// The feature-reuse matrices of every dense block of `net`.
-pub fn feature_reuse(net: &Network) -> Vec<ReuseMatrix> {
+pub fn feature_reuse(net: &DenseNet) -> Vec<ReuseMatrix> {
     let arch = &net.arch;
     let p = &net.params;
     let last = arch.blocks.len() - 1;
@@ -115,14 +115,14 @@ pub fn to_csv(matrices: &[ReuseMatrix]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DenseNetConfig;
+    use crate::densenet::config::DenseNetConfig;
 
     /// Known weights in a few layers give exactly the expected cells.
     #[test]
     fn cells_match_an_independent_computation() {
         // plain DenseNet-16-2: 4 layers per block, k = 2, stem 16 channels, 3×3 conv1
         let cfg = DenseNetConfig::cifar(16, 2, false, 1.0).unwrap();
-        let mut net = Network::new(&cfg, 0);
+        let mut net = DenseNet::new(&cfg, 0);
         net.params.fill(0.0);
         let b1 = &net.arch.blocks[0];
         assert_eq!((b1.c_in, b1.layers.len()), (16, 4));

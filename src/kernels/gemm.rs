@@ -232,7 +232,7 @@ pub(super) fn raw(
 /// `c` must be valid for writes of the `m×n` block with leading dimension `ldc`, and no
 /// other thread may access that block during the call; it must not alias `a` or `b`.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn raw_ptr(
+pub(crate) unsafe fn raw_ptr(
     m: usize,
     n: usize,
     k: usize,

@@ -24,85 +24,21 @@
 //! once by its producer ([`BlockMemory::complete_grads`]) before it reads its gradient.
 //! In naive mode each layer keeps its own A, B and C.
 
-use super::{BatchNorm, Conv};
-use crate::config::DenseNetConfig;
-use crate::memory::{BlockMemory, Scratch, Workspace};
+use super::arch::DenseLayer;
+use crate::densenet::memory::{BlockMemory, DenseNetWorkspace, Scratch};
 use crate::ops::conv::{conv_backward, conv_forward, pointwise_backward_in_place};
 use crate::ops::dropout;
 use crate::ops::fused::{self, BnRelu};
 use crate::ops::norm::{bn_relu_backward, bn_relu_backward_into, bn_relu_forward, OutGrad};
-use crate::params::TensorTable;
-
-/// One dense layer: BN-ReLU-Conv, or with bottleneck BN-ReLU-Conv1×1-BN-ReLU-Conv3×3.
-#[derive(Clone, Debug)]
-pub struct DenseLayer {
-    /// Index of the layer in the whole network (for dropout masks).
-    pub id: usize,
-    /// Input channels m.
-    pub c_in: usize,
-    /// BN of the concatenated input (`norm1`).
-    pub norm1: BatchNorm,
-    /// First convolution: 1×1 to bn_size·k with bottleneck, else 3×3 to k (`conv1`).
-    pub conv1: Conv,
-    /// With bottleneck: `norm2` and the 3×3 `conv2`.
-    pub bottleneck: Option<(BatchNorm, Conv)>,
-    /// Dropout after each convolution.
-    pub drop_rate: f32,
-}
 
 impl DenseLayer {
-    pub(crate) fn new(
-        name: &str,
-        id: usize,
-        c_in: usize,
-        cfg: &DenseNetConfig,
-        p: &mut TensorTable,
-        s: &mut TensorTable,
-    ) -> Self {
-        let k = cfg.growth_rate;
-        let norm1 = BatchNorm::new(&format!("{name}.norm1"), c_in, p, s);
-        let (conv1, bottleneck) = if cfg.bottleneck {
-            let width = cfg.bn_size * k;
-            let conv1 = Conv::new(&format!("{name}.conv1"), width, c_in, 1, 1, 0, p);
-            let norm2 = BatchNorm::new(&format!("{name}.norm2"), width, p, s);
-            let conv2 = Conv::new(&format!("{name}.conv2"), k, width, 3, 1, 1, p);
-            (conv1, Some((norm2, conv2)))
-        } else {
-            (
-                Conv::new(&format!("{name}.conv1"), k, c_in, 3, 1, 1, p),
-                None,
-            )
-        };
-        DenseLayer {
-            id,
-            c_in,
-            norm1,
-            conv1,
-            bottleneck,
-            drop_rate: cfg.drop_rate,
-        }
-    }
-
-    /// Channels this layer appends (k).
-    pub fn growth(&self) -> usize {
-        self.bottleneck
-            .as_ref()
-            .map(|(_, c)| c.cout)
-            .unwrap_or(self.conv1.cout)
-    }
-
-    /// Dropout site of this layer's convolution `which` (1 or 2).
-    fn site(&self, which: u64) -> u64 {
-        ((self.id as u64) << 2) | which
-    }
-
     /// Forward: reads channels `0..m` of block `b`'s buffer, writes `m..m+k`. In training
     /// it also records the batch statistics of B and of the new channels.
     pub(crate) fn forward(
         &self,
         p: &[f32],
         running: &mut [f32],
-        ws: &mut Workspace,
+        ws: &mut DenseNetWorkspace,
         b: usize,
         i: usize,
         size: usize,
@@ -200,7 +136,7 @@ impl DenseLayer {
         &self,
         p: &[f32],
         g: &mut [f32],
-        ws: &mut Workspace,
+        ws: &mut DenseNetWorkspace,
         b: usize,
         i: usize,
         size: usize,

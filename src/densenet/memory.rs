@@ -25,41 +25,18 @@
 //! Buffers are sized for the largest batch and reused for smaller ones; nothing is
 //! allocated inside a step.
 
-use crate::config::Stem;
-use crate::net::Architecture;
+use super::arch::Architecture;
+use crate::densenet::config::Stem;
+use crate::nn::{ChannelStats, MemoryMode};
 use crate::ops::conv::{col_len, ConvShape};
-use serde::{Deserialize, Serialize};
-
-/// Where intermediate results of dense layers live during training.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum MemoryMode {
-    /// Shared scratch storage, recomputed in the backward pass: memory linear in depth.
-    #[default]
-    Efficient,
-    /// Every layer keeps its own BN-ReLU and bottleneck outputs: memory quadratic in depth.
-    Naive,
-}
-
-impl std::str::FromStr for MemoryMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "efficient" => Ok(MemoryMode::Efficient),
-            "naive" => Ok(MemoryMode::Naive),
-            _ => Err(format!(
-                "unknown memory mode '{s}' (expected efficient or naive)"
-            )),
-        }
-    }
-}
+use serde::Serialize;
 
 /// im2col scratch budget in floats (16 MiB): big enough that the GEMMs stay efficient
 /// (thousands of columns), small enough not to matter next to the block buffers.
 const COL_BUDGET: usize = 4 << 20;
 
 /// Share of the rest of an efficient-mode training plan that bottleneck outputs `B` may
-/// take to spare their recomputation (see `MemoryPlan::keep_bottlenecks`).
+/// take to spare their recomputation (see `DenseNetPlan::keep_bottlenecks`).
 pub const KEEP_B_SHARE: f64 = 0.25;
 
 /// Floats kept by one dense layer: in naive mode its `A`, `B` and `C`; in efficient mode
@@ -76,7 +53,7 @@ pub struct KeptLayer {
 
 /// Sizes (in floats, unless named otherwise) of every activation buffer for one batch size.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct MemoryPlan {
+pub struct DenseNetPlan {
     /// Largest batch the buffers hold.
     pub batch: usize,
     /// Memory mode.
@@ -121,7 +98,7 @@ pub struct MemoryPlan {
     pub small: usize,
 }
 
-impl MemoryPlan {
+impl DenseNetPlan {
     /// Plans the buffers of `arch` for batches of up to `batch` images.
     pub fn new(arch: &Architecture, batch: usize, mode: MemoryMode, training: bool) -> Self {
         let cfg = &arch.config;
@@ -130,7 +107,7 @@ impl MemoryPlan {
         let naive = training && mode == MemoryMode::Naive;
         let width = cfg.bn_size * cfg.growth_rate;
         let k = cfg.growth_rate;
-        let mut plan = MemoryPlan {
+        let mut plan = DenseNetPlan {
             batch: n,
             mode,
             training,
@@ -292,38 +269,6 @@ impl MemoryPlan {
     }
 }
 
-/// Per-channel batch statistics of a buffer, computed once when the channels are written.
-#[derive(Clone, Debug, Default)]
-pub struct ChannelStats {
-    /// Batch mean per channel.
-    pub mean: Vec<f32>,
-    /// Biased batch variance per channel.
-    pub var: Vec<f32>,
-    /// 1/√(var + ε).
-    pub rstd: Vec<f32>,
-}
-
-impl ChannelStats {
-    fn new(c: usize) -> Self {
-        ChannelStats {
-            mean: vec![0.0; c],
-            var: vec![0.0; c],
-            rstd: vec![0.0; c],
-        }
-    }
-    /// Computes the statistics of channels `c0..c1` of `x: [C][len]`.
-    pub fn compute(&mut self, x: &[f32], c0: usize, c1: usize, len: usize) {
-        use crate::ops::norm::{channel_stats, rstd_from_var};
-        channel_stats(
-            &mut self.mean[c0..c1],
-            &mut self.var[c0..c1],
-            &x[c0 * len..c1 * len],
-            len,
-        );
-        rstd_from_var(&mut self.rstd[c0..c1], &self.var[c0..c1]);
-    }
-}
-
 /// One dense block's memory.
 #[derive(Debug, Default)]
 pub struct BlockMemory {
@@ -362,11 +307,11 @@ pub struct LayerMemory {
     /// Batch statistics of the bottleneck output (BN2's input).
     pub bn2: ChannelStats,
     /// `A`, `B`, `C` of this layer in naive mode; in efficient mode only `B`, and only for
-    /// the layers [`MemoryPlan::kept_layers`] names (the others are empty).
+    /// the layers [`DenseNetPlan::kept_layers`] names (the others are empty).
     pub kept: [Vec<f32>; 3],
 }
 
-/// Shared scratch buffers (see [`MemoryPlan`]).
+/// Shared scratch buffers (see [`DenseNetPlan`]).
 #[derive(Debug, Default)]
 pub struct Scratch {
     /// `A` of a plain layer (fallback 3×3 path only), stem ReLU output / its gradient.
@@ -389,11 +334,11 @@ pub struct Scratch {
     pub shift: Vec<f32>,
 }
 
-/// Every activation buffer of a network, allocated once from a [`MemoryPlan`].
+/// Every activation buffer of a network, allocated once from a [`DenseNetPlan`].
 #[derive(Debug)]
-pub struct Workspace {
+pub struct DenseNetWorkspace {
     /// The plan it was allocated from.
-    pub plan: MemoryPlan,
+    pub plan: DenseNetPlan,
     /// Images in the current batch (≤ `plan.batch`).
     pub n: usize,
     /// Whether the last forward pass ran in training mode.
@@ -424,9 +369,9 @@ pub struct Workspace {
     pub dlogits: Vec<f32>,
 }
 
-impl Workspace {
+impl DenseNetWorkspace {
     /// Allocates every buffer of `plan` for `arch`.
-    pub fn new(arch: &Architecture, plan: MemoryPlan) -> Self {
+    pub fn new(arch: &Architecture, plan: DenseNetPlan) -> Self {
         let z = |n: usize| vec![0f32; n];
         let cfg = &arch.config;
         let n = plan.batch;
@@ -463,7 +408,7 @@ impl Workspace {
             .max()
             .unwrap_or(0)
             .max(width);
-        Workspace {
+        DenseNetWorkspace {
             n,
             training: false,
             dropout_seed: 0,

@@ -4,15 +4,20 @@
 //! follows), written straight into the first block's buffer. ImageNet: 7×7 stride-2
 //! convolution, BN, ReLU, 3×3 stride-2 max pool (torchvision's `conv0 norm0 relu0 pool0`).
 
-use super::Architecture;
-use crate::config::Stem;
-use crate::memory::{Scratch, Workspace};
+use super::arch::Architecture;
+use crate::densenet::config::Stem;
+use crate::densenet::memory::{DenseNetWorkspace, Scratch};
 use crate::ops::conv::{conv_backward, conv_forward};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
 use crate::ops::pool::{maxpool3s2_backward, maxpool3s2_forward};
 
 /// Forward from `ws.input` into the prefix of block 1.
-pub(crate) fn forward(arch: &Architecture, p: &[f32], running: &mut [f32], ws: &mut Workspace) {
+pub(crate) fn forward(
+    arch: &Architecture,
+    p: &[f32],
+    running: &mut [f32],
+    ws: &mut DenseNetWorkspace,
+) {
     let cfg = &arch.config;
     let (n, s, c0) = (ws.n, cfg.input_size, cfg.init_features);
     let conv = &arch.conv0;
@@ -66,7 +71,7 @@ pub(crate) fn backward(
     arch: &Architecture,
     p: &[f32],
     g: &mut [f32],
-    ws: &mut Workspace,
+    ws: &mut DenseNetWorkspace,
     input_grad: bool,
 ) {
     let cfg = &arch.config;

@@ -1,14 +1,19 @@
 //! The head, forward and backward: final BN-ReLU, global average pooling and the linear
 //! classifier (`features.norm_final`/`norm5`, functional ReLU and pool, `classifier`).
 
-use super::Architecture;
-use crate::memory::Workspace;
+use super::arch::Architecture;
+use crate::densenet::memory::DenseNetWorkspace;
 use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::norm::{bn_relu_avgpool_forward, bn_relu_backward, OutGrad};
-use crate::tensor::Tensor;
+use crate::util::tensor::Tensor;
 
 /// Forward: pooled features `ws.pooled [C][N]`, then `ws.logits [N][classes]`.
-pub(crate) fn forward(arch: &Architecture, p: &[f32], running: &mut [f32], ws: &mut Workspace) {
+pub(crate) fn forward(
+    arch: &Architecture,
+    p: &[f32],
+    running: &mut [f32],
+    ws: &mut DenseNetWorkspace,
+) {
     let cfg = &arch.config;
     let (n, j) = (ws.n, cfg.num_classes);
     let last = arch.blocks.last().expect("at least one block");
@@ -25,7 +30,7 @@ pub(crate) fn forward(arch: &Architecture, p: &[f32], running: &mut [f32], ws: &
 }
 
 /// Backward from `ws.dlogits` into the last block's gradient buffer (accumulating).
-pub(crate) fn backward(arch: &Architecture, p: &[f32], g: &mut [f32], ws: &mut Workspace) {
+pub(crate) fn backward(arch: &Architecture, p: &[f32], g: &mut [f32], ws: &mut DenseNetWorkspace) {
     let cfg = &arch.config;
     let (n, j) = (ws.n, cfg.num_classes);
     let last = arch.blocks.last().expect("at least one block");
@@ -65,7 +70,7 @@ pub(crate) fn final_norm_output(
     arch: &Architecture,
     p: &[f32],
     running: &mut [f32],
-    ws: &mut Workspace,
+    ws: &mut DenseNetWorkspace,
 ) -> Tensor {
     let last = arch.blocks.last().expect("at least one block");
     let (c, n, hw) = (last.c_out, ws.n, last.size * last.size);

@@ -2,55 +2,21 @@
 //! backward: `Z = conv1×1(relu(BN(X)))` to ⌊θ·m⌋ channels [→ dropout], then 2×2 average
 //! pooling, written as the prefix of the next block's buffer.
 
-use super::{BatchNorm, Conv};
-use crate::config::DenseNetConfig;
-use crate::memory::{Scratch, Workspace};
+use super::arch::Transition;
+use crate::densenet::memory::{DenseNetWorkspace, Scratch};
 use crate::ops::conv::{conv_forward, pointwise_backward_in_place};
 use crate::ops::dropout;
 use crate::ops::fused::{self, BnRelu};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
 use crate::ops::pool::{avgpool2_backward, avgpool2_forward};
-use crate::params::TensorTable;
-
-/// BN-ReLU-Conv1×1-AvgPool2×2.
-#[derive(Clone, Debug)]
-pub struct Transition {
-    /// Dropout site.
-    pub site: u64,
-    /// `norm`.
-    pub norm: BatchNorm,
-    /// `conv`: m → ⌊θ·m⌋.
-    pub conv: Conv,
-    /// Dropout after the convolution.
-    pub drop_rate: f32,
-}
 
 impl Transition {
-    pub(crate) fn new(
-        name: &str,
-        site: u64,
-        c_in: usize,
-        cfg: &DenseNetConfig,
-        p: &mut TensorTable,
-        s: &mut TensorTable,
-    ) -> Self {
-        let norm = BatchNorm::new(&format!("{name}.norm"), c_in, p, s);
-        let cout = cfg.transition_channels(c_in);
-        let conv = Conv::new(&format!("{name}.conv"), cout, c_in, 1, 1, 0, p);
-        Transition {
-            site,
-            norm,
-            conv,
-            drop_rate: cfg.drop_rate,
-        }
-    }
-
     /// Forward from block `b` (spatial `size`) into the prefix of block `b + 1`.
     pub(crate) fn forward(
         &self,
         p: &[f32],
         running: &mut [f32],
-        ws: &mut Workspace,
+        ws: &mut DenseNetWorkspace,
         b: usize,
         size: usize,
     ) {
@@ -97,7 +63,7 @@ impl Transition {
         &self,
         p: &[f32],
         g: &mut [f32],
-        ws: &mut Workspace,
+        ws: &mut DenseNetWorkspace,
         b: usize,
         size: usize,
     ) {

@@ -6,6 +6,7 @@
 //! Named presets (`densenet-bc-100-12`, `densenet121`, ...) parse into it; invalid
 //! configurations are rejected with a message that names the rule that failed.
 
+pub use crate::nn::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// Which stem (and input size) a network uses.
@@ -45,48 +46,6 @@ pub struct DenseNetConfig {
     pub num_classes: usize,
     /// Spatial input size (height = width) the family is specified for.
     pub input_size: usize,
-}
-
-/// Why a configuration is invalid.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ConfigError {
-    /// The model name is not a known preset.
-    #[error(
-        "unknown model '{0}': expected densenet-L-k, densenet-bc-L-k (e.g. densenet-bc-100-12), \
-         densenet121, densenet161, densenet169, densenet201, densenet264, or a pre-activation \
-         ResNet: preresnet-110, preresnet-164, preresnet-1001 (preresnet-L, preresnet-basic-L, \
-         preresnet-bottleneck-L)"
-    )]
-    UnknownModel(String),
-    /// The depth does not fit the CIFAR block formula.
-    #[error(
-        "depth L={depth} is invalid for {kind}: L-4 must be divisible by {div} \
-         ({div} = 3 blocks × {per_layer} conv per layer) and give at least one layer per block"
-    )]
-    BadDepth {
-        /// Requested depth.
-        depth: usize,
-        /// "a plain DenseNet" or "a DenseNet with bottleneck".
-        kind: &'static str,
-        /// 3 or 6.
-        div: usize,
-        /// 1 or 2.
-        per_layer: usize,
-    },
-    /// Any other violated rule.
-    #[error("invalid configuration: {0}")]
-    Rule(String),
-}
-
-impl ConfigError {
-    /// `Ok` if the rule holds, else [`ConfigError::Rule`] with `msg`.
-    pub fn check(ok: bool, msg: String) -> Result<(), ConfigError> {
-        if ok {
-            Ok(())
-        } else {
-            Err(ConfigError::Rule(msg))
-        }
-    }
 }
 
 impl DenseNetConfig {

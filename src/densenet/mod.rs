@@ -1,0 +1,242 @@
+//! The DenseNet (Huang et al., CVPR 2017): everything about it in one folder.
+//!
+//! - [`config`]: what a DenseNet is (presets of the paper and torchvision, validation);
+//! - [`arch`]: the layers of a configuration and where their tensors live in the flat
+//!   buffers ([`Architecture`]);
+//! - [`memory`]: the memory plan, where every activation lives ([`DenseNetPlan`],
+//!   [`DenseNetWorkspace`]);
+//! - [`stem`], [`dense_layer`], [`transition`], [`head`]: forward and backward of each
+//!   part; the dense layer's are in [`dense_layer`];
+//! - [`analysis`]: feature reuse (the paper's Fig. 5).
+//!
+//! [`DenseNet`] owns the parameter, gradient and statistics buffers and strings the parts
+//! together, forward in order and backward in reverse, over a workspace that the memory
+//! plan allocated.
+
+pub mod analysis;
+pub mod arch;
+pub mod config;
+pub mod dense_layer;
+pub mod head;
+pub mod memory;
+pub mod stem;
+pub mod transition;
+
+pub use arch::{Architecture, DenseBlock, DenseLayer, Transition};
+pub use config::{DenseNetConfig, Stem};
+pub use memory::{DenseNetPlan, DenseNetWorkspace};
+
+use crate::nn::{check_input, emit, MemoryMode, Probe, TrainOptions};
+use crate::ops::loss::softmax_cross_entropy;
+use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
+use crate::util::rng::Rng;
+
+/// A DenseNet with its parameters, gradients and running statistics.
+pub struct DenseNet {
+    /// Layers and tensor layout.
+    pub arch: Architecture,
+    /// All trainable parameters (see [`Architecture::params`] for names).
+    pub params: Vec<f32>,
+    /// Their gradients, same layout.
+    pub grads: Vec<f32>,
+    /// BN running statistics (see [`Architecture::stats`]).
+    pub stats: Vec<f32>,
+}
+
+impl DenseNet {
+    /// A network with He-initialised convolutions (normal, std √(2/fan_in), as torchvision),
+    /// BN γ = 1, β = 0, running mean 0 and variance 1, PyTorch's default linear weight
+    /// (uniform ±1/√fan_in) and zero classifier bias.
+    pub fn new(config: &DenseNetConfig, seed: u64) -> Self {
+        let arch = Architecture::new(config);
+        let mut params = vec![0.0; arch.params.total()];
+        let mut stats = vec![0.0; arch.stats.total()];
+        let mut rng = Rng::new(seed);
+        for e in arch.params.entries() {
+            let v = &mut params[e.range()];
+            if e.name.ends_with("classifier.weight") {
+                let bound = 1.0 / (e.shape[1] as f64).sqrt();
+                v.iter_mut()
+                    .for_each(|x| *x = (rng.uniform(-bound, bound)) as f32);
+            } else if e.shape.len() == 4 {
+                let fan_in = (e.shape[1] * e.shape[2] * e.shape[3]) as f64;
+                let std = (2.0 / fan_in).sqrt();
+                v.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
+            } else if e.name.ends_with(".weight") {
+                v.fill(1.0); // BN γ
+            }
+        }
+        for e in arch.stats.entries() {
+            if e.name.ends_with("running_var") {
+                stats[e.range()].fill(1.0);
+            }
+        }
+        let grads = vec![0.0; params.len()];
+        DenseNet {
+            arch,
+            params,
+            grads,
+            stats,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DenseNetConfig {
+        &self.arch.config
+    }
+
+    /// A workspace for batches of up to `batch` images.
+    pub fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> DenseNetWorkspace {
+        DenseNetWorkspace::new(
+            &self.arch,
+            DenseNetPlan::new(&self.arch, batch, mode, training),
+        )
+    }
+
+    fn check_input(&self, ws: &DenseNetWorkspace, input: &[f32], n: usize) {
+        let cfg = &self.arch.config;
+        check_input(input, n, ws.plan.batch, cfg.in_channels, cfg.input_size);
+    }
+
+    /// Evaluation-mode forward pass (BN with running statistics) of `n` images in NCHW;
+    /// returns the logits `[n][classes]`. `probe` receives intermediate activations
+    /// (NCHW) under PyTorch's module names.
+    pub fn forward_eval(
+        &mut self,
+        ws: &mut DenseNetWorkspace,
+        input: &[f32],
+        n: usize,
+        mut probe: Option<Probe>,
+    ) -> Vec<f32> {
+        self.check_input(ws, input, n);
+        self.forward(ws, input, n, false, 0, &mut probe);
+        ws.logits[..n * self.arch.config.num_classes].to_vec()
+    }
+
+    /// Training-mode forward pass: batch statistics, running statistics updated once,
+    /// dropout active. Returns the mean cross-entropy loss; logits stay in `ws.logits`.
+    pub fn forward_train(
+        &mut self,
+        ws: &mut DenseNetWorkspace,
+        input: &[f32],
+        labels: &[u32],
+        opts: &TrainOptions,
+    ) -> f32 {
+        let n = labels.len();
+        self.check_input(ws, input, n);
+        assert!(ws.plan.training, "forward_train needs a training workspace");
+        let classes = self.arch.config.num_classes;
+        self.forward(ws, input, n, true, opts.dropout_seed, &mut None);
+        let (logits, dlogits) = (&ws.logits[..n * classes], &mut ws.dlogits[..n * classes]);
+        softmax_cross_entropy(dlogits, logits, labels, classes)
+    }
+
+    fn forward(
+        &mut self,
+        ws: &mut DenseNetWorkspace,
+        input: &[f32],
+        n: usize,
+        training: bool,
+        seed: u64,
+        probe: &mut Option<Probe>,
+    ) {
+        let cfg = &self.arch.config;
+        let s = cfg.input_size;
+        ws.n = n;
+        ws.training = training;
+        ws.dropout_seed = seed;
+        nchw_to_cnhw(
+            &mut ws.input[..n * cfg.in_channels * s * s],
+            input,
+            n,
+            cfg.in_channels,
+            s * s,
+        );
+        let p = &self.params;
+        let st = &mut self.stats;
+        stem::forward(&self.arch, p, st, ws);
+        let stem_name = match cfg.stem {
+            Stem::Cifar => "features.conv0",
+            Stem::ImageNet => "features.pool0",
+        };
+        emit(
+            probe,
+            stem_name,
+            &ws.blocks[0].feats,
+            self.arch.blocks[0].c_in,
+            n,
+            self.arch.blocks[0].size,
+        );
+        for b in 0..self.arch.blocks.len() {
+            let block = &self.arch.blocks[b];
+            for (i, layer) in block.layers.iter().enumerate() {
+                layer.forward(p, st, ws, b, i, block.size);
+            }
+            emit(
+                probe,
+                format_args!("features.denseblock{}", b + 1),
+                &ws.blocks[b].feats,
+                block.c_out,
+                n,
+                block.size,
+            );
+            if let Some(t) = &block.transition {
+                t.forward(p, st, ws, b, block.size);
+                emit(
+                    probe,
+                    format_args!("features.transition{}", b + 1),
+                    &ws.blocks[b + 1].feats,
+                    t.conv.cout,
+                    n,
+                    block.size / 2,
+                );
+            }
+        }
+        if let Some(probe) = probe.as_mut() {
+            let t = head::final_norm_output(&self.arch, p, st, ws);
+            probe(cfg.final_norm_name(), t);
+        }
+        head::forward(&self.arch, p, st, ws);
+    }
+
+    /// Backward pass of the last [`DenseNet::forward_train`]: **accumulates** every
+    /// parameter's gradient into `self.grads` (call [`DenseNet::zero_grad`] first) and, if
+    /// asked, writes the input gradient (NCHW) into `ws.input_grad`.
+    pub fn backward(&mut self, ws: &mut DenseNetWorkspace, opts: &TrainOptions) {
+        assert!(
+            ws.training,
+            "backward needs a training-mode forward pass first"
+        );
+        let n = ws.n;
+        for b in ws.blocks.iter_mut() {
+            b.grads.fill(0.0);
+            b.pending.fill((0.0, 0.0));
+        }
+        let p = &self.params;
+        let g = &mut self.grads;
+        head::backward(&self.arch, p, g, ws);
+        for b in (0..self.arch.blocks.len()).rev() {
+            let block = &self.arch.blocks[b];
+            if let Some(t) = &block.transition {
+                t.backward(p, g, ws, b, block.size);
+            }
+            for (i, layer) in block.layers.iter().enumerate().rev() {
+                layer.backward(p, g, ws, b, i, block.size);
+            }
+            // the block's input channels have had all their readers
+            let len = n * block.size * block.size;
+            ws.blocks[b].complete_grads(0..block.c_in, len);
+        }
+        stem::backward(&self.arch, p, g, ws, opts.input_grad);
+        if opts.input_grad {
+            let cfg = &self.arch.config;
+            let hw = cfg.input_size * cfg.input_size;
+            cnhw_to_nchw_in_place(&mut ws.input_grad, n, cfg.in_channels, hw);
+        }
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(0.0);
+    }
+}

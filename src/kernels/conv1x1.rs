@@ -1,0 +1,343 @@
+//! The direct 1×1 convolution: `out[o][p] = Σ_i w[o][i]·in[i][p]` on tiles of packed
+//! input rows through the one-tap register kernel of [`super::correlate`], without the
+//! packing a GEMM does, and [`dot_tile`], the weight gradient of one tile. Used where the
+//! active kernels table has direct kernels ([`pointwise_applies`]); the operations fall
+//! back to the `gemm` crate elsewhere.
+
+use super::active;
+use super::correlate::{tile_len, with_packed, Span, OB, OB6, PB};
+use crate::util::par::{with_scratch, SyncPtr};
+use rayon::prelude::*;
+
+/// Signature of [`dot_tile_avx2`] (one entry of [`super::Direct`]).
+pub type DotTileFn = unsafe fn(*mut f32, usize, &[f32], usize, &[f32], usize, usize, usize, usize);
+
+thread_local! {
+    /// Per-thread buffer for a packed tile of 1×1 input rows (see `correlate`).
+    static PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out[o][0..len] = Σ_i w[o][i]·inp[i][0..len]`: a 1×1 convolution (or its
+/// backward-data with `flip`: `w` then is `[I][O]`) through `correlate_avx2`, without the
+/// packing a GEMM does. Needs AVX2 and `o_n % 4 == 0` ([`pointwise_applies`]).
+///
+/// [`super::conv`] uses it for 1×1 convolutions with at most 48 outputs (measurements
+/// there); the `gemm` crate keeps wider ones.
+#[allow(clippy::too_many_arguments)]
+pub fn pointwise(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    o_n: usize,
+    i_n: usize,
+    len: usize,
+    flip: bool,
+) {
+    assert!(inp.len() >= i_n * len);
+    pointwise_with(out, w, o_n, i_n, len, flip, |buf, ld, a, b| {
+        for i in 0..i_n {
+            buf[i * ld..][..b - a].copy_from_slice(&inp[i * len + a..][..b - a]);
+        }
+    });
+}
+
+/// [`pointwise`] on an input that is produced tile by tile: `fill(buf, ld, a, b)` must
+/// write positions `a..b` of every input row i into `buf[i·ld..][..b − a]`. Each tile's
+/// input is formed in a per-thread buffer that stays in L2, so an elementwise function of
+/// a stored tensor (a BN-ReLU, see [`super::fused`]) never has to be written out whole.
+///
+/// The copy also helps by itself: the rows of a `[C][N·H·W]` tensor are 2^k floats apart
+/// at b64 (65536), so a 16-row group read in place maps to one L1 set and thrashes
+/// (`gemm_shapes`, o48 i216 len 65536: 21 GFLOP/s straight from the tensor, 37.5 packed).
+pub fn pointwise_with<F>(
+    out: &mut [f32],
+    w: &[f32],
+    o_n: usize,
+    i_n: usize,
+    len: usize,
+    flip: bool,
+    fill: F,
+) where
+    F: Fn(&mut [f32], usize, usize, usize) + Sync,
+{
+    assert!(pointwise_applies(o_n));
+    assert!(out.len() >= o_n * len);
+    if len == 0 || o_n == 0 {
+        return;
+    }
+    let direct = active()
+        .direct
+        .expect("pointwise: no direct kernels in this table");
+    with_packed(w, o_n, i_n, 1, flip, |wp| {
+        let tile = tile_len(i_n);
+        let tiles = len.div_ceil(tile);
+        let sp = Span {
+            ld: len,
+            base: 0,
+            p0: 0,
+            p1: len,
+            overrun: false,
+        };
+        let optr = SyncPtr(out.as_mut_ptr());
+        let work = |t: usize| {
+            let a = t * tile;
+            let b = (a + tile).min(len);
+            let ild = tile + 8;
+            with_scratch(&PACK, i_n * ild + 16, |buf| {
+                // rows start on 64-byte lines (ild·4 is a multiple of 32 and the start is
+                // aligned), so no 32-byte load of the kernel straddles two cache lines
+                let skip = buf.as_ptr().align_offset(64).min(15);
+                let buf = &mut buf[skip..][..i_n * ild];
+                fill(buf, ild, a, b);
+                // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
+                let ibp = buf.as_ptr().wrapping_sub(a);
+                // SAFETY: positions a..b of each output row are written by this task only;
+                // `out` holds o_n rows of len; the tile buffer holds i_n rows of ild ≥ b − a;
+                // the table that holds the kernel runs on this CPU.
+                unsafe { (direct.correlate1)(optr.get(), ibp, ild, wp, o_n, i_n, &[0], sp, a, b) }
+            })
+        };
+        if tiles > 1 && o_n * i_n * len >= 1 << 17 {
+            (0..tiles).into_par_iter().for_each(work);
+        } else {
+            (0..tiles).for_each(work);
+        }
+    })
+}
+
+/// `out[o][q] = Σ_i wp[o][i]·inp[i][q]` for q in `0..n`: the 1×1 kernel on one tile already
+/// in cache, on the calling thread (`super::fused::backward`'s `dA = Wᵀ·dY`). `wp` comes
+/// from [`with_packed`] (one tap); rows of `out` and `inp` are `out_ld` and `inp_ld`
+/// apart, each with room for `PB` floats past `n` (the last register block runs over
+/// them). Needs [`pointwise_applies`]`(o_n)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pointwise_tile(
+    out: &mut [f32],
+    out_ld: usize,
+    inp: &[f32],
+    inp_ld: usize,
+    wp: &[f32],
+    o_n: usize,
+    i_n: usize,
+    n: usize,
+) {
+    assert!(pointwise_applies(o_n));
+    let direct = active()
+        .direct
+        .expect("pointwise_tile: no direct kernels in this table");
+    assert_eq!(wp.len(), o_n * i_n);
+    let end = n.next_multiple_of(PB);
+    assert!(out_ld >= end && inp_ld >= end);
+    assert!(out.len() >= (o_n - 1) * out_ld + end);
+    assert!(i_n == 0 || inp.len() >= (i_n - 1) * inp_ld + end);
+    let sp = Span {
+        ld: out_ld,
+        base: 0,
+        p0: 0,
+        p1: n,
+        overrun: true,
+    };
+    // SAFETY: the asserts bound every access of the (overrunning) register blocks; the
+    // table that holds the kernel runs on this CPU.
+    unsafe {
+        let (o, i) = (out.as_mut_ptr(), inp.as_ptr());
+        (direct.correlate1)(o, i, inp_ld, wp, o_n, i_n, &[0], sp, 0, n)
+    }
+}
+
+/// Whether the direct kernels ([`pointwise`], `correlate`) handle `o_n` output rows with
+/// the active kernels table.
+pub fn pointwise_applies(o_n: usize) -> bool {
+    (o_n.is_multiple_of(OB) || o_n.is_multiple_of(OB6)) && o_n > 0 && active().direct.is_some()
+}
+
+/// `dw[o][i] += Σ_{p<n} dy[o][p]·a[i][p]` (`dw` rows `dw_ld` apart, `dy` and `a` rows
+/// `dy_ld` and `a_ld` apart), for an even `i_n`: the weight gradient of one tile,
+/// where both operands run along the summation. Register blocks of 4 outputs × 2 inputs
+/// (8 accumulators over 8 positions each): per step 4 dY loads (they stay in L1 across
+/// the input rows), 2 A loads (from L2) and 8 FMAs, then one horizontal reduction per
+/// block and tile. This replaces a `gemm` call per tile, which allocated its packing
+/// buffers every time.
+///
+/// # Safety
+/// `dw` must hold `(o_n − 1)·dw_ld + i_n` floats; the active table must have direct
+/// kernels ([`pointwise_applies`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dot_tile(
+    dw: *mut f32,
+    dw_ld: usize,
+    dy: &[f32],
+    dy_ld: usize,
+    a: &[f32],
+    a_ld: usize,
+    o_n: usize,
+    i_n: usize,
+    n: usize,
+) {
+    assert!(i_n.is_multiple_of(2));
+    assert!(o_n == 0 || dy.len() >= (o_n - 1) * dy_ld + n);
+    assert!(i_n == 0 || a.len() >= (i_n - 1) * a_ld + n);
+    let direct = active()
+        .direct
+        .expect("dot_tile: no direct kernels in this table");
+    (direct.dot_tile)(dw, dw_ld, dy, dy_ld, a, a_ld, o_n, i_n, n);
+}
+
+/// [`dot_tile`] in AVX2+FMA.
+///
+/// # Safety
+/// As [`dot_tile`], and AVX2 and FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dot_tile_avx2(
+    dw: *mut f32,
+    dw_ld: usize,
+    dy: &[f32],
+    dy_ld: usize,
+    a: &[f32],
+    a_ld: usize,
+    o_n: usize,
+    i_n: usize,
+    n: usize,
+) {
+    use std::arch::x86_64::*;
+    let n8 = n / 8 * 8;
+    let o4 = o_n / 4 * 4;
+    for o0 in (0..o4).step_by(4) {
+        let d = dy.as_ptr().add(o0 * dy_ld);
+        for i0 in (0..i_n).step_by(2) {
+            let a0 = a.as_ptr().add(i0 * a_ld);
+            let a1 = a0.add(a_ld);
+            let mut c = [[_mm256_setzero_ps(); 2]; 4];
+            let mut p = 0;
+            while p < n8 {
+                let (x0, x1) = (_mm256_loadu_ps(a0.add(p)), _mm256_loadu_ps(a1.add(p)));
+                for (r, c) in c.iter_mut().enumerate() {
+                    let dv = _mm256_loadu_ps(d.add(r * dy_ld + p));
+                    c[0] = _mm256_fmadd_ps(dv, x0, c[0]);
+                    c[1] = _mm256_fmadd_ps(dv, x1, c[1]);
+                }
+                p += 8;
+            }
+            // [c00 c01 c10 c11 | c20 c21 c30 c31] → 8 sums: two rounds of in-lane hadd,
+            // then the two 128-bit halves added
+            let h0 = _mm256_hadd_ps(
+                _mm256_hadd_ps(c[0][0], c[0][1]),
+                _mm256_hadd_ps(c[1][0], c[1][1]),
+            );
+            let h1 = _mm256_hadd_ps(
+                _mm256_hadd_ps(c[2][0], c[2][1]),
+                _mm256_hadd_ps(c[3][0], c[3][1]),
+            );
+            let mut s = [0f32; 8];
+            _mm_storeu_ps(
+                s.as_mut_ptr(),
+                _mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps::<1>(h0)),
+            );
+            _mm_storeu_ps(
+                s.as_mut_ptr().add(4),
+                _mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps::<1>(h1)),
+            );
+            for (r, s) in s.chunks_exact(2).enumerate() {
+                let (mut s0, mut s1) = (s[0], s[1]);
+                for q in n8..n {
+                    let dv = *d.add(r * dy_ld + q);
+                    s0 += dv * *a0.add(q);
+                    s1 += dv * *a1.add(q);
+                }
+                let out = dw.add((o0 + r) * dw_ld + i0);
+                *out += s0;
+                *out.add(1) += s1;
+            }
+        }
+    }
+    // the last o_n mod 4 rows (a transition's 150 outputs), one at a time
+    let hsum = |v: __m256| {
+        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps::<1>(q, q)))
+    };
+    for o in o4..o_n {
+        let d = dy.as_ptr().add(o * dy_ld);
+        for i0 in (0..i_n).step_by(2) {
+            let a0 = a.as_ptr().add(i0 * a_ld);
+            let a1 = a0.add(a_ld);
+            let (mut c0, mut c1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut p = 0;
+            while p < n8 {
+                let dv = _mm256_loadu_ps(d.add(p));
+                c0 = _mm256_fmadd_ps(dv, _mm256_loadu_ps(a0.add(p)), c0);
+                c1 = _mm256_fmadd_ps(dv, _mm256_loadu_ps(a1.add(p)), c1);
+                p += 8;
+            }
+            let (mut s0, mut s1) = (hsum(c0), hsum(c1));
+            for q in n8..n {
+                s0 += *d.add(q) * *a0.add(q);
+                s1 += *d.add(q) * *a1.add(q);
+            }
+            let out = dw.add(o * dw_ld + i0);
+            *out += s0;
+            *out.add(1) += s1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_naive() {
+        if !pointwise_applies(4) {
+            eprintln!("SKIPPED: the {} kernels have no direct 1×1", active().name);
+            return;
+        }
+        // len 53: three blocks of 16 and a scalar tail of 5; i_n 300 and 200: several
+        // tiles (the packed path), channel groups, a partial last tile with a tail
+        for (o_n, i_n, len, flip) in [
+            (4, 3, 53, false),
+            (8, 20, 53, true),
+            (12, 5, 7, false),
+            (8, 300, 500, false),
+            (12, 200, 1001, true),
+            (6, 7, 53, true),
+            (48, 216, 300, false),
+            (18, 130, 77, true),
+            // 12 + 8 rows, and 120 + 8 (densenet121's bottleneck width)
+            (20, 9, 53, false),
+            (128, 40, 70, true),
+        ] {
+            let x = data(i_n * len, 4);
+            let w = data(o_n * i_n, 5);
+            let mut y = vec![f32::NAN; o_n * len];
+            pointwise(&mut y, &x, &w, o_n, i_n, len, flip);
+            let mut want = vec![0.0; o_n * len];
+            for o in 0..o_n {
+                for i in 0..i_n {
+                    let wv = if flip { w[i * o_n + o] } else { w[o * i_n + i] };
+                    for p in 0..len {
+                        want[o * len + p] += wv * x[i * len + p];
+                    }
+                }
+            }
+            close(&y, &want, "pointwise");
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Direct 3×3, stride 1, padding 1 convolution (every 3×3 convolution in a dense layer),
+//! forward and backward, on the register kernels of [`super::correlate`]. Selected by
+//! `ops::conv` when [`applies`] holds; everything else (and the `portable` kernels table)
+//! takes the im2col + GEMM path.
+//!
+//! **Why.** With few output channels (k = 12..48) the im2col + GEMM route is bound by
+//! memory traffic, not arithmetic: im2col writes a `Cin·9 × len` matrix (113 MB per BC-100
+//! layer at b64), the GEMM packs it again and uses each packed value for only 12 FMAs, and
+//! backward-data needs a second such matrix plus col2im. `cargo bench --bench
+//! shapes` measured 12–28 GFLOP/s for the forward GEMM and
+//! 12–14 GFLOP/s for dW (12×9216·9216×432) on this 2-core AMD EPYC (AVX2, no AVX-512).
+//!
+//! **How.** The input is copied once into a zero-padded layout: per channel, the samples'
+//! `(H+2)×(W+2)` planes one after another, with a zero margin before and after. In that
+//! layout the 9 taps of a 3×3 window are 9 constant offsets `(ky−1)·(W+2) + (kx−1)` from
+//! the output position, across rows and samples alike, so one flat loop over positions
+//! computes every output (positions on the padding ring compute junk that is never read):
+//!
+//! - forward: `out[o][p] = Σ_i Σ_t w[o][i][t] · in[i][p + off_t]` ([`correlate`]);
+//! - backward-data is the same loop on the padded `dY` with the weights transposed and
+//!   flipped (`off` of tap `8−t` is `−off_t`);
+//! - backward-weights: `dw[o][i][t] += Σ_p dy[o][p] · x[i][p + off_t]` ([`weight_grad`]);
+//!   `dY` is zero on the padding ring, so junk positions add nothing.
+//!
+//! The batch is processed in chunks of samples that fit the `col` scratch
+//! ([`scratch_per_sample`] floats each). Register blocking: 4 output channels × 16
+//! positions (8 AVX accumulators, 6 loads per 8 FMAs; see `correlate_avx2` for why not
+//! 24) for [`correlate`], 4 output channels × 3 taps for [`weight_grad`] (7 loads per 12
+//! FMAs).
+
+use super::correlate::{tile_len, with_packed, Span, OB, PB};
+use super::{active, BnRelu, ConvShape};
+use crate::util::par::{with_scratch, SyncPtr};
+use rayon::prelude::*;
+
+/// Signature of [`weight_grad_avx2`] (one entry of [`super::Direct`]).
+pub type WeightGradFn = unsafe fn(&mut [[f32; 9]], &[f32], &[f32], usize, Padded, &[isize; 9]);
+
+/// Whether the direct kernels handle this convolution's forward pass and weight gradient
+/// on this CPU (any input channel count: the CIFAR stem has 3).
+pub fn applies(s: &ConvShape) -> bool {
+    s.k == 3
+        && s.stride == 1
+        && s.pad == 1
+        && s.cout.is_multiple_of(OB)
+        && active().direct.is_some()
+}
+
+/// Whether they handle its input gradient too (its output rows are the input channels).
+pub fn applies_data(s: &ConvShape) -> bool {
+    applies(s) && s.cin.is_multiple_of(OB)
+}
+
+/// The padded layout of a chunk of `ns` samples.
+#[derive(Clone, Copy)]
+pub struct Padded {
+    /// Padded row width W+2.
+    wp: usize,
+    /// Positions of the chunk: ns·(H+2)·(W+2).
+    body: usize,
+    /// Zero floats before and after the body of each channel row.
+    margin: usize,
+}
+
+impl Padded {
+    fn new(s: &ConvShape, ns: usize) -> Self {
+        let wp = s.w + 2;
+        Padded {
+            wp,
+            body: ns * (s.h + 2) * wp,
+            margin: wp + 1 + PB,
+        }
+    }
+    /// Length of one channel row, margins included.
+    fn row(&self) -> usize {
+        self.body + 2 * self.margin
+    }
+    /// Offsets of the 9 taps, row-major (ky, kx).
+    fn offsets(&self) -> [isize; 9] {
+        let mut o = [0isize; 9];
+        for (t, v) in o.iter_mut().enumerate() {
+            *v = (t / 3) as isize * self.wp as isize + (t % 3) as isize - self.wp as isize - 1;
+        }
+        o
+    }
+    /// The rows and positions [`correlate`] computes.
+    fn span(&self) -> Span {
+        let (p0, p1) = self.interior();
+        Span {
+            ld: self.row(),
+            base: self.margin,
+            p0,
+            p1,
+            overrun: true,
+        }
+    }
+    /// The position range that covers every interior (real output) position.
+    fn interior(&self) -> (usize, usize) {
+        (self.wp + 1, self.body - self.wp - 1)
+    }
+}
+
+/// Floats of `col` scratch per sample: padded input, padded output gradient and padded
+/// input gradient (backward needs all three; forward uses the first two).
+pub fn scratch_per_sample(s: &ConvShape) -> usize {
+    let p = Padded::new(s, 1);
+    (2 * s.cin + s.cout) * (p.body + 2 * p.margin)
+}
+
+/// Samples per chunk for a scratch of `col_len` floats.
+fn chunk(s: &ConvShape, col_len: usize) -> usize {
+    // margins are per chunk, so a chunk of k samples needs at most k·per_sample
+    (col_len / scratch_per_sample(s).max(1)).clamp(1, s.n)
+}
+
+/// Copies samples `n0..n1` of `src: [C][N·H·W]` into the padded rows of `buf` (the ring
+/// and the margins set to 0), through `bn` if given: then the padded copy
+/// holds `relu(src·scale + shift)` and a BN-ReLU output never has to be stored.
+#[allow(clippy::too_many_arguments)]
+fn pad(
+    buf: &mut [f32],
+    src: &[f32],
+    bn: Option<BnRelu>,
+    c: usize,
+    s: &ConvShape,
+    n0: usize,
+    n1: usize,
+    p: Padded,
+) {
+    let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
+    let plane = (s.h + 2) * p.wp;
+    let affine_relu = active().affine_relu;
+    buf[..c * p.row()]
+        .par_chunks_mut(p.row())
+        .enumerate()
+        .for_each(|(ci, row)| {
+            // zeros only where nothing is copied (margins and ring): zeroing whole rows
+            // first wrote every value twice
+            row[..p.margin].fill(0.0);
+            row[p.margin + (n1 - n0) * plane..].fill(0.0);
+            let wp = p.wp;
+            for ni in n0..n1 {
+                let sp = &src[ci * len + ni * hw..][..hw];
+                let dp = &mut row[p.margin + (ni - n0) * plane..][..plane];
+                // top ring row and the left ring value of the first image row
+                dp[..wp + 1].fill(0.0);
+                for y in 0..s.h {
+                    let (d, v) = (&mut dp[(y + 1) * wp + 1..][..s.w], &sp[y * s.w..][..s.w]);
+                    match bn {
+                        Some(bn) => affine_relu(d, v, bn.scale[ci], bn.shift[ci]),
+                        None => d.copy_from_slice(v),
+                    }
+                    // right ring value of this row, left ring value of the next
+                    dp[(y + 2) * wp - 1..][..2].fill(0.0);
+                }
+                // the rest of the bottom ring row
+                dp[(s.h + 1) * wp + 1..].fill(0.0);
+            }
+        });
+}
+
+/// Copies the interior of padded rows back to samples `n0..n1` of `dst: [C][N·H·W]`
+/// (overwriting).
+fn unpad(dst: &mut [f32], buf: &[f32], c: usize, s: &ConvShape, n0: usize, n1: usize, p: Padded) {
+    let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
+    let plane = (s.h + 2) * p.wp;
+    dst[..c * len]
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(ci, drow)| {
+            let row = &buf[ci * p.row()..][..p.row()];
+            for ni in n0..n1 {
+                let sp = &row[p.margin + (ni - n0) * plane..][..plane];
+                let dp = &mut drow[ni * hw..][..hw];
+                for y in 0..s.h {
+                    dp[y * s.w..][..s.w].copy_from_slice(&sp[(y + 1) * p.wp + 1..][..s.w]);
+                }
+            }
+        });
+}
+
+/// `out[o][p] = Σ_i Σ_t w[o][i][t] · inp[i][p + off_t]` for `p` in the span (`o_n` output
+/// rows, `i_n` input rows, both laid out as `sp` says); `wp` is [`pack_weights`]' layout.
+/// Parallel over tiles of positions.
+#[allow(clippy::too_many_arguments)]
+fn correlate(
+    out: &mut [f32],
+    inp: &[f32],
+    wp: &[f32],
+    o_n: usize,
+    i_n: usize,
+    offs: &[isize],
+    sp: Span,
+) {
+    let direct = active()
+        .direct
+        .expect("conv3x3: no direct kernels in this table");
+    assert!(o_n.is_multiple_of(OB) && o_n > 0);
+    assert_eq!(offs.len(), 9);
+    assert_eq!(wp.len(), o_n * i_n * offs.len());
+    let (lo, hi) = (
+        offs.iter().copied().min().unwrap_or(0),
+        offs.iter().copied().max().unwrap_or(0),
+    );
+    let over = if sp.overrun { PB } else { 0 };
+    // every read and write lies inside the slices
+    assert!(sp.base as isize + sp.p0 as isize + lo >= 0);
+    assert!(inp.len() as isize >= ((i_n - 1) * sp.ld + sp.base + sp.p1 + over) as isize + hi);
+    assert!(out.len() >= (o_n - 1) * sp.ld + sp.base + sp.p1 + over);
+    if sp.p1 <= sp.p0 {
+        return;
+    }
+    let tile = tile_len(i_n);
+    let tiles = (sp.p1 - sp.p0).div_ceil(tile);
+    let optr = SyncPtr(out.as_mut_ptr());
+    let work = |t: usize| {
+        let a = sp.p0 + t * tile;
+        let b = (a + tile).min(sp.p1);
+        // SAFETY: positions a..b of each output row are written by this task only (the
+        // overrun, if any, lies past p1 in the last tile); the asserts above bound every
+        // access; the table that holds the kernel runs on this CPU.
+        unsafe {
+            let ib = inp.as_ptr().add(sp.base);
+            (direct.correlate9)(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b)
+        }
+    };
+    if tiles > 1 && o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17 {
+        (0..tiles).into_par_iter().for_each(work);
+    } else {
+        (0..tiles).for_each(work);
+    }
+}
+
+/// `dw[o][i][t] += Σ_p dy[o][p] · x[i][p + off_t]` over the chunk's positions (`dy` is
+/// zero off the interior). Parallel over input channels, each task owning its `dw`
+/// entries, so the result does not depend on the thread count.
+fn weight_grad(dw: &mut [f32], dy: &[f32], x: &[f32], o_n: usize, i_n: usize, p: Padded) {
+    let row = p.row();
+    assert!(dy.len() >= o_n * row && x.len() >= i_n * row);
+    assert_eq!(dw.len(), o_n * i_n * 9);
+    let offs = p.offsets();
+    thread_local! {
+        static COLS: std::cell::RefCell<Vec<[f32; 9]>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    with_scratch(&COLS, i_n * o_n, |cols| {
+        weight_grad_into(dw, cols, dy, x, o_n, i_n, p, &offs)
+    });
+}
+
+/// [`weight_grad`] with its per-input-channel results in `cols` (`i_n × o_n`, every entry
+/// written before it is read).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_into(
+    dw: &mut [f32],
+    cols: &mut [[f32; 9]],
+    dy: &[f32],
+    x: &[f32],
+    o_n: usize,
+    i_n: usize,
+    p: Padded,
+    offs: &[isize; 9],
+) {
+    let row = p.row();
+    let direct = active()
+        .direct
+        .expect("conv3x3: no direct kernels in this table");
+    cols.par_chunks_mut(o_n).enumerate().for_each(|(i, col)| {
+        // SAFETY: the table that holds the kernel runs on this CPU; reads stay in the rows
+        // (see `weight_grad_avx2`).
+        unsafe { (direct.weight_grad3x3)(col, dy, &x[i * row..][..row], o_n, p, offs) }
+    });
+    for (i, col) in cols.chunks(o_n).enumerate() {
+        for (o, taps) in col.iter().enumerate() {
+            for (t, v) in taps.iter().enumerate() {
+                dw[(o * i_n + i) * 9 + t] += v;
+            }
+        }
+    }
+}
+
+/// One input channel's slice of [`weight_grad`]: `out[o][t] = Σ_p dy[o][p]·x[p + off_t]`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `dy` holds `o_n` padded rows and `x` one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn weight_grad_avx2(
+    out: &mut [[f32; 9]],
+    dy: &[f32],
+    x: &[f32],
+    o_n: usize,
+    p: Padded,
+    offs: &[isize; 9],
+) {
+    use std::arch::x86_64::*;
+    let row = p.row();
+    let (p0, p1) = p.interior();
+    // whole vectors from p0; the last may run past p1 into the ring/margin, where dy = 0
+    let nvec = (p1 - p0).div_ceil(8);
+    let xb = x.as_ptr().add(p.margin + p0);
+    for ob in 0..o_n / OB {
+        let db = dy.as_ptr().add(ob * OB * row + p.margin + p0);
+        for ky in 0..3 {
+            let off = offs[ky * 3];
+            let mut acc = [[_mm256_setzero_ps(); 3]; OB];
+            for j in 0..nvec {
+                let xp = xb.offset(off).add(8 * j);
+                let xv = [
+                    _mm256_loadu_ps(xp),
+                    _mm256_loadu_ps(xp.add(1)),
+                    _mm256_loadu_ps(xp.add(2)),
+                ];
+                for (oo, acc) in acc.iter_mut().enumerate() {
+                    let d = _mm256_loadu_ps(db.add(oo * row + 8 * j));
+                    for kx in 0..3 {
+                        acc[kx] = _mm256_fmadd_ps(d, xv[kx], acc[kx]);
+                    }
+                }
+            }
+            for (oo, acc) in acc.iter().enumerate() {
+                for (kx, &v) in acc.iter().enumerate() {
+                    let mut l = [0f32; 8];
+                    _mm256_storeu_ps(l.as_mut_ptr(), v);
+                    out[ob * OB + oo][ky * 3 + kx] = l.iter().sum();
+                }
+            }
+        }
+    }
+}
+
+/// Forward: `y[Cout][N·H·W] = conv3×3(x)`, chunked over samples through `col`; with `bn`,
+/// of `relu(x·scale + shift)` instead (see [`pad`]).
+pub fn forward(
+    y: &mut [f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+) {
+    debug_assert!(applies(s));
+    with_packed(w, s.cout, s.cin, 9, false, |wp| {
+        let ns = chunk(s, col.len());
+        let mut n0 = 0;
+        while n0 < s.n {
+            let n1 = (n0 + ns).min(s.n);
+            let p = Padded::new(s, n1 - n0);
+            assert!(
+                col.len() >= (s.cin + s.cout) * p.row(),
+                "conv3x3: col scratch too small"
+            );
+            let (xin, rest) = col.split_at_mut(s.cin * p.row());
+            let yout = &mut rest[..s.cout * p.row()];
+            pad(xin, x, bn, s.cin, s, n0, n1, p);
+            correlate(yout, xin, wp, s.cout, s.cin, &p.offsets(), p.span());
+            unpad(y, yout, s.cout, s, n0, n1, p);
+            n0 = n1;
+        }
+    })
+}
+
+/// Backward: `dw += dy ⋆ x` (of `relu(x·scale + shift)` with `bn`); `dx`, if given, is
+/// **overwritten** with the input gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+) {
+    debug_assert!(applies(s) && (dx.is_none() || applies_data(s)));
+    // the flipped weights of backward-data (packed for nothing without dx)
+    let wf = if dx.is_some() { w } else { &[] };
+    let (o_w, i_w) = if dx.is_some() {
+        (s.cin, s.cout)
+    } else {
+        (0, 0)
+    };
+    with_packed(wf, o_w, i_w, 9, true, |wflip| {
+        let wflip = dx.is_some().then_some(wflip);
+        let ns = chunk(s, col.len());
+        let mut dx = dx;
+        let mut n0 = 0;
+        while n0 < s.n {
+            let n1 = (n0 + ns).min(s.n);
+            let p = Padded::new(s, n1 - n0);
+            assert!(
+                col.len() >= (2 * s.cin + s.cout) * p.row(),
+                "conv3x3: col scratch too small"
+            );
+            let (xin, rest) = col.split_at_mut(s.cin * p.row());
+            let (dyp, rest) = rest.split_at_mut(s.cout * p.row());
+            pad(xin, x, bn, s.cin, s, n0, n1, p);
+            pad(dyp, dy, None, s.cout, s, n0, n1, p);
+            weight_grad(dw, dyp, xin, s.cout, s.cin, p);
+            if let (Some(dx), Some(wf)) = (dx.as_deref_mut(), &wflip) {
+                let dxp = &mut rest[..s.cin * p.row()];
+                correlate(dxp, dyp, wf, s.cin, s.cout, &p.offsets(), p.span());
+                unpad(dx, dxp, s.cin, s, n0, n1, p);
+            }
+            n0 = n1;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels;
+    use crate::ops::conv::{col_len, im2col_backward, im2col_forward};
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    fn shape(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> ConvShape {
+        ConvShape {
+            n,
+            cin,
+            cout,
+            h,
+            w,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        }
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// The direct kernels against the im2col + GEMM path (itself tested against a naive
+    /// convolution in `conv`), on odd sizes, 1-row and 1-column images, and scratch sizes
+    /// that force one sample per chunk as well as the whole batch in one.
+    #[test]
+    fn direct_matches_im2col() {
+        if kernels::active().direct.is_none() {
+            eprintln!(
+                "SKIPPED: the {} kernels have no direct 3×3",
+                kernels::active().name
+            );
+            return;
+        }
+        let shapes = [
+            shape(2, 4, 4, 5, 7),
+            shape(3, 8, 12, 9, 6),
+            shape(1, 4, 8, 1, 11),
+            shape(2, 12, 4, 13, 1),
+            shape(2, 48, 12, 8, 8),
+            shape(1, 4, 4, 2, 2),
+            // the CIFAR stem's 3 input channels: forward and weight gradient only
+            shape(2, 3, 24, 6, 5),
+            // blocks of 6 and of 4 in one call: 16 = 12 + 4 outputs, 20 = 12 + 8 inputs
+            shape(2, 20, 16, 5, 6),
+            shape(1, 32, 32, 4, 4),
+        ];
+        for s in shapes {
+            assert!(applies(&s));
+            let data_grad = applies_data(&s);
+            assert_eq!(data_grad, s.cin != 3);
+            let x = data(s.cin * s.n * s.h * s.w, 1);
+            let w = data(s.cout * s.col_rows(), 2);
+            let dy = data(s.cout * s.n * s.h * s.w, 3);
+            let mut big = vec![0.0; (s.cin * 9) * s.n * s.h * s.w];
+            for samples in [1, s.n] {
+                let mut col = vec![f32::NAN; col_len(&s, samples)];
+                let mut y = vec![f32::NAN; dy.len()];
+                forward(&mut y, &x, None, &w, &s, &mut col);
+                let mut want = vec![0.0; dy.len()];
+                im2col_forward(&mut want, &x, &w, &s, &mut big);
+                close(&y, &want, &format!("{s:?} y"));
+
+                let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5; w.len()]);
+                let dxo = data_grad.then_some(&mut dx[..]);
+                backward(dxo, &mut dw, &dy, &x, None, &w, &s, &mut col);
+                let (mut wdx, mut wdw) = (vec![0.0; x.len()], vec![0.5; w.len()]);
+                im2col_backward(Some(&mut wdx), &mut wdw, &dy, &x, &w, &s, &mut big);
+                if data_grad {
+                    close(&dx, &wdx, &format!("{s:?} dx"));
+                }
+                close(&dw, &wdw, &format!("{s:?} dw"));
+            }
+        }
+    }
+}

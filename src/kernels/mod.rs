@@ -1,0 +1,288 @@
+//! The CPU's inner loops, with no knowledge of models: the GEMM front ([`gemm`]), the
+//! direct 1×1 and 3×3 convolution kernels ([`conv1x1`], [`conv3x3`], over the register
+//! blocks of [`correlate`]) and the element-wise bodies of batch norm and ReLU ([`norm`]).
+//!
+//! **One table, chosen once.** Every instruction-set-specific function is reached through
+//! a [`Kernels`] table: [`active`] picks it when the process first asks (the best one this
+//! CPU runs, or the one `DENSENET_KERNELS=portable|avx2` names) and keeps it. The
+//! operations above ([`crate::ops`]) never ask the CPU themselves, so a new instruction set
+//! is one more table, and the portable and the fast path can run on the same machine and
+//! be compared (`tests/kernels.rs`, tract's way: every fast kernel against a plain one).
+//!
+//! - `portable`: the element-wise bodies compiled for the baseline x86-64 target (SSE2) or
+//!   any other architecture; no direct convolution kernels, so every convolution takes
+//!   im2col + GEMM.
+//! - `avx2`: the same element-wise source compiled inside
+//!   `#[target_feature(enable = "avx2,fma")]` functions, plus the hand-written AVX2+FMA
+//!   direct convolution kernels. Rust never contracts `a*b + c` into an FMA on its own,
+//!   so the element-wise bodies give the same bits in both tables; the direct kernels sum
+//!   in another order than a GEMM and agree to rounding.
+//!
+//! The `gemm` crate picks its own micro-kernels at run time; it is the same in every table.
+
+pub mod conv1x1;
+pub mod conv3x3;
+pub mod correlate;
+pub mod gemm;
+pub mod norm;
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// The geometry of one convolution applied to a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Square kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+}
+
+impl ConvShape {
+    /// Output height.
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Output width.
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Whether the convolution is a plain GEMM on the input (1×1, stride 1, no padding).
+    pub fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// Rows of the im2col matrix: `Cin·K·K`.
+    pub fn col_rows(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+    /// Floats of im2col scratch for one sample.
+    pub fn col_per_sample(&self) -> usize {
+        self.col_rows() * self.ho() * self.wo()
+    }
+    /// Samples per im2col chunk for a scratch of `col_len` floats.
+    pub(crate) fn chunk(&self, col_len: usize) -> usize {
+        (col_len / self.col_per_sample().max(1)).clamp(1, self.n)
+    }
+    /// Multiply-accumulates for the whole batch.
+    pub fn macs(&self) -> usize {
+        self.n * self.cout * self.col_rows() * self.ho() * self.wo()
+    }
+}
+
+/// A per-channel affine map followed by ReLU: `a[i][p] = relu(x[i][p]·scale[i] + shift[i])`
+/// (a batch norm folded into `scale` and `shift`), applied by a kernel while it copies its
+/// input, so that the BN-ReLU output is never stored.
+#[derive(Clone, Copy, Debug)]
+pub struct BnRelu<'a> {
+    /// Per-channel factor (γ·rstd in training, γ/√(var+ε) in evaluation).
+    pub scale: &'a [f32],
+    /// Per-channel offset.
+    pub shift: &'a [f32],
+}
+
+impl<'a> BnRelu<'a> {
+    /// The map of the first `c` channels of full-width `scale` and `shift` buffers.
+    pub fn first(scale: &'a [f32], shift: &'a [f32], c: usize) -> Self {
+        BnRelu {
+            scale: &scale[..c],
+            shift: &shift[..c],
+        }
+    }
+
+    /// Writes positions `a..b` of rows `0..i_n` of `A` into `buf[i·ld..][..b − a]`.
+    pub fn fill(&self, buf: &mut [f32], ld: usize, x: &[f32], len: usize, a: usize, b: usize) {
+        let affine_relu = active().affine_relu;
+        for i in 0..self.scale.len() {
+            affine_relu(
+                &mut buf[i * ld..][..b - a],
+                &x[i * len + a..][..b - a],
+                self.scale[i],
+                self.shift[i],
+            );
+        }
+    }
+}
+
+/// Widest 1×1 convolution (in output channels) that the direct kernel takes in
+/// evaluation: a dense layer's bottleneck (4k = 48 outputs). `cargo bench --bench shapes`
+/// (`gemm_shapes`), 48×216·216×65536: direct 37.5 / 73.5 GFLOP/s (1 / 2 threads), gemm
+/// 18.9 / 33.9; but 128×512·512×12544 (densenet121): direct 52 / 68, gemm 56 / 108, so
+/// wider outputs keep the `gemm` crate. Training takes the direct kernel for every width
+/// (`gemm` allocates its packing buffers on every call).
+pub const DIRECT_1X1_MAX_OUTPUTS: usize = 48;
+
+/// The register-blocked direct convolution kernels of one instruction set (see
+/// [`correlate`]). Each may only be called as its own documentation says; the table that
+/// holds them is only handed out on a CPU that runs them.
+#[derive(Clone, Copy)]
+pub struct Direct {
+    /// [`correlate::correlate_rows`] with the 9 taps of a 3×3 window.
+    pub correlate9: correlate::CorrelateFn,
+    /// [`correlate::correlate_rows`] with one tap (a 1×1 convolution).
+    pub correlate1: correlate::CorrelateFn,
+    /// One input channel's 3×3 weight gradient ([`conv3x3`]).
+    pub weight_grad3x3: conv3x3::WeightGradFn,
+    /// The 1×1 weight gradient of one tile ([`conv1x1::dot_tile`]).
+    pub dot_tile: conv1x1::DotTileFn,
+}
+
+/// The function table of one instruction set. The element-wise entries are safe to call
+/// with any slices (they stop at the shorter one, as the portable loops do).
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    /// `portable` or `avx2`: what `DENSENET_KERNELS` takes and `bench --json` reports.
+    pub name: &'static str,
+    /// Mean and biased variance of one channel ([`norm::row_stats`]).
+    pub row_stats: fn(&[f32]) -> (f64, f64),
+    /// `o = relu(x·s + t)`.
+    pub affine_relu: fn(&mut [f32], &[f32], f32, f32),
+    /// `(Σg, Σg·(x−mean))` of a BN-ReLU backward ([`norm::masked_sums`]).
+    pub masked_sums: fn(&[f32], norm::Grad, f32, f32, f32) -> (f64, f64),
+    /// [`norm::masked_sums_axpy`].
+    pub masked_sums_axpy: norm::MaskedSumsAxpyFn,
+    /// `dx += c0 + (x − mu)·c1`.
+    pub centred_update: fn(&mut [f32], &[f32], f32, f32, f32),
+    /// The BN-ReLU input gradient of a run, accumulated ([`norm::masked_update`]).
+    pub masked_update: norm::MaskedUpdateFn,
+    /// The same, overwriting `dx`.
+    pub masked_assign: norm::MaskedUpdateFn,
+    /// The direct convolution kernels, where this instruction set has them; without,
+    /// every convolution takes im2col + GEMM.
+    pub direct: Option<Direct>,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kernels({})", self.name)
+    }
+}
+
+/// Plain Rust for any CPU.
+static PORTABLE: Kernels = Kernels {
+    name: "portable",
+    row_stats: norm::row_stats,
+    affine_relu: norm::affine_relu,
+    masked_sums: norm::masked_sums,
+    masked_sums_axpy: norm::masked_sums_axpy,
+    centred_update: norm::centred_update,
+    masked_update: norm::masked_update::<true>,
+    masked_assign: norm::masked_update::<false>,
+    direct: None,
+};
+
+/// AVX2 and FMA (x86-64 from Haswell and Zen on); only handed out where the CPU has both.
+#[cfg(target_arch = "x86_64")]
+static AVX2: Kernels = Kernels {
+    name: "avx2",
+    row_stats: norm::avx2::row_stats,
+    affine_relu: norm::avx2::affine_relu,
+    masked_sums: norm::avx2::masked_sums,
+    masked_sums_axpy: norm::avx2::masked_sums_axpy,
+    centred_update: norm::avx2::centred_update,
+    masked_update: norm::avx2::masked_update::<true>,
+    masked_assign: norm::avx2::masked_update::<false>,
+    direct: Some(Direct {
+        correlate9: correlate::correlate_rows::<9>,
+        correlate1: correlate::correlate_rows::<1>,
+        weight_grad3x3: conv3x3::weight_grad_avx2,
+        dot_tile: conv1x1::dot_tile_avx2,
+    }),
+};
+
+/// The portable table.
+pub fn portable() -> &'static Kernels {
+    &PORTABLE
+}
+
+/// The AVX2+FMA table, if this CPU runs it.
+pub fn avx2() -> Option<&'static Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return Some(&AVX2);
+    }
+    None
+}
+
+/// Every table this CPU runs, fastest first.
+pub fn available() -> Vec<&'static Kernels> {
+    avx2().into_iter().chain([portable()]).collect()
+}
+
+/// Names every table knows, whether or not this CPU runs it.
+pub const NAMES: &[&str] = &["portable", "avx2"];
+
+/// A `DENSENET_KERNELS` value that cannot be honoured.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelsError {
+    /// Not a table name.
+    #[error("DENSENET_KERNELS={0}: unknown kernels (expected auto, portable or avx2)")]
+    Unknown(String),
+    /// A table this CPU cannot run.
+    #[error("DENSENET_KERNELS={0}: this CPU lacks the instructions (it runs: {1})")]
+    Unsupported(String, String),
+}
+
+/// The table a `DENSENET_KERNELS` value names (`None`, empty or `auto`: the fastest this
+/// CPU runs).
+pub fn named(value: Option<&str>) -> Result<&'static Kernels, KernelsError> {
+    let best = || available()[0];
+    match value.map(str::trim) {
+        None | Some("") | Some("auto") => Ok(best()),
+        Some("portable") => Ok(portable()),
+        Some("avx2") => avx2().ok_or_else(|| {
+            let runs: Vec<_> = available().iter().map(|k| k.name).collect();
+            KernelsError::Unsupported("avx2".into(), runs.join(", "))
+        }),
+        Some(other) => Err(KernelsError::Unknown(other.to_string())),
+    }
+}
+
+/// The table `DENSENET_KERNELS` asks for (see [`named`]).
+pub fn from_env() -> Result<&'static Kernels, KernelsError> {
+    named(std::env::var("DENSENET_KERNELS").ok().as_deref())
+}
+
+static ACTIVE: AtomicPtr<Kernels> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The table in use: chosen on the first call from `DENSENET_KERNELS` and the CPU, then
+/// kept. An unusable `DENSENET_KERNELS` falls back to the fastest table with a warning
+/// (the command line refuses it before any work: [`from_env`]).
+pub fn active() -> &'static Kernels {
+    let p = ACTIVE.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: only pointers to the static tables are ever stored.
+        return unsafe { &*p };
+    }
+    let k = from_env().unwrap_or_else(|e| {
+        let best = available()[0];
+        eprintln!("warning: {e}; using {}", best.name);
+        best
+    });
+    let _ = ACTIVE.compare_exchange(
+        std::ptr::null_mut(),
+        k as *const Kernels as *mut Kernels,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    // SAFETY: as above; whichever thread won stored a static table.
+    unsafe { &*ACTIVE.load(Ordering::Acquire) }
+}
+
+/// Makes `k` the table in use from now on. For tests and benchmarks that compare tables
+/// in one process (one test at a time: the choice is process-wide); `k` comes from
+/// [`portable`], [`avx2`] or [`available`], so this CPU runs it.
+#[doc(hidden)]
+pub fn force(k: &'static Kernels) {
+    ACTIVE.store(k as *const Kernels as *mut Kernels, Ordering::Release);
+}

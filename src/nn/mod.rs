@@ -1,0 +1,125 @@
+//! What both model families share: the parameter table ([`params`]), batch-norm and
+//! convolution handles ([`layers`]), batch statistics ([`stats`]), the memory mode, the
+//! options of a training pass, the probe that exposes activations, and configuration
+//! errors.
+
+pub mod layers;
+pub mod params;
+pub mod stats;
+
+pub use layers::{BatchNorm, Conv};
+pub use params::{TensorEntry, TensorTable};
+pub use stats::ChannelStats;
+
+use crate::ops::cnhw_to_nchw;
+use crate::util::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Where intermediate results of dense layers live during training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryMode {
+    /// Shared scratch storage, recomputed in the backward pass: memory linear in depth.
+    #[default]
+    Efficient,
+    /// Every layer keeps its own BN-ReLU and bottleneck outputs: memory quadratic in depth.
+    Naive,
+}
+
+impl std::str::FromStr for MemoryMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "efficient" => Ok(MemoryMode::Efficient),
+            "naive" => Ok(MemoryMode::Naive),
+            _ => Err(format!(
+                "unknown memory mode '{s}' (expected efficient or naive)"
+            )),
+        }
+    }
+}
+
+/// Why a configuration is invalid.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// The model name is not a known preset.
+    #[error(
+        "unknown model '{0}': expected densenet-L-k, densenet-bc-L-k (e.g. densenet-bc-100-12), \
+         densenet121, densenet161, densenet169, densenet201, densenet264, or a pre-activation \
+         ResNet: preresnet-110, preresnet-164, preresnet-1001 (preresnet-L, preresnet-basic-L, \
+         preresnet-bottleneck-L)"
+    )]
+    UnknownModel(String),
+    /// The depth does not fit the CIFAR block formula.
+    #[error(
+        "depth L={depth} is invalid for {kind}: L-4 must be divisible by {div} \
+         ({div} = 3 blocks × {per_layer} conv per layer) and give at least one layer per block"
+    )]
+    BadDepth {
+        /// Requested depth.
+        depth: usize,
+        /// "a plain DenseNet" or "a DenseNet with bottleneck".
+        kind: &'static str,
+        /// 3 or 6.
+        div: usize,
+        /// 1 or 2.
+        per_layer: usize,
+    },
+    /// Any other violated rule.
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl ConfigError {
+    /// `Ok` if the rule holds, else [`ConfigError::Rule`] with `msg`.
+    pub fn check(ok: bool, msg: String) -> Result<(), ConfigError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::Rule(msg))
+        }
+    }
+}
+
+/// Options of one training-mode pass.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainOptions {
+    /// Seed for this step's dropout masks (ignored when the drop rate is 0).
+    pub dropout_seed: u64,
+    /// Also compute the gradient with respect to the input.
+    pub input_grad: bool,
+}
+
+/// What a forward pass may be asked to expose, for checking a port layer by layer.
+pub type Probe<'a> = &'a mut dyn FnMut(&str, Tensor);
+
+/// Panics unless `input` is `[n, in_channels, size, size]` with `1 ≤ n ≤ batch` (the
+/// workspace's capacity): a caller's bug, not user input.
+pub(crate) fn check_input(input: &[f32], n: usize, batch: usize, in_channels: usize, size: usize) {
+    assert!(
+        n >= 1 && n <= batch,
+        "batch {n} exceeds the workspace's {batch}"
+    );
+    assert_eq!(
+        input.len(),
+        n * in_channels * size * size,
+        "input must be [N, C, H, W] = [{n}, {in_channels}, {size}, {size}]"
+    );
+}
+
+/// Hands a channel-major activation to the probe as an NCHW tensor.
+pub(crate) fn emit(
+    probe: &mut Option<Probe>,
+    name: impl std::fmt::Display,
+    x: &[f32],
+    c: usize,
+    n: usize,
+    size: usize,
+) {
+    if let Some(probe) = probe.as_mut() {
+        let hw = size * size;
+        let mut out = vec![0.0; c * n * hw];
+        cnhw_to_nchw(&mut out, &x[..c * n * hw], n, c, hw);
+        probe(&name.to_string(), Tensor::new(vec![n, c, size, size], out));
+    }
+}
