@@ -338,7 +338,7 @@ fn memory_modes_agree() {
                 loss,
                 net.grads.clone(),
                 net.stats.clone(),
-                ws.input_grad.clone(),
+                ws.input_grad.to_vec(),
             )
         };
         let (e, v) = (run(MemoryMode::Efficient), run(MemoryMode::Naive));

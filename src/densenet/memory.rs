@@ -27,6 +27,7 @@
 
 use super::arch::Architecture;
 use crate::densenet::config::Stem;
+use crate::nn::arena::{self, carve, Arena, Buf, Carver, Region};
 use crate::nn::{ChannelStats, MemoryMode};
 use crate::ops::conv::{col_len, ConvShape};
 use serde::Serialize;
@@ -94,8 +95,12 @@ pub struct DenseNetPlan {
     pub scratch_tmp: usize,
     /// im2col scratch.
     pub col: usize,
-    /// Statistics, pooled features, logits and other per-channel vectors.
+    /// Statistics, pooled features, logits and other per-channel vectors (an estimate,
+    /// for the budget of [`DenseNetPlan::keep_bottlenecks`]).
     pub small: usize,
+    /// Where every buffer lives in the workspace's one allocation (what
+    /// [`DenseNetWorkspace::new`] carves; `densenet summary MODEL --plan` prints it).
+    pub regions: Vec<Region>,
 }
 
 impl DenseNetPlan {
@@ -131,6 +136,7 @@ impl DenseNetPlan {
             scratch_tmp: 0,
             col: 0,
             small: 0,
+            regions: vec![],
         };
         let col_for = |sh: ConvShape| {
             let per = sh.col_per_sample().max(1);
@@ -207,6 +213,7 @@ impl DenseNetPlan {
         if training && !naive {
             plan.keep_bottlenecks(arch, n);
         }
+        plan.regions = arena::layout(|c| DenseNetWorkspace::carve(arch, &plan, c));
         plan
     }
 
@@ -222,7 +229,7 @@ impl DenseNetPlan {
     /// BN-ReLU outputs are shared and recomputed), which would add ~100% at BC-100.
     fn keep_bottlenecks(&mut self, arch: &Architecture, n: usize) {
         let width = arch.config.bn_size * arch.config.growth_rate;
-        let mut budget = (self.activation_bytes() as f64 * KEEP_B_SHARE / 4.0) as usize;
+        let mut budget = (self.estimate_bytes() as f64 * KEEP_B_SHARE / 4.0) as usize;
         let mut layers: Vec<(usize, usize, usize, usize)> = vec![];
         for (b, block) in arch.blocks.iter().enumerate() {
             let len = n * block.size * block.size;
@@ -242,8 +249,15 @@ impl DenseNetPlan {
         }
     }
 
-    /// Bytes of activation memory the plan allocates (all buffers above).
+    /// Bytes of activation memory the plan allocates: its one allocation, every region of
+    /// [`DenseNetPlan::regions`] and the padding that aligns them.
     pub fn activation_bytes(&self) -> usize {
+        arena::total_bytes(&self.regions)
+    }
+
+    /// The sizes above added up, before the regions are laid out (the per-channel
+    /// vectors estimated).
+    fn estimate_bytes(&self) -> usize {
         let kept: usize = self
             .kept_layers
             .iter()
@@ -273,18 +287,18 @@ impl DenseNetPlan {
 #[derive(Debug, Default)]
 pub struct BlockMemory {
     /// `[C_out][N·H·W]` features; the block input occupies the first channels.
-    pub feats: Vec<f32>,
+    pub feats: Buf<f32>,
     /// Gradient of `feats`.
-    pub grads: Vec<f32>,
+    pub grads: Buf<f32>,
     /// Batch statistics of each channel of `feats`.
     pub stats: ChannelStats,
     /// Per-layer memory.
     pub layers: Vec<LayerMemory>,
     /// Naive mode: the transition's BN-ReLU output.
-    pub kept_transition: Vec<f32>,
+    pub kept_transition: Buf<f32>,
     /// Per channel, the part of its gradient its readers left pending (see
     /// [`crate::ops::fused::backward`]): `(c0, c1)` of `grads += c0 + c1·(feats − mean)`.
-    pub pending: Vec<(f64, f64)>,
+    pub pending: Buf<(f64, f64)>,
 }
 
 impl BlockMemory {
@@ -308,30 +322,30 @@ pub struct LayerMemory {
     pub bn2: ChannelStats,
     /// `A`, `B`, `C` of this layer in naive mode; in efficient mode only `B`, and only for
     /// the layers [`DenseNetPlan::kept_layers`] names (the others are empty).
-    pub kept: [Vec<f32>; 3],
+    pub kept: [Buf<f32>; 3],
 }
 
 /// Shared scratch buffers (see [`DenseNetPlan`]).
 #[derive(Debug, Default)]
 pub struct Scratch {
     /// `A` of a plain layer (fallback 3×3 path only), stem ReLU output / its gradient.
-    pub a: Vec<f32>,
+    pub a: Buf<f32>,
     /// `dA` of 3×3 layers.
-    pub da: Vec<f32>,
+    pub da: Buf<f32>,
     /// `B`.
-    pub b: Vec<f32>,
+    pub b: Buf<f32>,
     /// `C`, then `dB`.
-    pub c: Vec<f32>,
+    pub c: Buf<f32>,
     /// `dC`.
-    pub dc: Vec<f32>,
+    pub dc: Buf<f32>,
     /// Transition output / gradient, dropout-masked gradients, stem BN0 gradient.
-    pub tmp: Vec<f32>,
+    pub tmp: Buf<f32>,
     /// im2col.
-    pub col: Vec<f32>,
+    pub col: Buf<f32>,
     /// Per-channel BN scale.
-    pub scale: Vec<f32>,
+    pub scale: Buf<f32>,
     /// Per-channel BN shift.
-    pub shift: Vec<f32>,
+    pub shift: Buf<f32>,
 }
 
 /// Every activation buffer of a network, allocated once from a [`DenseNetPlan`].
@@ -346,58 +360,102 @@ pub struct DenseNetWorkspace {
     /// Dropout seed of the current step.
     pub dropout_seed: u64,
     /// The input, channel-major.
-    pub input: Vec<f32>,
+    pub input: Buf<f32>,
     /// Gradient of the input (NCHW after backward).
-    pub input_grad: Vec<f32>,
+    pub input_grad: Buf<f32>,
     /// ImageNet stem convolution output.
-    pub stem_z: Vec<f32>,
+    pub stem_z: Buf<f32>,
     /// ImageNet stem BN0 batch statistics.
     pub stem_stats: ChannelStats,
     /// ImageNet stem max-pool argmax.
-    pub stem_argmax: Vec<u32>,
+    pub stem_argmax: Buf<u32>,
     /// Dense blocks.
     pub blocks: Vec<BlockMemory>,
     /// Shared scratch.
     pub scratch: Scratch,
     /// Pooled features `[C][N]`.
-    pub pooled: Vec<f32>,
+    pub pooled: Buf<f32>,
     /// Their gradient.
-    pub dpooled: Vec<f32>,
+    pub dpooled: Buf<f32>,
     /// Logits `[N][classes]`.
-    pub logits: Vec<f32>,
+    pub logits: Buf<f32>,
     /// Gradient of the mean loss with respect to the logits.
-    pub dlogits: Vec<f32>,
+    pub dlogits: Buf<f32>,
+    /// Where each buffer above lives in the one allocation.
+    pub regions: Vec<Region>,
+    /// The allocation behind every buffer above (declared last: dropped after them).
+    arena: Arena,
 }
 
 impl DenseNetWorkspace {
-    /// Allocates every buffer of `plan` for `arch`.
+    /// Allocates every buffer of `plan` for `arch`, in one allocation.
     pub fn new(arch: &Architecture, plan: DenseNetPlan) -> Self {
-        let z = |n: usize| vec![0f32; n];
+        let (arena, regions, mut ws) = carve(|c| Self::carve(arch, &plan, c));
+        debug_assert_eq!(regions, plan.regions);
+        ws.regions = regions;
+        ws.arena = arena;
+        ws.plan = plan;
+        ws
+    }
+
+    /// Takes every buffer of `plan` from `c`, in the order of the region table.
+    fn carve(arch: &Architecture, plan: &DenseNetPlan, c: &mut Carver) -> Self {
         let cfg = &arch.config;
         let n = plan.batch;
         let width = cfg.bn_size * cfg.growth_rate;
+        let input = c.take("input", plan.input);
+        let input_grad = c.take("input_grad", plan.input_grad);
+        let stem_z = c.take("stem.z", plan.stem_z);
+        let stem_argmax = c.take("stem.argmax", plan.stem_argmax);
+        let stem_stats = if cfg.stem == Stem::ImageNet {
+            ChannelStats::carve(c, "stem.stats", cfg.init_features)
+        } else {
+            ChannelStats::default()
+        };
         let blocks = arch
             .blocks
             .iter()
             .enumerate()
-            .map(|(b, block)| BlockMemory {
-                feats: z(plan.block_feats[b]),
-                grads: z(plan.block_grads.get(b).copied().unwrap_or(0)),
-                stats: ChannelStats::new(block.c_out),
-                pending: vec![(0.0, 0.0); block.c_out],
-                layers: block
-                    .layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, _)| {
-                        let k = plan.kept_layers[b].get(i).copied().unwrap_or_default();
-                        LayerMemory {
-                            bn2: ChannelStats::new(width),
-                            kept: [z(k.a), z(k.b), z(k.c)],
-                        }
-                    })
-                    .collect(),
-                kept_transition: z(plan.kept_transitions.get(b).copied().unwrap_or(0)),
+            .map(|(b, block)| {
+                let name = format!("block{}", b + 1);
+                BlockMemory {
+                    feats: c.take(format_args!("{name}.feats"), plan.block_feats[b]),
+                    grads: c.take(
+                        format_args!("{name}.grads"),
+                        plan.block_grads.get(b).copied().unwrap_or(0),
+                    ),
+                    stats: ChannelStats::carve(c, &format!("{name}.stats"), block.c_out),
+                    pending: c.take(
+                        format_args!("{name}.pending"),
+                        if plan.training { block.c_out } else { 0 },
+                    ),
+                    layers: block
+                        .layers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, layer)| {
+                            let k = plan.kept_layers[b].get(i).copied().unwrap_or_default();
+                            let name = format!("{name}.layer{}", i + 1);
+                            let bn2 = if layer.bottleneck.is_some() {
+                                ChannelStats::carve(c, &format!("{name}.bn2"), width)
+                            } else {
+                                ChannelStats::default()
+                            };
+                            LayerMemory {
+                                bn2,
+                                kept: [
+                                    c.take(format_args!("{name}.a"), k.a),
+                                    c.take(format_args!("{name}.b"), k.b),
+                                    c.take(format_args!("{name}.c"), k.c),
+                                ],
+                            }
+                        })
+                        .collect(),
+                    kept_transition: c.take(
+                        format_args!("transition{}.a", b + 1),
+                        plan.kept_transitions.get(b).copied().unwrap_or(0),
+                    ),
+                }
             })
             .collect();
         let cf = cfg.final_channels();
@@ -408,37 +466,41 @@ impl DenseNetWorkspace {
             .max()
             .unwrap_or(0)
             .max(width);
+        let scratch = Scratch {
+            a: c.take("scratch.a", plan.scratch_a),
+            da: c.take("scratch.da", plan.scratch_da),
+            b: c.take("scratch.b", plan.scratch_b),
+            c: c.take("scratch.c", plan.scratch_c),
+            dc: c.take("scratch.dc", plan.scratch_dc),
+            tmp: c.take("scratch.tmp", plan.scratch_tmp),
+            col: c.take("scratch.col", plan.col),
+            scale: c.take("scratch.scale", widest),
+            shift: c.take("scratch.shift", widest),
+        };
+        let train = |len: usize| if plan.training { len } else { 0 };
         DenseNetWorkspace {
             n,
             training: false,
             dropout_seed: 0,
-            input: z(plan.input),
-            input_grad: z(plan.input_grad),
-            stem_z: z(plan.stem_z),
-            stem_stats: ChannelStats::new(cfg.init_features),
-            stem_argmax: vec![0; plan.stem_argmax],
+            input,
+            input_grad,
+            stem_z,
+            stem_stats,
+            stem_argmax,
             blocks,
-            scratch: Scratch {
-                a: z(plan.scratch_a),
-                da: z(plan.scratch_da),
-                b: z(plan.scratch_b),
-                c: z(plan.scratch_c),
-                dc: z(plan.scratch_dc),
-                tmp: z(plan.scratch_tmp),
-                col: z(plan.col),
-                scale: z(widest),
-                shift: z(widest),
-            },
-            pooled: z(cf * n),
-            dpooled: z(cf * n),
-            logits: z(n * cfg.num_classes),
-            dlogits: z(n * cfg.num_classes),
-            plan,
+            scratch,
+            pooled: c.take("head.pooled", cf * n),
+            dpooled: c.take("head.dpooled", train(cf * n)),
+            logits: c.take("head.logits", n * cfg.num_classes),
+            dlogits: c.take("head.dlogits", train(n * cfg.num_classes)),
+            regions: vec![],
+            arena: Arena::default(),
+            plan: plan.clone(),
         }
     }
 
-    /// Bytes of activation memory held (the plan's figure).
+    /// Bytes of activation memory held: the one allocation, as the plan's table says.
     pub fn activation_bytes(&self) -> usize {
-        self.plan.activation_bytes()
+        self.arena.bytes()
     }
 }

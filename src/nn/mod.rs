@@ -1,8 +1,10 @@
-//! What both model families share: the parameter table ([`params`]), batch-norm and
+//! What both model families share: the parameter table ([`params`]), the workspace
+//! allocation and its named regions ([`arena`]), batch-norm and
 //! convolution handles ([`layers`]), batch statistics ([`stats`]), the memory mode, the
 //! options of a training pass, the probe that exposes activations, and configuration
 //! errors.
 
+pub mod arena;
 pub mod layers;
 pub mod params;
 pub mod stats;

@@ -1,24 +1,26 @@
 //! Per-channel batch statistics, computed once when a buffer's channels are written and
 //! shared by every batch norm that normalises them.
 
+use super::arena::{Buf, Carver};
+
 /// Per-channel batch statistics of a buffer, computed once when the channels are written.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct ChannelStats {
     /// Batch mean per channel.
-    pub mean: Vec<f32>,
+    pub mean: Buf<f32>,
     /// Biased batch variance per channel.
-    pub var: Vec<f32>,
+    pub var: Buf<f32>,
     /// 1/√(var + ε).
-    pub rstd: Vec<f32>,
+    pub rstd: Buf<f32>,
 }
 
 impl ChannelStats {
-    /// Zeroed statistics of `c` channels.
-    pub fn new(c: usize) -> Self {
+    /// Zeroed statistics of `c` channels in three regions `{name}.mean`, `.var`, `.rstd`.
+    pub fn carve(carver: &mut Carver, name: &str, c: usize) -> Self {
         ChannelStats {
-            mean: vec![0.0; c],
-            var: vec![0.0; c],
-            rstd: vec![0.0; c],
+            mean: carver.take(format_args!("{name}.mean"), c),
+            var: carver.take(format_args!("{name}.var"), c),
+            rstd: carver.take(format_args!("{name}.rstd"), c),
         }
     }
     /// Computes the statistics of channels `c0..c1` of `x: [C][len]`.

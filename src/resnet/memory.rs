@@ -27,6 +27,7 @@
 //! Evaluation needs none of this: two stream buffers used in turn and shared scratch.
 
 use super::Architecture;
+use crate::nn::arena::{self, carve, Arena, Buf, Carver, Region};
 use crate::nn::{ChannelStats, MemoryMode};
 use crate::ops::conv::{col_len, ConvShape};
 use serde::Serialize;
@@ -69,8 +70,11 @@ pub struct ResNetPlan {
     pub scratch_proj: usize,
     /// im2col scratch.
     pub col: usize,
-    /// Statistics, pooled features, logits and other per-channel vectors.
+    /// Statistics, pooled features, logits and other per-channel vectors (an estimate).
     pub small: usize,
+    /// Where every buffer lives in the workspace's one allocation (what
+    /// [`ResNetWorkspace::new`] carves; `densenet summary MODEL --plan` prints it).
+    pub regions: Vec<Region>,
 }
 
 impl ResNetPlan {
@@ -102,6 +106,7 @@ impl ResNetPlan {
             scratch_proj: 0,
             col: col_for(arch.conv1.shape(n, s)),
             small: 0,
+            regions: vec![],
         };
         let stem_out = cfg.stem_channels * n * s * s;
         let mut streams = vec![stem_out];
@@ -155,11 +160,18 @@ impl ResNetPlan {
         let widest = arch.widest_channels();
         small += 3 * cf + 2 * cf * n + 2 * n * cfg.num_classes + 2 * widest;
         plan.small = small;
+        plan.regions = arena::layout(|c| ResNetWorkspace::carve(arch, &plan, c));
         plan
     }
 
-    /// Bytes of activation memory the plan allocates (all buffers above).
+    /// Bytes of activation memory the plan allocates: its one allocation, every region of
+    /// [`ResNetPlan::regions`] and the padding that aligns them.
     pub fn activation_bytes(&self) -> usize {
+        arena::total_bytes(&self.regions)
+    }
+
+    /// The sizes above added up, before the regions are laid out.
+    pub fn estimate_bytes(&self) -> usize {
         let sum = |v: &[usize]| v.iter().sum::<usize>();
         let nested = |v: &[Vec<usize>]| v.iter().map(|u| sum(u)).sum::<usize>();
         let floats = self.input
@@ -185,32 +197,32 @@ pub struct UnitMemory {
     /// Batch statistics of x, u1, u2.
     pub stats: Vec<ChannelStats>,
     /// Training: u1, u2.
-    pub u: Vec<Vec<f32>>,
+    pub u: Vec<Buf<f32>>,
     /// Naive training: h0, h1, h2 (empty otherwise).
-    pub h: Vec<Vec<f32>>,
+    pub h: Vec<Buf<f32>>,
 }
 
 /// Shared scratch of a [`ResNetWorkspace`].
 #[derive(Debug, Default)]
 pub struct ResNetScratch {
     /// h0, h1, h2 (unless kept per unit).
-    pub h: Vec<Vec<f32>>,
+    pub h: Vec<Buf<f32>>,
     /// Evaluation: u1, u2.
-    pub u: Vec<Vec<f32>>,
+    pub u: Vec<Buf<f32>>,
     /// Gradients of the stream at the current unit's output and input, used in turn.
-    pub grad: [Vec<f32>; 2],
+    pub grad: [Buf<f32>; 2],
     /// Gradient of a 3×3 layer's h.
-    pub dh: Vec<f32>,
+    pub dh: Buf<f32>,
     /// Gradient of u1 / u2.
-    pub du: Vec<f32>,
+    pub du: Buf<f32>,
     /// Projection output / gradient share.
-    pub proj: Vec<f32>,
+    pub proj: Buf<f32>,
     /// im2col.
-    pub col: Vec<f32>,
+    pub col: Buf<f32>,
     /// Per-channel BN scale.
-    pub scale: Vec<f32>,
+    pub scale: Buf<f32>,
     /// Per-channel BN shift.
-    pub shift: Vec<f32>,
+    pub shift: Buf<f32>,
 }
 
 /// Every activation buffer of a pre-activation ResNet, allocated once from a
@@ -224,11 +236,11 @@ pub struct ResNetWorkspace {
     /// Whether the last forward pass ran in training mode.
     pub training: bool,
     /// The input, channel-major.
-    pub input: Vec<f32>,
+    pub input: Buf<f32>,
     /// Gradient of the input (NCHW after backward).
-    pub input_grad: Vec<f32>,
+    pub input_grad: Buf<f32>,
     /// Residual stream buffers (see [`ResNetPlan::stream`]).
-    pub stream: Vec<Vec<f32>>,
+    pub stream: Vec<Buf<f32>>,
     /// Per unit.
     pub units: Vec<UnitMemory>,
     /// Shared scratch.
@@ -236,82 +248,102 @@ pub struct ResNetWorkspace {
     /// Batch statistics of the final BN's input.
     pub final_stats: ChannelStats,
     /// Pooled features `[C][N]`.
-    pub pooled: Vec<f32>,
+    pub pooled: Buf<f32>,
     /// Their gradient.
-    pub dpooled: Vec<f32>,
+    pub dpooled: Buf<f32>,
     /// Logits `[N][classes]`.
-    pub logits: Vec<f32>,
+    pub logits: Buf<f32>,
     /// Gradient of the mean loss with respect to the logits.
-    pub dlogits: Vec<f32>,
-}
-
-/// Per-channel statistics for `c` channels.
-pub(crate) fn channel_stats(c: usize) -> ChannelStats {
-    ChannelStats {
-        mean: vec![0.0; c],
-        var: vec![0.0; c],
-        rstd: vec![0.0; c],
-    }
+    pub dlogits: Buf<f32>,
+    /// Where each buffer above lives in the one allocation.
+    pub regions: Vec<Region>,
+    /// The allocation behind every buffer above (declared last: dropped after them).
+    arena: Arena,
 }
 
 impl ResNetWorkspace {
-    /// Allocates every buffer of `plan` for `arch`.
+    /// Allocates every buffer of `plan` for `arch`, in one allocation.
     pub fn new(arch: &Architecture, plan: ResNetPlan) -> Self {
-        let z = |n: usize| vec![0f32; n];
+        let (arena, regions, mut ws) = carve(|c| Self::carve(arch, &plan, c));
+        debug_assert_eq!(regions, plan.regions);
+        ws.regions = regions;
+        ws.arena = arena;
+        ws.plan = plan;
+        ws
+    }
+
+    /// Takes every buffer of `plan` from `c`, in the order of the region table.
+    fn carve(arch: &Architecture, plan: &ResNetPlan, c: &mut Carver) -> Self {
         let cfg = &arch.config;
         let n = plan.batch;
+        let input = c.take("input", plan.input);
+        let input_grad = c.take("input_grad", plan.input_grad);
+        let stream = (plan.stream.iter().enumerate())
+            .map(|(i, &m)| c.take(format_args!("stream{i}"), m))
+            .collect();
         let units = arch
             .units()
             .enumerate()
-            .map(|(t, unit)| UnitMemory {
-                stats: unit
-                    .layers
-                    .iter()
-                    .map(|(bn, _)| channel_stats(bn.c))
-                    .collect(),
-                u: plan
-                    .kept_u
-                    .get(t)
-                    .map(|v| v.iter().map(|&m| z(m)).collect())
-                    .unwrap_or_default(),
-                h: plan
-                    .kept_h
-                    .get(t)
-                    .map(|v| v.iter().map(|&m| z(m)).collect())
-                    .unwrap_or_default(),
+            .map(|(t, unit)| {
+                let name = format!("unit{}", t + 1);
+                let list = |c: &mut Carver, what: &str, v: Option<&Vec<usize>>| -> Vec<Buf<f32>> {
+                    (v.into_iter().flatten().enumerate())
+                        .map(|(j, &m)| c.take(format_args!("{name}.{what}{}", j + 1), m))
+                        .collect()
+                };
+                UnitMemory {
+                    stats: (unit.layers.iter().enumerate())
+                        .map(|(j, (bn, _))| {
+                            ChannelStats::carve(c, &format!("{name}.bn{}", j + 1), bn.c)
+                        })
+                        .collect(),
+                    u: list(c, "u", plan.kept_u.get(t)),
+                    h: list(c, "h", plan.kept_h.get(t)),
+                }
             })
             .collect();
         let cf = cfg.final_channels();
         let widest = arch.widest_channels();
+        let scratch = ResNetScratch {
+            h: (plan.scratch_h.iter().enumerate())
+                .map(|(j, &m)| c.take(format_args!("scratch.h{j}"), m))
+                .collect(),
+            u: (plan.scratch_u.iter().enumerate())
+                .map(|(j, &m)| c.take(format_args!("scratch.u{}", j + 1), m))
+                .collect(),
+            grad: [
+                c.take("scratch.grad0", plan.stream_grad),
+                c.take("scratch.grad1", plan.stream_grad),
+            ],
+            dh: c.take("scratch.dh", plan.scratch_dh),
+            du: c.take("scratch.du", plan.scratch_du),
+            proj: c.take("scratch.proj", plan.scratch_proj),
+            col: c.take("scratch.col", plan.col),
+            scale: c.take("scratch.scale", widest),
+            shift: c.take("scratch.shift", widest),
+        };
+        let train = |len: usize| if plan.training { len } else { 0 };
         ResNetWorkspace {
             n,
             training: false,
-            input: z(plan.input),
-            input_grad: z(plan.input_grad),
-            stream: plan.stream.iter().map(|&m| z(m)).collect(),
+            input,
+            input_grad,
+            stream,
             units,
-            scratch: ResNetScratch {
-                h: plan.scratch_h.iter().map(|&m| z(m)).collect(),
-                u: plan.scratch_u.iter().map(|&m| z(m)).collect(),
-                grad: [z(plan.stream_grad), z(plan.stream_grad)],
-                dh: z(plan.scratch_dh),
-                du: z(plan.scratch_du),
-                proj: z(plan.scratch_proj),
-                col: z(plan.col),
-                scale: z(widest),
-                shift: z(widest),
-            },
-            final_stats: channel_stats(cf),
-            pooled: z(cf * n),
-            dpooled: z(cf * n),
-            logits: z(n * cfg.num_classes),
-            dlogits: z(n * cfg.num_classes),
-            plan,
+            scratch,
+            final_stats: ChannelStats::carve(c, "final.stats", cf),
+            pooled: c.take("head.pooled", cf * n),
+            dpooled: c.take("head.dpooled", train(cf * n)),
+            logits: c.take("head.logits", n * cfg.num_classes),
+            dlogits: c.take("head.dlogits", train(n * cfg.num_classes)),
+            regions: vec![],
+            arena: Arena::default(),
+            plan: plan.clone(),
         }
     }
 
-    /// Bytes of activation memory held (the plan's figure).
+    /// Bytes of activation memory held: the one allocation, as the plan's table says.
     pub fn activation_bytes(&self) -> usize {
-        self.plan.activation_bytes()
+        self.arena.bytes()
     }
 }

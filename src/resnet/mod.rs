@@ -27,6 +27,7 @@ pub mod block;
 pub mod config;
 pub mod memory;
 
+use crate::nn::arena::Buf;
 use crate::nn::params::TensorTable;
 use crate::nn::MemoryMode;
 use crate::nn::{check_input, emit, BatchNorm, Conv, Probe, TrainOptions};
@@ -145,7 +146,7 @@ pub struct PreActResNet {
 }
 
 /// `(x, y)`: stream buffer `i` to read and `j` to write.
-fn pair(v: &mut [Vec<f32>], i: usize, j: usize) -> (&[f32], &mut [f32]) {
+fn pair(v: &mut [Buf<f32>], i: usize, j: usize) -> (&[f32], &mut [f32]) {
     assert_ne!(i, j, "a unit cannot write its own input");
     if i < j {
         let (a, b) = v.split_at_mut(j);
@@ -157,10 +158,10 @@ fn pair(v: &mut [Vec<f32>], i: usize, j: usize) -> (&[f32], &mut [f32]) {
 }
 
 /// The first `K` buffers of `v` as slices (empty slices where `v` has fewer).
-fn views<const K: usize>(v: &mut [Vec<f32>]) -> [&mut [f32]; K] {
+fn views<const K: usize>(v: &mut [Buf<f32>]) -> [&mut [f32]; K] {
     let mut it = v.iter_mut();
     std::array::from_fn(|_| match it.next() {
-        Some(b) => b.as_mut_slice(),
+        Some(b) => &mut b[..],
         None => &mut [],
     })
 }
@@ -428,7 +429,7 @@ impl PreActResNet {
             } else {
                 views(&mut um.h)
             };
-            let kept = |i: usize| um.u.get(i).map(|v| v.as_slice()).unwrap_or(&[]);
+            let kept = |i: usize| um.u.get(i).map(|v| &v[..]).unwrap_or(&[]);
             let bwd = block::Backward {
                 x: &stream[t],
                 dy,
