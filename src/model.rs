@@ -126,6 +126,26 @@ impl ModelConfig {
         }
     }
 
+    /// The memory plan's region table (name, offset, bytes) of this model's workspace for
+    /// batches of up to `batch` images: what a workspace allocates, in one piece.
+    pub fn memory_regions(
+        &self,
+        batch: usize,
+        mode: MemoryMode,
+        training: bool,
+    ) -> Vec<crate::nn::arena::Region> {
+        match self {
+            ModelConfig::DenseNet(c) => {
+                let arch = crate::densenet::Architecture::new(c);
+                crate::densenet::DenseNetPlan::new(&arch, batch, mode, training).regions
+            }
+            ModelConfig::PreActResNet(c) => {
+                let arch = crate::resnet::Architecture::new(c);
+                crate::resnet::ResNetPlan::new(&arch, batch, mode, training).regions
+            }
+        }
+    }
+
     /// The DenseNet configuration, if it is one.
     pub fn as_densenet(&self) -> Option<&DenseNetConfig> {
         match self {

@@ -571,3 +571,110 @@ fn closed_stdout_is_not_an_error() {
     );
     assert!(stderr(&out).is_empty(), "stderr: {}", stderr(&out));
 }
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+/// `summary --plan` lists every region of the workspace's one allocation: disjoint, in
+/// address order, and adding up (with padding) to what `bench train` allocated and
+/// reports as `activation_bytes`; `bench` names the kernels table it ran.
+#[test]
+fn summary_plan_is_the_workspace_bench_allocates() {
+    for (model, batch, memory) in [
+        ("densenet-bc-40-12", "4", "efficient"),
+        ("densenet-bc-40-12", "4", "naive"),
+        ("densenet-40-12", "2", "efficient"),
+        ("preresnet-20", "2", "efficient"),
+    ] {
+        let plan = json(&densenet(&[
+            "summary", model, "--plan", "--batch", batch, "--memory", memory, "--json",
+        ]));
+        let bench = json(&densenet(&[
+            "--threads",
+            "1",
+            "bench",
+            "train",
+            "--model",
+            model,
+            "--batch",
+            batch,
+            "--memory",
+            memory,
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ]));
+        let total = plan["total_bytes"].as_u64().unwrap();
+        assert_eq!(
+            total,
+            bench["activation_bytes"].as_u64().unwrap(),
+            "{model} {memory}"
+        );
+        let regions = plan["regions"].as_array().unwrap();
+        assert!(regions.len() > 10, "{model}: {} regions", regions.len());
+        let mut end = 0;
+        for r in regions {
+            let (off, bytes) = (r["offset"].as_u64().unwrap(), r["bytes"].as_u64().unwrap());
+            assert!(
+                off >= end && bytes > 0,
+                "{model}: {r} overlaps the region before"
+            );
+            end = off + bytes;
+        }
+        assert!(
+            end <= total && total - end < 64,
+            "{model}: end {end}, total {total}"
+        );
+        let name = |n: &str| regions.iter().any(|r| r["name"] == n);
+        assert!(name("input") && name("head.logits"), "{model}");
+        let kernels = bench["kernels"].as_str().unwrap();
+        assert!(["portable", "avx2"].contains(&kernels), "{kernels}");
+    }
+    // the evaluation plan keeps no gradients
+    let eval = json(&densenet(&[
+        "summary",
+        "densenet-bc-40-12",
+        "--plan",
+        "--eval",
+        "--json",
+    ]));
+    let names: Vec<_> = eval["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("grad")), "{names:?}");
+}
+
+/// `DENSENET_KERNELS` picks the table (and an unknown one is refused before any work).
+#[test]
+fn densenet_kernels_selects_the_table() {
+    let run = |k: &str| {
+        Command::new(env!("CARGO_BIN_EXE_densenet"))
+            .env("DENSENET_KERNELS", k)
+            .args([
+                "--threads",
+                "1",
+                "bench",
+                "infer",
+                "--model",
+                "densenet-bc-40-12",
+            ])
+            .args(["--batch", "1", "--steps", "1", "--json"])
+            .output()
+            .expect("run densenet")
+    };
+    assert_eq!(json(&run("portable"))["kernels"], "portable");
+    let bad = run("sse9");
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("DENSENET_KERNELS=sse9"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -189,6 +189,10 @@ pub struct TrainReport {
     pub memory: MemoryMode,
     /// Worker threads.
     pub threads: usize,
+    /// The kernels table in use (`portable`, `avx2`; see `DENSENET_KERNELS`).
+    pub kernels: &'static str,
+    /// The CPU's model name.
+    pub cpu: String,
     /// Median step time.
     pub median_step_s: f64,
     /// Images per second at the median step time.
@@ -216,6 +220,10 @@ pub struct InferReport {
     pub batch: usize,
     /// Worker threads.
     pub threads: usize,
+    /// The kernels table in use (`portable`, `avx2`; see `DENSENET_KERNELS`).
+    pub kernels: &'static str,
+    /// The CPU's model name.
+    pub cpu: String,
     /// Median time per batch.
     pub median_s: f64,
     /// Images per second at the median.
@@ -227,6 +235,19 @@ pub struct InferReport {
     pub peak_rss_bytes: Option<u64>,
     /// Timing statistics.
     pub pass: Stats,
+}
+
+/// The CPU's model name (Linux: `model name` in /proc/cpuinfo), or `unknown`.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The process's peak resident set size (Linux: `VmHWM` in /proc/self/status).
@@ -340,6 +361,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         batch: a.batch,
         memory: a.memory,
         threads: rayon::current_num_threads(),
+        kernels: crate::kernels::active().name,
+        cpu: cpu_model(),
         median_step_s: step.median_s,
         images_per_s: a.batch as f64 / step.median_s,
         activation_bytes: ws.activation_bytes(),
@@ -400,6 +423,8 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         model: cfg.name().to_string(),
         batch: a.batch,
         threads: rayon::current_num_threads(),
+        kernels: crate::kernels::active().name,
+        cpu: cpu_model(),
         median_s: pass.median_s,
         images_per_s: a.batch as f64 / pass.median_s,
         activation_bytes: ws.activation_bytes(),

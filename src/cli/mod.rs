@@ -57,6 +57,10 @@ pub enum Command {
 /// Parses the command line and runs the subcommand.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The kernels table is chosen once, before any work: an unusable DENSENET_KERNELS is an
+    // error here rather than a warning inside the library.
+    let kernels = crate::kernels::from_env()?;
+    crate::kernels::force(kernels);
     let t = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

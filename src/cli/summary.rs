@@ -4,13 +4,15 @@
 
 use super::model_args::ModelAdjust;
 use crate::model::ModelConfig;
+use crate::nn::arena::{total_bytes, Region};
+use crate::nn::MemoryMode;
 use crate::summary::summarize_model;
 use anyhow::Context;
 
 /// Arguments of `densenet summary`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_long_help = "Examples:\n  densenet summary densenet-bc-100-12 --json\n  densenet summary preresnet-164"
+    after_long_help = "Examples:\n  densenet summary densenet-bc-100-12 --json\n  densenet summary preresnet-164\n  densenet summary densenet-bc-100-12 --plan --batch 64"
 )]
 pub struct Args {
     /// Model name (see `densenet forward --help` for the forms).
@@ -18,15 +20,110 @@ pub struct Args {
     pub model: String,
     #[command(flatten)]
     pub adjust: ModelAdjust,
-    /// Print one JSON object (fields `parameters`, `macs`, `stages`, …).
+    /// Print the memory plan instead: every region of the workspace's one allocation
+    /// (name, offset, bytes) and the total, which `bench train --json` reports as
+    /// `activation_bytes`.
+    #[arg(long)]
+    pub plan: bool,
+    /// With --plan: the batch size the workspace holds.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+    /// With --plan: memory mode, efficient or naive.
+    #[arg(long, default_value = "efficient")]
+    pub memory: MemoryMode,
+    /// With --plan: the evaluation workspace (no backward pass) instead of training's.
+    #[arg(long)]
+    pub eval: bool,
+    /// Print one JSON object (fields `parameters`, `macs`, `stages`, …; with --plan
+    /// `total_bytes` and `regions`).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `densenet summary --plan --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct PlanReport {
+    /// Model.
+    pub model: String,
+    /// Batch size the workspace holds.
+    pub batch: usize,
+    /// Memory mode.
+    pub memory: MemoryMode,
+    /// Whether the workspace supports backward passes.
+    pub training: bool,
+    /// Bytes of the one allocation (regions and alignment padding).
+    pub total_bytes: usize,
+    /// Every region, in address order.
+    pub regions: Vec<Region>,
+}
+
+/// Prints the memory plan of `cfg`.
+fn plan(a: &Args, cfg: &ModelConfig) -> anyhow::Result<()> {
+    let batch = a.batch as usize;
+    let regions = cfg.memory_regions(batch, a.memory, !a.eval);
+    let report = PlanReport {
+        model: cfg.name().to_string(),
+        batch,
+        memory: a.memory,
+        training: !a.eval,
+        total_bytes: total_bytes(&regions),
+        regions,
+    };
+    if a.json {
+        return super::print_json(&report);
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    writeln!(
+        out,
+        "{}: {} workspace, batch {}, {} memory: {} regions in one allocation",
+        report.model,
+        if report.training {
+            "training"
+        } else {
+            "evaluation"
+        },
+        batch,
+        match a.memory {
+            MemoryMode::Efficient => "efficient",
+            MemoryMode::Naive => "naive",
+        },
+        report.regions.len()
+    )?;
+    writeln!(
+        out,
+        "{:<28} {:>14} {:>14} {:>10}",
+        "region", "offset", "bytes", "MiB"
+    )?;
+    for r in &report.regions {
+        writeln!(
+            out,
+            "{:<28} {:>14} {:>14} {:>10.3}",
+            r.name,
+            group(r.offset),
+            group(r.bytes),
+            mib(r.bytes)
+        )?;
+    }
+    writeln!(
+        out,
+        "{:<28} {:>14} {:>14} {:>10.3}",
+        "total (with padding)",
+        "",
+        group(report.total_bytes),
+        mib(report.total_bytes)
+    )?;
+    Ok(())
 }
 
 /// Runs `densenet summary`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let cfg = ModelConfig::from_name(&a.model).with_context(|| format!("model {}", a.model))?;
     let cfg = a.adjust.apply(cfg)?;
+    if a.plan {
+        return plan(&a, &cfg);
+    }
     let s = summarize_model(&cfg);
     if a.json {
         return super::print_json(&s);
