@@ -148,7 +148,7 @@ pub struct Kernels {
     /// `o = relu(x·s + t)`.
     pub affine_relu: fn(&mut [f32], &[f32], f32, f32),
     /// `(Σg, Σg·(x−mean))` of a BN-ReLU backward ([`norm::masked_sums`]).
-    pub masked_sums: fn(&[f32], norm::Grad, f32, f32, f32) -> (f64, f64),
+    pub masked_sums: norm::MaskedSumsFn,
     /// [`norm::masked_sums_axpy`].
     pub masked_sums_axpy: norm::MaskedSumsAxpyFn,
     /// `dx += c0 + (x − mu)·c1`.

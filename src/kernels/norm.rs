@@ -17,6 +17,8 @@ pub enum Grad<'a> {
     Const(f32),
 }
 
+/// Signature of [`masked_sums`]: `(x, d, s, t, mu) -> (Σg, Σg·(x−mu))`.
+pub type MaskedSumsFn = fn(&[f32], Grad, f32, f32, f32) -> (f64, f64);
 /// Signature of [`masked_sums_axpy`]: `(dx, x, d, s, t, mu, k) -> (Σg, Σg·(x−mu))`.
 pub type MaskedSumsAxpyFn = fn(&mut [f32], &[f32], &[f32], f32, f32, f32, f32) -> (f64, f64);
 /// Signature of [`masked_update`]: `(dx, x, d, s, t, mu, r, k, mg, mgx)`.
@@ -202,8 +204,6 @@ pub fn masked_update<const ACC: bool>(
         }
     }
 }
-
-/// Final BN-ReLU fused with global average pooling: `pooled[c·n + i]` is the mean over the
 
 /// The entries of the `avx2` table: the bodies above inside `#[target_feature]` functions.
 #[cfg(target_arch = "x86_64")]

@@ -337,6 +337,8 @@ pub(crate) fn apply_pending(
         .enumerate();
     per_channel(it, c * len, work);
 }
+
+/// Final BN-ReLU fused with global average pooling: `pooled[c·n + i]` is the mean over the
 /// `hw` positions of sample i of `relu(x·scale + shift)`; `x` is `[C][n·hw]`.
 pub fn bn_relu_avgpool_forward(
     pooled: &mut [f32],
