@@ -1,21 +1,84 @@
-//! Timing of the GEMM shapes a DenseNet-BC k=12 b64 training step runs, at 1 and 2
-//! threads: `cargo test --release --lib shape_bench -- --ignored --nocapture`.
-//! Not a correctness test; it exists so kernel choices can be re-measured.
+//! Timing of the kernel shapes a DenseNet training step runs (GEMM, the direct 1×1 and
+//! 3×3 kernels, the fused BN-ReLU + 1×1), at 1 and 2 threads:
+//!
+//! ```text
+//! cargo bench --bench shapes              # every benchmark (minutes)
+//! cargo bench --bench shapes -- conv3x3   # those whose name contains `conv3x3`
+//! ```
+//!
+//! Not a correctness test; it exists so kernel choices can be re-measured. It prints the
+//! CPU and the active kernels table first, since every number depends on both.
 
-use super::gemm::{sgemm, Mat};
+use densenet::kernels::conv1x1::{pointwise, pointwise_applies};
+use densenet::kernels::gemm::{raw, sgemm, Mat};
+use densenet::kernels::{self, conv3x3, BnRelu, ConvShape};
+use densenet::ops::{conv, fused, norm};
 use std::time::Instant;
 
+/// The benchmarks, by name, in the order they run.
+const BENCHES: &[(&str, fn())] = &[
+    ("gemm_shapes", gemm_shapes),
+    ("dw_thread_use", dw_thread_use),
+    ("conv3x3_shapes", conv3x3_shapes),
+    ("fused_shapes", fused_shapes),
+    ("pointwise_hot_vs_cold", pointwise_hot_vs_cold),
+];
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other word filters by name
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let chosen: Vec<_> = BENCHES
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<_> = BENCHES.iter().map(|(n, _)| *n).collect();
+        eprintln!(
+            "no benchmark matches {filters:?}; there are: {}",
+            names.join(", ")
+        );
+        std::process::exit(2);
+    }
+    println!("cpu: {}", cpu_model());
+    println!("kernels: {}", kernels::active().name);
+    for (name, run) in chosen {
+        println!("\n== {name}");
+        run();
+    }
+}
+
+/// The `model name` line of /proc/cpuinfo.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// A rayon pool of `threads` threads.
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// GFLOP/s of the best of 6 `sgemm` calls of one shape on `threads` threads.
 fn rate(m: usize, n: usize, k: usize, ta: bool, tb: bool, threads: usize) -> f64 {
     let a = vec![0.5f32; m * k];
     let b = vec![0.25f32; k * n];
     let mut c = vec![0f32; m * n];
     let am = if ta { Mat::t(&a, m) } else { Mat::n(&a, k) };
     let bm = if tb { Mat::t(&b, k) } else { Mat::n(&b, n) };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    pool.install(|| {
+    pool(threads).install(|| {
         let mut best = f64::MAX;
         for _ in 0..6 {
             let t = Instant::now();
@@ -26,8 +89,8 @@ fn rate(m: usize, n: usize, k: usize, ta: bool, tb: bool, threads: usize) -> f64
     })
 }
 
-#[test]
-#[ignore]
+/// `sgemm` on the products of a DenseNet-BC k=12 b64 training step (and densenet121's
+/// widest 1×1), against the direct 1×1 kernel on the same shapes; 1 and 2 threads.
 fn gemm_shapes() {
     // (what, m, n, k, A transposed, B transposed)
     let shapes = [
@@ -44,25 +107,25 @@ fn gemm_shapes() {
         let r2 = rate(m, n, k, ta, tb, 2);
         println!("{what:32} 1t {r1:6.1} GFLOP/s   2t {r2:6.1} GFLOP/s");
     }
-    // the direct 1×1 kernel (conv3x3::pointwise) on the same shapes as the GEMMs above
+    // the direct 1×1 kernel (conv1x1::pointwise) on the same shapes as the GEMMs above
     for (what, o, i, len, flip) in [
         ("direct 1x1 fwd o48 i216", 48, 216, 65536, false),
         ("direct 1x1 dX o216 i48", 216, 48, 65536, true),
         ("direct 1x1 fwd o128 i512 (121)", 128, 512, 12544, false),
     ] {
+        if !pointwise_applies(o) {
+            println!("{what:32} (no direct kernel in this table)");
+            continue;
+        }
         let x = vec![0.5f32; i * len];
         let w = vec![0.25f32; o * i];
         let mut y = vec![0f32; o * len];
         let mut r = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            pool(threads).install(|| {
                 let mut best = f64::MAX;
                 for _ in 0..6 {
                     let t = Instant::now();
-                    super::conv3x3::pointwise(&mut y, &x, &w, o, i, len, flip);
+                    pointwise(&mut y, &x, &w, o, i, len, flip);
                     best = best.min(t.elapsed().as_secs_f64());
                 }
                 2.0 * (o * i * len) as f64 / best / 1e9
@@ -92,17 +155,12 @@ fn cpu_seconds() -> f64 {
 
 /// Thread use of a weight-gradient product: the `gemm` crate's own parallelism against
 /// [`sgemm`]'s k-split, as CPU seconds per wall second (2.0 = both cores busy).
-#[test]
-#[ignore]
 fn dw_thread_use() {
     let (m, n, k) = (48, 216, 65536);
     let a = vec![0.5f32; m * k];
     let b = vec![0.25f32; n * k];
     let mut c = vec![0f32; m * n];
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = pool(2);
     for split in [false, true] {
         let (c0, t0) = (cpu_seconds(), Instant::now());
         pool.install(|| {
@@ -110,7 +168,7 @@ fn dw_thread_use() {
                 if split {
                     sgemm(m, n, k, &mut c, n, true, Mat::n(&a, k), Mat::t(&b, k));
                 } else {
-                    super::gemm::raw(
+                    raw(
                         m,
                         n,
                         k,
@@ -134,12 +192,9 @@ fn dw_thread_use() {
     }
 }
 
-/// The direct 3×3 kernel (conv3x3::forward / backward) on densenet121's and BC-100's
+/// The direct 3×3 kernel (`kernels::conv3x3::forward` / `backward`) on densenet121's and BC-100's
 /// dense-layer shapes, 1 and 2 threads.
-#[test]
-#[ignore]
 fn conv3x3_shapes() {
-    use super::conv::{col_len, ConvShape};
     let mk = |n, cin, cout, h| ConvShape {
         n,
         cin,
@@ -155,18 +210,16 @@ fn conv3x3_shapes() {
         ("121 fwd n16 i128 o32 14x14", mk(16, 128, 32, 14), 16),
         ("BC100 fwd n64 i48 o12 32x32", mk(64, 48, 12, 32), 8),
     ] {
-        if !super::conv3x3::applies(&s) {
-            return;
+        if !conv3x3::applies(&s) {
+            println!("{what:32} (no direct kernel in this table)");
+            continue;
         }
         let x = vec![0.5f32; s.cin * s.n * s.h * s.w];
         let w = vec![0.25f32; s.cout * s.col_rows()];
         let mut y = vec![0f32; s.cout * s.n * s.h * s.w];
-        let mut col = vec![0f32; col_len(&s, chunk)];
+        let mut col = vec![0f32; conv::col_len(&s, chunk)];
         let mut r = |threads, bwd: bool| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool(threads);
             let mut dx = vec![0f32; x.len()];
             let mut dw = vec![0f32; w.len()];
             pool.install(|| {
@@ -174,18 +227,9 @@ fn conv3x3_shapes() {
                 for _ in 0..5 {
                     let t = Instant::now();
                     if bwd {
-                        super::conv3x3::backward(
-                            Some(&mut dx),
-                            &mut dw,
-                            &y,
-                            &x,
-                            None,
-                            &w,
-                            &s,
-                            &mut col,
-                        );
+                        conv3x3::backward(Some(&mut dx), &mut dw, &y, &x, None, &w, &s, &mut col);
                     } else {
-                        super::conv3x3::forward(&mut y, &x, None, &w, &s, &mut col);
+                        conv3x3::forward(&mut y, &x, None, &w, &s, &mut col);
                     }
                     best = best.min(t.elapsed().as_secs_f64());
                 }
@@ -201,14 +245,8 @@ fn conv3x3_shapes() {
 /// The fused BN-ReLU + 1×1 forward and backward (`fused::forward`, `fused::backward`:
 /// weight and input gradients and the BN-ReLU backward) against BN-ReLU written out and
 /// the plain products, one thread.
-#[test]
-#[ignore]
 fn fused_shapes() {
-    use super::fused::{self, BnRelu};
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let pool = pool(1);
     for (what, o, i, len) in [
         ("BC100 bottleneck o48 i216", 48, 216, 65536),
         ("BC100 transition o108 i216", 108, 216, 65536),
@@ -237,8 +275,8 @@ fn fused_shapes() {
                     match v {
                         0 => fused::forward(&mut y, &x, &w, bn, o, len, false),
                         1 => {
-                            super::norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
-                            let s = super::conv::ConvShape {
+                            norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
+                            let s = ConvShape {
                                 n: 1,
                                 cin: i,
                                 cout: o,
@@ -248,7 +286,7 @@ fn fused_shapes() {
                                 stride: 1,
                                 pad: 0,
                             };
-                            super::conv::conv_forward(&mut y, &a, &w, &s, &mut []);
+                            conv::conv_forward(&mut y, &a, &w, &s, &mut []);
                         }
                         2 => {
                             let g = fused::Grads {
@@ -264,10 +302,10 @@ fn fused_shapes() {
                                 gamma: &gamma,
                             };
                             fused::backward(g, &dy, &x, &w, bn, st, o, len);
-                            super::norm::apply_pending(&mut dx, &x, &mean, &mut pending, len);
+                            norm::apply_pending(&mut dx, &x, &mean, &mut pending, len);
                         }
                         _ => {
-                            super::norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
+                            norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
                             sgemm(
                                 o,
                                 i,
@@ -288,11 +326,11 @@ fn fused_shapes() {
                                 Mat::t(&w, i),
                                 Mat::n(&dy, len),
                             );
-                            super::norm::bn_relu_backward(
+                            norm::bn_relu_backward(
                                 &mut dx,
                                 &mut dg,
                                 &mut db,
-                                super::norm::OutGrad::Dense(&da),
+                                norm::OutGrad::Dense(&da),
                                 &x,
                                 &mean,
                                 &rstd,
@@ -322,13 +360,12 @@ fn fused_shapes() {
 /// repeated), one thread. Quiet machine: 58 against 77 GFLOP/s; the tiles' short runs per
 /// input channel (1.2 KB) defeat the hardware prefetchers. Software prefetching of the
 /// next tile (T0 and T1 hints) did not measurably close the gap on this noisy VM.
-#[test]
-#[ignore]
 fn pointwise_hot_vs_cold() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    if !pointwise_applies(48) {
+        println!("no direct 1x1 kernel in this table");
+        return;
+    }
+    let pool = pool(1);
     for (o, i, len) in [(48, 216, 65536), (48, 216, 2304)] {
         let x = vec![0.5f32; i * len];
         let w = vec![0.25f32; o * i];
@@ -339,7 +376,7 @@ fn pointwise_hot_vs_cold() {
             for _ in 0..6 {
                 let t = Instant::now();
                 for _ in 0..reps {
-                    super::conv3x3::pointwise(&mut y, &x, &w, o, i, len, false);
+                    pointwise(&mut y, &x, &w, o, i, len, false);
                 }
                 best = best.min(t.elapsed().as_secs_f64() / reps as f64);
             }

@@ -15,8 +15,9 @@ use crate::nn::params::TensorTable;
 use crate::nn::{ConfigError, MemoryMode, Probe, TrainOptions};
 use crate::resnet::{PreActResNet, PreActResNetConfig, ResNetWorkspace};
 use crate::util::tensor::Tensor;
-use crate::weights::{NamedTensor, WeightsError};
+use crate::weights::{canonical_name, NamedTensor, WeightsError};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// The `family` tag of a pre-activation ResNet's serialised configuration.
 pub const PREACT_RESNET: &str = "preact_resnet";
@@ -282,15 +283,33 @@ pub trait Model {
     }
     /// Every parameter and running statistic as `(state-dict name, tensor)`.
     fn state_dict(&self) -> Vec<(String, Tensor)> {
-        crate::weights::state_dict(
-            (self.param_table(), self.params()),
-            (self.stats_table(), self.stats()),
-        )
+        let params = self
+            .param_table()
+            .entries()
+            .iter()
+            .map(|e| (e, self.params()));
+        let stats = self
+            .stats_table()
+            .entries()
+            .iter()
+            .map(|e| (e, self.stats()));
+        params
+            .chain(stats)
+            .map(|(e, buf)| {
+                (
+                    e.name.clone(),
+                    Tensor::new(e.shape.clone(), buf[e.range()].to_vec()),
+                )
+            })
+            .collect()
     }
-    /// Loads named tensors, all or nothing (see [`crate::weights::match_tensors`]).
+    /// Loads named tensors: every parameter and running statistic must be present (under
+    /// its name after [`canonical_name`]) with the right shape; `num_batches_tracked` and
+    /// `optim.*` entries are ignored. On any mismatch nothing is changed and every missing,
+    /// unexpected or wrongly shaped tensor is reported.
     fn load_tensors(&mut self, tensors: &[NamedTensor], source: &str) -> Result<(), WeightsError> {
         let name = self.name();
-        let plan = crate::weights::match_tensors(
+        let plan = match_tensors(
             self.param_table(),
             self.stats_table(),
             tensors,
@@ -308,6 +327,57 @@ pub trait Model {
         }
         Ok(())
     }
+}
+
+/// Where each of a model's tensors comes from: `(range, is_param, data)`, the range in the
+/// parameter buffer (`is_param`) or the statistics buffer.
+type LoadPlan<'a> = Vec<(std::ops::Range<usize>, bool, &'a [f32])>;
+
+/// Matches named tensors against a model's tables for [`Model::load_tensors`]; on any
+/// mismatch, every problem in one [`WeightsError::Mismatch`].
+fn match_tensors<'a>(
+    params: &TensorTable,
+    stats: &TensorTable,
+    tensors: &'a [NamedTensor],
+    source: &str,
+    model: &str,
+) -> Result<LoadPlan<'a>, WeightsError> {
+    let mut by_name: HashMap<String, &NamedTensor> = HashMap::new();
+    for t in tensors {
+        // integer bookkeeping, and optimizer state stored beside the weights in a
+        // training checkpoint (`optim.momentum`)
+        if t.name.ends_with("num_batches_tracked") || t.name.starts_with("optim.") {
+            continue;
+        }
+        by_name.insert(canonical_name(&t.name), t);
+    }
+    let mut problems = Vec::new();
+    let mut plan = Vec::new();
+    for (table, is_param) in [(params, true), (stats, false)] {
+        for e in table.entries() {
+            match by_name.remove(&e.name) {
+                None => problems.push(format!("missing: {} {:?}", e.name, e.shape)),
+                Some(t) if t.tensor.shape != e.shape => problems.push(format!(
+                    "wrong shape: {} is {:?} in the file, the model expects {:?}",
+                    e.name, t.tensor.shape, e.shape
+                )),
+                Some(t) => plan.push((e.range(), is_param, t.tensor.data.as_slice())),
+            }
+        }
+    }
+    let mut unexpected: Vec<_> = by_name.into_iter().collect();
+    unexpected.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in unexpected {
+        problems.push(format!("unexpected: {name} {:?}", t.tensor.shape));
+    }
+    if !problems.is_empty() {
+        return Err(WeightsError::Mismatch {
+            source_name: source.to_string(),
+            model: model.to_string(),
+            problems,
+        });
+    }
+    Ok(plan)
 }
 
 /// Implements [`ModelWorkspace`] for workspaces with the same fields: `plan` (with `batch`

@@ -8,8 +8,8 @@ mod common;
 use common::*;
 use densenet::nn::TrainOptions;
 use densenet::weights::TensorFile;
-use densenet::MemoryMode;
 use densenet::{DenseNet, DenseNetConfig};
+use densenet::{MemoryMode, Model};
 use std::collections::HashMap;
 
 fn network(weights: &TensorFile) -> DenseNet {

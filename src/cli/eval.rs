@@ -3,12 +3,11 @@
 
 use crate::data::augment::Transform;
 use crate::data::{self, DatasetKind, Split};
-use crate::model::{AnyModel, Model, ModelConfig};
+use crate::model::Model;
 use crate::nn::MemoryMode;
-use crate::train::checkpoint::Preprocess;
-use crate::train::{evaluate, Evaluation};
+use crate::train::{checkpoint, evaluate, Evaluation};
 use anyhow::Context;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Arguments of `densenet eval`.
@@ -50,51 +49,9 @@ struct Report<'a> {
     eval: &'a Evaluation,
 }
 
-/// A network with its weights, and what its training run recorded (if anything).
-pub(crate) struct Loaded {
-    pub net: AnyModel,
-    pub dataset: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub upscale: Option<usize>,
-    pub preprocess: Option<Preprocess>,
-}
-
-/// Builds the network for `weights`: from a checkpoint's metadata, or from `--model`.
-pub(crate) fn load_model(weights: &Path, model: Option<&str>) -> anyhow::Result<Loaded> {
-    let file = crate::weights::read_checkpoint(weights)?;
-    let meta = &file.metadata;
-    let train_cfg: Option<crate::train::TrainConfig> = meta
-        .get("train_config")
-        .and_then(|s| serde_json::from_str(s).ok());
-    let cfg = match (model, meta.get("config")) {
-        (Some(name), _) => {
-            ModelConfig::from_name(name).with_context(|| format!("--model {name}"))?
-        }
-        // a bare DenseNetConfig (every checkpoint before the ResNet) or a tagged ResNet's
-        (None, Some(json)) => serde_json::from_str::<ModelConfig>(json).with_context(|| {
-            format!("{}: model configuration in its metadata", weights.display())
-        })?,
-        (None, None) => anyhow::bail!(
-            "{}: no model configuration inside; give --model",
-            weights.display()
-        ),
-    };
-    let mut net = AnyModel::new(&cfg, 0);
-    net.load_tensors(&file.tensors, &weights.display().to_string())?;
-    Ok(Loaded {
-        net,
-        dataset: train_cfg.as_ref().map(|c| c.dataset.clone()),
-        data_dir: train_cfg.as_ref().and_then(|c| c.data_dir.clone()),
-        upscale: train_cfg.as_ref().map(|c| c.upscale),
-        preprocess: meta
-            .get("preprocess")
-            .and_then(|s| serde_json::from_str(s).ok()),
-    })
-}
-
 /// Runs `densenet eval`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut m = load_model(&a.weights, a.model.as_deref())?;
+    let mut m = checkpoint::read_model(&a.weights, a.model.as_deref())?;
     let dataset = a
         .dataset
         .clone()

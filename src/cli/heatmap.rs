@@ -2,6 +2,7 @@
 
 use crate::densenet::analysis::{feature_reuse, to_csv};
 use crate::plot::{heatmaps, HeatMatrix};
+use crate::train::checkpoint::read_model;
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -28,7 +29,7 @@ pub struct Args {
 
 /// Runs `densenet heatmap`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let m = super::eval::load_model(&a.weights, a.model.as_deref())?;
+    let m = read_model(&a.weights, a.model.as_deref())?;
     let Some(net) = m.net.as_densenet() else {
         anyhow::bail!(
             "{}: the feature-reuse heat map reads the weights a dense layer gives each earlier \

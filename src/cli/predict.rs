@@ -1,10 +1,10 @@
 //! `densenet predict`: the top classes of images, with probabilities and class names.
 
-use super::eval::load_model;
 use crate::data::augment::Normalize;
 use crate::data::folder::decode_file;
 use crate::model::{Model, ModelConfig};
 use crate::nn::MemoryMode;
+use crate::train::checkpoint::read_model;
 use std::path::PathBuf;
 
 /// Arguments of `densenet predict`.
@@ -42,7 +42,7 @@ struct Prediction {
 
 /// Runs `densenet predict`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut m = load_model(&a.weights, a.model.as_deref())?;
+    let mut m = read_model(&a.weights, a.model.as_deref())?;
     let cfg = m.net.model_config();
     let (c, s) = (cfg.in_channels(), cfg.input_size());
     let imagenet = matches!(&cfg, ModelConfig::DenseNet(d) if d.stem == crate::densenet::config::Stem::ImageNet);

@@ -171,7 +171,7 @@ unsafe fn correlate_avx2<const TAPS: usize>(
                 // 4 × 24 (12 accumulators + 3 inputs + 1 weight = all 16 ymm registers)
                 // LLVM kept one accumulator on the stack, a load-FMA-store chain through
                 // store forwarding on every tap (objdump of `correlate_avx2::<9>`).
-                // `cargo test --release --lib conv3x3_shapes -- --ignored --nocapture`,
+                // `cargo bench --bench shapes -- conv3x3_shapes`,
                 // one thread, 121 shape 16×128→32 at 28×28: 24 GFLOP/s before, 55 after (BC-100
                 // 64×48→12 at 32×32: 31 → 53; machine shared with other builds).
                 let (mut c00, mut c01, mut c10, mut c11);

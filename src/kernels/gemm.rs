@@ -141,7 +141,7 @@ fn small(
 
 /// Whether a product is a weight gradient's shape: a small `m×n` output summed over a long
 /// `k` (dW = dY·Xᵀ: 48×216 summed over 65536 positions). The `gemm` crate splits work
-/// over m and n only, so such a product ran on one thread (`shape_bench`: 48×65536·65536×216
+/// over m and n only, so such a product ran on one thread (`cargo bench --bench shapes -- gemm_shapes`: 48×65536·65536×216
 /// at 30 GFLOP/s with 1 thread, 34 with 2, under load); splitting k gives each thread
 /// its own partial product.
 fn k_split_pays(m: usize, n: usize, k: usize) -> bool {
@@ -206,9 +206,11 @@ fn sgemm_k_split(
     }
 }
 
-/// The `gemm` crate call; the caller has checked the shapes.
+/// `C (+)= A·B` straight through the `gemm` crate with the given parallelism: what
+/// [`sgemm`] ends in, without its small-product loops or its k-split. Public for the
+/// shape benchmark (`dw_thread_use` sets the crate's own threading against the k-split).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn raw(
+pub fn raw(
     m: usize,
     n: usize,
     k: usize,
@@ -220,8 +222,10 @@ pub(super) fn raw(
     par: Parallelism,
 ) {
     assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= c.len());
-    // SAFETY: `c` holds the m×n block (checked above) and, borrowed mutably, cannot alias
-    // `a` or `b`.
+    a.check(m, k, "A");
+    b.check(k, n, "B");
+    // SAFETY: `c` holds the m×n block and `a`, `b` their blocks (checked above); `c`,
+    // borrowed mutably, cannot alias `a` or `b`.
     unsafe { raw_ptr(m, n, k, c.as_mut_ptr(), ldc, accumulate, a, b, par) }
 }
 

@@ -309,7 +309,7 @@ pub(crate) fn bn_relu_backward_pending(
 /// `−k·(mg + x̂·mgx)` is an affine map of the same `x`, and their sum is one affine map,
 /// applied once when the channel's last reader is done. The alternative, a second pass
 /// over all `m` input channels per layer, was the largest memory stream of the backward.
-pub(crate) fn apply_pending(
+pub fn apply_pending(
     dx: &mut [f32],
     x: &[f32],
     mean: &[f32],

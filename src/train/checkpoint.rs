@@ -3,17 +3,23 @@
 //! momentum (`optim.momentum`, laid out like the flat parameter buffer) and, in the
 //! metadata, the model and training configuration and the position in the run as JSON.
 //!
+//! This module is the only reader and writer of that metadata: [`save`] and [`load`] for
+//! resuming a run, [`read_model`] for the commands that only use the network (`eval`,
+//! `predict`, `heatmap`). A field that is present but does not parse is an error naming
+//! the file and the field; an absent one is `None` where it is optional.
+//!
 //! One file, written atomically (temporary file, then rename): a process killed at any
 //! moment leaves either the previous checkpoint or the new one, never a mixture of a new
 //! weights file and an old state file.
 
 use super::{TrainConfig, TrainError, TrainState};
-use crate::model::Model;
+use crate::model::{AnyModel, Model, ModelConfig};
 use crate::optim::Sgd;
 use crate::util::tensor::Tensor;
-use crate::weights::{read_safetensors, write_safetensors};
+use crate::weights::{read_checkpoint, read_safetensors, write_safetensors};
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Name of the momentum tensor in a checkpoint.
 pub const MOMENTUM: &str = "optim.momentum";
@@ -73,23 +79,19 @@ pub struct Loaded {
 /// Reads a checkpoint into `net` and `opt`.
 pub fn load<M: Model>(path: &Path, net: &mut M, opt: &mut Sgd) -> Result<Loaded, TrainError> {
     let file = read_safetensors(path)?;
-    let meta = |key: &str| {
-        file.metadata.get(key).ok_or_else(|| {
-            TrainError::Config(format!(
-                "{}: not a training checkpoint (no '{key}' in its metadata)",
-                path.display()
-            ))
-        })
+    let required = |key: &str| {
+        TrainError::Config(format!(
+            "{}: not a training checkpoint (no '{key}' in its metadata)",
+            path.display()
+        ))
     };
-    let parse_err = |key: &str, e: serde_json::Error| {
-        TrainError::Config(format!("{}: metadata '{key}': {e}", path.display()))
-    };
+    let meta = &file.metadata;
     let config: TrainConfig =
-        serde_json::from_str(meta("train_config")?).map_err(|e| parse_err("train_config", e))?;
+        field(path, meta, "train_config")?.ok_or_else(|| required("train_config"))?;
     let state: TrainState =
-        serde_json::from_str(meta("train_state")?).map_err(|e| parse_err("train_state", e))?;
+        field(path, meta, "train_state")?.ok_or_else(|| required("train_state"))?;
     let preprocess: Preprocess =
-        serde_json::from_str(meta("preprocess")?).map_err(|e| parse_err("preprocess", e))?;
+        field(path, meta, "preprocess")?.ok_or_else(|| required("preprocess"))?;
     let (momentum, weights): (Vec<_>, Vec<_>) =
         file.tensors.into_iter().partition(|t| t.name == MOMENTUM);
     net.load_tensors(&weights, &path.display().to_string())?;
@@ -112,6 +114,65 @@ pub fn load<M: Model>(path: &Path, net: &mut M, opt: &mut Sgd) -> Result<Loaded,
     })
 }
 
+/// A network with its weights, and what its training run recorded (if anything).
+pub struct LoadedModel {
+    /// The network, with the file's weights.
+    pub net: AnyModel,
+    /// The data set it was trained on (`train_config`).
+    pub dataset: Option<String>,
+    /// Where that data set's files were (`train_config`).
+    pub data_dir: Option<PathBuf>,
+    /// The upscaling factor of its inputs (`train_config`).
+    pub upscale: Option<usize>,
+    /// Input preparation (`preprocess`).
+    pub preprocess: Option<Preprocess>,
+}
+
+/// Reads weights for use (not for resuming): a training checkpoint, or any safetensors or
+/// `.pth` state dict. The network is `model` (a preset name or JSON, as `--model` takes
+/// it) if given, else the checkpoint's `config`; its weights must all match. The other
+/// fields come from `train_config` and `preprocess` where the file has them.
+pub fn read_model(weights: &Path, model: Option<&str>) -> Result<LoadedModel, TrainError> {
+    let file = read_checkpoint(weights)?;
+    let meta = &file.metadata;
+    let train: Option<TrainConfig> = field(weights, meta, "train_config")?;
+    let preprocess: Option<Preprocess> = field(weights, meta, "preprocess")?;
+    let cfg = match model {
+        Some(name) => ModelConfig::from_name(name)
+            .map_err(|e| TrainError::Config(format!("--model {name}: {e}")))?,
+        // a bare DenseNetConfig (every checkpoint before the ResNet) or a tagged ResNet's;
+        // not read when `model` replaces it
+        None => field(weights, meta, "config")?.ok_or_else(|| {
+            TrainError::Config(format!(
+                "{}: no model configuration inside; give --model",
+                weights.display()
+            ))
+        })?,
+    };
+    let mut net = AnyModel::new(&cfg, 0);
+    net.load_tensors(&file.tensors, &weights.display().to_string())?;
+    Ok(LoadedModel {
+        net,
+        dataset: train.as_ref().map(|c| c.dataset.clone()),
+        data_dir: train.as_ref().and_then(|c| c.data_dir.clone()),
+        upscale: train.as_ref().map(|c| c.upscale),
+        preprocess,
+    })
+}
+
+/// Metadata field `key` of the checkpoint at `path` as JSON: `None` if absent, an error
+/// naming the file and the field if present but not a `T`.
+fn field<T: DeserializeOwned>(
+    path: &Path,
+    meta: &HashMap<String, String>,
+    key: &str,
+) -> Result<Option<T>, TrainError> {
+    meta.get(key)
+        .map(|json| serde_json::from_str(json))
+        .transpose()
+        .map_err(|e| TrainError::Config(format!("{}: metadata field {key}: {e}", path.display())))
+}
+
 /// JSON for metadata (serialising these plain structs cannot fail).
 mod erased {
     pub trait Json {
@@ -121,5 +182,66 @@ mod erased {
         fn json(&self) -> String {
             serde_json::to_string(self).unwrap_or_default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A two-layer ImageNet-style DenseNet, small enough to write in a test.
+    const TINY: &str = r#"{"family":"imagenet_densenet","growth_rate":4,"block_config":[1,1],
+        "init_features":8,"bn_size":2,"num_classes":3}"#;
+
+    #[test]
+    fn metadata_fields_are_absent_or_parse() {
+        let dir = std::env::temp_dir().join(format!("densenet-checkpoint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = ModelConfig::from_name(TINY).unwrap();
+        let net = AnyModel::new(&cfg, 0);
+        let write = |name: &str, extra: &[(&str, &str)]| {
+            let path = dir.join(name);
+            let mut meta =
+                HashMap::from([("config".to_string(), serde_json::to_string(&cfg).unwrap())]);
+            meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            write_safetensors(&path, &net.state_dict(), &[], meta).unwrap();
+            path
+        };
+        let error = |path: &Path, model: Option<&str>| match read_model(path, model) {
+            Ok(_) => panic!("{} loaded", path.display()),
+            Err(e) => e.to_string(),
+        };
+
+        // a state dict with only its model: the rest is absent, not an error
+        let plain = write("plain.safetensors", &[]);
+        let m = read_model(&plain, None).unwrap();
+        assert_eq!(m.net.model_config(), cfg);
+        assert!(m.dataset.is_none() && m.data_dir.is_none() && m.upscale.is_none());
+        assert!(m.preprocess.is_none());
+
+        // present but not a TrainConfig: an error naming the file and the field, also when
+        // the model comes from the caller
+        let bad = write("bad.safetensors", &[("train_config", r#"{"dataset": 3}"#)]);
+        let want = format!("{}: metadata field train_config: ", bad.display());
+        for model in [None, Some(TINY)] {
+            let e = error(&bad, model);
+            assert!(e.starts_with(&want), "{e}");
+        }
+        let bad = write("bad-preprocess.safetensors", &[("preprocess", "[1, 2")]);
+        let e = error(&bad, None);
+        assert!(
+            e.contains("bad-preprocess.safetensors: metadata field preprocess: "),
+            "{e}"
+        );
+
+        // resuming reads the same fields the same way
+        let mut net = AnyModel::new(&cfg, 0);
+        let mut opt = Sgd::new(crate::optim::SgdConfig::default());
+        let e = match load(&dir.join("bad.safetensors"), &mut net, &mut opt) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.starts_with(&want), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
