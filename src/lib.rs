@@ -20,6 +20,10 @@
 //! - [`data`], [`train`]: data sets and the training loop, checkpoints;
 //! - [`cli`]: the command line.
 
+// Module docs link private items where that is where the reader should look next; they
+// resolve in `cargo doc --document-private-items`, the documentation for developers.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod cli;
 pub mod data;
 pub mod densenet;

@@ -18,10 +18,10 @@ thread_local! {
 }
 
 /// `out[o][0..len] = Σ_i w[o][i]·inp[i][0..len]`: a 1×1 convolution (or its
-/// backward-data with `flip`: `w` then is `[I][O]`) through `correlate_avx2`, without the
+/// backward-data with `flip`: `w` then is `[I][O]`) through the one-tap register kernel (`Direct::correlate1`), without the
 /// packing a GEMM does. Needs AVX2 and `o_n % 4 == 0` ([`pointwise_applies`]).
 ///
-/// [`super::conv`] uses it for 1×1 convolutions with at most 48 outputs (measurements
+/// [`crate::ops::conv`] uses it for 1×1 convolutions with at most 48 outputs (measurements
 /// there); the `gemm` crate keeps wider ones.
 #[allow(clippy::too_many_arguments)]
 pub fn pointwise(
@@ -44,7 +44,7 @@ pub fn pointwise(
 /// [`pointwise`] on an input that is produced tile by tile: `fill(buf, ld, a, b)` must
 /// write positions `a..b` of every input row i into `buf[i·ld..][..b − a]`. Each tile's
 /// input is formed in a per-thread buffer that stays in L2, so an elementwise function of
-/// a stored tensor (a BN-ReLU, see [`super::fused`]) never has to be written out whole.
+/// a stored tensor (a BN-ReLU, see [`crate::ops::fused`]) never has to be written out whole.
 ///
 /// The copy also helps by itself: the rows of a `[C][N·H·W]` tensor are 2^k floats apart
 /// at b64 (65536), so a 16-row group read in place maps to one L1 set and thrashes

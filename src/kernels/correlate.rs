@@ -112,7 +112,7 @@ pub(crate) fn tile_len(i_n: usize) -> usize {
     ((64 << 10) / (i_n.max(1) * PB)).clamp(1, 64) * PB
 }
 
-/// Rows and positions a [`correlate`] call works on: row r of a buffer starts at
+/// Rows and positions a correlate call ([`correlate_rows`], `conv3x3`'s driver) works on: row r of a buffer starts at
 /// `r·ld + base`; positions `p0..p1` are computed.
 #[derive(Clone, Copy)]
 pub struct Span {

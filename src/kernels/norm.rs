@@ -33,7 +33,7 @@ const BLOCK: usize = 1024;
 
 /// Mean and biased variance of one channel: two passes with f64 accumulators, exact
 /// enough that the statistics agree with PyTorch to ~1e-7 relative, and immune to the
-/// cancellation of E[x²] − E[x]².
+/// cancellation of `E[x²] − E[x]²`.
 #[inline(always)]
 pub fn row_stats(row: &[f32]) -> (f64, f64) {
     let n = row.len().max(1) as f64;
