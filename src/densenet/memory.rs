@@ -27,7 +27,7 @@
 
 use super::arch::Architecture;
 use crate::densenet::config::Stem;
-use crate::nn::arena::{self, carve, Arena, Buf, Carver, Region};
+use crate::nn::arena::{self, carve, Allocation, Buf, Carver, Region};
 use crate::nn::{ChannelStats, MemoryMode};
 use crate::ops::conv::{col_len, ConvShape};
 use serde::Serialize;
@@ -381,20 +381,17 @@ pub struct DenseNetWorkspace {
     pub logits: Buf<f32>,
     /// Gradient of the mean loss with respect to the logits.
     pub dlogits: Buf<f32>,
-    /// Where each buffer above lives in the one allocation.
-    pub regions: Vec<Region>,
-    /// The allocation behind every buffer above (declared last: dropped after them).
-    arena: Arena,
+    /// The one allocation behind every buffer above and its region table (declared last:
+    /// dropped after them).
+    pub alloc: Allocation,
 }
 
 impl DenseNetWorkspace {
     /// Allocates every buffer of `plan` for `arch`, in one allocation.
     pub fn new(arch: &Architecture, plan: DenseNetPlan) -> Self {
-        let (arena, regions, mut ws) = carve(|c| Self::carve(arch, &plan, c));
-        debug_assert_eq!(regions, plan.regions);
-        ws.regions = regions;
-        ws.arena = arena;
-        ws.plan = plan;
+        let (alloc, mut ws) = carve(|c| Self::carve(arch, &plan, c));
+        debug_assert_eq!(alloc.regions, plan.regions);
+        (ws.alloc, ws.plan) = (alloc, plan);
         ws
     }
 
@@ -493,14 +490,13 @@ impl DenseNetWorkspace {
             dpooled: c.take("head.dpooled", train(cf * n)),
             logits: c.take("head.logits", n * cfg.num_classes),
             dlogits: c.take("head.dlogits", train(n * cfg.num_classes)),
-            regions: vec![],
-            arena: Arena::default(),
+            alloc: Allocation::default(),
             plan: plan.clone(),
         }
     }
 
     /// Bytes of activation memory held: the one allocation, as the plan's table says.
     pub fn activation_bytes(&self) -> usize {
-        self.arena.bytes()
+        self.alloc.bytes()
     }
 }

@@ -286,22 +286,7 @@ pub(crate) unsafe fn dot_tile_avx2(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
-            .collect()
-    }
-
-    fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len());
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() < 1e-4 * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
-    }
+    use crate::kernels::testutil::{close, data};
 
     #[test]
     fn pointwise_matches_naive() {

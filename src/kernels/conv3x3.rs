@@ -411,13 +411,8 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::kernels;
+    use crate::kernels::testutil::{close, data};
     use crate::ops::conv::{col_len, im2col_backward, im2col_forward};
-
-    fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
-            .collect()
-    }
 
     fn shape(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> ConvShape {
         ConvShape {
@@ -429,16 +424,6 @@ mod tests {
             k: 3,
             stride: 1,
             pad: 1,
-        }
-    }
-
-    fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len());
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() < 1e-4 * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
         }
     }
 

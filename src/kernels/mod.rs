@@ -25,6 +25,8 @@ pub mod conv3x3;
 pub mod correlate;
 pub mod gemm;
 pub mod norm;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 

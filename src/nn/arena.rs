@@ -185,10 +185,31 @@ impl Carver {
     }
 }
 
+/// A workspace's one allocation and its region table.
+#[derive(Debug, Default)]
+pub struct Allocation {
+    /// Where each buffer lives.
+    pub regions: Vec<Region>,
+    /// The memory (dropped after the views that its owner declares before it).
+    arena: Arena,
+}
+
+impl Allocation {
+    /// Bytes allocated (regions and the padding between them).
+    pub fn bytes(&self) -> usize {
+        self.arena.bytes()
+    }
+}
+
 /// Lays out the regions that `f` takes, allocates them in one zeroed arena and runs `f`
-/// again over it. Returns the arena, the region table and what the second run of `f`
-/// returned (its views). `f` must take the same regions both times.
-pub fn carve<W>(mut f: impl FnMut(&mut Carver) -> W) -> (Arena, Vec<Region>, W) {
+/// again over it. Returns the allocation and what the second run of `f` returned (its
+/// views). `f` must take the same regions both times.
+pub fn carve<W>(f: impl FnMut(&mut Carver) -> W) -> (Allocation, W) {
+    let (arena, regions, w) = carve_arena(f);
+    (Allocation { regions, arena }, w)
+}
+
+fn carve_arena<W>(mut f: impl FnMut(&mut Carver) -> W) -> (Arena, Vec<Region>, W) {
     let regions = layout(&mut f);
     let bytes = regions
         .last()
@@ -231,7 +252,7 @@ mod tests {
 
     #[test]
     fn regions_are_disjoint_aligned_and_zeroed() {
-        let (arena, regions, (mut a, b, c)) = carve(|c| {
+        let (arena, regions, (mut a, b, c)) = carve_arena(|c| {
             (
                 c.take::<f32>("a", 3),
                 c.take::<u32>("b", 17),

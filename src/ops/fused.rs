@@ -352,12 +352,7 @@ pub fn conv3x3_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
-            .collect()
-    }
+    use crate::kernels::testutil::data;
 
     /// The fused 3×3 against BN-ReLU written out and the plain convolution, on a shape
     /// the direct kernel takes and one it does not (odd channel count).

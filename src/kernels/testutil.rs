@@ -1,0 +1,19 @@
+//! Inputs and comparisons shared by the kernel and operation unit tests.
+
+/// `n` deterministic values in [−1, 1) (a multiplicative hash of the index and `seed`).
+pub(crate) fn data(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0)
+        .collect()
+}
+
+/// Elementwise `|a − b| < 1e-4·(1 + |b|)`, naming the first element that differs.
+pub(crate) fn close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
