@@ -56,7 +56,7 @@ impl BatchNorm {
     /// `conv`, fused ([`crate::ops::fused::backward`]): from the conv's output gradient
     /// `dy`, accumulates the conv's and this BN's parameter gradients into `g` and the
     /// gradient of `x` into `dx`, except for the per-channel part left in `pending` (see
-    /// [`crate::densenet::memory::BlockMemory::pending`]). `scale` and `shift` are scratch.
+    /// the DenseNet's `BlockMemory::pending`). `scale` and `shift` are scratch.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn relu_conv1x1_backward(
         &self,

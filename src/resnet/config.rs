@@ -8,7 +8,7 @@
 //! `preresnet-1001` (bottleneck, 18 and 111 units per stage), and the general forms
 //! `preresnet-L`, `preresnet-basic-L` and `preresnet-bottleneck-L`.
 
-use crate::densenet::config::ConfigError;
+use crate::nn::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// Which residual unit a network is built from.

@@ -26,7 +26,7 @@
 //!
 //! Evaluation needs none of this: two stream buffers used in turn and shared scratch.
 
-use super::Architecture;
+use super::arch::Architecture;
 use crate::nn::arena::{self, carve, Allocation, Buf, Carver, Region};
 use crate::nn::{ChannelStats, MemoryMode};
 use crate::ops::conv::{col_len, ConvShape};
