@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -362,15 +361,25 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
 ) -> Result<(), String> {
+    // A log axis is drawn as a linear axis over log10(y), labelled with the values: the
+    // plotters log scale labels only powers of ten, so a learning rate that stays within
+    // one decade got a single tick label.
     let series: Vec<Drawable<'_>> = panel
         .series
         .iter()
         .enumerate()
-        .map(|(i, s)| (i, s.label.as_str(), drawable(&s.points, panel.log_y)))
+        .map(|(i, s)| {
+            let pts = drawable(&s.points, panel.log_y);
+            let pts = if panel.log_y {
+                pts.into_iter().map(|(x, y)| (x, y.log10())).collect()
+            } else {
+                pts
+            };
+            (i, s.label.as_str(), pts)
+        })
         .filter(|(_, _, pts)| !pts.is_empty())
         .collect();
-    let all = || series.iter().flat_map(|(_, _, pts)| pts.iter().copied());
-    let (x0, x1) = linear_range(all().map(|p| p.0), 0.0, 0.5);
+    let ((x0, x1), (y0, y1)) = axis_ranges(&series, panel.log_y);
     let mut builder = ChartBuilder::on(area);
     builder
         .margin(12)
@@ -379,41 +388,117 @@ fn draw_panel<DB: DrawingBackend>(
     if !panel.title.is_empty() {
         builder.caption(&panel.title, (FONT, 21));
     }
-    if panel.log_y {
-        let (y0, y1) = log_range(all().map(|p| p.1));
-        let mut chart = builder
-            .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
-            .map_err(draw_err)?;
-        draw_lines(&mut chart, panel, &series, x1 - x0, None)
+    let mut chart = builder
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(draw_err)?;
+    // every x an integer (epochs, depths, parameter counts): label integers only
+    let integer_x = (series.iter()).all(|(_, _, pts)| pts.iter().all(|p| p.0.fract() == 0.0));
+    let legend = legend_corner(&series, (x0, x1), (y0, y1));
+    draw_lines(
+        &mut chart,
+        panel,
+        &series,
+        (x1 - x0, y1 - y0),
+        integer_x,
+        legend,
+    )
+}
+
+/// The x and y ranges of a panel (y in log10 units on a log panel). Scattered single
+/// points (`compare`) get room on every side, lest they sit on an axis or under the
+/// frame; lines (learning curves) start at the y axis.
+fn axis_ranges(series: &[Drawable<'_>], log_y: bool) -> ((f64, f64), (f64, f64)) {
+    let all = || series.iter().flat_map(|(_, _, pts)| pts.iter().copied());
+    let scatter = series.iter().any(|(_, _, pts)| pts.len() == 1);
+    let x = linear_range(all().map(|p| p.0), if scatter { 0.08 } else { 0.0 }, 0.5);
+    let y = if log_y {
+        let (lo, hi) = log_range(all().map(|p| 10f64.powf(p.1)));
+        (lo.log10(), hi.log10())
     } else {
-        let (y0, y1) = linear_range(all().map(|p| p.1), 0.05, 0.0);
-        let mut chart = builder
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(draw_err)?;
-        draw_lines(&mut chart, panel, &series, x1 - x0, Some(y1 - y0))
+        linear_range(all().map(|p| p.1), if scatter { 0.12 } else { 0.05 }, 0.0)
+    };
+    (x, y)
+}
+
+/// An x tick label; with `integer` (every x of the panel is an integer) fractional ticks
+/// stay unlabelled, so a 4-epoch run's axis reads 1 2 3 4, not 1 1.5 2 2.5.
+fn x_tick(x: f64, span: f64, integer: bool) -> String {
+    if !integer {
+        tick(x, Some(span))
+    } else if (x - x.round()).abs() > 1e-9 * x.abs().max(1.0) {
+        String::new()
+    } else {
+        tick(x.round(), Some(span))
     }
 }
 
-/// Mesh, lines (dots for single points) and legend of one panel.
-fn draw_lines<'a, DB, Y>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+/// The corner of the plot area for the legend: the one whose box (a third of the width,
+/// a quarter of the height) the fewest drawn points fall in, the lines sampled between
+/// their points; upper right among equals.
+fn legend_corner(
+    series: &[Drawable<'_>],
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> SeriesLabelPosition {
+    let unit = |v: f64, lo: f64, hi: f64| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+    let mut samples = vec![];
+    for (_, _, pts) in series {
+        samples.extend(pts.iter().map(|&(x, y)| (unit(x, x0, x1), unit(y, y0, y1))));
+        for w in pts.windows(2) {
+            for k in 1..16 {
+                let t = k as f64 / 16.0;
+                let (x, y) = (
+                    w[0].0 + t * (w[1].0 - w[0].0),
+                    w[0].1 + t * (w[1].1 - w[0].1),
+                );
+                samples.push((unit(x, x0, x1), unit(y, y0, y1)));
+            }
+        }
+    }
+    let corners = [
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ];
+    let inside = |&(x, y): &(f64, f64), right: bool, upper: bool| {
+        (if right { x > 0.62 } else { x < 0.38 }) && (if upper { y > 0.72 } else { y < 0.28 })
+    };
+    corners
+        .into_iter()
+        .min_by_key(|&(_, right, upper)| samples.iter().filter(|p| inside(p, right, upper)).count())
+        .map_or(SeriesLabelPosition::UpperRight, |c| c.0)
+}
+
+/// Mesh, lines (dots for single points) and legend of one panel; `spans` are the axes'
+/// extents (y in log10 units on a log panel).
+fn draw_lines<'a, DB>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
     panel: &Panel,
     series: &[Drawable<'_>],
-    x_span: f64,
-    y_span: Option<f64>,
+    (x_span, y_span): (f64, f64),
+    integer_x: bool,
+    legend: SeriesLabelPosition,
 ) -> Result<(), String>
 where
     DB: DrawingBackend + 'a,
-    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
+    let x_label = |x: &f64| x_tick(*x, x_span, integer_x);
+    let y_label = |y: &f64| {
+        if panel.log_y {
+            log_tick(*y, y_span)
+        } else {
+            tick(*y, Some(y_span))
+        }
+    };
     chart
         .configure_mesh()
         .x_desc(&panel.x_label)
         .y_desc(&panel.y_label)
         .label_style((FONT, 16))
         .axis_desc_style((FONT, 17))
-        .x_label_formatter(&|x| tick(*x, Some(x_span)))
-        .y_label_formatter(&|y| tick(*y, y_span))
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
         .light_line_style(TRANSPARENT)
         .bold_line_style(RGBColor(225, 225, 225))
         .draw()
@@ -440,7 +525,7 @@ where
     if labelled {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend)
             .label_font((FONT, 16))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(160, 160, 160))
@@ -448,6 +533,17 @@ where
             .map_err(draw_err)?;
     }
     Ok(())
+}
+
+/// The label of `e` = log10(value) on a log axis spanning `span` decades: the value, with
+/// two significant digits where the axis spans less than two decades (ticks fall between
+/// powers of ten there), else one.
+fn log_tick(e: f64, span: f64) -> String {
+    let v = 10f64.powf(e);
+    let digits = if span < 2.0 { 2 } else { 1 };
+    let s = format!("{:.*e}", digits - 1, v);
+    let v: f64 = s.parse().unwrap_or(v);
+    tick(v, None)
 }
 
 /// Blue (0) through cyan, yellow, to red (1): the "jet" colour map.
@@ -690,6 +786,46 @@ mod tests {
                 d(p.0[0], rgb.0) + d(p.0[1], rgb.1) + d(p.0[2], rgb.2) < 30
             })
             .count()
+    }
+
+    /// Item 16 of the robustness issue: the legend keeps off the lines, log axes get
+    /// more than one label within a decade, epoch axes label integers only, and single
+    /// points keep clear of the frame.
+    #[test]
+    fn legend_ticks_and_margins_keep_clear() {
+        // a line rising to the upper right (memory against depth): legend elsewhere
+        let rising = vec![(100.0, 0.3), (250.0, 0.65), (502.0, 1.32)];
+        let s: Vec<Drawable<'_>> = vec![(0, "efficient", rising)];
+        let (x, y) = axis_ranges(&s, false);
+        assert!(!matches!(
+            legend_corner(&s, x, y),
+            SeriesLabelPosition::UpperRight
+        ));
+        // a falling loss curve leaves the upper right free
+        let falling = vec![(1.0, 2.0), (2.0, 1.0), (3.0, 0.5), (4.0, 0.4)];
+        let s: Vec<Drawable<'_>> = vec![(0, "train", falling)];
+        let (x, y) = axis_ranges(&s, false);
+        assert!(matches!(
+            legend_corner(&s, x, y),
+            SeriesLabelPosition::UpperRight
+        ));
+        // a learning rate within one decade: labels between the powers of ten, distinct
+        let labels: Vec<String> = [-1.4, -1.2, -1.0]
+            .iter()
+            .map(|&e| log_tick(e, 1.0))
+            .collect();
+        assert_eq!(labels, ["0.04", "0.063", "0.1"]);
+        // epochs: 2 is labelled, 2.5 is not; other axes keep their fractions
+        assert_eq!(
+            (x_tick(2.0, 3.0, true), x_tick(2.5, 3.0, true)),
+            ("2".into(), String::new())
+        );
+        assert_eq!(x_tick(2.5, 3.0, false), "2.5");
+        // single points (compare): strictly inside both ranges, with room
+        let s: Vec<Drawable<'_>> = vec![(0, "a", vec![(1e5, 5.0)]), (1, "b", vec![(1e6, 7.0)])];
+        let ((x0, x1), (y0, y1)) = axis_ranges(&s, false);
+        assert!(x0 < 1e5 - 0.05 * 9e5 && x1 > 1e6 + 0.05 * 9e5, "{x0} {x1}");
+        assert!(y0 < 5.0 - 0.1 * 2.0 && y1 > 7.0 + 0.1 * 2.0, "{y0} {y1}");
     }
 
     #[test]
