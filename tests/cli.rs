@@ -403,17 +403,28 @@ fn train_eval_predict_plot_pipeline() {
         ],
         &["bad.png"],
     );
-    assert_fails(&["train", "--dataset", "cifar10"], &["cifar10"]);
-    assert_fails(
-        &[
-            "train",
-            "--dataset",
-            "cifar10",
-            "--data",
+    // (in a directory of their own: a train without --out writes under ./runs)
+    let cwd = fresh_dir("pipeline-failures");
+    for (args, needle) in [
+        (&["train", "--dataset", "cifar10"][..], "cifar10"),
+        (
+            &[
+                "train",
+                "--dataset",
+                "cifar10",
+                "--data",
+                "/nonexistent/cifar",
+            ],
             "/nonexistent/cifar",
-        ],
-        &["/nonexistent/cifar"],
-    );
+        ),
+    ] {
+        let o = densenet_in(&cwd, args);
+        assert!(
+            !o.status.success() && stderr(&o).contains(needle),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 /// The pre-activation ResNets through the same commands: the paper's parameter counts in

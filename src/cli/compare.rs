@@ -1,6 +1,6 @@
 //! `densenet compare`: test error against parameters for finished runs (the paper's
-//! Fig. 4), as a table and a PNG, so runs on the same data can be put side by side,
-//! DenseNets and pre-activation ResNets alike.
+//! Fig. 4), as a table and a PNG or SVG figure, so runs on the same data can be put side
+//! by side, DenseNets and pre-activation ResNets alike.
 
 use anyhow::Context;
 use std::path::PathBuf;

@@ -61,7 +61,7 @@ pub enum Command {
     Predict(predict::Args),
     /// The feature-reuse heat map of a trained DenseNet (the paper's Fig. 5).
     Heatmap(heatmap::Args),
-    /// Test error against parameters for finished runs (table and PNG).
+    /// Test error against parameters for finished runs (table and PNG or SVG).
     Compare(compare::Args),
 }
 
