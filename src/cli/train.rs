@@ -328,8 +328,9 @@ fn explain(e: train::TrainError) -> anyhow::Error {
             epochs_done,
             epochs,
         } => Interrupted(format!(
-            "interrupted after epoch {epochs_done} of {epochs}; the unfinished epoch was \
-             dropped. Continue with:\n  densenet train --resume {}",
+            "interrupted after epoch {epochs_done} of {epochs} (the checkpoint of that \
+             epoch is kept, an unfinished one is not). Continue with:\n  densenet train \
+             --resume {}",
             dir.display()
         ))
         .into(),
