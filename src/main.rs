@@ -20,6 +20,12 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
+            // Ctrl-C during training: what was kept and how to continue, with the exit
+            // status a shell gives an interrupted command
+            if let Some(i) = err.downcast_ref::<densenet::cli::Interrupted>() {
+                eprintln!("{i}");
+                return ExitCode::from(densenet::cli::INTERRUPTED as u8);
+            }
             eprintln!("error: {err:#}");
             ExitCode::from(2)
         }

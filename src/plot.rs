@@ -190,8 +190,59 @@ where
     })
 }
 
-/// Draws panels side by side (a grid of `columns`; 0 means all in one row) into a PNG at
-/// `path`, written atomically. Width and height in pixels.
+/// Renders a `width` x `height` figure with `draw` and writes it to `path` as SVG.
+fn write_svg<F>(path: &Path, width: u32, height: u32, draw: F) -> Result<(), PlotError>
+where
+    F: FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>,
+{
+    check_size(path, width, height)?;
+    ensure_font(path)?;
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, (width, height)).into_drawing_area();
+        draw(&root)
+            .and_then(|()| root.present().map_err(draw_err))
+            .map_err(|message| PlotError::Draw {
+                path: path.to_path_buf(),
+                message,
+            })?;
+    }
+    crate::util::atomic::write(path, text.as_bytes()).map_err(|source| PlotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The formats a figure can be written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A PNG bitmap.
+    Png,
+    /// An SVG drawing.
+    Svg,
+}
+
+impl Format {
+    /// The format named by `path`'s extension (`.png` or `.svg`, any case); anything else
+    /// is an error rather than, say, PNG bytes in a file called `.svg`.
+    pub fn of(path: &Path) -> Result<Format, PlotError> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("png") => Ok(Format::Png),
+            Some("svg") => Ok(Format::Svg),
+            _ => Err(invalid(
+                path,
+                "unknown figure format: the file name must end in .png or .svg",
+            )),
+        }
+    }
+}
+
+/// Draws panels side by side (a grid of `columns`; 0 means all in one row) into a PNG or
+/// SVG file at `path` (as its extension says, see [`Format::of`]), written atomically.
+/// Width and height in pixels.
 pub fn plot_panels(
     path: &Path,
     panels: &[Panel],
@@ -271,18 +322,33 @@ fn figure(
     } else {
         columns.min(panels.len())
     };
-    let rows = panels.len().div_ceil(columns);
-    write_png(path, width, height, |root| {
-        root.fill(&WHITE).map_err(draw_err)?;
-        let body = match title.filter(|t| !t.is_empty()) {
-            Some(t) => root.titled(t, (FONT, 25)).map_err(draw_err)?,
-            None => root.clone(),
-        };
-        for (area, panel) in body.split_evenly((rows, columns)).iter().zip(panels) {
-            draw_panel(area, panel)?;
-        }
-        Ok(())
-    })
+    let grid = (panels.len().div_ceil(columns), columns);
+    match Format::of(path)? {
+        Format::Png => write_png(path, width, height, |root| {
+            draw_figure(root, title, panels, grid)
+        }),
+        Format::Svg => write_svg(path, width, height, |root| {
+            draw_figure(root, title, panels, grid)
+        }),
+    }
+}
+
+/// The panels of [`figure`] on a grid of (rows, columns), under an optional title.
+fn draw_figure<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: Option<&str>,
+    panels: &[Panel],
+    (rows, columns): (usize, usize),
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(draw_err)?;
+    let body = match title.filter(|t| !t.is_empty()) {
+        Some(t) => root.titled(t, (FONT, 25)).map_err(draw_err)?,
+        None => root.clone(),
+    };
+    for (area, panel) in body.split_evenly((rows, columns)).iter().zip(panels) {
+        draw_panel(area, panel)?;
+    }
+    Ok(())
 }
 
 /// The points of a series that can be drawn: finite, and positive on a log axis.
@@ -601,22 +667,7 @@ pub fn heatmaps(png: &Path, svg: Option<&Path>, panels: &[HeatMatrix]) -> Result
     let grid = (rows, columns);
     write_png(png, width, height, |root| draw_heatmaps(root, grid, panels))?;
     if let Some(svg) = svg {
-        check_size(svg, width, height)?;
-        ensure_font(svg)?;
-        let mut text = String::new();
-        {
-            let root = SVGBackend::with_string(&mut text, (width, height)).into_drawing_area();
-            draw_heatmaps(&root, grid, panels)
-                .and_then(|()| root.present().map_err(draw_err))
-                .map_err(|message| PlotError::Draw {
-                    path: svg.to_path_buf(),
-                    message,
-                })?;
-        }
-        crate::util::atomic::write(svg, text.as_bytes()).map_err(|source| PlotError::Io {
-            path: svg.to_path_buf(),
-            source,
-        })?;
+        write_svg(svg, width, height, |root| draw_heatmaps(root, grid, panels))?;
     }
     Ok(())
 }

@@ -403,17 +403,28 @@ fn train_eval_predict_plot_pipeline() {
         ],
         &["bad.png"],
     );
-    assert_fails(&["train", "--dataset", "cifar10"], &["cifar10"]);
-    assert_fails(
-        &[
-            "train",
-            "--dataset",
-            "cifar10",
-            "--data",
+    // (in a directory of their own: a train without --out writes under ./runs)
+    let cwd = fresh_dir("pipeline-failures");
+    for (args, needle) in [
+        (&["train", "--dataset", "cifar10"][..], "cifar10"),
+        (
+            &[
+                "train",
+                "--dataset",
+                "cifar10",
+                "--data",
+                "/nonexistent/cifar",
+            ],
             "/nonexistent/cifar",
-        ],
-        &["/nonexistent/cifar"],
-    );
+        ),
+    ] {
+        let o = densenet_in(&cwd, args);
+        assert!(
+            !o.status.success() && stderr(&o).contains(needle),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 /// The pre-activation ResNets through the same commands: the paper's parameter counts in
@@ -680,4 +691,373 @@ fn densenet_kernels_selects_the_table() {
         "{}",
         stderr(&bad)
     );
+}
+
+/// A fresh temporary directory for commands that write relative paths (`runs/…`).
+fn fresh_dir(name: &str) -> PathBuf {
+    let d = tmp(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn densenet_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("run densenet")
+}
+
+const TINY_RUN: [&str; 5] = ["train", "--model", "densenet-bc-16-4", "--epochs", "1"];
+
+/// Issue 12, item 1: `train --out` on an existing run is refused (pointing to --resume
+/// and --force) and leaves it as it was; --force replaces it.
+#[test]
+fn train_out_refuses_an_existing_run() {
+    let dir = tmp("existing-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let o = densenet(&[&TINY_RUN[..], &["--out", d]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = std::fs::read(dir.join("last.safetensors")).unwrap();
+    let summary = std::fs::read(dir.join("summary.json")).unwrap();
+    assert_fails(
+        &[&TINY_RUN[..], &["--out", d, "--seed", "3"]].concat(),
+        &["holds a run already", &format!("--resume {d}"), "--force"],
+    );
+    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
+    assert_eq!(std::fs::read(dir.join("summary.json")).unwrap(), summary);
+    let o = densenet(&[&TINY_RUN[..], &["--out", d, "--seed", "3", "--force"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
+}
+
+/// Issue 12, item 1: a default run name that is taken (another run started in the same
+/// second) gets a suffix instead of replacing that run.
+#[test]
+fn default_run_names_are_unique() {
+    let cwd = fresh_dir("unique-names");
+    // occupy the names of this second and the next few, as runs started now would
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut taken = Vec::new();
+    for t in now..now + 20 {
+        let o = Command::new("date")
+            .args(["-u", "-d", &format!("@{t}"), "+%Y%m%d-%H%M%S"])
+            .output()
+            .unwrap();
+        let stamp = String::from_utf8(o.stdout).unwrap();
+        let dir = cwd
+            .join("runs")
+            .join(format!("{}-digits-densenet-bc-16-4", stamp.trim()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), b"{\"earlier\": true}").unwrap();
+        taken.push(dir);
+    }
+    let o = densenet_in(&cwd, &[&TINY_RUN[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let run_dir = s["run_dir"].as_str().unwrap().to_string();
+    assert!(run_dir.ends_with("-digits-densenet-bc-16-4-2"), "{run_dir}");
+    assert!(cwd.join(&run_dir).join("summary.json").exists());
+    for dir in &taken {
+        assert_eq!(
+            std::fs::read(dir.join("config.json")).unwrap(),
+            b"{\"earlier\": true}"
+        );
+    }
+}
+
+/// Issue 12, item 3: a train that fails before its first epoch leaves no directory.
+#[test]
+fn failed_train_leaves_nothing_behind() {
+    let cwd = fresh_dir("failed-train");
+    for args in [
+        &["train", "--dataset", "foo"][..],
+        &["train", "--dataset", "cifar10"],
+        &[
+            "train",
+            "--dataset",
+            "cifar10",
+            "--data",
+            "/nonexistent/cifar",
+        ],
+        &[&TINY_RUN[..], &["--lr", "nan"]].concat(),
+        &[&TINY_RUN[..], &["--lr", "nan", "--out", "mine"]].concat(),
+    ] {
+        let o = densenet_in(&cwd, args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let left: Vec<_> = std::fs::read_dir(&cwd)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}
+
+/// Writes a fake finished run (only what `compare` reads).
+fn fake_run(dir: &Path, model: &str, parameters: u64, error: f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let s = serde_json::json!({"model": model, "family": "densenet", "dataset": "digits",
+        "parameters": parameters, "test_error_percent": error, "epochs": 1});
+    std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
+}
+
+/// Issue 12, items 2 and 3: `compare` skips unfinished runs with a warning, writes the
+/// format the extension names, and never writes over a run's files.
+#[test]
+fn compare_skips_unfinished_runs_and_keeps_its_inputs() {
+    let root = fresh_dir("compare-inputs");
+    let (a, b, unfinished) = (root.join("a"), root.join("b"), root.join("c"));
+    fake_run(&a, "densenet-bc-16-4", 1000, 5.0);
+    fake_run(&b, "preresnet-8", 2000, 6.0);
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::write(unfinished.join("config.json"), b"{}").unwrap();
+    let runs = [
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        unfinished.to_str().unwrap(),
+    ];
+    let svg = root.join("compare.svg");
+    let o = densenet(
+        &[
+            &["compare", "--json", "--out", svg.to_str().unwrap()][..],
+            &runs,
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: skipping") && stderr(&o).contains("c: not a finished run")
+    );
+    assert_eq!(json(&o).as_array().unwrap().len(), 2);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("<svg"), "{}", &text[..text.len().min(80)]);
+    let png = root.join("compare.PNG");
+    let o = densenet(&[&["compare", "--out", png.to_str().unwrap()][..], &runs].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    let jpg = root.join("compare.jpg");
+    assert_fails(
+        &[&["compare", "--out", jpg.to_str().unwrap()][..], &runs].concat(),
+        &["compare.jpg", ".png or .svg"],
+    );
+    assert!(!jpg.exists());
+    // an output that is one of the inputs, however spelled
+    let summary = std::fs::read(a.join("summary.json")).unwrap();
+    let spelled = root.join("b/../a/summary.json");
+    assert_fails(
+        &[&["compare", "--out", spelled.to_str().unwrap()][..], &runs].concat(),
+        &["summary.json", "choose another path"],
+    );
+    assert_eq!(std::fs::read(a.join("summary.json")).unwrap(), summary);
+    assert_fails(
+        &[
+            "compare",
+            unfinished.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ],
+        &["no", "finished run"],
+    );
+}
+
+/// Issue 12, item 2: `forward --output` equal to `--weights` or `--input` (as spelled
+/// differently, or a hard link) is refused before anything is written.
+#[test]
+fn forward_never_writes_over_its_inputs() {
+    let root = fresh_dir("forward-inputs");
+    let w = root.join("w.safetensors");
+    let x = root.join("x.safetensors");
+    std::fs::copy(ref_path("cifar_bc_L40_k12.weights.safetensors"), &w).unwrap();
+    std::fs::copy(ref_path("cifar_bc_L40_k12.eval.safetensors"), &x).unwrap();
+    std::fs::hard_link(&x, root.join("x-link.safetensors")).unwrap();
+    let (wb, xb) = (std::fs::read(&w).unwrap(), std::fs::read(&x).unwrap());
+    let spelled = root.join(".").join("w.safetensors");
+    let args = |out: &Path| {
+        let v: Vec<String> = [
+            "forward",
+            "--model",
+            "densenet-bc-40-12",
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v
+    };
+    for (out, flag) in [
+        (spelled, "--weights"),
+        (x.clone(), "--input"),
+        (root.join("x-link.safetensors"), "--input"),
+    ] {
+        let a = args(&out);
+        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        assert_fails(&a, &[&format!("is the {flag} file")]);
+    }
+    assert_eq!(std::fs::read(&w).unwrap(), wb);
+    assert_eq!(std::fs::read(&x).unwrap(), xb);
+}
+
+/// Issue 12, item 8: every command that prints results ends quietly when its reader
+/// stops early (`predict … | head -1` panicked with "failed printing to stdout").
+#[test]
+fn closed_stdout_ends_every_command_quietly() {
+    let root = fresh_dir("closed-stdout");
+    let png = root.join("img.png");
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 0]))
+        .save(&png)
+        .unwrap();
+    let w = ref_path("cifar_bc_L40_k12.weights.safetensors");
+    fake_run(&root.join("a"), "densenet-bc-16-4", 1000, 5.0);
+    let p = png.to_str().unwrap();
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "predict",
+            "--weights",
+            &w,
+            "--model",
+            "densenet-bc-40-12",
+            p,
+            p,
+            p,
+        ],
+        vec![
+            "compare",
+            root.join("a").to_str().unwrap(),
+            "--out",
+            root.join("c.png").to_str().unwrap(),
+        ],
+        vec![
+            "heatmap",
+            "--weights",
+            &w,
+            "--model",
+            "densenet-bc-40-12",
+            "--out",
+            root.join("heat").to_str().unwrap(),
+        ],
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(String::from).collect())
+    .collect();
+    for args in cases {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_densenet"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn densenet");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{args:?}: exit {:?}: {}",
+            out.status,
+            stderr(&out)
+        );
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// Issue 12, item 9: the paper recipe's milestones scale with --epochs (they stayed at
+/// epochs 150 and 225, so a short run never decayed).
+#[test]
+fn paper_recipe_milestones_follow_epochs() {
+    let dir = tmp("paper-epochs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = densenet(&[
+        "train",
+        "--model",
+        "densenet-bc-16-4",
+        "--recipe",
+        "paper",
+        "--epochs",
+        "4",
+        "--stop-after",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["schedule"]["milestones"], serde_json::json!([2, 3]));
+}
+
+/// Ctrl-C during training: the current step finishes, the unfinished epoch is dropped,
+/// the resume command is printed and the exit status is 130; the checkpoint loads.
+#[test]
+fn ctrl_c_stops_training_with_a_resumable_run() {
+    use std::io::BufRead;
+    let dir = tmp("ctrl-c");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .args([
+            "train",
+            "--model",
+            "densenet-bc-16-4",
+            "--epochs",
+            "200",
+            "--out",
+            d,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn densenet");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("train ended before its first epoch: {text}");
+        }
+        text.push_str(&line);
+        if line.starts_with("epoch   1:") {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{text}{rest}");
+    assert!(
+        rest.contains(&format!("densenet train --resume {d}")),
+        "{rest}"
+    );
+    assert!(!rest.contains("panicked"), "{rest}");
+    assert!(!dir.join("summary.json").exists());
+    let rows = densenet::train::read_metrics(&dir.join("metrics.csv")).unwrap();
+    let m = densenet::train::checkpoint::read_model(&dir.join("last.safetensors"), None).unwrap();
+    assert_eq!(m.dataset.as_deref(), Some("digits"));
+    let o = densenet(&[
+        "train",
+        "--resume",
+        d,
+        "--stop-after",
+        &(rows.len() + 1).to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = densenet::train::read_metrics(&dir.join("metrics.csv")).unwrap();
+    assert_eq!(again.len(), rows.len() + 1);
 }

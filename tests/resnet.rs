@@ -420,6 +420,9 @@ fn preresnet_trains_on_digits() {
         dir: &dir,
         resume: false,
         stop_after: None,
+        replace: false,
+        unique: false,
+        interrupt: None,
     };
     let s = train::train(&cfg, &opts, &mut Quiet).unwrap();
     println!(

@@ -52,6 +52,9 @@ fn resume_continues_exactly() {
             dir: &straight,
             resume: false,
             stop_after: None,
+            replace: false,
+            unique: false,
+            interrupt: None,
         },
         &mut Quiet,
     )
@@ -65,6 +68,9 @@ fn resume_continues_exactly() {
             dir: &split,
             resume: false,
             stop_after: Some(1),
+            replace: false,
+            unique: false,
+            interrupt: None,
         },
         &mut Quiet,
     )
@@ -82,6 +88,9 @@ fn resume_continues_exactly() {
             dir: &split,
             resume: true,
             stop_after: None,
+            replace: false,
+            unique: false,
+            interrupt: None,
         },
         &mut Quiet,
     )
@@ -115,6 +124,9 @@ fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
             dir: &dir,
             resume: false,
             stop_after: None,
+            replace: false,
+            unique: false,
+            interrupt: None,
         },
         &mut Quiet,
     )
@@ -153,6 +165,9 @@ fn diverging_loss_stops_with_the_last_good_checkpoint() {
             dir: &dir,
             resume: false,
             stop_after: Some(1),
+            replace: false,
+            unique: false,
+            interrupt: None,
         },
         &mut Quiet,
     )
@@ -169,6 +184,9 @@ fn diverging_loss_stops_with_the_last_good_checkpoint() {
             dir: &dir2,
             resume: false,
             stop_after: None,
+            replace: false,
+            unique: false,
+            interrupt: None,
         },
         &mut Quiet,
     )
@@ -179,4 +197,166 @@ fn diverging_loss_stops_with_the_last_good_checkpoint() {
     }
     assert!(err.to_string().contains("training stopped"), "{err}");
     assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), good);
+}
+
+/// Issue 12, item 1: a fresh run never replaces a run unless asked to, and generated names
+/// get a suffix instead of sharing a directory.
+#[test]
+fn fresh_run_refuses_an_existing_run() {
+    let cfg = tiny(1);
+    let dir = tmp("exists");
+    train::train(&cfg, &RunOptions::new(&dir), &mut Quiet).unwrap();
+    let before = std::fs::read(dir.join("last.safetensors")).unwrap();
+    let err = train::train(&cfg, &RunOptions::new(&dir), &mut Quiet).unwrap_err();
+    assert!(matches!(err, TrainError::RunExists { .. }), "{err}");
+    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
+    assert!(dir.join("summary.json").exists());
+
+    // unique: the next free name
+    let unique = RunOptions {
+        unique: true,
+        ..RunOptions::new(&dir)
+    };
+    let s = train::train(&cfg, &unique, &mut Quiet).unwrap();
+    let mut second = dir.as_os_str().to_owned();
+    second.push("-2");
+    assert_eq!(s.run_dir, PathBuf::from(&second));
+    assert!(PathBuf::from(&second).join("summary.json").exists());
+    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
+
+    // replace: the run's files go, other files stay
+    std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+    let replace = RunOptions {
+        replace: true,
+        stop_after: Some(0),
+        ..RunOptions::new(&dir)
+    };
+    let err = train::train(&cfg, &replace, &mut Quiet);
+    assert!(err.is_ok(), "{:?}", err.err());
+    assert!(!dir.join("last.safetensors").exists() && !dir.join("summary.json").exists());
+    assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"mine");
+
+    // a directory with other files is not a run: refused even with replace
+    let other = tmp("other-files");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("data.bin"), b"x").unwrap();
+    let err = train::train(
+        &cfg,
+        &RunOptions {
+            replace: true,
+            ..RunOptions::new(&other)
+        },
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(matches!(err, TrainError::NotARunDir { .. }), "{err}");
+    std::fs::remove_dir_all(PathBuf::from(&second)).ok();
+}
+
+/// Issue 12, item 3: a run that fails before its first epoch leaves nothing behind; an
+/// empty directory it was given stays (empty).
+#[test]
+fn failed_run_leaves_nothing_behind() {
+    let dir = tmp("failed");
+    let mut cfg = tiny(1);
+    cfg.dataset = "foo".into();
+    assert!(train::train(&cfg, &RunOptions::new(&dir), &mut Quiet).is_err());
+    assert!(!dir.exists(), "unknown data set");
+    let mut cfg = tiny(1);
+    cfg.dataset = "cifar10".into();
+    cfg.data_dir = Some("/nonexistent/cifar".into());
+    assert!(train::train(&cfg, &RunOptions::new(&dir), &mut Quiet).is_err());
+    assert!(!dir.exists(), "missing data");
+    let mut cfg = tiny(1);
+    cfg.optimizer.lr = f32::NAN;
+    let err = train::train(&cfg, &RunOptions::new(&dir), &mut Quiet).unwrap_err();
+    assert!(matches!(err, TrainError::Diverged { .. }), "{err}");
+    assert!(!dir.exists(), "diverged in the first epoch");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(train::train(&cfg, &RunOptions::new(&dir), &mut Quiet).is_err());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "left as found");
+}
+
+/// Raises the interrupt flag at a chosen point, as a Ctrl-C handler would.
+struct InterruptAt<'a> {
+    flag: &'a std::sync::atomic::AtomicBool,
+    /// (epoch, batches done) at which to raise it.
+    at: (usize, usize),
+    epoch: usize,
+}
+
+impl densenet::train::Progress for InterruptAt<'_> {
+    fn epoch_start(&mut self, epoch: usize, _: usize, _: usize) {
+        self.epoch = epoch;
+    }
+    fn batch(&mut self, done: usize, _: f64, _: f64, _: f64) {
+        if (self.epoch, done) == self.at {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Ctrl-C: the run stops after the step, drops the unfinished epoch whole (no metrics
+/// row, no checkpoint, no summary), and resumes to the same weights as a straight run.
+#[test]
+fn interrupt_drops_the_unfinished_epoch() {
+    use std::sync::atomic::AtomicBool;
+    let cfg = tiny(2);
+    let dir = tmp("interrupt");
+    let flag = AtomicBool::new(false);
+    let opts = RunOptions {
+        interrupt: Some(&flag),
+        ..RunOptions::new(&dir)
+    };
+    let mut progress = InterruptAt {
+        flag: &flag,
+        at: (2, 3),
+        epoch: 0,
+    };
+    let err = train::train(&cfg, &opts, &mut progress).unwrap_err();
+    match &err {
+        TrainError::Interrupted {
+            epochs_done,
+            epochs,
+            ..
+        } => assert_eq!((*epochs_done, *epochs), (1, 2)),
+        other => panic!("expected an interruption, got {other}"),
+    }
+    assert_eq!(
+        train::read_metrics(&dir.join("metrics.csv")).unwrap().len(),
+        1
+    );
+    assert!(!dir.join("summary.json").exists());
+    let resumed = train::train(
+        &cfg,
+        &RunOptions {
+            resume: true,
+            ..RunOptions::new(&dir)
+        },
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(resumed.epochs, 2);
+    let straight = tmp("interrupt-straight");
+    train::train(&cfg, &RunOptions::new(&straight), &mut Quiet).unwrap();
+    assert_eq!(weights(&dir), weights(&straight));
+
+    // during the first epoch of a fresh run: nothing is kept
+    let first = tmp("interrupt-first");
+    flag.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut progress = InterruptAt {
+        flag: &flag,
+        at: (1, 1),
+        epoch: 0,
+    };
+    let opts = RunOptions {
+        interrupt: Some(&flag),
+        ..RunOptions::new(&first)
+    };
+    let err = train::train(&cfg, &opts, &mut progress).unwrap_err();
+    assert!(
+        matches!(err, TrainError::Interrupted { epochs_done: 0, .. }),
+        "{err}"
+    );
+    assert!(!first.exists());
 }

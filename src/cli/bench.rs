@@ -373,7 +373,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     if a.json {
         return super::print_json(&r);
     }
-    println!(
+    outln!(
         "{} train, batch {}, {:?} memory, {} threads: {}\n  {:.1} images/s, activations {:.1} MiB, peak RSS {}",
         r.model,
         r.batch,
@@ -385,14 +385,20 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         r.peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or("n/a".into())
     );
     if let Some(rows) = &r.profile {
-        println!(
+        outln!(
             "{:<26} {:>10} {:>7} {:>9}",
-            "operation", "s/step", "share", "calls"
+            "operation",
+            "s/step",
+            "share",
+            "calls"
         );
         for row in rows {
-            println!(
+            outln!(
                 "{:<26} {:>10.3} {:>6.1}% {:>9.0}",
-                row.op, row.step_s, row.percent, row.calls
+                row.op,
+                row.step_s,
+                row.percent,
+                row.calls
             );
         }
     }
@@ -434,7 +440,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
     if a.json {
         return super::print_json(&r);
     }
-    println!(
+    outln!(
         "{} eval, batch {}, {} threads: {}\n  {:.1} images/s",
         r.model,
         r.batch,
@@ -574,9 +580,13 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
     if a.json {
         return super::print_json(&points);
     }
-    println!(
+    outln!(
         "{:>6} {:>10} {:>16} {:>16} {:>10}",
-        "depth", "mode", "activations", "peak RSS", "step"
+        "depth",
+        "mode",
+        "activations",
+        "peak RSS",
+        "step"
     );
     for p in &points {
         let rss = p
@@ -584,7 +594,7 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
             .map(|b| format!("{:.2} GiB", gib(b)))
             .unwrap_or_else(|| "failed".into());
         let step = p.step_s.map(|s| format!("{s:.1} s")).unwrap_or_default();
-        println!(
+        outln!(
             "{:>6} {:>10} {:>12.2} GiB {:>16} {:>10}",
             p.depth,
             format!("{:?}", p.memory).to_lowercase(),
@@ -593,9 +603,9 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
             step
         );
         if let Some(e) = &p.error {
-            println!("       {e}");
+            outln!("       {e}");
         }
     }
-    println!("wrote {} and {}", png.display(), json_path.display());
+    outln!("wrote {} and {}", png.display(), json_path.display());
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `densenet compare`: test error against parameters for finished runs (the paper's
-//! Fig. 4), as a table and a PNG, so runs on the same data can be put side by side,
-//! DenseNets and pre-activation ResNets alike.
+//! Fig. 4), as a table and a PNG or SVG figure, so runs on the same data can be put side
+//! by side, DenseNets and pre-activation ResNets alike.
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -9,10 +9,10 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = "Example:\n  densenet compare runs/* --out compare.png")]
 pub struct Args {
-    /// Finished run directories (each holds a summary.json).
+    /// Run directories; unfinished ones (no summary.json) are skipped with a warning.
     #[arg(required = true, value_name = "RUN_DIR")]
     pub runs: Vec<PathBuf>,
-    /// Where to write the plot.
+    /// Where to write the plot: PNG or SVG, as the extension says.
     #[arg(long, default_value = "compare.png")]
     pub out: PathBuf,
     /// Print one JSON array.
@@ -34,11 +34,32 @@ struct Row {
 
 /// Runs `densenet compare`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    for dir in &a.runs {
+        let files = crate::train::RUN_FILES.iter().map(|f| dir.join(f));
+        for input in std::iter::once(dir.clone()).chain(files) {
+            anyhow::ensure!(
+                !crate::util::paths::same_file(&a.out, &input),
+                "--out {} is {}, one of the compared runs' files: choose another path",
+                a.out.display(),
+                input.display()
+            );
+        }
+    }
+    crate::plot::Format::of(&a.out)?;
     let mut rows = Vec::new();
     for dir in &a.runs {
         let path = dir.join("summary.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: not a finished run (no summary.json)", dir.display()))?;
+        // `compare runs/*` meets runs still going, interrupted or failed: not an error
+        if !path.is_file() {
+            let what = if dir.is_dir() {
+                "not a finished run (no summary.json)"
+            } else {
+                "not a run directory"
+            };
+            eprintln!("warning: skipping {}: {what}", dir.display());
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
         let v: serde_json::Value =
             serde_json::from_str(&text).with_context(|| path.display().to_string())?;
         let field = |k: &str| {
@@ -59,6 +80,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             epochs: field("epochs")?.as_u64().unwrap_or(0),
         });
     }
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "none of the {} run directories given holds a finished run (a summary.json)",
+        a.runs.len()
+    );
     rows.sort_by_key(|r| r.parameters);
     let series = rows
         .iter()
@@ -78,12 +104,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.json {
         return super::print_json(&rows);
     }
-    println!(
+    outln!(
         "{:<28} {:<14} {:<10} {:>12} {:>8} {:>12}",
-        "model", "family", "dataset", "parameters", "epochs", "test error"
+        "model",
+        "family",
+        "dataset",
+        "parameters",
+        "epochs",
+        "test error"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:<28} {:<14} {:<10} {:>12} {:>8} {:>11.2}%",
             r.model,
             r.family,
@@ -93,6 +124,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             r.test_error_percent
         );
     }
-    println!("wrote {}", a.out.display());
+    outln!("wrote {}", a.out.display());
     Ok(())
 }

@@ -88,7 +88,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eval: &e,
         });
     }
-    println!(
+    outln!(
         "{} on {dataset} ({} images): top-1 error {:.2}%, top-5 error {:.2}%, loss {:.4}",
         cfg.name(),
         e.images,
@@ -97,13 +97,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         e.loss
     );
     if classes.len() <= 20 {
-        println!("per class accuracy:");
+        outln!("per class accuracy:");
         for (c, (acc, n)) in e.per_class.iter().enumerate() {
-            println!("  {:>12} {:6.2}% of {n}", classes[c], 100.0 * acc);
+            outln!("  {:>12} {:6.2}% of {n}", classes[c], 100.0 * acc);
         }
-        println!("confusion matrix (rows: true class, columns: predicted):");
+        outln!("confusion matrix (rows: true class, columns: predicted):");
         for row in &e.confusion {
-            println!(
+            outln!(
                 "  {}",
                 row.iter().map(|v| format!("{v:>4}")).collect::<String>()
             );

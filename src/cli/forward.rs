@@ -42,6 +42,13 @@ pub struct Args {
 
 /// Runs `densenet forward`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    for (flag, input) in [("--weights", &a.weights), ("--input", &a.input)] {
+        anyhow::ensure!(
+            !crate::util::paths::same_file(&a.output, input),
+            "--output {} is the {flag} file: choose another output path",
+            a.output.display()
+        );
+    }
     let cfg = a.model.resolve()?;
     let mut net = AnyModel::new(&cfg, 0);
     let weights = read_checkpoint(&a.weights)?;

@@ -29,6 +29,13 @@ pub struct Args {
 
 /// Runs `densenet heatmap`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    for name in ["heatmap.png", "heatmap.svg", "heatmap.csv"] {
+        anyhow::ensure!(
+            !crate::util::paths::same_file(&a.out.join(name), &a.weights),
+            "--out {}: {name} there is the --weights file: choose another directory",
+            a.out.display()
+        );
+    }
     let m = read_model(&a.weights, a.model.as_deref())?;
     let Some(net) = m.net.as_densenet() else {
         anyhow::bail!(
@@ -54,7 +61,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .collect();
     let (png, svg) = (a.out.join("heatmap.png"), a.out.join("heatmap.svg"));
     heatmaps(&png, Some(&svg), &panels)?;
-    println!(
+    outln!(
         "wrote {}, {} and {}",
         png.display(),
         svg.display(),

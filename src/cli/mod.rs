@@ -1,6 +1,16 @@
 //! The command line: one module per subcommand, each starting with what it does. Results
 //! go to stdout (a table, or one JSON object with `--json`); progress and logs to stderr.
 
+/// `println!` for results: writes to a locked stdout and returns the error with `?`, so a
+/// reader that stops early (`densenet predict … | head -1`) ends the command quietly (see
+/// `main.rs`) instead of panicking with "failed printing to stdout".
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
 mod bench;
 mod compare;
 mod eval;
@@ -15,6 +25,7 @@ mod train;
 use clap::{Parser, Subcommand};
 
 pub use model_args::ModelArgs;
+pub use train::{Interrupted, INTERRUPTED};
 
 /// DenseNets (Huang et al., CVPR 2017) on the CPU: summarise, run, train and analyse every
 /// DenseNet of the paper, with parity to PyTorch and the memory-efficient design, and the
@@ -50,7 +61,7 @@ pub enum Command {
     Predict(predict::Args),
     /// The feature-reuse heat map of a trained DenseNet (the paper's Fig. 5).
     Heatmap(heatmap::Args),
-    /// Test error against parameters for finished runs (table and PNG).
+    /// Test error against parameters for finished runs (table and PNG or SVG).
     Compare(compare::Args),
 }
 

@@ -18,7 +18,7 @@ pub struct Args {
 /// Runs `densenet plot`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let out = run_dir_curves(&a.run_dir)?;
-    println!("{}", out.display());
+    outln!("{}", out.display());
     Ok(())
 }
 

@@ -101,9 +101,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return super::print_json(&out);
     }
     for p in &out {
-        println!("{}:", p.image.display());
+        outln!("{}:", p.image.display());
         for (name, prob) in &p.top {
-            println!("  {:>6.2}%  {name}", 100.0 * prob);
+            outln!("  {:>6.2}%  {name}", 100.0 * prob);
         }
     }
     Ok(())

@@ -6,10 +6,13 @@ use super::model_args::ModelAdjust;
 use crate::model::ModelConfig;
 use crate::nn::MemoryMode;
 use crate::optim::SgdConfig;
-use crate::train::{self, EpochMetrics, Progress, RunOptions, Schedule, TrainConfig};
+use crate::train::{self, EpochMetrics, Progress, RunOptions, Schedule, TrainConfig, TrainError};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use signal_hook::consts::SIGINT;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Arguments of `densenet train`.
 #[derive(clap::Args, Debug, Default)]
@@ -34,7 +37,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Recipe: `paper` (DENSENET.md §4: batch 64, 300 epochs CIFAR / 40 SVHN / 90
-    /// ImageNet, lr 0.1 ÷10 at 50% and 75%, dropout 0.2 without augmentation) or `quick`
+    /// ImageNet, lr 0.1 ÷10 at 50% and 75% of the epochs (ImageNet: at a third and two
+    /// thirds), dropout 0.2 without augmentation) or `quick`
     /// (the digits default: 30 epochs, cosine schedule, weight decay 5e-4, native 8×8 inputs
     /// shifted by up to one pixel). Default: quick on digits,
     /// paper elsewhere. Every setting below overrides the recipe.
@@ -78,9 +82,13 @@ pub struct Args {
     /// Memory mode.
     #[arg(long, default_value = "efficient")]
     pub memory: MemoryMode,
-    /// Run directory (default: a new runs/<time>-<dataset>-<model>).
+    /// Run directory (default: a new runs/<time>-<dataset>-<model>). An existing run is
+    /// refused: continue it with --resume DIR, or replace it with --force.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Replace the run in --out DIR (its checkpoints, metrics and summary).
+    #[arg(long, requires = "out")]
+    pub force: bool,
     /// Continue the run in DIR from its last checkpoint, with its own configuration.
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
@@ -120,7 +128,7 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
         ModelConfig::from_name(&model_name).with_context(|| format!("--model {model_name}"))?;
     // paper: augmentation where the paper uses it (C10+, C100+, ImageNet), not on SVHN
     let paper_augment = is("cifar") || folder;
-    let (epochs, schedule, augment, upscale) = if recipe == "paper" {
+    let (epochs, augment, upscale) = if recipe == "paper" {
         let epochs = if is("svhn") {
             40
         } else if folder {
@@ -128,19 +136,23 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
         } else {
             300
         };
-        let schedule = if folder {
-            Schedule::Step {
-                milestones: vec![30, 60],
-                gamma: 0.1,
-            }
-        } else {
-            Schedule::paper(epochs)
-        };
-        (epochs, schedule, paper_augment, 1)
+        (epochs, paper_augment, 1)
     } else {
-        (QUICK_EPOCHS, Schedule::Cosine, is("digits"), 1)
+        (QUICK_EPOCHS, is("digits"), 1)
     };
     let epochs = a.epochs.unwrap_or(epochs);
+    // the recipe's schedule for the epochs actually run: milestones are fractions of the
+    // run (÷10 at 50% and 75%; ImageNet at epochs 30 and 60 of 90, a third and two thirds)
+    let schedule = if recipe != "paper" {
+        Schedule::Cosine
+    } else if folder {
+        Schedule::Step {
+            milestones: vec![epochs / 3, epochs * 2 / 3],
+            gamma: 0.1,
+        }
+    } else {
+        Schedule::paper(epochs)
+    };
     let augment = a.augment.unwrap_or(augment);
     let mut schedule = a.schedule.clone().unwrap_or(schedule);
     if let Schedule::Step { milestones, .. } = &mut schedule {
@@ -200,6 +212,15 @@ pub const QUICK_WEIGHT_DECAY: f32 = 5e-4;
 struct Bar {
     bar: Option<ProgressBar>,
     quiet: bool,
+}
+
+impl Drop for Bar {
+    /// An epoch that ends early (an error, Ctrl-C) leaves no bar behind mid-line.
+    fn drop(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
 }
 
 impl Progress for Bar {
@@ -275,9 +296,51 @@ fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
     ))
 }
 
+/// Exit status of a run stopped by Ctrl-C (128 + SIGINT, what a shell reports).
+pub const INTERRUPTED: i32 = 130;
+
+/// An interrupted run: what was kept, and how to continue (the binary exits with
+/// [`INTERRUPTED`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);
+
+/// A training error with the command line's advice: how to continue an existing or
+/// interrupted run.
+fn explain(e: train::TrainError) -> anyhow::Error {
+    match e {
+        TrainError::RunExists { ref dir } => {
+            anyhow::anyhow!(
+                "{e}\nhint: continue it with `densenet train --resume {0}`, replace it with \
+                 `--out {0} --force`, or choose another --out",
+                dir.display()
+            )
+        }
+        TrainError::Interrupted {
+            dir,
+            epochs_done: 0,
+            ..
+        } if !dir.join("last.safetensors").exists() => {
+            Interrupted("interrupted during the first epoch; nothing was kept".into()).into()
+        }
+        TrainError::Interrupted {
+            dir,
+            epochs_done,
+            epochs,
+        } => Interrupted(format!(
+            "interrupted after epoch {epochs_done} of {epochs} (the checkpoint of that \
+             epoch is kept, an unfinished one is not). Continue with:\n  densenet train \
+             --resume {}",
+            dir.display()
+        ))
+        .into(),
+        e => e.into(),
+    }
+}
+
 /// Runs `densenet train`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let (cfg, dir, resume) = match &a.resume {
+    let (cfg, dir, resume, unique) = match &a.resume {
         Some(dir) => {
             let path = dir.join("config.json");
             let text = std::fs::read_to_string(&path).with_context(|| {
@@ -285,36 +348,56 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             })?;
             let cfg: TrainConfig =
                 serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-            (cfg, dir.clone(), true)
+            (cfg, dir.clone(), true, false)
         }
         None => {
             let cfg = resolve(&a)?;
-            let dir = a.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
-            (cfg, dir, false)
+            match a.out.clone() {
+                Some(dir) => (cfg, dir, false, false),
+                None => {
+                    let dir = default_run_dir(&cfg);
+                    (cfg, dir, false, true)
+                }
+            }
         }
     };
     if !resume {
         eprintln!(
-            "training {} on {} for {} epochs (batch {}, lr {}, {:?}), run directory {}",
+            "training {} on {} for {} epochs (batch {}, lr {}, {:?})",
             cfg.model.name(),
             cfg.dataset,
             cfg.epochs,
             cfg.batch_size,
             cfg.optimizer.lr,
             cfg.schedule,
-            dir.display()
         );
     }
     let mut bar = Bar {
         bar: None,
         quiet: a.json,
     };
+    // Ctrl-C raises the flag and training stops after the current step; a second Ctrl-C
+    // (the flag already raised) ends the process at once, as the default action would
+    let interrupt = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register_conditional_shutdown(SIGINT, INTERRUPTED, interrupt.clone())
+        .and_then(|_| signal_hook::flag::register(SIGINT, interrupt.clone()))
+        .context("cannot install the Ctrl-C handler")?;
     let opts = RunOptions {
         dir: &dir,
         resume,
         stop_after: a.stop_after,
+        replace: a.force,
+        unique,
+        interrupt: Some(&interrupt),
     };
-    let summary = train::train(&cfg, &opts, &mut bar)?;
+    let summary = match train::train(&cfg, &opts, &mut bar) {
+        Ok(s) => s,
+        Err(e) => {
+            drop(bar);
+            return Err(explain(e));
+        }
+    };
+    let dir = summary.run_dir.clone();
     if summary.epochs == cfg.epochs {
         if let Err(e) = super::plot::run_dir_curves(&dir) {
             eprintln!("warning: learning curves not drawn: {e:#}");
@@ -323,7 +406,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.json {
         return super::print_json(&summary);
     }
-    println!(
+    outln!(
         "{} ({} parameters) on {}: test accuracy {:.2}% (error {:.2}%) after {} epochs, best \
          {:.2}% at epoch {}; {:.1} s, {:.0} images/s; run directory {}",
         summary.model,
@@ -339,4 +422,34 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         summary.run_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn milestones(dataset: &str, epochs: Option<usize>) -> Vec<usize> {
+        let a = Args {
+            dataset: dataset.into(),
+            recipe: Some("paper".into()),
+            epochs,
+            ..Args::default()
+        };
+        match resolve(&a).unwrap().schedule {
+            Schedule::Step { milestones, .. } => milestones,
+            other => panic!("{dataset}: {other:?}"),
+        }
+    }
+
+    /// The paper recipe's milestones follow --epochs (they stayed at 150/225 before).
+    #[test]
+    fn paper_milestones_scale_with_epochs() {
+        assert_eq!(milestones("cifar10", None), [150, 225]);
+        assert_eq!(milestones("svhn", None), [20, 30]);
+        assert_eq!(milestones("folder", None), [30, 60]);
+        assert_eq!(milestones("cifar10", Some(4)), [2, 3]);
+        assert_eq!(milestones("svhn", Some(8)), [4, 6]);
+        assert_eq!(milestones("digits", Some(4)), [2, 3]);
+        assert_eq!(milestones("folder", Some(9)), [3, 6]);
+    }
 }

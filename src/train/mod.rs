@@ -29,6 +29,7 @@ use checkpoint::Preprocess;
 pub use schedule::Schedule;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -69,6 +70,35 @@ pub enum TrainError {
     /// An inconsistent configuration.
     #[error("{0}")]
     Config(String),
+    /// A fresh run was asked for in a directory that holds a run; nothing was changed
+    /// there.
+    #[error("{}: holds a run already", dir.display())]
+    RunExists {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A fresh run was asked for in a place that is not an empty directory nor a run
+    /// directory; nothing was changed there.
+    #[error("{}: {what}; a run needs a new or an empty directory", dir.display())]
+    NotARunDir {
+        /// The path.
+        dir: PathBuf,
+        /// What is in the way.
+        what: String,
+    },
+    /// [`RunOptions::interrupt`] was raised: training stopped after a finished step and
+    /// wrote nothing for the unfinished epoch. The run's last checkpoint (if `epochs_done`
+    /// is above 0) is where a resumed run continues; a fresh run interrupted during its
+    /// first epoch left nothing behind.
+    #[error("interrupted after {epochs_done} of {epochs} epochs ({})", dir.display())]
+    Interrupted {
+        /// The run directory.
+        dir: PathBuf,
+        /// Epochs completed (and checkpointed).
+        epochs_done: usize,
+        /// Epochs the run asks for.
+        epochs: usize,
+    },
 }
 
 /// Everything that defines a training run (written to `config.json`).
@@ -391,13 +421,163 @@ const DROPOUT_TAG: u64 = 0xd20f;
 
 /// Options of one call to [`train`].
 pub struct RunOptions<'a> {
-    /// The run directory.
+    /// The run directory. A fresh run creates it; an existing directory is used only if
+    /// it is empty (or, with `replace`, holds a run).
     pub dir: &'a Path,
     /// Continue from `dir/last.safetensors`.
     pub resume: bool,
     /// Stop (with a checkpoint) after this many epochs in total, even if the configuration
     /// asks for more; a later `resume` continues. `None`: run to the end.
     pub stop_after: Option<usize>,
+    /// A fresh run in a directory that holds a run replaces that run's files (the files
+    /// [`RUN_FILES`] names; anything else there is kept) instead of being refused.
+    pub replace: bool,
+    /// When `dir` exists, a fresh run takes the first free `dir-2`, `dir-3`, … instead
+    /// (for generated names: two runs started in the same second get two directories).
+    pub unique: bool,
+    /// Raised (e.g. by a Ctrl-C handler) to stop after the current step; see
+    /// [`TrainError::Interrupted`].
+    pub interrupt: Option<&'a AtomicBool>,
+}
+
+impl<'a> RunOptions<'a> {
+    /// A fresh run in `dir`, to the end, not replacing anything, uninterruptible.
+    pub fn new(dir: &'a Path) -> Self {
+        RunOptions {
+            dir,
+            resume: false,
+            stop_after: None,
+            replace: false,
+            unique: false,
+            interrupt: None,
+        }
+    }
+}
+
+/// The files a run directory is made of (and their temporary files while being written).
+pub const RUN_FILES: [&str; 6] = [
+    "config.json",
+    "metrics.csv",
+    "last.safetensors",
+    "best.safetensors",
+    "summary.json",
+    "curves.png",
+];
+
+/// Whether `dir` holds a run (any of [`RUN_FILES`], or one being written).
+pub fn is_run_dir(dir: &Path) -> bool {
+    RUN_FILES
+        .iter()
+        .any(|f| dir.join(f).exists() || dir.join(format!(".{f}.tmp")).exists())
+}
+
+/// Removes the files of a run from `dir` (not the directory, nor other files in it).
+fn remove_run_files(dir: &Path) -> Result<(), TrainError> {
+    for f in RUN_FILES {
+        for name in [f.to_string(), format!(".{f}.tmp")] {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(TrainError::Io { path, source: e })
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What [`claim_run_dir`] created, to be removed if the run fails before its first
+/// checkpoint.
+struct Claimed {
+    dir: PathBuf,
+    /// The directory was created by this run (else it was empty, or a replaced run).
+    created: bool,
+    /// Its parent (`runs/`) was created by this run too.
+    parent: Option<PathBuf>,
+}
+
+/// Creates (or claims) the directory of a fresh run as `opts` says.
+fn claim_run_dir(opts: &RunOptions) -> Result<Claimed, TrainError> {
+    let base = opts.dir;
+    let mut new_parent = None;
+    if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            new_parent = Some(parent.to_path_buf());
+        }
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let claimed = |dir: PathBuf, created: bool| Claimed {
+        dir,
+        created,
+        parent: new_parent.clone().filter(|_| created),
+    };
+    // `create_dir`, not `create_dir_all`: of two processes asking for the same name,
+    // exactly one creates it
+    let max = if opts.unique { 1000 } else { 1 };
+    for k in 1..=max {
+        let dir = if k == 1 {
+            base.to_path_buf()
+        } else {
+            let mut name = base.as_os_str().to_owned();
+            name.push(format!("-{k}"));
+            PathBuf::from(name)
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(claimed(dir, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if opts.unique {
+                    continue;
+                }
+            }
+            Err(e) => {
+                return Err(TrainError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        }
+        // an existing directory named by the user
+        let meta = std::fs::metadata(&dir).map_err(io(&dir))?;
+        if !meta.is_dir() {
+            return Err(TrainError::NotARunDir {
+                dir,
+                what: "exists and is not a directory".into(),
+            });
+        }
+        let empty = std::fs::read_dir(&dir).map_err(io(&dir))?.next().is_none();
+        if empty {
+            return Ok(claimed(dir, false));
+        }
+        if !is_run_dir(&dir) {
+            return Err(TrainError::NotARunDir {
+                dir,
+                what: "not empty and not a run directory".into(),
+            });
+        }
+        if !opts.replace {
+            return Err(TrainError::RunExists { dir });
+        }
+        remove_run_files(&dir)?;
+        return Ok(claimed(dir, false));
+    }
+    Err(TrainError::NotARunDir {
+        dir: base.to_path_buf(),
+        what: format!("{max} directories of this name exist already"),
+    })
+}
+
+/// Undoes [`claim_run_dir`] for a run that failed before its first checkpoint.
+fn release_run_dir(c: &Claimed) {
+    if c.created {
+        let _ = std::fs::remove_dir_all(&c.dir);
+    } else {
+        let _ = remove_run_files(&c.dir);
+    }
+    if let Some(parent) = &c.parent {
+        // only if empty: another run may have started there meanwhile
+        let _ = std::fs::remove_dir(parent);
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -408,15 +588,38 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 }
 
 /// Trains (or resumes training) as `config` says, writing the run directory.
+///
+/// A fresh run loads its data and checks its model before it creates anything, and a
+/// fresh run that fails (or is interrupted) before its first epoch's checkpoint removes
+/// what it created: a run directory exists only for a run with at least one epoch.
 pub fn train(
     config: &TrainConfig,
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<RunSummary, TrainError> {
-    let dir = opts.dir;
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let data = DataSetup::load(config)?;
     let model = data.fit_model(config.model.clone())?;
+    if opts.resume {
+        return train_in(config, opts.dir, opts, data, model, progress);
+    }
+    let claimed = claim_run_dir(opts)?;
+    let dir = &claimed.dir;
+    progress.message(&format!("run directory {}", dir.display()));
+    let result = train_in(config, dir, opts, data, model, progress);
+    if result.is_err() && !dir.join("last.safetensors").exists() {
+        release_run_dir(&claimed);
+    }
+    result
+}
+
+fn train_in(
+    config: &TrainConfig,
+    dir: &Path,
+    opts: &RunOptions,
+    data: DataSetup,
+    model: ModelConfig,
+    progress: &mut dyn Progress,
+) -> Result<RunSummary, TrainError> {
     let mut config = config.clone();
     config.model = model.clone();
     let mut net = AnyModel::new(&model, config.seed);
@@ -467,7 +670,16 @@ pub fn train(
     let end = opts.stop_after.unwrap_or(config.epochs).min(config.epochs);
     let mut images_trained = 0usize;
     let mut train_seconds = 0f64;
+    let interrupted = || opts.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
+    let stop = |state: &TrainState| TrainError::Interrupted {
+        dir: dir.to_path_buf(),
+        epochs_done: state.epochs_done,
+        epochs: config.epochs,
+    };
     for epoch in state.epochs_done..end {
+        if interrupted() {
+            return Err(stop(&state));
+        }
         let t0 = Instant::now();
         let lr = config
             .schedule
@@ -520,6 +732,11 @@ pub fn train(
                 correct as f64 / seen as f64,
                 seen as f64 / elapsed,
             );
+            // the step is done; the unfinished epoch is dropped whole (no metrics row, no
+            // checkpoint): a resumed run repeats it exactly
+            if interrupted() {
+                return Err(stop(&state));
+            }
         }
         let train_time = t0.elapsed().as_secs_f64();
         images_trained += seen;
