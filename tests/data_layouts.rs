@@ -38,7 +38,12 @@ fn png(path: &Path) {
 #[test]
 fn train_refuses_val_classes_the_training_split_lacks() {
     let root = tmp("valclass");
-    for c in ["train/cat/a.png", "train/fish/a.png", "val/bird/a.png", "val/cat/a.png"] {
+    for c in [
+        "train/cat/a.png",
+        "train/fish/a.png",
+        "val/bird/a.png",
+        "val/cat/a.png",
+    ] {
         png(&root.join(c));
     }
     let out = root.join("run");

@@ -64,7 +64,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if kind == DatasetKind::ImageFolder {
         let classes = match m.preprocess.as_ref().filter(|p| !p.classes.is_empty()) {
             Some(p) => p.classes.clone(),
-            None => data::load(kind, dir.as_deref(), Split::Train)?.classes().to_vec(),
+            None => data::load(kind, dir.as_deref(), Split::Train)?
+                .classes()
+                .to_vec(),
         };
         test.align_classes(&classes)?;
     }

@@ -237,7 +237,12 @@ pub fn check_dimensions(
     let pixels = w * h;
     let found = format!("a {width}×{height} image in a {file_len}-byte file");
     let refuse = |expected: String| {
-        Err(DataError::format(path, "image header", expected, found.clone()))
+        Err(DataError::format(
+            path,
+            "image header",
+            expected,
+            found.clone(),
+        ))
     };
     if pixels == 0 {
         return refuse("an image of at least 1×1 pixels".into());
@@ -422,11 +427,13 @@ mod tests {
         for (c, n) in [("cat", 12), ("dog", 3), ("eel", 1)] {
             std::fs::create_dir_all(t.path().join(c)).unwrap();
             for i in 0..n {
-                rgb(4, 4).save(t.path().join(format!("{c}/{i:02}.png"))).unwrap();
+                rgb(4, 4)
+                    .save(t.path().join(format!("{c}/{i:02}.png")))
+                    .unwrap();
             }
         }
-        let train = crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Train)
-            .unwrap();
+        let train =
+            crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Train).unwrap();
         let test =
             crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Test).unwrap();
         assert_eq!(train.classes(), test.classes());
@@ -446,7 +453,9 @@ mod tests {
         assert_eq!(names(&test), ["cat/06.png", "dog/01.png"]);
         assert_eq!(test.labels(), [0, 1]);
         assert_eq!(train.len(), 14);
-        assert!(!names(&train).iter().any(|n| n == "cat/06.png" || n == "dog/01.png"));
+        assert!(!names(&train)
+            .iter()
+            .any(|n| n == "cat/06.png" || n == "dog/01.png"));
         // deterministic
         let again =
             crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Test).unwrap();
@@ -456,7 +465,10 @@ mod tests {
         let u = TempDir::new("valonly");
         std::fs::create_dir_all(u.path().join("val/cat")).unwrap();
         let e = open_split(u.path(), Split::Train).unwrap_err().to_string();
-        assert!(e.contains("train: not found") && e.contains("<class>/<image>"), "{e}");
+        assert!(
+            e.contains("train: not found") && e.contains("<class>/<image>"),
+            "{e}"
+        );
         assert!(!e.contains("::"), "{e}");
         // and so is a train/ without val/
         let v = TempDir::new("trainonly");
@@ -470,12 +482,18 @@ mod tests {
     #[test]
     fn val_classes_are_matched_by_name() {
         let t = TempDir::new("valnames");
-        for c in ["train/cat", "train/dog", "train/fish", "val/dog", "val/fish"] {
+        for c in [
+            "train/cat",
+            "train/dog",
+            "train/fish",
+            "val/dog",
+            "val/fish",
+        ] {
             std::fs::create_dir_all(t.path().join(c)).unwrap();
             rgb(4, 4).save(t.path().join(c).join("a.png")).unwrap();
         }
-        let train = crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Train)
-            .unwrap();
+        let train =
+            crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Train).unwrap();
         let mut val =
             crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Test).unwrap();
         assert_eq!(val.labels(), [0, 1]);
@@ -493,7 +511,10 @@ mod tests {
         let mut val =
             crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Test).unwrap();
         let e = val.align_classes(train.classes()).unwrap_err().to_string();
-        assert!(e.contains("1 class 'bird' not in the training split"), "{e}");
+        assert!(
+            e.contains("1 class 'bird' not in the training split"),
+            "{e}"
+        );
         assert!(!e.contains('\n'), "{e}");
     }
 
@@ -508,7 +529,10 @@ mod tests {
             .unwrap();
         assert!(std::fs::metadata(&p).unwrap().len() < 1000);
         let e = decode_file(&p).unwrap_err().to_string();
-        assert!(e.contains("wide.png: image header") && e.contains("aspect ratio"), "{e}");
+        assert!(
+            e.contains("wide.png: image header") && e.contains("aspect ratio"),
+            "{e}"
+        );
         // a header claiming 3000x3000 pixels in a small file
         let mut png = Vec::new();
         image::GrayImage::from_pixel(64, 64, image::Luma([9]))
@@ -520,8 +544,13 @@ mod tests {
         let mut crc = flate2::Crc::new();
         crc.update(&png[12..29]);
         png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
-        let e = decode_bytes(Path::new("big.png"), &png).unwrap_err().to_string();
-        assert!(e.contains("big.png: image header") && e.contains("per byte"), "{e}");
+        let e = decode_bytes(Path::new("big.png"), &png)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("big.png: image header") && e.contains("per byte"),
+            "{e}"
+        );
         // a resize of an already decoded extreme image is bounded by the target too
         let img = Image::new(1, 1, 4000, vec![0; 4000]).unwrap();
         let mut rng = crate::data::Rng::new(1);

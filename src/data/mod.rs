@@ -98,7 +98,7 @@ pub enum DataError {
         expected: String,
     },
     /// An image in an image folder could not be decoded.
-    #[error("{}: cannot decode image: {source}", .path.display())]
+    #[error("{}: cannot decode image: {}", .path.display(), one_line(.source))]
     Decode {
         /// The image file.
         path: PathBuf,
@@ -112,6 +112,16 @@ pub enum DataError {
     /// The background loader thread panicked.
     #[error("data loader thread failed: {0}")]
     Worker(String),
+}
+
+/// `e`'s message on one line (decoders end some messages with a newline).
+fn one_line(e: &dyn fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn fmt_hint(hint: &Option<String>) -> String {

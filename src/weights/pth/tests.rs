@@ -394,7 +394,12 @@ fn storage_member_must_match_declared_storage_size() {
     };
     // unchanged, it reads
     assert!(read_pth_bytes(&as_refs(&members), "x").is_ok());
-    for class in ["HalfStorage", "BFloat16Storage", "ByteStorage", "BoolStorage"] {
+    for class in [
+        "HalfStorage",
+        "BFloat16Storage",
+        "ByteStorage",
+        "BoolStorage",
+    ] {
         let mut m = members.clone();
         let pkl = &mut m.iter_mut().find(|(n, _)| n == "data.pkl").unwrap().1;
         let text = pkl.clone();
@@ -415,7 +420,11 @@ fn storage_member_must_match_declared_storage_size() {
     }
     // a member longer than declared (trailing bytes) is refused too
     let mut m = members.clone();
-    let storage = &mut m.iter_mut().find(|(n, _)| n.starts_with("data/")).unwrap().1;
+    let storage = &mut m
+        .iter_mut()
+        .find(|(n, _)| n.starts_with("data/"))
+        .unwrap()
+        .1;
     storage.extend_from_slice(&[0; 4]);
     let msg = err_text(&as_refs(&m));
     assert!(msg.contains("storage member holds"), "{msg}");
