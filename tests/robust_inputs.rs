@@ -148,21 +148,13 @@ struct Stats {
 
 /// Loads `bytes` with `load` (after writing them to `path`, for loaders that read files):
 /// no panic, a peak within the bound, and a one-line error if any.
-fn check<T, E: std::fmt::Display>(
-    stats: &mut Stats,
-    bytes: &[u8],
-    path: &Path,
-    extra_bound: usize,
-    load: &dyn Fn(&[u8], &Path) -> Result<T, E>,
-) {
+fn check(stats: &mut Stats, bytes: &[u8], path: &Path, extra_bound: usize, load: Load) {
     std::fs::write(path, bytes).unwrap();
     let bound = BOUND_MULTIPLE * bytes.len() + BOUND_SLACK + extra_bound;
     LIVE.store(0, Ordering::SeqCst);
     PEAK.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        load(bytes, path).map(|_| ()).map_err(|e| e.to_string())
-    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(bytes, path)));
     COUNTING.store(false, Ordering::SeqCst);
     let peak = PEAK.load(Ordering::SeqCst);
     stats.loads += 1;
@@ -192,15 +184,21 @@ fn check<T, E: std::fmt::Display>(
     }
 }
 
+/// A loader: the input's bytes and the file they were written to.
+type Load<'a> = &'a dyn Fn(&[u8], &Path) -> Result<(), String>;
+/// A structure-aware mutation (of the members of a container, say).
+type Rebuild<'a> = Option<&'a dyn Fn(&[u8], &mut Rng) -> Vec<u8>>;
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     name: &'static str,
     bases: &[Vec<u8>],
     file: &str,
     seed: u64,
     extra_bound: &dyn Fn(&[u8]) -> usize,
-    rebuild: Option<&dyn Fn(&[u8], &mut Rng) -> Vec<u8>>,
+    rebuild: Rebuild,
     crafted: &[Vec<u8>],
-    load: &dyn Fn(&[u8], &Path) -> Result<(), String>,
+    load: Load,
 ) -> Stats {
     let dir = tmp_dir();
     let path = dir.join(file);
