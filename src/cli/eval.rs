@@ -1,7 +1,6 @@
 //! `densenet eval`: top-1/top-5 error, per-class accuracy and the confusion matrix of a
 //! model on a data set's test split.
 
-use crate::data::augment::Transform;
 use crate::data::{self, DatasetKind, Split};
 use crate::model::Model;
 use crate::nn::MemoryMode;
@@ -59,9 +58,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .context("give --dataset (the weights do not name one)")?;
     let kind: DatasetKind = dataset.parse()?;
     let dir = a.data.clone().or(m.data_dir.clone());
-    let train = data::load(kind, dir.as_deref(), Split::Train)?;
-    let test = Arc::new(data::load(kind, dir.as_deref(), Split::Test)?);
-    let mut transform = Transform::preset(kind, false, &train)?;
+    let mut test = data::load(kind, dir.as_deref(), Split::Test)?;
+    // the training split only where the evaluation needs it (statistics, class names)
+    let mut transform = data::eval_transform(kind, dir.as_deref(), &test)?;
+    if kind == DatasetKind::ImageFolder {
+        let classes = match m.preprocess.as_ref().filter(|p| !p.classes.is_empty()) {
+            Some(p) => p.classes.clone(),
+            None => data::load(kind, dir.as_deref(), Split::Train)?
+                .classes()
+                .to_vec(),
+        };
+        test.align_classes(&classes)?;
+    }
+    let test = Arc::new(test);
     if let Some(u) = m.upscale {
         transform.upscale = u.max(1);
     }

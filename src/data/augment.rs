@@ -223,6 +223,12 @@ impl Image {
     }
 }
 
+/// The largest ratio of an image's longer side to its shorter side that the transforms
+/// resize (and that an image folder decodes). Resizing the shorter side to the network's
+/// input size makes the intermediate image at most this many times the input's area (e.g.
+/// 256×16384 for a 256 resize).
+pub const MAX_ASPECT_RATIO: u64 = 64;
+
 /// Per-channel normalisation `(pixel / max_value - mean[c]) / std[c]`; a single mean/std value
 /// applies to every channel.
 #[derive(Clone, Debug, PartialEq)]
@@ -575,6 +581,14 @@ impl Transform {
                 } else {
                     (((*resize as f64) * h as f64 / w as f64) as usize, *resize)
                 };
+                // the intermediate image is bounded by the target, not by the input's shape
+                let most = MAX_ASPECT_RATIO as usize;
+                if nh.max(nw) > resize.saturating_mul(most) {
+                    return Err(DataError::Config(format!(
+                        "a {h}x{w} image would be resized to {nh}x{nw} before its {crop}x{crop} \
+                         center crop: its aspect ratio is beyond {most}:1"
+                    )));
+                }
                 let r = img.resize(nh, nw)?;
                 let top = ((nh - crop) as f64 / 2.0).round_ties_even() as usize;
                 let left = ((nw - crop) as f64 / 2.0).round_ties_even() as usize;

@@ -1,5 +1,6 @@
 //! An image folder in ImageNet's (and torchvision `ImageFolder`'s) layout:
-//! `root/<class>/**/<image>.{png,jpg,jpeg}`. Classes are the sorted names of the subdirectories
+//! `root/<class>/**/<image>.{png,jpg,jpeg}`, split into `train/` and `val/` or flat (see
+//! [`open_split`]). Classes are the sorted names of the subdirectories
 //! of `root`; images are listed (sorted, recursively, hidden entries skipped) when the folder is
 //! opened and decoded only when asked for, since a set like ImageNet does not fit in memory.
 //! Decoding uses the `image` crate (PNG and JPEG); every image becomes 8-bit RGB.
@@ -99,8 +100,21 @@ impl ImageFolder {
     }
 }
 
-/// Opens `dir/train` for [`Split::Train`], and `dir/val` (or else `dir/test`) for
-/// [`Split::Test`]. The class lists of the two splits are the caller's to compare.
+/// One image in this many of each class is held out as the test split of a flat folder
+/// (`root/<class>/<image>`, no `train/`); see [`open_split`].
+pub const FLAT_HOLDOUT_EVERY: usize = 10;
+
+/// Opens one split of an image folder data set. Two layouts are understood:
+///
+/// * `dir/train/<class>/…` with `dir/val/<class>/…` (or `dir/test/<class>/…`): the splits
+///   as given (ImageNet's layout);
+/// * a flat `dir/<class>/…` (no `train/`): every [`FLAT_HOLDOUT_EVERY`]th image of each
+///   class (evenly spaced in file-name order, at least one of a class of two or more) is the
+///   test split, the rest the training split. The choice depends only on the file names, so
+///   `train` and `eval` agree on it.
+///
+/// The test split's classes are not reconciled with the training split's here: see
+/// [`Source::align_classes`](super::Source::align_classes).
 pub fn open_split(dir: &Path, split: Split) -> Result<ImageFolder, DataError> {
     let candidates: &[&str] = match split {
         Split::Train => &["train"],
@@ -111,6 +125,20 @@ pub fn open_split(dir: &Path, split: Split) -> Result<ImageFolder, DataError> {
             ))
         }
     };
+    if !dir.join("train").is_dir() {
+        if ["val", "test"].iter().any(|c| dir.join(c).is_dir()) {
+            return Err(DataError::NotFound {
+                path: dir.join("train"),
+                hint: Some(format!(
+                    "{} has a val/ or test/ split but no train/ split; lay it out as \
+                     {0}/train/<class>/<image> (and {0}/val/<class>/<image>), or as \
+                     {0}/<class>/<image>",
+                    dir.display()
+                )),
+            });
+        }
+        return open_flat(dir, split);
+    }
     let root = candidates
         .iter()
         .map(|c| dir.join(c))
@@ -119,9 +147,11 @@ pub fn open_split(dir: &Path, split: Split) -> Result<ImageFolder, DataError> {
             path: dir.join(candidates[0]),
             hint: Some(format!(
                 "expected {} with one subdirectory per class (ImageNet's validation images must be \
-                 sorted into class directories first, e.g. with the common valprep.sh); to read a \
-                 single folder use ImageFolder::open",
-                candidates.iter().map(|c| format!("{}/{c}/", dir.display())).collect::<Vec<_>>().join(" or ")
+                 sorted into class directories first, e.g. with the common valprep.sh); or lay the \
+                 images out as {}/<class>/<image> to hold out every {}th image of each class",
+                candidates.iter().map(|c| format!("{}/{c}/", dir.display())).collect::<Vec<_>>().join(" or "),
+                dir.display(),
+                FLAT_HOLDOUT_EVERY
             )),
         })?;
     let mut f = ImageFolder::open(&root)?;
@@ -129,16 +159,140 @@ pub fn open_split(dir: &Path, split: Split) -> Result<ImageFolder, DataError> {
     Ok(f)
 }
 
-/// Decodes a PNG or JPEG file to RGB CHW bytes; errors name the file.
+/// A flat `dir/<class>/…` folder: the training split, or the held-out test split.
+fn open_flat(dir: &Path, split: Split) -> Result<ImageFolder, DataError> {
+    let all = ImageFolder::open(dir)?;
+    let test = split == Split::Test;
+    let (mut paths, mut labels) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < all.len() {
+        let label = all.labels[start];
+        let n = all.labels[start..]
+            .iter()
+            .take_while(|&&l| l == label)
+            .count();
+        let held = if n >= 2 {
+            (n / FLAT_HOLDOUT_EVERY).max(1)
+        } else {
+            0
+        };
+        // evenly spaced positions: the middle of each of `held` equal parts
+        let mut is_held = vec![false; n];
+        for j in 0..held {
+            is_held[((2 * j + 1) * n) / (2 * held)] = true;
+        }
+        for (k, h) in is_held.into_iter().enumerate() {
+            if h == test {
+                paths.push(all.paths[start + k].clone());
+                labels.push(label);
+            }
+        }
+        start += n;
+    }
+    if paths.is_empty() {
+        return Err(DataError::format(
+            dir,
+            "class subdirectories",
+            format!(
+                "at least one class with two or more images (one in {FLAT_HOLDOUT_EVERY} is \
+                 held out for testing)"
+            ),
+            format!("{} images in {} classes", all.len(), all.classes.len()),
+        ));
+    }
+    Ok(ImageFolder {
+        name: format!("{}-{split}", all.name),
+        root: all.root,
+        paths,
+        labels,
+        classes: all.classes,
+    })
+}
+
+/// The most pixels an image may decode to: 64 megapixels (an 8000×8000 photo), 192 MB as
+/// RGB.
+pub const MAX_PIXELS: u64 = 64 << 20;
+
+/// The most pixels an image may decode to per byte of its file: 8 (1-bit pixels) × 1032
+/// (deflate's largest expansion), rounded up. A PNG cannot exceed this; a JPEG that does is a
+/// crafted one. Files of at most [`SMALL_IMAGE_PIXELS`] pixels are always allowed.
+pub const MAX_PIXELS_PER_FILE_BYTE: u64 = 8 * 1032 + 64;
+
+/// Images of at most this many pixels (1024×1024) pass the per-byte limit whatever their
+/// file size.
+pub const SMALL_IMAGE_PIXELS: u64 = 1 << 20;
+
+pub use super::augment::MAX_ASPECT_RATIO;
+
+/// Checks an image's dimensions before it is decoded: at most [`MAX_PIXELS`] pixels, at most
+/// [`MAX_PIXELS_PER_FILE_BYTE`] per byte of the file (beyond [`SMALL_IMAGE_PIXELS`]), and an
+/// aspect ratio of at most [`MAX_ASPECT_RATIO`]:1.
+pub fn check_dimensions(
+    path: &Path,
+    width: u32,
+    height: u32,
+    file_len: u64,
+) -> Result<(), DataError> {
+    let (w, h) = (u64::from(width), u64::from(height));
+    let pixels = w * h;
+    let found = format!("a {width}×{height} image in a {file_len}-byte file");
+    let refuse = |expected: String| {
+        Err(DataError::format(
+            path,
+            "image header",
+            expected,
+            found.clone(),
+        ))
+    };
+    if pixels == 0 {
+        return refuse("an image of at least 1×1 pixels".into());
+    }
+    if pixels > MAX_PIXELS {
+        return refuse(format!("an image of at most {MAX_PIXELS} pixels"));
+    }
+    if w.max(h) > MAX_ASPECT_RATIO * w.min(h) {
+        return refuse(format!(
+            "an aspect ratio of at most {MAX_ASPECT_RATIO}:1 (a wider image would need a huge \
+             buffer when its shorter side is resized)"
+        ));
+    }
+    if pixels > SMALL_IMAGE_PIXELS && pixels > file_len.saturating_mul(MAX_PIXELS_PER_FILE_BYTE) {
+        return refuse(format!(
+            "at most {MAX_PIXELS_PER_FILE_BYTE} pixels per byte of the file (the header claims \
+             more pixels than the file can hold)"
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a PNG or JPEG file to RGB CHW bytes; errors name the file. The dimensions are
+/// checked with [`check_dimensions`] before anything is decoded.
 pub fn decode_file(path: &Path) -> Result<Image, DataError> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?;
-    let img = reader.decode().map_err(|e| DataError::Decode {
+    let bytes = super::read_file(path)?;
+    decode_bytes(path, &bytes)
+}
+
+/// Decodes the PNG or JPEG `bytes` of file `path` (used in errors), like [`decode_file`].
+pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<Image, DataError> {
+    let decode_err = |e| DataError::Decode {
         path: path.to_path_buf(),
         source: e,
-    })?;
+    };
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| DataError::io(path, e))
+    };
+    let (w, h) = reader()?.into_dimensions().map_err(decode_err)?;
+    check_dimensions(path, w, h, bytes.len() as u64)?;
+    let mut r = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // the decoder's buffers: at most 8 bytes per pixel (16-bit RGBA), plus slack
+    limits.max_alloc = Some(u64::from(w) * u64::from(h) * 8 + (1 << 20));
+    r.limits(limits);
+    let img = r.decode().map_err(decode_err)?;
     Ok(Image::from_rgb(&img.to_rgb8()))
 }
 
@@ -182,6 +336,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
 mod tests {
     use super::*;
     use crate::data::testutil::TempDir;
+    use crate::data::DatasetKind;
 
     fn rgb(w: u32, h: u32) -> image::RgbImage {
         image::RgbImage::from_fn(w, h, |x, y| {
@@ -261,5 +416,152 @@ mod tests {
             e.contains("image files") && e.contains("none in 1 class"),
             "{e}"
         );
+    }
+
+    /// Issue 12, item 14: a flat `root/<class>/<image>` folder (the layout the help
+    /// describes) is a data set: one image in ten of each class is the test split, the rest
+    /// train; messages name no internal API.
+    #[test]
+    fn flat_folder_holds_out_a_test_split() {
+        let t = TempDir::new("flat");
+        for (c, n) in [("cat", 12), ("dog", 3), ("eel", 1)] {
+            std::fs::create_dir_all(t.path().join(c)).unwrap();
+            for i in 0..n {
+                rgb(4, 4)
+                    .save(t.path().join(format!("{c}/{i:02}.png")))
+                    .unwrap();
+            }
+        }
+        let train =
+            crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Train).unwrap();
+        let test =
+            crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Test).unwrap();
+        assert_eq!(train.classes(), test.classes());
+        assert_eq!(train.classes(), ["cat", "dog", "eel"]);
+        // cat: 12 -> 1 held out (the middle one, 06); dog: 3 -> 1 (01); eel: 1 -> none
+        let names = |s: &crate::data::Source| -> Vec<String> {
+            s.as_folder()
+                .unwrap()
+                .paths
+                .iter()
+                .map(|p| {
+                    let c = file_name(p.parent().unwrap());
+                    format!("{c}/{}", file_name(p))
+                })
+                .collect()
+        };
+        assert_eq!(names(&test), ["cat/06.png", "dog/01.png"]);
+        assert_eq!(test.labels(), [0, 1]);
+        assert_eq!(train.len(), 14);
+        assert!(!names(&train)
+            .iter()
+            .any(|n| n == "cat/06.png" || n == "dog/01.png"));
+        // deterministic
+        let again =
+            crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Test).unwrap();
+        assert_eq!(names(&again), names(&test));
+
+        // a val/ without train/ is explained, with no internal names
+        let u = TempDir::new("valonly");
+        std::fs::create_dir_all(u.path().join("val/cat")).unwrap();
+        let e = open_split(u.path(), Split::Train).unwrap_err().to_string();
+        assert!(
+            e.contains("train: not found") && e.contains("<class>/<image>"),
+            "{e}"
+        );
+        assert!(!e.contains("::"), "{e}");
+        // and so is a train/ without val/
+        let v = TempDir::new("trainonly");
+        std::fs::create_dir_all(v.path().join("train/cat")).unwrap();
+        let e = open_split(v.path(), Split::Test).unwrap_err().to_string();
+        assert!(e.contains("val: not found") && !e.contains("::"), "{e}");
+    }
+
+    /// Issue 12, item 5: a val/ class the training split lacks is an error naming it; val's
+    /// labels are mapped through the training split's class names.
+    #[test]
+    fn val_classes_are_matched_by_name() {
+        let t = TempDir::new("valnames");
+        for c in [
+            "train/cat",
+            "train/dog",
+            "train/fish",
+            "val/dog",
+            "val/fish",
+        ] {
+            std::fs::create_dir_all(t.path().join(c)).unwrap();
+            rgb(4, 4).save(t.path().join(c).join("a.png")).unwrap();
+        }
+        let train =
+            crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Train).unwrap();
+        let mut val =
+            crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Test).unwrap();
+        assert_eq!(val.labels(), [0, 1]);
+        val.align_classes(train.classes()).unwrap();
+        assert_eq!(val.labels(), [1, 2]);
+        assert_eq!(val.classes(), train.classes());
+
+        // a class train/ lacks (equal counts, different names: bird is no fish)
+        for c in ["val/bird", "val/cat"] {
+            std::fs::create_dir_all(t.path().join(c)).unwrap();
+            rgb(4, 4).save(t.path().join(c).join("a.png")).unwrap();
+        }
+        std::fs::remove_dir_all(t.path().join("val/fish")).unwrap();
+        std::fs::remove_dir_all(t.path().join("val/dog")).unwrap();
+        let mut val =
+            crate::data::load(DatasetKind::ImageFolder, Some(t.path()), Split::Test).unwrap();
+        let e = val.align_classes(train.classes()).unwrap_err().to_string();
+        assert!(
+            e.contains("1 class 'bird' not in the training split"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    /// Issue 12, item 7: an image of absurd shape is refused from its header, naming the
+    /// file, before it is decoded or resized.
+    #[test]
+    fn extreme_images_are_refused_before_decoding() {
+        let t = TempDir::new("extreme");
+        let p = t.path().join("wide.png");
+        image::GrayImage::from_pixel(65535, 1, image::Luma([0]))
+            .save(&p)
+            .unwrap();
+        assert!(std::fs::metadata(&p).unwrap().len() < 1000);
+        let e = decode_file(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("wide.png: image header") && e.contains("aspect ratio"),
+            "{e}"
+        );
+        // a header claiming 3000x3000 pixels in a small file
+        let mut png = Vec::new();
+        image::GrayImage::from_pixel(64, 64, image::Luma([9]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        // IHDR width and height at bytes 16..24
+        png[16..20].copy_from_slice(&3000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&3000u32.to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+        let e = decode_bytes(Path::new("big.png"), &png)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("big.png: image header") && e.contains("per byte"),
+            "{e}"
+        );
+        // a resize of an already decoded extreme image is bounded by the target too
+        let img = Image::new(1, 1, 4000, vec![0; 4000]).unwrap();
+        let mut rng = crate::data::Rng::new(1);
+        let tf = crate::data::Transform {
+            geometry: crate::data::Geometry::imagenet_eval(),
+            ..Default::default()
+        };
+        let e = tf.apply(img, &mut rng).unwrap_err().to_string();
+        assert!(e.contains("aspect ratio"), "{e}");
+        // an ordinary image still decodes
+        rgb(40, 30).save(t.path().join("ok.png")).unwrap();
+        assert_eq!(decode_file(&t.path().join("ok.png")).unwrap().width, 40);
     }
 }

@@ -113,26 +113,23 @@ pub fn load_mnist(dir: &Path, split: Split, fashion: bool) -> Result<Dataset, Da
     )
 }
 
+/// Deflate's largest expansion (a gzip member of `n` bytes inflates to at most about
+/// `1032 n` bytes), with slack: what the header of a gzipped IDX file may declare.
+const MAX_GZIP_RATIO: u64 = 1040;
+
 /// Reads an IDX file of unsigned bytes, gunzipping it first if it starts with the gzip magic.
 /// Offsets in errors are into the (decompressed) IDX data.
+///
+/// A gzipped file is inflated only as far as its header says the data goes (one byte more, to
+/// tell that more follows), and a header that declares more than the file could inflate to is
+/// refused before anything is inflated: a small file cannot make the reader inflate gigabytes.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     let raw = read_file(path)?;
-    let (bytes, gz) = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                DataError::format(
-                    path,
-                    format!("gzip data, after {} decompressed bytes", out.len()),
-                    "a valid gzip stream",
-                    e.to_string(),
-                )
-                .with_hint("the .gz file is truncated or corrupt")
-            })?;
-        (out, true)
+    let (bytes, gz, more) = if raw.starts_with(&[0x1f, 0x8b]) {
+        let (b, more) = gunzip_idx(path, &raw)?;
+        (b, true, more)
     } else {
-        (raw, false)
+        (raw, false, false)
     };
     let loc = |o: usize| {
         if gz {
@@ -216,7 +213,11 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
                 location
             },
             format!("{count} data bytes ({dims_s}) after the {header}-byte header"),
-            format!("{have} bytes"),
+            if more {
+                format!("more than {count} bytes")
+            } else {
+                format!("{have} bytes")
+            },
         )
         .with_hint(if have < count {
             "the file is truncated"
@@ -227,6 +228,55 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     let mut data = bytes;
     data.drain(..header);
     Ok(IdxArray { dims, data })
+}
+
+/// Inflates the IDX header of the gzip file `raw`, then at most the data bytes it declares
+/// plus one. Returns the bytes and whether the stream went on past the declared data.
+fn gunzip_idx(path: &Path, raw: &[u8]) -> Result<(Vec<u8>, bool), DataError> {
+    let mut dec = MultiGzDecoder::new(raw);
+    let mut out = Vec::new();
+    let fill = |dec: &mut MultiGzDecoder<&[u8]>, out: &mut Vec<u8>, n: u64| {
+        let before = out.len();
+        dec.take(n).read_to_end(out).map_err(|e| {
+            DataError::format(
+                path,
+                format!("gzip data, after {} decompressed bytes", out.len()),
+                "a valid gzip stream",
+                e.to_string(),
+            )
+            .with_hint("the .gz file is truncated or corrupt")
+        })?;
+        Ok::<bool, DataError>((out.len() - before) as u64 == n)
+    };
+    // magic, then the dimensions; anything malformed is reported by the caller
+    if !fill(&mut dec, &mut out, 4)? || out[0] != 0 || out[1] != 0 || out[2] != 0x08 {
+        return Ok((out, false));
+    }
+    let nd = out[3] as u64;
+    if !fill(&mut dec, &mut out, 4 * nd)? {
+        return Ok((out, false));
+    }
+    let count = out[4..]
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+        .try_fold(1u64, |a, d| a.checked_mul(d))
+        .unwrap_or(u64::MAX);
+    let most = (raw.len() as u64).saturating_mul(MAX_GZIP_RATIO);
+    if count > most {
+        return Err(DataError::format(
+            path,
+            "offset 4 (of the decompressed data)",
+            format!(
+                "dimensions whose data fits in the file (a {}-byte gzip file inflates to at \
+                 most {most} bytes)",
+                raw.len()
+            ),
+            format!("{count} data bytes declared"),
+        )
+        .with_hint("the IDX header is corrupt"));
+    }
+    let more = fill(&mut dec, &mut out, count + 1)?;
+    Ok((out, more))
 }
 
 #[cfg(test)]
@@ -365,5 +415,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("t10k-images-idx3-ubyte: not found"), "{e}");
+    }
+
+    /// Issue 12, item 12: a gzip bomb is inflated only as far as the header says the data
+    /// goes, and a header that declares more than the file can hold is refused at once.
+    #[test]
+    fn gzip_is_inflated_only_as_far_as_the_header_says() {
+        let t = TempDir::new("idxbomb");
+        let p = t.path().join("train-images-idx3-ubyte.gz");
+        // 144 declared data bytes followed by 20 MB of zeros (a ~20 KB file)
+        let mut big = idx(&[12, 4, 3], &[0; 144]);
+        big.resize(big.len() + 20_000_000, 0);
+        let z = gz(&big);
+        assert!(z.len() < 100_000);
+        std::fs::write(&p, &z).unwrap();
+        let e = read_idx(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("expected 144 data bytes") && e.contains("found more than 144 bytes"),
+            "{e}"
+        );
+        assert!(e.contains("trailing bytes"), "{e}");
+        // a header declaring 60000x28x28x255 bytes in a tiny file: refused before inflating
+        let z = gz(&idx(&[60_000, 28, 28, 255], &[0; 1000]));
+        std::fs::write(&p, &z).unwrap();
+        let e = read_idx(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("offset 4 (of the decompressed data)")
+                && e.contains("11995200000 data bytes declared"),
+            "{e}"
+        );
+        // exactly the declared data still reads
+        std::fs::write(&p, gz(&idx(&[2, 3], &[1, 2, 3, 4, 5, 6]))).unwrap();
+        let a = read_idx(&p).unwrap();
+        assert_eq!((a.dims, a.data), (vec![2, 3], vec![1, 2, 3, 4, 5, 6]));
     }
 }

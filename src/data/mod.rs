@@ -7,7 +7,7 @@
 //! | CIFAR-10 / CIFAR-100 | [`cifar`] | `data_batch_{1..5}.bin`, `test_batch.bin`, `batches.meta.txt` / `train.bin`, `test.bin`, `{fine,coarse}_label_names.txt` |
 //! | SVHN (cropped digits) | [`svhn`] (MAT5 reader in [`mat5`]) | `train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat` |
 //! | MNIST, Fashion-MNIST | [`idx`] | `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-…` (optionally `.gz`) |
-//! | image folder (ImageNet layout) | [`folder`] | `root/<class>/<image>.{png,jpg,jpeg}`, decoded lazily |
+//! | image folder (ImageNet layout) | [`folder`] | `root/{train,val}/<class>/<image>.{png,jpg,jpeg}` or `root/<class>/…`, decoded lazily |
 //! | digits (built in) | [`digits`] | embedded in the binary (UCI 8x8 digits) |
 //!
 //! In-memory data sets are a [`Dataset`] (u8 pixels, image-major CHW); an image folder is an
@@ -98,7 +98,7 @@ pub enum DataError {
         expected: String,
     },
     /// An image in an image folder could not be decoded.
-    #[error("{}: cannot decode image: {source}", .path.display())]
+    #[error("{}: cannot decode image: {}", .path.display(), one_line(.source))]
     Decode {
         /// The image file.
         path: PathBuf,
@@ -112,6 +112,16 @@ pub enum DataError {
     /// The background loader thread panicked.
     #[error("data loader thread failed: {0}")]
     Worker(String),
+}
+
+/// `e`'s message on one line (decoders end some messages with a newline).
+fn one_line(e: &dyn fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn fmt_hint(hint: &Option<String>) -> String {
@@ -577,6 +587,83 @@ impl Source {
             Source::Folder(f) => Some(f),
         }
     }
+
+    /// Matches this (validation or test) split's classes to `classes`, those of the training
+    /// split or of a model, by name: each label is mapped to the index of its class name in
+    /// `classes`, and `classes` becomes this source's class list. A class `classes` lacks is
+    /// an error naming it (a model cannot predict a class it was not trained on); a class of
+    /// `classes` without images here is fine.
+    pub fn align_classes(&mut self, classes: &[String]) -> Result<(), DataError> {
+        if self.classes() == classes {
+            return Ok(());
+        }
+        let map: Vec<Option<u32>> = self
+            .classes()
+            .iter()
+            .map(|c| classes.iter().position(|t| t == c).map(|i| i as u32))
+            .collect();
+        let used = {
+            let mut u = vec![false; map.len()];
+            for &l in self.labels() {
+                if let Some(x) = u.get_mut(l as usize) {
+                    *x = true;
+                }
+            }
+            u
+        };
+        let missing: Vec<&str> = self
+            .classes()
+            .iter()
+            .zip(&map)
+            .zip(&used)
+            .filter(|((_, m), &u)| m.is_none() && u)
+            .map(|((c, _), _)| c.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(10).map(|c| format!("'{c}'")).collect();
+            let more = if missing.len() > 10 {
+                format!(" and {} more", missing.len() - 10)
+            } else {
+                String::new()
+            };
+            return Err(DataError::Config(format!(
+                "{}: {} class{} {}{more} not in the training split's {} classes ({}); give every \
+                 evaluation class a directory in the training split too",
+                self.name(),
+                missing.len(),
+                if missing.len() == 1 { "" } else { "es" },
+                shown.join(", "),
+                classes.len(),
+                preview(classes)
+            )));
+        }
+        let remap = |labels: &mut Vec<u32>| {
+            for l in labels.iter_mut() {
+                // every used label has a mapping (checked above)
+                *l = map.get(*l as usize).copied().flatten().unwrap_or(*l);
+            }
+        };
+        match self {
+            Source::Memory(d) => {
+                remap(&mut d.labels);
+                d.classes = classes.to_vec();
+            }
+            Source::Folder(f) => {
+                remap(&mut f.labels);
+                f.classes = classes.to_vec();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first few of `names`, quoted, for messages.
+fn preview(names: &[String]) -> String {
+    let mut s: Vec<String> = names.iter().take(6).map(|c| format!("'{c}'")).collect();
+    if names.len() > 6 {
+        s.push("…".into());
+    }
+    s.join(", ")
 }
 
 /// Loads one split of a data set from the directory `dir` holding the publisher's files.
@@ -587,7 +674,10 @@ impl Source {
 ///   (`cifar-10-batches-bin/`, `cifar-100-binary/`, `raw/`, ...).
 /// * [`Split::Extra`] exists only for SVHN.
 /// * For [`DatasetKind::ImageFolder`], `dir` holds `train/` and `val/` (or `test/`), each with
-///   one subdirectory per class; to open a single folder use [`ImageFolder::open`].
+///   one subdirectory per class, or is itself `dir/<class>/<image>`, from which one image in
+///   [`folder::FLAT_HOLDOUT_EVERY`] of each class is held out as the test split (see
+///   [`folder::open_split`]). Match a test split's classes to the training split's with
+///   [`Source::align_classes`].
 pub fn load(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result<Source, DataError> {
     if split == Split::Extra && kind != DatasetKind::Svhn {
         return Err(DataError::Config(format!(
@@ -620,6 +710,20 @@ pub fn load(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result<Sourc
         DatasetKind::ImageFolder => Source::Folder(folder::open_split(dir, split)?),
         DatasetKind::Digits => unreachable!("handled above"),
     })
+}
+
+/// The evaluation transform of `kind` ([`Transform::preset`] without augmentation) for
+/// evaluating on `test`, opening the training split only where the transform needs its
+/// statistics (Fashion-MNIST): evaluating CIFAR needs only its test batch.
+pub fn eval_transform(
+    kind: DatasetKind,
+    dir: Option<&Path>,
+    test: &Source,
+) -> Result<Transform, DataError> {
+    if kind == DatasetKind::FashionMnist {
+        return Transform::preset(kind, false, &load(kind, dir, Split::Train)?);
+    }
+    Transform::preset(kind, false, test)
 }
 
 /// Reads a whole file.

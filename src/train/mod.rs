@@ -273,7 +273,9 @@ impl DataSetup {
                 t.append(e)?;
             }
         }
-        let test = data::load(kind, dir, Split::Test)?;
+        let mut test = data::load(kind, dir, Split::Test)?;
+        // an image folder's val/ may list its classes differently: match them by name
+        test.align_classes(train.classes())?;
         let mut train_transform = Transform::preset(kind, true, &train)?;
         let mut eval_transform = Transform::preset(kind, false, &train)?;
         if !config.augment {

@@ -511,8 +511,17 @@ impl<R: Read> Reader<'_, R> {
             )
             .with_hint("the file is corrupt or truncated"));
         }
+        // Inside a zlib stream the declared size is only a claim until the bytes are
+        // inflated: reserve a little and grow with what arrives (at most `n`), so memory
+        // follows the data, not the header. So in a stream of unknown length; a plain file
+        // of known length holds its `n` bytes (checked above).
+        let reserve = if self.zlib_at.is_some() || self.limit == u64::MAX {
+            n.min(1 << 20)
+        } else {
+            n
+        };
         let mut v = Vec::new();
-        v.try_reserve_exact(n as usize).map_err(|_| {
+        v.try_reserve_exact(reserve as usize).map_err(|_| {
             DataError::format(
                 self.path,
                 self.loc(pos),

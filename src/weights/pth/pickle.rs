@@ -454,6 +454,7 @@ impl<'a> Unpickler<'a> {
                 Ok(Obj::Tensor(TensorMeta {
                     key: storage.key,
                     storage_bytes,
+                    storage_dtype: storage.dtype,
                     dtype,
                     offset,
                     size,

@@ -44,6 +44,22 @@ impl DType {
     }
 
     /// The dtype of a legacy typed storage class `torch.<name>`.
+    /// The legacy storage class of this element type (`FloatStorage`, …).
+    pub(super) fn storage_class(self) -> &'static str {
+        match self {
+            DType::F32 => "FloatStorage",
+            DType::F64 => "DoubleStorage",
+            DType::F16 => "HalfStorage",
+            DType::BF16 => "BFloat16Storage",
+            DType::I64 => "LongStorage",
+            DType::I32 => "IntStorage",
+            DType::I16 => "ShortStorage",
+            DType::I8 => "CharStorage",
+            DType::U8 => "ByteStorage",
+            DType::Bool => "BoolStorage",
+        }
+    }
+
     pub(super) fn from_storage_class(name: &str) -> Option<DType> {
         Some(match name {
             "FloatStorage" => DType::F32,
@@ -122,12 +138,19 @@ pub(super) fn gather(storage: &[u8], meta: &TensorMeta, numel: usize) -> Result<
     let elem = meta.dtype.size();
     // Elements the storage holds: what the persistent id declared, which the
     // member's bytes must cover.
+    // Like `torch.load`, the member must be exactly the declared storage: a member of
+    // another size (e.g. float32 bytes under a `HalfStorage` class) would be decoded as
+    // garbage.
     let declared = meta.storage_bytes / elem as u64;
-    let present = (storage.len() / elem) as u64;
-    if present < declared {
+    if storage.len() as u64 != meta.storage_bytes {
+        let sd = meta.storage_dtype;
         return Err(format!(
-            "the storage member holds {} bytes but the persistent id declares {} bytes",
+            "the storage member holds {} bytes, but the persistent id declares a torch.{} of \
+             {} {} elements ({} bytes)",
             storage.len(),
+            sd.storage_class(),
+            meta.storage_bytes / sd.size() as u64,
+            sd.name(),
             meta.storage_bytes
         ));
     }
@@ -214,6 +237,9 @@ pub(super) struct TensorMeta {
     pub(super) key: String,
     /// Size of the storage in bytes, as the persistent id declares it.
     pub(super) storage_bytes: u64,
+    /// Element type of the storage, as its persistent id declares it (`torch.FloatStorage`
+    /// …); `storage_bytes` is its element count times this type's size.
+    pub(super) storage_dtype: DType,
     /// Element type of the tensor.
     pub(super) dtype: DType,
     /// Storage offset, in elements.

@@ -359,3 +359,73 @@ fn corrupted_pickles_never_panic() {
         }
     }
 }
+
+/// The members of fixture `name` (without the archive prefix), in archive order.
+fn members_of(name: &str) -> Vec<(String, Vec<u8>)> {
+    let bytes = fixture(name);
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes.as_slice())).unwrap();
+    let mut members = Vec::new();
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).unwrap();
+        let full = f.name().unwrap().to_string();
+        let Some((_, rest)) = full.split_once('/') else {
+            continue;
+        };
+        let rest = rest.to_string();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        members.push((rest, data));
+    }
+    members
+}
+
+/// Issue 12, item 10: a storage class changed from `FloatStorage` to a smaller element
+/// type leaves the member 2–4× larger than the declared storage; like `torch.load`, the
+/// reader refuses it, naming the member, the declared class and both sizes.
+#[test]
+fn storage_member_must_match_declared_storage_size() {
+    let members = members_of("legacy_tiny_densenet.pth");
+    let as_refs = |m: &[(String, Vec<u8>)]| {
+        zip_of(
+            &m.iter()
+                .map(|(n, d)| (n.as_str(), d.as_slice()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    // unchanged, it reads
+    assert!(read_pth_bytes(&as_refs(&members), "x").is_ok());
+    for class in [
+        "HalfStorage",
+        "BFloat16Storage",
+        "ByteStorage",
+        "BoolStorage",
+    ] {
+        let mut m = members.clone();
+        let pkl = &mut m.iter_mut().find(|(n, _)| n == "data.pkl").unwrap().1;
+        let text = pkl.clone();
+        let needle = b"FloatStorage";
+        let at = text
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("a FloatStorage in the fixture");
+        let mut changed = text[..at].to_vec();
+        changed.extend_from_slice(class.as_bytes());
+        changed.extend_from_slice(&text[at + needle.len()..]);
+        *pkl = changed;
+        let msg = err_text(&as_refs(&m));
+        assert!(msg.contains(&format!("torch.{class}")), "{class}: {msg}");
+        assert!(msg.contains("storage member holds"), "{class}: {msg}");
+        assert!(msg.contains("archive/data/"), "{class}: {msg}");
+        assert!(!msg.contains('\n'), "{class}: {msg}");
+    }
+    // a member longer than declared (trailing bytes) is refused too
+    let mut m = members.clone();
+    let storage = &mut m
+        .iter_mut()
+        .find(|(n, _)| n.starts_with("data/"))
+        .unwrap()
+        .1;
+    storage.extend_from_slice(&[0; 4]);
+    let msg = err_text(&as_refs(&m));
+    assert!(msg.contains("storage member holds"), "{msg}");
+}
