@@ -298,7 +298,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
-    let mut net = AnyModel::new(&cfg, 0);
+    let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(a.batch, a.memory, true);
     let mut opt = Sgd::new(SgdConfig::default());
     let (x, y) = random_input(a.batch, &cfg, 1);
@@ -405,7 +405,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
-    let mut net = AnyModel::new(&cfg, 0);
+    let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(a.batch, MemoryMode::Efficient, false);
     let (x, _) = random_input(a.batch, &cfg, 1);
     let mut times = Vec::new();

@@ -43,7 +43,7 @@ pub struct Args {
 /// Runs `densenet forward`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let cfg = a.model.resolve()?;
-    let mut net = AnyModel::new(&cfg, 0);
+    let mut net = AnyModel::try_new(&cfg, 0)?;
     let weights = read_checkpoint(&a.weights)?;
     net.load_tensors(&weights.tensors, &a.weights.display().to_string())?;
     let file = read_safetensors(&a.input)?;
