@@ -49,11 +49,11 @@ pub struct TrainArgs {
     pub model: String,
     #[command(flatten)]
     pub adjust: ModelAdjust,
-    /// Batch size.
-    #[arg(long, default_value_t = 64)]
+    /// Batch size, 1 to 65536.
+    #[arg(long, default_value_t = 64, value_parser = super::values::batch_size())]
     pub batch: usize,
     /// Timed steps (after warm-up).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::values::at_least_one())]
     pub steps: usize,
     /// Warm-up steps (not timed).
     #[arg(long, default_value_t = 1)]
@@ -90,11 +90,11 @@ pub struct InferArgs {
     pub model: String,
     #[command(flatten)]
     pub adjust: ModelAdjust,
-    /// Batch size.
-    #[arg(long, default_value_t = 16)]
+    /// Batch size, 1 to 65536.
+    #[arg(long, default_value_t = 16, value_parser = super::values::batch_size())]
     pub batch: usize,
     /// Timed passes (after warm-up).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::values::at_least_one())]
     pub steps: usize,
     /// Warm-up passes.
     #[arg(long, default_value_t = 1)]
@@ -111,10 +111,10 @@ pub struct MemoryArgs {
     #[arg(long, value_delimiter = ',', default_value = "100,250,502")]
     pub depths: Vec<usize>,
     /// Growth rate k.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = super::values::at_least_one())]
     pub growth_rate: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 64)]
+    /// Batch size, 1 to 65536.
+    #[arg(long, default_value_t = 64, value_parser = super::values::batch_size())]
     pub batch: usize,
     /// Directory for memory.png and memory.json.
     #[arg(long, default_value = "bench-out")]

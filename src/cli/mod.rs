@@ -11,6 +11,7 @@ mod plot;
 mod predict;
 mod summary;
 mod train;
+mod values;
 
 use clap::{Parser, Subcommand};
 
@@ -22,8 +23,8 @@ pub use model_args::ModelArgs;
 #[derive(Parser, Debug)]
 #[command(name = "densenet", version, about, long_about = None)]
 pub struct Cli {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads, 1 to 1024 (default: all cores).
+    #[arg(long, global = true, value_parser = values::one_to(1024))]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,

@@ -22,23 +22,24 @@ pub struct ModelArgs {
 pub struct ModelAdjust {
     /// Number of classes (default: 10 for the CIFAR family and the ResNets, 1000 for
     /// ImageNet models).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::values::one_to(1_000_000))]
     pub classes: Option<usize>,
     /// Input channels: 3 (RGB) or 1 (grey).
-    #[arg(long, value_name = "C")]
+    #[arg(long, value_name = "C", value_parser = super::values::in_channels)]
     pub in_channels: Option<usize>,
     /// DenseNets: dropout rate after every convolution but the first (the paper: 0.2
     /// without augmentation).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = super::values::fraction_f32)]
     pub drop_rate: Option<f32>,
-    /// Input height and width (default: 32 for the CIFAR family, 224 for ImageNet models).
-    #[arg(long, value_name = "PIXELS")]
+    /// Input height and width, up to 4096 (default: 32 for the CIFAR family, 224 for
+    /// ImageNet models).
+    #[arg(long, value_name = "PIXELS", value_parser = super::values::one_to(4096))]
     pub input_size: Option<usize>,
     /// DenseNet-B: use bottleneck layers (CIFAR family; changes layers per block).
     #[arg(long, value_name = "BOOL")]
     pub bottleneck: Option<bool>,
     /// DenseNet-C: compression θ of the transitions, in (0, 1].
-    #[arg(long, value_name = "THETA")]
+    #[arg(long, value_name = "THETA", value_parser = super::values::compression)]
     pub compression: Option<f64>,
 }
 

@@ -26,8 +26,8 @@ pub struct Args {
     /// ImageNet's normalisation).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
-    /// How many classes to show.
-    #[arg(long, default_value_t = 5)]
+    /// How many classes to show (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = super::values::at_least_one())]
     pub top: usize,
     /// Print one JSON object.
     #[arg(long)]

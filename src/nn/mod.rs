@@ -101,7 +101,7 @@ impl ConfigError {
                 "the model would have {} parameters, more than the limit of {max} (2^30: \
                  {} GiB for the weights alone, as much again for gradients and momentum)",
                 n.map_or("over 2^128".to_string(), |n| n.to_string()),
-                max * 4 >> 30
+                (max * 4) >> 30
             ))),
         }
     }

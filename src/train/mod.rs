@@ -543,6 +543,15 @@ pub fn train(
             None,
             &data.eval_transform,
         )?;
+        if !test.loss.is_finite() {
+            // the weights are no longer usable: keep the last good checkpoint, exit with error
+            return Err(TrainError::Config(format!(
+                "the test loss became {} after epoch {} (learning rate {lr:?}); training \
+                 stopped, no checkpoint of this epoch was written\nhint: lower --lr",
+                test.loss,
+                epoch + 1
+            )));
+        }
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr,
