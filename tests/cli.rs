@@ -735,6 +735,36 @@ fn eval_refuses_data_of_another_shape() {
     );
 }
 
+/// Item 4's sibling in `predict`: a model whose inputs are neither grey nor RGB is refused
+/// with both shapes named.
+#[test]
+fn predict_refuses_models_of_other_channels() {
+    let mut cfg = densenet::DenseNetConfig::from_name("densenet-bc-16-4").unwrap();
+    (cfg.in_channels, cfg.input_size) = (2, 8);
+    let cfg = densenet::ModelConfig::from(cfg);
+    let net = densenet::AnyModel::new(&cfg, 0);
+    let path = tmp("two-channels.safetensors");
+    let meta = std::collections::HashMap::from([(
+        "config".to_string(),
+        serde_json::to_string(&cfg).unwrap(),
+    )]);
+    densenet::weights::write_safetensors(&path, &net.state_dict(), &[], meta).unwrap();
+    let png = tmp("two-channels.png");
+    image::GrayImage::new(8, 8).save(&png).unwrap();
+    assert_fails(
+        &[
+            "predict",
+            "--weights",
+            path.to_str().unwrap(),
+            png.to_str().unwrap(),
+        ],
+        &[
+            "expects 2×8×8 inputs",
+            "grey (1 channel) or RGB (3 channels)",
+        ],
+    );
+}
+
 /// Item 6: a checkpoint whose stored model asks for a huge network fails fast with one
 /// line naming the field and its bound, in every command that reads weights.
 #[test]

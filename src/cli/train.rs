@@ -64,7 +64,7 @@ pub struct Args {
     pub augment: Option<bool>,
     /// Nearest-neighbour upscaling of stored images (digits: 4 gives the 32×32 inputs of
     /// the PyTorch baseline; default 1; at most 64).
-    #[arg(long, value_parser = super::values::one_to(64))]
+    #[arg(long, value_parser = super::values::one_to(crate::train::settings::MAX_UPSCALE as u64))]
     pub upscale: Option<usize>,
     /// Fraction of the training set held out for validation (picks the best checkpoint).
     #[arg(long, default_value_t = 0.0, value_parser = super::values::fraction)]

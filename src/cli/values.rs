@@ -14,9 +14,9 @@ pub fn one_to(max: u64) -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::<usize>::new().range(1..=max)
 }
 
-/// Images per batch: 1 to 65,536.
+/// Images per batch: 1 to 65,536 (what a training configuration allows).
 pub fn batch_size() -> RangedU64ValueParser<usize> {
-    one_to(65_536)
+    one_to(crate::train::settings::MAX_BATCH as u64)
 }
 
 fn number(s: &str) -> Result<f64, String> {

@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod schedule;
+pub mod settings;
 
 use crate::data::augment::{Geometry, Transform};
 use crate::data::pipeline::{holdout_fraction, Batch, Loader, LoaderConfig};
@@ -414,6 +415,7 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<RunSummary, TrainError> {
     let dir = opts.dir;
+    config.check()?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let data = DataSetup::load(config)?;
     let model = data.fit_model(config.model.clone())?;
