@@ -862,6 +862,18 @@ fn flags_are_checked_by_value() {
         ),
         (vec!["bench", "train", "--steps", "0"], "'--steps <STEPS>'"),
         (vec!["bench", "infer", "--batch", "0"], "'--batch <BATCH>'"),
+        // a workspace beyond the machine's memory is refused before it is allocated
+        (
+            vec![
+                "bench",
+                "infer",
+                "--model",
+                "densenet121",
+                "--batch",
+                "65536",
+            ],
+            "GiB this machine has available",
+        ),
         // ignored before: the model takes the data set's shape and classes
         (
             vec!["train", "--input-size", "16"],

@@ -259,7 +259,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Memory the OS can still give (Linux: `MemAvailable` in /proc/meminfo).
-fn available_memory_bytes() -> Option<u64> {
+pub(crate) fn available_memory_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -298,6 +298,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
+    super::model_args::check_memory(&cfg, a.batch, a.memory, true)?;
     let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(a.batch, a.memory, true);
     let mut opt = Sgd::new(SgdConfig::default());
@@ -405,6 +406,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
+    super::model_args::check_memory(&cfg, a.batch, MemoryMode::Efficient, false)?;
     let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(a.batch, MemoryMode::Efficient, false);
     let (x, _) = random_input(a.batch, &cfg, 1);

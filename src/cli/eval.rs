@@ -95,6 +95,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cfg.num_classes(),
         test.num_classes()
     );
+    super::model_args::check_memory(&cfg, a.batch_size, MemoryMode::Efficient, false)?;
     let mut ws = m
         .net
         .workspace(a.batch_size.max(1), MemoryMode::Efficient, false);

@@ -65,6 +65,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let n = input.shape[0];
+    super::model_args::check_memory(&cfg, n, a.memory, a.train)?;
     let classes = cfg.num_classes();
     let mut out: Vec<(String, Tensor)> = Vec::new();
     if !a.train {

@@ -114,6 +114,43 @@ impl ModelAdjust {
     }
 }
 
+/// Refuses to build `cfg` with a workspace for `batch` images when the weights and the
+/// workspace together would need more memory than the machine has available (Linux:
+/// `MemAvailable`; no check where that is unknown), before anything is allocated.
+pub fn check_memory(
+    cfg: &ModelConfig,
+    batch: usize,
+    mode: crate::nn::MemoryMode,
+    training: bool,
+) -> anyhow::Result<()> {
+    let Some(avail) = super::bench::available_memory_bytes() else {
+        return Ok(());
+    };
+    let workspace = cfg
+        .memory_regions(batch, mode, training)
+        .iter()
+        .map(|r| r.offset as u128 + r.bytes as u128)
+        .max()
+        .unwrap_or(0);
+    let params = match cfg {
+        ModelConfig::DenseNet(c) => c.num_params_checked(),
+        ModelConfig::PreActResNet(c) => c.num_params_checked(),
+    }
+    .unwrap_or(u128::MAX / 16);
+    // parameters, gradients and (training) momentum, f32
+    let need = workspace.saturating_add(params * 4 * if training { 3 } else { 2 });
+    let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+    anyhow::ensure!(
+        need <= avail as u128,
+        "{} with batches of {batch} needs {:.1} GiB (weights and activations), more than the \
+         {:.1} GiB this machine has available; lower the batch size or the input size",
+        cfg.name(),
+        gib(need),
+        gib(avail as u128)
+    );
+    Ok(())
+}
+
 impl ModelArgs {
     /// The configuration these arguments describe.
     pub fn resolve(&self) -> anyhow::Result<ModelConfig> {
