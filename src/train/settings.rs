@@ -93,7 +93,8 @@ mod tests {
     #[test]
     fn stored_training_settings_are_checked_by_value() {
         assert!(config().check().is_ok());
-        let cases: [(fn(&mut TrainConfig), &str); 6] = [
+        type Change = fn(&mut TrainConfig);
+        let cases: [(Change, &str); 6] = [
             (
                 |c| c.batch_size = 0,
                 "batch_size must be in 1..=65536, got 0",
