@@ -7,7 +7,7 @@
 //!   modes, each measured in a fresh child process (peak RSS is a process-wide high-water
 //!   mark), as a table and a PNG plot.
 
-use super::model_args::ModelAdjust;
+use super::model_args::{available_memory_bytes, ModelAdjust};
 use crate::densenet::config::DenseNetConfig;
 use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
 use crate::nn::MemoryMode;
@@ -254,14 +254,6 @@ pub fn cpu_model() -> String {
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Memory the OS can still give (Linux: `MemAvailable` in /proc/meminfo).
-pub(crate) fn available_memory_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

@@ -114,6 +114,14 @@ impl ModelAdjust {
     }
 }
 
+/// Memory the OS can still give (Linux: `MemAvailable` in /proc/meminfo).
+pub(crate) fn available_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Refuses to build `cfg` with a workspace for `batch` images when the weights and the
 /// workspace together would need more memory than the machine has available (Linux:
 /// `MemAvailable`; no check where that is unknown), before anything is allocated.
@@ -123,7 +131,7 @@ pub fn check_memory(
     mode: crate::nn::MemoryMode,
     training: bool,
 ) -> anyhow::Result<()> {
-    let Some(avail) = super::bench::available_memory_bytes() else {
+    let Some(avail) = available_memory_bytes() else {
         return Ok(());
     };
     let workspace = cfg
