@@ -189,7 +189,9 @@ impl<'de> Deserialize<'de> for ModelConfig {
         use serde::de::Error;
         let v = serde_json::Value::deserialize(d)?;
         let family = v.get("family").and_then(|f| f.as_str()).map(str::to_owned);
-        match family.as_deref() {
+        // a configuration read from a file (a checkpoint's metadata, a run's config.json)
+        // meets the same rules as one from a name or from flags, before anything is built
+        let cfg: ModelConfig = match family.as_deref() {
             Some(PREACT_RESNET) => serde_json::from_value(v)
                 .map(ModelConfig::PreActResNet)
                 .map_err(D::Error::custom),
@@ -201,7 +203,9 @@ impl<'de> Deserialize<'de> for ModelConfig {
                 "unknown model family '{other}' (expected {PREACT_RESNET}, or no family for \
                  a DenseNet)"
             ))),
-        }
+        }?;
+        cfg.validate().map_err(D::Error::custom)?;
+        Ok(cfg)
     }
 }
 
@@ -485,7 +489,16 @@ pub enum AnyWorkspace {
 }
 
 impl AnyModel {
-    /// A freshly initialised network of `config` (see each family's `new`).
+    /// A freshly initialised network of `config`, after checking it against every rule
+    /// of its family ([`ModelConfig::validate`]): what callers with a configuration from
+    /// outside use.
+    pub fn try_new(config: &ModelConfig, seed: u64) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::new(config, seed))
+    }
+
+    /// A freshly initialised network of `config`, which must be valid (see
+    /// [`try_new`](Self::try_new) and each family's `new`).
     pub fn new(config: &ModelConfig, seed: u64) -> Self {
         match config {
             ModelConfig::DenseNet(c) => AnyModel::DenseNet(DenseNet::new(c, seed)),
@@ -639,6 +652,192 @@ mod tests {
         assert_eq!(ModelConfig::from_name(&json).unwrap(), m);
         let e = serde_json::from_str::<ModelConfig>(r#"{"family":"vgg"}"#).unwrap_err();
         assert!(e.to_string().contains("unknown model family 'vgg'"), "{e}");
+    }
+
+    /// The parameter count the validator checks is the one the network gets.
+    #[test]
+    fn parameter_counts_without_building_match_the_architecture() {
+        for name in [
+            "densenet-40-12",
+            "densenet-bc-100-12",
+            "densenet-c-40-12",
+            "densenet-b-40-12",
+            "densenet121",
+            "densenet161",
+            "preresnet-110",
+            "preresnet-164",
+            "preresnet-bottleneck-20",
+        ] {
+            let cfg = ModelConfig::from_name(name).unwrap();
+            let built = match &cfg {
+                ModelConfig::DenseNet(c) => crate::densenet::Architecture::new(c).params.total(),
+                ModelConfig::PreActResNet(c) => crate::resnet::Architecture::new(c).params.total(),
+            };
+            let counted = match &cfg {
+                ModelConfig::DenseNet(c) => c.num_params_checked(),
+                ModelConfig::PreActResNet(c) => c.num_params_checked(),
+            };
+            assert_eq!(counted, Some(built as u128), "{name}");
+        }
+    }
+
+    /// Stored settings of either family, read as a checkpoint's or a run's configuration
+    /// is, fail on their bound with a message naming the field and the limit, before
+    /// anything is allocated (these would ask for terabytes, or overflow).
+    #[test]
+    fn stored_configurations_are_bounded_before_anything_is_built() {
+        let dense =
+            serde_json::to_value(ModelConfig::from_name("densenet-bc-40-12").unwrap()).unwrap();
+        let resnet =
+            serde_json::to_value(ModelConfig::from_name("preresnet-110").unwrap()).unwrap();
+        let huge = serde_json::json!(1_000_000_000_000u64);
+        let cases = [
+            (
+                &dense,
+                "growth_rate",
+                huge.clone(),
+                "growth_rate (growth rate k) must be in 1..=65536",
+            ),
+            (
+                &dense,
+                "block_config",
+                serde_json::json!([6, 1_000_000_000_000u64, 6]),
+                "block_config (layers per dense block) must be in 1..=10000",
+            ),
+            (
+                &dense,
+                "block_config",
+                serde_json::json!(vec![1; 70]),
+                "at most 8 blocks, got 70",
+            ),
+            (
+                &dense,
+                "num_classes",
+                huge.clone(),
+                "num_classes (classifier outputs) must be in 1..=1000000",
+            ),
+            (
+                &dense,
+                "input_size",
+                huge.clone(),
+                "input_size (input height and width) must be in 1..=4096",
+            ),
+            (
+                &dense,
+                "bn_size",
+                huge.clone(),
+                "bn_size (bottleneck width factor) must be in 1..=64",
+            ),
+            (
+                &dense,
+                "init_features",
+                huge.clone(),
+                "init_features (channels of the stem) must be in 1..=65536",
+            ),
+            (
+                &dense,
+                "in_channels",
+                huge.clone(),
+                "in_channels (input channels) must be in 1..=1024",
+            ),
+            (
+                &dense,
+                "compression",
+                serde_json::json!(1e308),
+                "compression θ must be in (0, 1], got 1e308",
+            ),
+            (
+                &dense,
+                "growth_rate",
+                serde_json::json!(20_000),
+                "parameters, more than the limit of 1073741824",
+            ),
+            (
+                &resnet,
+                "units",
+                serde_json::json!([18, 1_000_000_000u64, 18]),
+                "units (residual units per stage) must be in 1..=10000",
+            ),
+            (
+                &resnet,
+                "widths",
+                serde_json::json!([16, 1_000_000_000u64, 64]),
+                "widths (stage width) must be in 1..=65536",
+            ),
+            (
+                &resnet,
+                "num_classes",
+                huge.clone(),
+                "num_classes (classifier outputs) must be in 1..=1000000",
+            ),
+            (
+                &resnet,
+                "input_size",
+                huge.clone(),
+                "input_size (input height and width) must be in 1..=4096",
+            ),
+            (
+                &resnet,
+                "stem_channels",
+                huge.clone(),
+                "stem_channels (channels of the stem) must be in 1..=65536",
+            ),
+            (
+                &resnet,
+                "widths",
+                serde_json::json!([16, 32, 40_000]),
+                "parameters, more than the limit",
+            ),
+        ];
+        for (base, field, value, want) in cases {
+            let mut v = base.clone();
+            v[field] = value;
+            let e = serde_json::from_value::<ModelConfig>(v.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{field}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+            // the same rules when the JSON comes as --model
+            if base == &resnet {
+                let e = ModelConfig::from_name(&v.to_string())
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(want), "--model {field}: {e}");
+            }
+        }
+        // the reference files' JSON format and preset names meet the same bounds
+        let e = ModelConfig::from_name(
+            r#"{"family":"imagenet_densenet","growth_rate":1000000000000,"block_config":[1,1]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("growth_rate (growth rate k) must be in 1..=65536"),
+            "{e}"
+        );
+        let e = ModelConfig::from_name(
+            r#"{"family":"cifar_densenet","depth":40,"growth_rate":12,"num_classes":10000000}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("must be in 1..=1000000, got 10000000"),
+            "{e}"
+        );
+        let e = ModelConfig::from_name("densenet-bc-1000000000000-12").unwrap_err();
+        assert!(e.to_string().contains("layers per dense block"), "{e}");
+        let e = ModelConfig::from_name("preresnet-2000000000000").unwrap_err();
+        assert!(e.to_string().contains("residual units per stage"), "{e}");
+        let e = AnyModel::try_new(
+            &ModelConfig::DenseNet(DenseNetConfig {
+                input_size: 1 << 40,
+                ..DenseNetConfig::from_name("densenet-bc-40-12").unwrap()
+            }),
+            0,
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("input_size"), "{e}");
     }
 
     #[test]

@@ -1061,3 +1061,279 @@ fn ctrl_c_stops_training_with_a_resumable_run() {
     let again = densenet::train::read_metrics(&dir.join("metrics.csv")).unwrap();
     assert_eq!(again.len(), rows.len() + 1);
 }
+
+/// Writes a tiny MNIST-format data set (four 28×28 images a split) into `dir`.
+fn tiny_mnist(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for prefix in ["train", "t10k"] {
+        let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 28, 0, 0, 0, 28];
+        images.extend((0..4 * 28 * 28).map(|i| (i % 251) as u8));
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        let labels = vec![0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 2, 3];
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}
+
+/// Weights of a small DenseNet for 1×8×8 digits (10 classes), its model in the metadata.
+fn digits_weights(name: &str) -> PathBuf {
+    let mut cfg = densenet::DenseNetConfig::from_name("densenet-bc-16-4").unwrap();
+    (cfg.in_channels, cfg.input_size) = (1, 8);
+    let cfg = densenet::ModelConfig::from(cfg);
+    let net = densenet::AnyModel::new(&cfg, 0);
+    let path = tmp(name);
+    let meta = std::collections::HashMap::from([(
+        "config".to_string(),
+        serde_json::to_string(&cfg).unwrap(),
+    )]);
+    densenet::weights::write_safetensors(&path, &net.state_dict(), &[], meta).unwrap();
+    path
+}
+
+/// Item 4: a data set whose images do not fit the checkpoint's model is refused before
+/// any work, naming both shapes and the flags that could fix it (it used to panic).
+#[test]
+fn eval_refuses_data_of_another_shape() {
+    let w = digits_weights("digits-model.safetensors");
+    let mnist = tmp("mnist");
+    tiny_mnist(&mnist);
+    assert_fails(
+        &[
+            "eval",
+            "--weights",
+            w.to_str().unwrap(),
+            "--dataset",
+            "mnist",
+            "--data",
+            mnist.to_str().unwrap(),
+        ],
+        &[
+            "model densenet-bc-16-4 expects 1×8×8 inputs",
+            "data set mnist gives 1×28×28",
+            "--model",
+            "--dataset",
+        ],
+    );
+}
+
+/// Item 4's sibling in `predict`: a model whose inputs are neither grey nor RGB is refused
+/// with both shapes named.
+#[test]
+fn predict_refuses_models_of_other_channels() {
+    let mut cfg = densenet::DenseNetConfig::from_name("densenet-bc-16-4").unwrap();
+    (cfg.in_channels, cfg.input_size) = (2, 8);
+    let cfg = densenet::ModelConfig::from(cfg);
+    let net = densenet::AnyModel::new(&cfg, 0);
+    let path = tmp("two-channels.safetensors");
+    let meta = std::collections::HashMap::from([(
+        "config".to_string(),
+        serde_json::to_string(&cfg).unwrap(),
+    )]);
+    densenet::weights::write_safetensors(&path, &net.state_dict(), &[], meta).unwrap();
+    let png = tmp("two-channels.png");
+    image::GrayImage::new(8, 8).save(&png).unwrap();
+    assert_fails(
+        &[
+            "predict",
+            "--weights",
+            path.to_str().unwrap(),
+            png.to_str().unwrap(),
+        ],
+        &[
+            "expects 2×8×8 inputs",
+            "grey (1 channel) or RGB (3 channels)",
+        ],
+    );
+}
+
+/// Item 6: a checkpoint whose stored model asks for a huge network fails fast with one
+/// line naming the field and its bound, in every command that reads weights.
+#[test]
+fn checkpoints_with_huge_stored_models_fail_fast() {
+    let w = digits_weights("huge-model.safetensors");
+    let file = densenet::weights::read_safetensors(&w).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&file.metadata["config"]).unwrap();
+    cfg["block_config"] = serde_json::json!([2, 2, 1_000_000_000u64]);
+    let meta = std::collections::HashMap::from([("config".to_string(), cfg.to_string())]);
+    let tensors: Vec<_> = file
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.tensor.clone()))
+        .collect();
+    let bad = tmp("huge-stored.safetensors");
+    densenet::weights::write_safetensors(&bad, &tensors, &[], meta).unwrap();
+    let png = tmp("huge-digit.png");
+    image::GrayImage::new(8, 8).save(&png).unwrap();
+    let b = bad.to_str().unwrap();
+    let want = "block_config (layers per dense block) must be in 1..=10000, got 1000000000";
+    for args in [
+        vec!["eval", "--weights", b, "--dataset", "digits"],
+        vec!["predict", "--weights", b, png.to_str().unwrap()],
+        vec!["heatmap", "--weights", b, "--out", "/nonexistent/heatmap"],
+    ] {
+        let t = std::time::Instant::now();
+        assert_fails(&args, &["huge-stored.safetensors", want]);
+        assert!(t.elapsed().as_secs() < 10, "{args:?} fails fast");
+    }
+    // a JSON model from the command line meets the same bounds
+    assert_fails(
+        &[
+            "summary",
+            r#"{"family":"imagenet_densenet","growth_rate":1000000000,"block_config":[1,1]}"#,
+        ],
+        &["growth_rate (growth rate k) must be in 1..=65536, got 1000000000"],
+    );
+}
+
+/// Item 11: numeric flags are checked by value, flags the run would ignore are refused,
+/// and a run whose test loss is no number ends with an error.
+#[test]
+fn flags_are_checked_by_value() {
+    for (args, needle) in [
+        (
+            vec!["train", "--batch-size", "0"],
+            "'--batch-size <BATCH_SIZE>'",
+        ),
+        (
+            vec!["train", "--lr=-0.1"],
+            "'--lr <LR>': must be a finite number greater than 0",
+        ),
+        (vec!["train", "--lr", "nan"], "'--lr <LR>'"),
+        (
+            vec!["train", "--momentum", "2"],
+            "'--momentum <MOMENTUM>': must be in [0, 1)",
+        ),
+        (
+            vec!["train", "--weight-decay=-1"],
+            "'--weight-decay <WEIGHT_DECAY>'",
+        ),
+        (vec!["train", "--upscale", "0"], "'--upscale <UPSCALE>'"),
+        (vec!["train", "--stop-after", "0"], "'--stop-after <N>'"),
+        (vec!["train", "--epochs", "0"], "'--epochs <EPOCHS>'"),
+        (
+            vec!["train", "--val-split", "1.5"],
+            "'--val-split <VAL_SPLIT>'",
+        ),
+        (vec!["train", "--schedule", "step:0,100"], "at least 1"),
+        (vec!["train", "--drop-rate", "1"], "'--drop-rate <P>'"),
+        (
+            vec!["train", "--compression", "1e308"],
+            "'--compression <THETA>': must be in (0, 1]",
+        ),
+        (
+            vec!["train", "--in-channels", "2"],
+            "must be 1 (grey) or 3 (RGB)",
+        ),
+        (
+            vec!["train", "--input-size", "100000"],
+            "'--input-size <PIXELS>'",
+        ),
+        (vec!["train", "--classes", "0"], "'--classes <N>'"),
+        (
+            vec!["--threads", "0", "summary", "densenet-40-12"],
+            "'--threads <THREADS>'",
+        ),
+        (
+            vec!["predict", "--top", "0", "--weights", "w", "x.png"],
+            "'--top <TOP>'",
+        ),
+        (
+            vec!["eval", "--batch-size", "0", "--weights", "w"],
+            "'--batch-size <BATCH_SIZE>'",
+        ),
+        (vec!["bench", "train", "--steps", "0"], "'--steps <STEPS>'"),
+        (vec!["bench", "infer", "--batch", "0"], "'--batch <BATCH>'"),
+        // a workspace beyond the machine's memory is refused before it is allocated
+        (
+            vec![
+                "bench",
+                "infer",
+                "--model",
+                "densenet121",
+                "--batch",
+                "65536",
+            ],
+            "GiB this machine has available",
+        ),
+        // ignored before: the model takes the data set's shape and classes
+        (
+            vec!["train", "--input-size", "16"],
+            "use --upscale 2 for 16×16 inputs",
+        ),
+        (
+            vec!["train", "--in-channels", "3"],
+            "the digits images have 1 channel",
+        ),
+        (vec!["train", "--classes", "100"], "digits has 10 classes"),
+        (
+            vec![
+                "train",
+                "--dataset",
+                "folder",
+                "--data",
+                "/nonexistent",
+                "--input-size",
+                "64",
+            ],
+            "cropped to 224×224",
+        ),
+        (
+            vec!["train", "--schedule", "step:5,100", "--epochs", "10"],
+            "milestone 100 is never reached in 10 epochs",
+        ),
+        // a resumed run keeps its stored settings
+        (
+            vec!["train", "--resume", "/nonexistent/run", "--epochs", "3"],
+            "'--epochs <EPOCHS>'",
+        ),
+        (
+            vec!["train", "--resume", "/nonexistent/run", "--lr", "0.1"],
+            "'--lr <LR>'",
+        ),
+        (
+            vec![
+                "train",
+                "--resume",
+                "/nonexistent/run",
+                "--model",
+                "densenet-40-12",
+            ],
+            "'--model <MODEL>'",
+        ),
+        (
+            vec![
+                "train",
+                "--resume",
+                "/nonexistent/run",
+                "--dataset",
+                "mnist",
+            ],
+            "'--dataset <DATASET>'",
+        ),
+    ] {
+        assert_fails(&args, &[needle]);
+    }
+    // --resume alone is not a conflict (the defaults are not flags given)
+    assert_fails(
+        &["train", "--resume", "/nonexistent/run", "--stop-after", "1"],
+        &["/nonexistent/run/config.json"],
+    );
+    // one full batch with an absurd (but finite) rate: the test loss is NaN after it
+    let dir = tmp("nan-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_fails(
+        &[
+            "train",
+            "--model",
+            "densenet-bc-16-4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2000",
+            "--lr",
+            "1e30",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        &["the test loss became NaN after epoch 1", "lower --lr"],
+    );
+}

@@ -7,7 +7,7 @@
 //!   modes, each measured in a fresh child process (peak RSS is a process-wide high-water
 //!   mark), as a table and a PNG plot.
 
-use super::model_args::ModelAdjust;
+use super::model_args::{available_memory_bytes, ModelAdjust};
 use crate::densenet::config::DenseNetConfig;
 use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
 use crate::nn::MemoryMode;
@@ -49,11 +49,11 @@ pub struct TrainArgs {
     pub model: String,
     #[command(flatten)]
     pub adjust: ModelAdjust,
-    /// Batch size.
-    #[arg(long, default_value_t = 64)]
+    /// Batch size, 1 to 65536.
+    #[arg(long, default_value_t = 64, value_parser = super::values::batch_size())]
     pub batch: usize,
     /// Timed steps (after warm-up).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::values::at_least_one())]
     pub steps: usize,
     /// Warm-up steps (not timed).
     #[arg(long, default_value_t = 1)]
@@ -90,11 +90,11 @@ pub struct InferArgs {
     pub model: String,
     #[command(flatten)]
     pub adjust: ModelAdjust,
-    /// Batch size.
-    #[arg(long, default_value_t = 16)]
+    /// Batch size, 1 to 65536.
+    #[arg(long, default_value_t = 16, value_parser = super::values::batch_size())]
     pub batch: usize,
     /// Timed passes (after warm-up).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::values::at_least_one())]
     pub steps: usize,
     /// Warm-up passes.
     #[arg(long, default_value_t = 1)]
@@ -111,10 +111,10 @@ pub struct MemoryArgs {
     #[arg(long, value_delimiter = ',', default_value = "100,250,502")]
     pub depths: Vec<usize>,
     /// Growth rate k.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = super::values::at_least_one())]
     pub growth_rate: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 64)]
+    /// Batch size, 1 to 65536.
+    #[arg(long, default_value_t = 64, value_parser = super::values::batch_size())]
     pub batch: usize,
     /// Directory for memory.png and memory.json.
     #[arg(long, default_value = "bench-out")]
@@ -258,14 +258,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Memory the OS can still give (Linux: `MemAvailable` in /proc/meminfo).
-fn available_memory_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 fn random_input(n: usize, cfg: &ModelConfig, seed: u64) -> (Vec<f32>, Vec<u32>) {
     let mut rng = Rng::new(seed);
     let s = cfg.input_size();
@@ -298,7 +290,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
-    let mut net = AnyModel::new(&cfg, 0);
+    super::model_args::check_memory(&cfg, a.batch, a.memory, true)?;
+    let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(a.batch, a.memory, true);
     let mut opt = Sgd::new(SgdConfig::default());
     let (x, y) = random_input(a.batch, &cfg, 1);
@@ -411,7 +404,8 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
-    let mut net = AnyModel::new(&cfg, 0);
+    super::model_args::check_memory(&cfg, a.batch, MemoryMode::Efficient, false)?;
+    let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(a.batch, MemoryMode::Efficient, false);
     let (x, _) = random_input(a.batch, &cfg, 1);
     let mut times = Vec::new();

@@ -27,8 +27,8 @@ pub struct Args {
     /// Directory of the data set's files (default: the checkpoint's).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 100)]
+    /// Images per batch, 1 to 65536.
+    #[arg(long, default_value_t = 100, value_parser = super::values::batch_size())]
     pub batch_size: usize,
     /// Print one JSON object (with the per-class accuracies and the confusion matrix).
     #[arg(long)]
@@ -71,16 +71,40 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         test.align_classes(&classes)?;
     }
     let test = Arc::new(test);
-    if let Some(u) = m.upscale {
+    // the run's upscaling belongs to the run's data set
+    let own_data = m.dataset.as_deref().map(|d| d.parse::<DatasetKind>().ok()) == Some(Some(kind));
+    if let (Some(u), true) = (m.upscale, own_data) {
         transform.upscale = u.max(1);
     }
     let cfg = m.net.model_config();
+    // the data must fit the network before any work: channels, size, classes
+    let (c, h, w) = match test.as_dataset() {
+        Some(d) => transform.output_shape(d.channels, d.height, d.width)?,
+        None => transform.output_shape(test.channels(), 1, 1)?,
+    };
+    let (mc, ms) = (cfg.in_channels(), cfg.input_size());
+    let hint = match &m.dataset {
+        Some(d) if !own_data => {
+            format!("evaluate on the data set it was trained on (--dataset {d})")
+        }
+        _ => "give --model for the network these weights belong to, or --dataset for a data \
+              set of that shape"
+            .to_string(),
+    };
+    anyhow::ensure!(
+        (c, h, w) == (mc, ms, ms),
+        "model {} expects {mc}×{ms}×{ms} inputs (channels×height×width); data set {dataset} \
+         gives {c}×{h}×{w}; {hint}",
+        cfg.name()
+    );
     anyhow::ensure!(
         cfg.num_classes() == test.num_classes(),
-        "the model has {} classes, data set {dataset} has {}",
+        "model {} has {} classes, data set {dataset} has {}; {hint}",
+        cfg.name(),
         cfg.num_classes(),
         test.num_classes()
     );
+    super::model_args::check_memory(&cfg, a.batch_size, MemoryMode::Efficient, false)?;
     let mut ws = m
         .net
         .workspace(a.batch_size.max(1), MemoryMode::Efficient, false);

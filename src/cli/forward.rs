@@ -50,7 +50,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let cfg = a.model.resolve()?;
-    let mut net = AnyModel::new(&cfg, 0);
+    let mut net = AnyModel::try_new(&cfg, 0)?;
     let weights = read_checkpoint(&a.weights)?;
     net.load_tensors(&weights.tensors, &a.weights.display().to_string())?;
     let file = read_safetensors(&a.input)?;
@@ -72,6 +72,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let n = input.shape[0];
+    super::model_args::check_memory(&cfg, n, a.memory, a.train)?;
     let classes = cfg.num_classes();
     let mut out: Vec<(String, Tensor)> = Vec::new();
     if !a.train {

@@ -21,6 +21,7 @@ mod plot;
 mod predict;
 mod summary;
 mod train;
+mod values;
 
 use clap::{Parser, Subcommand};
 
@@ -33,8 +34,8 @@ pub use train::{Interrupted, INTERRUPTED};
 #[derive(Parser, Debug)]
 #[command(name = "densenet", version, about, long_about = None)]
 pub struct Cli {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads, 1 to 1024 (default: all cores).
+    #[arg(long, global = true, value_parser = values::one_to(1024))]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,

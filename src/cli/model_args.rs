@@ -22,23 +22,24 @@ pub struct ModelArgs {
 pub struct ModelAdjust {
     /// Number of classes (default: 10 for the CIFAR family and the ResNets, 1000 for
     /// ImageNet models).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::values::one_to(1_000_000))]
     pub classes: Option<usize>,
     /// Input channels: 3 (RGB) or 1 (grey).
-    #[arg(long, value_name = "C")]
+    #[arg(long, value_name = "C", value_parser = super::values::in_channels)]
     pub in_channels: Option<usize>,
     /// DenseNets: dropout rate after every convolution but the first (the paper: 0.2
     /// without augmentation).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = super::values::fraction_f32)]
     pub drop_rate: Option<f32>,
-    /// Input height and width (default: 32 for the CIFAR family, 224 for ImageNet models).
-    #[arg(long, value_name = "PIXELS")]
+    /// Input height and width, up to 4096 (default: 32 for the CIFAR family, 224 for
+    /// ImageNet models).
+    #[arg(long, value_name = "PIXELS", value_parser = super::values::one_to(4096))]
     pub input_size: Option<usize>,
     /// DenseNet-B: use bottleneck layers (CIFAR family; changes layers per block).
     #[arg(long, value_name = "BOOL")]
     pub bottleneck: Option<bool>,
     /// DenseNet-C: compression θ of the transitions, in (0, 1].
-    #[arg(long, value_name = "THETA")]
+    #[arg(long, value_name = "THETA", value_parser = super::values::compression)]
     pub compression: Option<f64>,
 }
 
@@ -111,6 +112,51 @@ impl ModelAdjust {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Memory the OS can still give (Linux: `MemAvailable` in /proc/meminfo).
+pub(crate) fn available_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses to build `cfg` with a workspace for `batch` images when the weights and the
+/// workspace together would need more memory than the machine has available (Linux:
+/// `MemAvailable`; no check where that is unknown), before anything is allocated.
+pub fn check_memory(
+    cfg: &ModelConfig,
+    batch: usize,
+    mode: crate::nn::MemoryMode,
+    training: bool,
+) -> anyhow::Result<()> {
+    let Some(avail) = available_memory_bytes() else {
+        return Ok(());
+    };
+    let workspace = cfg
+        .memory_regions(batch, mode, training)
+        .iter()
+        .map(|r| r.offset as u128 + r.bytes as u128)
+        .max()
+        .unwrap_or(0);
+    let params = match cfg {
+        ModelConfig::DenseNet(c) => c.num_params_checked(),
+        ModelConfig::PreActResNet(c) => c.num_params_checked(),
+    }
+    .unwrap_or(u128::MAX / 16);
+    // parameters, gradients and (training) momentum, f32
+    let need = workspace.saturating_add(params * 4 * if training { 3 } else { 2 });
+    let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+    anyhow::ensure!(
+        need <= avail as u128,
+        "{} with batches of {batch} needs {:.1} GiB (weights and activations), more than the \
+         {:.1} GiB this machine has available; lower the batch size or the input size",
+        cfg.name(),
+        gib(need),
+        gib(avail as u128)
+    );
+    Ok(())
 }
 
 impl ModelArgs {

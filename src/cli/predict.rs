@@ -26,8 +26,8 @@ pub struct Args {
     /// ImageNet's normalisation).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
-    /// How many classes to show.
-    #[arg(long, default_value_t = 5)]
+    /// How many classes to show (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = super::values::at_least_one())]
     pub top: usize,
     /// Print one JSON object.
     #[arg(long)]
@@ -51,6 +51,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None if imagenet => (Normalize::imagenet(), vec![]),
         None => (Normalize::none(), vec![]),
     };
+    // images are decoded to RGB and made grey for one-channel models: nothing else fits
+    anyhow::ensure!(
+        c == 1 || c == 3,
+        "model {} expects {c}×{s}×{s} inputs; predict makes images grey (1 channel) or RGB \
+         (3 channels); give --model for the network these weights belong to",
+        cfg.name()
+    );
+    if let Some(p) = &m.preprocess {
+        anyhow::ensure!(
+            [1, c].contains(&p.mean.len()) && p.mean.len() == p.std.len(),
+            "{}: its preprocessing has {} means and {} stds for a {c}-channel model",
+            a.weights.display(),
+            p.mean.len(),
+            p.std.len()
+        );
+    }
     let mut ws = m.net.workspace(1, MemoryMode::Efficient, false);
     let mut out = Vec::new();
     for path in &a.images {

@@ -45,19 +45,19 @@ pub struct Args {
     #[arg(long)]
     pub recipe: Option<String>,
     /// Epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::at_least_one())]
     pub epochs: Option<usize>,
-    /// Images per batch.
-    #[arg(long)]
+    /// Images per batch, 1 to 65536.
+    #[arg(long, value_parser = super::values::batch_size())]
     pub batch_size: Option<usize>,
-    /// Base learning rate.
-    #[arg(long)]
+    /// Base learning rate (> 0).
+    #[arg(long, value_parser = super::values::learning_rate)]
     pub lr: Option<f32>,
-    /// Momentum.
-    #[arg(long)]
+    /// Momentum, in [0, 1).
+    #[arg(long, value_parser = super::values::momentum)]
     pub momentum: Option<f32>,
-    /// Weight decay.
-    #[arg(long)]
+    /// Weight decay (≥ 0).
+    #[arg(long, value_parser = super::values::weight_decay)]
     pub weight_decay: Option<f32>,
     /// Schedule: step (÷10 at 50% and 75%), step:E1,E2 (÷10 at those epochs), cosine,
     /// constant.
@@ -67,11 +67,11 @@ pub struct Args {
     #[arg(long, value_name = "BOOL")]
     pub augment: Option<bool>,
     /// Nearest-neighbour upscaling of stored images (digits: 4 gives the 32×32 inputs of
-    /// the PyTorch baseline; default 1).
-    #[arg(long)]
+    /// the PyTorch baseline; default 1; at most 64).
+    #[arg(long, value_parser = super::values::one_to(crate::train::settings::MAX_UPSCALE as u64))]
     pub upscale: Option<usize>,
     /// Fraction of the training set held out for validation (picks the best checkpoint).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::values::fraction)]
     pub val_split: f64,
     /// SVHN: also train on extra_32x32.mat (as the paper does).
     #[arg(long)]
@@ -89,16 +89,45 @@ pub struct Args {
     /// Replace the run in --out DIR (its checkpoints, metrics and summary).
     #[arg(long, requires = "out")]
     pub force: bool,
-    /// Continue the run in DIR from its last checkpoint, with its own configuration.
-    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    /// Continue the run in DIR from its last checkpoint, with its own configuration (the
+    /// flags that define a run are refused with it; --stop-after and --json apply).
+    #[arg(long, value_name = "DIR", conflicts_with_all = RUN_SETTINGS)]
     pub resume: Option<PathBuf>,
     /// Stop after this many epochs in total (with a checkpoint; --resume continues).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::values::at_least_one())]
     pub stop_after: Option<usize>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
+
+/// The flags that define a run: refused with `--resume`, which continues a run with the
+/// settings stored in its directory.
+const RUN_SETTINGS: [&str; 23] = [
+    "out",
+    "model",
+    "classes",
+    "in_channels",
+    "drop_rate",
+    "input_size",
+    "bottleneck",
+    "compression",
+    "dataset",
+    "data",
+    "recipe",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "augment",
+    "upscale",
+    "val_split",
+    "svhn_extra",
+    "seed",
+    "memory",
+];
 
 /// Resolves recipe, defaults and overrides into a training configuration.
 pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
@@ -198,6 +227,84 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
         memory: a.memory,
         svhn_extra: a.svhn_extra,
     })
+}
+
+/// Refuses flags that the run would ignore: the model's classes, input channels and input
+/// size come from the data set, so a different `--classes`, `--in-channels` or
+/// `--input-size` is an error (pointing to `--upscale` where that gives the size), and so
+/// is a `step:` milestone the run never reaches.
+fn check_flags(a: &Args, cfg: &TrainConfig) -> anyhow::Result<()> {
+    use crate::data::DatasetKind;
+    let kind: DatasetKind = cfg.dataset.parse()?;
+    let name = if kind == DatasetKind::ImageFolder {
+        "folder"
+    } else {
+        kind.name()
+    };
+    // channels and side of the stored images; a folder's are cropped to 224×224
+    let (channels, side) = match kind {
+        DatasetKind::Digits => (1, 8),
+        DatasetKind::Mnist | DatasetKind::FashionMnist => (1, 28),
+        DatasetKind::Cifar10 | DatasetKind::Cifar100(_) | DatasetKind::Svhn => (3, 32),
+        DatasetKind::ImageFolder => (3, 224),
+    };
+    if let Some(c) = a.adjust.in_channels {
+        anyhow::ensure!(
+            c == channels,
+            "--in-channels {c}: the {name} images have {channels} channel{}, and the model takes \
+             the data set's channels; omit --in-channels",
+            if channels == 1 { "" } else { "s" }
+        );
+    }
+    if let Some(s) = a.adjust.input_size {
+        if kind == DatasetKind::ImageFolder {
+            anyhow::ensure!(
+                s == side,
+                "--input-size {s}: images of a folder data set are cropped to {side}×{side}, \
+                 the model's input size; omit --input-size"
+            );
+        } else {
+            let have = side * cfg.upscale;
+            let hint = if s % side == 0 {
+                format!("use --upscale {} for {s}×{s} inputs", s / side)
+            } else {
+                format!("sizes that --upscale gives are multiples of {side}")
+            };
+            anyhow::ensure!(
+                s == have,
+                "--input-size {s}: the model's input size comes from the data set: {name} \
+                 images are {side}×{side}, upscaled ×{} to {have}×{have}; {hint}, or omit \
+                 --input-size",
+                cfg.upscale
+            );
+        }
+    }
+    if let Some(n) = a.adjust.classes {
+        match kind.num_classes() {
+            Some(k) => anyhow::ensure!(
+                n == k,
+                "--classes {n}: {name} has {k} classes, and the model takes the data set's \
+                 classes; omit --classes"
+            ),
+            None => anyhow::bail!(
+                "--classes {n}: a folder data set has one class per subdirectory, and the \
+                 model takes them; omit --classes"
+            ),
+        }
+    }
+    if let (Some(Schedule::Step { milestones, .. }), Schedule::Step { .. }) =
+        (&a.schedule, &cfg.schedule)
+    {
+        if let Some(m) = milestones.iter().find(|&&m| m >= cfg.epochs) {
+            anyhow::bail!(
+                "--schedule: milestone {m} is never reached in {} epochs (milestones are \
+                 epochs 1 to {} from which the rate falls ÷10)",
+                cfg.epochs,
+                cfg.epochs.saturating_sub(1)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Epochs of the quick recipe: DenseNet-BC-40-12 on native 8×8 digits shifted by up to
@@ -352,6 +459,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         None => {
             let cfg = resolve(&a)?;
+            check_flags(&a, &cfg)?;
             match a.out.clone() {
                 Some(dir) => (cfg, dir, false, false),
                 None => {

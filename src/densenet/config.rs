@@ -6,6 +6,7 @@
 //! Named presets (`densenet-bc-100-12`, `densenet121`, ...) parse into it; invalid
 //! configurations are rejected with a message that names the rule that failed.
 
+use crate::nn::limits;
 pub use crate::nn::ConfigError;
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +85,11 @@ impl DenseNetConfig {
             name: format!("{prefix}-{depth}-{growth_rate}"),
             stem: Stem::Cifar,
             in_channels: 3,
-            init_features: if bc { 2 * growth_rate } else { 16 },
+            init_features: if bc {
+                growth_rate.saturating_mul(2)
+            } else {
+                16
+            },
             growth_rate,
             block_config: vec![n; 3],
             bottleneck,
@@ -197,7 +202,12 @@ impl DenseNetConfig {
                 let blocks = raw.block_config.clone().ok_or_else(|| {
                     ConfigError::Rule("imagenet_densenet needs 'block_config'".into())
                 })?;
-                Self::imagenet("custom", raw.growth_rate, &blocks, 2 * raw.growth_rate)?
+                Self::imagenet(
+                    "custom",
+                    raw.growth_rate,
+                    &blocks,
+                    raw.growth_rate.saturating_mul(2),
+                )?
             }
             other => {
                 return Err(ConfigError::Rule(format!(
@@ -232,16 +242,24 @@ impl DenseNetConfig {
         Ok(cfg)
     }
 
-    /// Checks every rule; the error names the one that failed.
+    /// Checks every rule; the error names the one that failed. Every configuration goes
+    /// through here before anything is allocated for it, whatever its source: the bounds
+    /// of [`limits`] come first, so that the arithmetic of the later rules cannot overflow.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rule = ConfigError::check;
-        rule(
-            self.growth_rate > 0,
-            "growth rate k must be at least 1".into(),
+        let range = ConfigError::in_range;
+        range(
+            "growth_rate",
+            "growth rate k",
+            self.growth_rate,
+            limits::MAX_WIDTH,
         )?;
         rule(
             self.compression > 0.0 && self.compression <= 1.0,
-            format!("compression θ must be in (0, 1], got {}", self.compression),
+            format!(
+                "compression θ must be in (0, 1], got {:?}",
+                self.compression
+            ),
         )?;
         rule(
             !self.block_config.is_empty() && self.block_config.iter().all(|&n| n > 0),
@@ -251,27 +269,76 @@ impl DenseNetConfig {
             ),
         )?;
         rule(
+            self.block_config.len() <= limits::MAX_STAGES,
+            format!(
+                "block_config (layers per dense block) may list at most {} blocks, got {}",
+                limits::MAX_STAGES,
+                self.block_config.len()
+            ),
+        )?;
+        for &n in &self.block_config {
+            range(
+                "block_config",
+                "layers per dense block",
+                n,
+                limits::MAX_LAYERS_PER_STAGE,
+            )?;
+        }
+        rule(
             self.num_classes > 0,
             "number of classes must be at least 1".into(),
+        )?;
+        range(
+            "num_classes",
+            "classifier outputs",
+            self.num_classes,
+            limits::MAX_CLASSES,
         )?;
         rule(
             self.in_channels > 0,
             "input channels must be at least 1".into(),
         )?;
+        range(
+            "in_channels",
+            "input channels",
+            self.in_channels,
+            limits::MAX_IN_CHANNELS,
+        )?;
         rule(
             self.init_features > 0,
             "stem must produce at least one channel".into(),
         )?;
+        range(
+            "init_features",
+            "channels of the stem",
+            self.init_features,
+            limits::MAX_WIDTH,
+        )?;
+        range(
+            "input_size",
+            "input height and width",
+            self.input_size,
+            limits::MAX_INPUT_SIZE,
+        )?;
         rule(
             (0.0..1.0).contains(&self.drop_rate),
-            format!("dropout rate must be in [0, 1), got {}", self.drop_rate),
+            format!("dropout rate must be in [0, 1), got {:?}", self.drop_rate),
         )?;
         rule(
             !self.bottleneck || self.bn_size > 0,
             "bottleneck width factor bn_size must be at least 1".into(),
         )?;
+        if self.bottleneck {
+            range(
+                "bn_size",
+                "bottleneck width factor",
+                self.bn_size,
+                limits::MAX_BN_SIZE,
+            )?;
+        }
         // Every transition must leave at least one channel and the input must survive the
-        // downsampling: 32 → 16 → 8 for CIFAR, 224 → 56 → ... → 7 for ImageNet.
+        // downsampling: 32 → 16 → 8 for CIFAR, 224 → 56 → ... → 7 for ImageNet. (Within
+        // the bounds above, channels stay below 2^36.)
         let mut c = self.init_features;
         for (b, &n) in self.block_config.iter().enumerate() {
             c += n * self.growth_rate;
@@ -294,7 +361,61 @@ impl DenseNetConfig {
                 self.input_size,
                 self.block_config.len()
             ),
-        )
+        )?;
+        ConfigError::check_params(self.num_params_checked())
+    }
+
+    /// Trainable parameters of this configuration (the length of the network's parameter
+    /// buffer), computed without building anything; `None` if the count overflows. Call
+    /// after the per-field bounds of [`validate`](Self::validate) hold (it loops over the
+    /// layers).
+    pub fn num_params_checked(&self) -> Option<u128> {
+        let u = |v: usize| v as u128;
+        let k = u(self.growth_rate);
+        let kernel = match self.stem {
+            Stem::Cifar => 9,
+            Stem::ImageNet => 49,
+        };
+        let mut total = u(self.init_features)
+            .checked_mul(u(self.in_channels))?
+            .checked_mul(kernel)?;
+        if self.stem == Stem::ImageNet {
+            total = total.checked_add(2 * u(self.init_features))?;
+        }
+        let mut c = u(self.init_features);
+        for (b, &n) in self.block_config.iter().enumerate() {
+            for i in 0..u(n) {
+                let c_in = c.checked_add(i.checked_mul(k)?)?;
+                let layer = if self.bottleneck {
+                    let width = u(self.bn_size).checked_mul(k)?;
+                    // norm1, conv1 (1×1), norm2, conv2 (3×3)
+                    (2 * c_in)
+                        .checked_add(width.checked_mul(c_in)?)?
+                        .checked_add(2 * width)?
+                        .checked_add(k.checked_mul(width)?.checked_mul(9)?)?
+                } else {
+                    (2 * c_in).checked_add(k.checked_mul(c_in)?.checked_mul(9)?)?
+                };
+                total = total.checked_add(layer)?;
+            }
+            let c_out = c.checked_add(u(n).checked_mul(k)?)?;
+            c = if b + 1 < self.block_config.len() {
+                let next = u(self.transition_channels(usize::try_from(c_out).ok()?));
+                // norm, conv (1×1)
+                total = total
+                    .checked_add(2 * c_out)?
+                    .checked_add(next.checked_mul(c_out)?)?;
+                next
+            } else {
+                c_out
+            };
+        }
+        // final norm, classifier weight and bias
+        let classes = u(self.num_classes);
+        total
+            .checked_add(2 * c)?
+            .checked_add(classes.checked_mul(c)?)?
+            .checked_add(classes)
     }
 
     /// Output channels of a transition fed with `m` channels: ⌊θ·m⌋.

@@ -81,6 +81,53 @@ impl ConfigError {
             Err(ConfigError::Rule(msg))
         }
     }
+
+    /// `Ok` if `value` is in `1..=max`, else an error naming the field (`field`, as the
+    /// configuration's JSON spells it, and `what` it means) and the allowed range.
+    pub fn in_range(field: &str, what: &str, value: usize, max: usize) -> Result<(), ConfigError> {
+        Self::check(
+            (1..=max).contains(&value),
+            format!("{field} ({what}) must be in 1..={max}, got {value}"),
+        )
+    }
+
+    /// `Ok` if a model of `params` parameters (`None`: more than `u128` holds) is within
+    /// [`limits::MAX_PARAMS`].
+    pub fn check_params(params: Option<u128>) -> Result<(), ConfigError> {
+        let max = limits::MAX_PARAMS;
+        match params {
+            Some(n) if n <= max as u128 => Ok(()),
+            n => Err(ConfigError::Rule(format!(
+                "the model would have {} parameters, more than the limit of {max} (2^30: \
+                 {} GiB for the weights alone, as much again for gradients and momentum)",
+                n.map_or("over 2^128".to_string(), |n| n.to_string()),
+                (max * 4) >> 30
+            ))),
+        }
+    }
+}
+
+/// Upper bounds every model configuration is held to, from any source (preset name,
+/// flags, JSON, a checkpoint's metadata), so that what a configuration asks to allocate
+/// stays within what a machine can have. Far above every network of the papers
+/// (densenet264: 33M parameters, 4 blocks of at most 64 layers; preresnet-1001: 10M).
+pub mod limits {
+    /// Trainable parameters (4 GiB of f32).
+    pub const MAX_PARAMS: usize = 1 << 30;
+    /// Input height and width, pixels.
+    pub const MAX_INPUT_SIZE: usize = 4096;
+    /// Classifier outputs.
+    pub const MAX_CLASSES: usize = 1_000_000;
+    /// Input channels.
+    pub const MAX_IN_CHANNELS: usize = 1024;
+    /// Any width: growth rate, stem features, stage widths.
+    pub const MAX_WIDTH: usize = 65_536;
+    /// DenseNet bottleneck factor bn_size.
+    pub const MAX_BN_SIZE: usize = 64;
+    /// Dense blocks, or residual stages.
+    pub const MAX_STAGES: usize = 8;
+    /// Layers of one dense block, or units of one stage.
+    pub const MAX_LAYERS_PER_STAGE: usize = 10_000;
 }
 
 /// Options of one training-mode pass.

@@ -8,7 +8,7 @@
 //! `preresnet-1001` (bottleneck, 18 and 111 units per stage), and the general forms
 //! `preresnet-L`, `preresnet-basic-L` and `preresnet-bottleneck-L`.
 
-use crate::nn::ConfigError;
+use crate::nn::{limits, ConfigError};
 use serde::{Deserialize, Serialize};
 
 /// Which residual unit a network is built from.
@@ -116,9 +116,12 @@ impl PreActResNetConfig {
         Some(Self::cifar(kind.unwrap_or(default_block(depth)), depth))
     }
 
-    /// Checks every rule; the error names the one that failed.
+    /// Checks every rule; the error names the one that failed. Every configuration goes
+    /// through here before anything is allocated for it, whatever its source; the bounds
+    /// of [`limits`] come first, so that the later arithmetic cannot overflow.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rule = ConfigError::check;
+        let range = ConfigError::in_range;
         rule(
             !self.units.is_empty() && self.units.len() == self.widths.len(),
             format!(
@@ -127,20 +130,63 @@ impl PreActResNetConfig {
             ),
         )?;
         rule(
+            self.units.len() <= limits::MAX_STAGES,
+            format!(
+                "units (residual units per stage) may list at most {} stages, got {}",
+                limits::MAX_STAGES,
+                self.units.len()
+            ),
+        )?;
+        rule(
             self.units.iter().all(|&n| n > 0),
             format!("every stage needs at least one unit, got {:?}", self.units),
         )?;
+        for &n in &self.units {
+            range(
+                "units",
+                "residual units per stage",
+                n,
+                limits::MAX_LAYERS_PER_STAGE,
+            )?;
+        }
         rule(
             self.widths.iter().all(|&w| w > 0) && self.stem_channels > 0,
             "stage widths and the stem width must be at least 1".into(),
+        )?;
+        for &w in &self.widths {
+            range("widths", "stage width", w, limits::MAX_WIDTH)?;
+        }
+        range(
+            "stem_channels",
+            "channels of the stem",
+            self.stem_channels,
+            limits::MAX_WIDTH,
         )?;
         rule(
             self.num_classes > 0,
             "number of classes must be at least 1".into(),
         )?;
+        range(
+            "num_classes",
+            "classifier outputs",
+            self.num_classes,
+            limits::MAX_CLASSES,
+        )?;
         rule(
             self.in_channels > 0,
             "input channels must be at least 1".into(),
+        )?;
+        range(
+            "in_channels",
+            "input channels",
+            self.in_channels,
+            limits::MAX_IN_CHANNELS,
+        )?;
+        range(
+            "input_size",
+            "input height and width",
+            self.input_size,
+            limits::MAX_INPUT_SIZE,
         )?;
         let min_size = 1 << (self.units.len() - 1);
         rule(
@@ -150,7 +196,44 @@ impl PreActResNetConfig {
                 self.input_size,
                 self.units.len()
             ),
-        )
+        )?;
+        ConfigError::check_params(self.num_params_checked())
+    }
+
+    /// Trainable parameters of this configuration (the length of the network's parameter
+    /// buffer), computed without building anything; `None` if the count overflows. Call
+    /// after the per-field bounds of [`validate`](Self::validate) hold (it loops over the
+    /// units).
+    pub fn num_params_checked(&self) -> Option<u128> {
+        let u = |v: usize| v as u128;
+        let mut c = u(self.stem_channels);
+        let mut total = c.checked_mul(u(self.in_channels))?.checked_mul(9)?;
+        for (si, (&n, &w)) in self.units.iter().zip(&self.widths).enumerate() {
+            let w = u(w);
+            for i in 0..n {
+                let stride_changes = si > 0 && i == 0;
+                // (c_in, c_out, kernel) of each BN-ReLU-conv, as `ResidualUnit::new`
+                let specs = match self.block {
+                    BlockKind::Bottleneck => vec![(c, w, 1), (w, w, 3), (w, 4 * w, 1)],
+                    BlockKind::Basic => vec![(c, w, 3), (w, w, 3)],
+                };
+                for &(cin, cout, k) in &specs {
+                    total = total
+                        .checked_add(2 * cin)?
+                        .checked_add(cout.checked_mul(cin)?.checked_mul(k * k)?)?;
+                }
+                let c_out = specs.last().map_or(c, |s| s.1);
+                if stride_changes || c != c_out {
+                    total = total.checked_add(c_out.checked_mul(c)?)?;
+                }
+                c = c_out;
+            }
+        }
+        let classes = u(self.num_classes);
+        total
+            .checked_add(2 * c)?
+            .checked_add(classes.checked_mul(c)?)?
+            .checked_add(classes)
     }
 
     /// Depth as the paper counts it: convolutions on the longest path plus the classifier

@@ -149,7 +149,10 @@ pub fn read_model(weights: &Path, model: Option<&str>) -> Result<LoadedModel, Tr
             ))
         })?,
     };
-    let mut net = AnyModel::new(&cfg, 0);
+    // from a name, already checked; from the metadata, checked as it was read: checked
+    // again here, where the network is built, so that no path can skip the rules
+    let mut net = AnyModel::try_new(&cfg, 0)
+        .map_err(|e| TrainError::Config(format!("{}: model: {e}", weights.display())))?;
     net.load_tensors(&file.tensors, &weights.display().to_string())?;
     Ok(LoadedModel {
         net,
@@ -242,6 +245,91 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert!(e.starts_with(&want), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A checkpoint whose stored model settings would ask for gigabytes (or overflow) is
+    /// refused on reading, with one line naming the file, the field and its bound, before
+    /// any network is built: by `read_model` (eval, predict, heatmap) and by `load`
+    /// (resuming) alike.
+    #[test]
+    fn stored_model_settings_are_validated_before_use() {
+        let dir = std::env::temp_dir().join(format!("densenet-ckpt-bounds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = ModelConfig::from_name(TINY).unwrap();
+        let net = AnyModel::new(&cfg, 0);
+        let base = serde_json::to_value(&cfg).unwrap();
+        let cases = [
+            (
+                "growth_rate",
+                serde_json::json!(1_000_000_000u64),
+                "growth_rate (growth rate k) must be in 1..=65536, got 1000000000",
+            ),
+            (
+                "block_config",
+                serde_json::json!([1, 1_000_000_000_000u64]),
+                "block_config (layers per dense block) must be in 1..=10000",
+            ),
+            (
+                "num_classes",
+                serde_json::json!(1u64 << 62),
+                "num_classes (classifier outputs) must be in 1..=1000000",
+            ),
+            (
+                "input_size",
+                serde_json::json!(1u64 << 40),
+                "input_size (input height and width) must be in 1..=4096",
+            ),
+            (
+                "bn_size",
+                serde_json::json!(1u64 << 40),
+                "bn_size (bottleneck width factor) must be in 1..=64",
+            ),
+            (
+                "init_features",
+                serde_json::json!(1u64 << 40),
+                "init_features (channels of the stem) must be in 1..=65536",
+            ),
+            (
+                "compression",
+                serde_json::json!(1e308),
+                "compression θ must be in (0, 1], got 1e308",
+            ),
+        ];
+        for (i, (key, value, want)) in cases.into_iter().enumerate() {
+            let mut bad = base.clone();
+            bad[key] = value;
+            let path = dir.join(format!("bad-{i}.safetensors"));
+            let train = serde_json::json!({
+                "model": bad, "dataset": "digits", "data_dir": null, "epochs": 1,
+                "batch_size": 1, "optimizer": crate::optim::SgdConfig::default(),
+                "schedule": {"kind": "cosine"}, "augment": false, "upscale": 1,
+                "val_split": 0.0, "seed": 0, "memory": "efficient", "svhn_extra": false
+            });
+            let meta = HashMap::from([
+                ("config".to_string(), bad.to_string()),
+                ("train_config".to_string(), train.to_string()),
+            ]);
+            write_safetensors(&path, &net.state_dict(), &[], meta).unwrap();
+            let t = std::time::Instant::now();
+            let e = match read_model(&path, None) {
+                Ok(_) => panic!("{key}: loaded"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                e.contains(want) && e.contains(&format!("bad-{i}.safetensors")),
+                "{key}: {e}"
+            );
+            assert!(!e.contains('\n'), "{key}: one line: {e}");
+            let mut net = AnyModel::new(&cfg, 0);
+            let mut opt = Sgd::new(crate::optim::SgdConfig::default());
+            let e = match load(&path, &mut net, &mut opt) {
+                Ok(_) => panic!("{key}: resumed"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(want) && e.contains("train_config"), "{key}: {e}");
+            assert!(t.elapsed().as_secs() < 5, "{key}: fails fast");
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod schedule;
+pub mod settings;
 
 use crate::data::augment::{Geometry, Transform};
 use crate::data::pipeline::{holdout_fraction, Batch, Loader, LoaderConfig};
@@ -599,6 +600,7 @@ pub fn train(
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<RunSummary, TrainError> {
+    config.check()?;
     let data = DataSetup::load(config)?;
     let model = data.fit_model(config.model.clone())?;
     if opts.resume {
@@ -762,6 +764,15 @@ fn train_in(
             None,
             &data.eval_transform,
         )?;
+        if !test.loss.is_finite() {
+            // the weights are no longer usable: keep the last good checkpoint, exit with error
+            return Err(TrainError::Config(format!(
+                "the test loss became {} after epoch {} (learning rate {lr:?}); training \
+                 stopped, no checkpoint of this epoch was written\nhint: lower --lr",
+                test.loss,
+                epoch + 1
+            )));
+        }
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr,

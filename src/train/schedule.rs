@@ -68,6 +68,14 @@ impl std::str::FromStr for Schedule {
                     .map(|v| v.trim().parse::<usize>())
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|_| format!("schedule '{s}': milestones must be epoch numbers"))?;
+                // a milestone 0 would divide the rate before the first epoch, and the rate
+                // falls at each milestone in turn
+                if milestones.first() == Some(&0) || milestones.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(format!(
+                        "schedule '{s}': milestones must be increasing epoch numbers of at \
+                         least 1 (the learning rate falls ÷10 from each)"
+                    ));
+                }
                 Ok(Schedule::Step {
                     milestones,
                     gamma: 0.1,
@@ -100,5 +108,8 @@ mod tests {
         assert!((s.lr(0.1, 15, 30) - 0.05).abs() < 1e-7);
         assert!(s.lr(0.1, 29, 30) < 0.001);
         assert!("bogus".parse::<Schedule>().is_err());
+        assert!("step:0,100".parse::<Schedule>().is_err());
+        assert!("step:20,10".parse::<Schedule>().is_err());
+        assert!("step:10,10".parse::<Schedule>().is_err());
     }
 }

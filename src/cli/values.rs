@@ -1,0 +1,116 @@
+//! Value parsers for numeric flags: each flag is checked by value when the command line
+//! is parsed, and a bad value is refused with the flag's name and the allowed range
+//! (clap prints `invalid value 'V' for '--flag <X>': <the reason>`).
+
+use clap::builder::RangedU64ValueParser;
+
+/// A count of at least 1 (epochs, steps, `--top`, …).
+pub fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A count in `1..=max`.
+pub fn one_to(max: u64) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..=max)
+}
+
+/// Images per batch: 1 to 65,536 (what a training configuration allows).
+pub fn batch_size() -> RangedU64ValueParser<usize> {
+    one_to(crate::train::settings::MAX_BATCH as u64)
+}
+
+fn number(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .map_err(|_| format!("'{s}' is not a number"))
+}
+
+/// A learning rate: finite and greater than 0.
+pub fn learning_rate(s: &str) -> Result<f32, String> {
+    let v = number(s)? as f32;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a finite number greater than 0".into())
+    }
+}
+
+/// Momentum: in [0, 1).
+pub fn momentum(s: &str) -> Result<f32, String> {
+    let v = number(s)? as f32;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be in [0, 1)".into())
+    }
+}
+
+/// Weight decay: finite and at least 0.
+pub fn weight_decay(s: &str) -> Result<f32, String> {
+    let v = number(s)? as f32;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a finite number, at least 0".into())
+    }
+}
+
+/// A fraction in [0, 1) (dropout rate).
+pub fn fraction_f32(s: &str) -> Result<f32, String> {
+    let v = number(s)? as f32;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be in [0, 1)".into())
+    }
+}
+
+/// A fraction in [0, 1) (the validation split).
+pub fn fraction(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be in [0, 1)".into())
+    }
+}
+
+/// Compression θ: in (0, 1].
+pub fn compression(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err("must be in (0, 1]".into())
+    }
+}
+
+/// Input channels: 1 (grey) or 3 (RGB).
+pub fn in_channels(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err("must be 1 (grey) or 3 (RGB)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_flags_are_checked_by_value() {
+        assert_eq!(learning_rate("0.1"), Ok(0.1));
+        for bad in ["-0.1", "0", "nan", "inf", "1e39", "x"] {
+            assert!(learning_rate(bad).is_err(), "{bad}");
+        }
+        assert!(momentum("0.9").is_ok() && momentum("2").is_err() && momentum("-0.1").is_err());
+        assert!(weight_decay("0").is_ok() && weight_decay("-1").is_err());
+        assert!(weight_decay("nan").is_err());
+        assert!(compression("1").is_ok() && compression("0").is_err());
+        assert!(compression("1e308").is_err());
+        assert!(fraction_f32("0.2").is_ok() && fraction_f32("1").is_err());
+        assert!(fraction("0.1").is_ok() && fraction("nan").is_err());
+        assert!(in_channels("3").is_ok() && in_channels("2").is_err());
+    }
+}
