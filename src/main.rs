@@ -26,7 +26,7 @@ fn main() -> ExitCode {
                 eprintln!("{i}");
                 return ExitCode::from(densenet::cli::INTERRUPTED as u8);
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", densenet::cli::error_text(&err));
             ExitCode::from(2)
         }
     }

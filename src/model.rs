@@ -355,13 +355,13 @@ fn match_tensors<'a>(
         }
         by_name.insert(canonical_name(&t.name), t);
     }
-    let mut problems = Vec::new();
+    let (mut missing, mut wrong) = (Vec::new(), Vec::new());
     let mut plan = Vec::new();
     for (table, is_param) in [(params, true), (stats, false)] {
         for e in table.entries() {
             match by_name.remove(&e.name) {
-                None => problems.push(format!("missing: {} {:?}", e.name, e.shape)),
-                Some(t) if t.tensor.shape != e.shape => problems.push(format!(
+                None => missing.push(format!("missing: {} {:?}", e.name, e.shape)),
+                Some(t) if t.tensor.shape != e.shape => wrong.push(format!(
                     "wrong shape: {} is {:?} in the file, the model expects {:?}",
                     e.name, t.tensor.shape, e.shape
                 )),
@@ -371,10 +371,31 @@ fn match_tensors<'a>(
     }
     let mut unexpected: Vec<_> = by_name.into_iter().collect();
     unexpected.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, t) in unexpected {
-        problems.push(format!("unexpected: {name} {:?}", t.tensor.shape));
-    }
-    if !problems.is_empty() {
+    let unexpected: Vec<String> = unexpected
+        .into_iter()
+        .map(|(name, t)| format!("unexpected: {name} {:?}", t.tensor.shape))
+        .collect();
+    if !(missing.is_empty() && wrong.is_empty() && unexpected.is_empty()) {
+        // the counts, then the first few of each kind: a model of another size differs in
+        // hundreds of tensors, and a screenful of names hides the point
+        const SHOWN: usize = 2;
+        let mut problems = vec![format!(
+            "{} of the wrong shape, {} missing, {} unexpected",
+            wrong.len(),
+            missing.len(),
+            unexpected.len()
+        )];
+        for (kind, lines) in [
+            ("of the wrong shape", wrong),
+            ("missing", missing),
+            ("unexpected", unexpected),
+        ] {
+            let more = lines.len().saturating_sub(SHOWN);
+            problems.extend(lines.into_iter().take(SHOWN));
+            if more > 0 {
+                problems.push(format!("… and {more} more {kind}"));
+            }
+        }
         return Err(WeightsError::Mismatch {
             source_name: source.to_string(),
             model: model.to_string(),

@@ -244,12 +244,26 @@ fn bad_input_gives_clear_errors() {
         ],
         &["truncated.safetensors", "not a valid safetensors file"],
     );
-    // wrong tensor shapes: the plain DenseNet-40's weights for DenseNet-BC-40, all listed
+    // wrong tensor shapes: the plain DenseNet-40's weights for DenseNet-BC-40, summarised
+    // (issue 12, item 15: the counts and the first few of each kind, not 286 lines)
     let plain = ref_path("cifar_densenet_L40_k12.weights.safetensors");
+    let args = [
+        "forward",
+        "--model",
+        "densenet-bc-40-12",
+        "--weights",
+        &plain,
+        "--input",
+        &x,
+        "--out",
+        out,
+    ];
     assert_fails(
-        &["forward", "--model", "densenet-bc-40-12", "--weights", &plain, "--input", &x, "--output", out],
-        &["nothing was loaded", "wrong shape: features.conv0.weight is [16, 3, 3, 3] in the file, the model expects [24, 3, 3, 3]", "missing: features.denseblock1.denselayer1.norm2.weight", "unexpected: features.denseblock1.denselayer12.conv1.weight"],
+        &args,
+        &["nothing was loaded", "106 of the wrong shape, 90 missing, 90 unexpected", "wrong shape: features.conv0.weight is [16, 3, 3, 3] in the file, the model expects [24, 3, 3, 3]", "missing: features.denseblock1.denselayer1.norm2.weight", "unexpected: features.denseblock1.denselayer10.conv1.weight", "… and 88 more unexpected"],
     );
+    let lines = stderr(&densenet(&args)).lines().count();
+    assert!(lines <= 12, "{lines} lines for a wrong-model weights file");
     // wrong number of classes
     assert_fails(
         &[
@@ -1241,7 +1255,10 @@ fn flags_are_checked_by_value() {
             "'--batch-size <BATCH_SIZE>'",
         ),
         (vec!["bench", "train", "--steps", "0"], "'--steps <STEPS>'"),
-        (vec!["bench", "infer", "--batch", "0"], "'--batch <BATCH>'"),
+        (
+            vec!["bench", "infer", "--batch", "0"],
+            "'--batch-size <BATCH>'",
+        ),
         // a workspace beyond the machine's memory is refused before it is allocated
         (
             vec![

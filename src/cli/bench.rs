@@ -30,11 +30,13 @@ pub struct Args {
 pub enum What {
     /// Median time of a training step (forward, backward, SGD update).
     #[command(
-        after_long_help = "Example:\n  densenet bench train --model densenet-bc-100-12 --batch 64 --steps 3"
+        after_long_help = "Example:\n  densenet bench train --model densenet-bc-100-12 --batch-size 64 --steps 3"
     )]
     Train(TrainArgs),
     /// Median time of an evaluation-mode forward pass.
-    #[command(after_long_help = "Example:\n  densenet bench infer --model densenet121 --batch 16")]
+    #[command(
+        after_long_help = "Example:\n  densenet bench infer --model densenet121 --batch-size 16"
+    )]
     Infer(InferArgs),
     /// Peak memory of one training step against depth, both memory modes (table + PNG).
     #[command(after_long_help = "Example:\n  densenet bench memory --out bench-out")]
@@ -50,7 +52,12 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub adjust: ModelAdjust,
     /// Batch size, 1 to 65536.
-    #[arg(long, default_value_t = 64, value_parser = super::values::batch_size())]
+    #[arg(
+        long = "batch-size",
+        visible_alias = "batch",
+        default_value_t = 64,
+        value_parser = super::values::batch_size()
+    )]
     pub batch: usize,
     /// Timed steps (after warm-up).
     #[arg(long, default_value_t = 3, value_parser = super::values::at_least_one())]
@@ -59,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Memory mode.
-    #[arg(long, default_value = "efficient")]
+    #[arg(long, default_value = "efficient", value_parser = super::values::memory_mode())]
     pub memory: MemoryMode,
     /// Also report where the timed steps spent their time, per kind of operation.
     #[arg(long)]
@@ -91,7 +98,12 @@ pub struct InferArgs {
     #[command(flatten)]
     pub adjust: ModelAdjust,
     /// Batch size, 1 to 65536.
-    #[arg(long, default_value_t = 16, value_parser = super::values::batch_size())]
+    #[arg(
+        long = "batch-size",
+        visible_alias = "batch",
+        default_value_t = 16,
+        value_parser = super::values::batch_size()
+    )]
     pub batch: usize,
     /// Timed passes (after warm-up).
     #[arg(long, default_value_t = 5, value_parser = super::values::at_least_one())]
@@ -114,7 +126,12 @@ pub struct MemoryArgs {
     #[arg(long, default_value_t = 12, value_parser = super::values::at_least_one())]
     pub growth_rate: usize,
     /// Batch size, 1 to 65536.
-    #[arg(long, default_value_t = 64, value_parser = super::values::batch_size())]
+    #[arg(
+        long = "batch-size",
+        visible_alias = "batch",
+        default_value_t = 64,
+        value_parser = super::values::batch_size()
+    )]
     pub batch: usize,
     /// Directory for memory.png and memory.json.
     #[arg(long, default_value = "bench-out")]
@@ -287,7 +304,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.batch > 0 && a.steps > 0,
-        "--batch and --steps must be at least 1"
+        "--batch-size and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
     super::model_args::check_memory(&cfg, a.batch, a.memory, true)?;
@@ -367,11 +384,11 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         return super::print_json(&r);
     }
     outln!(
-        "{} train, batch {}, {:?} memory, {} threads: {}\n  {:.1} images/s, activations {:.1} MiB, peak RSS {}",
+        "{} train, batch {}, {} memory, {}: {}\n  {:.1} images/s, activations {:.1} MiB, peak RSS {}",
         r.model,
         r.batch,
         r.memory,
-        r.threads,
+        super::count(r.threads, "thread"),
         r.step.describe(),
         r.images_per_s,
         r.activation_bytes as f64 / (1 << 20) as f64,
@@ -401,7 +418,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
 fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.batch > 0 && a.steps > 0,
-        "--batch and --steps must be at least 1"
+        "--batch-size and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
     super::model_args::check_memory(&cfg, a.batch, MemoryMode::Efficient, false)?;
@@ -435,10 +452,10 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         return super::print_json(&r);
     }
     outln!(
-        "{} eval, batch {}, {} threads: {}\n  {:.1} images/s",
+        "{} eval, batch {}, {}: {}\n  {:.1} images/s",
         r.model,
         r.batch,
-        r.threads,
+        super::count(r.threads, "thread"),
         r.pass.describe(),
         r.images_per_s
     );
@@ -484,7 +501,7 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
         for mode in [MemoryMode::Naive, MemoryMode::Efficient] {
             let plan = DenseNetPlan::new(&Architecture::new(&cfg), a.batch, mode, true);
             if !a.json {
-                eprintln!("measuring {} batch {} {mode:?} …", cfg.name, a.batch);
+                eprintln!("measuring {} batch {} {mode} …", cfg.name, a.batch);
             }
             let mut p = MemoryPoint {
                 depth,
@@ -513,7 +530,7 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
                     "train",
                     "--model",
                     &cfg.name,
-                    "--batch",
+                    "--batch-size",
                     &a.batch.to_string(),
                 ])
                 .args(["--steps", "1", "--warmup", "0", "--json", "--memory"])
@@ -591,7 +608,7 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
         outln!(
             "{:>6} {:>10} {:>12.2} GiB {:>16} {:>10}",
             p.depth,
-            format!("{:?}", p.memory).to_lowercase(),
+            p.memory.to_string(),
             gib(p.activation_bytes as u64),
             rss,
             step
@@ -600,6 +617,6 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
             outln!("       {e}");
         }
     }
-    outln!("wrote {} and {}", png.display(), json_path.display());
+    eprintln!("wrote {} and {}", png.display(), json_path.display());
     Ok(())
 }

@@ -124,6 +124,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             r.test_error_percent
         );
     }
-    outln!("wrote {}", a.out.display());
+    eprintln!("wrote {}", a.out.display());
     Ok(())
 }

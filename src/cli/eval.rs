@@ -1,6 +1,7 @@
 //! `densenet eval`: top-1/top-5 error, per-class accuracy and the confusion matrix of a
 //! model on a data set's test split.
 
+use super::model_args::OptModelArgs;
 use crate::data::{self, DatasetKind, Split};
 use crate::model::Model;
 use crate::nn::MemoryMode;
@@ -17,10 +18,8 @@ pub struct Args {
     /// any safetensors/.pth state dict together with --model and --dataset.
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
-    /// Model, for weights that are not a densenet training checkpoint (either family:
-    /// densenet-bc-100-12, preresnet-164, …).
-    #[arg(long, short = 'm')]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: OptModelArgs,
     /// Data set (default: the checkpoint's).
     #[arg(long)]
     pub dataset: Option<String>,
@@ -50,7 +49,7 @@ struct Report<'a> {
 
 /// Runs `densenet eval`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut m = checkpoint::read_model(&a.weights, a.model.as_deref())?;
+    let mut m = checkpoint::read_model_config(&a.weights, a.model.resolve()?)?;
     let dataset = a
         .dataset
         .clone()

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 #[command(
     after_long_help = "Example:\n  densenet forward --model densenet-bc-40-12 \
-    --weights w.safetensors --input x.safetensors --output y.safetensors --train"
+    --weights w.safetensors --input x.safetensors --out y.safetensors --train"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -30,14 +30,22 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
     /// Where to write the results (safetensors).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long = "out", visible_alias = "output", value_name = "FILE")]
     pub output: PathBuf,
     /// Training mode: batch statistics, loss, gradients and updated running statistics.
     #[arg(long)]
     pub train: bool,
     /// Memory mode of the training pass.
-    #[arg(long, default_value = "efficient", value_name = "MODE")]
+    #[arg(
+        long,
+        default_value = "efficient",
+        value_name = "MODE",
+        value_parser = super::values::memory_mode()
+    )]
     pub memory: MemoryMode,
+    /// Print one JSON object: the file written and its tensors' names and shapes.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `densenet forward`.
@@ -45,7 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for (flag, input) in [("--weights", &a.weights), ("--input", &a.input)] {
         anyhow::ensure!(
             !crate::util::paths::same_file(&a.output, input),
-            "--output {} is the {flag} file: choose another output path",
+            "--out {} is the {flag} file: choose another output path",
             a.output.display()
         );
     }
@@ -135,6 +143,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut meta = HashMap::new();
     meta.insert("config".into(), serde_json::to_string(&cfg)?);
     write_safetensors(&a.output, &out, &[], meta)?;
-    eprintln!("wrote {} tensors to {}", out.len(), a.output.display());
+    eprintln!(
+        "wrote {} to {}",
+        super::count(out.len(), "tensor"),
+        a.output.display()
+    );
+    if a.json {
+        let tensors: Vec<_> = out
+            .iter()
+            .map(|(name, t)| serde_json::json!({ "name": name, "shape": t.shape }))
+            .collect();
+        super::print_json(&serde_json::json!({
+            "model": cfg.name(),
+            "train": a.train,
+            "out": a.output,
+            "tensors": tensors,
+        }))?;
+    }
     Ok(())
 }

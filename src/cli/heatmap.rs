@@ -1,8 +1,9 @@
 //! `densenet heatmap`: the paper's Fig. 5 for a trained DenseNet.
 
+use super::model_args::OptModelArgs;
 use crate::densenet::analysis::{feature_reuse, to_csv};
 use crate::plot::{heatmaps, HeatMatrix};
-use crate::train::checkpoint::read_model;
+use crate::train::checkpoint::read_model_config;
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -19,12 +20,14 @@ pub struct Args {
     /// Weights: a training checkpoint, or a state dict with --model.
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
-    /// Model, for weights that are not a densenet training checkpoint.
-    #[arg(long, short = 'm')]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: OptModelArgs,
     /// Output directory for heatmap.png, heatmap.svg and heatmap.csv.
     #[arg(long, default_value = "heatmap")]
     pub out: PathBuf,
+    /// Print one JSON object: the files written and each dense block's layer count.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `densenet heatmap`.
@@ -36,7 +39,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.out.display()
         );
     }
-    let m = read_model(&a.weights, a.model.as_deref())?;
+    let m = read_model_config(&a.weights, a.model.resolve()?)?;
     let Some(net) = m.net.as_densenet() else {
         anyhow::bail!(
             "{}: the feature-reuse heat map reads the weights a dense layer gives each earlier \
@@ -61,11 +64,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .collect();
     let (png, svg) = (a.out.join("heatmap.png"), a.out.join("heatmap.svg"));
     heatmaps(&png, Some(&svg), &panels)?;
-    outln!(
+    eprintln!(
         "wrote {}, {} and {}",
         png.display(),
         svg.display(),
         csv.display()
     );
+    if a.json {
+        let blocks: Vec<_> = mats
+            .iter()
+            .map(|mm| serde_json::json!({ "block": mm.block, "layers": mm.layers }))
+            .collect();
+        super::print_json(&serde_json::json!({
+            "model": net.config().name,
+            "png": png,
+            "svg": svg,
+            "csv": csv,
+            "blocks": blocks,
+        }))?;
+    }
     Ok(())
 }

@@ -23,7 +23,7 @@ mod summary;
 mod train;
 mod values;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use model_args::ModelArgs;
 pub use train::{Interrupted, INTERRUPTED};
@@ -66,9 +66,21 @@ pub enum Command {
     Compare(compare::Args),
 }
 
+/// Help is wrapped at this many columns, whatever the terminal (a help text that fits 79
+/// columns reads the same in a terminal, a pager and a mail).
+pub const HELP_WIDTH: usize = 79;
+
+/// The command line's definition, with every (sub)command's help wrapped at [`HELP_WIDTH`].
+pub fn command() -> clap::Command {
+    fn wrap(cmd: clap::Command) -> clap::Command {
+        cmd.term_width(HELP_WIDTH).mut_subcommands(wrap)
+    }
+    wrap(Cli::command())
+}
+
 /// Parses the command line and runs the subcommand.
 pub fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     // The kernels table is chosen once, before any work: an unusable DENSENET_KERNELS is an
     // error here rather than a warning inside the library.
     let kernels = crate::kernels::from_env()?;
@@ -94,6 +106,34 @@ pub fn run() -> anyhow::Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Heatmap(a) => heatmap::run(a),
         Command::Compare(a) => compare::run(a),
+    }
+}
+
+/// An error and its causes on one line, `: `-separated, each cause once: a cause whose
+/// text the message already holds (an error that prints its source and also returns it
+/// from `source()`, as `{path}: {source}` variants do) is not repeated.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let s = cause.to_string();
+        if text.contains(&s) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&s);
+    }
+    text
+}
+
+/// `1 epoch`, `2 epochs`: a count with its noun in the right number (nouns with a plain
+/// plural `s`).
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

@@ -159,6 +159,53 @@ pub fn check_memory(
     Ok(())
 }
 
+/// `--model` for commands whose weights usually carry their model (a training
+/// checkpoint): optional, with the same adjustments as everywhere.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OptModelArgs {
+    /// Model, for weights that are not a densenet training checkpoint (either family:
+    /// densenet-bc-100-12, preresnet-164, …; see `densenet forward --help`).
+    #[arg(long, short = 'm', value_name = "MODEL")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub adjust: ModelAdjust,
+}
+
+impl OptModelArgs {
+    /// The configuration given on the command line, if any; adjustments without `--model`
+    /// are refused (a checkpoint's stored model is used as it was trained).
+    pub fn resolve(&self) -> anyhow::Result<Option<ModelConfig>> {
+        match &self.model {
+            Some(m) => ModelArgs {
+                model: m.clone(),
+                adjust: self.adjust.clone(),
+            }
+            .resolve()
+            .map(Some),
+            None => {
+                anyhow::ensure!(
+                    !self.adjust.any(),
+                    "--classes, --in-channels, --input-size, --drop-rate, --bottleneck and \
+                     --compression adjust a --model; a checkpoint's own model is used as stored"
+                );
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl ModelAdjust {
+    /// Whether any adjustment is given.
+    pub fn any(&self) -> bool {
+        self.classes.is_some()
+            || self.in_channels.is_some()
+            || self.drop_rate.is_some()
+            || self.input_size.is_some()
+            || self.bottleneck.is_some()
+            || self.compression.is_some()
+    }
+}
+
 impl ModelArgs {
     /// The configuration these arguments describe.
     pub fn resolve(&self) -> anyhow::Result<ModelConfig> {

@@ -13,12 +13,18 @@ pub struct Args {
     /// The run directory (holds metrics.csv).
     #[arg(value_name = "RUN_DIR")]
     pub run_dir: PathBuf,
+    /// Print one JSON object: the file written (`curves`) and the run directory.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `densenet plot`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let out = run_dir_curves(&a.run_dir)?;
-    outln!("{}", out.display());
+    eprintln!("wrote {}", out.display());
+    if a.json {
+        super::print_json(&serde_json::json!({ "run_dir": a.run_dir, "curves": out }))?;
+    }
     Ok(())
 }
 

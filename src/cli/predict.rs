@@ -1,10 +1,11 @@
 //! `densenet predict`: the top classes of images, with probabilities and class names.
 
+use super::model_args::OptModelArgs;
 use crate::data::augment::Normalize;
 use crate::data::folder::decode_file;
 use crate::model::{Model, ModelConfig};
 use crate::nn::MemoryMode;
-use crate::train::checkpoint::read_model;
+use crate::train::checkpoint::read_model_config;
 use std::path::PathBuf;
 
 /// Arguments of `densenet predict`.
@@ -22,10 +23,8 @@ pub struct Args {
     /// Weights: a training checkpoint, or a state dict with --model.
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
-    /// Model, for weights that are not a densenet training checkpoint (ImageNet models use
-    /// ImageNet's normalisation).
-    #[arg(long, short = 'm')]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: OptModelArgs,
     /// How many classes to show (at least 1).
     #[arg(long, default_value_t = 5, value_parser = super::values::at_least_one())]
     pub top: usize,
@@ -42,7 +41,7 @@ struct Prediction {
 
 /// Runs `densenet predict`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut m = read_model(&a.weights, a.model.as_deref())?;
+    let mut m = read_model_config(&a.weights, a.model.resolve()?)?;
     let cfg = m.net.model_config();
     let (c, s) = (cfg.in_channels(), cfg.input_size());
     let imagenet = matches!(&cfg, ModelConfig::DenseNet(d) if d.stem == crate::densenet::config::Stem::ImageNet);

@@ -12,12 +12,21 @@ use anyhow::Context;
 /// Arguments of `densenet summary`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_long_help = "Examples:\n  densenet summary densenet-bc-100-12 --json\n  densenet summary preresnet-164\n  densenet summary densenet-bc-100-12 --plan --batch 64"
+    after_long_help = "Examples:\n  densenet summary densenet-bc-100-12 --json\n  densenet summary preresnet-164\n  densenet summary densenet-bc-100-12 --plan --batch-size 64"
 )]
 pub struct Args {
-    /// Model name (see `densenet forward --help` for the forms).
-    #[arg(value_name = "MODEL")]
-    pub model: String,
+    /// Model name (see `densenet forward --help` for the forms); also as -m/--model.
+    #[arg(value_name = "MODEL", required_unless_present = "model_flag")]
+    pub model: Option<String>,
+    /// Model name, as in the other subcommands.
+    #[arg(
+        long = "model",
+        short = 'm',
+        value_name = "MODEL",
+        id = "model_flag",
+        conflicts_with = "model"
+    )]
+    pub model_flag: Option<String>,
     #[command(flatten)]
     pub adjust: ModelAdjust,
     /// Print the memory plan instead: every region of the workspace's one allocation
@@ -26,10 +35,15 @@ pub struct Args {
     #[arg(long)]
     pub plan: bool,
     /// With --plan: the batch size the workspace holds.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long = "batch-size",
+        visible_alias = "batch",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub batch: u64,
-    /// With --plan: memory mode, efficient or naive.
-    #[arg(long, default_value = "efficient")]
+    /// With --plan: memory mode.
+    #[arg(long, default_value = "efficient", value_parser = super::values::memory_mode())]
     pub memory: MemoryMode,
     /// With --plan: the evaluation workspace (no backward pass) instead of training's.
     #[arg(long)]
@@ -119,7 +133,12 @@ fn plan(a: &Args, cfg: &ModelConfig) -> anyhow::Result<()> {
 
 /// Runs `densenet summary`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let cfg = ModelConfig::from_name(&a.model).with_context(|| format!("model {}", a.model))?;
+    let name = a
+        .model
+        .as_deref()
+        .or(a.model_flag.as_deref())
+        .unwrap_or_default();
+    let cfg = ModelConfig::from_name(name).with_context(|| format!("model {name}"))?;
     let cfg = a.adjust.apply(cfg)?;
     if a.plan {
         return plan(&a, &cfg);
@@ -201,7 +220,9 @@ mod tests {
         let cli = crate::cli::Cli::try_parse_from(["densenet", "summary", "densenet121", "--json"])
             .unwrap();
         match cli.command {
-            crate::cli::Command::Summary(a) => assert!(a.json && a.model == "densenet121"),
+            crate::cli::Command::Summary(a) => {
+                assert!(a.json && a.model.as_deref() == Some("densenet121"))
+            }
             _ => panic!(),
         }
         assert_eq!(group(7978856), "7,978,856");

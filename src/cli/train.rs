@@ -297,9 +297,9 @@ fn check_flags(a: &Args, cfg: &TrainConfig) -> anyhow::Result<()> {
     {
         if let Some(m) = milestones.iter().find(|&&m| m >= cfg.epochs) {
             anyhow::bail!(
-                "--schedule: milestone {m} is never reached in {} epochs (milestones are \
+                "--schedule: milestone {m} is never reached in {} (milestones are \
                  epochs 1 to {} from which the rate falls ÷10)",
-                cfg.epochs,
+                super::count(cfg.epochs, "epoch"),
                 cfg.epochs.saturating_sub(1)
             );
         }
@@ -471,10 +471,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     if !resume {
         eprintln!(
-            "training {} on {} for {} epochs (batch {}, lr {}, {:?})",
+            "training {} on {} for {} (batch {}, lr {}, {})",
             cfg.model.name(),
             cfg.dataset,
-            cfg.epochs,
+            super::count(cfg.epochs, "epoch"),
             cfg.batch_size,
             cfg.optimizer.lr,
             cfg.schedule,
@@ -515,14 +515,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return super::print_json(&summary);
     }
     outln!(
-        "{} ({} parameters) on {}: test accuracy {:.2}% (error {:.2}%) after {} epochs, best \
+        "{} ({} parameters) on {}: test accuracy {:.2}% (error {:.2}%) after {}, best \
          {:.2}% at epoch {}; {:.1} s, {:.0} images/s; run directory {}",
         summary.model,
         super::summary::group(summary.parameters),
         summary.dataset,
         100.0 * summary.test_accuracy,
         summary.test_error_percent,
-        summary.epochs,
+        super::count(summary.epochs, "epoch"),
         100.0 * summary.best_test_accuracy,
         summary.best_epoch,
         summary.seconds,

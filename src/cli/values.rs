@@ -2,7 +2,15 @@
 //! is parsed, and a bad value is refused with the flag's name and the allowed range
 //! (clap prints `invalid value 'V' for '--flag <X>': <the reason>`).
 
-use clap::builder::RangedU64ValueParser;
+use clap::builder::{PossibleValuesParser, RangedU64ValueParser, TypedValueParser};
+
+/// `--memory`: efficient or naive, listed in the help.
+pub fn memory_mode() -> impl TypedValueParser<Value = crate::nn::MemoryMode> {
+    PossibleValuesParser::new(["efficient", "naive"]).map(|s| match s.as_str() {
+        "naive" => crate::nn::MemoryMode::Naive,
+        _ => crate::nn::MemoryMode::Efficient,
+    })
+}
 
 /// A count of at least 1 (epochs, steps, `--top`, …).
 pub fn at_least_one() -> RangedU64ValueParser<usize> {

@@ -28,6 +28,16 @@ pub enum MemoryMode {
     Naive,
 }
 
+/// `efficient` or `naive`, as the command line spells them.
+impl std::fmt::Display for MemoryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MemoryMode::Efficient => "efficient",
+            MemoryMode::Naive => "naive",
+        })
+    }
+}
+
 impl std::str::FromStr for MemoryMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

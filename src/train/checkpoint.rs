@@ -133,13 +133,27 @@ pub struct LoadedModel {
 /// it) if given, else the checkpoint's `config`; its weights must all match. The other
 /// fields come from `train_config` and `preprocess` where the file has them.
 pub fn read_model(weights: &Path, model: Option<&str>) -> Result<LoadedModel, TrainError> {
+    let cfg = model
+        .map(|name| {
+            ModelConfig::from_name(name)
+                .map_err(|e| TrainError::Config(format!("--model {name}: {e}")))
+        })
+        .transpose()?;
+    read_model_config(weights, cfg)
+}
+
+/// [`read_model`] with the model, when given, as a configuration (a preset with the
+/// command line's adjustments: `--classes`, `--in-channels`, …).
+pub fn read_model_config(
+    weights: &Path,
+    model: Option<ModelConfig>,
+) -> Result<LoadedModel, TrainError> {
     let file = read_checkpoint(weights)?;
     let meta = &file.metadata;
     let train: Option<TrainConfig> = field(weights, meta, "train_config")?;
     let preprocess: Option<Preprocess> = field(weights, meta, "preprocess")?;
     let cfg = match model {
-        Some(name) => ModelConfig::from_name(name)
-            .map_err(|e| TrainError::Config(format!("--model {name}: {e}")))?,
+        Some(cfg) => cfg,
         // a bare DenseNetConfig (every checkpoint before the ResNet) or a tagged ResNet's;
         // not read when `model` replaces it
         None => field(weights, meta, "config")?.ok_or_else(|| {

@@ -20,6 +20,26 @@ pub enum Schedule {
     Constant,
 }
 
+/// `step ÷10 at epochs 150, 225`, `cosine`, `constant`: as a user would write it.
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Step { milestones, gamma } => {
+                let by = if *gamma > 0.0 && (1.0 / gamma - (1.0 / gamma).round()).abs() < 1e-3 {
+                    format!("÷{}", (1.0 / gamma).round())
+                } else {
+                    format!("×{gamma}")
+                };
+                let at: Vec<String> = milestones.iter().map(|m| m.to_string()).collect();
+                let epochs = if at.len() == 1 { "epoch" } else { "epochs" };
+                write!(f, "step {by} at {epochs} {}", at.join(", "))
+            }
+            Schedule::Cosine => f.write_str("cosine"),
+            Schedule::Constant => f.write_str("constant"),
+        }
+    }
+}
+
 impl Schedule {
     /// The paper's CIFAR/SVHN schedule for `epochs`: ÷10 at 50% and 75%.
     pub fn paper(epochs: usize) -> Self {

@@ -60,7 +60,8 @@ pub enum WeightsError {
         source_name: String,
         /// The model.
         model: String,
-        /// One line per missing, unexpected or wrongly shaped tensor.
+        /// A summary: the counts, then the first few of each kind, one line each (a
+        /// model of another size can differ in hundreds of tensors).
         problems: Vec<String>,
     },
 }
@@ -76,7 +77,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError + '_ {
 /// file (no metadata), anything else is read as safetensors.
 pub fn read_checkpoint(path: &Path) -> Result<TensorFile, WeightsError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    if bytes.starts_with(b"PK\x03\x04") {
+    // a zip archive (torch.save), a bare pickle (the legacy torch.save) or a file named as
+    // PyTorch names them goes to the .pth reader, whose errors say .pth
+    let torch_name = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["pth", "pt", "tar", "ckpt"].contains(&e.to_ascii_lowercase().as_str()));
+    if bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) || torch_name {
         let what = path.display().to_string();
         let tensors = pth::read_pth_bytes(&bytes, &what)?
             .into_iter()

@@ -177,7 +177,7 @@ pub fn read_pth_bytes(bytes: &[u8], what: &str) -> Result<Vec<PthTensor>, PthErr
                 .to_string()
         } else {
             format!(
-                "not a torch.save checkpoint: expected a zip archive (starting with `PK\\x03\\x04`), \
+                "not a .pth (torch.save) checkpoint: expected a zip archive (starting with `PK\\x03\\x04`), \
                  found {} bytes starting with {:02x?}",
                 bytes.len(),
                 &bytes[..bytes.len().min(8)]
