@@ -50,12 +50,12 @@ compare() {
 }
 
 [ "$WORK" = infer ] || compare "BC-100-12 train step, batch 64" \
-  "$bin --threads $THREADS bench train --model densenet-bc-100-12 --batch 64 --steps $STEPS --json" \
+  "$bin --threads $THREADS bench train --model densenet-bc-100-12 --batch-size 64 --steps $STEPS --json" \
   "python3 bench/pytorch/bench_train.py --depth 100 --k 12 --bc --batch 64 --threads $THREADS --steps $STEPS" \
   median_step_s median_step_s
 [ "$WORK" = train ] || for b in 16 1; do
   compare "densenet121 eval, batch $b" \
-    "$bin --threads $THREADS bench infer --model densenet121 --batch $b --steps $STEPS --json" \
+    "$bin --threads $THREADS bench infer --model densenet121 --batch-size $b --steps $STEPS --json" \
     "python3 bench/pytorch/bench_infer.py --model densenet121 --batch $b --threads $THREADS --iters $STEPS" \
     median_s median
 done

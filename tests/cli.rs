@@ -401,6 +401,11 @@ fn train_eval_predict_plot_pipeline() {
         "{}",
         stderr(&o)
     );
+    // issue 12, item 13: "wrote …" is a message (stderr); --json says what was written
+    assert!(o.stdout.is_empty() && stderr(&o).contains("wrote"));
+    let o = densenet(&["plot", d, "--json"]);
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["curves"], dir.join("curves.png").to_str().unwrap());
     // errors: a missing run directory, an image that is not an image
     assert_fails(
         &["plot", "/nonexistent/run"],
@@ -734,6 +739,13 @@ fn train_out_refuses_an_existing_run() {
     let d = dir.to_str().unwrap();
     let o = densenet(&[&TINY_RUN[..], &["--out", d]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
+    // issue 12, item 15: one epoch is "1 epoch"; the schedule is plain text
+    let (e, out) = (stderr(&o), String::from_utf8_lossy(&o.stdout).to_string());
+    assert!(
+        e.contains("for 1 epoch (") && e.contains(", cosine)"),
+        "{e}"
+    );
+    assert!(out.contains("after 1 epoch,"), "{out}");
     let before = std::fs::read(dir.join("last.safetensors")).unwrap();
     let summary = std::fs::read(dir.join("summary.json")).unwrap();
     assert_fails(
@@ -854,6 +866,9 @@ fn compare_skips_unfinished_runs_and_keeps_its_inputs() {
     let o = densenet(&[&["compare", "--out", png.to_str().unwrap()][..], &runs].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // issue 12, item 13: the table is the result (stdout), "wrote …" a message (stderr)
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("wrote"));
+    assert!(stderr(&o).contains("wrote"));
     let jpg = root.join("compare.jpg");
     assert_fails(
         &[&["compare", "--out", jpg.to_str().unwrap()][..], &runs].concat(),
@@ -1009,6 +1024,10 @@ fn paper_recipe_milestones_follow_epochs() {
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["schedule"]["milestones"], serde_json::json!([2, 3]));
+    // issue 12, item 15: the schedule as a user would write it, not Rust's Debug text
+    let e = stderr(&o);
+    assert!(e.contains("step ÷10 at epochs 2, 3)"), "{e}");
+    assert!(!e.contains("Step {"), "{e}");
 }
 
 /// Ctrl-C during training: the current step finishes, the unfinished epoch is dropped,
@@ -1353,4 +1372,342 @@ fn flags_are_checked_by_value() {
         ],
         &["the test loss became NaN after epoch 1", "lower --lr"],
     );
+}
+
+/// Every (sub)command's help, short and long.
+const SUBCOMMANDS: [&[&str]; 13] = [
+    &[],
+    &["summary"],
+    &["forward"],
+    &["bench"],
+    &["bench", "train"],
+    &["bench", "infer"],
+    &["bench", "memory"],
+    &["train"],
+    &["plot"],
+    &["eval"],
+    &["predict"],
+    &["heatmap"],
+    &["compare"],
+];
+
+/// The long flags a help text defines (the first `--name` of each option line).
+fn defined_flags(help: &str) -> Vec<String> {
+    help.lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| {
+            l.split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .map(|w| w.split(['=', '[']).next().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// Issue 12: every subcommand's `--help` and `-h` fit 79 columns, and the shared concepts
+/// have the same flag everywhere (`--batch-size`, not `--batch`; `--out`, not `--output`).
+#[test]
+fn help_fits_79_columns_and_flags_agree() {
+    let expect: &[(&str, &[&str])] = &[
+        (
+            "summary",
+            &[
+                "--model",
+                "--batch-size",
+                "--json",
+                "--threads",
+                "--classes",
+            ],
+        ),
+        (
+            "forward",
+            &[
+                "--model",
+                "--weights",
+                "--out",
+                "--json",
+                "--threads",
+                "--classes",
+            ],
+        ),
+        (
+            "bench train",
+            &[
+                "--model",
+                "--batch-size",
+                "--json",
+                "--threads",
+                "--classes",
+            ],
+        ),
+        (
+            "bench infer",
+            &[
+                "--model",
+                "--batch-size",
+                "--json",
+                "--threads",
+                "--classes",
+            ],
+        ),
+        (
+            "bench memory",
+            &["--batch-size", "--out", "--json", "--threads"],
+        ),
+        (
+            "train",
+            &[
+                "--model",
+                "--batch-size",
+                "--out",
+                "--json",
+                "--threads",
+                "--classes",
+            ],
+        ),
+        ("plot", &["--json", "--threads"]),
+        (
+            "eval",
+            &[
+                "--model",
+                "--weights",
+                "--batch-size",
+                "--json",
+                "--classes",
+                "--in-channels",
+                "--input-size",
+            ],
+        ),
+        (
+            "predict",
+            &[
+                "--model",
+                "--weights",
+                "--json",
+                "--classes",
+                "--in-channels",
+                "--input-size",
+            ],
+        ),
+        (
+            "heatmap",
+            &[
+                "--model",
+                "--weights",
+                "--out",
+                "--json",
+                "--classes",
+                "--in-channels",
+                "--input-size",
+            ],
+        ),
+        ("compare", &["--out", "--json", "--threads"]),
+    ];
+    for sub in SUBCOMMANDS {
+        for h in ["-h", "--help"] {
+            let args: Vec<&str> = sub.iter().copied().chain([h]).collect();
+            let o = densenet(&args);
+            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+            let help = String::from_utf8(o.stdout).unwrap();
+            for line in help.lines() {
+                let n = line.chars().count();
+                assert!(n <= 79, "{args:?}: a line of {n} columns:\n{line}");
+            }
+            let flags = defined_flags(&help);
+            for other in ["--batch", "--output"] {
+                assert!(
+                    !flags.iter().any(|f| f == other),
+                    "{args:?} defines {other}: {flags:?}"
+                );
+            }
+            let name = sub.join(" ");
+            if let Some((_, want)) = expect.iter().find(|(s, _)| *s == name) {
+                for w in *want {
+                    assert!(
+                        flags.iter().any(|f| f == w),
+                        "{args:?} lacks {w}: {flags:?}"
+                    );
+                }
+            }
+        }
+    }
+    // the values of --memory and --dataset are listed
+    let help = |args: &[&str]| String::from_utf8(densenet(args).stdout).unwrap();
+    for sub in [&["summary"][..], &["forward"], &["bench", "train"]] {
+        let h = help(&[sub, &["--help"]].concat());
+        assert!(
+            h.contains("possible values: efficient, naive"),
+            "{sub:?}:\n{h}"
+        );
+    }
+    let h = help(&["eval", "--help"]);
+    assert!(h.contains("cifar100-coarse") && h.contains("folder"), "{h}");
+}
+
+/// Issue 12, item 13: one command line — the old spellings still work as aliases, the
+/// model adjustments reach eval/predict/heatmap, --json describes what forward, plot and
+/// heatmap wrote, and "wrote …" goes to stderr.
+#[test]
+fn one_command_line() {
+    let json_of = |args: &[&str]| -> serde_json::Value {
+        let o = densenet(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: stdout is not one JSON value ({e}): {}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+    };
+    // summary: the positional or -m/--model; --batch-size or its alias --batch
+    let a = json_of(&["summary", "densenet-bc-40-12", "--json"]);
+    assert_eq!(
+        a,
+        json_of(&["summary", "--model", "densenet-bc-40-12", "--json"])
+    );
+    assert_eq!(
+        a,
+        json_of(&["summary", "-m", "densenet-bc-40-12", "--json"])
+    );
+    let p = json_of(&[
+        "summary",
+        "-m",
+        "densenet-bc-40-12",
+        "--plan",
+        "--batch-size",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(p["batch"], 8);
+    assert_eq!(
+        p,
+        json_of(&[
+            "summary",
+            "densenet-bc-40-12",
+            "--plan",
+            "--batch",
+            "8",
+            "--json"
+        ])
+    );
+    // forward: --out (and the alias --output), --json lists what was written
+    let out = tmp("one-cli-forward.safetensors");
+    let _ = std::fs::remove_file(&out);
+    let w = ref_path("cifar_bc_L40_k12.weights.safetensors");
+    let x = ref_path("cifar_bc_L40_k12.eval.safetensors");
+    let args = [
+        "forward",
+        "-m",
+        "densenet-bc-40-12",
+        "--weights",
+        &w,
+        "--input",
+        &x,
+    ];
+    let f = json_of(&[&args[..], &["--out", out.to_str().unwrap(), "--json"]].concat());
+    assert_eq!(f["out"], out.to_str().unwrap());
+    assert_eq!(f["tensors"][0]["name"], "logits");
+    let o = densenet(&[&args[..], &["--output", out.to_str().unwrap()]].concat());
+    assert!(o.status.success() && o.stdout.is_empty(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("wrote 1 tensor to"), "{}", stderr(&o));
+    // heatmap: the model adjustments, --json, "wrote" on stderr
+    let dir = tmp("one-cli-heatmap");
+    let _ = std::fs::remove_dir_all(&dir);
+    let plain = ref_path("cifar_densenet_L40_k12.weights.safetensors");
+    let hm = [
+        "heatmap",
+        "--weights",
+        &plain,
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    let o = densenet(
+        &[
+            &hm[..],
+            &[
+                "-m",
+                "densenet-40-12",
+                "--classes",
+                "10",
+                "--in-channels",
+                "3",
+                "--input-size",
+                "32",
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h["blocks"].as_array().unwrap().len(), 3);
+    assert_eq!(h["blocks"][0]["layers"], 12);
+    assert!(dir.join("heatmap.png").exists() && stderr(&o).contains("wrote"));
+    // a different --classes reaches the model: the weights no longer fit it
+    assert_fails(
+        &[&hm[..], &["-m", "densenet-40-12", "--classes", "7"]].concat(),
+        &["nothing was loaded", "classifier.weight"],
+    );
+    // adjustments without --model are refused, not ignored
+    for sub in ["eval", "predict", "heatmap"] {
+        let mut a = vec![sub, "--weights", &plain, "--classes", "10"];
+        if sub == "predict" {
+            a.push("x.png");
+        }
+        assert_fails(&a, &["adjust a --model"]);
+    }
+    // booleans: a bare --augment is "on" (--augment false still works)
+    assert_fails(
+        &["train", "--augment", "--dataset", "foo"],
+        &["unknown data set 'foo'", "folder (root/<class>/<image>)"],
+    );
+    assert_fails(
+        &["train", "--augment", "false", "--dataset", "foo"],
+        &["unknown data set 'foo'"],
+    );
+    let e = stderr(&densenet(&["train", "--dataset", "foo"]));
+    assert!(!e.contains("imagenet (image folder)"), "{e}");
+}
+
+/// Issue 12, item 15: no Rust Debug text, each cause once, a garbage `.pth` called a
+/// `.pth`, and "1 thread".
+#[test]
+fn messages_are_plain_text() {
+    let o = densenet(&["eval", "--weights", "/nonexistent/w.safetensors"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert_eq!(e.matches("(os error 2)").count(), 1, "{e}");
+    let bad = tmp("garbage.pth");
+    std::fs::write(&bad, b"this is not a checkpoint at all").unwrap();
+    let o = densenet(&[
+        "eval",
+        "--weights",
+        bad.to_str().unwrap(),
+        "-m",
+        "densenet-bc-40-12",
+    ]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains(".pth") && !e.contains("safetensors"),
+        "{e}"
+    );
+    let o = densenet(&[
+        "--threads",
+        "1",
+        "bench",
+        "train",
+        "-m",
+        "densenet-bc-16-4",
+        "--input-size",
+        "8",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains(", efficient memory, 1 thread:"), "{out}");
 }

@@ -20,7 +20,8 @@ pub struct Args {
     pub weights: PathBuf,
     #[command(flatten)]
     pub model: OptModelArgs,
-    /// Data set (default: the checkpoint's).
+    /// Data set (default: the checkpoint's): digits, cifar10, cifar100,
+    /// cifar100-coarse, svhn, mnist, fashion-mnist or folder.
     #[arg(long)]
     pub dataset: Option<String>,
     /// Directory of the data set's files (default: the checkpoint's).

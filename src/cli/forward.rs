@@ -17,8 +17,10 @@ use std::path::PathBuf;
 /// Arguments of `densenet forward`.
 #[derive(clap::Args, Debug)]
 #[command(
+    override_usage = "densenet forward [OPTIONS] --model <MODEL> --weights <FILE>\n       \
+                      --input <FILE> --out <FILE>",
     after_long_help = "Example:\n  densenet forward --model densenet-bc-40-12 \
-    --weights w.safetensors --input x.safetensors --out y.safetensors --train"
+    --weights w.safetensors \\\n    --input x.safetensors --out y.safetensors --train"
 )]
 pub struct Args {
     #[command(flatten)]

@@ -35,8 +35,9 @@ pub struct ModelAdjust {
     /// ImageNet models).
     #[arg(long, value_name = "PIXELS", value_parser = super::values::one_to(4096))]
     pub input_size: Option<usize>,
-    /// DenseNet-B: use bottleneck layers (CIFAR family; changes layers per block).
-    #[arg(long, value_name = "BOOL")]
+    /// DenseNet-B: bottleneck layers (CIFAR family; changes layers per block): bare
+    /// --bottleneck turns them on, --bottleneck false off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub bottleneck: Option<bool>,
     /// DenseNet-C: compression θ of the transitions, in (0, 1].
     #[arg(long, value_name = "THETA", value_parser = super::values::compression)]

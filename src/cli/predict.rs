@@ -12,8 +12,8 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 #[command(
     after_long_help = "Example:\n  densenet predict --weights runs/<run>/best.safetensors digit.png\n\n\
-    Images are decoded, converted to the model's channels, resized to its input size and\n\
-    normalised as in training (pixel/255, then the data set's mean and std). The digits\n\
+    Images are decoded, converted to the model's channels, resized to its input size and \
+    normalised as in training (pixel/255, then the data set's mean and std). The digits \
     set is white ink on black: invert a scan of dark ink on paper first."
 )]
 pub struct Args {

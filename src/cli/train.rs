@@ -18,8 +18,8 @@ use std::sync::Arc;
 #[derive(clap::Args, Debug, Default)]
 #[command(
     after_long_help = "Examples:\n  densenet train\n  densenet train --model preresnet-110\n  \
-    densenet train --dataset cifar10 --data ~/data/cifar-10-batches-bin --model \
-    densenet-bc-100-12 --recipe paper"
+    densenet train --dataset cifar10 --data ~/data/cifar-10-batches-bin \\\n    \
+    --model densenet-bc-100-12 --recipe paper"
 )]
 pub struct Args {
     /// Model (default: densenet-bc-40-12 on digits, densenet-bc-100-12 on CIFAR/SVHN/MNIST,
@@ -63,8 +63,15 @@ pub struct Args {
     /// constant.
     #[arg(long)]
     pub schedule: Option<Schedule>,
-    /// Standard augmentation of the data set on/off (CIFAR: pad-4 crop + flip).
-    #[arg(long, value_name = "BOOL")]
+    /// Standard augmentation of the data set (CIFAR: pad-4 crop + flip): a bare
+    /// --augment turns it on, --augment false off.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = false,
+        default_missing_value = "true"
+    )]
     pub augment: Option<bool>,
     /// Nearest-neighbour upscaling of stored images (digits: 4 gives the 32×32 inputs of
     /// the PyTorch baseline; default 1; at most 64).

@@ -309,7 +309,7 @@ impl FromStr for DatasetKind {
             _ => {
                 return Err(DataError::Config(format!(
                     "unknown data set '{s}': expected one of cifar10, cifar100, cifar100-coarse, \
-                     svhn, mnist, fashion-mnist, imagenet (image folder), digits"
+                     svhn, mnist, fashion-mnist, folder (root/<class>/<image>), digits"
                 )))
             }
         })
