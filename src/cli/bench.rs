@@ -534,11 +534,7 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
                     &a.batch.to_string(),
                 ])
                 .args(["--steps", "1", "--warmup", "0", "--json", "--memory"])
-                .arg(if mode == MemoryMode::Naive {
-                    "naive"
-                } else {
-                    "efficient"
-                })
+                .arg(mode.to_string())
                 .output()
                 .context("running a measurement")?;
             match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
