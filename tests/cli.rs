@@ -1533,7 +1533,12 @@ fn help_fits_79_columns_and_flags_agree() {
     }
     // the values of --memory and --dataset are listed
     let help = |args: &[&str]| String::from_utf8(densenet(args).stdout).unwrap();
-    for sub in [&["summary"][..], &["forward"], &["bench", "train"]] {
+    for sub in [
+        &["summary"][..],
+        &["forward"],
+        &["bench", "train"],
+        &["train"],
+    ] {
         let h = help(&[sub, &["--help"]].concat());
         assert!(
             h.contains("possible values: efficient, naive"),

@@ -87,7 +87,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Memory mode.
-    #[arg(long, default_value = "efficient")]
+    #[arg(long, default_value = "efficient", value_parser = super::values::memory_mode())]
     pub memory: MemoryMode,
     /// Run directory (default: a new runs/<time>-<dataset>-<model>). An existing run is
     /// refused: continue it with --resume DIR, or replace it with --force.
