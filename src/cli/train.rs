@@ -515,7 +515,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = summary.run_dir.clone();
     if summary.epochs == cfg.epochs {
         if let Err(e) = super::plot::run_dir_curves(&dir) {
-            eprintln!("warning: learning curves not drawn: {e:#}");
+            eprintln!(
+                "warning: learning curves not drawn: {}",
+                super::error_text(&e)
+            );
         }
     }
     if a.json {
