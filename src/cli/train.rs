@@ -189,11 +189,33 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
     } else {
         Schedule::paper(epochs)
     };
+    // a short run keeps the milestones that fall inside it, after its first epoch (with
+    // --epochs 1 the rate stays constant instead of being divided by 100 from the start)
+    let schedule = match schedule {
+        Schedule::Step {
+            mut milestones,
+            gamma,
+        } => {
+            milestones.retain(|&m| m >= 1 && m < epochs);
+            milestones.dedup();
+            Schedule::Step { milestones, gamma }
+        }
+        other => other,
+    };
     let augment = a.augment.unwrap_or(augment);
     let mut schedule = a.schedule.clone().unwrap_or(schedule);
-    if let Schedule::Step { milestones, .. } = &mut schedule {
-        if milestones.is_empty() {
+    if let (
+        Some(Schedule::Step {
+            milestones: given, ..
+        }),
+        Schedule::Step { milestones, .. },
+    ) = (&a.schedule, &mut schedule)
+    {
+        // a bare `--schedule step`: ÷10 at 50% and 75% of the run, as the paper
+        if given.is_empty() {
             *milestones = vec![epochs / 2, epochs * 3 / 4];
+            milestones.retain(|&m| m >= 1 && m < epochs);
+            milestones.dedup();
         }
     }
     // the paper's dropout rule, unless the model options say otherwise (DenseNets only:
@@ -569,5 +591,10 @@ mod tests {
         assert_eq!(milestones("svhn", Some(8)), [4, 6]);
         assert_eq!(milestones("digits", Some(4)), [2, 3]);
         assert_eq!(milestones("folder", Some(9)), [3, 6]);
+        // short runs: no milestone at epoch 0, none twice, none past the run
+        assert_eq!(milestones("cifar10", Some(1)), Vec::<usize>::new());
+        assert_eq!(milestones("cifar10", Some(2)), [1]);
+        assert_eq!(milestones("cifar10", Some(3)), [1, 2]);
+        assert_eq!(milestones("folder", Some(2)), [1]);
     }
 }

@@ -24,6 +24,9 @@ pub enum Schedule {
 impl std::fmt::Display for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Schedule::Step { milestones, .. } if milestones.is_empty() => {
+                f.write_str("constant (no step inside the run)")
+            }
             Schedule::Step { milestones, gamma } => {
                 let by = if *gamma > 0.0 && (1.0 / gamma - (1.0 / gamma).round()).abs() < 1e-3 {
                     format!("÷{}", (1.0 / gamma).round())
@@ -108,6 +111,22 @@ impl std::str::FromStr for Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Schedules print as words, not Rust's Debug form (issue 12, item 15).
+    #[test]
+    fn schedules_print_as_words() {
+        assert_eq!(
+            Schedule::paper(300).to_string(),
+            "step ÷10 at epochs 150, 225"
+        );
+        let none = Schedule::Step {
+            milestones: vec![],
+            gamma: 0.1,
+        };
+        assert_eq!(none.to_string(), "constant (no step inside the run)");
+        assert_eq!(none.lr(0.1, 0, 1), 0.1);
+        assert_eq!(Schedule::Cosine.to_string(), "cosine");
+    }
 
     #[test]
     fn paper_step_schedule() {
