@@ -284,26 +284,7 @@ impl DenseNetConfig {
                 limits::MAX_LAYERS_PER_STAGE,
             )?;
         }
-        rule(
-            self.num_classes > 0,
-            "number of classes must be at least 1".into(),
-        )?;
-        range(
-            "num_classes",
-            "classifier outputs",
-            self.num_classes,
-            limits::MAX_CLASSES,
-        )?;
-        rule(
-            self.in_channels > 0,
-            "input channels must be at least 1".into(),
-        )?;
-        range(
-            "in_channels",
-            "input channels",
-            self.in_channels,
-            limits::MAX_IN_CHANNELS,
-        )?;
+        ConfigError::check_io(self.num_classes, self.in_channels, self.input_size)?;
         rule(
             self.init_features > 0,
             "stem must produce at least one channel".into(),
@@ -313,12 +294,6 @@ impl DenseNetConfig {
             "channels of the stem",
             self.init_features,
             limits::MAX_WIDTH,
-        )?;
-        range(
-            "input_size",
-            "input height and width",
-            self.input_size,
-            limits::MAX_INPUT_SIZE,
         )?;
         rule(
             (0.0..1.0).contains(&self.drop_rate),

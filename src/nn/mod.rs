@@ -101,6 +101,39 @@ impl ConfigError {
         )
     }
 
+    /// The rules every family shares for what a model reads and writes: classes, input
+    /// channels and input size, each at least 1 and within [`limits`].
+    pub fn check_io(
+        num_classes: usize,
+        in_channels: usize,
+        input_size: usize,
+    ) -> Result<(), ConfigError> {
+        let (rule, range) = (ConfigError::check, ConfigError::in_range);
+        rule(
+            num_classes > 0,
+            "number of classes must be at least 1".into(),
+        )?;
+        range(
+            "num_classes",
+            "classifier outputs",
+            num_classes,
+            limits::MAX_CLASSES,
+        )?;
+        rule(in_channels > 0, "input channels must be at least 1".into())?;
+        range(
+            "in_channels",
+            "input channels",
+            in_channels,
+            limits::MAX_IN_CHANNELS,
+        )?;
+        range(
+            "input_size",
+            "input height and width",
+            input_size,
+            limits::MAX_INPUT_SIZE,
+        )
+    }
+
     /// `Ok` if a model of `params` parameters (`None`: more than `u128` holds) is within
     /// [`limits::MAX_PARAMS`].
     pub fn check_params(params: Option<u128>) -> Result<(), ConfigError> {

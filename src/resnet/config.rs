@@ -162,32 +162,7 @@ impl PreActResNetConfig {
             self.stem_channels,
             limits::MAX_WIDTH,
         )?;
-        rule(
-            self.num_classes > 0,
-            "number of classes must be at least 1".into(),
-        )?;
-        range(
-            "num_classes",
-            "classifier outputs",
-            self.num_classes,
-            limits::MAX_CLASSES,
-        )?;
-        rule(
-            self.in_channels > 0,
-            "input channels must be at least 1".into(),
-        )?;
-        range(
-            "in_channels",
-            "input channels",
-            self.in_channels,
-            limits::MAX_IN_CHANNELS,
-        )?;
-        range(
-            "input_size",
-            "input height and width",
-            self.input_size,
-            limits::MAX_INPUT_SIZE,
-        )?;
+        ConfigError::check_io(self.num_classes, self.in_channels, self.input_size)?;
         let min_size = 1 << (self.units.len() - 1);
         rule(
             self.input_size >= min_size,
