@@ -414,7 +414,7 @@ macro_rules! model_workspace {
                 self.plan.batch
             }
             fn logits(&self) -> &[f32] {
-                &self.logits
+                &self.head.logits
             }
             fn input_grad(&self) -> &[f32] {
                 &self.input_grad

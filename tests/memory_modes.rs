@@ -36,7 +36,7 @@ fn step(
     let loss = net.forward_train(&mut ws, &x, &y, &opts);
     net.zero_grad();
     net.backward(&mut ws, &opts);
-    let logits = ws.logits[..n * cfg.num_classes].to_vec();
+    let logits = ws.head.logits[..n * cfg.num_classes].to_vec();
     let ig = ws.input_grad[..x.len()].to_vec();
     (loss, logits, net.grads.clone(), net.stats.clone(), ig)
 }

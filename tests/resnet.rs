@@ -87,10 +87,10 @@ fn check_train(
         input_grad: true,
     };
     let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
-    ws.dlogits.iter_mut().for_each(|d| *d *= scale_dlogits);
+    ws.head.dlogits.iter_mut().for_each(|d| *d *= scale_dlogits);
     check_close(
         "train logits",
-        &ws.logits[..n * classes],
+        &ws.head.logits[..n * classes],
         data(&r, "logits"),
         1e-4,
         1e-4,

@@ -28,7 +28,7 @@
 use super::arch::Architecture;
 use crate::densenet::config::Stem;
 use crate::nn::arena::{self, carve, Allocation, Buf, Carver, Region};
-use crate::nn::{ChannelStats, MemoryMode};
+use crate::nn::{ChannelStats, HeadMemory, MemoryMode};
 use crate::ops::conv::{col_len, ConvShape};
 use serde::Serialize;
 
@@ -373,14 +373,8 @@ pub struct DenseNetWorkspace {
     pub blocks: Vec<BlockMemory>,
     /// Shared scratch.
     pub scratch: Scratch,
-    /// Pooled features `[C][N]`.
-    pub pooled: Buf<f32>,
-    /// Their gradient.
-    pub dpooled: Buf<f32>,
-    /// Logits `[N][classes]`.
-    pub logits: Buf<f32>,
-    /// Gradient of the mean loss with respect to the logits.
-    pub dlogits: Buf<f32>,
+    /// Pooled features, logits and their gradients.
+    pub head: HeadMemory,
     /// The one allocation behind every buffer above and its region table (declared last:
     /// dropped after them).
     pub alloc: Allocation,
@@ -474,7 +468,6 @@ impl DenseNetWorkspace {
             scale: c.take("scratch.scale", widest),
             shift: c.take("scratch.shift", widest),
         };
-        let train = |len: usize| if plan.training { len } else { 0 };
         DenseNetWorkspace {
             n,
             training: false,
@@ -486,10 +479,7 @@ impl DenseNetWorkspace {
             stem_argmax,
             blocks,
             scratch,
-            pooled: c.take("head.pooled", cf * n),
-            dpooled: c.take("head.dpooled", train(cf * n)),
-            logits: c.take("head.logits", n * cfg.num_classes),
-            dlogits: c.take("head.dlogits", train(n * cfg.num_classes)),
+            head: HeadMemory::carve(c, cf, cfg.num_classes, n, plan.training),
             alloc: Allocation::default(),
             plan: plan.clone(),
         }

@@ -110,11 +110,11 @@ impl DenseNet {
     ) -> Vec<f32> {
         self.check_input(ws, input, n);
         self.forward(ws, input, n, false, 0, &mut probe);
-        ws.logits[..n * self.arch.config.num_classes].to_vec()
+        ws.head.logits[..n * self.arch.config.num_classes].to_vec()
     }
 
     /// Training-mode forward pass: batch statistics, running statistics updated once,
-    /// dropout active. Returns the mean cross-entropy loss; logits stay in `ws.logits`.
+    /// dropout active. Returns the mean cross-entropy loss; logits stay in `ws.head.logits`.
     pub fn forward_train(
         &mut self,
         ws: &mut DenseNetWorkspace,
@@ -127,7 +127,10 @@ impl DenseNet {
         assert!(ws.plan.training, "forward_train needs a training workspace");
         let classes = self.arch.config.num_classes;
         self.forward(ws, input, n, true, opts.dropout_seed, &mut None);
-        let (logits, dlogits) = (&ws.logits[..n * classes], &mut ws.dlogits[..n * classes]);
+        let (logits, dlogits) = (
+            &ws.head.logits[..n * classes],
+            &mut ws.head.dlogits[..n * classes],
+        );
         softmax_cross_entropy(dlogits, logits, labels, classes)
     }
 

@@ -13,6 +13,8 @@ pub use layers::{BatchNorm, Conv};
 pub use params::{TensorEntry, TensorTable};
 pub use stats::ChannelStats;
 
+use arena::{Buf, Carver};
+
 use crate::ops::cnhw_to_nchw;
 use crate::util::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -213,5 +215,39 @@ pub(crate) fn emit(
         let mut out = vec![0.0; c * n * hw];
         cnhw_to_nchw(&mut out, &x[..c * n * hw], n, c, hw);
         probe(&name.to_string(), Tensor::new(vec![n, c, size, size], out));
+    }
+}
+
+/// The classifier head's buffers, the same in both families: pooled features `[C][N]`,
+/// logits `[N][classes]` and (training only) their gradients.
+#[derive(Debug, Default)]
+pub struct HeadMemory {
+    /// Pooled features `[C][N]`.
+    pub pooled: Buf<f32>,
+    /// Their gradient (training).
+    pub dpooled: Buf<f32>,
+    /// Logits `[N][classes]`.
+    pub logits: Buf<f32>,
+    /// Gradient of the mean loss with respect to the logits (training).
+    pub dlogits: Buf<f32>,
+}
+
+impl HeadMemory {
+    /// Takes the head's regions (`head.*`) for `n` images, `features` pooled channels and
+    /// `classes` outputs; the gradients only for a training workspace.
+    pub fn carve(
+        c: &mut Carver,
+        features: usize,
+        classes: usize,
+        n: usize,
+        training: bool,
+    ) -> Self {
+        let train = |len: usize| if training { len } else { 0 };
+        HeadMemory {
+            pooled: c.take("head.pooled", features * n),
+            dpooled: c.take("head.dpooled", train(features * n)),
+            logits: c.take("head.logits", n * classes),
+            dlogits: c.take("head.dlogits", train(n * classes)),
+        }
     }
 }

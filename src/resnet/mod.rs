@@ -29,8 +29,8 @@ pub mod config;
 pub mod memory;
 
 use crate::nn::arena::Buf;
-use crate::nn::MemoryMode;
 use crate::nn::{check_input, emit, Probe, TrainOptions};
+use crate::nn::{HeadMemory, MemoryMode};
 use crate::ops::conv::{conv_backward, conv_forward};
 use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::loss::softmax_cross_entropy;
@@ -143,11 +143,11 @@ impl PreActResNet {
     ) -> Vec<f32> {
         self.check_input(ws, input, n);
         self.forward(ws, input, n, false, &mut probe);
-        ws.logits[..n * self.arch.config.num_classes].to_vec()
+        ws.head.logits[..n * self.arch.config.num_classes].to_vec()
     }
 
     /// Training-mode forward pass: batch statistics, running statistics updated once.
-    /// Returns the mean cross-entropy loss; logits stay in `ws.logits`. (The options'
+    /// Returns the mean cross-entropy loss; logits stay in `ws.head.logits`. (The options'
     /// dropout seed is unused: He et al. train ResNets without dropout.)
     pub fn forward_train(
         &mut self,
@@ -161,7 +161,10 @@ impl PreActResNet {
         assert!(ws.plan.training, "forward_train needs a training workspace");
         let classes = self.arch.config.num_classes;
         self.forward(ws, input, n, true, &mut None);
-        let (logits, dlogits) = (&ws.logits[..n * classes], &mut ws.dlogits[..n * classes]);
+        let (logits, dlogits) = (
+            &ws.head.logits[..n * classes],
+            &mut ws.head.dlogits[..n * classes],
+        );
         softmax_cross_entropy(dlogits, logits, labels, classes)
     }
 
@@ -186,8 +189,7 @@ impl PreActResNet {
             units,
             scratch: sc,
             final_stats,
-            pooled,
-            logits,
+            head: HeadMemory { pooled, logits, .. },
             ..
         } = ws;
         nchw_to_cnhw(&mut x_in[..n * cin * s * s], input, n, cin, s * s);
@@ -283,9 +285,13 @@ impl PreActResNet {
             units,
             scratch: sc,
             final_stats,
-            pooled,
-            dpooled,
-            dlogits,
+            head:
+                HeadMemory {
+                    pooled,
+                    dpooled,
+                    dlogits,
+                    ..
+                },
             ..
         } = ws;
 
