@@ -583,19 +583,24 @@ fn preresnet_summary_forward_train_eval_compare() {
     );
 }
 
-/// A reader that stops early (`densenet summary --json | head`) is not an error: the
-/// command exits 0 and prints nothing on stderr.
-#[test]
-fn closed_stdout_is_not_an_error() {
+/// Runs densenet with its stdout's read end closed before it writes anything (a reader
+/// that stopped early, as `| head` does).
+fn with_stdout_closed<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_densenet"))
-        .args(["summary", "preresnet-1001", "--json"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn densenet");
-    // close the read end before the command has written anything
     drop(child.stdout.take());
-    let out = child.wait_with_output().expect("wait");
+    child.wait_with_output().expect("wait")
+}
+
+/// A reader that stops early (`densenet summary --json | head`) is not an error: the
+/// command exits 0 and prints nothing on stderr.
+#[test]
+fn closed_stdout_is_not_an_error() {
+    let out = with_stdout_closed(&["summary", "preresnet-1001", "--json"]);
     assert!(
         out.status.success(),
         "exit {:?}: {}",
@@ -979,14 +984,7 @@ fn closed_stdout_ends_every_command_quietly() {
     .map(|v| v.into_iter().map(String::from).collect())
     .collect();
     for args in cases {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_densenet"))
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn densenet");
-        drop(child.stdout.take());
-        let out = child.wait_with_output().expect("wait");
+        let out = with_stdout_closed(&args);
         assert!(
             out.status.success(),
             "{args:?}: exit {:?}: {}",
