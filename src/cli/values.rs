@@ -33,64 +33,62 @@ fn number(s: &str) -> Result<f64, String> {
         .map_err(|_| format!("'{s}' is not a number"))
 }
 
-/// A learning rate: finite and greater than 0.
-pub fn learning_rate(s: &str) -> Result<f32, String> {
-    let v = number(s)? as f32;
-    if v.is_finite() && v > 0.0 {
+/// `v` if it meets `ok`, else `rule` as the error.
+fn meets(v: f64, ok: impl Fn(f64) -> bool, rule: &str) -> Result<f64, String> {
+    if ok(v) {
         Ok(v)
     } else {
-        Err("must be a finite number greater than 0".into())
+        Err(rule.into())
     }
+}
+
+/// `s` as a number that meets `ok`.
+fn checked(s: &str, ok: impl Fn(f64) -> bool, rule: &str) -> Result<f64, String> {
+    meets(number(s)?, ok, rule)
+}
+
+/// [`checked`] for an `f32` flag: the rule sees the value as stored (1e39 is infinite).
+fn checked_f32(s: &str, ok: impl Fn(f64) -> bool, rule: &str) -> Result<f32, String> {
+    let v = number(s)? as f32;
+    meets(v as f64, ok, rule).map(|v| v as f32)
+}
+
+/// A learning rate: finite and greater than 0.
+pub fn learning_rate(s: &str) -> Result<f32, String> {
+    checked_f32(
+        s,
+        |v| v.is_finite() && v > 0.0,
+        "must be a finite number greater than 0",
+    )
 }
 
 /// Momentum: in [0, 1).
 pub fn momentum(s: &str) -> Result<f32, String> {
-    let v = number(s)? as f32;
-    if (0.0..1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err("must be in [0, 1)".into())
-    }
+    fraction_f32(s)
 }
 
 /// Weight decay: finite and at least 0.
 pub fn weight_decay(s: &str) -> Result<f32, String> {
-    let v = number(s)? as f32;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err("must be a finite number, at least 0".into())
-    }
+    checked_f32(
+        s,
+        |v| v.is_finite() && v >= 0.0,
+        "must be a finite number, at least 0",
+    )
 }
 
-/// A fraction in [0, 1) (dropout rate).
+/// A fraction in [0, 1) (dropout rate, momentum).
 pub fn fraction_f32(s: &str) -> Result<f32, String> {
-    let v = number(s)? as f32;
-    if (0.0..1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err("must be in [0, 1)".into())
-    }
+    checked_f32(s, |v| (0.0..1.0).contains(&v), "must be in [0, 1)")
 }
 
 /// A fraction in [0, 1) (the validation split).
 pub fn fraction(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    if (0.0..1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err("must be in [0, 1)".into())
-    }
+    checked(s, |v| (0.0..1.0).contains(&v), "must be in [0, 1)")
 }
 
 /// Compression θ: in (0, 1].
 pub fn compression(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    if v > 0.0 && v <= 1.0 {
-        Ok(v)
-    } else {
-        Err("must be in (0, 1]".into())
-    }
+    checked(s, |v| v > 0.0 && v <= 1.0, "must be in (0, 1]")
 }
 
 /// Input channels: 1 (grey) or 3 (RGB).
