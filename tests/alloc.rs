@@ -61,6 +61,7 @@ fn steps_after_the_first(name: &str, batch: usize, drop_rate: f32) -> Vec<(usize
     let opts = TrainOptions {
         dropout_seed: 1,
         input_grad: false,
+        ..Default::default()
     };
     let mut counts = vec![];
     for step in 0..6 {

@@ -106,6 +106,7 @@ fn step_outputs(k: &'static Kernels, cfg: &ModelConfig, n: usize) -> Vec<(String
     let opts = TrainOptions {
         dropout_seed: 3,
         input_grad: true,
+        ..Default::default()
     };
     let loss = net.forward_train(&mut ws, &x, &y, &opts);
     net.zero_grad();

@@ -32,6 +32,7 @@ fn step(
     let opts = TrainOptions {
         dropout_seed: 42,
         input_grad: true,
+        ..Default::default()
     };
     let loss = net.forward_train(&mut ws, &x, &y, &opts);
     net.zero_grad();

@@ -102,6 +102,7 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
     let opts = TrainOptions {
         dropout_seed: 0,
         input_grad: true,
+        ..Default::default()
     };
     let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
     ws.head.dlogits.iter_mut().for_each(|d| *d *= scale_dlogits);

@@ -117,6 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let opts = TrainOptions {
             dropout_seed: 0,
             input_grad: true,
+            ..Default::default()
         };
         let loss = net.forward_train(&mut ws, &input.data, &y, &opts);
         net.zero_grad();

@@ -25,6 +25,15 @@ pub struct DenseLayer {
 }
 
 impl DenseLayer {
+    /// Offset of this layer's first tensor in the parameter buffer: its tensors come
+    /// after every earlier layer's and before every later layer's.
+    pub fn first_param(&self) -> usize {
+        let b = self.bottleneck.as_ref();
+        let ends = [self.norm1.weight, self.conv1.weight];
+        let rest = b.map(|(n, c)| n.weight.min(c.weight)).unwrap_or(usize::MAX);
+        ends.into_iter().fold(rest, usize::min)
+    }
+
     pub(crate) fn new(
         name: &str,
         id: usize,

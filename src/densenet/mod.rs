@@ -131,7 +131,13 @@ impl DenseNet {
             &ws.head.logits[..n * classes],
             &mut ws.head.dlogits[..n * classes],
         );
-        softmax_cross_entropy(dlogits, logits, labels, classes)
+        softmax_cross_entropy(
+            dlogits,
+            logits,
+            labels,
+            classes,
+            opts.batch_total.unwrap_or(n),
+        )
     }
 
     fn forward(
@@ -218,19 +224,23 @@ impl DenseNet {
         let p = &self.params;
         let g = &mut self.grads;
         head::backward(&self.arch, p, g, ws);
+        opts.grads_final(self.arch.norm_final.weight, g);
         for b in (0..self.arch.blocks.len()).rev() {
             let block = &self.arch.blocks[b];
             if let Some(t) = &block.transition {
                 t.backward(p, g, ws, b, block.size);
+                opts.grads_final(t.norm.weight.min(t.conv.weight), g);
             }
             for (i, layer) in block.layers.iter().enumerate().rev() {
                 layer.backward(p, g, ws, b, i, block.size);
+                opts.grads_final(layer.first_param(), g);
             }
             // the block's input channels have had all their readers
             let len = n * block.size * block.size;
             ws.blocks[b].complete_grads(0..block.c_in, len);
         }
         stem::backward(&self.arch, p, g, ws, opts.input_grad);
+        opts.grads_final(0, g);
         if opts.input_grad {
             let cfg = &self.arch.config;
             let hw = cfg.input_size * cfg.input_size;

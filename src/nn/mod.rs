@@ -175,13 +175,45 @@ pub mod limits {
     pub const MAX_LAYERS_PER_STAGE: usize = 10_000;
 }
 
+/// Called by a backward pass with `(offset, &grads[offset..])` each time the parameter
+/// gradients from `offset` to the end of the flat buffer are final. Layers are stored in
+/// forward order and run backward in reverse, so the final part grows from the end; a
+/// data-parallel run starts summing it over processes while the backward pass goes on.
+pub type GradsReady<'a> = &'a dyn Fn(usize, &[f32]);
+
 /// Options of one training-mode pass.
-#[derive(Clone, Copy, Debug)]
-pub struct TrainOptions {
+#[derive(Clone, Copy, Default)]
+pub struct TrainOptions<'a> {
     /// Seed for this step's dropout masks (ignored when the drop rate is 0).
     pub dropout_seed: u64,
     /// Also compute the gradient with respect to the input.
     pub input_grad: bool,
+    /// The loss is the mean over this many images, of which this pass holds a share: a
+    /// data-parallel step's whole batch, so that each process's gradient is its part of
+    /// the one-process gradient and the parts simply add up. `None`: this pass's images.
+    pub batch_total: Option<usize>,
+    /// Told as parameter gradients become final, see [`GradsReady`].
+    pub grads_ready: Option<GradsReady<'a>>,
+}
+
+impl std::fmt::Debug for TrainOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("dropout_seed", &self.dropout_seed)
+            .field("input_grad", &self.input_grad)
+            .field("batch_total", &self.batch_total)
+            .field("grads_ready", &self.grads_ready.is_some())
+            .finish()
+    }
+}
+
+impl TrainOptions<'_> {
+    /// Tells [`TrainOptions::grads_ready`], if any, that `grads[offset..]` is final.
+    pub fn grads_final(&self, offset: usize, grads: &[f32]) {
+        if let Some(f) = self.grads_ready {
+            f(offset, &grads[offset..]);
+        }
+    }
 }
 
 /// What a forward pass may be asked to expose, for checking a port layer by layer.

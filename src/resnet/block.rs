@@ -105,6 +105,16 @@ pub(crate) struct Backward<'a> {
 }
 
 impl ResidualUnit {
+    /// Offset of this unit's first tensor in the parameter buffer: its tensors come after
+    /// every earlier unit's and before every later unit's.
+    pub fn first_param(&self) -> usize {
+        let convs = self.layers.iter().map(|(bn, c)| bn.weight.min(c.weight));
+        convs
+            .chain(self.shortcut.iter().map(|c| c.weight))
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
     /// Lays out one unit's tensors: `c_in` channels of `size_in`², stage width `width`,
     /// first convolution stride `stride`.
     #[allow(clippy::too_many_arguments)]

@@ -154,7 +154,7 @@ impl PreActResNet {
         ws: &mut ResNetWorkspace,
         input: &[f32],
         labels: &[u32],
-        _opts: &TrainOptions,
+        opts: &TrainOptions,
     ) -> f32 {
         let n = labels.len();
         self.check_input(ws, input, n);
@@ -165,7 +165,13 @@ impl PreActResNet {
             &ws.head.logits[..n * classes],
             &mut ws.head.dlogits[..n * classes],
         );
-        softmax_cross_entropy(dlogits, logits, labels, classes)
+        softmax_cross_entropy(
+            dlogits,
+            logits,
+            labels,
+            classes,
+            opts.batch_total.unwrap_or(n),
+        )
     }
 
     fn forward(
@@ -332,6 +338,8 @@ impl PreActResNet {
             );
         }
 
+        opts.grads_final(arch.norm.weight.min(arch.fc), g);
+
         // units in reverse; the stream gradient alternates between two buffers
         let units_rev = arch.stages.iter().rev().flat_map(|s| s.units.iter().rev());
         for (t, unit) in (0..num_units).rev().zip(units_rev) {
@@ -361,6 +369,7 @@ impl PreActResNet {
                 shift: &mut sc.shift,
             };
             unit.backward(p, g, n, bwd);
+            opts.grads_final(unit.first_param(), g);
             cur = 1 - cur;
         }
 
@@ -377,6 +386,7 @@ impl PreActResNet {
             &arch.conv1.shape(n, s),
             &mut sc.col,
         );
+        opts.grads_final(0, g);
         if opts.input_grad {
             cnhw_to_nchw_in_place(input_grad, n, cin, s * s);
         }
