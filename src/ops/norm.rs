@@ -12,6 +12,35 @@ use crate::kernels::{self, norm::Grad};
 use crate::util::par::PAR_MIN;
 use crate::util::profile;
 use rayon::prelude::*;
+use std::sync::{Arc, RwLock};
+
+/// Sums per-channel batch-norm statistics over the processes of a data-parallel run
+/// (synchronised batch norm): with it, N processes holding B/N images each normalise with,
+/// and differentiate through, the statistics of the whole batch of B, exactly as one
+/// process with B images does.
+pub trait StatsSync: Send + Sync {
+    /// Sums `v` element-wise over all processes, in place (every process passes the same
+    /// length, in the same order of calls).
+    fn sum(&self, v: &mut [f64]);
+    /// The positions of the whole batch, for this process's `len = n·h·w` of its `n` images.
+    fn total_len(&self, len: usize) -> usize;
+}
+
+/// The process's synchronised batch norm, if any. A process trains one model at a time,
+/// and every batch norm of the model must take part (the calls are matched across
+/// processes by their order), so this is one switch for the process rather than an
+/// argument threaded through every layer.
+static STATS_SYNC: RwLock<Option<Arc<dyn StatsSync>>> = RwLock::new(None);
+
+/// Turns synchronised batch norm on (`Some`) or off for every training-mode batch norm of
+/// this process.
+pub fn set_stats_sync(sync: Option<Arc<dyn StatsSync>>) {
+    *STATS_SYNC.write().unwrap_or_else(|e| e.into_inner()) = sync;
+}
+
+fn stats_sync() -> Option<Arc<dyn StatsSync>> {
+    STATS_SYNC.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
 
 /// BatchNorm epsilon (PyTorch's default, and the reference files').
 pub const BN_EPS: f32 = 1e-5;
@@ -25,6 +54,9 @@ pub fn channel_stats(mean: &mut [f32], var: &mut [f32], x: &[f32], len: usize) {
     assert_eq!(var.len(), c);
     assert!(x.len() >= c * len);
     let row_stats = kernels::active().row_stats;
+    if let Some(sync) = stats_sync() {
+        return synced_stats(mean, var, x, len, &*sync);
+    }
     let work = |(ci, (m, v)): (usize, (&mut f32, &mut f32))| {
         let (mu, var) = row_stats(&x[ci * len..(ci + 1) * len]);
         *m = mu as f32;
@@ -40,6 +72,31 @@ pub fn channel_stats(mean: &mut [f32], var: &mut [f32], x: &[f32], len: usize) {
             .zip(var.iter_mut())
             .enumerate()
             .for_each(work);
+    }
+}
+
+/// [`channel_stats`] of the whole batch of a synchronised batch norm: each process sums
+/// its `Σx` and `Σx²` per channel (from its rows' mean and variance, in f64), one
+/// all-reduce adds them up, and mean and biased variance follow from the whole batch's
+/// count.
+fn synced_stats(mean: &mut [f32], var: &mut [f32], x: &[f32], len: usize, sync: &dyn StatsSync) {
+    let c = mean.len();
+    let row_stats = kernels::active().row_stats;
+    let mut sums = vec![0f64; 2 * c];
+    let (s1, s2) = sums.split_at_mut(c);
+    let work = |(ci, (a, b)): (usize, (&mut f64, &mut f64))| {
+        let (mu, v) = row_stats(&x[ci * len..(ci + 1) * len]);
+        *a = len as f64 * mu;
+        *b = len as f64 * (v + mu * mu);
+    };
+    let it = s1.par_iter_mut().zip(s2.par_iter_mut()).enumerate();
+    per_channel(it, c * len, work);
+    sync.sum(&mut sums);
+    let total = sync.total_len(len) as f64;
+    for ci in 0..c {
+        let mu = sums[ci] / total;
+        mean[ci] = mu as f32;
+        var[ci] = (sums[c + ci] / total - mu * mu).max(0.0) as f32;
     }
 }
 
@@ -68,6 +125,8 @@ pub fn scale_shift(
 /// PyTorch's running-statistics update: `rm ← (1−m)·rm + m·mean`,
 /// `rv ← (1−m)·rv + m·var·len/(len−1)` (the *unbiased* variance).
 pub fn update_running(rm: &mut [f32], rv: &mut [f32], mean: &[f32], var: &[f32], len: usize) {
+    // synchronised: the statistics are the whole batch's, and so is the count
+    let len = stats_sync().map_or(len, |s| s.total_len(len));
     let unbias = if len > 1 {
         len as f32 / (len - 1) as f32
     } else {
@@ -185,12 +244,13 @@ fn bn_relu_backward_impl<const ACC: bool>(
             k.masked_assign
         },
     );
-    let work = |(ci, (dxr, (dg, db))): (usize, (&mut [f32], (&mut f32, &mut f32)))| {
+    // Σg and Σg·(x − mean) over the channel's positions. The gradient arrives as runs of
+    // positions: either a dense row, or one constant per sample (global average pooling
+    // spreads dpool/hw over the plane).
+    let sums_of = |ci: usize| -> (f64, f64) {
         let xr = &x[ci * len..(ci + 1) * len];
-        let (s, t, mu, r) = (scale[ci], shift[ci], mean[ci], rstd[ci]);
-        // The gradient arrives as runs of `seg` positions: either a dense row, or one
-        // constant per sample (global average pooling spreads dpool/hw over the plane).
-        let (sg, sgc) = match dout {
+        let (s, t, mu) = (scale[ci], shift[ci], mean[ci]);
+        match dout {
             OutGrad::Dense(d) => masked_sums(xr, Grad::Row(&d[ci * len..(ci + 1) * len]), s, t, mu),
             OutGrad::Pooled { dpool, n, hw } => {
                 let (mut a, mut b) = (0f64, 0f64);
@@ -202,8 +262,12 @@ fn bn_relu_backward_impl<const ACC: bool>(
                 }
                 (a, b)
             }
-        };
-        let (k, mg, mgx) = finish_channel(sg, sgc, r, gamma[ci], len, dg, db);
+        }
+    };
+    // dx = k·(g − mg − x̂·mgx) for one channel
+    let update = |ci: usize, dxr: &mut [f32], (k, mg, mgx): (f32, f32, f32)| {
+        let xr = &x[ci * len..(ci + 1) * len];
+        let (s, t, mu, r) = (scale[ci], shift[ci], mean[ci], rstd[ci]);
         match dout {
             OutGrad::Dense(d) => masked_update(
                 dxr,
@@ -241,7 +305,38 @@ fn bn_relu_backward_impl<const ACC: bool>(
         .par_chunks_mut(len)
         .zip(dgamma[..c].par_iter_mut().zip(dbeta[..c].par_iter_mut()))
         .enumerate();
+    let Some(sync) = stats_sync() else {
+        // one pass per channel while its rows are in cache
+        let work = |(ci, (dxr, (dg, db))): (usize, (&mut [f32], (&mut f32, &mut f32)))| {
+            let sums = sums_of(ci);
+            update(
+                ci,
+                dxr,
+                finish_channel(sums, sums, rstd[ci], gamma[ci], len, dg, db),
+            );
+        };
+        return per_channel(it, c * len, work);
+    };
+    // synchronised: the update needs the whole batch's sums, so two passes around the
+    // all-reduce
+    let mut local = vec![(0f64, 0f64); c];
+    per_channel(local.par_iter_mut().enumerate(), c * len, |(ci, sums)| {
+        *sums = sums_of(ci)
+    });
+    let global = sum_pairs(&*sync, &local);
+    let total = sync.total_len(len);
+    let work = |(ci, (dxr, (dg, db))): (usize, (&mut [f32], (&mut f32, &mut f32)))| {
+        let consts = finish_channel(local[ci], global[ci], rstd[ci], gamma[ci], total, dg, db);
+        update(ci, dxr, consts);
+    };
     per_channel(it, c * len, work);
+}
+
+/// Per-channel pairs of sums, summed over the processes of a synchronised batch norm.
+fn sum_pairs(sync: &dyn StatsSync, local: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut flat: Vec<f64> = local.iter().flat_map(|&(a, b)| [a, b]).collect();
+    sync.sum(&mut flat);
+    flat.chunks_exact(2).map(|p| (p[0], p[1])).collect()
 }
 
 /// Runs `work` on every channel of `it`: in parallel from [`PAR_MIN`] floats of
@@ -260,11 +355,13 @@ fn per_channel<I: IndexedParallelIterator>(
 }
 
 /// The per-channel constants of the BN-ReLU input gradient from the sums `sg = Σg` and
-/// `sgc = Σg·(x − mean)` over `len` positions; accumulates `dγ = Σg·x̂` and `dβ = Σg`.
-/// Returns `(k, mg, mgx)` of `dx = k·(g − mg − x̂·mgx)`.
+/// `sgc = Σg·(x − mean)`: this process's (`local`), and the whole batch's `len` positions
+/// (`whole`, the same unless batch norm is synchronised). Accumulates this process's
+/// `dγ = Σg·x̂` and `dβ = Σg` (a data-parallel run sums the parameter gradients later,
+/// as it does every other one). Returns `(k, mg, mgx)` of `dx = k·(g − mg − x̂·mgx)`.
 fn finish_channel(
-    sg: f64,
-    sgc: f64,
+    local: (f64, f64),
+    whole: (f64, f64),
     r: f32,
     gamma: f32,
     len: usize,
@@ -272,9 +369,9 @@ fn finish_channel(
     db: &mut f32,
 ) -> (f32, f32, f32) {
     // Σg·x̂ = rstd·Σg·(x−mean)
-    let sgx = sgc * r as f64;
-    *dg += sgx as f32;
-    *db += sg as f32;
+    *dg += (local.1 * r as f64) as f32;
+    *db += local.0 as f32;
+    let (sg, sgx) = (whole.0, whole.1 * r as f64);
     let (mg, mgx) = ((sg / len as f64) as f32, (sgx / len as f64) as f32);
     (gamma * r, mg, mgx)
 }
@@ -292,9 +389,23 @@ pub(crate) fn bn_relu_backward_pending(
     gamma: &[f32],
     len: usize,
 ) {
-    for (c, (&(sg, sgc), pend)) in sums.iter().zip(pending.iter_mut()).enumerate() {
+    let synced = stats_sync().map(|sync| (sum_pairs(&*sync, sums), sync.total_len(len)));
+    let (whole, len) = match &synced {
+        Some((whole, total)) => (&whole[..], *total),
+        None => (sums, len),
+    };
+    for (c, ((&local, &whole), pend)) in sums.iter().zip(whole).zip(pending.iter_mut()).enumerate()
+    {
         let r = rstd[c];
-        let (k, mg, mgx) = finish_channel(sg, sgc, r, gamma[c], len, &mut dgamma[c], &mut dbeta[c]);
+        let (k, mg, mgx) = finish_channel(
+            local,
+            whole,
+            r,
+            gamma[c],
+            len,
+            &mut dgamma[c],
+            &mut dbeta[c],
+        );
         pend.0 -= (k * mg) as f64;
         pend.1 -= (k * r * mgx) as f64;
     }
