@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod data;
 pub mod densenet;
+pub mod dist;
 pub mod kernels;
 pub mod model;
 pub mod nn;
