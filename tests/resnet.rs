@@ -85,6 +85,7 @@ fn check_train(
     let opts = TrainOptions {
         dropout_seed: 0,
         input_grad: true,
+        ..Default::default()
     };
     let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
     ws.head.dlogits.iter_mut().for_each(|d| *d *= scale_dlogits);
@@ -264,6 +265,7 @@ fn gradients_match_finite_differences() {
         let opts = TrainOptions {
             dropout_seed: 0,
             input_grad: true,
+            ..Default::default()
         };
         net.forward_train(&mut ws, &x, &y, &opts);
         net.zero_grad();
@@ -330,6 +332,7 @@ fn memory_modes_agree() {
             let opts = TrainOptions {
                 dropout_seed: 0,
                 input_grad: true,
+                ..Default::default()
             };
             let loss = net.forward_train(&mut ws, &x, &y, &opts);
             net.zero_grad();
@@ -414,6 +417,7 @@ fn preresnet_trains_on_digits() {
         seed: 1,
         memory: MemoryMode::Efficient,
         svhn_extra: false,
+        sync_bn: false,
     };
     let dir = tmp("digits");
     let opts = RunOptions {
@@ -423,6 +427,7 @@ fn preresnet_trains_on_digits() {
         replace: false,
         unique: false,
         interrupt: None,
+        comm: None,
     };
     let s = train::train(&cfg, &opts, &mut Quiet).unwrap();
     println!(

@@ -30,6 +30,7 @@ fn tiny(epochs: usize) -> TrainConfig {
         seed: 7,
         memory: MemoryMode::Efficient,
         svhn_extra: false,
+        sync_bn: false,
     }
 }
 
@@ -55,6 +56,7 @@ fn resume_continues_exactly() {
             replace: false,
             unique: false,
             interrupt: None,
+            comm: None,
         },
         &mut Quiet,
     )
@@ -71,6 +73,7 @@ fn resume_continues_exactly() {
             replace: false,
             unique: false,
             interrupt: None,
+            comm: None,
         },
         &mut Quiet,
     )
@@ -91,6 +94,7 @@ fn resume_continues_exactly() {
             replace: false,
             unique: false,
             interrupt: None,
+            comm: None,
         },
         &mut Quiet,
     )
@@ -127,6 +131,7 @@ fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
             replace: false,
             unique: false,
             interrupt: None,
+            comm: None,
         },
         &mut Quiet,
     )
@@ -168,6 +173,7 @@ fn diverging_loss_stops_with_the_last_good_checkpoint() {
             replace: false,
             unique: false,
             interrupt: None,
+            comm: None,
         },
         &mut Quiet,
     )
@@ -187,6 +193,7 @@ fn diverging_loss_stops_with_the_last_good_checkpoint() {
             replace: false,
             unique: false,
             interrupt: None,
+            comm: None,
         },
         &mut Quiet,
     )

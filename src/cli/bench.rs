@@ -9,6 +9,7 @@
 
 use super::model_args::{available_memory_bytes, ModelAdjust};
 use crate::densenet::config::DenseNetConfig;
+use crate::dist::{GradSync, SyncTimes};
 use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
 use crate::nn::MemoryMode;
 use crate::nn::TrainOptions;
@@ -16,6 +17,7 @@ use crate::optim::{Sgd, SgdConfig};
 use crate::util::rng::Rng;
 use anyhow::Context;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Arguments of `densenet bench`.
@@ -71,9 +73,31 @@ pub struct TrainArgs {
     /// Also report where the timed steps spent their time, per kind of operation.
     #[arg(long)]
     pub profile: bool,
+    /// Under `mpirun -np N`: synchronised batch norm (see `train --sync-bn`).
+    #[arg(long)]
+    pub sync_bn: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where a data-parallel step's time went (`bench train` under `mpirun -np N`): medians
+/// over the timed steps, in seconds, on rank 0.
+#[derive(Debug, Serialize)]
+pub struct ParallelReport {
+    /// Processes; each computes a share of `batch / processes` images.
+    pub processes: usize,
+    /// Synchronised batch norm.
+    pub sync_bn: bool,
+    /// Forward and backward passes, the optimizer step, and the batch-norm sums of
+    /// synchronised BN (the step less the exposed all-reduce).
+    pub compute_s: f64,
+    /// Summing the gradients over the processes (all buckets, as long as they ran).
+    pub all_reduce_s: f64,
+    /// The part of the all-reduce the step waited for after its backward pass.
+    pub exposed_s: f64,
+    /// The part of the all-reduce that ran while the backward pass was computing.
+    pub hidden_s: f64,
 }
 
 /// One row of `bench train --profile`.
@@ -224,6 +248,9 @@ pub struct TrainReport {
     /// With `--profile`: time per kind of operation, per step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<ProfileRow>>,
+    /// Under `mpirun -np N` with N > 1: compute and communication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<ParallelReport>,
 }
 
 /// Result of `bench infer`.
@@ -307,11 +334,27 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         "--batch-size and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
-    super::model_args::check_memory(&cfg, a.batch, a.memory, true)?;
+    // under mpirun: each process takes its share of the batch, as `train` does
+    let comm = crate::dist::connect()?.filter(|c| c.size() > 1);
+    let (rank, ranks) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+    anyhow::ensure!(
+        a.batch.is_multiple_of(ranks),
+        "--batch-size {} cannot be shared by {ranks} processes",
+        a.batch
+    );
+    let share = a.batch / ranks;
+    super::model_args::check_memory(&cfg, share, a.memory, true)?;
     let mut net = AnyModel::try_new(&cfg, 0)?;
-    let mut ws = net.workspace(a.batch, a.memory, true);
+    let mut ws = net.workspace(share, a.memory, true);
     let mut opt = Sgd::new(SgdConfig::default());
-    let (x, y) = random_input(a.batch, &cfg, 1);
+    let (x, y) = random_input(share, &cfg, 1 + rank as u64);
+    let bn_sync = comm.as_ref().filter(|_| a.sync_bn).map(|c| {
+        let bn = Arc::new(crate::dist::BnSync::new(c.clone()));
+        bn.set_share(share, a.batch);
+        crate::ops::norm::set_stats_sync(Some(bn.clone()));
+        bn
+    });
+    let mut sync_times = Vec::new();
     let mut times = Vec::new();
     for step in 0..a.warmup + a.steps {
         if a.profile && step == a.warmup {
@@ -321,11 +364,29 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         let t = Instant::now();
         let opts = TrainOptions {
             dropout_seed: step as u64,
-            input_grad: false,
+            batch_total: Some(a.batch),
+            ..Default::default()
         };
         let loss = net.forward_train(&mut ws, &x, &y, &opts);
         net.zero_grad();
-        net.backward(&mut ws, &opts);
+        match &comm {
+            None => net.backward(&mut ws, &opts),
+            Some(c) => {
+                let sync = GradSync::new(&**c, net.grads().len(), GradSync::BUCKET);
+                {
+                    let ready = |o: usize, tail: &[f32]| sync.ready(o, tail);
+                    let opts = TrainOptions {
+                        grads_ready: Some(&ready),
+                        ..opts
+                    };
+                    net.backward(&mut ws, &opts);
+                }
+                let t = sync.finish(net.buffers_mut().grads);
+                if step >= a.warmup {
+                    sync_times.push(t);
+                }
+            }
+        }
         {
             let _t = crate::util::profile::scope(crate::util::profile::Op::Optimizer);
             let b = net.buffers_mut();
@@ -364,7 +425,30 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         });
         rows
     });
+    if bn_sync.is_some() {
+        crate::ops::norm::set_stats_sync(None);
+    }
+    let median =
+        |f: &dyn Fn(&SyncTimes) -> f64| Stats::new(sync_times.iter().map(f).collect()).median_s;
+    let parallel = comm.as_ref().map(|c| ParallelReport {
+        processes: c.size(),
+        sync_bn: a.sync_bn,
+        compute_s: Stats::new(
+            times
+                .iter()
+                .zip(&sync_times)
+                .map(|(t, s)| t - s.exposed)
+                .collect(),
+        )
+        .median_s,
+        all_reduce_s: median(&|s| s.all_reduce),
+        exposed_s: median(&|s| s.exposed),
+        hidden_s: median(&|s| s.hidden()),
+    });
     let step = Stats::new(times);
+    if rank > 0 {
+        return Ok(());
+    }
     let r = TrainReport {
         version: 1,
         model: cfg.name().to_string(),
@@ -379,6 +463,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         peak_rss_bytes: peak_rss_bytes(),
         step,
         profile,
+        parallel,
     };
     if a.json {
         return super::print_json(&r);
@@ -394,6 +479,19 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         r.activation_bytes as f64 / (1 << 20) as f64,
         r.peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or("n/a".into())
     );
+    if let Some(p) = &r.parallel {
+        outln!(
+            "  {} processes of {} images{}: compute {:.3} s, all-reduce {:.3} s ({:.3} s \
+             hidden behind the backward pass, {:.3} s exposed)",
+            p.processes,
+            r.batch / p.processes,
+            if p.sync_bn { ", synchronised BN" } else { "" },
+            p.compute_s,
+            p.all_reduce_s,
+            p.hidden_s,
+            p.exposed_s
+        );
+    }
     if let Some(rows) = &r.profile {
         outln!(
             "{:<26} {:>10} {:>7} {:>9}",

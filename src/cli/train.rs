@@ -83,6 +83,11 @@ pub struct Args {
     /// SVHN: also train on extra_32x32.mat (as the paper does).
     #[arg(long)]
     pub svhn_extra: bool,
+    /// Under `mpirun -np N` (a build with `--features mpi`): batch norm with the
+    /// statistics of the whole batch, summed over the N processes, instead of each
+    /// process's share of it (synchronised batch norm: the same as one process).
+    #[arg(long)]
+    pub sync_bn: bool,
     /// Seed of the initialisation, shuffling, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -110,7 +115,7 @@ pub struct Args {
 
 /// The flags that define a run: refused with `--resume`, which continues a run with the
 /// settings stored in its directory.
-const RUN_SETTINGS: [&str; 23] = [
+const RUN_SETTINGS: [&str; 24] = [
     "out",
     "model",
     "classes",
@@ -134,6 +139,7 @@ const RUN_SETTINGS: [&str; 23] = [
     "svhn_extra",
     "seed",
     "memory",
+    "sync_bn",
 ];
 
 /// Resolves recipe, defaults and overrides into a training configuration.
@@ -255,6 +261,7 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
         seed: a.seed,
         memory: a.memory,
         svhn_extra: a.svhn_extra,
+        sync_bn: a.sync_bn,
     })
 }
 
@@ -509,9 +516,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             cfg.schedule,
         );
     }
+    // the processes of a data-parallel run (`mpirun -np N densenet train …`): rank 0
+    // draws the progress and prints the results
+    let comm = crate::dist::connect()?;
+    let rank = comm.as_ref().map_or(0, |c| c.rank());
     let mut bar = Bar {
         bar: None,
-        quiet: a.json,
+        quiet: a.json || rank > 0,
     };
     // Ctrl-C raises the flag and training stops after the current step; a second Ctrl-C
     // (the flag already raised) ends the process at once, as the default action would
@@ -526,14 +537,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         replace: a.force,
         unique,
         interrupt: Some(&interrupt),
+        comm: comm.clone(),
     };
     let summary = match train::train(&cfg, &opts, &mut bar) {
         Ok(s) => s,
         Err(e) => {
             drop(bar);
-            return Err(explain(e));
+            // every process stops at the same step when one is interrupted
+            let all_stop = matches!(e, TrainError::Interrupted { .. });
+            let e = explain(e);
+            if let Some(c) = comm.as_ref().filter(|c| c.size() > 1 && !all_stop) {
+                // the other processes may be waiting for this one in a collective: end
+                // them all, saying which process failed and why
+                eprintln!(
+                    "error: rank {} of {}: {}",
+                    c.rank(),
+                    c.size(),
+                    super::error_text(&e)
+                );
+                c.abort(2);
+            }
+            return Err(e);
         }
     };
+    if rank > 0 {
+        return Ok(());
+    }
     let dir = summary.run_dir.clone();
     if summary.epochs == cfg.epochs {
         if let Err(e) = super::plot::run_dir_curves(&dir) {

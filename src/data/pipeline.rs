@@ -54,6 +54,19 @@ pub fn make_batch(
     seed: u64,
     workers: usize,
 ) -> Result<Batch, DataError> {
+    make_batch_at(source, indices, transform, seed, workers, 0)
+}
+
+/// [`make_batch`] of the images at positions `first..` of a batch (a process's share of
+/// it): image `p` is augmented as position `first + p` is in the whole batch.
+fn make_batch_at(
+    source: &Source,
+    indices: &[usize],
+    transform: &Transform,
+    seed: u64,
+    workers: usize,
+    first: usize,
+) -> Result<Batch, DataError> {
     let n = indices.len();
     if n == 0 {
         return Err(DataError::Config("a batch needs at least one image".into()));
@@ -67,7 +80,7 @@ pub fn make_batch(
     }
     let process = |p: usize| -> Result<Image, DataError> {
         let img = source.image(indices[p])?;
-        transform.apply(img, &mut Rng::from_parts(&[seed, p as u64]))
+        transform.apply(img, &mut Rng::from_parts(&[seed, (first + p) as u64]))
     };
     let workers = workers.clamp(1, n);
     let images: Vec<Image> = if workers == 1 {
@@ -186,6 +199,11 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches prepared ahead of the consumer (the channel bound), at least 1.
     pub prefetch: usize,
+    /// Data-parallel training: this process's share `(index, count)` of every batch, the
+    /// images `index·n/count .. (index+1)·n/count` of a batch of `n` (each with the
+    /// augmentation it has in the whole batch). A last batch of fewer than `count` images
+    /// is skipped. `(0, 1)`: the whole batch.
+    pub share: (usize, usize),
 }
 
 impl Default for LoaderConfig {
@@ -198,6 +216,7 @@ impl Default for LoaderConfig {
             seed: 0,
             workers: 1,
             prefetch: 2,
+            share: (0, 1),
         }
     }
 }
@@ -283,10 +302,11 @@ impl Loader {
     /// Number of batches in an epoch.
     pub fn batches_per_epoch(&self) -> usize {
         let (n, b) = (self.indices.len(), self.config.batch_size);
-        if self.config.drop_last {
+        let last = n % b;
+        if self.config.drop_last || last < self.config.share.1.max(1) {
             n / b
         } else {
-            n.div_ceil(b)
+            n / b + 1
         }
     }
 
@@ -380,7 +400,15 @@ fn batch_of(
     let lo = b * config.batch_size;
     let hi = (lo + config.batch_size).min(order.len());
     let seed = mix_seed(&[config.seed, epoch, b as u64]);
-    make_batch(source, &order[lo..hi], transform, seed, config.workers)
+    let (first, end) = share_of(hi - lo, config.share);
+    let indices = &order[lo + first..lo + end];
+    make_batch_at(source, indices, transform, seed, config.workers, first)
+}
+
+/// The positions `first..end` of a batch of `n` that share `(index, count)` holds.
+pub fn share_of(n: usize, (index, count): (usize, usize)) -> (usize, usize) {
+    let count = count.max(1);
+    (index * n / count, (index + 1) * n / count)
 }
 
 /// The batches of one epoch, received from the loader thread (at most `prefetch` ahead).
@@ -447,6 +475,37 @@ mod tests {
 
     fn digits_source() -> Arc<Source> {
         Arc::new(Source::Memory(digits::load(Split::Test).unwrap()))
+    }
+
+    #[test]
+    fn shares_of_a_batch_are_the_batch_augmented_alike() {
+        let src = digits_source();
+        let tf = Transform::preset(DatasetKind::Digits, true, &src).unwrap();
+        let loader = |share| {
+            let cfg = LoaderConfig {
+                batch_size: 64,
+                seed: 5,
+                share,
+                ..Default::default()
+            };
+            Loader::new(src.clone(), None, tf.clone(), cfg).unwrap()
+        };
+        let whole = loader((0, 1));
+        // 297 = 4·64 + 41: three shares keep the last batch, 64 would not
+        assert_eq!(loader((2, 3)).batches_per_epoch(), 5);
+        assert_eq!(loader((0, 42)).batches_per_epoch(), 4);
+        for b in [0, 4] {
+            let want = whole.batch(1, b).unwrap();
+            let parts: Vec<Batch> = (0..3)
+                .map(|r| loader((r, 3)).batch(1, b).unwrap())
+                .collect();
+            let cat = |f: fn(&Batch) -> Vec<f32>| parts.iter().flat_map(f).collect::<Vec<f32>>();
+            assert_eq!(cat(|p| p.images.clone()), want.images);
+            assert_eq!(cat(|p| p.labels.iter().map(|&l| l as f32).collect()), {
+                want.labels.iter().map(|&l| l as f32).collect::<Vec<_>>()
+            });
+            assert_eq!(parts[1].shape[0], want.shape[0] * 2 / 3 - want.shape[0] / 3);
+        }
     }
 
     #[test]

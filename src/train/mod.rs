@@ -14,12 +14,14 @@
 //! [`checkpoint`]) and, at the end, `summary.json`.
 
 pub mod checkpoint;
+mod parallel;
 pub mod schedule;
 pub mod settings;
 
 use crate::data::augment::{Geometry, Transform};
 use crate::data::pipeline::{holdout_fraction, Batch, Loader, LoaderConfig};
 use crate::data::{self, DataError, DatasetKind, Source, Split};
+use crate::dist::Collective;
 use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
 use crate::nn::MemoryMode;
 use crate::nn::TrainOptions;
@@ -27,6 +29,7 @@ use crate::optim::{Sgd, SgdConfig};
 use crate::util::rng::mix_seed;
 use crate::weights::WeightsError;
 use checkpoint::Preprocess;
+use parallel::Parallel;
 pub use schedule::Schedule;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -131,6 +134,10 @@ pub struct TrainConfig {
     pub memory: MemoryMode,
     /// SVHN: also train on `extra_32x32.mat` (the paper does).
     pub svhn_extra: bool,
+    /// Data-parallel runs: batch norm with the statistics of the whole batch rather than
+    /// each process's share (synchronised batch norm; the same as one process).
+    #[serde(default)]
+    pub sync_bn: bool,
 }
 
 /// One epoch's figures (a row of `metrics.csv`).
@@ -383,29 +390,43 @@ pub fn evaluate<M: Model>(
         }
         images += n;
     }
-    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
-    let per_class = (0..classes)
-        .map(|c| {
-            let total: u64 = confusion[c].iter().sum();
-            (
-                if total > 0 {
-                    confusion[c][c] as f64 / total as f64
-                } else {
-                    0.0
-                },
-                total as usize,
-            )
-        })
-        .collect();
-    let n = images.max(1) as f64;
-    Ok(Evaluation {
-        images,
-        loss: loss_sum / n,
-        top1_accuracy: correct as f64 / n,
-        top5_accuracy: top5 as f64 / n,
-        per_class,
-        confusion,
-    })
+    Ok(Evaluation::from_counts(images, loss_sum, top5, confusion))
+}
+
+impl Evaluation {
+    /// The figures from their sums: images, the sum of their losses, how many had the
+    /// label among the top five, and the confusion matrix.
+    pub fn from_counts(
+        images: usize,
+        loss_sum: f64,
+        top5: usize,
+        confusion: Vec<Vec<u64>>,
+    ) -> Self {
+        let classes = confusion.len();
+        let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+        let per_class = (0..classes)
+            .map(|c| {
+                let total: u64 = confusion[c].iter().sum();
+                (
+                    if total > 0 {
+                        confusion[c][c] as f64 / total as f64
+                    } else {
+                        0.0
+                    },
+                    total as usize,
+                )
+            })
+            .collect();
+        let n = images.max(1) as f64;
+        Evaluation {
+            images,
+            loss: loss_sum / n,
+            top1_accuracy: correct as f64 / n,
+            top5_accuracy: top5 as f64 / n,
+            per_class,
+            confusion,
+        }
+    }
 }
 
 /// Index of the largest value (the first one on ties).
@@ -441,6 +462,9 @@ pub struct RunOptions<'a> {
     /// Raised (e.g. by a Ctrl-C handler) to stop after the current step; see
     /// [`TrainError::Interrupted`].
     pub interrupt: Option<&'a AtomicBool>,
+    /// The processes of a data-parallel run (`None`, or one process: this one alone).
+    /// Each takes its share of every batch; rank 0 writes the run directory.
+    pub comm: Option<Arc<dyn Collective>>,
 }
 
 impl<'a> RunOptions<'a> {
@@ -453,6 +477,7 @@ impl<'a> RunOptions<'a> {
             replace: false,
             unique: false,
             interrupt: None,
+            comm: None,
         }
     }
 }
@@ -601,17 +626,38 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<RunSummary, TrainError> {
     config.check()?;
+    let par = opts.comm.clone().filter(|c| c.size() > 1).map(|comm| {
+        let size = comm.size();
+        (Parallel::new(comm, config.sync_bn), size)
+    });
+    if let Some((_, size)) = &par {
+        if !config.batch_size.is_multiple_of(*size) {
+            return Err(TrainError::Config(format!(
+                "--batch-size {} cannot be shared by {size} processes: each takes an equal                  share of every batch, so the batch size must be a multiple of {size}",
+                config.batch_size
+            )));
+        }
+    }
+    let mut par = par.map(|(p, _)| p);
     let data = DataSetup::load(config)?;
     let model = data.fit_model(config.model.clone())?;
     if opts.resume {
-        return train_in(config, opts.dir, opts, data, model, progress);
+        return train_in(config, opts.dir, opts, data, model, progress, par.as_mut());
     }
-    let claimed = claim_run_dir(opts)?;
-    let dir = &claimed.dir;
+    let (claimed, dir) = match &par {
+        Some(p) => p.agree_on_dir(|| claim_run_dir(opts).map(|c| (c.dir.clone(), c)))?,
+        None => {
+            let c = claim_run_dir(opts)?;
+            let dir = c.dir.clone();
+            (Some(c), dir)
+        }
+    };
     progress.message(&format!("run directory {}", dir.display()));
-    let result = train_in(config, dir, opts, data, model, progress);
-    if result.is_err() && !dir.join("last.safetensors").exists() {
-        release_run_dir(&claimed);
+    let result = train_in(config, &dir, opts, data, model, progress, par.as_mut());
+    if let Some(claimed) = claimed.filter(|_| result.is_err()) {
+        if !dir.join("last.safetensors").exists() {
+            release_run_dir(&claimed);
+        }
     }
     result
 }
@@ -623,7 +669,10 @@ fn train_in(
     data: DataSetup,
     model: ModelConfig,
     progress: &mut dyn Progress,
+    mut par: Option<&mut Parallel>,
 ) -> Result<RunSummary, TrainError> {
+    // rank 0 of a data-parallel run writes the run directory; the others only read it
+    let writes = par.as_ref().is_none_or(|p| p.writes());
     let mut config = config.clone();
     config.model = model.clone();
     let mut net = AnyModel::new(&model, config.seed);
@@ -653,13 +702,17 @@ fn train_in(
             "note: without --val-split, best.safetensors is the epoch with the best test accuracy",
         );
     }
-    let config_json = serde_json::to_vec_pretty(&config).unwrap_or_default();
-    crate::util::atomic::write(&dir.join("config.json"), &config_json).map_err(io(dir))?;
+    if writes {
+        let config_json = serde_json::to_vec_pretty(&config).unwrap_or_default();
+        crate::util::atomic::write(&dir.join("config.json"), &config_json).map_err(io(dir))?;
+    }
     let pre = data.preprocess();
 
+    let share = par.as_ref().map_or((0, 1), |p| p.share());
     let loader_cfg = LoaderConfig {
         batch_size: config.batch_size,
         seed: config.seed,
+        share,
         ..LoaderConfig::default()
     };
     let loader = Loader::new(
@@ -668,7 +721,10 @@ fn train_in(
         data.train_transform.clone(),
         loader_cfg,
     )?;
-    let mut ws = net.workspace(config.batch_size, config.memory, true);
+    let mut ws = net.workspace(config.batch_size / share.1, config.memory, true);
+    if let Some(p) = &par {
+        p.check_same_weights(&net, "at the start")?;
+    }
     let mut eval_ws = net.workspace(config.batch_size.max(100), MemoryMode::Efficient, false);
     let classes = model.num_classes();
     let end = opts.stop_after.unwrap_or(config.epochs).min(config.epochs);
@@ -695,11 +751,44 @@ fn train_in(
         for (b, batch) in loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
             let n = batch.len();
+            // the whole batch this process has a share of
+            let whole = (loader.len() - b * config.batch_size).min(config.batch_size);
+            let mut seed = vec![config.seed, epoch as u64, b as u64, DROPOUT_TAG];
+            if let Some(p) = &par {
+                // each process draws its own dropout masks
+                seed.push(p.rank() as u64);
+                p.set_share(n, whole);
+            }
             let step = TrainOptions {
-                dropout_seed: mix_seed(&[config.seed, epoch as u64, b as u64, DROPOUT_TAG]),
-                input_grad: false,
+                dropout_seed: mix_seed(&seed),
+                batch_total: Some(whole),
+                ..Default::default()
             };
-            let loss = net.forward_train(&mut ws, &batch.images, &batch.labels, &step);
+            let mut loss = net.forward_train(&mut ws, &batch.images, &batch.labels, &step);
+            let right = (0..n)
+                .filter(|&i| {
+                    argmax(&ws.logits()[i * classes..(i + 1) * classes]) == batch.labels[i] as usize
+                })
+                .count();
+            // every process's figures, and whether any was asked to stop, so that all
+            // take the same decisions
+            let (mut right, mut n) = (right, n);
+            let mut stop_now = interrupted();
+            if let Some(p) = &par {
+                let mut figures = [
+                    loss as f64 * n as f64,
+                    right as f64,
+                    n as f64,
+                    stop_now as u8 as f64,
+                ];
+                p.sum_figures(&mut figures);
+                (loss, right, n) = (
+                    (figures[0] / figures[2]) as f32,
+                    figures[1] as usize,
+                    figures[2] as usize,
+                );
+                stop_now = figures[3] > 0.0;
+            }
             if !loss.is_finite() {
                 let checkpoint = if state.epochs_done > 0 {
                     format!(
@@ -718,13 +807,15 @@ fn train_in(
                     checkpoint,
                 });
             }
-            for (i, &y) in batch.labels.iter().enumerate() {
-                if argmax(&ws.logits()[i * classes..(i + 1) * classes]) == y as usize {
-                    correct += 1;
-                }
-            }
+            correct += right;
             net.zero_grad();
-            net.backward(&mut ws, &step);
+            match par.as_deref_mut() {
+                Some(p) => {
+                    p.backward(&mut net, &mut ws, step);
+                    p.average_running_stats(&mut net);
+                }
+                None => net.backward(&mut ws, &step),
+            }
             let bufs = net.buffers_mut();
             opt.step(bufs.params, bufs.grads);
             loss_sum += loss as f64 * n as f64;
@@ -738,7 +829,7 @@ fn train_in(
             );
             // the step is done; the unfinished epoch is dropped whole (no metrics row, no
             // checkpoint): a resumed run repeats it exactly
-            if interrupted() {
+            if stop_now {
                 return Err(stop(&state));
             }
         }
@@ -748,22 +839,43 @@ fn train_in(
         let val_accuracy = if data.val_indices.is_empty() {
             None
         } else {
-            let v = evaluate(
-                &mut net,
-                &mut eval_ws,
-                &data.train,
-                Some(data.val_indices.clone()),
-                &data.eval_transform,
-            )?;
+            let v = match &par {
+                Some(p) => p.evaluate(
+                    &mut net,
+                    &mut eval_ws,
+                    &data.train,
+                    Some(data.val_indices.clone()),
+                    &data.eval_transform,
+                ),
+                None => evaluate(
+                    &mut net,
+                    &mut eval_ws,
+                    &data.train,
+                    Some(data.val_indices.clone()),
+                    &data.eval_transform,
+                ),
+            }?;
             Some(v.top1_accuracy)
         };
-        let test = evaluate(
-            &mut net,
-            &mut eval_ws,
-            &data.test,
-            None,
-            &data.eval_transform,
-        )?;
+        let test = match &par {
+            Some(p) => p.evaluate(
+                &mut net,
+                &mut eval_ws,
+                &data.test,
+                None,
+                &data.eval_transform,
+            ),
+            None => evaluate(
+                &mut net,
+                &mut eval_ws,
+                &data.test,
+                None,
+                &data.eval_transform,
+            ),
+        }?;
+        if let Some(p) = &par {
+            p.check_same_weights(&net, &format!("after epoch {}", epoch + 1))?;
+        }
         if !test.loss.is_finite() {
             // the weights are no longer usable: keep the last good checkpoint, exit with error
             return Err(TrainError::Config(format!(
@@ -793,9 +905,11 @@ fn train_in(
             state.best_accuracy = score;
             state.best_epoch = epoch + 1;
         }
-        write_metrics(&dir.join("metrics.csv"), &state.metrics)?;
-        checkpoint::save(&last, &net, &opt, &config, &state, &pre)?;
-        if is_best {
+        if writes {
+            write_metrics(&dir.join("metrics.csv"), &state.metrics)?;
+            checkpoint::save(&last, &net, &opt, &config, &state, &pre)?;
+        }
+        if is_best && writes {
             checkpoint::save(
                 &dir.join("best.safetensors"),
                 &net,
@@ -832,7 +946,7 @@ fn train_in(
         },
         run_dir: dir.to_path_buf(),
     };
-    if state.epochs_done == config.epochs {
+    if state.epochs_done == config.epochs && writes {
         let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         crate::util::atomic::write(&dir.join("summary.json"), &json).map_err(io(dir))?;
     }

@@ -87,6 +87,7 @@ mod tests {
             seed: 0,
             memory: Default::default(),
             svhn_extra: false,
+            sync_bn: false,
         }
     }
 
