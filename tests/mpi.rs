@@ -1,0 +1,383 @@
+//! Data-parallel training on MPI, with 2 processes on this machine (`--features mpi`;
+//! `.ci/run` installs Open MPI). Two kinds of tests:
+//! - gradients, in the library: this test binary runs its own `worker_*` tests under
+//!   `mpirun -np 2`, and each process compares the summed gradient of its share with the
+//!   one-process gradient it computes itself;
+//! - whole runs, through the command line: 2 × 32 images against 1 × 64, resuming, a
+//!   batch size 2 does not divide, and a process killed mid-run.
+
+use densenet::dist::mpi::Mpi;
+use densenet::dist::{BnSync, Collective, GradSync};
+use densenet::model::ModelWorkspace;
+use densenet::nn::TrainOptions;
+use densenet::ops::norm::set_stats_sync;
+use densenet::util::rng::Rng;
+use densenet::{AnyModel, MemoryMode, Model, ModelConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+/// `mpirun -np 2 PROGRAM ARGS…`, as root where the tests run as root (CI), oversubscribed
+/// (this machine has 2 cores).
+fn mpirun(program: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(program)
+        .args(args);
+    c
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs the `worker` test of this binary in 2 processes; passes when both pass.
+fn run_workers(worker: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let out = mpirun(&exe, &[worker, "--exact", "--ignored", "--test-threads=1"])
+        .output()
+        .expect("mpirun (Open MPI) must be installed for the MPI tests");
+    assert!(out.status.success(), "{}", text(&out));
+    let passed = String::from_utf8_lossy(&out.stdout)
+        .matches("1 passed")
+        .count();
+    assert_eq!(passed, 2, "both processes ran the worker:\n{}", text(&out));
+}
+
+/// `‖a−b‖ / ‖b‖`.
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let d: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| ((x - y) as f64).powi(2))
+        .sum();
+    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (d / n.max(1e-300)).sqrt()
+}
+
+/// A small DenseNet-BC (two layers per block) with non-trivial BN parameters, and a batch
+/// of 64 random images with labels, the same in every process.
+fn model_and_batch() -> (AnyModel, Vec<f32>, Vec<u32>) {
+    let cfg = ModelConfig::from_name("densenet-bc-16-8").unwrap();
+    let mut net = AnyModel::new(&cfg, 3);
+    let mut rng = Rng::new(11);
+    let n = 64;
+    let s = cfg.input_size();
+    let x: Vec<f32> = (0..n * cfg.in_channels() * s * s)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let y: Vec<u32> = (0..n).map(|i| (i * 7 % cfg.num_classes()) as u32).collect();
+    let bufs = net.buffers_mut();
+    bufs.params
+        .iter_mut()
+        .for_each(|v| *v += 0.05 * rng.normal() as f32);
+    (net, x, y)
+}
+
+/// One process's gradient of `images` (a share of `total`), summed over the processes
+/// through [`GradSync`] when `comm` is given.
+fn gradient(
+    net: &mut AnyModel,
+    x: &[f32],
+    y: &[u32],
+    total: Option<usize>,
+    mode: MemoryMode,
+    comm: Option<&dyn Collective>,
+) -> Vec<f32> {
+    let mut ws = net.workspace(y.len(), mode, true);
+    let opts = TrainOptions {
+        batch_total: total,
+        ..Default::default()
+    };
+    net.forward_train(&mut ws, x, y, &opts);
+    assert!(ws.batch() == y.len());
+    net.zero_grad();
+    match comm {
+        None => net.backward(&mut ws, &opts),
+        Some(comm) => {
+            // small buckets, so that several are summed while the pass goes on
+            let sync = GradSync::new(comm, net.grads().len(), 4096);
+            {
+                let ready = |o: usize, t: &[f32]| sync.ready(o, t);
+                let opts = TrainOptions {
+                    grads_ready: Some(&ready),
+                    ..opts
+                };
+                net.backward(&mut ws, &opts);
+            }
+            sync.finish(net.buffers_mut().grads);
+        }
+    }
+    net.grads().to_vec()
+}
+
+#[test]
+fn with_sync_bn_two_shares_give_the_one_process_gradient() {
+    run_workers("worker_sync_bn");
+}
+
+#[test]
+#[ignore = "run in 2 processes by with_sync_bn_two_shares_give_the_one_process_gradient"]
+fn worker_sync_bn() {
+    let comm: Arc<dyn Collective> = Arc::new(Mpi::start().unwrap());
+    let r = comm.rank();
+    for mode in [MemoryMode::Efficient, MemoryMode::Naive] {
+        let (mut net, x, y) = model_and_batch();
+        let whole = gradient(&mut net, &x, &y, None, mode, None);
+        let whole_stats = net.stats().to_vec();
+        let (mut net, _, _) = model_and_batch();
+        let bn = Arc::new(BnSync::new(comm.clone()));
+        bn.set_share(32, 64);
+        set_stats_sync(Some(bn));
+        let per = x.len() / 64;
+        let mine = &x[r * 32 * per..(r + 1) * 32 * per];
+        let summed = gradient(
+            &mut net,
+            mine,
+            &y[r * 32..(r + 1) * 32],
+            Some(64),
+            mode,
+            Some(&*comm),
+        );
+        set_stats_sync(None);
+        let e = rel_l2(&summed, &whole);
+        assert!(e < 1e-4, "{mode}: gradient relative L2 error {e:.2e}");
+        // running statistics from the whole batch's statistics: the same in every process
+        let e = rel_l2(net.stats(), &whole_stats);
+        assert!(
+            e < 1e-5,
+            "{mode}: running statistics relative L2 error {e:.2e}"
+        );
+    }
+}
+
+#[test]
+fn without_sync_bn_the_gradient_is_the_mean_of_the_processes_own() {
+    run_workers("worker_own_bn");
+}
+
+#[test]
+#[ignore = "run in 2 processes by without_sync_bn_the_gradient_is_the_mean_of_the_processes_own"]
+fn worker_own_bn() {
+    let comm: Arc<dyn Collective> = Arc::new(Mpi::start().unwrap());
+    let r = comm.rank();
+    let per = {
+        let (_, x, _) = model_and_batch();
+        x.len() / 64
+    };
+    for mode in [MemoryMode::Efficient, MemoryMode::Naive] {
+        // each share's own gradient (a batch of 32 normalised by itself), both computed here
+        let own: Vec<Vec<f32>> = (0..2)
+            .map(|k| {
+                let (mut net, x, y) = model_and_batch();
+                let xs = &x[k * 32 * per..(k + 1) * 32 * per];
+                gradient(&mut net, xs, &y[k * 32..(k + 1) * 32], None, mode, None)
+            })
+            .collect();
+        let mean: Vec<f32> = own[0]
+            .iter()
+            .zip(&own[1])
+            .map(|(a, b)| (a + b) / 2.0)
+            .collect();
+        let (mut net, x, y) = model_and_batch();
+        let xs = &x[r * 32 * per..(r + 1) * 32 * per];
+        let summed = gradient(
+            &mut net,
+            xs,
+            &y[r * 32..(r + 1) * 32],
+            Some(64),
+            mode,
+            Some(&*comm),
+        );
+        let e = rel_l2(&summed, &mean);
+        assert!(
+            e < 1e-5,
+            "{mode}: relative L2 error {e:.2e} against the mean"
+        );
+        // and it is not the whole batch's gradient (the statistics differ): the test can fail
+        let (mut net, x, y) = model_and_batch();
+        let whole = gradient(&mut net, &x, &y, None, mode, None);
+        assert!(rel_l2(&summed, &whole) > 1e-3);
+    }
+}
+
+// ---- whole runs through the command line ----
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_densenet"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("densenet-mpi-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// 192 of the digits' training images (the rest held out): an epoch is 3 steps of 64.
+const RUN: [&str; 8] = [
+    "--threads",
+    "1",
+    "train",
+    "--val-split",
+    "0.872",
+    "--augment",
+    "false",
+    "--json",
+];
+
+fn train_one(dir: &Path, extra: &[&str]) -> Output {
+    Command::new(exe())
+        .args(RUN)
+        .arg("--out")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn train_two(dir: &Path, extra: &[&str]) -> Output {
+    let mut c = mpirun(&exe(), &RUN);
+    c.arg("--out").arg(dir).args(extra);
+    c.output().unwrap()
+}
+
+/// Parameters (not the optimizer's state) of a run's `last.safetensors`, in table order.
+fn params(dir: &Path) -> Vec<f32> {
+    let cfg: densenet::train::TrainConfig =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let mut net = AnyModel::new(&cfg.model, cfg.seed);
+    let f = densenet::weights::read_safetensors(&dir.join("last.safetensors")).unwrap();
+    net.load_tensors(&f.tensors, "last.safetensors").unwrap();
+    net.params().to_vec()
+}
+
+/// The initial parameters of a run (its configuration's seed).
+fn initial(dir: &Path) -> Vec<f32> {
+    let cfg: densenet::train::TrainConfig =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    AnyModel::new(&cfg.model, cfg.seed).params().to_vec()
+}
+
+fn update(dir: &Path) -> Vec<f32> {
+    params(dir)
+        .iter()
+        .zip(initial(dir))
+        .map(|(a, b)| a - b)
+        .collect()
+}
+
+#[test]
+fn three_steps_of_two_times_32_images_are_one_process_with_64() {
+    let (one, two, own) = (tmp("one"), tmp("two"), tmp("own"));
+    let out = train_one(&one, &["--epochs", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = train_two(&two, &["--epochs", "1", "--sync-bn"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // the weights' change over the 3 steps, within the parity tests' gradient tolerance
+    let e = rel_l2(&update(&two), &update(&one));
+    assert!(e < 1e-2, "relative L2 error of the update {e:.2e}");
+    // without synchronised BN the processes normalise with their own statistics: not the
+    // same run (so the comparison above can fail)
+    let out = train_two(&own, &["--epochs", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(rel_l2(&update(&own), &update(&one)) > 5e-2);
+    // rank 0 alone wrote the run: one summary on stdout
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("\"test_accuracy\"").count(), 1, "{stdout}");
+    for d in [one, two, own] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn resuming_under_mpi_continues_exactly() {
+    let (straight, resumed) = (tmp("straight"), tmp("resumed"));
+    let out = train_two(&straight, &["--epochs", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = train_two(&resumed, &["--epochs", "2", "--stop-after", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = mpirun(&exe(), &["--threads", "1", "train", "--json", "--resume"]);
+    let out = c.arg(&resumed).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(params(&resumed), params(&straight), "bit-identical weights");
+    for d in [straight, resumed] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_batch_size_the_processes_cannot_share_is_refused() {
+    let dir = tmp("odd");
+    let out = train_two(&dir, &["--epochs", "1", "--batch-size", "63"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--batch-size 63 cannot be shared by 2 processes"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.exists(), "nothing was created");
+}
+
+#[test]
+fn a_killed_process_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tmp("killed");
+    // long enough to be killed during the second epoch
+    let mut run = mpirun(&exe(), &RUN);
+    run.arg("--out")
+        .arg(&dir)
+        .args(["--epochs", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = run.spawn().unwrap();
+    let last = dir.join("last.safetensors");
+    let t = std::time::Instant::now();
+    while !last.exists() {
+        assert!(t.elapsed().as_secs() < 120, "no checkpoint after 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // rank 1 is the densenet process whose environment says so
+    let rank1 = find_rank(1, &dir).expect("rank 1's process");
+    let _ = Command::new("kill")
+        .args(["-9", &rank1.to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rank 1") && (err.contains("signal 9") || err.contains("Killed")),
+        "mpirun says which process died and why:\n{}",
+        text(&out)
+    );
+    // the last checkpoint is whole and loads
+    let loaded = params(&dir);
+    assert!(loaded.iter().all(|v| v.is_finite()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The pid of the densenet process of MPI rank `rank` (from its environment) training
+/// into `dir` (other tests run too).
+fn find_rank(rank: usize, dir: &Path) -> Option<u32> {
+    let dir = dir.as_os_str().as_encoded_bytes();
+    let exe = exe().canonicalize().ok()?;
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let is_ours = std::fs::read_link(entry.path().join("exe")).is_ok_and(|p| p == exe);
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let mine = cmd.split(|&b| b == 0).any(|a| a == dir);
+        if is_ours && mine && env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
