@@ -18,6 +18,8 @@
 //! - [`model`]: both families behind one [`Model`] trait and one [`ModelConfig`];
 //!   [`summary`], [`optim`], [`plot`];
 //! - [`data`], [`train`]: data sets and the training loop, checkpoints;
+//! - [`prepare`], [`features`]: image files to inputs as in training, and per-image
+//!   features (pooled, or a dense block's maps);
 //! - [`cli`]: the command line.
 
 // Module docs link private items where that is where the reader should look next; they
@@ -27,12 +29,14 @@
 pub mod cli;
 pub mod data;
 pub mod densenet;
+pub mod features;
 pub mod kernels;
 pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod prepare;
 pub mod resnet;
 pub mod summary;
 pub mod train;
