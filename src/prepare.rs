@@ -204,3 +204,48 @@ fn grey(rgb: &Image) -> Result<Image, DataError> {
         .collect();
     Image::new(1, rgb.height, rgb.width, data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the settings come from: torchvision's evaluation for an ImageNet-stem state
+    /// dict (256/224, scaled for other sizes), pixel/255 for a CIFAR one, and a checkpoint
+    /// written before the centre crop was stored still reads (no crop).
+    #[test]
+    fn settings_by_source() {
+        let path = Path::new("w.pth");
+        let d121 = ModelConfig::from_name("densenet121").unwrap();
+        let p = InputPrep::new(&d121, None, path).unwrap();
+        assert_eq!(p.source, PrepSource::ImagenetDefault);
+        let crop = |resize, crop| Some(CenterCrop { resize, crop });
+        assert_eq!(p.center_crop, crop(256, 224));
+        assert_eq!(p.mean, [0.485, 0.456, 0.406]);
+        let mut small = d121.clone();
+        small.set_io(1000, 3, 112);
+        let p = InputPrep::new(&small, None, path).unwrap();
+        assert_eq!(p.center_crop, crop(128, 112));
+        let cifar = ModelConfig::from_name("densenet-bc-40-12").unwrap();
+        let p = InputPrep::new(&cifar, None, path).unwrap();
+        assert_eq!((p.source, p.center_crop), (PrepSource::Plain, None));
+        let old: Preprocess = serde_json::from_str(
+            r#"{"max_value":16.0,"mean":[0.0],"std":[1.0],"upscale":4,"classes":["0"]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.center_crop, None);
+        let p = InputPrep::new(&cifar, Some(&old), path).unwrap();
+        assert_eq!((p.source, p.center_crop), (PrepSource::Checkpoint, None));
+        // a stored crop that does not give the model's input is refused, naming the file
+        let bad = Preprocess {
+            center_crop: crop(256, 224),
+            ..old
+        };
+        let e = InputPrep::new(&cifar, Some(&bad), path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("w.pth: ") && e.contains("expects 32×32"),
+            "{e}"
+        );
+    }
+}
