@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 /// Arguments of `densenet embed`.
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = "Examples:\n  \
-    densenet embed --weights runs/<run>/best.safetensors photos/ --out features.npy\n  \
+    densenet embed --weights runs/<run>/best.safetensors photos/ \\\n    \
+    --out features.npy\n  \
     densenet embed --weights densenet121.pth --model densenet121 a.jpg b.jpg \\\n    \
     --layer block3 --out maps.safetensors\n\n\
     Images are prepared as `predict` prepares them (see `densenet summary --weights FILE`). \
