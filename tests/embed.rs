@@ -426,3 +426,32 @@ fn stored_preprocessing_is_shown_and_applied() {
     let want = extract(&mut net, &mut ws, &x, 1, Layer::Pool).unwrap();
     check_close("embed with stored preprocessing", &got, &want, 1e-5, 1e-5).unwrap();
 }
+
+/// A run on an image folder stores its evaluation centre crop (ImageNet's 256/224) with
+/// its mean and std, so that `predict`, `embed` and `summary --weights` can use it.
+#[test]
+fn image_folder_runs_store_their_centre_crop() {
+    let root = tmp("folder-run");
+    for class in ["cat", "dog"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..10 {
+            png(&root.join(format!("{class}/{i}.png")), 6, 4, |x, y| {
+                [(x * 40) as u8, (y * 60) as u8, i * 20]
+            });
+        }
+    }
+    let config: densenet::train::TrainConfig = serde_json::from_value(serde_json::json!({
+        "model": ModelConfig::from_name("densenet121").unwrap(),
+        "dataset": "folder", "data_dir": root, "epochs": 1, "batch_size": 1,
+        "optimizer": densenet::optim::SgdConfig::default(),
+        "schedule": {"kind": "cosine"}, "augment": false, "upscale": 1,
+        "val_split": 0.0, "seed": 0, "memory": "efficient", "svhn_extra": false
+    }))
+    .unwrap();
+    let setup = densenet::train::DataSetup::load(&config).unwrap();
+    let p = setup.preprocess();
+    let crop = p.center_crop.expect("a centre crop");
+    assert_eq!((crop.resize, crop.crop), (256, 224));
+    assert_eq!(p.mean, [0.485, 0.456, 0.406]);
+    assert_eq!(p.classes, ["cat", "dog"]);
+}
