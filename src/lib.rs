@@ -17,7 +17,11 @@
 //! - [`weights`]: safetensors and PyTorch `.pth` files, torchvision key names;
 //! - [`model`]: both families behind one [`Model`] trait and one [`ModelConfig`];
 //!   [`summary`], [`optim`], [`plot`];
+//! - [`dist`]: data-parallel training's collectives (MPI under the `mpi` feature),
+//!   gradient buckets, synchronised batch norm;
 //! - [`data`], [`train`]: data sets and the training loop, checkpoints;
+//! - [`prepare`], [`features`]: image files to inputs as in training, and per-image
+//!   features (pooled, or a dense block's maps);
 //! - [`cli`]: the command line.
 
 // Module docs link private items where that is where the reader should look next; they
@@ -28,12 +32,14 @@ pub mod cli;
 pub mod data;
 pub mod densenet;
 pub mod dist;
+pub mod features;
 pub mod kernels;
 pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod prepare;
 pub mod resnet;
 pub mod summary;
 pub mod train;

@@ -225,6 +225,9 @@ pub trait ModelWorkspace {
     fn batch(&self) -> usize;
     /// Logits `[N][classes]` of the last forward pass (first `N·classes` entries).
     fn logits(&self) -> &[f32];
+    /// Pooled features `[C][N]` of the last forward pass, the classifier's input (first
+    /// `C·N` entries, channel-major).
+    fn pooled(&self) -> &[f32];
     /// Input gradient (NCHW) of the last backward pass that asked for it.
     fn input_grad(&self) -> &[f32];
     /// Bytes of activation memory its plan allocated.
@@ -416,6 +419,9 @@ macro_rules! model_workspace {
             fn logits(&self) -> &[f32] {
                 &self.head.logits
             }
+            fn pooled(&self) -> &[f32] {
+                &self.head.pooled
+            }
             fn input_grad(&self) -> &[f32] {
                 &self.input_grad
             }
@@ -569,6 +575,12 @@ impl ModelWorkspace for AnyWorkspace {
         match self {
             AnyWorkspace::DenseNet(w) => w.logits(),
             AnyWorkspace::PreActResNet(w) => w.logits(),
+        }
+    }
+    fn pooled(&self) -> &[f32] {
+        match self {
+            AnyWorkspace::DenseNet(w) => w.pooled(),
+            AnyWorkspace::PreActResNet(w) => w.pooled(),
         }
     }
     fn input_grad(&self) -> &[f32] {

@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod bench;
 mod compare;
+mod embed;
 mod eval;
 mod forward;
 mod heatmap;
@@ -60,6 +61,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Top classes of images, with probabilities.
     Predict(predict::Args),
+    /// Per-image features (pooled, or a dense block's maps) of images, to a file.
+    Embed(embed::Args),
     /// The feature-reuse heat map of a trained DenseNet (the paper's Fig. 5).
     Heatmap(heatmap::Args),
     /// Test error against parameters for finished runs (table and PNG or SVG).
@@ -104,6 +107,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Plot(a) => plot::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::Heatmap(a) => heatmap::run(a),
         Command::Compare(a) => compare::run(a),
     }

@@ -1,10 +1,9 @@
 //! `densenet predict`: the top classes of images, with probabilities and class names.
 
 use super::model_args::OptModelArgs;
-use crate::data::augment::Normalize;
-use crate::data::folder::decode_file;
-use crate::model::{Model, ModelConfig};
+use crate::model::Model;
 use crate::nn::MemoryMode;
+use crate::prepare::InputPrep;
 use crate::train::checkpoint::read_model_config;
 use std::path::PathBuf;
 
@@ -12,9 +11,11 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 #[command(
     after_long_help = "Example:\n  densenet predict --weights runs/<run>/best.safetensors digit.png\n\n\
-    Images are decoded, converted to the model's channels, resized to its input size and \
-    normalised as in training (pixel/255, then the data set's mean and std). The digits \
-    set is white ink on black: invert a scan of dark ink on paper first."
+    Images are decoded, converted to the model's channels, resized to its input size (image \
+    folders and torchvision weights: the shorter side resized, then the centre cropped) and \
+    normalised as in training (pixel/255, then the data set's mean and std); `densenet \
+    summary --weights FILE` shows how. The digits set is white ink on black: invert a scan \
+    of dark ink on paper first."
 )]
 pub struct Args {
     /// Image files (PNG or JPEG).
@@ -42,52 +43,12 @@ struct Prediction {
 /// Runs `densenet predict`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let mut m = read_model_config(&a.weights, a.model.resolve()?)?;
-    let cfg = m.net.model_config();
-    let (c, s) = (cfg.in_channels(), cfg.input_size());
-    let imagenet = matches!(&cfg, ModelConfig::DenseNet(d) if d.stem == crate::densenet::config::Stem::ImageNet);
-    let (norm, names) = match &m.preprocess {
-        Some(p) => (Normalize::new(&p.mean, &p.std), p.classes.clone()),
-        None if imagenet => (Normalize::imagenet(), vec![]),
-        None => (Normalize::none(), vec![]),
-    };
-    // images are decoded to RGB and made grey for one-channel models: nothing else fits
-    anyhow::ensure!(
-        c == 1 || c == 3,
-        "model {} expects {c}×{s}×{s} inputs; predict makes images grey (1 channel) or RGB \
-         (3 channels); give --model for the network these weights belong to",
-        cfg.name()
-    );
-    if let Some(p) = &m.preprocess {
-        anyhow::ensure!(
-            [1, c].contains(&p.mean.len()) && p.mean.len() == p.std.len(),
-            "{}: its preprocessing has {} means and {} stds for a {c}-channel model",
-            a.weights.display(),
-            p.mean.len(),
-            p.std.len()
-        );
-    }
+    let prep = InputPrep::new(&m.net.model_config(), m.preprocess.as_ref(), &a.weights)?;
+    let names = m.preprocess.map(|p| p.classes).unwrap_or_default();
     let mut ws = m.net.workspace(1, MemoryMode::Efficient, false);
     let mut out = Vec::new();
     for path in &a.images {
-        let rgb = decode_file(path)?;
-        let img = if c == 1 {
-            // luminance as the mean of the three channels
-            let plane = rgb.height * rgb.width;
-            let grey = (0..plane)
-                .map(|i| {
-                    ((rgb.data[i] as u32
-                        + rgb.data[plane + i] as u32
-                        + rgb.data[2 * plane + i] as u32)
-                        / 3) as u8
-                })
-                .collect();
-            crate::data::augment::Image::new(1, rgb.height, rgb.width, grey)?
-        } else {
-            rgb
-        };
-        let img = img.resize(s, s)?;
-        let mut x = vec![0f32; c * s * s];
-        norm.write(&img, 255.0, &mut x)?;
+        let x = prep.load(path)?;
         let logits = m.net.forward_eval(&mut ws, &x, 1, None);
         let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let exp: Vec<f64> = logits.iter().map(|&v| ((v - max) as f64).exp()).collect();

@@ -2,21 +2,24 @@
 //! connectivity, then totals (the paper's Table 1 with numbers), for DenseNets and
 //! pre-activation ResNets alike.
 
-use super::model_args::ModelAdjust;
-use crate::model::ModelConfig;
+use super::model_args::{ModelAdjust, OptModelArgs};
+use crate::model::{Model, ModelConfig};
 use crate::nn::arena::{total_bytes, Region};
 use crate::nn::MemoryMode;
+use crate::prepare::InputPrep;
 use crate::summary::summarize_model;
+use crate::train::checkpoint::read_model_config;
 use anyhow::Context;
+use std::path::PathBuf;
 
 /// Arguments of `densenet summary`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_long_help = "Examples:\n  densenet summary densenet-bc-100-12 --json\n  densenet summary preresnet-164\n  densenet summary densenet-bc-100-12 --plan --batch-size 64"
+    after_long_help = "Examples:\n  densenet summary densenet-bc-100-12 --json\n  densenet summary preresnet-164\n  densenet summary densenet-bc-100-12 --plan --batch-size 64\n  densenet summary --weights runs/<run>/best.safetensors"
 )]
 pub struct Args {
     /// Model name (see `densenet forward --help` for the forms); also as -m/--model.
-    #[arg(value_name = "MODEL", required_unless_present = "model_flag")]
+    #[arg(value_name = "MODEL", required_unless_present_any = ["model_flag", "weights"])]
     pub model: Option<String>,
     /// Model name, as in the other subcommands.
     #[arg(
@@ -29,6 +32,10 @@ pub struct Args {
     pub model_flag: Option<String>,
     #[command(flatten)]
     pub adjust: ModelAdjust,
+    /// Weights (a training checkpoint, or a state dict with a model): summarise their
+    /// model and show the preprocessing that `predict` and `embed` apply to images.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
     /// Print the memory plan instead: every region of the workspace's one allocation
     /// (name, offset, bytes) and the total, which `bench train --json` reports as
     /// `activation_bytes`.
@@ -48,8 +55,8 @@ pub struct Args {
     /// With --plan: the evaluation workspace (no backward pass) instead of training's.
     #[arg(long)]
     pub eval: bool,
-    /// Print one JSON object (fields `parameters`, `macs`, `stages`, …; with --plan
-    /// `total_bytes` and `regions`).
+    /// Print one JSON object (fields `parameters`, `macs`, `stages`, …; with --weights
+    /// `preprocess`; with --plan `total_bytes` and `regions`).
     #[arg(long)]
     pub json: bool,
 }
@@ -133,19 +140,45 @@ fn plan(a: &Args, cfg: &ModelConfig) -> anyhow::Result<()> {
 
 /// Runs `densenet summary`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let name = a
-        .model
-        .as_deref()
-        .or(a.model_flag.as_deref())
-        .unwrap_or_default();
-    let cfg = ModelConfig::from_name(name).with_context(|| format!("model {name}"))?;
-    let cfg = a.adjust.apply(cfg)?;
+    let name = a.model.as_deref().or(a.model_flag.as_deref());
+    let given = match name {
+        Some(name) => {
+            let cfg = ModelConfig::from_name(name).with_context(|| format!("model {name}"))?;
+            Some(a.adjust.apply(cfg)?)
+        }
+        // --weights alone: refuses adjustments, as every command reading weights does
+        None => OptModelArgs {
+            model: None,
+            adjust: a.adjust.clone(),
+        }
+        .resolve()?,
+    };
+    let (cfg, prep) = match (&a.weights, given) {
+        (Some(w), given) => {
+            let m = read_model_config(w, given)?;
+            let cfg = m.net.model_config();
+            let prep = InputPrep::new(&cfg, m.preprocess.as_ref(), w)?;
+            (cfg, Some(prep))
+        }
+        (None, Some(cfg)) => (cfg, None),
+        (None, None) => unreachable!("clap requires a model or --weights"),
+    };
     if a.plan {
         return plan(&a, &cfg);
     }
     let s = summarize_model(&cfg);
     if a.json {
-        return super::print_json(&s);
+        #[derive(serde::Serialize)]
+        struct WithPreprocess<'a> {
+            #[serde(flatten)]
+            summary: &'a crate::summary::Summary,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            preprocess: Option<&'a InputPrep>,
+        }
+        return super::print_json(&WithPreprocess {
+            summary: &s,
+            preprocess: prep.as_ref(),
+        });
     }
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -194,6 +227,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         group(s.macs),
         s.macs as f64 / 1e9
     )?;
+    if let Some(p) = &prep {
+        writeln!(out, "preprocessing: {}", p.describe())?;
+    }
     Ok(())
 }
 

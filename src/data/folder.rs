@@ -317,6 +317,14 @@ fn is_image(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The image files (by extension) under `dir`, sorted, recursing into subdirectories and
+/// skipping hidden entries.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    Ok(out)
+}
+
 /// Appends the image files under `dir`, sorted, recursing into subdirectories.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     for p in read_dir_sorted(dir)? {

@@ -37,6 +37,20 @@ pub struct Preprocess {
     pub upscale: usize,
     /// Class names.
     pub classes: Vec<String>,
+    /// The evaluation geometry of data sets whose images come in any size (image folders):
+    /// absent in other checkpoints, whose images were resized to the input size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub center_crop: Option<CenterCrop>,
+}
+
+/// Resize the shorter side, then take the centre square (torchvision's `Resize` +
+/// `CenterCrop`, ImageNet's evaluation: 256 then 224).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CenterCrop {
+    /// Length of the shorter side after resizing.
+    pub resize: usize,
+    /// Height and width of the centre window.
+    pub crop: usize,
 }
 
 /// Writes a checkpoint atomically.

@@ -330,6 +330,12 @@ impl DataSetup {
             std: self.eval_transform.normalize.std.clone(),
             upscale: self.eval_transform.upscale,
             classes: self.train.classes().to_vec(),
+            center_crop: match self.eval_transform.geometry {
+                Geometry::ResizeCenterCrop { resize, crop } => {
+                    Some(checkpoint::CenterCrop { resize, crop })
+                }
+                _ => None,
+            },
         }
     }
 
