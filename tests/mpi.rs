@@ -80,6 +80,15 @@ fn model_and_batch() -> (AnyModel, Vec<f32>, Vec<u32>) {
     (net, x, y)
 }
 
+/// Half `k` (0 or 1) of the batch: 32 images and their labels.
+fn half<'a>(x: &'a [f32], y: &'a [u32], k: usize) -> (&'a [f32], &'a [u32]) {
+    let per = x.len() / y.len();
+    (
+        &x[k * 32 * per..(k + 1) * 32 * per],
+        &y[k * 32..(k + 1) * 32],
+    )
+}
+
 /// One process's gradient of `images` (a share of `total`), summed over the processes
 /// through [`GradSync`] when `comm` is given.
 fn gradient(
@@ -135,16 +144,8 @@ fn worker_sync_bn() {
         let bn = Arc::new(BnSync::new(comm.clone()));
         bn.set_share(32, 64);
         set_stats_sync(Some(bn));
-        let per = x.len() / 64;
-        let mine = &x[r * 32 * per..(r + 1) * 32 * per];
-        let summed = gradient(
-            &mut net,
-            mine,
-            &y[r * 32..(r + 1) * 32],
-            Some(64),
-            mode,
-            Some(&*comm),
-        );
+        let (xs, ys) = half(&x, &y, r);
+        let summed = gradient(&mut net, xs, ys, Some(64), mode, Some(&*comm));
         set_stats_sync(None);
         let e = rel_l2(&summed, &whole);
         assert!(e < 1e-4, "{mode}: gradient relative L2 error {e:.2e}");
@@ -167,17 +168,13 @@ fn without_sync_bn_the_gradient_is_the_mean_of_the_processes_own() {
 fn worker_own_bn() {
     let comm: Arc<dyn Collective> = Arc::new(Mpi::start().unwrap());
     let r = comm.rank();
-    let per = {
-        let (_, x, _) = model_and_batch();
-        x.len() / 64
-    };
     for mode in [MemoryMode::Efficient, MemoryMode::Naive] {
         // each share's own gradient (a batch of 32 normalised by itself), both computed here
         let own: Vec<Vec<f32>> = (0..2)
             .map(|k| {
                 let (mut net, x, y) = model_and_batch();
-                let xs = &x[k * 32 * per..(k + 1) * 32 * per];
-                gradient(&mut net, xs, &y[k * 32..(k + 1) * 32], None, mode, None)
+                let (xs, ys) = half(&x, &y, k);
+                gradient(&mut net, xs, ys, None, mode, None)
             })
             .collect();
         let mean: Vec<f32> = own[0]
@@ -186,15 +183,8 @@ fn worker_own_bn() {
             .map(|(a, b)| (a + b) / 2.0)
             .collect();
         let (mut net, x, y) = model_and_batch();
-        let xs = &x[r * 32 * per..(r + 1) * 32 * per];
-        let summed = gradient(
-            &mut net,
-            xs,
-            &y[r * 32..(r + 1) * 32],
-            Some(64),
-            mode,
-            Some(&*comm),
-        );
+        let (xs, ys) = half(&x, &y, r);
+        let summed = gradient(&mut net, xs, ys, Some(64), mode, Some(&*comm));
         let e = rel_l2(&summed, &mean);
         assert!(
             e < 1e-5,

@@ -483,6 +483,10 @@ fn explain(e: train::TrainError) -> anyhow::Error {
 
 /// Runs `densenet train`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    // the processes of a data-parallel run (`mpirun -np N densenet train …`): rank 0
+    // draws the progress and prints the results
+    let comm = crate::dist::connect()?;
+    let rank = comm.as_ref().map_or(0, |c| c.rank());
     let (cfg, dir, resume, unique) = match &a.resume {
         Some(dir) => {
             let path = dir.join("config.json");
@@ -505,7 +509,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
     };
-    if !resume {
+    if !resume && rank == 0 {
         eprintln!(
             "training {} on {} for {} (batch {}, lr {}, {})",
             cfg.model.name(),
@@ -516,10 +520,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             cfg.schedule,
         );
     }
-    // the processes of a data-parallel run (`mpirun -np N densenet train …`): rank 0
-    // draws the progress and prints the results
-    let comm = crate::dist::connect()?;
-    let rank = comm.as_ref().map_or(0, |c| c.rank());
     let mut bar = Bar {
         bar: None,
         quiet: a.json || rank > 0,
