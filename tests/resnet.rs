@@ -414,6 +414,7 @@ fn preresnet_trains_on_digits() {
         seed: 1,
         memory: MemoryMode::Efficient,
         svhn_extra: false,
+        finetune: Default::default(),
     };
     let dir = tmp("digits");
     let opts = RunOptions {

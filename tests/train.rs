@@ -30,6 +30,7 @@ fn tiny(epochs: usize) -> TrainConfig {
         seed: 7,
         memory: MemoryMode::Efficient,
         svhn_extra: false,
+        finetune: Default::default(),
     }
 }
 

@@ -14,6 +14,7 @@
 //! [`checkpoint`]) and, at the end, `summary.json`.
 
 pub mod checkpoint;
+pub mod finetune;
 pub mod schedule;
 pub mod settings;
 
@@ -43,6 +44,9 @@ pub enum TrainError {
     /// Reading or writing weights failed.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// The initial weights (`--init`) do not fit the model.
+    #[error(transparent)]
+    Init(#[from] finetune::InitError),
     /// A file of the run directory could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -131,6 +135,9 @@ pub struct TrainConfig {
     pub memory: MemoryMode,
     /// SVHN: also train on `extra_32x32.mat` (the paper does).
     pub svhn_extra: bool,
+    /// Fine-tuning: initial weights, frozen part, the features' learning rate.
+    #[serde(default)]
+    pub finetune: finetune::FinetuneConfig,
 }
 
 /// One epoch's figures (a row of `metrics.csv`).
@@ -630,6 +637,11 @@ fn train_in(
     let mut opt = Sgd::new(config.optimizer);
     let last = dir.join("last.safetensors");
     let mut state = TrainState::default();
+    // the initial weights of a fresh run; a resumed run has its own checkpoint
+    if let (Some(init), false) = (&config.finetune.init, opts.resume) {
+        let report = finetune::load_init(init, &mut net)?;
+        progress.message(&report.to_string());
+    }
     if opts.resume {
         let loaded = checkpoint::load(&last, &mut net, &mut opt)?;
         if loaded.config != config {
@@ -689,6 +701,14 @@ fn train_in(
             .schedule
             .lr(config.optimizer.lr, epoch, config.epochs);
         opt.config.lr = lr;
+        let rates = finetune::rates(
+            &config.finetune,
+            net.classifier_range(),
+            net.num_params(),
+            lr,
+            |f| config.schedule.lr(f, epoch, config.epochs),
+        );
+        let frozen = config.finetune.frozen();
         let batches = loader.batches_per_epoch();
         progress.epoch_start(epoch + 1, config.epochs, batches);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
@@ -699,7 +719,7 @@ fn train_in(
                 dropout_seed: mix_seed(&[config.seed, epoch as u64, b as u64, DROPOUT_TAG]),
                 input_grad: false,
             };
-            let loss = net.forward_train(&mut ws, &batch.images, &batch.labels, &step);
+            let loss = finetune::forward(&mut net, &mut ws, &batch, &step, frozen);
             if !loss.is_finite() {
                 let checkpoint = if state.epochs_done > 0 {
                     format!(
@@ -723,10 +743,9 @@ fn train_in(
                     correct += 1;
                 }
             }
-            net.zero_grad();
-            net.backward(&mut ws, &step);
+            finetune::backward(&mut net, &mut ws, &step, frozen);
             let bufs = net.buffers_mut();
-            opt.step(bufs.params, bufs.grads);
+            opt.step_ranges(bufs.params, bufs.grads, &rates);
             loss_sum += loss as f64 * n as f64;
             seen += n;
             let elapsed = t0.elapsed().as_secs_f64();
