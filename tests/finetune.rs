@@ -292,6 +292,36 @@ fn frozen_features_stay_the_files_and_the_classifier_trains() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The same for a pre-activation ResNet: a frozen epoch trains `fc` alone.
+#[test]
+fn frozen_resnet_features_stay_the_files() {
+    let dir = tmp("frozen-resnet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let init = dir.join("src.safetensors");
+    save(&source(&preresnet8(5, 1), 3), &init);
+    let src = file_tensors(&init);
+    let cfg = finetune_run(
+        preresnet8(10, 1),
+        1,
+        FinetuneConfig {
+            init: Some(init),
+            freeze: Some(Freeze::Features),
+            lr_features: None,
+        },
+    );
+    let out = dir.join("run");
+    run(&cfg, &out, false, None);
+    let after = file_tensors(&out.join("last.safetensors"));
+    for (name, t) in &after {
+        if name.starts_with("fc.") {
+            assert_eq!(t.shape[0], 10, "{name}");
+        } else if !name.starts_with("optim.") {
+            assert!(same(t, &src[name]), "{name} changed");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A fine-tuning run stopped after its first epoch and resumed ends where the run
 /// without a stop ends (the initial weights are loaded once, on the fresh run); a
 /// changed fine-tuning setting is refused on resume.

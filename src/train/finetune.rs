@@ -79,6 +79,8 @@ pub struct Reinit {
     pub shape: Vec<usize>,
     /// Its shape in the file, if the file has it.
     pub file_shape: Option<Vec<usize>>,
+    /// Part of the classifier (else the first convolution).
+    pub classifier: bool,
 }
 
 /// What [`init_from`] did.
@@ -94,6 +96,21 @@ pub struct InitReport {
     /// The file's tensors no model tensor took (besides those of `reinitialised`,
     /// `num_batches_tracked` and optimizer state).
     pub ignored: Vec<String>,
+}
+
+impl InitReport {
+    /// A warning for a run with frozen features whose first convolution was
+    /// re-initialised: it would stay at its random initialisation.
+    pub fn frozen_note(&self, cfg: &FinetuneConfig) -> Option<String> {
+        let conv = self.reinitialised.iter().find(|r| !r.classifier)?;
+        cfg.frozen().then(|| {
+            format!(
+                "warning: {} was re-initialised (another input channel count) and \
+                 --freeze features keeps it at its random initialisation",
+                conv.name
+            )
+        })
+    }
 }
 
 impl std::fmt::Display for InitReport {
@@ -249,8 +266,8 @@ pub fn init_from<M: Model>(
     let mut features_named = 0;
     for (table, is_param) in [(model.param_table(), true), (model.stats_table(), false)] {
         for e in table.entries() {
-            let replaceable = (is_param && e.offset >= head.start && e.offset < head.end)
-                || (is_param && Some(&e.name) == first_conv.as_ref());
+            let in_classifier = is_param && e.offset >= head.start && e.offset < head.end;
+            let replaceable = in_classifier || (is_param && Some(&e.name) == first_conv.as_ref());
             let found = by_name.remove(&e.name);
             features_named += usize::from(found.is_some() && !replaceable);
             match found {
@@ -262,6 +279,7 @@ pub fn init_from<M: Model>(
                     name: e.name.clone(),
                     shape: e.shape.clone(),
                     file_shape: found.map(|t| t.tensor.shape.clone()),
+                    classifier: in_classifier,
                 }),
                 None => missing.push(format!("{} missing", e.name)),
                 Some(t) => wrong.push(format!(
@@ -377,5 +395,34 @@ pub fn backward<M: Model>(net: &mut M, ws: &mut M::Workspace, step: &TrainOption
     } else {
         net.zero_grad();
         net.backward(ws, step);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frozen features warn about a re-initialised first convolution, and only then.
+    #[test]
+    fn frozen_runs_warn_about_a_random_first_convolution() {
+        let reinit = |name: &str, classifier| Reinit {
+            name: name.into(),
+            shape: vec![1],
+            file_shape: None,
+            classifier,
+        };
+        let frozen = FinetuneConfig {
+            freeze: Some(Freeze::Features),
+            ..FinetuneConfig::default()
+        };
+        let mut r = InitReport {
+            reinitialised: vec![reinit("classifier.weight", true)],
+            ..InitReport::default()
+        };
+        assert_eq!(r.frozen_note(&frozen), None);
+        r.reinitialised.push(reinit("features.conv0.weight", false));
+        let note = r.frozen_note(&frozen).unwrap();
+        assert!(note.contains("features.conv0.weight"), "{note}");
+        assert_eq!(r.frozen_note(&FinetuneConfig::default()), None);
     }
 }

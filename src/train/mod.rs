@@ -641,6 +641,9 @@ fn train_in(
     if let (Some(init), false) = (&config.finetune.init, opts.resume) {
         let report = finetune::load_init(init, &mut net)?;
         progress.message(&report.to_string());
+        if let Some(note) = report.frozen_note(&config.finetune) {
+            progress.message(&note);
+        }
     }
     if opts.resume {
         let loaded = checkpoint::load(&last, &mut net, &mut opt)?;
