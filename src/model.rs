@@ -263,6 +263,22 @@ pub trait Model {
     ) -> f32;
     /// Backward pass of the last training forward pass; accumulates into the gradients.
     fn backward(&mut self, ws: &mut Self::Workspace, opts: &TrainOptions);
+    /// Training forward pass of the classifier alone, for fine-tuning with frozen
+    /// features: everything before the classifier's linear layer runs in evaluation mode
+    /// (running statistics, not updated; no dropout). Returns the mean cross-entropy loss
+    /// and leaves what [`backward_classifier`](Self::backward_classifier) needs.
+    fn forward_train_frozen(
+        &mut self,
+        ws: &mut Self::Workspace,
+        input: &[f32],
+        labels: &[u32],
+    ) -> f32;
+    /// Backward pass of the last training forward pass (either kind) through the
+    /// classifier alone: accumulates the classifier's weight and bias gradients and
+    /// touches no other gradient.
+    fn backward_classifier(&mut self, ws: &mut Self::Workspace);
+    /// The classifier's weight and bias in the parameter buffer (the last tensors).
+    fn classifier_range(&self) -> std::ops::Range<usize>;
     /// Names, shapes and offsets of the parameters.
     fn param_table(&self) -> &TensorTable;
     /// Names, shapes and offsets of the running statistics.
@@ -470,6 +486,15 @@ macro_rules! forward_model {
             fn backward(&mut self, ws: &mut $ws, opts: &TrainOptions) {
                 <$ty>::backward(self, ws, opts)
             }
+            fn forward_train_frozen(&mut self, ws: &mut $ws, input: &[f32], labels: &[u32]) -> f32 {
+                <$ty>::forward_train_frozen(self, ws, input, labels)
+            }
+            fn backward_classifier(&mut self, ws: &mut $ws) {
+                <$ty>::backward_classifier(self, ws)
+            }
+            fn classifier_range(&self) -> std::ops::Range<usize> {
+                <$ty>::classifier_range(self)
+            }
             fn param_table(&self) -> &TensorTable {
                 &self.arch.params
             }
@@ -633,6 +658,20 @@ impl Model for AnyModel {
     }
     fn backward(&mut self, ws: &mut AnyWorkspace, opts: &TrainOptions) {
         dispatch_ws!(self, ws, m, w => m.backward(w, opts))
+    }
+    fn forward_train_frozen(
+        &mut self,
+        ws: &mut AnyWorkspace,
+        input: &[f32],
+        labels: &[u32],
+    ) -> f32 {
+        dispatch_ws!(self, ws, m, w => m.forward_train_frozen(w, input, labels))
+    }
+    fn backward_classifier(&mut self, ws: &mut AnyWorkspace) {
+        dispatch_ws!(self, ws, m, w => m.backward_classifier(w))
+    }
+    fn classifier_range(&self) -> std::ops::Range<usize> {
+        dispatch!(self, m => m.classifier_range())
     }
     fn param_table(&self) -> &TensorTable {
         dispatch!(self, m => &m.arch.params)

@@ -50,20 +50,43 @@ impl Sgd {
     /// One step: `g ← ∇ + λ·p; b ← μ·b + g; p ← p − lr·(g + μ·b)` (Nesterov) or
     /// `p ← p − lr·b` (classical).
     pub fn step(&mut self, params: &mut [f32], grads: &[f32]) {
+        let lr = self.config.lr;
+        self.step_ranges(params, grads, &[(0..params.len(), lr)]);
+    }
+
+    /// [`step`](Self::step) with a learning rate per range of the buffer, in place of
+    /// `config.lr` (fine-tuning: the classifier at one rate, the pretrained features at
+    /// another). A range at rate 0 is skipped whole: its parameters and its momentum stay
+    /// as they are (weight decay does not touch a frozen part either). Parameters outside
+    /// every range do not change.
+    pub fn step_ranges(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        rates: &[(std::ops::Range<usize>, f32)],
+    ) {
         let SgdConfig {
-            lr,
             momentum: mu,
             weight_decay: wd,
             nesterov,
+            ..
         } = self.config;
         if self.momentum.len() != params.len() {
             self.momentum = vec![0.0; params.len()];
         }
-        for ((p, &g), b) in params.iter_mut().zip(grads).zip(self.momentum.iter_mut()) {
-            let d = g + wd * *p;
-            *b = mu * *b + d;
-            let step = if nesterov { d + mu * *b } else { *b };
-            *p -= lr * step;
+        for (range, lr) in rates.iter().filter(|r| r.1 != 0.0) {
+            let (lr, r) = (*lr, range.clone());
+            let (p, g, b) = (
+                &mut params[r.clone()],
+                &grads[r.clone()],
+                &mut self.momentum[r],
+            );
+            for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
+                let d = g + wd * *p;
+                *b = mu * *b + d;
+                let step = if nesterov { d + mu * *b } else { *b };
+                *p -= lr * step;
+            }
         }
     }
 }
@@ -89,5 +112,33 @@ mod tests {
         let g = 0.5 + 0.01 * 0.9031f32;
         let b = 0.9 * 0.51 + g;
         assert!((p[0] - (0.9031 - 0.1 * (g + 0.9 * b))).abs() < 1e-6);
+    }
+
+    /// Per-range rates: each range moves as a whole-buffer step at its rate would, and a
+    /// range at rate 0 keeps its parameters and momentum, weight decay notwithstanding.
+    #[test]
+    fn ranges_step_at_their_own_rates_and_rate_zero_freezes() {
+        let config = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+            nesterov: true,
+        };
+        let (p0, g) = (vec![1.0f32, -2.0, 0.5, 3.0], vec![0.5f32, 0.25, -1.0, 2.0]);
+        let mut split = Sgd::new(config);
+        let mut p = p0.clone();
+        for _ in 0..2 {
+            split.step_ranges(&mut p, &g, &[(0..2, 0.0), (2..3, 0.1), (3..4, 0.01)]);
+        }
+        assert_eq!(&p[..2], &p0[..2]);
+        assert_eq!(&split.momentum[..2], &[0.0, 0.0]);
+        for (i, lr) in [(2, 0.1f32), (3, 0.01)] {
+            let mut whole = Sgd::new(SgdConfig { lr, ..config });
+            let mut q = vec![p0[i]];
+            for _ in 0..2 {
+                whole.step(&mut q, &g[i..i + 1]);
+            }
+            assert_eq!(p[i], q[0], "element {i}");
+        }
     }
 }

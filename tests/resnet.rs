@@ -418,6 +418,7 @@ fn preresnet_trains_on_digits() {
         memory: MemoryMode::Efficient,
         svhn_extra: false,
         sync_bn: false,
+        finetune: Default::default(),
     };
     let dir = tmp("digits");
     let opts = RunOptions {

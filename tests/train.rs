@@ -31,6 +31,7 @@ fn tiny(epochs: usize) -> TrainConfig {
         memory: MemoryMode::Efficient,
         svhn_extra: false,
         sync_bn: false,
+        finetune: Default::default(),
     }
 }
 

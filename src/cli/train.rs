@@ -88,6 +88,21 @@ pub struct Args {
     /// process's share of it (synchronised batch norm: the same as one process).
     #[arg(long)]
     pub sync_bn: bool,
+    /// Fine-tune: start from these weights (a run's checkpoint, a safetensors state dict or
+    /// a torchvision .pth of the --model's family and architecture). Every tensor is kept
+    /// but the classifier for another class count and the first convolution for another
+    /// channel count, which are re-initialised (the run says which).
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
+    /// Train only the classifier: the features (everything before it, final BN included)
+    /// run in evaluation mode, with their running statistics, and no backward pass.
+    #[arg(long, value_name = "PART", value_enum)]
+    pub freeze: Option<crate::train::finetune::Freeze>,
+    /// Base learning rate of everything but the classifier (≥ 0; scheduled like --lr;
+    /// 0 keeps the features' parameters, not their BN statistics).
+    #[arg(long, value_name = "F", value_parser = super::values::weight_decay,
+          conflicts_with = "freeze")]
+    pub lr_features: Option<f32>,
     /// Seed of the initialisation, shuffling, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -115,7 +130,7 @@ pub struct Args {
 
 /// The flags that define a run: refused with `--resume`, which continues a run with the
 /// settings stored in its directory.
-const RUN_SETTINGS: [&str; 24] = [
+const RUN_SETTINGS: [&str; 27] = [
     "out",
     "model",
     "classes",
@@ -140,6 +155,9 @@ const RUN_SETTINGS: [&str; 24] = [
     "seed",
     "memory",
     "sync_bn",
+    "init",
+    "freeze",
+    "lr_features",
 ];
 
 /// Resolves recipe, defaults and overrides into a training configuration.
@@ -262,6 +280,11 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
         memory: a.memory,
         svhn_extra: a.svhn_extra,
         sync_bn: a.sync_bn,
+        finetune: crate::train::finetune::FinetuneConfig {
+            init: a.init.clone(),
+            freeze: a.freeze,
+            lr_features: a.lr_features,
+        },
     })
 }
 

@@ -65,6 +65,25 @@ pub(crate) fn backward(arch: &Architecture, p: &[f32], g: &mut [f32], ws: &mut D
     );
 }
 
+/// Backward from `ws.head.dlogits` through the classifier alone (fine-tuning with frozen
+/// features): accumulates the classifier's gradients, nothing else.
+pub(crate) fn backward_classifier(
+    arch: &Architecture,
+    p: &[f32],
+    g: &mut [f32],
+    ws: &mut DenseNetWorkspace,
+) {
+    let (n, j) = (ws.n, arch.config.num_classes);
+    let c = arch.blocks.last().expect("at least one block").c_out;
+    let off = arch.classifier;
+    let (dw, db) = g[off..off + j * c + j].split_at_mut(j * c);
+    let (dl, pooled) = (&ws.head.dlogits[..n * j], &ws.head.pooled[..c * n]);
+    // the pooled features' gradient is computed too (a j·c·n product, next to nothing)
+    // and not used
+    let dpooled = &mut ws.head.dpooled[..c * n];
+    linear_backward(dpooled, dw, db, dl, pooled, &p[off..off + j * c], n, c, j);
+}
+
 /// The final BN's output before the ReLU, NCHW (evaluation mode), for probes.
 pub(crate) fn final_norm_output(
     arch: &Architecture,

@@ -140,6 +140,44 @@ impl DenseNet {
         )
     }
 
+    /// Training forward pass of the classifier alone (fine-tuning with frozen features):
+    /// the features, final BN included, in evaluation mode (running statistics, not
+    /// updated; no dropout). Returns the mean cross-entropy loss; logits stay in
+    /// `ws.head.logits`, their gradient in `ws.head.dlogits`.
+    pub fn forward_train_frozen(
+        &mut self,
+        ws: &mut DenseNetWorkspace,
+        input: &[f32],
+        labels: &[u32],
+    ) -> f32 {
+        let n = labels.len();
+        self.check_input(ws, input, n);
+        assert!(
+            ws.plan.training,
+            "forward_train_frozen needs a training workspace"
+        );
+        let classes = self.arch.config.num_classes;
+        self.forward(ws, input, n, false, 0, &mut None);
+        let (logits, dlogits) = (
+            &ws.head.logits[..n * classes],
+            &mut ws.head.dlogits[..n * classes],
+        );
+        softmax_cross_entropy(dlogits, logits, labels, classes, n)
+    }
+
+    /// Backward pass of the last training forward pass (either kind) through the
+    /// classifier alone: accumulates `classifier.{weight,bias}` gradients, nothing else.
+    pub fn backward_classifier(&mut self, ws: &mut DenseNetWorkspace) {
+        head::backward_classifier(&self.arch, &self.params, &mut self.grads, ws);
+    }
+
+    /// `classifier.weight` and `classifier.bias` in the parameter buffer.
+    pub fn classifier_range(&self) -> std::ops::Range<usize> {
+        let c = &self.arch.config;
+        let features = self.arch.blocks.last().expect("at least one block").c_out;
+        self.arch.classifier..self.arch.classifier + c.num_classes * (features + 1)
+    }
+
     fn forward(
         &mut self,
         ws: &mut DenseNetWorkspace,

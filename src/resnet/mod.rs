@@ -174,6 +174,56 @@ impl PreActResNet {
         )
     }
 
+    /// Training forward pass of the classifier alone (fine-tuning with frozen features):
+    /// the features, final BN included, in evaluation mode (running statistics, not
+    /// updated). Returns the mean cross-entropy loss; logits stay in `ws.head.logits`,
+    /// their gradient in `ws.head.dlogits`.
+    pub fn forward_train_frozen(
+        &mut self,
+        ws: &mut ResNetWorkspace,
+        input: &[f32],
+        labels: &[u32],
+    ) -> f32 {
+        let n = labels.len();
+        self.check_input(ws, input, n);
+        assert!(
+            ws.plan.training,
+            "forward_train_frozen needs a training workspace"
+        );
+        let classes = self.arch.config.num_classes;
+        self.forward(ws, input, n, false, &mut None);
+        let (logits, dlogits) = (
+            &ws.head.logits[..n * classes],
+            &mut ws.head.dlogits[..n * classes],
+        );
+        softmax_cross_entropy(dlogits, logits, labels, classes, n)
+    }
+
+    /// Backward pass of the last training forward pass (either kind) through `fc` alone:
+    /// accumulates `fc.{weight,bias}` gradients, nothing else.
+    pub fn backward_classifier(&mut self, ws: &mut ResNetWorkspace) {
+        let arch = &self.arch;
+        let (n, j) = (ws.n, arch.config.num_classes);
+        let c = arch.stages.last().expect("at least one stage").channels;
+        let (dw, db) = self.grads[arch.fc..arch.fc + j * c + j].split_at_mut(j * c);
+        let HeadMemory {
+            pooled,
+            dpooled,
+            dlogits,
+            ..
+        } = &mut ws.head;
+        let w = &self.params[arch.fc..arch.fc + j * c];
+        // the pooled features' gradient is computed too (next to nothing) and not used
+        linear_backward(dpooled, dw, db, dlogits, pooled, w, n, c, j);
+    }
+
+    /// `fc.weight` and `fc.bias` in the parameter buffer.
+    pub fn classifier_range(&self) -> std::ops::Range<usize> {
+        let arch = &self.arch;
+        let c = arch.stages.last().expect("at least one stage").channels;
+        arch.fc..arch.fc + arch.config.num_classes * (c + 1)
+    }
+
     fn forward(
         &mut self,
         ws: &mut ResNetWorkspace,

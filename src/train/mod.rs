@@ -14,6 +14,7 @@
 //! [`checkpoint`]) and, at the end, `summary.json`.
 
 pub mod checkpoint;
+pub mod finetune;
 mod parallel;
 pub mod schedule;
 pub mod settings;
@@ -46,6 +47,9 @@ pub enum TrainError {
     /// Reading or writing weights failed.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// The initial weights (`--init`) do not fit the model.
+    #[error(transparent)]
+    Init(#[from] finetune::InitError),
     /// A file of the run directory could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -138,6 +142,9 @@ pub struct TrainConfig {
     /// each process's share (synchronised batch norm; the same as one process).
     #[serde(default)]
     pub sync_bn: bool,
+    /// Fine-tuning: initial weights, frozen part, the features' learning rate.
+    #[serde(default)]
+    pub finetune: finetune::FinetuneConfig,
 }
 
 /// One epoch's figures (a row of `metrics.csv`).
@@ -685,6 +692,14 @@ fn train_in(
     let mut opt = Sgd::new(config.optimizer);
     let last = dir.join("last.safetensors");
     let mut state = TrainState::default();
+    // the initial weights of a fresh run; a resumed run has its own checkpoint
+    if let (Some(init), false) = (&config.finetune.init, opts.resume) {
+        let report = finetune::load_init(init, &mut net)?;
+        progress.message(&report.to_string());
+        if let Some(note) = report.frozen_note(&config.finetune) {
+            progress.message(&note);
+        }
+    }
     if opts.resume {
         let loaded = checkpoint::load(&last, &mut net, &mut opt)?;
         if loaded.config != config {
@@ -751,6 +766,14 @@ fn train_in(
             .schedule
             .lr(config.optimizer.lr, epoch, config.epochs);
         opt.config.lr = lr;
+        let rates = finetune::rates(
+            &config.finetune,
+            net.classifier_range(),
+            net.num_params(),
+            lr,
+            |f| config.schedule.lr(f, epoch, config.epochs),
+        );
+        let frozen = config.finetune.frozen();
         let batches = loader.batches_per_epoch();
         progress.epoch_start(epoch + 1, config.epochs, batches);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
@@ -770,7 +793,7 @@ fn train_in(
                 batch_total: Some(whole),
                 ..Default::default()
             };
-            let mut loss = net.forward_train(&mut ws, &batch.images, &batch.labels, &step);
+            let mut loss = finetune::forward(&mut net, &mut ws, &batch, &step, frozen);
             let right = (0..n)
                 .filter(|&i| {
                     argmax(&ws.logits()[i * classes..(i + 1) * classes]) == batch.labels[i] as usize
@@ -814,16 +837,15 @@ fn train_in(
                 });
             }
             correct += right;
-            net.zero_grad();
             match par.as_deref_mut() {
                 Some(p) => {
-                    p.backward(&mut net, &mut ws, step);
+                    p.backward(&mut net, &mut ws, step, frozen, batch.len(), whole);
                     p.average_running_stats(&mut net);
                 }
-                None => net.backward(&mut ws, &step),
+                None => finetune::backward(&mut net, &mut ws, &step, frozen),
             }
             let bufs = net.buffers_mut();
-            opt.step(bufs.params, bufs.grads);
+            opt.step_ranges(bufs.params, bufs.grads, &rates);
             loss_sum += loss as f64 * n as f64;
             seen += n;
             let elapsed = t0.elapsed().as_secs_f64();

@@ -1,7 +1,7 @@
 //! The data-parallel side of a training run (see [`crate::dist`]): every process runs the
 //! same loop on its share of every batch; this holds what they do together.
 
-use super::{evaluate, Evaluation, TrainError};
+use super::{evaluate, finetune, Evaluation, TrainError};
 use crate::data::augment::Transform;
 use crate::data::pipeline::share_of;
 use crate::data::Source;
@@ -62,11 +62,17 @@ impl Parallel {
     /// the pass runs. Every process's gradient is its part of the whole batch's (the loss
     /// is the mean over the whole batch, see [`TrainOptions::batch_total`]), so their sum
     /// is the one-process gradient.
+    ///
+    /// With frozen features only the classifier's gradient is computed, from this share's
+    /// mean loss; it is weighted by the share's part of the batch before the sum.
     pub fn backward(
         &mut self,
         net: &mut AnyModel,
         ws: &mut <AnyModel as Model>::Workspace,
         step: TrainOptions,
+        frozen: bool,
+        share: usize,
+        whole: usize,
     ) {
         let comm = &*self.comm;
         let sync = GradSync::new(comm, net.grads().len(), GradSync::BUCKET);
@@ -76,7 +82,14 @@ impl Parallel {
                 grads_ready: Some(&ready),
                 ..step
             };
-            net.backward(ws, &step);
+            finetune::backward(net, ws, &step, frozen);
+        }
+        if frozen {
+            let head = net.classifier_range();
+            let k = share as f32 / whole as f32;
+            net.buffers_mut().grads[head]
+                .iter_mut()
+                .for_each(|g| *g *= k);
         }
         let t = sync.finish(net.buffers_mut().grads);
         self.times.all_reduce += t.all_reduce;

@@ -53,6 +53,9 @@ impl TrainConfig {
         if let Some((_, msg)) = rules.into_iter().find(|r| !r.0) {
             return Err(TrainError::Config(format!("training configuration: {msg}")));
         }
+        self.finetune
+            .check()
+            .map_err(|e| TrainError::Config(format!("training configuration: {e}")))?;
         if let Schedule::Step { gamma, .. } = &self.schedule {
             if !(gamma.is_finite() && *gamma > 0.0 && *gamma <= 1.0) {
                 return Err(TrainError::Config(format!(
@@ -88,6 +91,7 @@ mod tests {
             memory: Default::default(),
             svhn_extra: false,
             sync_bn: false,
+            finetune: Default::default(),
         }
     }
 
