@@ -8,21 +8,10 @@ use densenet::Model;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn densenet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_densenet"))
-        .args(args)
-        .output()
-        .expect("run densenet")
-}
-
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("densenet-cli-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn ref_path(name: &str) -> String {

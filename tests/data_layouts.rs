@@ -6,24 +6,12 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn densenet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_densenet"))
-        .args(args)
-        .output()
-        .expect("run densenet")
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("densenet-layouts-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn png(path: &Path) {

@@ -11,23 +11,11 @@ use densenet::prepare::InputPrep;
 use densenet::weights::{read_safetensors, write_safetensors, TensorFile};
 use densenet::{AnyModel, MemoryMode, Model, ModelConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn densenet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_densenet"))
-        .args(args)
-        .output()
-        .expect("run densenet")
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("densenet-embed-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The command fails with one line on stderr that holds every needle.

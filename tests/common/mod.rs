@@ -5,6 +5,20 @@
 
 use densenet::weights::{read_safetensors, TensorFile};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the `densenet` binary with `args`.
+pub fn densenet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .args(args)
+        .output()
+        .expect("run densenet")
+}
+
+/// A command's standard error, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
 
 /// The reference files committed with the repository.
 pub fn reference_dir() -> PathBuf {
