@@ -18,6 +18,7 @@
 //! - [`model`]: both families behind one [`Model`] trait and one [`ModelConfig`];
 //!   [`summary`], [`optim`], [`plot`];
 //! - [`data`], [`train`]: data sets and the training loop, checkpoints;
+//! - [`onnx`]: export of a model's evaluation graph as ONNX;
 //! - [`cli`]: the command line.
 
 // Module docs link private items where that is where the reader should look next; they
@@ -30,6 +31,7 @@ pub mod densenet;
 pub mod kernels;
 pub mod model;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod plot;
