@@ -22,6 +22,7 @@
 //! - [`data`], [`train`]: data sets and the training loop, checkpoints;
 //! - [`prepare`], [`features`]: image files to inputs as in training, and per-image
 //!   features (pooled, or a dense block's maps);
+//! - [`onnx`]: export of a model's evaluation graph as ONNX;
 //! - [`cli`]: the command line.
 
 // Module docs link private items where that is where the reader should look next; they
@@ -36,6 +37,7 @@ pub mod features;
 pub mod kernels;
 pub mod model;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod plot;

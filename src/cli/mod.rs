@@ -15,6 +15,7 @@ mod bench;
 mod compare;
 mod embed;
 mod eval;
+mod export;
 mod forward;
 mod heatmap;
 mod model_args;
@@ -67,6 +68,8 @@ pub enum Command {
     Heatmap(heatmap::Args),
     /// Test error against parameters for finished runs (table and PNG or SVG).
     Compare(compare::Args),
+    /// Write a model with its weights as an ONNX file (evaluation graph).
+    Export(export::Args),
 }
 
 /// Help is wrapped at this many columns, whatever the terminal (a help text that fits 79
@@ -110,6 +113,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Embed(a) => embed::run(a),
         Command::Heatmap(a) => heatmap::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 

@@ -1,0 +1,630 @@
+//! ONNX export: a DenseNet or a pre-activation ResNet as an ONNX model of its evaluation
+//! forward pass, for other runtimes (ONNX Runtime, tract, TensorRT, …).
+//!
+//! The graph is built by walking the same architecture structs the engine computes with
+//! ([`crate::densenet::Architecture`], [`crate::resnet::Architecture`]), so it is exactly
+//! our `forward_eval`, in the standard operators only (Conv, BatchNormalization, Relu,
+//! Concat, AveragePool, MaxPool, Add, GlobalAveragePool, Flatten, Gemm):
+//!
+//! ```text
+//! DenseNet  stem      conv0                       (CIFAR)
+//!                     conv0 norm0 relu MaxPool3/2 (ImageNet)
+//!           layer ℓ   x ← Concat(x, [BN-ReLU-Conv1×1 BN-ReLU-]Conv3×3(x))   oldest first
+//!           transition BN-ReLU-Conv1×1-AveragePool2×2
+//! ResNet    stem      conv1
+//!           unit      h0 = BN-ReLU(x); y = convs(h0) + (x or Conv1×1/s(h0))
+//! both      head      BN-ReLU, GlobalAveragePool, Flatten, Gemm → logits
+//! ```
+//!
+//! Batch norms use the running statistics (eval mode) and dropout is absent. The weights
+//! are initializers named as the PyTorch state dict (`features.conv0.weight`, …); every
+//! node output is named after its layer (`….norm1`, `….norm1.relu`, `….conv1`). The
+//! graph input is `input` `[N, C, H, W]` (N fixed, or the symbol `batch`), the output
+//! `logits` `[N, classes]`. The model's `metadata_props` record the model, its
+//! configuration, the class names when known, and the input preprocessing
+//! ([`Preprocessing`]).
+
+pub mod proto;
+
+use crate::data::augment::{Geometry, IMAGENET_MEAN, IMAGENET_STD};
+use crate::densenet::{self, Stem};
+use crate::model::{AnyModel, Model};
+use crate::nn::{BatchNorm, Conv};
+use crate::ops::norm::BN_EPS;
+use crate::resnet;
+use crate::train::checkpoint::Preprocess;
+use proto::tensor_shape_proto::{dimension, Dimension};
+use proto::{
+    attribute_type, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+use std::collections::HashSet;
+
+/// The opsets the export writes. 13 is the first with today's forms of every operator it
+/// uses (Flatten, Gemm, Relu, Concat, BatchNormalization inputs); 21 is the newest the
+/// tested runtimes read. The operators' semantics are the same across the range.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+
+/// The default opset (ONNX 1.12, read by every current runtime).
+pub const DEFAULT_OPSET: i64 = 17;
+
+/// Name of the graph input.
+pub const INPUT: &str = "input";
+/// Name of the graph output.
+pub const OUTPUT: &str = "logits";
+/// The symbolic batch dimension of a dynamic-batch export.
+pub const BATCH_SYMBOL: &str = "batch";
+
+/// The IR version that goes with an opset: the one of the ONNX release that introduced
+/// it (onnx/helper.py's `VERSION_TABLE`), so that a runtime that reads the opset also
+/// reads the file.
+pub fn ir_version(opset: i64) -> Option<i64> {
+    Some(match opset {
+        13 | 14 => 7,
+        15..=18 => 8,
+        19 | 20 => 9,
+        21 => 10,
+        _ => return None,
+    })
+}
+
+/// The batch dimension of the exported input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// A fixed number of images.
+    Fixed(usize),
+    /// Any number: the symbol [`BATCH_SYMBOL`].
+    Dynamic,
+}
+
+/// How an image becomes the network's input, recorded in the model's metadata as the JSON
+/// object `preprocess` (so a user of the `.onnx` file alone can prepare inputs):
+/// `x = (pixel / max_value − mean[c]) / std[c]`, after upscaling (nearest neighbour), or
+/// resizing the shorter side to `resize` and taking the centre `crop`×`crop` window.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Preprocessing {
+    /// Where it comes from: `checkpoint` (the training run's) or `torchvision-imagenet`.
+    pub source: String,
+    /// Pixel value that maps to 1.0 before normalisation.
+    pub max_value: f32,
+    /// Per-channel mean subtracted after scaling.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided by.
+    pub std: Vec<f32>,
+    /// Nearest-neighbour integer upscaling of the stored image (1: none).
+    pub upscale: usize,
+    /// Shorter side after resizing, if images are resized.
+    pub resize: Option<usize>,
+    /// Centre crop size, if images are cropped.
+    pub crop: Option<usize>,
+    /// Height and width of the network input.
+    pub input_size: usize,
+    /// Channel order of the input (`RGB`, or `grey` for one channel).
+    pub channels: String,
+}
+
+impl Preprocessing {
+    /// torchvision's ImageNet evaluation preprocessing (resize 256, centre crop 224, ImageNet
+    /// mean and std, pixels / 255), with the resize scaled as 256/224 of a different input
+    /// size: what torchvision weights (`.pth`) and weights without a record expect.
+    pub fn torchvision_imagenet(input_size: usize) -> Self {
+        Preprocessing {
+            source: "torchvision-imagenet".into(),
+            max_value: 255.0,
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
+            upscale: 1,
+            resize: Some((input_size * 256 + 112) / 224),
+            crop: Some(input_size),
+            input_size,
+            channels: "RGB".into(),
+        }
+    }
+
+    /// A training run's preprocessing (a checkpoint's `preprocess`); `folder`: the run
+    /// trained on an image folder, whose evaluation images are resized and centre-cropped
+    /// as [`Geometry::imagenet_eval`].
+    pub fn from_checkpoint(p: &Preprocess, folder: bool, input_size: usize) -> Self {
+        let (resize, crop) = match (folder, Geometry::imagenet_eval()) {
+            (true, Geometry::ResizeCenterCrop { resize, crop }) => (Some(resize), Some(crop)),
+            _ => (None, None),
+        };
+        Preprocessing {
+            source: "checkpoint".into(),
+            max_value: p.max_value,
+            mean: p.mean.clone(),
+            std: p.std.clone(),
+            upscale: p.upscale,
+            resize,
+            crop,
+            input_size,
+            channels: if p.mean.len() == 1 { "grey" } else { "RGB" }.into(),
+        }
+    }
+}
+
+/// What to export.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// ONNX opset, in [`OPSETS`].
+    pub opset: i64,
+    /// Batch dimension of the input.
+    pub batch: Batch,
+    /// Input preprocessing, when known.
+    pub preprocessing: Option<Preprocessing>,
+    /// Class names, when known (index order of the logits).
+    pub class_names: Vec<String>,
+}
+
+impl Default for ExportOptions {
+    /// Opset [`DEFAULT_OPSET`], batch 1, no preprocessing or class names.
+    fn default() -> Self {
+        ExportOptions {
+            opset: DEFAULT_OPSET,
+            batch: Batch::Fixed(1),
+            preprocessing: None,
+            class_names: Vec::new(),
+        }
+    }
+}
+
+/// An exported model.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    /// The `.onnx` file's bytes.
+    pub bytes: Vec<u8>,
+    /// Number of graph nodes.
+    pub nodes: usize,
+    /// Number of initializers (state-dict tensors).
+    pub initializers: usize,
+    /// The file's IR version.
+    pub ir_version: i64,
+}
+
+/// Why a model cannot be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// An opset outside [`OPSETS`].
+    #[error(
+        "opset {0} is not supported: the export writes opsets {lo} to {hi} (default {default})",
+        lo = OPSETS.start(),
+        hi = OPSETS.end(),
+        default = DEFAULT_OPSET
+    )]
+    Opset(i64),
+    /// A fixed batch of zero images.
+    #[error("a batch of 0 images: give a positive batch size or `dynamic`")]
+    EmptyBatch,
+}
+
+/// Exports `model`'s evaluation forward pass as an ONNX model (see the module docs).
+pub fn export(model: &AnyModel, opts: &ExportOptions) -> Result<Exported, ExportError> {
+    let ir = ir_version(opts.opset).ok_or(ExportError::Opset(opts.opset))?;
+    if opts.batch == Batch::Fixed(0) {
+        return Err(ExportError::EmptyBatch);
+    }
+    let cfg = model.model_config();
+    let mut g = Builder::default();
+    let logits = match model {
+        AnyModel::DenseNet(net) => densenet_graph(&mut g, &net.arch),
+        AnyModel::PreActResNet(net) => resnet_graph(&mut g, &net.arch),
+    };
+    debug_assert_eq!(logits, OUTPUT);
+
+    let initializer: Vec<TensorProto> = model
+        .state_dict()
+        .into_iter()
+        .map(|(name, t)| TensorProto {
+            dims: t.shape.iter().map(|&d| d as i64).collect(),
+            data_type: Some(proto::FLOAT),
+            name: Some(name),
+            raw_data: Some(t.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        })
+        .collect();
+    // every state-dict tensor feeds a node, and every node input is a tensor, the graph
+    // input or an earlier node's output: the walk above matches the architecture
+    let mut known: HashSet<&str> = initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    known.insert(INPUT);
+    let mut used = HashSet::new();
+    for node in &g.nodes {
+        for i in &node.input {
+            assert!(
+                known.contains(i.as_str()),
+                "ONNX node input {i} is undefined"
+            );
+            used.insert(i.as_str());
+        }
+        known.extend(node.output.iter().map(String::as_str));
+    }
+    for t in &initializer {
+        let name = t.name.as_deref().unwrap_or_default();
+        assert!(
+            used.contains(name),
+            "state-dict tensor {name} is not in the ONNX graph"
+        );
+    }
+
+    let n = match opts.batch {
+        Batch::Fixed(n) => dimension::Value::DimValue(n as i64),
+        Batch::Dynamic => dimension::Value::DimParam(BATCH_SYMBOL.into()),
+    };
+    let s = cfg.input_size() as i64;
+    let input = value_info(
+        INPUT,
+        &[n.clone(), dim(cfg.in_channels() as i64), dim(s), dim(s)],
+        "images, NCHW, float32, preprocessed as the metadata's `preprocess` says",
+    );
+    let output = value_info(
+        OUTPUT,
+        &[n, dim(cfg.num_classes() as i64)],
+        "unnormalised class scores (apply softmax for probabilities)",
+    );
+
+    let family = cfg.family();
+    let mut meta = vec![
+        ("model", cfg.name().to_string()),
+        ("family", family.to_string()),
+        (
+            "config",
+            serde_json::to_string(&cfg).expect("a configuration serialises"),
+        ),
+        ("num_classes", cfg.num_classes().to_string()),
+        ("in_channels", cfg.in_channels().to_string()),
+        ("input_size", cfg.input_size().to_string()),
+    ];
+    if !opts.class_names.is_empty() {
+        let names = serde_json::to_string(&opts.class_names).expect("strings serialise");
+        meta.push(("class_names", names));
+    }
+    if let Some(p) = &opts.preprocessing {
+        let json = serde_json::to_string(p).expect("a plain struct serialises");
+        meta.push(("preprocess", json));
+    }
+    let nodes = g.nodes.len();
+    let initializers = initializer.len();
+    let model_proto = ModelProto {
+        ir_version: Some(ir),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opts.opset),
+        }],
+        producer_name: Some("densenet".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        domain: None,
+        model_version: None,
+        doc_string: Some(format!(
+            "{} ({family}), evaluation graph: batch norms with running statistics, no \
+             dropout. Exported by densenet {}.",
+            cfg.name(),
+            env!("CARGO_PKG_VERSION")
+        )),
+        graph: Some(GraphProto {
+            node: g.nodes,
+            name: Some(cfg.name().to_string()),
+            initializer,
+            doc_string: None,
+            input: vec![input],
+            output: vec![output],
+        }),
+        metadata_props: meta
+            .into_iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: Some(k.into()),
+                value: Some(v),
+            })
+            .collect(),
+    };
+    Ok(Exported {
+        bytes: prost::Message::encode_to_vec(&model_proto),
+        nodes,
+        initializers,
+        ir_version: ir,
+    })
+}
+
+/// The DenseNet: stem, dense blocks with their transitions, head. Returns the output name.
+fn densenet_graph(g: &mut Builder, arch: &densenet::Architecture) -> String {
+    let mut x = g.conv(INPUT, &arch.conv0);
+    if arch.config.stem == Stem::ImageNet {
+        let norm0 = arch.norm0.as_ref().expect("ImageNet stem has norm0");
+        let r = g.bn_relu(&x, norm0);
+        // torchvision's pool0: MaxPool2d(3, stride 2, padding 1)
+        x = g.node(
+            "MaxPool",
+            &[&r],
+            "features.pool0".into(),
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                pads(1),
+            ],
+        );
+    }
+    for block in &arch.blocks {
+        for layer in &block.layers {
+            let name = layer.norm1.name.trim_end_matches(".norm1");
+            let h = g.bn_relu(&x, &layer.norm1);
+            let mut new = g.conv(&h, &layer.conv1);
+            if let Some((norm2, conv2)) = &layer.bottleneck {
+                let h = g.bn_relu(&new, norm2);
+                new = g.conv(&h, conv2);
+            }
+            // the block's features so far, then the new ones (torchvision's cat order)
+            x = g.node(
+                "Concat",
+                &[&x, &new],
+                format!("{name}.concat"),
+                vec![int("axis", 1)],
+            );
+        }
+        if let Some(t) = &block.transition {
+            let name = t.norm.name.trim_end_matches(".norm");
+            let h = g.bn_relu(&x, &t.norm);
+            let c = g.conv(&h, &t.conv);
+            x = g.node(
+                "AveragePool",
+                &[&c],
+                format!("{name}.pool"),
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            );
+        }
+    }
+    g.head(&x, &arch.norm_final, "classifier")
+}
+
+/// The pre-activation ResNet: stem, residual units, head. Returns the output name.
+fn resnet_graph(g: &mut Builder, arch: &resnet::Architecture) -> String {
+    let mut x = g.conv(INPUT, &arch.conv1);
+    for unit in arch.units() {
+        let (bn1, conv1) = &unit.layers[0];
+        let h0 = g.bn_relu(&x, bn1);
+        let mut u = g.conv(&h0, conv1);
+        for (bn, conv) in &unit.layers[1..] {
+            let h = g.bn_relu(&u, bn);
+            u = g.conv(&h, conv);
+        }
+        // the projection reads the pre-activated input h0 (see resnet::block)
+        let shortcut = match &unit.shortcut {
+            Some(sc) => g.conv(&h0, sc),
+            None => x.clone(),
+        };
+        x = g.node(
+            "Add",
+            &[&u, &shortcut],
+            format!("{}.add", unit.name),
+            vec![],
+        );
+    }
+    g.head(&x, &arch.norm, "fc")
+}
+
+/// The graph's nodes, in order.
+#[derive(Default)]
+struct Builder {
+    nodes: Vec<NodeProto>,
+}
+
+impl Builder {
+    /// Appends a node with one output, named `output`; returns that name.
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        output: String,
+        attribute: Vec<AttributeProto>,
+    ) -> String {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.clone()],
+            name: Some(output.clone()),
+            op_type: Some(op.into()),
+            attribute,
+        });
+        output
+    }
+
+    /// A convolution without bias, its output named as the layer (`….conv1`).
+    fn conv(&mut self, x: &str, c: &Conv) -> String {
+        let (k, s) = (c.k as i64, c.stride as i64);
+        self.node(
+            "Conv",
+            &[x, &format!("{}.weight", c.name)],
+            c.name.clone(),
+            vec![
+                ints("kernel_shape", &[k, k]),
+                ints("strides", &[s, s]),
+                pads(c.pad as i64),
+            ],
+        )
+    }
+
+    /// Batch norm with the running statistics, then ReLU; returns the ReLU's output.
+    fn bn_relu(&mut self, x: &str, bn: &BatchNorm) -> String {
+        let p = &bn.name;
+        let tensors = ["weight", "bias", "running_mean", "running_var"].map(|t| format!("{p}.{t}"));
+        let mut inputs = vec![x];
+        inputs.extend(tensors.iter().map(String::as_str));
+        let y = self.node(
+            "BatchNormalization",
+            &inputs,
+            p.clone(),
+            vec![float("epsilon", BN_EPS)],
+        );
+        self.node("Relu", &[&y], format!("{p}.relu"), vec![])
+    }
+
+    /// Final BN-ReLU, global average pool, flatten, and the linear classifier `linear`
+    /// (`classifier` or `fc`: weight `[classes, C]`, bias) as Gemm with Bᵀ.
+    fn head(&mut self, x: &str, norm: &BatchNorm, linear: &str) -> String {
+        let h = self.bn_relu(x, norm);
+        let pooled = self.node("GlobalAveragePool", &[&h], "pool".into(), vec![]);
+        let flat = self.node(
+            "Flatten",
+            &[&pooled],
+            "flatten".into(),
+            vec![int("axis", 1)],
+        );
+        let (w, b) = (format!("{linear}.weight"), format!("{linear}.bias"));
+        self.node(
+            "Gemm",
+            &[&flat, &w, &b],
+            OUTPUT.into(),
+            vec![int("transB", 1)],
+        )
+    }
+}
+
+/// A fixed dimension.
+fn dim(v: i64) -> dimension::Value {
+    dimension::Value::DimValue(v)
+}
+
+/// A float32 tensor graph input or output of shape `dims`.
+fn value_info(name: &str, dims: &[dimension::Value], doc: &str) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(proto::FLOAT),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(d.clone()),
+                        })
+                        .collect(),
+                }),
+            })),
+        }),
+        doc_string: Some(doc.into()),
+    }
+}
+
+/// An integer attribute.
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INT),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+/// A float attribute.
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::FLOAT),
+        f: Some(v),
+        ..Default::default()
+    }
+}
+
+/// A list-of-integers attribute.
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INTS),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// `pads` of a 2-D window: `p` on every side (begin H, begin W, end H, end W).
+fn pads(p: i64) -> AttributeProto {
+    ints("pads", &[p, p, p, p])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use prost::Message;
+
+    fn decode(e: &Exported) -> ModelProto {
+        ModelProto::decode(e.bytes.as_slice()).unwrap()
+    }
+
+    fn ops(m: &ModelProto) -> Vec<String> {
+        let g = m.graph.as_ref().unwrap();
+        g.node.iter().map(|n| n.op_type.clone().unwrap()).collect()
+    }
+
+    #[test]
+    fn densenet_graph_has_one_concat_per_layer_and_every_weight() {
+        let cfg = ModelConfig::from_name("densenet-bc-40-12").unwrap();
+        let net = AnyModel::new(&cfg, 0);
+        let e = export(&net, &ExportOptions::default()).unwrap();
+        let m = decode(&e);
+        let ops = ops(&m);
+        let count = |op: &str| ops.iter().filter(|o| *o == op).count();
+        // 3 blocks of 6 bottleneck layers, 2 transitions, CIFAR stem (conv only)
+        assert_eq!(count("Concat"), 18);
+        assert_eq!(count("Conv"), 1 + 18 * 2 + 2);
+        assert_eq!(count("BatchNormalization"), 18 * 2 + 2 + 1);
+        assert_eq!(count("Relu"), count("BatchNormalization"));
+        assert_eq!(count("AveragePool"), 2);
+        assert_eq!(count("MaxPool"), 0);
+        assert_eq!(ops.last().map(String::as_str), Some("Gemm"));
+        assert_eq!(e.nodes, ops.len());
+        assert_eq!(e.initializers, net.state_dict().len());
+        assert_eq!(m.ir_version, Some(8));
+        assert_eq!(m.opset_import[0].version, Some(DEFAULT_OPSET));
+    }
+
+    #[test]
+    fn initializers_are_the_state_dict_bit_for_bit() {
+        let cfg = ModelConfig::from_name("preresnet-20").unwrap();
+        let net = AnyModel::new(&cfg, 3);
+        let m = decode(&export(&net, &ExportOptions::default()).unwrap());
+        let g = m.graph.unwrap();
+        let sd = net.state_dict();
+        assert_eq!(g.initializer.len(), sd.len());
+        for (t, (name, want)) in g.initializer.iter().zip(&sd) {
+            assert_eq!(t.name.as_deref(), Some(name.as_str()));
+            let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+            assert_eq!(dims, want.shape);
+            let raw = t.raw_data.as_ref().unwrap();
+            let got: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            assert_eq!(got, want.data, "{name}");
+        }
+        // one Add per residual unit: 3 stages of 3 basic units
+        let adds = g
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("Add"))
+            .count();
+        assert_eq!(adds, 9);
+    }
+
+    #[test]
+    fn opsets_outside_the_range_are_refused() {
+        let net = AnyModel::new(&ModelConfig::from_name("densenet-bc-40-12").unwrap(), 0);
+        for opset in [0, 12, 22] {
+            let opts = ExportOptions {
+                opset,
+                ..Default::default()
+            };
+            let e = export(&net, &opts).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("opset {opset} is not supported")),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+        for opset in OPSETS {
+            let opts = ExportOptions {
+                opset,
+                ..Default::default()
+            };
+            assert!(export(&net, &opts).is_ok(), "opset {opset}");
+        }
+    }
+}
