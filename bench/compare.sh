@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs densenet's benchmarks and, where a local PyTorch is installed, the same shapes in
 # PyTorch right after (same machine, same threads), then prints the time ratios.
-# Without PyTorch it prints densenet's figures alone. Not part of the tests.
+# With ORT=1, densenet121 inference is also compared with ONNX Runtime, on our own ONNX
+# export of it (bench/.venv, made on first use with onnxruntime and numpy; never used by
+# the tests). Without either it prints densenet's figures alone. Not part of the tests.
 #
 #   bench/compare.sh                     # BC-100-12 train b64, densenet121 eval b16 and b1
 #   THREADS=2 STEPS=5 ROUNDS=3 bench/compare.sh
 #   WORK=train bench/compare.sh          # only the training step (WORK=infer: only inference)
+#   ORT=1 WORK=infer ROUNDS=5 bench/compare.sh   # densenet vs ONNX Runtime
 #
 # With ROUNDS > 1 the two sides alternate (ours, theirs, ours, theirs, ...) and the line
 # shows each side's median over the rounds and the median of the per-round ratios: on a
@@ -25,16 +28,16 @@ json_get() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get
 median() { python3 -c "import statistics,sys; print(statistics.median(float(v) for v in sys.argv[1:]))" "$@"; }
 
 echo "threads: $THREADS, rounds: $ROUNDS, cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-printf '%-34s %10s %10s %8s   %s\n' "work" "densenet" "pytorch" "ratio" "per-round ratios"
+printf '%-34s %10s %13s %8s   %s\n' "work" "densenet" "other" "ratio" "per-round ratios"
 
-# compare NAME OURS_CMD THEIRS_CMD OURS_KEY THEIRS_KEY
+# compare NAME OURS_CMD THEIRS_CMD OURS_KEY THEIRS_KEY HAVE_THEIRS [THEIRS_NAME]
 compare() {
-  local name=$1 ours_cmd=$2 theirs_cmd=$3 okey=$4 tkey=$5
+  local name=$1 ours_cmd=$2 theirs_cmd=$3 okey=$4 tkey=$5 have=$6 label=${7:-pytorch}
   local os=() ts=() rs=()
   for _ in $(seq "$ROUNDS"); do
     o=$(json_get "$(eval "$ours_cmd")" "$okey")
     os+=("$o")
-    if [ $have_torch = 1 ]; then
+    if [ "$have" = 1 ]; then
       t=$(json_get "$(eval "$theirs_cmd" 2>/dev/null | tail -1)" median_s "$tkey")
       ts+=("$t")
       rs+=("$(python3 -c "print(f'{$o/$t:.2f}')")")
@@ -42,21 +45,38 @@ compare() {
   done
   local om tm="-" rm="-"
   om=$(median "${os[@]}")
-  if [ $have_torch = 1 ]; then
-    tm=$(printf '%.3fs' "$(median "${ts[@]}")")
+  if [ "$have" = 1 ]; then
+    tm=$(printf '%.3fs %s' "$(median "${ts[@]}")" "$label")
     rm=$(printf '%.2fx' "$(median "${rs[@]}")")
   fi
-  printf '%-34s %9.3fs %10s %8s   %s\n' "$name" "$om" "$tm" "$rm" "${rs[*]:-}"
+  printf '%-34s %9.3fs %13s %8s   %s\n' "$name" "$om" "$tm" "$rm" "${rs[*]:-}"
 }
 
 [ "$WORK" = infer ] || compare "BC-100-12 train step, batch 64" \
   "$bin --threads $THREADS bench train --model densenet-bc-100-12 --batch-size 64 --steps $STEPS --json" \
   "python3 bench/pytorch/bench_train.py --depth 100 --k 12 --bc --batch 64 --threads $THREADS --steps $STEPS" \
-  median_step_s median_step_s
+  median_step_s median_step_s $have_torch
 [ "$WORK" = train ] || for b in 16 1; do
   compare "densenet121 eval, batch $b" \
     "$bin --threads $THREADS bench infer --model densenet121 --batch-size $b --steps $STEPS --json" \
     "python3 bench/pytorch/bench_infer.py --model densenet121 --batch $b --threads $THREADS --iters $STEPS" \
-    median_s median
+    median_s median $have_torch
 done
+if [ "${ORT:-0}" = 1 ] && [ "$WORK" != train ]; then
+  venv=bench/.venv
+  if [ ! -x $venv/bin/python ] || ! $venv/bin/python -c "import onnxruntime" 2>/dev/null; then
+    python3 -m venv $venv && $venv/bin/pip install -q onnxruntime numpy
+  fi
+  # the weights do not change the time, but export wants some: the reference ones
+  weights=${REF:-../shared/reference}/torchvision_densenet121.weights.safetensors
+  [ -f "$weights" ] || { echo "no $weights: set REF to the reference directory" >&2; exit 1; }
+  onnx=$(mktemp -d)/densenet121.onnx
+  $bin export --model densenet121 --weights "$weights" --out "$onnx" --batch dynamic >/dev/null
+  for b in 16 1; do
+    compare "densenet121 eval, batch $b" \
+      "$bin --threads $THREADS bench infer --model densenet121 --batch-size $b --steps $STEPS --json" \
+      "$venv/bin/python bench/ort_infer.py $onnx --batch $b --threads $THREADS --iters $STEPS" \
+      median_s median_s 1 onnxruntime
+  done
+fi
 [ $have_torch = 1 ] || echo "(PyTorch not installed: pip install torch torchvision to compare)"
