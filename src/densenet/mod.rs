@@ -27,7 +27,6 @@ pub use config::{DenseNetConfig, Stem};
 pub use memory::{DenseNetPlan, DenseNetWorkspace};
 
 use crate::nn::{check_input, emit, MemoryMode, Probe, TrainOptions};
-use crate::ops::loss::softmax_cross_entropy;
 use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
 use crate::util::rng::Rng;
 
@@ -127,17 +126,7 @@ impl DenseNet {
         assert!(ws.plan.training, "forward_train needs a training workspace");
         let classes = self.arch.config.num_classes;
         self.forward(ws, input, n, true, opts.dropout_seed, &mut None);
-        let (logits, dlogits) = (
-            &ws.head.logits[..n * classes],
-            &mut ws.head.dlogits[..n * classes],
-        );
-        softmax_cross_entropy(
-            dlogits,
-            logits,
-            labels,
-            classes,
-            opts.batch_total.unwrap_or(n),
-        )
+        ws.head.loss(labels, classes, opts.batch_total.unwrap_or(n))
     }
 
     /// Training forward pass of the classifier alone (fine-tuning with frozen features):
@@ -158,11 +147,7 @@ impl DenseNet {
         );
         let classes = self.arch.config.num_classes;
         self.forward(ws, input, n, false, 0, &mut None);
-        let (logits, dlogits) = (
-            &ws.head.logits[..n * classes],
-            &mut ws.head.dlogits[..n * classes],
-        );
-        softmax_cross_entropy(dlogits, logits, labels, classes, n)
+        ws.head.loss(labels, classes, n)
     }
 
     /// Backward pass of the last training forward pass (either kind) through the

@@ -265,6 +265,20 @@ pub struct HeadMemory {
 }
 
 impl HeadMemory {
+    /// Softmax cross-entropy of the logits of `labels.len()` images against `labels`:
+    /// returns their mean loss and writes `dlogits`, the gradient of the mean over
+    /// `mean_over` images (see [`TrainOptions::batch_total`]).
+    pub fn loss(&mut self, labels: &[u32], classes: usize, mean_over: usize) -> f32 {
+        let n = labels.len();
+        crate::ops::loss::softmax_cross_entropy(
+            &mut self.dlogits[..n * classes],
+            &self.logits[..n * classes],
+            labels,
+            classes,
+            mean_over,
+        )
+    }
+
     /// Takes the head's regions (`head.*`) for `n` images, `features` pooled channels and
     /// `classes` outputs; the gradients only for a training workspace.
     pub fn carve(

@@ -33,7 +33,6 @@ use crate::nn::{check_input, emit, Probe, TrainOptions};
 use crate::nn::{HeadMemory, MemoryMode};
 use crate::ops::conv::{conv_backward, conv_forward};
 use crate::ops::linear::{linear_backward, linear_forward};
-use crate::ops::loss::softmax_cross_entropy;
 use crate::ops::norm::{bn_relu_avgpool_forward, bn_relu_backward, OutGrad};
 use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
 use crate::util::rng::Rng;
@@ -161,17 +160,7 @@ impl PreActResNet {
         assert!(ws.plan.training, "forward_train needs a training workspace");
         let classes = self.arch.config.num_classes;
         self.forward(ws, input, n, true, &mut None);
-        let (logits, dlogits) = (
-            &ws.head.logits[..n * classes],
-            &mut ws.head.dlogits[..n * classes],
-        );
-        softmax_cross_entropy(
-            dlogits,
-            logits,
-            labels,
-            classes,
-            opts.batch_total.unwrap_or(n),
-        )
+        ws.head.loss(labels, classes, opts.batch_total.unwrap_or(n))
     }
 
     /// Training forward pass of the classifier alone (fine-tuning with frozen features):
@@ -192,11 +181,7 @@ impl PreActResNet {
         );
         let classes = self.arch.config.num_classes;
         self.forward(ws, input, n, false, &mut None);
-        let (logits, dlogits) = (
-            &ws.head.logits[..n * classes],
-            &mut ws.head.dlogits[..n * classes],
-        );
-        softmax_cross_entropy(dlogits, logits, labels, classes, n)
+        ws.head.loss(labels, classes, n)
     }
 
     /// Backward pass of the last training forward pass (either kind) through `fc` alone:
