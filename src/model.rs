@@ -339,22 +339,29 @@ pub trait Model {
             source,
             &name,
         )?;
-        let b = self.buffers_mut();
-        for (range, is_param, data) in plan {
-            let dst = if is_param {
-                &mut b.params[range]
-            } else {
-                &mut b.stats[range]
-            };
-            dst.copy_from_slice(data);
-        }
+        self.buffers_mut().load(plan);
         Ok(())
     }
 }
 
 /// Where each of a model's tensors comes from: `(range, is_param, data)`, the range in the
 /// parameter buffer (`is_param`) or the statistics buffer.
-type LoadPlan<'a> = Vec<(std::ops::Range<usize>, bool, &'a [f32])>;
+pub(crate) type LoadPlan<'a> = Vec<(std::ops::Range<usize>, bool, &'a [f32])>;
+
+impl Buffers<'_> {
+    /// Copies each tensor of `plan` into its range of the parameters (`is_param`) or the
+    /// running statistics.
+    pub(crate) fn load(self, plan: LoadPlan) {
+        for (range, is_param, data) in plan {
+            let dst = if is_param {
+                &mut self.params[range]
+            } else {
+                &mut self.stats[range]
+            };
+            dst.copy_from_slice(data);
+        }
+    }
+}
 
 /// Matches named tensors against a model's tables for [`Model::load_tensors`]; on any
 /// mismatch, every problem in one [`WeightsError::Mismatch`].

@@ -322,15 +322,7 @@ pub fn init_from<M: Model>(
     ignored.retain(|n| !reinit.contains(&n.as_str()));
     ignored.sort();
     report.ignored = ignored;
-    let b = model.buffers_mut();
-    for (range, is_param, data) in plan {
-        let dst = if is_param {
-            &mut b.params[range]
-        } else {
-            &mut b.stats[range]
-        };
-        dst.copy_from_slice(data);
-    }
+    model.buffers_mut().load(plan);
     Ok(report)
 }
 
