@@ -230,7 +230,7 @@ pub struct TrainReport {
     pub memory: MemoryMode,
     /// Worker threads.
     pub threads: usize,
-    /// The kernels table in use (`portable`, `avx2`; see `DENSENET_KERNELS`).
+    /// The kernels table in use (`portable`, `avx2`, `avx512`; see `DENSENET_KERNELS`).
     pub kernels: &'static str,
     /// The CPU's model name.
     pub cpu: String,
@@ -264,7 +264,7 @@ pub struct InferReport {
     pub batch: usize,
     /// Worker threads.
     pub threads: usize,
-    /// The kernels table in use (`portable`, `avx2`; see `DENSENET_KERNELS`).
+    /// The kernels table in use (`portable`, `avx2`, `avx512`; see `DENSENET_KERNELS`).
     pub kernels: &'static str,
     /// The CPU's model name.
     pub cpu: String,

@@ -6,10 +6,13 @@
 
 use super::active;
 use super::correlate::{tile_len, with_packed, Span, OB, OB6, PB};
+use super::simd::F32x;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Avx512};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
 
-/// Signature of [`dot_tile_avx2`] (one entry of [`super::Direct`]).
+/// Signature of [`dot_tile_avx2`] and [`dot_tile_avx512`] (entries of [`super::Direct`]).
 pub type DotTileFn = unsafe fn(*mut f32, usize, &[f32], usize, &[f32], usize, usize, usize, usize);
 
 thread_local! {
@@ -82,7 +85,10 @@ pub fn pointwise_with<F>(
         let work = |t: usize| {
             let a = t * tile;
             let b = (a + tile).min(len);
-            let ild = tile + 8;
+            // rows 64 bytes apart times an odd number (tile is a multiple of 32 floats):
+            // aligned for AVX-512 loads, and not 2^k apart (which would map a channel
+            // group to one L1 set)
+            let ild = tile + 16;
             with_scratch(&PACK, i_n * ild + 16, |buf| {
                 // rows start on 64-byte lines (ild·4 is a multiple of 32 and the start is
                 // aligned), so no 32-byte load of the kernel straddles two cache lines
@@ -154,9 +160,9 @@ pub fn pointwise_applies(o_n: usize) -> bool {
 /// `dw[o][i] += Σ_{p<n} dy[o][p]·a[i][p]` (`dw` rows `dw_ld` apart, `dy` and `a` rows
 /// `dy_ld` and `a_ld` apart), for an even `i_n`: the weight gradient of one tile,
 /// where both operands run along the summation. Register blocks of 4 outputs × 2 inputs
-/// (8 accumulators over 8 positions each): per step 4 dY loads (they stay in L1 across
-/// the input rows), 2 A loads (from L2) and 8 FMAs, then one horizontal reduction per
-/// block and tile. This replaces a `gemm` call per tile, which allocated its packing
+/// (8 accumulators over a vector of positions each): per step 4 dY loads (they stay in L1
+/// across the input rows), 2 A loads (from L2) and 8 FMAs, then one horizontal reduction
+/// per block and tile. This replaces a `gemm` call per tile, which allocated its packing
 /// buffers every time.
 ///
 /// # Safety
@@ -183,7 +189,85 @@ pub(crate) unsafe fn dot_tile(
     (direct.dot_tile)(dw, dw_ld, dy, dy_ld, a, a_ld, o_n, i_n, n);
 }
 
-/// [`dot_tile`] in AVX2+FMA.
+/// [`dot_tile`] over the vector type `V`: register blocks of 4 outputs × 2 inputs (8
+/// accumulators), whole vectors along the positions, then a scalar tail.
+///
+/// # Safety
+/// As [`dot_tile`], and the CPU must run `V`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_tile_rows<V: F32x>(
+    dw: *mut f32,
+    dw_ld: usize,
+    dy: &[f32],
+    dy_ld: usize,
+    a: &[f32],
+    a_ld: usize,
+    o_n: usize,
+    i_n: usize,
+    n: usize,
+) {
+    let l = V::LANES;
+    let nv = n / l * l;
+    let o4 = o_n / 4 * 4;
+    for o0 in (0..o4).step_by(4) {
+        let d = dy.as_ptr().add(o0 * dy_ld);
+        for i0 in (0..i_n).step_by(2) {
+            let a0 = a.as_ptr().add(i0 * a_ld);
+            let a1 = a0.add(a_ld);
+            // c[2r + j]: output o0 + r, input i0 + j
+            let mut c = [V::zero(); 8];
+            let mut p = 0;
+            while p < nv {
+                let (x0, x1) = (V::load(a0.add(p)), V::load(a1.add(p)));
+                for (r, c) in c.chunks_exact_mut(2).enumerate() {
+                    let dv = V::load(d.add(r * dy_ld + p));
+                    c[0] = dv.mul_add(x0, c[0]);
+                    c[1] = dv.mul_add(x1, c[1]);
+                }
+                p += l;
+            }
+            let s = V::sums8(c);
+            for (r, s) in s.chunks_exact(2).enumerate() {
+                let (mut s0, mut s1) = (s[0], s[1]);
+                for q in nv..n {
+                    let dv = *d.add(r * dy_ld + q);
+                    s0 += dv * *a0.add(q);
+                    s1 += dv * *a1.add(q);
+                }
+                let out = dw.add((o0 + r) * dw_ld + i0);
+                *out += s0;
+                *out.add(1) += s1;
+            }
+        }
+    }
+    // the last o_n mod 4 rows (a transition's 150 outputs), one at a time
+    for o in o4..o_n {
+        let d = dy.as_ptr().add(o * dy_ld);
+        for i0 in (0..i_n).step_by(2) {
+            let a0 = a.as_ptr().add(i0 * a_ld);
+            let a1 = a0.add(a_ld);
+            let (mut c0, mut c1) = (V::zero(), V::zero());
+            let mut p = 0;
+            while p < nv {
+                let dv = V::load(d.add(p));
+                c0 = dv.mul_add(V::load(a0.add(p)), c0);
+                c1 = dv.mul_add(V::load(a1.add(p)), c1);
+                p += l;
+            }
+            let (mut s0, mut s1) = (c0.sum(), c1.sum());
+            for q in nv..n {
+                s0 += *d.add(q) * *a0.add(q);
+                s1 += *d.add(q) * *a1.add(q);
+            }
+            let out = dw.add(o * dw_ld + i0);
+            *out += s0;
+            *out.add(1) += s1;
+        }
+    }
+}
+
+/// [`dot_tile`] in AVX2+FMA (an entry of the `avx2` table).
 ///
 /// # Safety
 /// As [`dot_tile`], and AVX2 and FMA must be available.
@@ -201,86 +285,28 @@ pub(crate) unsafe fn dot_tile_avx2(
     i_n: usize,
     n: usize,
 ) {
-    use std::arch::x86_64::*;
-    let n8 = n / 8 * 8;
-    let o4 = o_n / 4 * 4;
-    for o0 in (0..o4).step_by(4) {
-        let d = dy.as_ptr().add(o0 * dy_ld);
-        for i0 in (0..i_n).step_by(2) {
-            let a0 = a.as_ptr().add(i0 * a_ld);
-            let a1 = a0.add(a_ld);
-            let mut c = [[_mm256_setzero_ps(); 2]; 4];
-            let mut p = 0;
-            while p < n8 {
-                let (x0, x1) = (_mm256_loadu_ps(a0.add(p)), _mm256_loadu_ps(a1.add(p)));
-                for (r, c) in c.iter_mut().enumerate() {
-                    let dv = _mm256_loadu_ps(d.add(r * dy_ld + p));
-                    c[0] = _mm256_fmadd_ps(dv, x0, c[0]);
-                    c[1] = _mm256_fmadd_ps(dv, x1, c[1]);
-                }
-                p += 8;
-            }
-            // [c00 c01 c10 c11 | c20 c21 c30 c31] → 8 sums: two rounds of in-lane hadd,
-            // then the two 128-bit halves added
-            let h0 = _mm256_hadd_ps(
-                _mm256_hadd_ps(c[0][0], c[0][1]),
-                _mm256_hadd_ps(c[1][0], c[1][1]),
-            );
-            let h1 = _mm256_hadd_ps(
-                _mm256_hadd_ps(c[2][0], c[2][1]),
-                _mm256_hadd_ps(c[3][0], c[3][1]),
-            );
-            let mut s = [0f32; 8];
-            _mm_storeu_ps(
-                s.as_mut_ptr(),
-                _mm_add_ps(_mm256_castps256_ps128(h0), _mm256_extractf128_ps::<1>(h0)),
-            );
-            _mm_storeu_ps(
-                s.as_mut_ptr().add(4),
-                _mm_add_ps(_mm256_castps256_ps128(h1), _mm256_extractf128_ps::<1>(h1)),
-            );
-            for (r, s) in s.chunks_exact(2).enumerate() {
-                let (mut s0, mut s1) = (s[0], s[1]);
-                for q in n8..n {
-                    let dv = *d.add(r * dy_ld + q);
-                    s0 += dv * *a0.add(q);
-                    s1 += dv * *a1.add(q);
-                }
-                let out = dw.add((o0 + r) * dw_ld + i0);
-                *out += s0;
-                *out.add(1) += s1;
-            }
-        }
-    }
-    // the last o_n mod 4 rows (a transition's 150 outputs), one at a time
-    let hsum = |v: __m256| {
-        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps::<1>(q, q)))
-    };
-    for o in o4..o_n {
-        let d = dy.as_ptr().add(o * dy_ld);
-        for i0 in (0..i_n).step_by(2) {
-            let a0 = a.as_ptr().add(i0 * a_ld);
-            let a1 = a0.add(a_ld);
-            let (mut c0, mut c1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut p = 0;
-            while p < n8 {
-                let dv = _mm256_loadu_ps(d.add(p));
-                c0 = _mm256_fmadd_ps(dv, _mm256_loadu_ps(a0.add(p)), c0);
-                c1 = _mm256_fmadd_ps(dv, _mm256_loadu_ps(a1.add(p)), c1);
-                p += 8;
-            }
-            let (mut s0, mut s1) = (hsum(c0), hsum(c1));
-            for q in n8..n {
-                s0 += *d.add(q) * *a0.add(q);
-                s1 += *d.add(q) * *a1.add(q);
-            }
-            let out = dw.add(o * dw_ld + i0);
-            *out += s0;
-            *out.add(1) += s1;
-        }
-    }
+    dot_tile_rows::<Avx2>(dw, dw_ld, dy, dy_ld, a, a_ld, o_n, i_n, n)
+}
+
+/// [`dot_tile`] in AVX-512F (an entry of the `avx512` table).
+///
+/// # Safety
+/// As [`dot_tile`], and AVX-512F, AVX2 and FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dot_tile_avx512(
+    dw: *mut f32,
+    dw_ld: usize,
+    dy: &[f32],
+    dy_ld: usize,
+    a: &[f32],
+    a_ld: usize,
+    o_n: usize,
+    i_n: usize,
+    n: usize,
+) {
+    dot_tile_rows::<Avx512>(dw, dw_ld, dy, dy_ld, a, a_ld, o_n, i_n, n)
 }
 
 #[cfg(test)]
@@ -305,6 +331,11 @@ mod tests {
             (6, 7, 53, true),
             (48, 216, 300, false),
             (18, 130, 77, true),
+            // tails of one vector then scalar: 61 = 48 + 8 + 5 (AVX2), 29 = 16 + 8 + 5,
+            // and 2·16 + 8 + 9 for AVX-512's 32-position blocks
+            (8, 20, 61, false),
+            (12, 5, 29, true),
+            (6, 33, 49, false),
             // 12 + 8 rows, and 120 + 8 (densenet121's bottleneck width)
             (20, 9, 53, false),
             (128, 40, 70, true),

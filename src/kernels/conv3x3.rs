@@ -23,17 +23,21 @@
 //!   `dY` is zero on the padding ring, so junk positions add nothing.
 //!
 //! The batch is processed in chunks of samples that fit the `col` scratch
-//! ([`scratch_per_sample`] floats each). Register blocking: 4 output channels × 16
-//! positions (8 AVX accumulators, 6 loads per 8 FMAs; see `correlate_avx2` for why not
-//! 24) for [`correlate`], 4 output channels × 3 taps for [`weight_grad`] (7 loads per 12
-//! FMAs).
+//! ([`scratch_per_sample`] floats each). Register blocking: 6 or 4 output channels × 2
+//! vectors of positions for [`correlate`] (see `correlate::correlate_part`), 4 output
+//! channels × 3 taps for [`weight_grad`] (7 loads per 12 FMAs). Each kernel is one source
+//! over the vector type of [`super::simd`], compiled for AVX2 and for AVX-512.
 
-use super::correlate::{tile_len, with_packed, Span, OB, PB};
+use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, PB};
+use super::simd::F32x;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Avx512};
 use super::{active, BnRelu, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
 
-/// Signature of [`weight_grad_avx2`] (one entry of [`super::Direct`]).
+/// Signature of [`weight_grad_avx2`] and [`weight_grad_avx512`] (entries of
+/// [`super::Direct`]).
 pub type WeightGradFn = unsafe fn(&mut [[f32; 9]], &[f32], &[f32], usize, Padded, &[isize; 9]);
 
 /// Whether the direct kernels handle this convolution's forward pass and weight gradient
@@ -180,7 +184,7 @@ fn unpad(dst: &mut [f32], buf: &[f32], c: usize, s: &ConvShape, n0: usize, n1: u
 }
 
 /// `out[o][p] = Σ_i Σ_t w[o][i][t] · inp[i][p + off_t]` for `p` in the span (`o_n` output
-/// rows, `i_n` input rows, both laid out as `sp` says); `wp` is [`pack_weights`]' layout.
+/// rows, `i_n` input rows, both laid out as `sp` says); `wp` is [`with_packed`]'s layout.
 /// Parallel over tiles of positions.
 #[allow(clippy::too_many_arguments)]
 fn correlate(
@@ -212,22 +216,37 @@ fn correlate(
     }
     let tile = tile_len(i_n);
     let tiles = (sp.p1 - sp.p0).div_ceil(tile);
+    let big = o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17;
+    // Fewer tiles than threads (batch 1 at 14×14 and 7×7: one tile): the output rows are
+    // split too, so that every core has work.
+    let threads = rayon::current_num_threads();
+    let parts = if big && tiles < threads {
+        threads.div_ceil(tiles)
+    } else {
+        1
+    };
     let optr = SyncPtr(out.as_mut_ptr());
-    let work = |t: usize| {
+    let work = |j: usize| {
+        let (t, part) = (j / parts, j % parts);
         let a = sp.p0 + t * tile;
         let b = (a + tile).min(sp.p1);
-        // SAFETY: positions a..b of each output row are written by this task only (the
-        // overrun, if any, lies past p1 in the last tile); the asserts above bound every
-        // access; the table that holds the kernel runs on this CPU.
-        unsafe {
-            let ib = inp.as_ptr().add(sp.base);
-            (direct.correlate9)(optr.get(), ib, sp.ld, wp, o_n, i_n, offs, sp, a, b)
-        }
+        let (r0, r1) = part_rows(o_n, parts, part);
+        for_row_runs(o_n, r0, r1, |r0, r1| {
+            let w = &wp[r0 * i_n * 9..r1 * i_n * 9];
+            // SAFETY: positions a..b of output rows r0..r1 are written by this task only
+            // (the overrun, if any, lies past p1 in the last tile); the asserts above
+            // bound every access; the table that holds the kernel runs on this CPU.
+            unsafe {
+                let ib = inp.as_ptr().add(sp.base);
+                let o = optr.get().add(r0 * sp.ld);
+                (direct.correlate9)(o, ib, sp.ld, w, r1 - r0, i_n, offs, sp, a, b)
+            }
+        });
     };
-    if tiles > 1 && o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17 {
-        (0..tiles).into_par_iter().for_each(work);
+    if tiles * parts > 1 && big {
+        (0..tiles * parts).into_par_iter().for_each(work);
     } else {
-        (0..tiles).for_each(work);
+        (0..tiles * parts).for_each(work);
     }
 }
 
@@ -278,10 +297,56 @@ fn weight_grad_into(
     }
 }
 
-/// One input channel's slice of [`weight_grad`]: `out[o][t] = Σ_p dy[o][p]·x[p + off_t]`.
+/// One input channel's slice of [`weight_grad`]: `out[o][t] = Σ_p dy[o][p]·x[p + off_t]`,
+/// generic over the vector type. Whole vectors from the interior's first position; the
+/// last may run past its end into the ring and the margin, where `dy` = 0 (the margin is
+/// [`PB`] ≥ 2 vectors + 2 floats wide, so every read stays in the row).
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `dy` holds `o_n` padded rows and `x` one.
+/// `dy` holds `o_n` padded rows and `x` one; the CPU must run `V`.
+#[inline(always)]
+unsafe fn weight_grad_rows<V: F32x>(
+    out: &mut [[f32; 9]],
+    dy: &[f32],
+    x: &[f32],
+    o_n: usize,
+    p: Padded,
+    offs: &[isize; 9],
+) {
+    let l = V::LANES;
+    let row = p.row();
+    let (p0, p1) = p.interior();
+    let nvec = (p1 - p0).div_ceil(l);
+    assert!(p.margin >= l + 2 && dy.len() >= o_n * row && x.len() >= row);
+    let xb = x.as_ptr().add(p.margin + p0);
+    for ob in 0..o_n / OB {
+        let db = dy.as_ptr().add(ob * OB * row + p.margin + p0);
+        for ky in 0..3 {
+            let off = offs[ky * 3];
+            let mut acc = [[V::zero(); 3]; OB];
+            for j in 0..nvec {
+                let xp = xb.offset(off).add(l * j);
+                let xv = [V::load(xp), V::load(xp.add(1)), V::load(xp.add(2))];
+                for (oo, acc) in acc.iter_mut().enumerate() {
+                    let d = V::load(db.add(oo * row + l * j));
+                    for (acc, &xv) in acc.iter_mut().zip(&xv) {
+                        *acc = d.mul_add(xv, *acc);
+                    }
+                }
+            }
+            for (oo, acc) in acc.iter().enumerate() {
+                for (kx, &v) in acc.iter().enumerate() {
+                    out[ob * OB + oo][ky * 3 + kx] = v.sum();
+                }
+            }
+        }
+    }
+}
+
+/// [`weight_grad_rows`] in AVX2+FMA (an entry of the `avx2` table).
+///
+/// # Safety
+/// As [`weight_grad_rows`]; AVX2 and FMA must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn weight_grad_avx2(
@@ -292,40 +357,24 @@ pub(crate) unsafe fn weight_grad_avx2(
     p: Padded,
     offs: &[isize; 9],
 ) {
-    use std::arch::x86_64::*;
-    let row = p.row();
-    let (p0, p1) = p.interior();
-    // whole vectors from p0; the last may run past p1 into the ring/margin, where dy = 0
-    let nvec = (p1 - p0).div_ceil(8);
-    let xb = x.as_ptr().add(p.margin + p0);
-    for ob in 0..o_n / OB {
-        let db = dy.as_ptr().add(ob * OB * row + p.margin + p0);
-        for ky in 0..3 {
-            let off = offs[ky * 3];
-            let mut acc = [[_mm256_setzero_ps(); 3]; OB];
-            for j in 0..nvec {
-                let xp = xb.offset(off).add(8 * j);
-                let xv = [
-                    _mm256_loadu_ps(xp),
-                    _mm256_loadu_ps(xp.add(1)),
-                    _mm256_loadu_ps(xp.add(2)),
-                ];
-                for (oo, acc) in acc.iter_mut().enumerate() {
-                    let d = _mm256_loadu_ps(db.add(oo * row + 8 * j));
-                    for kx in 0..3 {
-                        acc[kx] = _mm256_fmadd_ps(d, xv[kx], acc[kx]);
-                    }
-                }
-            }
-            for (oo, acc) in acc.iter().enumerate() {
-                for (kx, &v) in acc.iter().enumerate() {
-                    let mut l = [0f32; 8];
-                    _mm256_storeu_ps(l.as_mut_ptr(), v);
-                    out[ob * OB + oo][ky * 3 + kx] = l.iter().sum();
-                }
-            }
-        }
-    }
+    weight_grad_rows::<Avx2>(out, dy, x, o_n, p, offs)
+}
+
+/// [`weight_grad_rows`] in AVX-512F (an entry of the `avx512` table).
+///
+/// # Safety
+/// As [`weight_grad_rows`]; AVX-512F, AVX2 and FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn weight_grad_avx512(
+    out: &mut [[f32; 9]],
+    dy: &[f32],
+    x: &[f32],
+    o_n: usize,
+    p: Padded,
+    offs: &[isize; 9],
+) {
+    weight_grad_rows::<Avx512>(out, dy, x, o_n, p, offs)
 }
 
 /// Forward: `y[Cout][N·H·W] = conv3×3(x)`, chunked over samples through `col`; with `bn`,

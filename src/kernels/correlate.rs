@@ -4,29 +4,36 @@
 //! [`super::conv3x3`] it is a 3×3 convolution (and, with flipped weights, its input
 //! gradient); with one tap it is a 1×1 convolution ([`super::conv1x1`]).
 //!
-//! Register blocking: 6 or 4 output channels × 16 positions ([`correlate_rows`] picks
-//! per output count), input channels in groups that stay in L1. Only an AVX2+FMA version
-//! exists; the `portable` table has none, and convolutions then take im2col + GEMM.
+//! Register blocking: 6 or 4 output channels × 2 vectors of positions ([`correlate_rows`]
+//! picks per output count), input channels in groups that stay in L1. The kernel is one
+//! generic source over the vector type ([`super::simd`]), instantiated for AVX2+FMA
+//! (blocks of 16 positions) and AVX-512 (32); the `portable` table has none, and
+//! convolutions then take im2col + GEMM.
 
+use super::simd::F32x;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Avx512};
 use crate::util::par::with_scratch;
 
-/// Signature of [`correlate_rows`] (one entry of [`super::Direct`]).
+/// Signature of [`correlate_avx2`] and [`correlate_avx512`] (entries of [`super::Direct`]).
 pub type CorrelateFn =
     unsafe fn(*mut f32, *const f32, usize, &[f32], usize, usize, &[isize], Span, usize, usize);
 
 /// Output channels per register block.
 pub(crate) const OB: usize = 4;
-/// Output channels per register block of [`correlate6_avx2`], where they divide by 6.
+/// Output channels per register block where they divide by 6 (see [`rows6`]).
 pub(crate) const OB6: usize = 6;
-/// Positions per register block of [`correlate`]: two 8-float vectors.
-pub(crate) const PB: usize = 16;
+/// Positions of the widest register block of any table (two 16-lane AVX-512 vectors):
+/// the room a caller leaves past the last position for a block that runs over
+/// ([`Span::overrun`]), and the granule of the parallel tiles, so that no table's block
+/// crosses from one tile into the next.
+pub(crate) const PB: usize = 32;
 /// Input channels per group in [`correlate`] (see the loop-order note there).
 pub(crate) const IB: usize = 16;
 
-/// Output rows taken in register blocks of 6 ([`correlate6_avx2`], 12 accumulators): all
-/// of them where they divide by 6, else the largest multiple of 12, and the rest (4 or 8:
-/// the callers' counts divide by 4 then) in blocks of 4 ([`correlate_avx2`]). densenet121's
-/// 3×3 has 32 outputs: 24 + 8.
+/// Output rows taken in register blocks of 6 (12 accumulators): all of them where they
+/// divide by 6, else the largest multiple of 12, and the rest (4 or 8: the callers' counts
+/// divide by 4 then) in blocks of 4. densenet121's 3×3 has 32 outputs: 24 + 8.
 pub(crate) fn rows6(o_n: usize) -> usize {
     if o_n.is_multiple_of(OB6) {
         o_n
@@ -35,33 +42,37 @@ pub(crate) fn rows6(o_n: usize) -> usize {
     }
 }
 
-/// The direct kernel over `o_n` output rows: the first [`rows6`] in blocks of 6, the rest
-/// in blocks of 4 (`wp` packed by [`with_packed`] to match). Same contract as the kernels.
-///
-/// # Safety
-/// As [`correlate_avx2`].
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn correlate_rows<const TAPS: usize>(
-    out: *mut f32,
-    ib: *const f32,
-    ild: usize,
-    wp: &[f32],
-    o_n: usize,
-    i_n: usize,
-    offs: &[isize],
-    sp: Span,
-    a: usize,
-    b: usize,
-) {
+/// Rows `r0..r1` of part `k` of `parts` near-equal parts of `o_n` output rows, cut only
+/// between register blocks (6-row blocks below [`rows6`], 4-row ones above), so that each
+/// part is a whole number of the blocks [`with_packed`] laid out.
+pub(crate) fn part_rows(o_n: usize, parts: usize, k: usize) -> (usize, usize) {
     let r6 = rows6(o_n);
-    let split = r6 * i_n * TAPS;
-    if r6 > 0 {
-        correlate6_avx2::<TAPS>(out, ib, ild, &wp[..split], r6, i_n, offs, sp, a, b);
+    // the block boundary nearest to row `target`
+    let cut = |target: usize| {
+        let mut best = 0;
+        let mut r = 0;
+        while r <= o_n {
+            if target.abs_diff(r) < target.abs_diff(best) {
+                best = r;
+            }
+            r += if r < r6 { OB6 } else { OB };
+        }
+        best
+    };
+    (cut(o_n * k / parts), cut(o_n * (k + 1) / parts))
+}
+
+/// Calls `f(r0, r1)` for the runs of rows `r0..r1` (from [`part_rows`]) that a direct
+/// kernel can take in one call: the 6-row part and the 4-row part separately, since a
+/// call lays out `r1 − r0` rows by [`rows6`] of that count (a 4-row run is 4 or 8 rows,
+/// which `rows6` leaves to 4-row blocks).
+pub(crate) fn for_row_runs(o_n: usize, r0: usize, r1: usize, mut f: impl FnMut(usize, usize)) {
+    let r6 = rows6(o_n);
+    if r0 < r6.min(r1) {
+        f(r0, r6.min(r1));
     }
-    if r6 < o_n {
-        let rest = out.add(r6 * sp.ld);
-        correlate_avx2::<TAPS>(rest, ib, ild, &wp[split..], o_n - r6, i_n, offs, sp, a, b);
+    if r6.max(r0) < r1 {
+        f(r6.max(r0), r1);
     }
 }
 
@@ -109,7 +120,7 @@ pub(crate) fn with_packed<R>(
 /// (`i_n` rows, plus the taps' halo) should stay in L2 (512 KiB per core here) while all
 /// output blocks sweep it.
 pub(crate) fn tile_len(i_n: usize) -> usize {
-    ((64 << 10) / (i_n.max(1) * PB)).clamp(1, 64) * PB
+    (((64 << 10) / (i_n.max(1) * 16)).clamp(1, 64) * 16).next_multiple_of(PB)
 }
 
 /// Rows and positions a correlate call ([`correlate_rows`], `conv3x3`'s driver) works on: row r of a buffer starts at
@@ -129,10 +140,17 @@ pub struct Span {
     pub overrun: bool,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+/// The direct kernel over `o_n` output rows: the first [`rows6`] in register blocks of
+/// 6, the rest in blocks of 4 (`wp` packed by [`with_packed`] to match), positions `a..b`
+/// of the span. Output row r is `out + r·sp.ld + sp.base`; input row i is `ib + i·ild`,
+/// and position q of it reads `ib + i·ild + q + off_t`.
+///
+/// # Safety
+/// Every row read and written must lie in its buffer for positions `a..b` (and up to
+/// [`PB`] past `b` with `sp.overrun`), plus the taps' offsets; the CPU must run `V`.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn correlate_avx2<const TAPS: usize>(
+unsafe fn correlate_rows<V: F32x, const TAPS: usize>(
     out: *mut f32,
     ib: *const f32,
     ild: usize,
@@ -144,181 +162,223 @@ unsafe fn correlate_avx2<const TAPS: usize>(
     a: usize,
     b: usize,
 ) {
-    use std::arch::x86_64::*;
-    let taps = TAPS;
     let offs: &[isize; TAPS] = offs.try_into().expect("tap count");
-    // With one tap a group of IB channels is only 16 FMAs per accumulator round trip
-    // through `out`; 1×1 inputs are packed (contiguous, L1-friendly), so take more.
-    let group = if TAPS == 1 { 8 * IB } else { IB };
-    // whole blocks; without overrun room the last partial block is done in scalar code
-    let full = if sp.overrun { b } else { a + (b - a) / PB * PB };
-    // Loop order: position block, then a group of IB input channels, then output blocks.
-    // The group's input lines (IB channels × 3 rows × 2–3 lines ≈ 9 KiB) stay in L1 while
-    // every output block reuses them; partial sums go through `out` between groups (exact
-    // in f32, so the order of additions per output is still i ascending, t ascending).
-    // With the output-block loop outermost instead, 128 input channels × 3 rows were 384
-    // concurrent streams per block and densenet121 b16 inference spent 44% of its time
-    // here (`perf record`).
-    let mut q = a;
-    while q < full {
-        for i0 in (0..i_n).step_by(group) {
-            let i1 = (i0 + group).min(i_n);
-            for ob in 0..o_n / OB {
-                let wb = wp.as_ptr().add(ob * i_n * taps * OB);
-                let op = out.add(ob * OB * sp.ld + sp.base + q);
-                let ld = sp.ld;
-                // 4 output channels × 16 positions = 8 accumulators in named locals. With
-                // 4 × 24 (12 accumulators + 3 inputs + 1 weight = all 16 ymm registers)
-                // LLVM kept one accumulator on the stack, a load-FMA-store chain through
-                // store forwarding on every tap (objdump of `correlate_avx2::<9>`).
-                // `cargo bench --bench shapes -- conv3x3_shapes`,
-                // one thread, 121 shape 16×128→32 at 28×28: 24 GFLOP/s before, 55 after (BC-100
-                // 64×48→12 at 32×32: 31 → 53; machine shared with other builds).
-                let (mut c00, mut c01, mut c10, mut c11);
-                let (mut c20, mut c21, mut c30, mut c31);
-                if i0 > 0 {
-                    c00 = _mm256_loadu_ps(op);
-                    c01 = _mm256_loadu_ps(op.add(8));
-                    c10 = _mm256_loadu_ps(op.add(ld));
-                    c11 = _mm256_loadu_ps(op.add(ld + 8));
-                    c20 = _mm256_loadu_ps(op.add(2 * ld));
-                    c21 = _mm256_loadu_ps(op.add(2 * ld + 8));
-                    c30 = _mm256_loadu_ps(op.add(3 * ld));
-                    c31 = _mm256_loadu_ps(op.add(3 * ld + 8));
-                } else {
-                    c00 = _mm256_setzero_ps();
-                    (c01, c10, c11, c20, c21, c30, c31) = (c00, c00, c00, c00, c00, c00, c00);
-                }
-                for i in i0..i1 {
-                    let ip = ib.wrapping_add(i * ild + q);
-                    let wi = wb.add(i * taps * OB);
-                    for (t, &off) in offs.iter().enumerate() {
-                        let x = ip.offset(off);
-                        let w = wi.add(t * OB);
-                        let x0 = _mm256_loadu_ps(x);
-                        let x1 = _mm256_loadu_ps(x.add(8));
-                        let wv = _mm256_broadcast_ss(&*w);
-                        c00 = _mm256_fmadd_ps(wv, x0, c00);
-                        c01 = _mm256_fmadd_ps(wv, x1, c01);
-                        let wv = _mm256_broadcast_ss(&*w.add(1));
-                        c10 = _mm256_fmadd_ps(wv, x0, c10);
-                        c11 = _mm256_fmadd_ps(wv, x1, c11);
-                        let wv = _mm256_broadcast_ss(&*w.add(2));
-                        c20 = _mm256_fmadd_ps(wv, x0, c20);
-                        c21 = _mm256_fmadd_ps(wv, x1, c21);
-                        let wv = _mm256_broadcast_ss(&*w.add(3));
-                        c30 = _mm256_fmadd_ps(wv, x0, c30);
-                        c31 = _mm256_fmadd_ps(wv, x1, c31);
-                    }
-                }
-                _mm256_storeu_ps(op, c00);
-                _mm256_storeu_ps(op.add(8), c01);
-                _mm256_storeu_ps(op.add(ld), c10);
-                _mm256_storeu_ps(op.add(ld + 8), c11);
-                _mm256_storeu_ps(op.add(2 * ld), c20);
-                _mm256_storeu_ps(op.add(2 * ld + 8), c21);
-                _mm256_storeu_ps(op.add(3 * ld), c30);
-                _mm256_storeu_ps(op.add(3 * ld + 8), c31);
-            }
-        }
-        q += PB;
+    let r6 = rows6(o_n);
+    let split = r6 * i_n * TAPS;
+    if r6 > 0 {
+        let wp = &wp[..split];
+        correlate_part::<V, TAPS, OB6>(out, ib, ild, wp, r6, i_n, offs, sp, a, b);
     }
-    for ob in 0..o_n / OB {
-        let wb = wp.as_ptr().add(ob * i_n * taps * OB);
-        // scalar tail, same summation order per position (i outer, t inner)
-        for q in full..b.max(full) {
-            for oo in 0..OB {
-                let mut acc = 0f32;
-                for i in 0..i_n {
-                    let ip = ib.wrapping_add(i * ild + q);
-                    for (t, &off) in offs.iter().enumerate() {
-                        acc = (*wb.add((i * taps + t) * OB + oo)).mul_add(*ip.offset(off), acc);
-                    }
-                }
-                *out.add((ob * OB + oo) * sp.ld + sp.base + q) = acc;
-            }
-        }
+    if r6 < o_n {
+        let rest = out.add(r6 * sp.ld);
+        let wp = &wp[split..];
+        correlate_part::<V, TAPS, OB>(rest, ib, ild, wp, o_n - r6, i_n, offs, sp, a, b);
     }
 }
 
-/// `correlate_avx2` with 6 output channels × 16 positions per register block: 12
-/// accumulators instead of 8. With 8, each accumulator takes an FMA every tap and 8
-/// chains exactly cover 2 FMA pipes × 4 cycles of latency, so any load hiccup stalls; 12
-/// leave slack (2 x loads + 6 broadcasts per 12 FMAs; 15 of the 16 ymm registers). For
-/// 1×1, one thread, best of 8 interleaved runs, machine shared with a build: o48·i216
-/// over 65536 positions 52–55 GFLOP/s against 47–52 with 4 × 16; o48·i96 46–48 against
-/// 40–42. Same contract, loop order and summation order as `correlate_avx2`; `wp` is
-/// [`pack_weights`]' layout with blocks of 6.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+/// [`correlate_rows`] on `o_n` rows (a multiple of `R`) in register blocks of `R` rows.
+///
+/// Loop order: position block (2 vectors), then a group of input channels, then output
+/// blocks. The group's input lines (IB channels × 3 rows × 2–3 lines ≈ 9 KiB with 9 taps)
+/// stay in L1 while every output block reuses them; partial sums go through `out` between
+/// groups (exact in f32, so the order of additions per output is still i ascending, t
+/// ascending). With the output-block loop outermost instead, 128 input channels × 3 rows
+/// were 384 concurrent streams per block and densenet121 b16 inference spent 44% of its
+/// time here (`perf record`).
+///
+/// Blocks of 6 rows × 2 vectors keep 12 accumulators: with 8 (4 rows), each accumulator
+/// takes an FMA every tap and 8 chains exactly cover 2 FMA pipes × 4 cycles of latency,
+/// so any load hiccup stalls; 12 leave slack (2 loads + 6 broadcasts per 12 FMAs; 15 of
+/// AVX2's 16 registers). For 1×1, one thread, best of 8 interleaved runs, AVX2: o48·i216
+/// over 65536 positions 52–55 GFLOP/s against 47–52 with 4 rows; o48·i96 46–48 against
+/// 40–42.
+///
+/// The positions that do not fill 2 vectors are done a vector at a time, then in scalar
+/// code (same summation order), unless the span may run over.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn correlate6_avx2<const TAPS: usize>(
+unsafe fn correlate_part<V: F32x, const TAPS: usize, const R: usize>(
     out: *mut f32,
     ib: *const f32,
     ild: usize,
     wp: &[f32],
     o_n: usize,
     i_n: usize,
-    offs: &[isize],
+    offs: &[isize; TAPS],
     sp: Span,
     a: usize,
     b: usize,
 ) {
-    use std::arch::x86_64::*;
-    let offs: &[isize; TAPS] = offs.try_into().expect("tap count");
-    debug_assert!(o_n.is_multiple_of(OB6) && wp.len() == o_n * i_n * TAPS);
+    debug_assert!(o_n.is_multiple_of(R) && wp.len() == o_n * i_n * TAPS);
+    let l = V::LANES;
+    // With one tap a group of IB channels is only 16 FMAs per accumulator round trip
+    // through `out`; 1×1 inputs are packed (contiguous, L1-friendly), so take more.
     let group = if TAPS == 1 { 8 * IB } else { IB };
-    let full = if sp.overrun { b } else { a + (b - a) / PB * PB };
-    let ld = sp.ld;
+    // whole 2-vector blocks to `full2` (past `b` when the rows have room), then single
+    // vectors to `full1`, then scalar
+    let full2 = if sp.overrun {
+        b
+    } else {
+        a + (b - a) / (2 * l) * (2 * l)
+    };
+    let full1 = full2.max(full2 + (b.saturating_sub(full2)) / l * l);
     let mut q = a;
-    while q < full {
+    while q < full1 {
+        let two = q + 2 * l <= full2 || (sp.overrun && q < b);
         for i0 in (0..i_n).step_by(group) {
             let i1 = (i0 + group).min(i_n);
-            for ob in 0..o_n / OB6 {
-                let wb = wp.as_ptr().add(ob * i_n * TAPS * OB6);
-                let op = out.add(ob * OB6 * ld + sp.base + q);
-                let mut c = [[_mm256_setzero_ps(); 2]; OB6];
-                if i0 > 0 {
-                    for (r, c) in c.iter_mut().enumerate() {
-                        c[0] = _mm256_loadu_ps(op.add(r * ld));
-                        c[1] = _mm256_loadu_ps(op.add(r * ld + 8));
-                    }
-                }
-                for i in i0..i1 {
-                    let ip = ib.wrapping_add(i * ild + q);
-                    let wi = wb.add(i * TAPS * OB6);
-                    for (t, &off) in offs.iter().enumerate() {
-                        let x = ip.offset(off);
-                        let w = wi.add(t * OB6);
-                        let x0 = _mm256_loadu_ps(x);
-                        let x1 = _mm256_loadu_ps(x.add(8));
-                        for (r, c) in c.iter_mut().enumerate() {
-                            let wv = _mm256_broadcast_ss(&*w.add(r));
-                            c[0] = _mm256_fmadd_ps(wv, x0, c[0]);
-                            c[1] = _mm256_fmadd_ps(wv, x1, c[1]);
-                        }
-                    }
-                }
-                for (r, c) in c.iter().enumerate() {
-                    _mm256_storeu_ps(op.add(r * ld), c[0]);
-                    _mm256_storeu_ps(op.add(r * ld + 8), c[1]);
+            for ob in 0..o_n / R {
+                let wb = wp.as_ptr().add(ob * i_n * TAPS * R);
+                let op = out.add(ob * R * sp.ld + sp.base + q);
+                let ip = ib.wrapping_add(q);
+                if two {
+                    block::<V, TAPS, R, 2>(op, sp.ld, ip, ild, wb, i0, i1, offs);
+                } else {
+                    block::<V, TAPS, R, 1>(op, sp.ld, ip, ild, wb, i0, i1, offs);
                 }
             }
         }
-        q += PB;
+        q += if two { 2 * l } else { l };
     }
     // scalar tail, same summation order per position (i outer, t inner, fused)
     for o in 0..o_n {
-        let wb = wp.as_ptr().add((o / OB6) * i_n * TAPS * OB6 + o % OB6);
-        for q in full..b.max(full) {
+        let wb = wp.as_ptr().add((o / R) * i_n * TAPS * R + o % R);
+        for q in full1..b.max(full1) {
             let mut acc = 0f32;
             for i in 0..i_n {
                 let ip = ib.wrapping_add(i * ild + q);
                 for (t, &off) in offs.iter().enumerate() {
-                    acc = (*wb.add((i * TAPS + t) * OB6)).mul_add(*ip.offset(off), acc);
+                    acc = (*wb.add((i * TAPS + t) * R)).mul_add(*ip.offset(off), acc);
                 }
             }
-            *out.add(o * ld + sp.base + q) = acc;
+            *out.add(o * sp.ld + sp.base + q) = acc;
+        }
+    }
+}
+
+/// One register block: `R` output rows × `NV` vectors of positions starting at `op`
+/// (rows `ld` apart), over input channels `i0..i1` (row i at `ip + i·ild`, weights
+/// `wb[(i·TAPS + t)·R + r]`). The first group (`i0 == 0`) starts from zero, later ones
+/// from the partial sums in `out`. The accumulators are an array that LLVM keeps in
+/// registers (checked in the AVX2 objdump: no stack traffic in the tap loop).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<V: F32x, const TAPS: usize, const R: usize, const NV: usize>(
+    op: *mut f32,
+    ld: usize,
+    ip: *const f32,
+    ild: usize,
+    wb: *const f32,
+    i0: usize,
+    i1: usize,
+    offs: &[isize; TAPS],
+) {
+    let l = V::LANES;
+    let mut c = [[V::zero(); NV]; R];
+    if i0 > 0 {
+        for (r, c) in c.iter_mut().enumerate() {
+            for (v, c) in c.iter_mut().enumerate() {
+                *c = V::load(op.add(r * ld + v * l));
+            }
+        }
+    }
+    for i in i0..i1 {
+        let ip = ip.wrapping_add(i * ild);
+        let wi = wb.add(i * TAPS * R);
+        for (t, &off) in offs.iter().enumerate() {
+            let x = ip.offset(off);
+            let w = wi.add(t * R);
+            let mut xv = [V::zero(); NV];
+            for (v, xv) in xv.iter_mut().enumerate() {
+                *xv = V::load(x.add(v * l));
+            }
+            for (r, c) in c.iter_mut().enumerate() {
+                let wv = V::splat(w.add(r));
+                for (c, &xv) in c.iter_mut().zip(&xv) {
+                    *c = wv.mul_add(xv, *c);
+                }
+            }
+        }
+    }
+    for (r, c) in c.iter().enumerate() {
+        for (v, c) in c.iter().enumerate() {
+            c.store(op.add(r * ld + v * l));
+        }
+    }
+}
+
+/// [`correlate_rows`] compiled for AVX2+FMA (an entry of the `avx2` table).
+///
+/// # Safety
+/// As [`correlate_rows`]; the CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn correlate_avx2<const TAPS: usize>(
+    out: *mut f32,
+    ib: *const f32,
+    ild: usize,
+    wp: &[f32],
+    o_n: usize,
+    i_n: usize,
+    offs: &[isize],
+    sp: Span,
+    a: usize,
+    b: usize,
+) {
+    correlate_rows::<Avx2, TAPS>(out, ib, ild, wp, o_n, i_n, offs, sp, a, b)
+}
+
+/// [`correlate_rows`] compiled for AVX-512F (an entry of the `avx512` table).
+///
+/// # Safety
+/// As [`correlate_rows`]; the CPU must have AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn correlate_avx512<const TAPS: usize>(
+    out: *mut f32,
+    ib: *const f32,
+    ild: usize,
+    wp: &[f32],
+    o_n: usize,
+    i_n: usize,
+    offs: &[isize],
+    sp: Span,
+    a: usize,
+    b: usize,
+) {
+    correlate_rows::<Avx512, TAPS>(out, ib, ild, wp, o_n, i_n, offs, sp, a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parts of a row split cover every row once, and each run is rows that one
+    /// kernel call lays out as [`with_packed`] did for all `o_n` rows.
+    #[test]
+    fn row_parts_follow_the_register_blocks() {
+        for o_n in (4..=130).filter(|n| n % 4 == 0 || n % 6 == 0) {
+            let r6 = rows6(o_n);
+            for parts in 1..=5 {
+                let mut next = 0;
+                for k in 0..parts {
+                    let (r0, r1) = part_rows(o_n, parts, k);
+                    assert_eq!(r0, next, "o_n {o_n} parts {parts}: gap before part {k}");
+                    assert!(r0 <= r1);
+                    next = r1;
+                    for_row_runs(o_n, r0, r1, |a, b| {
+                        let len = b - a;
+                        if a < r6 {
+                            assert!(b <= r6 && len % OB6 == 0 && rows6(len) == len);
+                        } else {
+                            assert!(len % OB == 0 && rows6(len) == 0, "o_n {o_n}: {a}..{b}");
+                        }
+                    });
+                }
+                assert_eq!(next, o_n, "o_n {o_n} parts {parts}: rows left over");
+            }
         }
     }
 }

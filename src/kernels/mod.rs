@@ -13,18 +13,23 @@
 //!   any other architecture; no direct convolution kernels, so every convolution takes
 //!   im2col + GEMM.
 //! - `avx2`: the same element-wise source compiled inside
-//!   `#[target_feature(enable = "avx2,fma")]` functions, plus the hand-written AVX2+FMA
-//!   direct convolution kernels. Rust never contracts `a*b + c` into an FMA on its own,
-//!   so the element-wise bodies give the same bits in both tables; the direct kernels sum
-//!   in another order than a GEMM and agree to rounding.
+//!   `#[target_feature(enable = "avx2,fma")]` functions, plus the direct convolution
+//!   kernels in AVX2+FMA. Rust never contracts `a*b + c` into an FMA on its own, so the
+//!   element-wise bodies give the same bits in every table; the direct kernels sum in
+//!   another order than a GEMM and agree to rounding.
+//! - `avx512`: the same again with AVX-512F enabled. The direct kernels are the AVX2
+//!   ones' source ([`simd`]: one generic source per kernel over the vector type),
+//!   instantiated with 16-lane vectors, so a register block covers 32 positions.
 //!
-//! The `gemm` crate picks its own micro-kernels at run time; it is the same in every table.
+//! The `gemm` crate picks its own micro-kernels at run time (AVX-512 ones too: it is built
+//! with its `x86-v4` feature); it is the same in every table.
 
 pub mod conv1x1;
 pub mod conv3x3;
 pub mod correlate;
 pub mod gemm;
 pub mod norm;
+pub(crate) mod simd;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -129,9 +134,9 @@ pub const DIRECT_1X1_MAX_OUTPUTS: usize = 48;
 /// holds them is only handed out on a CPU that runs them.
 #[derive(Clone, Copy)]
 pub struct Direct {
-    /// [`correlate::correlate_rows`] with the 9 taps of a 3×3 window.
+    /// The correlate kernel ([`correlate`]) with the 9 taps of a 3×3 window.
     pub correlate9: correlate::CorrelateFn,
-    /// [`correlate::correlate_rows`] with one tap (a 1×1 convolution).
+    /// The correlate kernel with one tap (a 1×1 convolution).
     pub correlate1: correlate::CorrelateFn,
     /// One input channel's 3×3 weight gradient ([`conv3x3`]).
     pub weight_grad3x3: conv3x3::WeightGradFn,
@@ -143,7 +148,8 @@ pub struct Direct {
 /// with any slices (they stop at the shorter one, as the portable loops do).
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    /// `portable` or `avx2`: what `DENSENET_KERNELS` takes and `bench --json` reports.
+    /// `portable`, `avx2` or `avx512`: what `DENSENET_KERNELS` takes and `bench --json`
+    /// reports.
     pub name: &'static str,
     /// Mean and biased variance of one channel ([`norm::row_stats`]).
     pub row_stats: fn(&[f32]) -> (f64, f64),
@@ -195,10 +201,30 @@ static AVX2: Kernels = Kernels {
     masked_update: norm::avx2::masked_update::<true>,
     masked_assign: norm::avx2::masked_update::<false>,
     direct: Some(Direct {
-        correlate9: correlate::correlate_rows::<9>,
-        correlate1: correlate::correlate_rows::<1>,
+        correlate9: correlate::correlate_avx2::<9>,
+        correlate1: correlate::correlate_avx2::<1>,
         weight_grad3x3: conv3x3::weight_grad_avx2,
         dot_tile: conv1x1::dot_tile_avx2,
+    }),
+};
+
+/// AVX-512F (with AVX2 and FMA: Skylake-SP and later Xeons, Zen 4); only handed out where
+/// the CPU has all three.
+#[cfg(target_arch = "x86_64")]
+static AVX512: Kernels = Kernels {
+    name: "avx512",
+    row_stats: norm::avx512::row_stats,
+    affine_relu: norm::avx512::affine_relu,
+    masked_sums: norm::avx512::masked_sums,
+    masked_sums_axpy: norm::avx512::masked_sums_axpy,
+    centred_update: norm::avx512::centred_update,
+    masked_update: norm::avx512::masked_update::<true>,
+    masked_assign: norm::avx512::masked_update::<false>,
+    direct: Some(Direct {
+        correlate9: correlate::correlate_avx512::<9>,
+        correlate1: correlate::correlate_avx512::<1>,
+        weight_grad3x3: conv3x3::weight_grad_avx512,
+        dot_tile: conv1x1::dot_tile_avx512,
     }),
 };
 
@@ -216,19 +242,42 @@ pub fn avx2() -> Option<&'static Kernels> {
     None
 }
 
+/// The AVX-512 table, if this CPU runs it (AVX-512F, AVX2 and FMA).
+pub fn avx512() -> Option<&'static Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && avx2().is_some() {
+        return Some(&AVX512);
+    }
+    None
+}
+
 /// Every table this CPU runs, fastest first.
 pub fn available() -> Vec<&'static Kernels> {
-    avx2().into_iter().chain([portable()]).collect()
+    avx512()
+        .into_iter()
+        .chain(avx2())
+        .chain([portable()])
+        .collect()
 }
 
 /// Names every table knows, whether or not this CPU runs it.
-pub const NAMES: &[&str] = &["portable", "avx2"];
+pub const NAMES: &[&str] = &["portable", "avx2", "avx512"];
+
+/// The table named `name`, if this CPU runs it (`None` for an unknown name too).
+pub fn by_name(name: &str) -> Option<&'static Kernels> {
+    match name {
+        "portable" => Some(portable()),
+        "avx2" => avx2(),
+        "avx512" => avx512(),
+        _ => None,
+    }
+}
 
 /// A `DENSENET_KERNELS` value that cannot be honoured.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelsError {
     /// Not a table name.
-    #[error("DENSENET_KERNELS={0}: unknown kernels (expected auto, portable or avx2)")]
+    #[error("DENSENET_KERNELS={0}: unknown kernels (expected auto, portable, avx2 or avx512)")]
     Unknown(String),
     /// A table this CPU cannot run.
     #[error("DENSENET_KERNELS={0}: this CPU lacks the instructions (it runs: {1})")]
@@ -241,10 +290,9 @@ pub fn named(value: Option<&str>) -> Result<&'static Kernels, KernelsError> {
     let best = || available()[0];
     match value.map(str::trim) {
         None | Some("") | Some("auto") => Ok(best()),
-        Some("portable") => Ok(portable()),
-        Some("avx2") => avx2().ok_or_else(|| {
+        Some(name) if NAMES.contains(&name) => by_name(name).ok_or_else(|| {
             let runs: Vec<_> = available().iter().map(|k| k.name).collect();
-            KernelsError::Unsupported("avx2".into(), runs.join(", "))
+            KernelsError::Unsupported(name.into(), runs.join(", "))
         }),
         Some(other) => Err(KernelsError::Unknown(other.to_string())),
     }
@@ -283,7 +331,7 @@ pub fn active() -> &'static Kernels {
 
 /// Makes `k` the table in use from now on. For tests and benchmarks that compare tables
 /// in one process (one test at a time: the choice is process-wide); `k` comes from
-/// [`portable`], [`avx2`] or [`available`], so this CPU runs it.
+/// [`portable`], [`avx2`], [`avx512`] or [`available`], so this CPU runs it.
 #[doc(hidden)]
 pub fn force(k: &'static Kernels) {
     ACTIVE.store(k as *const Kernels as *mut Kernels, Ordering::Release);

@@ -1,8 +1,8 @@
-//! The element-wise bodies of batch norm and ReLU, compiled twice: as plain functions
-//! (the `portable` table of [`super::Kernels`]) and inside `#[target_feature(enable =
-//! "avx2,fma")]` wrappers ([`avx2`], the `avx2` table). The source and the order of every
+//! The element-wise bodies of batch norm and ReLU, compiled three times: as plain
+//! functions (the `portable` table of [`super::Kernels`]) and inside `#[target_feature]`
+//! wrappers for AVX2 ([`avx2`]) and AVX-512 ([`avx512`]). The source and the order of every
 //! operation are the same, and Rust never contracts `a*b + c` into an FMA on its own, so
-//! both give the same bits (the ReLU mask of a recomputation depends on it); only
+//! all give the same bits (the ReLU mask of a recomputation depends on it); only
 //! [`masked_sums`] has a hand-written AVX2 body, because LLVM left its 16-lane select and
 //! accumulate scalar.
 //!
@@ -205,71 +205,63 @@ pub fn masked_update<const ACC: bool>(
     }
 }
 
-/// The entries of the `avx2` table: the bodies above inside `#[target_feature]` functions.
+/// The bodies above inside `#[target_feature]` functions: the entries of one table.
+/// `$features` is the instruction set; `$masked_sums` the hand-written body of
+/// [`masked_sums`] it uses (AVX2 intrinsics in both tables: the two 8-lane halves of
+/// each 16-lane partial sum are the same bits as the portable code; an AVX-512 version
+/// would do the same arithmetic in one register, and the BN-ReLU backward is 2–3% of a
+/// training step).
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx2 {
-    use super::*;
+macro_rules! table_entries {
+    ($features:literal, $($masked_sums:ident)::+) => {
+        use super::*;
 
-    // SAFETY (every wrapper below): these functions are only reachable through the `avx2`
-    // table, which `super::super::avx2()` hands out only on a CPU with AVX2 and FMA.
+        // SAFETY (every wrapper below): these functions are only reachable through their
+        // table, which `kernels` hands out only on a CPU with these features.
 
-    pub(crate) fn row_stats(row: &[f32]) -> (f64, f64) {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn f(row: &[f32]) -> (f64, f64) {
-            super::row_stats(row)
+        pub(crate) fn row_stats(row: &[f32]) -> (f64, f64) {
+            #[target_feature(enable = $features)]
+            unsafe fn f(row: &[f32]) -> (f64, f64) {
+                super::row_stats(row)
+            }
+            unsafe { f(row) }
         }
-        unsafe { f(row) }
-    }
 
-    pub(crate) fn affine_relu(o: &mut [f32], x: &[f32], s: f32, t: f32) {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn f(o: &mut [f32], x: &[f32], s: f32, t: f32) {
-            super::affine_relu(o, x, s, t)
+        pub(crate) fn affine_relu(o: &mut [f32], x: &[f32], s: f32, t: f32) {
+            #[target_feature(enable = $features)]
+            unsafe fn f(o: &mut [f32], x: &[f32], s: f32, t: f32) {
+                super::affine_relu(o, x, s, t)
+            }
+            unsafe { f(o, x, s, t) }
         }
-        unsafe { f(o, x, s, t) }
-    }
 
-    pub(crate) fn centred_update(dx: &mut [f32], x: &[f32], mu: f32, c0: f32, c1: f32) {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn f(dx: &mut [f32], x: &[f32], mu: f32, c0: f32, c1: f32) {
-            super::centred_update(dx, x, mu, c0, c1)
+        pub(crate) fn centred_update(dx: &mut [f32], x: &[f32], mu: f32, c0: f32, c1: f32) {
+            #[target_feature(enable = $features)]
+            unsafe fn f(dx: &mut [f32], x: &[f32], mu: f32, c0: f32, c1: f32) {
+                super::centred_update(dx, x, mu, c0, c1)
+            }
+            unsafe { f(dx, x, mu, c0, c1) }
         }
-        unsafe { f(dx, x, mu, c0, c1) }
-    }
 
-    pub(crate) fn masked_sums(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
-        unsafe { masked_sums_avx2::<false>(x, d, s, t, mu, &mut [], 0.0) }
-    }
+        pub(crate) fn masked_sums(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
+            unsafe { $($masked_sums)::+::<false>(x, d, s, t, mu, &mut [], 0.0) }
+        }
 
-    pub(crate) fn masked_sums_axpy(
-        dx: &mut [f32],
-        x: &[f32],
-        d: &[f32],
-        s: f32,
-        t: f32,
-        mu: f32,
-        k: f32,
-    ) -> (f64, f64) {
-        assert!(dx.len() == x.len() && d.len() == x.len());
-        unsafe { masked_sums_avx2::<true>(x, Grad::Row(d), s, t, mu, dx, k) }
-    }
+        pub(crate) fn masked_sums_axpy(
+            dx: &mut [f32],
+            x: &[f32],
+            d: &[f32],
+            s: f32,
+            t: f32,
+            mu: f32,
+            k: f32,
+        ) -> (f64, f64) {
+            assert!(dx.len() == x.len() && d.len() == x.len());
+            unsafe { $($masked_sums)::+::<true>(x, Grad::Row(d), s, t, mu, dx, k) }
+        }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn masked_update<const ACC: bool>(
-        dx: &mut [f32],
-        x: &[f32],
-        d: Grad,
-        s: f32,
-        t: f32,
-        mu: f32,
-        r: f32,
-        k: f32,
-        mg: f32,
-        mgx: f32,
-    ) {
-        #[target_feature(enable = "avx2,fma")]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn f<const ACC: bool>(
+        pub(crate) fn masked_update<const ACC: bool>(
             dx: &mut [f32],
             x: &[f32],
             d: Grad,
@@ -281,10 +273,37 @@ pub(crate) mod avx2 {
             mg: f32,
             mgx: f32,
         ) {
-            super::masked_update::<ACC>(dx, x, d, s, t, mu, r, k, mg, mgx)
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn f<const ACC: bool>(
+                dx: &mut [f32],
+                x: &[f32],
+                d: Grad,
+                s: f32,
+                t: f32,
+                mu: f32,
+                r: f32,
+                k: f32,
+                mg: f32,
+                mgx: f32,
+            ) {
+                super::masked_update::<ACC>(dx, x, d, s, t, mu, r, k, mg, mgx)
+            }
+            unsafe { f::<ACC>(dx, x, d, s, t, mu, r, k, mg, mgx) }
         }
-        unsafe { f::<ACC>(dx, x, d, s, t, mu, r, k, mg, mgx) }
-    }
+    };
+}
+
+/// The entries of the `avx512` table (AVX-512F: the auto-vectorised bodies in 16 lanes).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    table_entries!("avx512f,avx2,fma", super::avx2::masked_sums_avx2);
+}
+
+/// The entries of the `avx2` table.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    table_entries!("avx2,fma", masked_sums_avx2);
 
     /// [`masked_sums_body`] in AVX2 intrinsics: LLVM left the 16-lane select-and-accumulate
     /// body scalar (spilling the lanes to the stack) even inside a `target_feature` function.
@@ -373,16 +392,21 @@ pub(crate) mod avx2 {
 mod tests {
     use super::*;
 
-    /// The AVX2 kernel must reproduce the portable one bit for bit (the ReLU mask of a
+    /// The AVX2 and AVX-512 tables must reproduce the portable one bit for bit (the ReLU mask of a
     /// recomputation depends on it), on lengths that leave remainders in both the lane
     /// loop and the f32 block.
     #[test]
-    fn masked_sums_avx2_is_bit_identical() {
-        let Some(fast) = crate::kernels::avx2() else {
-            eprintln!("SKIPPED: this CPU has no AVX2+FMA");
-            return;
-        };
+    fn masked_sums_are_bit_identical() {
         let slow = crate::kernels::portable();
+        for name in ["avx2", "avx512"] {
+            match crate::kernels::by_name(name) {
+                Some(fast) => masked_sums_match(slow, fast),
+                None => eprintln!("SKIPPED: the {name} kernels (this CPU lacks them)"),
+            }
+        }
+    }
+
+    fn masked_sums_match(slow: &crate::kernels::Kernels, fast: &crate::kernels::Kernels) {
         for len in [0, 1, 15, 17, 1000, 1024, 2049, 5000] {
             let x: Vec<f32> = (0..len)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
