@@ -25,6 +25,7 @@ pub mod conv3x3;
 pub mod correlate;
 pub mod gemm;
 pub mod norm;
+pub mod peak;
 #[cfg(test)]
 pub(crate) mod testutil;
 
