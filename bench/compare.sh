@@ -20,6 +20,7 @@
 #                                        # densenet121 eval b16 and b1
 #   THREADS=2 STEPS=5 ROUNDS=3 bench/compare.sh
 #   WORK=train bench/compare.sh          # only the training steps (WORK=infer: only inference)
+#   ONLY="densenet121 train" STEPS=1 bench/compare.sh   # only the rows whose name has ONLY
 #   ORT=1 WORK=infer ROUNDS=5 bench/compare.sh   # densenet vs ONNX Runtime
 #
 # With ROUNDS > 1 the two sides alternate (ours, theirs, ours, theirs, ...) and the line
@@ -52,6 +53,7 @@ printf '%-34s %10s %13s %8s   %s\n' "work" "densenet" "other" "ratio" "per-round
 compare() {
   local name=$1 ours_cmd=$2 theirs_cmd=$3 okey=$4 tkey=$5 have=$6 label=${7:-pytorch}
   local os=() ts=() rs=()
+  [[ $name == *"${ONLY:-}"* ]] || return 0
   for _ in $(seq "$ROUNDS"); do
     o=$(json_get "$(eval "$ours_cmd")" "$okey")
     os+=("$o")
