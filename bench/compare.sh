@@ -2,12 +2,25 @@
 # Runs densenet's benchmarks and, where a local PyTorch is installed, the same shapes in
 # PyTorch right after (same machine, same threads), then prints the time ratios.
 # With ORT=1, densenet121 inference is also compared with ONNX Runtime, on our own ONNX
-# export of it (bench/.venv, made on first use with onnxruntime and numpy; never used by
-# the tests). Without either it prints densenet's figures alone. Not part of the tests.
+# export of it. Without either it prints densenet's figures alone. Not part of the tests.
 #
-#   bench/compare.sh                     # BC-100-12 train b64, densenet121 eval b16 and b1
+# Python packages live in the bench's own virtual environment, bench/.venv (never used by
+# the tests; VENV=DIR names another). Install them once with
+#
+#   python3 -m venv bench/.venv && bench/.venv/bin/pip install torch torchvision onnxruntime numpy
+#
+# (plain `pip install torch` brings the CUDA wheels, gigabytes this CPU never uses; first
+# `bench/.venv/bin/pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu`
+# installs the CPU-only ones.)
+# PyTorch runs from bench/.venv/bin/python when that has torch and torchvision, else from
+# the system python3 if it has them. ORT=1 makes bench/.venv with onnxruntime and numpy if
+# it lacks them.
+#
+#   bench/compare.sh                     # BC-100-12 train b64, densenet121 train b16,
+#                                        # densenet121 eval b16 and b1
 #   THREADS=2 STEPS=5 ROUNDS=3 bench/compare.sh
-#   WORK=train bench/compare.sh          # only the training step (WORK=infer: only inference)
+#   WORK=train bench/compare.sh          # only the training steps (WORK=infer: only inference)
+#   ONLY="densenet121 train" STEPS=1 bench/compare.sh   # only the rows whose name has ONLY
 #   ORT=1 WORK=infer ROUNDS=5 bench/compare.sh   # densenet vs ONNX Runtime
 #
 # With ROUNDS > 1 the two sides alternate (ours, theirs, ours, theirs, ...) and the line
@@ -22,8 +35,14 @@ ROUNDS=${ROUNDS:-1}
 WORK=${WORK:-all}
 cargo build --release -q
 bin=target/release/densenet
+venv=${VENV:-bench/.venv}
+# the Python that runs PyTorch: the bench's venv when it has torch, else the system's
+py=python3
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  py=$venv/bin/python
+fi
 have_torch=0
-if python3 -c "import torch, torchvision" 2>/dev/null; then have_torch=1; fi
+if "$py" -c "import torch, torchvision" 2>/dev/null; then have_torch=1; fi
 json_get() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get(sys.argv[2], d.get(sys.argv[3], '')))" "$1" "$2" "${3:-$2}"; }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(v) for v in sys.argv[1:]))" "$@"; }
 
@@ -34,6 +53,7 @@ printf '%-34s %10s %13s %8s   %s\n' "work" "densenet" "other" "ratio" "per-round
 compare() {
   local name=$1 ours_cmd=$2 theirs_cmd=$3 okey=$4 tkey=$5 have=$6 label=${7:-pytorch}
   local os=() ts=() rs=()
+  [[ $name == *"${ONLY:-}"* ]] || return 0
   for _ in $(seq "$ROUNDS"); do
     o=$(json_get "$(eval "$ours_cmd")" "$okey")
     os+=("$o")
@@ -54,18 +74,21 @@ compare() {
 
 [ "$WORK" = infer ] || compare "BC-100-12 train step, batch 64" \
   "$bin --threads $THREADS bench train --model densenet-bc-100-12 --batch-size 64 --steps $STEPS --json" \
-  "python3 bench/pytorch/bench_train.py --depth 100 --k 12 --bc --batch 64 --threads $THREADS --steps $STEPS" \
+  "$py bench/pytorch/bench_train.py --depth 100 --k 12 --bc --batch 64 --threads $THREADS --steps $STEPS" \
+  median_step_s median_step_s $have_torch
+[ "$WORK" = infer ] || compare "densenet121 train step, batch 16" \
+  "$bin --threads $THREADS bench train --model densenet121 --batch-size 16 --steps $STEPS --json" \
+  "$py bench/pytorch/bench_train.py --model densenet121 --batch 16 --threads $THREADS --steps $STEPS" \
   median_step_s median_step_s $have_torch
 [ "$WORK" = train ] || for b in 16 1; do
   compare "densenet121 eval, batch $b" \
     "$bin --threads $THREADS bench infer --model densenet121 --batch-size $b --steps $STEPS --json" \
-    "python3 bench/pytorch/bench_infer.py --model densenet121 --batch $b --threads $THREADS --iters $STEPS" \
+    "$py bench/pytorch/bench_infer.py --model densenet121 --batch $b --threads $THREADS --iters $STEPS" \
     median_s median $have_torch
 done
 if [ "${ORT:-0}" = 1 ] && [ "$WORK" != train ]; then
-  venv=bench/.venv
-  if [ ! -x $venv/bin/python ] || ! $venv/bin/python -c "import onnxruntime" 2>/dev/null; then
-    python3 -m venv $venv && $venv/bin/pip install -q onnxruntime numpy
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnxruntime" 2>/dev/null; then
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q onnxruntime numpy
   fi
   # the weights do not change the time, but export wants some: the reference ones
   weights=${REF:-../shared/reference}/torchvision_densenet121.weights.safetensors
@@ -79,4 +102,4 @@ if [ "${ORT:-0}" = 1 ] && [ "$WORK" != train ]; then
       median_s median_s 1 onnxruntime
   done
 fi
-[ $have_torch = 1 ] || echo "(PyTorch not installed: pip install torch torchvision to compare)"
+[ $have_torch = 1 ] || echo "(PyTorch not installed: $venv/bin/pip install torch torchvision to compare)"

@@ -4,13 +4,17 @@
 //! ```text
 //! cargo bench --bench shapes              # every benchmark (minutes)
 //! cargo bench --bench shapes -- conv3x3   # those whose name contains `conv3x3`
+//! cargo bench --bench shapes -- efficiency             # GFLOP/s and fraction of peak
+//! JSON=1 cargo bench --bench shapes -- efficiency      # the same as JSON lines
 //! ```
 //!
 //! Not a correctness test; it exists so kernel choices can be re-measured. It prints the
-//! CPU and the active kernels table first, since every number depends on both.
+//! CPU and the active kernels table first, since every number depends on both (to stderr
+//! with `JSON=1`, so that stdout holds only the JSON lines).
 
 use densenet::kernels::conv1x1::{pointwise, pointwise_applies};
 use densenet::kernels::gemm::{raw, sgemm, Mat};
+use densenet::kernels::peak::peak;
 use densenet::kernels::{self, conv3x3, BnRelu, ConvShape};
 use densenet::ops::{conv, fused, norm};
 use std::time::Instant;
@@ -22,6 +26,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("conv3x3_shapes", conv3x3_shapes),
     ("fused_shapes", fused_shapes),
     ("pointwise_hot_vs_cold", pointwise_hot_vs_cold),
+    ("efficiency", efficiency),
 ];
 
 fn main() {
@@ -42,12 +47,41 @@ fn main() {
         );
         std::process::exit(2);
     }
-    println!("cpu: {}", cpu_model());
-    println!("kernels: {}", kernels::active().name);
+    note(&format!("cpu: {}", cpu_model()));
+    note(&format!("kernels: {}", kernels::active().name));
     for (name, run) in chosen {
-        println!("\n== {name}");
+        note(&format!("\n== {name}"));
         run();
     }
+}
+
+/// Whether `JSON=1`: `efficiency` prints JSON lines instead of text.
+fn json() -> bool {
+    std::env::var("JSON").is_ok_and(|v| v == "1")
+}
+
+/// Prints a line that is not a result: to stdout, or with `JSON=1` to stderr, leaving
+/// stdout to `efficiency`'s JSON lines.
+fn note(line: &str) {
+    if json() {
+        eprintln!("{line}")
+    } else {
+        println!("{line}")
+    }
+}
+
+/// Seconds of the fastest of `reps` calls of `f`, after `warmup` untimed ones.
+fn best_secs(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
 }
 
 /// The `model name` line of /proc/cpuinfo.
@@ -78,15 +112,9 @@ fn rate(m: usize, n: usize, k: usize, ta: bool, tb: bool, threads: usize) -> f64
     let mut c = vec![0f32; m * n];
     let am = if ta { Mat::t(&a, m) } else { Mat::n(&a, k) };
     let bm = if tb { Mat::t(&b, k) } else { Mat::n(&b, n) };
-    pool(threads).install(|| {
-        let mut best = f64::MAX;
-        for _ in 0..6 {
-            let t = Instant::now();
-            sgemm(m, n, k, &mut c, n, true, am, bm);
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        2.0 * (m * n * k) as f64 / best / 1e9
-    })
+    let best =
+        pool(threads).install(|| best_secs(0, 6, || sgemm(m, n, k, &mut c, n, true, am, bm)));
+    2.0 * (m * n * k) as f64 / best / 1e9
 }
 
 /// `sgemm` on the products of a DenseNet-BC k=12 b64 training step (and densenet121's
@@ -121,15 +149,9 @@ fn gemm_shapes() {
         let w = vec![0.25f32; o * i];
         let mut y = vec![0f32; o * len];
         let mut r = |threads| {
-            pool(threads).install(|| {
-                let mut best = f64::MAX;
-                for _ in 0..6 {
-                    let t = Instant::now();
-                    pointwise(&mut y, &x, &w, o, i, len, flip);
-                    best = best.min(t.elapsed().as_secs_f64());
-                }
-                2.0 * (o * i * len) as f64 / best / 1e9
-            })
+            let best = pool(threads)
+                .install(|| best_secs(0, 6, || pointwise(&mut y, &x, &w, o, i, len, flip)));
+            2.0 * (o * i * len) as f64 / best / 1e9
         };
         let (r1, r2) = (r(1), r(2));
         println!("{what:32} 1t {r1:6.1} GFLOP/s   2t {r2:6.1} GFLOP/s");
@@ -192,10 +214,10 @@ fn dw_thread_use() {
     }
 }
 
-/// The direct 3×3 kernel (`kernels::conv3x3::forward` / `backward`) on densenet121's and BC-100's
-/// dense-layer shapes, 1 and 2 threads.
-fn conv3x3_shapes() {
-    let mk = |n, cin, cout, h| ConvShape {
+/// A 3×3 convolution, stride 1, padding 1, of `cin` → `cout` channels on `n` samples of
+/// `h`×`h`.
+fn conv3x3_shape(n: usize, cin: usize, cout: usize, h: usize) -> ConvShape {
+    ConvShape {
         n,
         cin,
         cout,
@@ -204,41 +226,194 @@ fn conv3x3_shapes() {
         k: 3,
         stride: 1,
         pad: 1,
-    };
+    }
+}
+
+/// The buffers of one direct 3×3 convolution (`kernels::conv3x3::forward` / `backward`,
+/// the input gradient included), with its scratch for `chunk` samples, optionally reading
+/// a BN-ReLU of its input as a dense layer's `conv2` does.
+struct Conv3x3Case {
+    s: ConvShape,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    y: Vec<f32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    col: Vec<f32>,
+    /// BN-ReLU scale and shift per input channel, where `bn`.
+    scale_shift: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Conv3x3Case {
+    fn new(s: ConvShape, chunk: usize, bn: bool) -> Self {
+        let x = vec![0.5f32; s.cin * s.n * s.h * s.w];
+        Conv3x3Case {
+            dx: vec![0f32; x.len()],
+            x,
+            w: vec![0.25f32; s.cout * s.col_rows()],
+            y: vec![0f32; s.cout * s.n * s.h * s.w],
+            dw: vec![0f32; s.cout * s.col_rows()],
+            col: vec![0f32; conv::col_len(&s, chunk)],
+            scale_shift: bn.then(|| (vec![1.5f32; s.cin], vec![-0.25f32; s.cin])),
+            s,
+        }
+    }
+
+    /// FLOPs of one forward (multiply-adds ×2); a backward does twice as many.
+    fn flops(&self) -> f64 {
+        2.0 * self.s.macs() as f64
+    }
+
+    fn forward(&mut self) {
+        let bn = self
+            .scale_shift
+            .as_ref()
+            .map(|(scale, shift)| BnRelu { scale, shift });
+        conv3x3::forward(&mut self.y, &self.x, bn, &self.w, &self.s, &mut self.col);
+    }
+
+    /// Input and weight gradients, from `y` as the output gradient.
+    fn backward(&mut self) {
+        let bn = self
+            .scale_shift
+            .as_ref()
+            .map(|(scale, shift)| BnRelu { scale, shift });
+        let (dx, dw, col) = (Some(&mut self.dx[..]), &mut self.dw, &mut self.col);
+        conv3x3::backward(dx, dw, &self.y, &self.x, bn, &self.w, &self.s, col);
+    }
+}
+
+/// The direct 3×3 kernel (`kernels::conv3x3::forward` / `backward`) on densenet121's and BC-100's
+/// dense-layer shapes, 1 and 2 threads.
+fn conv3x3_shapes() {
     for (what, s, chunk) in [
-        ("121 fwd n16 i128 o32 28x28", mk(16, 128, 32, 28), 16),
-        ("121 fwd n16 i128 o32 14x14", mk(16, 128, 32, 14), 16),
-        ("BC100 fwd n64 i48 o12 32x32", mk(64, 48, 12, 32), 8),
+        (
+            "121 fwd n16 i128 o32 28x28",
+            conv3x3_shape(16, 128, 32, 28),
+            16,
+        ),
+        (
+            "121 fwd n16 i128 o32 14x14",
+            conv3x3_shape(16, 128, 32, 14),
+            16,
+        ),
+        (
+            "BC100 fwd n64 i48 o12 32x32",
+            conv3x3_shape(64, 48, 12, 32),
+            8,
+        ),
     ] {
         if !conv3x3::applies(&s) {
             println!("{what:32} (no direct kernel in this table)");
             continue;
         }
-        let x = vec![0.5f32; s.cin * s.n * s.h * s.w];
-        let w = vec![0.25f32; s.cout * s.col_rows()];
-        let mut y = vec![0f32; s.cout * s.n * s.h * s.w];
-        let mut col = vec![0f32; conv::col_len(&s, chunk)];
+        let mut case = Conv3x3Case::new(s, chunk, false);
         let mut r = |threads, bwd: bool| {
-            let pool = pool(threads);
-            let mut dx = vec![0f32; x.len()];
-            let mut dw = vec![0f32; w.len()];
-            pool.install(|| {
-                let mut best = f64::MAX;
-                for _ in 0..5 {
-                    let t = Instant::now();
-                    if bwd {
-                        conv3x3::backward(Some(&mut dx), &mut dw, &y, &x, None, &w, &s, &mut col);
-                    } else {
-                        conv3x3::forward(&mut y, &x, None, &w, &s, &mut col);
-                    }
-                    best = best.min(t.elapsed().as_secs_f64());
-                }
-                let passes = if bwd { 2.0 } else { 1.0 };
-                passes * 2.0 * s.macs() as f64 / best / 1e9
-            })
+            let best = pool(threads)
+                .install(|| best_secs(0, 5, || if bwd { case.backward() } else { case.forward() }));
+            let passes = if bwd { 2.0 } else { 1.0 };
+            passes * case.flops() / best / 1e9
         };
         let (f1, f2, b1, b2) = (r(1, false), r(2, false), r(1, true), r(2, true));
         println!("{what:32} fwd 1t {f1:6.1} 2t {f2:6.1}  bwd 1t {b1:6.1} 2t {b2:6.1} GFLOP/s");
+    }
+}
+
+/// The buffers of one fused BN-ReLU + 1×1 convolution (`ops::fused::forward` /
+/// `backward`) of `i` → `o` channels over `len` positions, with batch statistics for its
+/// backward.
+struct FusedCase {
+    o: usize,
+    i: usize,
+    len: usize,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    dy: Vec<f32>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    y: Vec<f32>,
+    dw: Vec<f32>,
+    dx: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    gamma: Vec<f32>,
+    dgamma: Vec<f32>,
+    dbeta: Vec<f32>,
+    pending: Vec<(f64, f64)>,
+}
+
+impl FusedCase {
+    fn new(o: usize, i: usize, len: usize) -> Self {
+        FusedCase {
+            o,
+            i,
+            len,
+            x: vec![0.5f32; i * len],
+            w: vec![0.25f32; o * i],
+            dy: vec![0.125f32; o * len],
+            scale: vec![1.5f32; i],
+            shift: vec![-0.25f32; i],
+            y: vec![0f32; o * len],
+            dw: vec![0f32; o * i],
+            dx: vec![0f32; i * len],
+            mean: vec![0.1f32; i],
+            rstd: vec![1.2f32; i],
+            gamma: vec![0.9f32; i],
+            dgamma: vec![0f32; i],
+            dbeta: vec![0f32; i],
+            pending: vec![(0f64, 0f64); i],
+        }
+    }
+
+    /// FLOPs of the product of one forward (multiply-adds ×2; the BN-ReLU is not
+    /// counted); a backward's two products (dW, dA) do twice as many.
+    fn flops(&self) -> f64 {
+        2.0 * (self.o * self.i * self.len) as f64
+    }
+
+    /// `fused::forward`; `no_alloc` as in training (the direct kernel at every width).
+    fn forward(&mut self, no_alloc: bool) {
+        let bn = BnRelu {
+            scale: &self.scale,
+            shift: &self.shift,
+        };
+        fused::forward(
+            &mut self.y,
+            &self.x,
+            &self.w,
+            bn,
+            self.o,
+            self.len,
+            no_alloc,
+        );
+    }
+
+    /// `fused::backward` (dW, dA and the BN-ReLU backward) and its pending part of dX.
+    fn backward(&mut self) {
+        let bn = BnRelu {
+            scale: &self.scale,
+            shift: &self.shift,
+        };
+        let g = fused::Grads {
+            dx: &mut self.dx,
+            dw: &mut self.dw,
+            dgamma: &mut self.dgamma,
+            dbeta: &mut self.dbeta,
+            pending: &mut self.pending,
+        };
+        let st = fused::BatchStats {
+            mean: &self.mean,
+            rstd: &self.rstd,
+            gamma: &self.gamma,
+        };
+        fused::backward(g, &self.dy, &self.x, &self.w, bn, st, self.o, self.len);
+        norm::apply_pending(
+            &mut self.dx,
+            &self.x,
+            &self.mean,
+            &mut self.pending,
+            self.len,
+        );
     }
 }
 
@@ -252,30 +427,19 @@ fn fused_shapes() {
         ("BC100 transition o108 i216", 108, 216, 65536),
         ("121 bottleneck o128 i512", 128, 512, 12544),
     ] {
-        let x = vec![0.5f32; i * len];
-        let w = vec![0.25f32; o * i];
-        let dy = vec![0.125f32; o * len];
-        let (scale, shift) = (vec![1.5f32; i], vec![-0.25f32; i]);
-        let bn = BnRelu {
-            scale: &scale,
-            shift: &shift,
-        };
-        let mut y = vec![0f32; o * len];
+        let mut c = FusedCase::new(o, i, len);
+        // the unfused path's BN-ReLU output and its gradient
         let mut a = vec![0f32; i * len];
-        let mut dw = vec![0f32; o * i];
-        let (mut dx, mut da) = (vec![0f32; i * len], vec![0f32; i * len]);
-        let (mean, rstd, gamma) = (vec![0.1f32; i], vec![1.2f32; i], vec![0.9f32; i]);
-        let (mut dg, mut db) = (vec![0f32; i], vec![0f32; i]);
-        let mut pending = vec![(0f64, 0f64); i];
+        let mut da = vec![0f32; i * len];
         let mut best = [f64::MAX; 4];
         pool.install(|| {
             for _ in 0..4 {
                 for (v, b) in best.iter_mut().enumerate() {
                     let t = Instant::now();
                     match v {
-                        0 => fused::forward(&mut y, &x, &w, bn, o, len, false),
+                        0 => c.forward(false),
                         1 => {
-                            norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
+                            norm::bn_relu_forward(&mut a, &c.x, &c.scale, &c.shift, len);
                             let s = ConvShape {
                                 n: 1,
                                 cin: i,
@@ -286,34 +450,19 @@ fn fused_shapes() {
                                 stride: 1,
                                 pad: 0,
                             };
-                            conv::conv_forward(&mut y, &a, &w, &s, &mut []);
+                            conv::conv_forward(&mut c.y, &a, &c.w, &s, &mut []);
                         }
-                        2 => {
-                            let g = fused::Grads {
-                                dx: &mut dx,
-                                dw: &mut dw,
-                                dgamma: &mut dg,
-                                dbeta: &mut db,
-                                pending: &mut pending,
-                            };
-                            let st = fused::BatchStats {
-                                mean: &mean,
-                                rstd: &rstd,
-                                gamma: &gamma,
-                            };
-                            fused::backward(g, &dy, &x, &w, bn, st, o, len);
-                            norm::apply_pending(&mut dx, &x, &mean, &mut pending, len);
-                        }
+                        2 => c.backward(),
                         _ => {
-                            norm::bn_relu_forward(&mut a, &x, &scale, &shift, len);
+                            norm::bn_relu_forward(&mut a, &c.x, &c.scale, &c.shift, len);
                             sgemm(
                                 o,
                                 i,
                                 len,
-                                &mut dw,
+                                &mut c.dw,
                                 i,
                                 true,
-                                Mat::n(&dy, len),
+                                Mat::n(&c.dy, len),
                                 Mat::t(&a, len),
                             );
                             sgemm(
@@ -323,20 +472,20 @@ fn fused_shapes() {
                                 &mut da,
                                 len,
                                 false,
-                                Mat::t(&w, i),
-                                Mat::n(&dy, len),
+                                Mat::t(&c.w, i),
+                                Mat::n(&c.dy, len),
                             );
                             norm::bn_relu_backward(
-                                &mut dx,
-                                &mut dg,
-                                &mut db,
+                                &mut c.dx,
+                                &mut c.dgamma,
+                                &mut c.dbeta,
                                 norm::OutGrad::Dense(&da),
-                                &x,
-                                &mean,
-                                &rstd,
-                                &scale,
-                                &shift,
-                                &gamma,
+                                &c.x,
+                                &c.mean,
+                                &c.rstd,
+                                &c.scale,
+                                &c.shift,
+                                &c.gamma,
                                 len,
                             );
                         }
@@ -345,7 +494,7 @@ fn fused_shapes() {
                 }
             }
         });
-        let g = |t: f64, passes: f64| passes * 2.0 * (o * i * len) as f64 / t / 1e9;
+        let g = |t: f64, passes: f64| passes * c.flops() / t / 1e9;
         println!(
             "{what:28} fwd fused {:6.1} unfused {:6.1}   bwd fused {:6.1} unfused {:6.1} GFLOP/s",
             g(best[0], 1.0),
@@ -371,17 +520,160 @@ fn pointwise_hot_vs_cold() {
         let w = vec![0.25f32; o * i];
         let mut y = vec![0f32; o * len];
         let reps = (65536 / len).max(1);
-        let mut best = f64::MAX;
-        pool.install(|| {
-            for _ in 0..6 {
-                let t = Instant::now();
+        let best = pool.install(|| {
+            best_secs(0, 6, || {
                 for _ in 0..reps {
                     pointwise(&mut y, &x, &w, o, i, len, false);
                 }
-                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
-            }
-        });
+            })
+        }) / reps as f64;
         let rate = 2.0 * (o * i * len) as f64 / best / 1e9;
         println!("pointwise o{o} i{i} len{len}: {rate:6.1} GFLOP/s");
+    }
+}
+
+/// One convolution of `efficiency`: which network, and the fused BN-ReLU + 1×1 or the
+/// direct 3×3 on one shape (`n` samples of `h`×`h`).
+struct EffCase {
+    /// `121` (densenet121, batch 16, 224×224) or `BC100` (DenseNet-BC-100-12, batch 64,
+    /// 32×32).
+    model: &'static str,
+    /// `1x1` (a dense layer's bottleneck), `3x3` or `trans 1x1` (a transition).
+    kind: &'static str,
+    n: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+}
+
+/// The main convolution shapes of a densenet121 (batch 16, 224×224) and a
+/// DenseNet-BC-100-12 (batch 64, 32×32) training step. densenet121's bottlenecks read
+/// 64 + 32·l channels at layer l of block 1 (56×56, 6 layers), 128 + 32·l in block 2
+/// (28×28, 12), 256 + 32·l in block 3 (14×14, 24) and 512 + 32·l in block 4 (7×7, 16):
+/// the middle layer of each stands for its block.
+fn efficiency_cases() -> Vec<EffCase> {
+    let c = |model, kind, n, cin, cout, h| EffCase {
+        model,
+        kind,
+        n,
+        cin,
+        cout,
+        h,
+    };
+    let mut cases = vec![];
+    for (cin, h) in [
+        (64 + 32 * 3, 56),
+        (128 + 32 * 6, 28),
+        (256 + 32 * 12, 14),
+        (512 + 32 * 8, 7),
+    ] {
+        cases.push(c("121", "1x1", 16, cin, 128, h));
+    }
+    for h in [56, 28, 14, 7] {
+        cases.push(c("121", "3x3", 16, 128, 32, h));
+    }
+    cases.push(c("121", "trans 1x1", 16, 256, 128, 56));
+    // BC-100-12: bottleneck at the end of block 1 (24 + 16·12 inputs), 4k → k 3×3
+    cases.push(c("BC100", "1x1", 64, 216, 48, 32));
+    cases.push(c("BC100", "3x3", 64, 48, 12, 32));
+    cases
+}
+
+/// Floats that `efficiency` time at full repetitions: a case larger (inputs + outputs per
+/// pass) is timed fewer times, to keep the benchmark near a minute on 2 cores.
+const EFF_BIG: usize = 8 << 20;
+
+/// GFLOP/s of each kernel on the main shapes of densenet121 and DenseNet-BC-100-12, forward
+/// and backward (input + weight gradients), at 1 and 2 threads, as a fraction of this
+/// machine's FP32 peak ([`densenet::kernels::peak`]). The 1×1 rows time the fused
+/// BN-ReLU + 1×1 that training runs (`fused::forward` with `no_alloc`, `fused::backward`
+/// with its pending dX) and the 3×3 rows the direct kernel with its BN-ReLU input, as a
+/// dense layer's `conv2`; only the products' FLOPs count (2 per multiply-add, twice that
+/// for a backward). Best of 5 after one warm-up (3 for big shapes). With `JSON=1`, one
+/// JSON object per kernel, shape and thread count instead of text.
+fn efficiency() {
+    let table = kernels::active().name;
+    let json = json();
+    let cpu = cpu_model();
+    // one pool and one peak per thread count
+    let pools: Vec<_> = [1, 2].map(|t| (peak(t, table), pool(t))).into();
+    for (p, _) in &pools {
+        note(&format!(
+            "peak {}t: {:.1} GFLOP/s = {} threads x {} FMA units x {} lanes x 2 x {:.3} GHz ({})",
+            p.threads,
+            p.gflops(),
+            p.threads,
+            p.fma_units,
+            p.lanes,
+            p.ghz,
+            p.ghz_source
+        ));
+    }
+    for case in efficiency_cases() {
+        let EffCase {
+            model,
+            kind,
+            n,
+            cin,
+            cout,
+            h,
+        } = case;
+        let shape = format!("i{cin} o{cout} {h}x{h} n{n}");
+        let len = n * h * h;
+        let reps = if (cin + cout) * len > EFF_BIG { 3 } else { 5 };
+        // (seconds forward, seconds backward) per pool of `run(backward)`
+        let time = |run: &mut (dyn FnMut(bool) + Send)| -> Vec<(f64, f64)> {
+            let mut one = |pool: &rayon::ThreadPool| {
+                pool.install(|| {
+                    let f = best_secs(1, reps, || run(false));
+                    (f, best_secs(1, reps, || run(true)))
+                })
+            };
+            pools.iter().map(|(_, pool)| one(pool)).collect()
+        };
+        // and the FLOPs of one forward
+        let (times, flops) = if kind == "3x3" {
+            let s = conv3x3_shape(n, cin, cout, h);
+            if !conv3x3::applies_data(&s) {
+                note(&format!(
+                    "{model} {kind} {shape}: no direct kernel in this table"
+                ));
+                continue;
+            }
+            // scratch as a training plan sizes it: 4 Mi floats of im2col columns
+            let chunk = ((4 << 20) / s.col_per_sample()).max(1);
+            let mut c = Conv3x3Case::new(s, chunk, true);
+            let times = time(&mut |bwd| if bwd { c.backward() } else { c.forward() });
+            (times, c.flops())
+        } else {
+            let mut c = FusedCase::new(cout, cin, len);
+            let times = time(&mut |bwd| if bwd { c.backward() } else { c.forward(true) });
+            (times, c.flops())
+        };
+        for (dir, passes) in [("fwd", 1.0), ("bwd", 2.0)] {
+            let mut text = format!("{model:5} {kind:9} {dir} {shape:22}");
+            for ((p, _), &(f, b)) in pools.iter().zip(&times) {
+                let (t, secs) = (p.threads, if dir == "fwd" { f } else { b });
+                let gflops = passes * flops / secs / 1e9;
+                let frac = gflops / p.gflops();
+                if json {
+                    let row = serde_json::json!({
+                        "kernel": format!("{kind} {dir}"),
+                        "shape": format!("{model} {shape}"),
+                        "threads": t,
+                        "gflops": (gflops * 100.0).round() / 100.0,
+                        "peak_fraction": (frac * 1000.0).round() / 1000.0,
+                        "cpu": cpu,
+                        "kernels": table,
+                    });
+                    println!("{row}");
+                } else {
+                    text += &format!("  {t}t {gflops:6.1} ({:3.0}%)", frac * 100.0);
+                }
+            }
+            if !json {
+                println!("{text}");
+            }
+        }
     }
 }

@@ -29,6 +29,7 @@ pub mod conv3x3;
 pub mod correlate;
 pub mod gemm;
 pub mod norm;
+pub mod peak;
 pub(crate) mod simd;
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -1,0 +1,162 @@
+//! The FP32 peak of this machine, for stating a kernel's rate as a fraction of what the
+//! cores could do at most: `threads × FMA units × lanes × 2 FLOPs × GHz`.
+//!
+//! The clock is the best figure the OS gives without privileges, in this order: the
+//! cpufreq driver's maximum (`/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq`), the
+//! largest `cpu MHz` of `/proc/cpuinfo`, the `@ 2.40GHz` of its `model name`, else 3 GHz.
+//! Virtual machines often have no cpufreq directory and report the nominal clock as
+//! `cpu MHz`; a core that boosts above it can then show more than 100% of "peak".
+
+/// The FP32 peak of `threads` cores, with the figures it is made of.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Peak {
+    /// Cores (threads) counted.
+    pub threads: usize,
+    /// f32 lanes per vector instruction of the kernels table.
+    pub lanes: usize,
+    /// Multiply-add instructions a core issues per cycle.
+    pub fma_units: usize,
+    /// Clock, GHz.
+    pub ghz: f64,
+    /// Where [`Peak::ghz`] came from: `cpufreq`, `cpu MHz`, `model name` or `default`.
+    pub ghz_source: &'static str,
+}
+
+impl Peak {
+    /// GFLOP/s at most: `threads × fma_units × lanes × 2 × ghz` (a multiply-add is 2 FLOPs).
+    pub fn gflops(&self) -> f64 {
+        (self.threads * self.fma_units * self.lanes * 2) as f64 * self.ghz
+    }
+}
+
+/// f32 lanes of a kernels table's vectors ([`super::Kernels::name`]): `avx512` 16, `avx2`
+/// 8, anything else 4. The portable table is compiled for baseline x86-64, whose 128-bit
+/// SSE has no FMA: its peak counts one 4-lane multiply plus one 4-lane add per cycle (see
+/// `fma_units_of`). Its convolutions go through the `gemm` crate, which picks AVX2 or
+/// AVX-512 micro-kernels itself, so they can show more than 100% of that peak.
+pub fn lanes_of(table_name: &str) -> usize {
+    match table_name {
+        "avx512" => 16,
+        "avx2" => 8,
+        _ => 4,
+    }
+}
+
+/// FMA instructions per cycle for a kernels table: 2 for `avx2` and `avx512`, 1 for the
+/// rest (portable: one SSE multiply and one add, a multiply-add's worth). An assumption, not a measurement: every x86 core we run on (AMD Zen 3, Intel
+/// Sapphire Rapids) has two 256-bit (Zen 3) or 512-bit (Sapphire Rapids) FMA pipes.
+fn fma_units_of(table_name: &str) -> usize {
+    match table_name {
+        "avx2" | "avx512" => 2,
+        _ => 1,
+    }
+}
+
+/// The FP32 peak of `threads` cores running the kernels table `table_name` (see the
+/// module documentation for where the clock comes from).
+pub fn peak(threads: usize, table_name: &str) -> Peak {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
+    let (ghz, ghz_source) = read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+        .and_then(|s| ghz_of_khz(&s))
+        .map(|g| (g, "cpufreq"))
+        .or_else(|| max_cpu_mhz(&cpuinfo).map(|mhz| (mhz / 1000.0, "cpu MHz")))
+        .or_else(|| model_name_ghz(&cpuinfo).map(|g| (g, "model name")))
+        .unwrap_or((3.0, "default"));
+    Peak {
+        threads,
+        lanes: lanes_of(table_name),
+        fma_units: fma_units_of(table_name),
+        ghz,
+        ghz_source,
+    }
+}
+
+/// GHz of a `cpuinfo_max_freq` file (kHz, one integer); `None` unless positive.
+fn ghz_of_khz(text: &str) -> Option<f64> {
+    let khz: f64 = text.trim().parse().ok()?;
+    (khz > 0.0).then_some(khz / 1e6)
+}
+
+/// The largest `cpu MHz` value of a `/proc/cpuinfo` text (one line per logical CPU).
+fn max_cpu_mhz(cpuinfo: &str) -> Option<f64> {
+    cpuinfo
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim() == "cpu MHz")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .filter(|&mhz| mhz > 0.0)
+        .reduce(f64::max)
+}
+
+/// The clock in the first `model name` of a `/proc/cpuinfo` text, as Intel writes it:
+/// `Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz` gives 2.4. `None` without `GHz` there
+/// (AMD names carry no clock).
+fn model_name_ghz(cpuinfo: &str) -> Option<f64> {
+    let (_, name) = cpuinfo
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "model name")?;
+    let before = &name[..name.find("GHz")?];
+    // the number right before "GHz" (after "@ " on Intel's names)
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or(0, |i| i + 1);
+    let ghz: f64 = before[start..].parse().ok()?;
+    (ghz > 0.0).then_some(ghz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTEL: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\n\
+        model name\t: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz\ncpu MHz\t\t: 1200.000\n\n\
+        processor\t: 1\nmodel name\t: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz\n\
+        cpu MHz\t\t: 3300.125\n";
+    const AMD: &str = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n";
+
+    #[test]
+    fn khz_file() {
+        assert_eq!(ghz_of_khz("3500000\n"), Some(3.5));
+        assert_eq!(ghz_of_khz(""), None);
+        assert_eq!(ghz_of_khz("0"), None);
+        assert_eq!(ghz_of_khz("fast"), None);
+    }
+
+    #[test]
+    fn cpu_mhz_takes_the_largest() {
+        assert_eq!(max_cpu_mhz(INTEL), Some(3300.125));
+        assert_eq!(max_cpu_mhz("cpu MHz\t\t: 2445.404\n"), Some(2445.404));
+        assert_eq!(max_cpu_mhz(AMD), None);
+        assert_eq!(max_cpu_mhz(""), None);
+    }
+
+    #[test]
+    fn model_name_clock() {
+        assert_eq!(model_name_ghz(INTEL), Some(2.4));
+        assert_eq!(model_name_ghz("model name\t: Some CPU @ 3GHz\n"), Some(3.0));
+        assert_eq!(model_name_ghz(AMD), None);
+        assert_eq!(model_name_ghz("model name\t: Odd GHz chip\n"), None);
+        assert_eq!(model_name_ghz(""), None);
+    }
+
+    #[test]
+    fn peak_arithmetic() {
+        let p = Peak {
+            threads: 2,
+            lanes: lanes_of("avx2"),
+            fma_units: fma_units_of("avx2"),
+            ghz: 2.5,
+            ghz_source: "cpu MHz",
+        };
+        // 2 threads × 2 FMA × 8 lanes × 2 FLOPs × 2.5 GHz
+        assert_eq!(p.gflops(), 160.0);
+        assert_eq!(lanes_of("avx512"), 16);
+        assert_eq!(lanes_of("portable"), 4);
+        assert_eq!(fma_units_of("portable"), 1);
+        let q = peak(3, "portable");
+        assert_eq!((q.threads, q.lanes, q.fma_units), (3, 4, 1));
+        assert!(q.ghz > 0.0);
+    }
+}
