@@ -72,7 +72,7 @@ pub fn pointwise_with<F>(
         .direct
         .expect("pointwise: no direct kernels in this table");
     with_packed(w, o_n, i_n, 1, flip, |wp| {
-        let tile = tile_len(i_n);
+        let tile = tile_len(i_n, direct.block);
         let tiles = len.div_ceil(tile);
         let sp = Span {
             ld: len,
@@ -85,13 +85,13 @@ pub fn pointwise_with<F>(
         let work = |t: usize| {
             let a = t * tile;
             let b = (a + tile).min(len);
-            // rows 64 bytes apart times an odd number (tile is a multiple of 32 floats):
-            // aligned for AVX-512 loads, and not 2^k apart (which would map a channel
-            // group to one L1 set)
-            let ild = tile + 16;
+            // rows a vector's width apart times an odd number (tile is a multiple of two
+            // vectors): aligned for the kernel's loads, and not 2^k apart (which would
+            // map a channel group to one L1 set)
+            let ild = tile + direct.block / 2;
             with_scratch(&PACK, i_n * ild + 16, |buf| {
-                // rows start on 64-byte lines (ild·4 is a multiple of 32 and the start is
-                // aligned), so no 32-byte load of the kernel straddles two cache lines
+                // rows start on 64-byte lines (ild·4 is a multiple of the vector width and
+                // the start is aligned), so no load of the kernel straddles two lines
                 let skip = buf.as_ptr().align_offset(64).min(15);
                 let buf = &mut buf[skip..][..i_n * ild];
                 fill(buf, ild, a, b);

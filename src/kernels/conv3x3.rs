@@ -214,7 +214,7 @@ fn correlate(
     if sp.p1 <= sp.p0 {
         return;
     }
-    let tile = tile_len(i_n);
+    let tile = tile_len(i_n, direct.block);
     let tiles = (sp.p1 - sp.p0).div_ceil(tile);
     let big = o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17;
     // Fewer tiles than threads (batch 1 at 14×14 and 7×7: one tile): the output rows are

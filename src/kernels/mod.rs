@@ -135,6 +135,9 @@ pub const DIRECT_1X1_MAX_OUTPUTS: usize = 48;
 /// holds them is only handed out on a CPU that runs them.
 #[derive(Clone, Copy)]
 pub struct Direct {
+    /// Positions of one register block of the correlate kernel (two vectors: 16 for AVX2,
+    /// 32 for AVX-512); parallel tiles are multiples of it.
+    pub block: usize,
     /// The correlate kernel ([`correlate`]) with the 9 taps of a 3×3 window.
     pub correlate9: correlate::CorrelateFn,
     /// The correlate kernel with one tap (a 1×1 convolution).
@@ -202,6 +205,7 @@ static AVX2: Kernels = Kernels {
     masked_update: norm::avx2::masked_update::<true>,
     masked_assign: norm::avx2::masked_update::<false>,
     direct: Some(Direct {
+        block: 16,
         correlate9: correlate::correlate_avx2::<9>,
         correlate1: correlate::correlate_avx2::<1>,
         weight_grad3x3: conv3x3::weight_grad_avx2,
@@ -222,6 +226,7 @@ static AVX512: Kernels = Kernels {
     masked_update: norm::avx512::masked_update::<true>,
     masked_assign: norm::avx512::masked_update::<false>,
     direct: Some(Direct {
+        block: 32,
         correlate9: correlate::correlate_avx512::<9>,
         correlate1: correlate::correlate_avx512::<1>,
         weight_grad3x3: conv3x3::weight_grad_avx512,
