@@ -5,7 +5,7 @@
 //! back to the `gemm` crate elsewhere.
 
 use super::active;
-use super::correlate::{tile_len, with_packed, Span, OB, OB6, PB};
+use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, OB6, PB};
 use super::simd::F32x;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
@@ -74,6 +74,10 @@ pub fn pointwise_with<F>(
     with_packed(w, o_n, i_n, 1, flip, |wp| {
         let tile = tile_len(i_n, direct.block);
         let tiles = len.div_ceil(tile);
+        let big = o_n * i_n * len >= 1 << 17;
+        // fewer tiles than threads (batch 1 at 14×14 and 7×7): each part of the output
+        // rows is a task of its own, which forms the tile's input itself
+        let parts = row_parts(tiles, big);
         let sp = Span {
             ld: len,
             base: 0,
@@ -82,7 +86,8 @@ pub fn pointwise_with<F>(
             overrun: false,
         };
         let optr = SyncPtr(out.as_mut_ptr());
-        let work = |t: usize| {
+        let work = |j: usize| {
+            let (t, part) = (j / parts, j % parts);
             let a = t * tile;
             let b = (a + tile).min(len);
             // rows a vector's width apart times an odd number (tile is a multiple of two
@@ -97,18 +102,36 @@ pub fn pointwise_with<F>(
                 fill(buf, ild, a, b);
                 // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
                 let ibp = buf.as_ptr().wrapping_sub(a);
-                // SAFETY: positions a..b of each output row are written by this task only;
-                // `out` holds o_n rows of len; the tile buffer holds i_n rows of ild ≥ b − a;
-                // the table that holds the kernel runs on this CPU.
-                unsafe { (direct.correlate1)(optr.get(), ibp, ild, wp, o_n, i_n, &[0], sp, a, b) }
+                let (r0, r1) = part_rows(o_n, parts, part);
+                for_row_runs(o_n, r0, r1, |r0, r1| {
+                    let w = &wp[r0 * i_n..r1 * i_n];
+                    // SAFETY: positions a..b of output rows r0..r1 are written by this
+                    // task only; `out` holds o_n rows of len; the tile buffer holds i_n
+                    // rows of ild ≥ b − a; the table that holds the kernel runs on this CPU.
+                    unsafe {
+                        let o = optr.get().add(r0 * len);
+                        (direct.correlate1)(o, ibp, ild, w, r1 - r0, i_n, &[0], sp, a, b)
+                    }
+                })
             })
         };
-        if tiles > 1 && o_n * i_n * len >= 1 << 17 {
-            (0..tiles).into_par_iter().for_each(work);
+        if tiles * parts > 1 && big {
+            (0..tiles * parts).into_par_iter().for_each(work);
         } else {
-            (0..tiles).for_each(work);
+            (0..tiles * parts).for_each(work);
         }
     })
+}
+
+/// Parts the output rows of a direct convolution are split into: one, unless it is
+/// `big` enough for threads and has fewer position tiles than there are threads.
+pub(crate) fn row_parts(tiles: usize, big: bool) -> usize {
+    let threads = rayon::current_num_threads();
+    if big && tiles < threads {
+        threads.div_ceil(tiles.max(1))
+    } else {
+        1
+    }
 }
 
 /// `out[o][q] = Σ_i wp[o][i]·inp[i][q]` for q in `0..n`: the 1×1 kernel on one tile already

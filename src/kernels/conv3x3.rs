@@ -28,6 +28,7 @@
 //! channels × 3 taps for [`weight_grad`] (7 loads per 12 FMAs). Each kernel is one source
 //! over the vector type of [`super::simd`], compiled for AVX2 and for AVX-512.
 
+use super::conv1x1::row_parts;
 use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, PB};
 use super::simd::F32x;
 #[cfg(target_arch = "x86_64")]
@@ -219,12 +220,7 @@ fn correlate(
     let big = o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17;
     // Fewer tiles than threads (batch 1 at 14×14 and 7×7: one tile): the output rows are
     // split too, so that every core has work.
-    let threads = rayon::current_num_threads();
-    let parts = if big && tiles < threads {
-        threads.div_ceil(tiles)
-    } else {
-        1
-    };
+    let parts = row_parts(tiles, big);
     let optr = SyncPtr(out.as_mut_ptr());
     let work = |j: usize| {
         let (t, part) = (j / parts, j % parts);

@@ -69,6 +69,14 @@ pub fn forward(
     let tile = tile_len(i_n);
     let tiles = len.div_ceil(tile);
     let yp = SyncPtr(y.as_mut_ptr());
+    // Fewer tiles than threads (batch 1 at 14×14 and 7×7: one tile): the GEMM itself
+    // spreads each tile over the threads.
+    let threads = rayon::current_num_threads();
+    let inner = if tiles < threads && o_n * i_n * len >= 1 << 18 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     let work = |t: usize| {
         let (a, b) = (t * tile, ((t + 1) * tile).min(len));
         with_scratch(&TILE, i_n * tile, |buf| {
@@ -85,7 +93,7 @@ pub fn forward(
                     false,
                     Mat::n(w, i_n),
                     Mat::n(buf, tile),
-                    Parallelism::None,
+                    inner,
                 )
             }
         })
