@@ -6,9 +6,7 @@
 
 use super::active;
 use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, OB6, PB};
-use super::simd::F32x;
-#[cfg(target_arch = "x86_64")]
-use super::simd::{Avx2, Avx512};
+use super::simd::{table_entries, F32x};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -290,14 +288,7 @@ unsafe fn dot_tile_rows<V: F32x>(
     }
 }
 
-/// [`dot_tile`] in AVX2+FMA (an entry of the `avx2` table).
-///
-/// # Safety
-/// As [`dot_tile`], and AVX2 and FMA must be available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn dot_tile_avx2(
+table_entries!(dot_tile_rows => dot_tile_avx2, dot_tile_avx512 (
     dw: *mut f32,
     dw_ld: usize,
     dy: &[f32],
@@ -307,30 +298,7 @@ pub(crate) unsafe fn dot_tile_avx2(
     o_n: usize,
     i_n: usize,
     n: usize,
-) {
-    dot_tile_rows::<Avx2>(dw, dw_ld, dy, dy_ld, a, a_ld, o_n, i_n, n)
-}
-
-/// [`dot_tile`] in AVX-512F (an entry of the `avx512` table).
-///
-/// # Safety
-/// As [`dot_tile`], and AVX-512F, AVX2 and FMA must be available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn dot_tile_avx512(
-    dw: *mut f32,
-    dw_ld: usize,
-    dy: &[f32],
-    dy_ld: usize,
-    a: &[f32],
-    a_ld: usize,
-    o_n: usize,
-    i_n: usize,
-    n: usize,
-) {
-    dot_tile_rows::<Avx512>(dw, dw_ld, dy, dy_ld, a, a_ld, o_n, i_n, n)
-}
+));
 
 #[cfg(test)]
 mod tests {

@@ -30,9 +30,7 @@
 
 use super::conv1x1::row_parts;
 use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, PB};
-use super::simd::F32x;
-#[cfg(target_arch = "x86_64")]
-use super::simd::{Avx2, Avx512};
+use super::simd::{table_entries, F32x};
 use super::{active, BnRelu, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
@@ -339,39 +337,14 @@ unsafe fn weight_grad_rows<V: F32x>(
     }
 }
 
-/// [`weight_grad_rows`] in AVX2+FMA (an entry of the `avx2` table).
-///
-/// # Safety
-/// As [`weight_grad_rows`]; AVX2 and FMA must be available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn weight_grad_avx2(
+table_entries!(weight_grad_rows => weight_grad_avx2, weight_grad_avx512 (
     out: &mut [[f32; 9]],
     dy: &[f32],
     x: &[f32],
     o_n: usize,
     p: Padded,
     offs: &[isize; 9],
-) {
-    weight_grad_rows::<Avx2>(out, dy, x, o_n, p, offs)
-}
-
-/// [`weight_grad_rows`] in AVX-512F (an entry of the `avx512` table).
-///
-/// # Safety
-/// As [`weight_grad_rows`]; AVX-512F, AVX2 and FMA must be available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn weight_grad_avx512(
-    out: &mut [[f32; 9]],
-    dy: &[f32],
-    x: &[f32],
-    o_n: usize,
-    p: Padded,
-    offs: &[isize; 9],
-) {
-    weight_grad_rows::<Avx512>(out, dy, x, o_n, p, offs)
-}
+));
 
 /// Forward: `y[Cout][N·H·W] = conv3×3(x)`, chunked over samples through `col`; with `bn`,
 /// of `relu(x·scale + shift)` instead (see [`pad`]).

@@ -10,9 +10,7 @@
 //! (blocks of 16 positions) and AVX-512 (32); the `portable` table has none, and
 //! convolutions then take im2col + GEMM.
 
-use super::simd::F32x;
-#[cfg(target_arch = "x86_64")]
-use super::simd::{Avx2, Avx512};
+use super::simd::{table_entries, F32x};
 use crate::util::par::with_scratch;
 
 /// Signature of [`correlate_avx2`] and [`correlate_avx512`] (entries of [`super::Direct`]).
@@ -333,14 +331,7 @@ unsafe fn channel<V: F32x, const TAPS: usize, const R: usize, const NV: usize>(
     }
 }
 
-/// [`correlate_rows`] compiled for AVX2+FMA (an entry of the `avx2` table).
-///
-/// # Safety
-/// As [`correlate_rows`]; the CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn correlate_avx2<const TAPS: usize>(
+table_entries!(correlate_rows<const TAPS: usize> => correlate_avx2, correlate_avx512 (
     out: *mut f32,
     ib: *const f32,
     ild: usize,
@@ -351,31 +342,7 @@ pub(crate) unsafe fn correlate_avx2<const TAPS: usize>(
     sp: Span,
     a: usize,
     b: usize,
-) {
-    correlate_rows::<Avx2, TAPS>(out, ib, ild, wp, o_n, i_n, offs, sp, a, b)
-}
-
-/// [`correlate_rows`] compiled for AVX-512F (an entry of the `avx512` table).
-///
-/// # Safety
-/// As [`correlate_rows`]; the CPU must have AVX-512F, AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn correlate_avx512<const TAPS: usize>(
-    out: *mut f32,
-    ib: *const f32,
-    ild: usize,
-    wp: &[f32],
-    o_n: usize,
-    i_n: usize,
-    offs: &[isize],
-    sp: Span,
-    a: usize,
-    b: usize,
-) {
-    correlate_rows::<Avx512, TAPS>(out, ib, ild, wp, o_n, i_n, offs, sp, a, b)
-}
+));
 
 #[cfg(test)]
 mod tests {

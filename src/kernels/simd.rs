@@ -154,3 +154,35 @@ impl F32x for Avx512 {
         Avx2::sums8(h)
     }
 }
+
+/// Defines a generic kernel's two table entries, `$avx2` and `$avx512`: `$generic`
+/// instantiated with [`Avx2`] and [`Avx512`] inside `#[target_feature]` functions of the
+/// given parameters (and const generic, if any), so that it inlines there and its
+/// intrinsics compile for that instruction set.
+macro_rules! table_entries {
+    ($generic:ident $(<const $c:ident: usize>)? => $avx2:ident, $avx512:ident
+        ($($arg:ident: $ty:ty),* $(,)?)) => {
+        #[doc = concat!("[`", stringify!($generic), "`] in AVX2+FMA (an entry of the `avx2` table).")]
+        ///
+        /// # Safety
+        #[doc = concat!("As [`", stringify!($generic), "`]; the CPU must have AVX2 and FMA.")]
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $avx2 $(<const $c: usize>)? ($($arg: $ty),*) {
+            $generic::<$crate::kernels::simd::Avx2 $(, $c)?>($($arg),*)
+        }
+
+        #[doc = concat!("[`", stringify!($generic), "`] in AVX-512F (an entry of the `avx512` table).")]
+        ///
+        /// # Safety
+        #[doc = concat!("As [`", stringify!($generic), "`]; the CPU must have AVX-512F, AVX2 and FMA.")]
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $avx512 $(<const $c: usize>)? ($($arg: $ty),*) {
+            $generic::<$crate::kernels::simd::Avx512 $(, $c)?>($($arg),*)
+        }
+    };
+}
+pub(crate) use table_entries;
