@@ -6,7 +6,7 @@
 
 use super::active;
 use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, OB6, PB};
-use super::simd::{table_entries, F32x};
+use super::simd::{simd_entries, F32x};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -288,7 +288,7 @@ unsafe fn dot_tile_rows<V: F32x>(
     }
 }
 
-table_entries!(dot_tile_rows => dot_tile_avx2, dot_tile_avx512 (
+simd_entries!(dot_tile_rows => dot_tile_avx2, dot_tile_avx512 (
     dw: *mut f32,
     dw_ld: usize,
     dy: &[f32],

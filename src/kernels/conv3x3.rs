@@ -30,7 +30,7 @@
 
 use super::conv1x1::row_parts;
 use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, PB};
-use super::simd::{table_entries, F32x};
+use super::simd::{simd_entries, F32x};
 use super::{active, BnRelu, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
@@ -337,7 +337,7 @@ unsafe fn weight_grad_rows<V: F32x>(
     }
 }
 
-table_entries!(weight_grad_rows => weight_grad_avx2, weight_grad_avx512 (
+simd_entries!(weight_grad_rows => weight_grad_avx2, weight_grad_avx512 (
     out: &mut [[f32; 9]],
     dy: &[f32],
     x: &[f32],

@@ -10,7 +10,7 @@
 //! (blocks of 16 positions) and AVX-512 (32); the `portable` table has none, and
 //! convolutions then take im2col + GEMM.
 
-use super::simd::{table_entries, F32x};
+use super::simd::{simd_entries, F32x};
 use crate::util::par::with_scratch;
 
 /// Signature of [`correlate_avx2`] and [`correlate_avx512`] (entries of [`super::Direct`]).
@@ -331,7 +331,7 @@ unsafe fn channel<V: F32x, const TAPS: usize, const R: usize, const NV: usize>(
     }
 }
 
-table_entries!(correlate_rows<const TAPS: usize> => correlate_avx2, correlate_avx512 (
+simd_entries!(correlate_rows<const TAPS: usize> => correlate_avx2, correlate_avx512 (
     out: *mut f32,
     ib: *const f32,
     ild: usize,

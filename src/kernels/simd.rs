@@ -159,7 +159,7 @@ impl F32x for Avx512 {
 /// instantiated with [`Avx2`] and [`Avx512`] inside `#[target_feature]` functions of the
 /// given parameters (and const generic, if any), so that it inlines there and its
 /// intrinsics compile for that instruction set.
-macro_rules! table_entries {
+macro_rules! simd_entries {
     ($generic:ident $(<const $c:ident: usize>)? => $avx2:ident, $avx512:ident
         ($($arg:ident: $ty:ty),* $(,)?)) => {
         #[doc = concat!("[`", stringify!($generic), "`] in AVX2+FMA (an entry of the `avx2` table).")]
@@ -185,4 +185,4 @@ macro_rules! table_entries {
         }
     };
 }
-pub(crate) use table_entries;
+pub(crate) use simd_entries;
