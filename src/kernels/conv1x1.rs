@@ -5,10 +5,9 @@
 //! back to the `gemm` crate elsewhere.
 
 use super::active;
-use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, OB6, PB};
+use super::correlate::{for_row_runs, for_tiles, tile_len, with_packed, Span, OB, OB6, PB};
 use super::simd::{simd_entries, F32x};
 use crate::util::par::{with_scratch, SyncPtr};
-use rayon::prelude::*;
 
 /// Signature of [`dot_tile_avx2`] and [`dot_tile_avx512`] (entries of [`super::Direct`]).
 pub type DotTileFn = unsafe fn(*mut f32, usize, &[f32], usize, &[f32], usize, usize, usize, usize);
@@ -71,11 +70,7 @@ pub fn pointwise_with<F>(
         .expect("pointwise: no direct kernels in this table");
     with_packed(w, o_n, i_n, 1, flip, |wp| {
         let tile = tile_len(i_n, direct.block);
-        let tiles = len.div_ceil(tile);
         let big = o_n * i_n * len >= 1 << 17;
-        // fewer tiles than threads (batch 1 at 14×14 and 7×7): each part of the output
-        // rows is a task of its own, which forms the tile's input itself
-        let parts = row_parts(tiles, big);
         let sp = Span {
             ld: len,
             base: 0,
@@ -84,10 +79,9 @@ pub fn pointwise_with<F>(
             overrun: false,
         };
         let optr = SyncPtr(out.as_mut_ptr());
-        let work = |j: usize| {
-            let (t, part) = (j / parts, j % parts);
-            let a = t * tile;
-            let b = (a + tile).min(len);
+        // where rows are split (fewer tiles than threads), each part's task forms the
+        // tile's input itself
+        for_tiles(0, len, tile, o_n, big, |a, b, r0, r1| {
             // rows a vector's width apart times an odd number (tile is a multiple of two
             // vectors): aligned for the kernel's loads, and not 2^k apart (which would
             // map a channel group to one L1 set)
@@ -100,7 +94,6 @@ pub fn pointwise_with<F>(
                 fill(buf, ild, a, b);
                 // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
                 let ibp = buf.as_ptr().wrapping_sub(a);
-                let (r0, r1) = part_rows(o_n, parts, part);
                 for_row_runs(o_n, r0, r1, |r0, r1| {
                     let w = &wp[r0 * i_n..r1 * i_n];
                     // SAFETY: positions a..b of output rows r0..r1 are written by this
@@ -112,24 +105,8 @@ pub fn pointwise_with<F>(
                     }
                 })
             })
-        };
-        if tiles * parts > 1 && big {
-            (0..tiles * parts).into_par_iter().for_each(work);
-        } else {
-            (0..tiles * parts).for_each(work);
-        }
+        })
     })
-}
-
-/// Parts the output rows of a direct convolution are split into: one, unless it is
-/// `big` enough for threads and has fewer position tiles than there are threads.
-pub(crate) fn row_parts(tiles: usize, big: bool) -> usize {
-    let threads = rayon::current_num_threads();
-    if big && tiles < threads {
-        threads.div_ceil(tiles.max(1))
-    } else {
-        1
-    }
 }
 
 /// `out[o][q] = Σ_i wp[o][i]·inp[i][q]` for q in `0..n`: the 1×1 kernel on one tile already

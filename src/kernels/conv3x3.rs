@@ -28,8 +28,7 @@
 //! channels × 3 taps for [`weight_grad`] (7 loads per 12 FMAs). Each kernel is one source
 //! over the vector type of [`super::simd`], compiled for AVX2 and for AVX-512.
 
-use super::conv1x1::row_parts;
-use super::correlate::{for_row_runs, part_rows, tile_len, with_packed, Span, OB, PB};
+use super::correlate::{for_row_runs, for_tiles, tile_len, with_packed, Span, OB, PB};
 use super::simd::{simd_entries, F32x};
 use super::{active, BnRelu, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
@@ -214,17 +213,9 @@ fn correlate(
         return;
     }
     let tile = tile_len(i_n, direct.block);
-    let tiles = (sp.p1 - sp.p0).div_ceil(tile);
     let big = o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17;
-    // Fewer tiles than threads (batch 1 at 14×14 and 7×7: one tile): the output rows are
-    // split too, so that every core has work.
-    let parts = row_parts(tiles, big);
     let optr = SyncPtr(out.as_mut_ptr());
-    let work = |j: usize| {
-        let (t, part) = (j / parts, j % parts);
-        let a = sp.p0 + t * tile;
-        let b = (a + tile).min(sp.p1);
-        let (r0, r1) = part_rows(o_n, parts, part);
+    for_tiles(sp.p0, sp.p1, tile, o_n, big, |a, b, r0, r1| {
         for_row_runs(o_n, r0, r1, |r0, r1| {
             let w = &wp[r0 * i_n * 9..r1 * i_n * 9];
             // SAFETY: positions a..b of output rows r0..r1 are written by this task only
@@ -235,13 +226,8 @@ fn correlate(
                 let o = optr.get().add(r0 * sp.ld);
                 (direct.correlate9)(o, ib, sp.ld, w, r1 - r0, i_n, offs, sp, a, b)
             }
-        });
-    };
-    if tiles * parts > 1 && big {
-        (0..tiles * parts).into_par_iter().for_each(work);
-    } else {
-        (0..tiles * parts).for_each(work);
-    }
+        })
+    });
 }
 
 /// `dw[o][i][t] += Σ_p dy[o][p] · x[i][p + off_t]` over the chunk's positions (`dy` is

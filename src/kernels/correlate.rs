@@ -12,6 +12,7 @@
 
 use super::simd::{simd_entries, F32x};
 use crate::util::par::with_scratch;
+use rayon::prelude::*;
 
 /// Signature of [`correlate_avx2`] and [`correlate_avx512`] (entries of [`super::Direct`]).
 pub type CorrelateFn =
@@ -57,6 +58,33 @@ pub(crate) fn part_rows(o_n: usize, parts: usize, k: usize) -> (usize, usize) {
         best
     };
     (cut(o_n * k / parts), cut(o_n * (k + 1) / parts))
+}
+
+/// Calls `work(a, b, r0, r1)` for every tile `a..b` (of `tile` positions) of positions
+/// `p0..p1` and part `r0..r1` of the `o_n` output rows, in parallel where `big`. The rows
+/// are split ([`part_rows`]) only where there are fewer tiles than threads (batch 1 at
+/// 14×14 and 7×7: one tile), so that every core has work.
+pub(crate) fn for_tiles<F>(p0: usize, p1: usize, tile: usize, o_n: usize, big: bool, work: F)
+where
+    F: Fn(usize, usize, usize, usize) + Sync,
+{
+    let tiles = (p1 - p0).div_ceil(tile);
+    let threads = rayon::current_num_threads();
+    let parts = if big && tiles < threads {
+        threads.div_ceil(tiles.max(1))
+    } else {
+        1
+    };
+    let task = |j: usize| {
+        let a = p0 + j / parts * tile;
+        let (r0, r1) = part_rows(o_n, parts, j % parts);
+        work(a, (a + tile).min(p1), r0, r1)
+    };
+    if tiles * parts > 1 && big {
+        (0..tiles * parts).into_par_iter().for_each(task);
+    } else {
+        (0..tiles * parts).for_each(task);
+    }
 }
 
 /// Calls `f(r0, r1)` for the runs of rows `r0..r1` (from [`part_rows`]) that a direct
@@ -222,7 +250,7 @@ unsafe fn correlate_part<V: F32x, const TAPS: usize, const R: usize>(
     } else {
         a + (b - a) / (2 * l) * (2 * l)
     };
-    let full1 = full2.max(full2 + (b.saturating_sub(full2)) / l * l);
+    let full1 = full2 + b.saturating_sub(full2) / l * l;
     let mut q = a;
     while q < full1 {
         let two = q + 2 * l <= full2 || (sp.overrun && q < b);
