@@ -220,8 +220,9 @@ static AVX512: Kernels = Kernels {
     name: "avx512",
     row_stats: norm::avx512::row_stats,
     affine_relu: norm::avx512::affine_relu,
-    masked_sums: norm::avx512::masked_sums,
-    masked_sums_axpy: norm::avx512::masked_sums_axpy,
+    // the AVX2 body: see `norm::table_entries`
+    masked_sums: norm::avx2::masked_sums,
+    masked_sums_axpy: norm::avx2::masked_sums_axpy,
     centred_update: norm::avx512::centred_update,
     masked_update: norm::avx512::masked_update::<true>,
     masked_assign: norm::avx512::masked_update::<false>,

@@ -205,15 +205,15 @@ pub fn masked_update<const ACC: bool>(
     }
 }
 
-/// The bodies above inside `#[target_feature]` functions: the entries of one table.
-/// `$features` is the instruction set; `$masked_sums` the hand-written body of
-/// [`masked_sums`] it uses (AVX2 intrinsics in both tables: the two 8-lane halves of
-/// each 16-lane partial sum are the same bits as the portable code; an AVX-512 version
-/// would do the same arithmetic in one register, and the BN-ReLU backward is 2–3% of a
-/// training step).
+/// The bodies above inside `#[target_feature]` functions: the entries of one table, for
+/// the instruction set `$features`. [`masked_sums`] is not among them: it has a
+/// hand-written AVX2 body ([`avx2::masked_sums`]), which the `avx512` table takes too (its
+/// two 8-lane halves of each 16-lane partial sum are the same bits as the portable code;
+/// an AVX-512 version would do the same arithmetic in one register, and the BN-ReLU
+/// backward is 2–3% of a training step).
 #[cfg(target_arch = "x86_64")]
 macro_rules! table_entries {
-    ($features:literal, $($masked_sums:ident)::+) => {
+    ($features:literal) => {
         use super::*;
 
         // SAFETY (every wrapper below): these functions are only reachable through their
@@ -241,23 +241,6 @@ macro_rules! table_entries {
                 super::centred_update(dx, x, mu, c0, c1)
             }
             unsafe { f(dx, x, mu, c0, c1) }
-        }
-
-        pub(crate) fn masked_sums(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
-            unsafe { $($masked_sums)::+::<false>(x, d, s, t, mu, &mut [], 0.0) }
-        }
-
-        pub(crate) fn masked_sums_axpy(
-            dx: &mut [f32],
-            x: &[f32],
-            d: &[f32],
-            s: f32,
-            t: f32,
-            mu: f32,
-            k: f32,
-        ) -> (f64, f64) {
-            assert!(dx.len() == x.len() && d.len() == x.len());
-            unsafe { $($masked_sums)::+::<true>(x, Grad::Row(d), s, t, mu, dx, k) }
         }
 
         #[allow(clippy::too_many_arguments)]
@@ -297,13 +280,33 @@ macro_rules! table_entries {
 /// The entries of the `avx512` table (AVX-512F: the auto-vectorised bodies in 16 lanes).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    table_entries!("avx512f,avx2,fma", super::avx2::masked_sums_avx2);
+    table_entries!("avx512f,avx2,fma");
 }
 
-/// The entries of the `avx2` table.
+/// The entries of the `avx2` table, and the `masked_sums` entries of both tables.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    table_entries!("avx2,fma", masked_sums_avx2);
+    table_entries!("avx2,fma");
+
+    // SAFETY (both wrappers): reachable only through the `avx2` and `avx512` tables,
+    // handed out only on a CPU with AVX2 and FMA.
+
+    pub(crate) fn masked_sums(x: &[f32], d: Grad, s: f32, t: f32, mu: f32) -> (f64, f64) {
+        unsafe { masked_sums_avx2::<false>(x, d, s, t, mu, &mut [], 0.0) }
+    }
+
+    pub(crate) fn masked_sums_axpy(
+        dx: &mut [f32],
+        x: &[f32],
+        d: &[f32],
+        s: f32,
+        t: f32,
+        mu: f32,
+        k: f32,
+    ) -> (f64, f64) {
+        assert!(dx.len() == x.len() && d.len() == x.len());
+        unsafe { masked_sums_avx2::<true>(x, Grad::Row(d), s, t, mu, dx, k) }
+    }
 
     /// [`masked_sums_body`] in AVX2 intrinsics: LLVM left the 16-lane select-and-accumulate
     /// body scalar (spilling the lanes to the stack) even inside a `target_feature` function.
