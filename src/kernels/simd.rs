@@ -11,7 +11,7 @@
 //!
 //! Why not the `pulp` crate (which `gemm` uses): its dispatch hands a token to a closure,
 //! and our kernels are entries of a function table chosen once at start-up; a trait of
-//! eight methods is all the kernels need.
+//! seven methods is all the kernels need.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
