@@ -146,6 +146,8 @@ pub struct Direct {
     pub weight_grad3x3: conv3x3::WeightGradFn,
     /// The 1×1 weight gradient of one tile ([`conv1x1::dot_tile`]).
     pub dot_tile: conv1x1::DotTileFn,
+    /// The 1×1 weight gradient of one tile as an outer product ([`conv1x1::grad_tile`]).
+    pub grad_tile: conv1x1::GradTileFn,
 }
 
 /// The function table of one instruction set. The element-wise entries are safe to call
@@ -210,6 +212,7 @@ static AVX2: Kernels = Kernels {
         correlate1: correlate::correlate_avx2::<1>,
         weight_grad3x3: conv3x3::weight_grad_avx2,
         dot_tile: conv1x1::dot_tile_avx2,
+        grad_tile: conv1x1::grad_tile_avx2,
     }),
 };
 
@@ -232,6 +235,7 @@ static AVX512: Kernels = Kernels {
         correlate1: correlate::correlate_avx512::<1>,
         weight_grad3x3: conv3x3::weight_grad_avx512,
         dot_tile: conv1x1::dot_tile_avx512,
+        grad_tile: conv1x1::grad_tile_avx512,
     }),
 };
 

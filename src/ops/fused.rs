@@ -17,7 +17,7 @@
 
 use super::conv::{conv_backward, conv_forward, ConvShape};
 use super::norm::{self, bn_relu_forward};
-use crate::kernels::conv1x1::{self, dot_tile};
+use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
 use crate::kernels::correlate::{with_packed, PB};
 use crate::kernels::gemm::{raw_ptr, Mat};
 pub use crate::kernels::BnRelu;
@@ -170,9 +170,12 @@ pub fn backward(
     if len == 0 || i_n == 0 {
         return;
     }
-    // The direct kernels: dW by `dot_tile`, dA by the 1×1 kernel over rows with
-    // slack for its last register block; elsewhere the `gemm` crate on each tile.
+    // The direct kernels: dW by `grad_tile` (or `dot_tile`), dA by the 1×1 kernel over
+    // rows with slack for its last register block; elsewhere the `gemm` crate on each tile.
     let direct = conv1x1::pointwise_applies(i_n);
+    // dW as an outer product over positions (`grad_tile`): each part sums its dWᵀ
+    // (`[I][O]`) into its own partial, added transposed into `dw` at the end
+    let outer = direct && conv1x1::grad_tile_applies(o_n);
     let tile = tile_len(i_n);
     let ld = if direct { tile + PB } else { tile };
     let tiles = len.div_ceil(tile);
@@ -186,6 +189,7 @@ pub fn backward(
     let dxp = SyncPtr(g.dx.as_mut_ptr());
     thread_local! {
         static DY: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static DYT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         static SUMS: std::cell::RefCell<Vec<(f64, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -194,68 +198,79 @@ pub fn backward(
     let slice = |part: usize, acc: *mut f32, sums: &mut [(f64, f64)], wt: &[f32]| {
         with_scratch(&TILE, i_n * ld, |buf| {
             with_scratch(&DY, if direct { o_n * ld } else { 0 }, |dyt| {
-                for t in part * per..((part + 1) * per).min(tiles) {
-                    let (a, b) = (t * tile, ((t + 1) * tile).min(len));
-                    let n = b - a;
-                    bn.fill(buf, ld, x, len, a, b);
-                    if direct {
-                        // dY's tile rows side by side: rows of the block buffer are 2^k
-                        // floats apart, and read in place they share one L1 set
-                        for o in 0..o_n {
-                            dyt[o * ld..][..n].copy_from_slice(&dy[o * len + a..][..n]);
+                with_scratch(&DYT, if outer { o_n * tile } else { 0 }, |dytt| {
+                    for t in part * per..((part + 1) * per).min(tiles) {
+                        let (a, b) = (t * tile, ((t + 1) * tile).min(len));
+                        let n = b - a;
+                        bn.fill(buf, ld, x, len, a, b);
+                        if direct {
+                            // dY's tile rows side by side: rows of the block buffer are 2^k
+                            // floats apart, and read in place they share one L1 set
+                            for o in 0..o_n {
+                                dyt[o * ld..][..n].copy_from_slice(&dy[o * len + a..][..n]);
+                            }
+                            if outer {
+                                conv1x1::transpose(dytt, dyt, ld, o_n, n);
+                                // SAFETY: `acc` is this task's own i_n×o_n matrix (dWᵀ); buf
+                                // holds i_n rows of ld ≥ n, dytt n rows of o_n; grad_tile_applies.
+                                unsafe {
+                                    grad_tile(acc, buf.as_ptr(), ld, dytt.as_ptr(), o_n, i_n, n)
+                                };
+                            } else {
+                                // SAFETY: `acc` is this task's own o_n×i_n matrix; the table has
+                                // direct kernels (pointwise_applies); rows hold n floats.
+                                unsafe { dot_tile(acc, i_n, dyt, ld, buf, ld, o_n, i_n, n) };
+                            }
+                            // dA over A (dead now); wt is Wᵀ packed
+                            conv1x1::pointwise_tile(buf, ld, dyt, ld, wt, i_n, o_n, n);
+                        } else {
+                            // SAFETY: `acc` is this task's own o_n×i_n matrix; `buf` holds i_n
+                            // rows of ld ≥ n floats and is this thread's own.
+                            unsafe {
+                                raw_ptr(
+                                    o_n,
+                                    i_n,
+                                    n,
+                                    acc,
+                                    i_n,
+                                    true,
+                                    Mat::n(&dy[a..], len),
+                                    Mat::t(buf, ld),
+                                    Parallelism::None,
+                                );
+                                raw_ptr(
+                                    i_n,
+                                    n,
+                                    o_n,
+                                    buf.as_mut_ptr(),
+                                    ld,
+                                    false,
+                                    Mat::t(w, i_n),
+                                    Mat::n(&dy[a..], len),
+                                    Parallelism::None,
+                                );
+                            }
                         }
-                        // SAFETY: `acc` is this task's own o_n×i_n matrix; the table has
-                        // direct kernels (pointwise_applies); rows hold n floats.
-                        unsafe { dot_tile(acc, i_n, dyt, ld, buf, ld, o_n, i_n, n) };
-                        // dA over A (dead now); wt is Wᵀ packed
-                        conv1x1::pointwise_tile(buf, ld, dyt, ld, wt, i_n, o_n, n);
-                    } else {
-                        // SAFETY: `acc` is this task's own o_n×i_n matrix; `buf` holds i_n
-                        // rows of ld ≥ n floats and is this thread's own.
-                        unsafe {
-                            raw_ptr(
-                                o_n,
-                                i_n,
-                                n,
-                                acc,
-                                i_n,
-                                true,
-                                Mat::n(&dy[a..], len),
-                                Mat::t(buf, ld),
-                                Parallelism::None,
+                        for (i, sum) in sums.iter_mut().enumerate() {
+                            // SAFETY: positions a..b of dx's rows (asserted to hold i_n rows of
+                            // len) belong to this tile, and each tile to one task.
+                            let dx = unsafe {
+                                std::slice::from_raw_parts_mut(dxp.get().add(i * len + a), n)
+                            };
+                            let (sg, sgc) = masked_sums_axpy(
+                                dx,
+                                &x[i * len + a..][..n],
+                                &buf[i * ld..][..n],
+                                bn.scale[i],
+                                bn.shift[i],
+                                stats.mean[i],
+                                stats.gamma[i] * stats.rstd[i],
                             );
-                            raw_ptr(
-                                i_n,
-                                n,
-                                o_n,
-                                buf.as_mut_ptr(),
-                                ld,
-                                false,
-                                Mat::t(w, i_n),
-                                Mat::n(&dy[a..], len),
-                                Parallelism::None,
-                            );
+                            sum.0 += sg;
+                            sum.1 += sgc;
                         }
                     }
-                    for (i, sum) in sums.iter_mut().enumerate() {
-                        // SAFETY: positions a..b of dx's rows (asserted to hold i_n rows of
-                        // len) belong to this tile, and each tile to one task.
-                        let dx = unsafe {
-                            std::slice::from_raw_parts_mut(dxp.get().add(i * len + a), n)
-                        };
-                        let (sg, sgc) = masked_sums_axpy(
-                            dx,
-                            &x[i * len + a..][..n],
-                            &buf[i * ld..][..n],
-                            bn.scale[i],
-                            bn.shift[i],
-                            stats.mean[i],
-                            stats.gamma[i] * stats.rstd[i],
-                        );
-                        sum.0 += sg;
-                        sum.1 += sgc;
-                    }
-                }
+                })
             })
         })
     };
@@ -265,23 +280,34 @@ pub fn backward(
         sums.fill((0.0, 0.0));
         {
             let _t = profile::scope(profile::Op::Conv1x1Backward);
-            with_scratch(&PARTIALS, (parts - 1) * o_n * i_n, |partials| {
+            // with `outer`, every part sums dWᵀ into its own partial; else part 0 sums
+            // straight into dw and part p > 0 into partial p − 1
+            let own = if outer { parts } else { parts - 1 };
+            with_scratch(&PARTIALS, own * o_n * i_n, |partials| {
                 partials.fill(0.0);
                 let (dwp, pp) = (SyncPtr(g.dw.as_mut_ptr()), SyncPtr(partials.as_mut_ptr()));
                 with_packed(wsrc, wt_o, wt_i, 1, true, |wt| {
-                    // part 0 sums straight into dw, part p > 0 into partial p − 1
                     let work = |(p, sums): (usize, &mut [(f64, f64)])| {
-                        let acc = if p == 0 {
-                            dwp.get()
-                        } else {
-                            pp.get().wrapping_add((p - 1) * o_n * i_n)
+                        let acc = match (outer, p) {
+                            (true, p) => pp.get().wrapping_add(p * o_n * i_n),
+                            (false, 0) => dwp.get(),
+                            (false, p) => pp.get().wrapping_add((p - 1) * o_n * i_n),
                         };
                         slice(p, acc, sums, wt)
                     };
                     sums.par_chunks_mut(i_n).enumerate().for_each(work);
                 });
                 for part in partials.chunks_exact(o_n * i_n) {
-                    g.dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
+                    if outer {
+                        // part is [I][O]: dw[o][i] += part[i][o]
+                        for (i, row) in part.chunks_exact(o_n).enumerate() {
+                            for (o, v) in row.iter().enumerate() {
+                                g.dw[o * i_n + i] += v;
+                            }
+                        }
+                    } else {
+                        g.dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
+                    }
                 }
             });
         }
