@@ -215,19 +215,27 @@ fn correlate(
     let tile = tile_len(i_n, direct.block);
     let big = o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17;
     let optr = SyncPtr(out.as_mut_ptr());
-    for_tiles(sp.p0, sp.p1, tile, o_n, big, |a, b, r0, r1| {
-        for_row_runs(o_n, r0, r1, |r0, r1| {
-            let w = &wp[r0 * i_n * 9..r1 * i_n * 9];
-            // SAFETY: positions a..b of output rows r0..r1 are written by this task only
-            // (the overrun, if any, lies past p1 in the last tile); the asserts above
-            // bound every access; the table that holds the kernel runs on this CPU.
-            unsafe {
-                let ib = inp.as_ptr().add(sp.base);
-                let o = optr.get().add(r0 * sp.ld);
-                (direct.correlate9)(o, ib, sp.ld, w, r1 - r0, i_n, offs, sp, a, b)
-            }
-        })
-    });
+    for_tiles(
+        sp.p0,
+        sp.p1,
+        tile,
+        direct.block,
+        o_n,
+        big,
+        |a, b, r0, r1| {
+            for_row_runs(o_n, r0, r1, |r0, r1| {
+                let w = &wp[r0 * i_n * 9..r1 * i_n * 9];
+                // SAFETY: positions a..b of output rows r0..r1 are written by this task only
+                // (the overrun, if any, lies past p1 in the last tile); the asserts above
+                // bound every access; the table that holds the kernel runs on this CPU.
+                unsafe {
+                    let ib = inp.as_ptr().add(sp.base);
+                    let o = optr.get().add(r0 * sp.ld);
+                    (direct.correlate9)(o, ib, sp.ld, w, r1 - r0, i_n, offs, sp, a, b)
+                }
+            })
+        },
+    );
 }
 
 /// `dw[o][i][t] += Σ_p dy[o][p] · x[i][p + off_t]` over the chunk's positions (`dy` is

@@ -60,16 +60,29 @@ pub(crate) fn part_rows(o_n: usize, parts: usize, k: usize) -> (usize, usize) {
     (cut(o_n * k / parts), cut(o_n * (k + 1) / parts))
 }
 
-/// Calls `work(a, b, r0, r1)` for every tile `a..b` (of `tile` positions) of positions
-/// `p0..p1` and part `r0..r1` of the `o_n` output rows, in parallel where `big`. The rows
-/// are split ([`part_rows`]) only where there are fewer tiles than threads (batch 1 at
-/// 14×14 and 7×7: one tile), so that every core has work.
-pub(crate) fn for_tiles<F>(p0: usize, p1: usize, tile: usize, o_n: usize, big: bool, work: F)
-where
+/// Calls `work(a, b, r0, r1)` for every tile `a..b` (of at most `tile` positions, a
+/// multiple of `block`) of positions `p0..p1` and part `r0..r1` of the `o_n` output rows,
+/// in parallel where `big`. Tiles are evened out over the threads ([`balanced_tile`]).
+/// The rows are split ([`part_rows`]) only where there are fewer tiles than threads (batch
+/// 1 at 14×14 and 7×7: one tile), so that every core has work.
+pub(crate) fn for_tiles<F>(
+    p0: usize,
+    p1: usize,
+    tile: usize,
+    block: usize,
+    o_n: usize,
+    big: bool,
+    work: F,
+) where
     F: Fn(usize, usize, usize, usize) + Sync,
 {
-    let tiles = (p1 - p0).div_ceil(tile);
     let threads = rayon::current_num_threads();
+    let tile = if big {
+        balanced_tile(p1 - p0, tile, block, threads)
+    } else {
+        tile
+    };
+    let tiles = (p1 - p0).div_ceil(tile);
     let parts = if big && tiles < threads {
         threads.div_ceil(tiles.max(1))
     } else {
@@ -85,6 +98,21 @@ where
     } else {
         (0..tiles * parts).for_each(task);
     }
+}
+
+/// `tile` (a multiple of `block`) shortened so that `len` positions fall into a multiple
+/// of `threads` tiles of near-equal length (each a multiple of `block`), where there are
+/// at least as many tiles as threads. densenet121's 7×7 at batch 16 has 784 positions: in
+/// tiles of 256 one of two threads took 512 positions and the other 272; in tiles of 208,
+/// 416 and 368.
+pub(crate) fn balanced_tile(len: usize, tile: usize, block: usize, threads: usize) -> usize {
+    let tiles = len.div_ceil(tile);
+    if tiles < threads.max(2) {
+        return tile;
+    }
+    // ≤ tile: len / want ≤ len / tiles ≤ tile, and tile is a multiple of block
+    let want = tiles.next_multiple_of(threads);
+    len.div_ceil(want).next_multiple_of(block)
 }
 
 /// Calls `f(r0, r1)` for the runs of rows `r0..r1` (from [`part_rows`]) that a direct
@@ -399,6 +427,39 @@ mod tests {
                     });
                 }
                 assert_eq!(next, o_n, "o_n {o_n} parts {parts}: rows left over");
+            }
+        }
+    }
+
+    /// Balanced tiles stay multiples of the block and no longer than asked, and no thread
+    /// takes more than its share plus a block per tile: the busiest of `threads` threads
+    /// taking whole tiles in turn.
+    #[test]
+    fn balanced_tiles_even_out_the_threads() {
+        for block in [16, 32] {
+            for threads in 1..=4 {
+                for tile in [block, 4 * block, 256, 4096] {
+                    for len in [1, 15, 100, 784, 785, 3136, 12544, 50176, 65536] {
+                        let t = balanced_tile(len, tile, block, threads);
+                        assert!(
+                            t.is_multiple_of(block) && t >= block && t <= tile,
+                            "{len} {tile} {t}"
+                        );
+                        let tiles = len.div_ceil(t);
+                        let old = len.div_ceil(tile);
+                        if old < threads.max(2) {
+                            assert_eq!(t, tile);
+                            continue;
+                        }
+                        // the busiest thread's positions
+                        let busiest = (tiles.div_ceil(threads) * t).min(len);
+                        let per = old.div_ceil(threads);
+                        assert!(
+                            busiest <= len.div_ceil(threads) + block * per,
+                            "len {len} tile {tile} threads {threads}: {t} × {tiles}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -18,7 +18,7 @@
 use super::conv::{conv_backward, conv_forward, ConvShape};
 use super::norm::{self, bn_relu_forward};
 use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
-use crate::kernels::correlate::{with_packed, PB};
+use crate::kernels::correlate::{balanced_tile, with_packed, PB};
 use crate::kernels::gemm::{raw_ptr, Mat};
 pub use crate::kernels::BnRelu;
 use crate::kernels::{self, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
@@ -66,12 +66,12 @@ pub fn forward(
         });
         return;
     }
-    let tile = tile_len(i_n);
+    let threads = rayon::current_num_threads();
+    let tile = balanced_tile(len, tile_len(i_n), 16, threads);
     let tiles = len.div_ceil(tile);
     let yp = SyncPtr(y.as_mut_ptr());
     // Fewer tiles than threads (batch 1 at 14×14 and 7×7: one tile): the GEMM itself
     // spreads each tile over the threads.
-    let threads = rayon::current_num_threads();
     let inner = if tiles < threads && o_n * i_n * len >= 1 << 18 {
         Parallelism::Rayon(threads)
     } else {
@@ -176,14 +176,14 @@ pub fn backward(
     // dW as an outer product over positions (`grad_tile`): each part sums its dWᵀ
     // (`[I][O]`) into its own partial, added transposed into `dw` at the end
     let outer = direct && conv1x1::grad_tile_applies(o_n);
-    let tile = tile_len(i_n);
-    let ld = if direct { tile + PB } else { tile };
-    let tiles = len.div_ceil(tile);
     let threads = if o_n * i_n * len >= 1 << 18 {
         rayon::current_num_threads()
     } else {
         1
     };
+    let tile = balanced_tile(len, tile_len(i_n), 16, threads);
+    let ld = if direct { tile + PB } else { tile };
+    let tiles = len.div_ceil(tile);
     let parts = threads.min(tiles).max(1);
     let per = tiles.div_ceil(parts);
     let dxp = SyncPtr(g.dx.as_mut_ptr());
@@ -300,11 +300,7 @@ pub fn backward(
                 for part in partials.chunks_exact(o_n * i_n) {
                     if outer {
                         // part is [I][O]: dw[o][i] += part[i][o]
-                        for (i, row) in part.chunks_exact(o_n).enumerate() {
-                            for (o, v) in row.iter().enumerate() {
-                                g.dw[o * i_n + i] += v;
-                            }
-                        }
+                        conv1x1::add_transposed(g.dw, part, o_n, i_n, o_n);
                     } else {
                         g.dw.iter_mut().zip(part).for_each(|(d, p)| *d += p);
                     }
