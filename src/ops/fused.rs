@@ -445,6 +445,10 @@ mod tests {
             (64, 24, 4100),
             (8, 3, 10),
             (6, 12, 300),
+            // grad_tile's outputs (whole vectors; 40 = 2 + 1 on AVX2) with input rows in
+            // blocks of 6 and of 4: 20 = 18 + 2, 28 = 24 + 4
+            (16, 20, 700),
+            (40, 28, 900),
         ] {
             let x = data(i_n * len, 1);
             let w = data(o_n * i_n, 2);
