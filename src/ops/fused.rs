@@ -189,7 +189,6 @@ pub fn backward(
     let dxp = SyncPtr(g.dx.as_mut_ptr());
     thread_local! {
         static DY: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-        static DYT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         static SUMS: std::cell::RefCell<Vec<(f64, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -197,80 +196,82 @@ pub fn backward(
     // One slice of tiles: dW summed into `acc` (o_n×i_n), the BN sums into `sums`.
     let slice = |part: usize, acc: *mut f32, sums: &mut [(f64, f64)], wt: &[f32]| {
         with_scratch(&TILE, i_n * ld, |buf| {
-            with_scratch(&DY, if direct { o_n * ld } else { 0 }, |dyt| {
-                with_scratch(&DYT, if outer { o_n * tile } else { 0 }, |dytt| {
-                    for t in part * per..((part + 1) * per).min(tiles) {
-                        let (a, b) = (t * tile, ((t + 1) * tile).min(len));
-                        let n = b - a;
-                        bn.fill(buf, ld, x, len, a, b);
-                        if direct {
-                            // dY's tile rows side by side: rows of the block buffer are 2^k
-                            // floats apart, and read in place they share one L1 set
-                            for o in 0..o_n {
-                                dyt[o * ld..][..n].copy_from_slice(&dy[o * len + a..][..n]);
-                            }
-                            if outer {
-                                conv1x1::transpose(dytt, dyt, ld, o_n, n);
-                                // SAFETY: `acc` is this task's own i_n×o_n matrix (dWᵀ); buf
-                                // holds i_n rows of ld ≥ n, dytt n rows of o_n; grad_tile_applies.
-                                unsafe {
-                                    grad_tile(acc, buf.as_ptr(), ld, dytt.as_ptr(), o_n, i_n, n)
-                                };
-                            } else {
-                                // SAFETY: `acc` is this task's own o_n×i_n matrix; the table has
-                                // direct kernels (pointwise_applies); rows hold n floats.
-                                unsafe { dot_tile(acc, i_n, dyt, ld, buf, ld, o_n, i_n, n) };
-                            }
-                            // dA over A (dead now); wt is Wᵀ packed
-                            conv1x1::pointwise_tile(buf, ld, dyt, ld, wt, i_n, o_n, n);
-                        } else {
-                            // SAFETY: `acc` is this task's own o_n×i_n matrix; `buf` holds i_n
-                            // rows of ld ≥ n floats and is this thread's own.
-                            unsafe {
-                                raw_ptr(
-                                    o_n,
-                                    i_n,
-                                    n,
-                                    acc,
-                                    i_n,
-                                    true,
-                                    Mat::n(&dy[a..], len),
-                                    Mat::t(buf, ld),
-                                    Parallelism::None,
-                                );
-                                raw_ptr(
-                                    i_n,
-                                    n,
-                                    o_n,
-                                    buf.as_mut_ptr(),
-                                    ld,
-                                    false,
-                                    Mat::t(w, i_n),
-                                    Mat::n(&dy[a..], len),
-                                    Parallelism::None,
-                                );
-                            }
+            // dY's tile rows (direct), then the same tile transposed (`outer`)
+            let (rows, cols) = (
+                if direct { o_n * ld } else { 0 },
+                if outer { o_n * tile } else { 0 },
+            );
+            with_scratch(&DY, rows + cols, |dys| {
+                let (dyt, dytt) = dys.split_at_mut(rows);
+                for t in part * per..((part + 1) * per).min(tiles) {
+                    let (a, b) = (t * tile, ((t + 1) * tile).min(len));
+                    let n = b - a;
+                    bn.fill(buf, ld, x, len, a, b);
+                    if direct {
+                        // dY's tile rows side by side: rows of the block buffer are 2^k
+                        // floats apart, and read in place they share one L1 set
+                        for o in 0..o_n {
+                            dyt[o * ld..][..n].copy_from_slice(&dy[o * len + a..][..n]);
                         }
-                        for (i, sum) in sums.iter_mut().enumerate() {
-                            // SAFETY: positions a..b of dx's rows (asserted to hold i_n rows of
-                            // len) belong to this tile, and each tile to one task.
-                            let dx = unsafe {
-                                std::slice::from_raw_parts_mut(dxp.get().add(i * len + a), n)
-                            };
-                            let (sg, sgc) = masked_sums_axpy(
-                                dx,
-                                &x[i * len + a..][..n],
-                                &buf[i * ld..][..n],
-                                bn.scale[i],
-                                bn.shift[i],
-                                stats.mean[i],
-                                stats.gamma[i] * stats.rstd[i],
+                        if outer {
+                            conv1x1::transpose(dytt, dyt, ld, o_n, n);
+                            // SAFETY: `acc` is this task's own i_n×o_n matrix (dWᵀ); buf
+                            // holds i_n rows of ld ≥ n, dytt n rows of o_n; grad_tile_applies.
+                            unsafe { grad_tile(acc, buf.as_ptr(), ld, dytt.as_ptr(), o_n, i_n, n) };
+                        } else {
+                            // SAFETY: `acc` is this task's own o_n×i_n matrix; the table has
+                            // direct kernels (pointwise_applies); rows hold n floats.
+                            unsafe { dot_tile(acc, i_n, dyt, ld, buf, ld, o_n, i_n, n) };
+                        }
+                        // dA over A (dead now); wt is Wᵀ packed
+                        conv1x1::pointwise_tile(buf, ld, dyt, ld, wt, i_n, o_n, n);
+                    } else {
+                        // SAFETY: `acc` is this task's own o_n×i_n matrix; `buf` holds i_n
+                        // rows of ld ≥ n floats and is this thread's own.
+                        unsafe {
+                            raw_ptr(
+                                o_n,
+                                i_n,
+                                n,
+                                acc,
+                                i_n,
+                                true,
+                                Mat::n(&dy[a..], len),
+                                Mat::t(buf, ld),
+                                Parallelism::None,
                             );
-                            sum.0 += sg;
-                            sum.1 += sgc;
+                            raw_ptr(
+                                i_n,
+                                n,
+                                o_n,
+                                buf.as_mut_ptr(),
+                                ld,
+                                false,
+                                Mat::t(w, i_n),
+                                Mat::n(&dy[a..], len),
+                                Parallelism::None,
+                            );
                         }
                     }
-                })
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        // SAFETY: positions a..b of dx's rows (asserted to hold i_n rows of
+                        // len) belong to this tile, and each tile to one task.
+                        let dx = unsafe {
+                            std::slice::from_raw_parts_mut(dxp.get().add(i * len + a), n)
+                        };
+                        let (sg, sgc) = masked_sums_axpy(
+                            dx,
+                            &x[i * len + a..][..n],
+                            &buf[i * ld..][..n],
+                            bn.scale[i],
+                            bn.shift[i],
+                            stats.mean[i],
+                            stats.gamma[i] * stats.rstd[i],
+                        );
+                        sum.0 += sg;
+                        sum.1 += sgc;
+                    }
+                }
             })
         })
     };
