@@ -100,16 +100,16 @@ pub struct ParallelReport {
     pub hidden_s: f64,
 }
 
-/// One row of `bench train --profile`.
+/// One row of `bench train --profile` and `bench infer --profile`.
 #[derive(Debug, Serialize)]
 pub struct ProfileRow {
-    /// Kind of operation (`other` is the rest of the step).
+    /// Kind of operation (`other` is the rest of the step or pass).
     pub op: String,
-    /// Seconds per step.
+    /// Seconds per step (per pass in `bench infer`).
     pub step_s: f64,
-    /// Share of the step, percent.
+    /// Share of the step or pass, percent.
     pub percent: f64,
-    /// Calls per step.
+    /// Calls per step or pass.
     pub calls: f64,
 }
 
@@ -135,6 +135,9 @@ pub struct InferArgs {
     /// Warm-up passes.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Also report where the timed passes spent their time, per kind of operation.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -279,6 +282,9 @@ pub struct InferReport {
     pub peak_rss_bytes: Option<u64>,
     /// Timing statistics.
     pub pass: Stats,
+    /// With `--profile`: time per kind of operation, per pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<ProfileRow>>,
 }
 
 /// The CPU's model name (Linux: `model name` in /proc/cpuinfo), or `unknown`.
@@ -404,27 +410,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         }
     }
     crate::util::profile::enable(false);
-    let total: f64 = times.iter().sum();
-    let profile = a.profile.then(|| {
-        let per = 1.0 / a.steps as f64;
-        let mut rows: Vec<ProfileRow> = crate::util::profile::snapshot()
-            .into_iter()
-            .map(|(op, secs, calls)| ProfileRow {
-                op: op.name().to_string(),
-                step_s: secs * per,
-                percent: 100.0 * secs / total,
-                calls: calls as f64 * per,
-            })
-            .collect();
-        let counted: f64 = rows.iter().map(|r| r.step_s).sum();
-        rows.push(ProfileRow {
-            op: "other".into(),
-            step_s: total * per - counted,
-            percent: 100.0 * (1.0 - counted / (total * per)),
-            calls: 0.0,
-        });
-        rows
-    });
+    let profile = a.profile.then(|| profile_rows(&times));
     if bn_sync.is_some() {
         crate::ops::norm::set_stats_sync(None);
     }
@@ -493,22 +479,51 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(rows) = &r.profile {
+        print_profile(rows, "s/step")?;
+    }
+    Ok(())
+}
+
+/// The profile's rows per timed pass, from the collected scopes and the passes' times;
+/// `other` is what no scope covered.
+fn profile_rows(times: &[f64]) -> Vec<ProfileRow> {
+    let total: f64 = times.iter().sum();
+    let per = 1.0 / times.len() as f64;
+    let mut rows: Vec<ProfileRow> = crate::util::profile::snapshot()
+        .into_iter()
+        .map(|(op, secs, calls)| ProfileRow {
+            op: op.name().to_string(),
+            step_s: secs * per,
+            percent: 100.0 * secs / total,
+            calls: calls as f64 * per,
+        })
+        .collect();
+    let counted: f64 = rows.iter().map(|r| r.step_s).sum();
+    rows.push(ProfileRow {
+        op: "other".into(),
+        step_s: total * per - counted,
+        percent: 100.0 * (1.0 - counted / (total * per)),
+        calls: 0.0,
+    });
+    rows
+}
+
+fn print_profile(rows: &[ProfileRow], unit: &str) -> anyhow::Result<()> {
+    outln!(
+        "{:<26} {:>10} {:>7} {:>9}",
+        "operation",
+        unit,
+        "share",
+        "calls"
+    );
+    for row in rows {
         outln!(
-            "{:<26} {:>10} {:>7} {:>9}",
-            "operation",
-            "s/step",
-            "share",
-            "calls"
+            "{:<26} {:>10.4} {:>6.1}% {:>9.0}",
+            row.op,
+            row.step_s,
+            row.percent,
+            row.calls
         );
-        for row in rows {
-            outln!(
-                "{:<26} {:>10.3} {:>6.1}% {:>9.0}",
-                row.op,
-                row.step_s,
-                row.percent,
-                row.calls
-            );
-        }
     }
     Ok(())
 }
@@ -525,6 +540,10 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
     let (x, _) = random_input(a.batch, &cfg, 1);
     let mut times = Vec::new();
     for i in 0..a.warmup + a.steps {
+        if a.profile && i == a.warmup {
+            crate::util::profile::reset();
+            crate::util::profile::enable(true);
+        }
         let t = Instant::now();
         let logits = net.forward_eval(&mut ws, &x, a.batch, None);
         std::hint::black_box(logits);
@@ -532,6 +551,8 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
             times.push(t.elapsed().as_secs_f64());
         }
     }
+    crate::util::profile::enable(false);
+    let profile = a.profile.then(|| profile_rows(&times));
     let pass = Stats::new(times);
     let r = InferReport {
         version: 1,
@@ -545,6 +566,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         activation_bytes: ws.activation_bytes(),
         peak_rss_bytes: peak_rss_bytes(),
         pass,
+        profile,
     };
     if a.json {
         return super::print_json(&r);
@@ -557,6 +579,9 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         r.pass.describe(),
         r.images_per_s
     );
+    if let Some(rows) = &r.profile {
+        print_profile(rows, "s/pass")?;
+    }
     Ok(())
 }
 
