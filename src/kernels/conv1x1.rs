@@ -7,7 +7,9 @@
 //! back to the `gemm` crate elsewhere.
 
 use super::active;
-use super::correlate::{for_row_runs, for_tiles, tile_len, with_packed, Span, OB, OB6, PB};
+use super::correlate::{
+    for_row_runs, for_tiles, tile_len, with_packed, Span, Weights, OB, OB6, PB,
+};
 use super::simd::{simd_entries, F32x};
 use crate::util::par::{with_scratch, SyncPtr};
 
@@ -70,7 +72,7 @@ pub fn pointwise_with<F>(
     let direct = active()
         .direct
         .expect("pointwise: no direct kernels in this table");
-    with_packed(w, o_n, i_n, 1, flip, |wp| {
+    with_packed(w, o_n, i_n, flip, |wv| {
         let tile = tile_len(i_n, direct.block);
         let big = o_n * i_n * len >= 1 << 17;
         let sp = Span {
@@ -97,7 +99,7 @@ pub fn pointwise_with<F>(
                 // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
                 let ibp = buf.as_ptr().wrapping_sub(a);
                 for_row_runs(o_n, r0, r1, |r0, r1| {
-                    let w = &wp[r0 * i_n..r1 * i_n];
+                    let w = wv.from_row(r0);
                     // SAFETY: positions a..b of output rows r0..r1 are written by this
                     // task only; `out` holds o_n rows of len; the tile buffer holds i_n
                     // rows of ild ≥ b − a; the table that holds the kernel runs on this CPU.
@@ -111,18 +113,18 @@ pub fn pointwise_with<F>(
     })
 }
 
-/// `out[o][q] = Σ_i wp[o][i]·inp[i][q]` for q in `0..n`: the 1×1 kernel on one tile already
-/// in cache, on the calling thread (`super::fused::backward`'s `dA = Wᵀ·dY`). `wp` comes
-/// from [`with_packed`] (one tap); rows of `out` and `inp` are `out_ld` and `inp_ld`
-/// apart, each with room for `PB` floats past `n` (the last register block runs over
-/// them). Needs [`pointwise_applies`]`(o_n)`.
+/// `out[o][q] = Σ_i w[o][i]·inp[i][q]` for q in `0..n`: the 1×1 kernel on one tile already
+/// in cache, on the calling thread (`super::fused::backward`'s `dA = Wᵀ·dY`, with `w`
+/// from [`with_packed`]); rows of `out` and `inp` are `out_ld`
+/// and `inp_ld` apart, each with room for `PB` floats past `n` (the last register block
+/// runs over them). Needs [`pointwise_applies`]`(o_n)`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pointwise_tile(
     out: &mut [f32],
     out_ld: usize,
     inp: &[f32],
     inp_ld: usize,
-    wp: &[f32],
+    w: Weights<'_>,
     o_n: usize,
     i_n: usize,
     n: usize,
@@ -131,7 +133,6 @@ pub(crate) fn pointwise_tile(
     let direct = active()
         .direct
         .expect("pointwise_tile: no direct kernels in this table");
-    assert_eq!(wp.len(), o_n * i_n);
     let end = n.next_multiple_of(PB);
     assert!(out_ld >= end && inp_ld >= end);
     assert!(out.len() >= (o_n - 1) * out_ld + end);
@@ -147,7 +148,7 @@ pub(crate) fn pointwise_tile(
     // table that holds the kernel runs on this CPU.
     unsafe {
         let (o, i) = (out.as_mut_ptr(), inp.as_ptr());
-        (direct.correlate1)(o, i, inp_ld, wp, o_n, i_n, &[0], sp, 0, n)
+        (direct.correlate1)(o, i, inp_ld, w, o_n, i_n, &[0], sp, 0, n)
     }
 }
 

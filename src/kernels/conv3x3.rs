@@ -28,7 +28,7 @@
 //! channels × 3 taps for [`weight_grad`] (7 loads per 12 FMAs). Each kernel is one source
 //! over the vector type of [`super::simd`], compiled for AVX2 and for AVX-512.
 
-use super::correlate::{for_row_runs, for_tiles, tile_len, with_packed, Span, OB, PB};
+use super::correlate::{for_row_runs, for_tiles, tile_len, Span, Weights, OB, PB};
 use super::simd::{simd_entries, F32x};
 use super::{active, BnRelu, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
@@ -182,13 +182,12 @@ fn unpad(dst: &mut [f32], buf: &[f32], c: usize, s: &ConvShape, n0: usize, n1: u
 }
 
 /// `out[o][p] = Σ_i Σ_t w[o][i][t] · inp[i][p + off_t]` for `p` in the span (`o_n` output
-/// rows, `i_n` input rows, both laid out as `sp` says); `wp` is [`with_packed`]'s layout.
-/// Parallel over tiles of positions.
+/// rows, `i_n` input rows, both laid out as `sp` says). Parallel over tiles of positions.
 #[allow(clippy::too_many_arguments)]
 fn correlate(
     out: &mut [f32],
     inp: &[f32],
-    wp: &[f32],
+    w: Weights<'_>,
     o_n: usize,
     i_n: usize,
     offs: &[isize],
@@ -199,7 +198,6 @@ fn correlate(
         .expect("conv3x3: no direct kernels in this table");
     assert!(o_n.is_multiple_of(OB) && o_n > 0);
     assert_eq!(offs.len(), 9);
-    assert_eq!(wp.len(), o_n * i_n * offs.len());
     let (lo, hi) = (
         offs.iter().copied().min().unwrap_or(0),
         offs.iter().copied().max().unwrap_or(0),
@@ -224,7 +222,7 @@ fn correlate(
         big,
         |a, b, r0, r1| {
             for_row_runs(o_n, r0, r1, |r0, r1| {
-                let w = &wp[r0 * i_n * 9..r1 * i_n * 9];
+                let w = w.from_row(r0);
                 // SAFETY: positions a..b of output rows r0..r1 are written by this task only
                 // (the overrun, if any, lies past p1 in the last tile); the asserts above
                 // bound every access; the table that holds the kernel runs on this CPU.
@@ -351,24 +349,24 @@ pub fn forward(
     col: &mut [f32],
 ) {
     debug_assert!(applies(s));
-    with_packed(w, s.cout, s.cin, 9, false, |wp| {
-        let ns = chunk(s, col.len());
-        let mut n0 = 0;
-        while n0 < s.n {
-            let n1 = (n0 + ns).min(s.n);
-            let p = Padded::new(s, n1 - n0);
-            assert!(
-                col.len() >= (s.cin + s.cout) * p.row(),
-                "conv3x3: col scratch too small"
-            );
-            let (xin, rest) = col.split_at_mut(s.cin * p.row());
-            let yout = &mut rest[..s.cout * p.row()];
-            pad(xin, x, bn, s.cin, s, n0, n1, p);
-            correlate(yout, xin, wp, s.cout, s.cin, &p.offsets(), p.span());
-            unpad(y, yout, s.cout, s, n0, n1, p);
-            n0 = n1;
-        }
-    })
+    assert_eq!(w.len(), s.cout * s.cin * 9);
+    let ns = chunk(s, col.len());
+    let mut n0 = 0;
+    while n0 < s.n {
+        let n1 = (n0 + ns).min(s.n);
+        let p = Padded::new(s, n1 - n0);
+        assert!(
+            col.len() >= (s.cin + s.cout) * p.row(),
+            "conv3x3: col scratch too small"
+        );
+        let (xin, rest) = col.split_at_mut(s.cin * p.row());
+        let yout = &mut rest[..s.cout * p.row()];
+        pad(xin, x, bn, s.cin, s, n0, n1, p);
+        let wf = Weights::forward(w, s.cin, 9);
+        correlate(yout, xin, wf, s.cout, s.cin, &p.offsets(), p.span());
+        unpad(y, yout, s.cout, s, n0, n1, p);
+        n0 = n1;
+    }
 }
 
 /// Backward: `dw += dy ⋆ x` (of `relu(x·scale + shift)` with `bn`); `dx`, if given, is
@@ -385,38 +383,31 @@ pub fn backward(
     col: &mut [f32],
 ) {
     debug_assert!(applies(s) && (dx.is_none() || applies_data(s)));
-    // the flipped weights of backward-data (packed for nothing without dx)
-    let wf = if dx.is_some() { w } else { &[] };
-    let (o_w, i_w) = if dx.is_some() {
-        (s.cin, s.cout)
-    } else {
-        (0, 0)
-    };
-    with_packed(wf, o_w, i_w, 9, true, |wflip| {
-        let wflip = dx.is_some().then_some(wflip);
-        let ns = chunk(s, col.len());
-        let mut dx = dx;
-        let mut n0 = 0;
-        while n0 < s.n {
-            let n1 = (n0 + ns).min(s.n);
-            let p = Padded::new(s, n1 - n0);
-            assert!(
-                col.len() >= (2 * s.cin + s.cout) * p.row(),
-                "conv3x3: col scratch too small"
-            );
-            let (xin, rest) = col.split_at_mut(s.cin * p.row());
-            let (dyp, rest) = rest.split_at_mut(s.cout * p.row());
-            pad(xin, x, bn, s.cin, s, n0, n1, p);
-            pad(dyp, dy, None, s.cout, s, n0, n1, p);
-            weight_grad(dw, dyp, xin, s.cout, s.cin, p);
-            if let (Some(dx), Some(wf)) = (dx.as_deref_mut(), &wflip) {
-                let dxp = &mut rest[..s.cin * p.row()];
-                correlate(dxp, dyp, wf, s.cin, s.cout, &p.offsets(), p.span());
-                unpad(dx, dxp, s.cin, s, n0, n1, p);
-            }
-            n0 = n1;
+    assert_eq!(w.len(), s.cout * s.cin * 9);
+    // backward-data: the forward weights `[Cout][Cin][9]` read transposed and flipped
+    let wflip = Weights::backward_data(w, s.cin, 9);
+    let ns = chunk(s, col.len());
+    let mut dx = dx;
+    let mut n0 = 0;
+    while n0 < s.n {
+        let n1 = (n0 + ns).min(s.n);
+        let p = Padded::new(s, n1 - n0);
+        assert!(
+            col.len() >= (2 * s.cin + s.cout) * p.row(),
+            "conv3x3: col scratch too small"
+        );
+        let (xin, rest) = col.split_at_mut(s.cin * p.row());
+        let (dyp, rest) = rest.split_at_mut(s.cout * p.row());
+        pad(xin, x, bn, s.cin, s, n0, n1, p);
+        pad(dyp, dy, None, s.cout, s, n0, n1, p);
+        weight_grad(dw, dyp, xin, s.cout, s.cin, p);
+        if let Some(dx) = dx.as_deref_mut() {
+            let dxp = &mut rest[..s.cin * p.row()];
+            correlate(dxp, dyp, wflip, s.cin, s.cout, &p.offsets(), p.span());
+            unpad(dx, dxp, s.cin, s, n0, n1, p);
         }
-    })
+        n0 = n1;
+    }
 }
 
 #[cfg(test)]

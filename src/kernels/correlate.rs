@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 /// Signature of [`correlate_avx2`] and [`correlate_avx512`] (entries of [`super::Direct`]).
 pub type CorrelateFn =
-    unsafe fn(*mut f32, *const f32, usize, &[f32], usize, usize, &[isize], Span, usize, usize);
+    unsafe fn(*mut f32, *const f32, usize, Weights<'_>, usize, usize, &[isize], Span, usize, usize);
 
 /// Output channels per register block.
 pub(crate) const OB: usize = 4;
@@ -42,7 +42,7 @@ pub(crate) fn rows6(o_n: usize) -> usize {
 
 /// Rows `r0..r1` of part `k` of `parts` near-equal parts of `o_n` output rows, cut only
 /// between register blocks (6-row blocks below [`rows6`], 4-row ones above), so that each
-/// part is a whole number of the blocks [`with_packed`] laid out.
+/// part is a whole number of the blocks the kernel takes for all `o_n` rows.
 pub(crate) fn part_rows(o_n: usize, parts: usize, k: usize) -> (usize, usize) {
     let r6 = rows6(o_n);
     // the block boundary nearest to row `target`
@@ -129,43 +129,109 @@ pub(crate) fn for_row_runs(o_n: usize, r0: usize, r1: usize, mut f: impl FnMut(u
     }
 }
 
-/// Weights `[O][I][T]` repacked as `[O/B][I][T][B]` with `B` = 6 for the first
-/// [`rows6`] rows and 4 for the rest, so the B broadcasts of a tap are adjacent. With `flip`, the source is a forward weight
-/// `[I][O][T]` read as the backward-data kernel: `w'[o][i][t] = w[i][o][T−1−t]`. The
-/// packing lives in a per-thread buffer for the duration of `f`.
+/// A direct kernel's weights, read where they lie: weight (o, i, t) of output row o,
+/// input row i and tap t is `w[o·row + i·chan + t]`, or `w[o·row + i·chan + T−1−t]` with
+/// `flip` (`T` taps). A forward weight `[O][I][T]` is `row = I·T, chan = T`; the same
+/// tensor read as its backward-data kernel (`w'[o][i][t] = w[i][o][T−1−t]`, output rows
+/// the forward's inputs) is `row = T, chan = O·T` with `flip`.
+///
+/// Or, with one tap, [`with_packed`]'s layout (`packed`).
+///
+/// Why the 3×3 reads its weights in place: they used to be repacked per call as
+/// `[O/6][I][T][6]`, so that a tap's 6 broadcasts were adjacent. The broadcasts are L1
+/// loads either way (a block's weights for one input group are ≤ 4 KiB in both layouts),
+/// but the repacking was a serial pass over every weight on each call: 25 µs per 3×3 of
+/// densenet121 (36 864 weights), 1.45 ms of a 45 ms batch-1 inference. The 1×1 keeps the
+/// packing (a small part of its calls): read in place, its backward-data weights are one
+/// cache line per channel and block, and the 1×1 kernels ran up to 10% slower.
+#[derive(Clone, Copy)]
+pub struct Weights<'a> {
+    /// The tensor (or the part from the first row on; see [`Weights::from_row`]).
+    pub w: &'a [f32],
+    /// Distance between output rows (packed: between the rows' first weights, `I`).
+    pub row: usize,
+    /// Distance between input rows (unused when packed).
+    pub chan: usize,
+    /// Taps in reverse order.
+    pub flip: bool,
+    /// [`with_packed`]'s layout: in a block of `R` rows, row r of channel i at `i·R + r`.
+    pub packed: bool,
+}
+
+impl<'a> Weights<'a> {
+    /// A forward weight `[O][I][T]` of `i_n` input rows and `taps` taps.
+    pub fn forward(w: &'a [f32], i_n: usize, taps: usize) -> Self {
+        Weights {
+            w,
+            row: i_n * taps,
+            chan: taps,
+            flip: false,
+            packed: false,
+        }
+    }
+    /// A forward weight `[F_out][F_in][T]` read as its backward-data kernel, whose `o_n`
+    /// output rows are the forward's `F_in` inputs and whose input rows are its outputs.
+    pub fn backward_data(w: &'a [f32], o_n: usize, taps: usize) -> Self {
+        Weights {
+            w,
+            row: taps,
+            chan: o_n * taps,
+            flip: true,
+            packed: false,
+        }
+    }
+    /// The weights of output rows `r0..`.
+    pub fn from_row(self, r0: usize) -> Self {
+        Weights {
+            w: &self.w[(r0 * self.row).min(self.w.len())..],
+            ..self
+        }
+    }
+    /// Whether `o_n` output rows, `i_n` input rows and `taps` taps lie inside `w`.
+    fn covers(&self, o_n: usize, i_n: usize, taps: usize) -> bool {
+        if self.packed {
+            return taps == 1 && self.row == i_n && o_n * i_n <= self.w.len();
+        }
+        o_n == 0 || i_n == 0 || (o_n - 1) * self.row + (i_n - 1) * self.chan + taps <= self.w.len()
+    }
+}
+
+/// One-tap weights `[O][I]` (with `flip`, a forward `[I][O]` read as its backward-data
+/// kernel) repacked as `[O/B][I][B]` with `B` = 6 for the first [`rows6`] rows and 4 for
+/// the rest, so a channel's B broadcasts are adjacent. The packing lives in a per-thread
+/// buffer for the duration of `f`.
 pub(crate) fn with_packed<R>(
     w: &[f32],
     o_n: usize,
     i_n: usize,
-    taps: usize,
     flip: bool,
-    f: impl FnOnce(&[f32]) -> R,
+    f: impl FnOnce(Weights<'_>) -> R,
 ) -> R {
-    assert_eq!(w.len(), o_n * i_n * taps);
+    assert_eq!(w.len(), o_n * i_n);
     thread_local! {
         static WPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let r6 = rows6(o_n);
-    with_scratch(&WPACK, o_n * i_n * taps, |out| {
+    with_scratch(&WPACK, o_n * i_n, |out| {
         for o in 0..o_n {
             // (block width, row within the part, start of the part)
             let (ob, r, base) = if o < r6 {
                 (OB6, o, 0)
             } else {
-                (OB, o - r6, r6 * i_n * taps)
+                (OB, o - r6, r6 * i_n)
             };
             for i in 0..i_n {
-                for t in 0..taps {
-                    let v = if flip {
-                        w[(i * o_n + o) * taps + taps - 1 - t]
-                    } else {
-                        w[(o * i_n + i) * taps + t]
-                    };
-                    out[base + (((r / ob) * i_n + i) * taps + t) * ob + r % ob] = v;
-                }
+                let v = if flip { w[i * o_n + o] } else { w[o * i_n + i] };
+                out[base + ((r / ob) * i_n + i) * ob + r % ob] = v;
             }
         }
-        f(out)
+        f(Weights {
+            w: out,
+            row: i_n,
+            chan: 0,
+            flip: false,
+            packed: true,
+        })
     })
 }
 
@@ -198,9 +264,9 @@ pub struct Span {
 }
 
 /// The direct kernel over `o_n` output rows: the first [`rows6`] in register blocks of
-/// 6, the rest in blocks of 4 (`wp` packed by [`with_packed`] to match), positions `a..b`
-/// of the span. Output row r is `out + r·sp.ld + sp.base`; input row i is `ib + i·ild`,
-/// and position q of it reads `ib + i·ild + q + off_t`.
+/// 6, the rest in blocks of 4, positions `a..b` of the span. Output row r is
+/// `out + r·sp.ld + sp.base`; input row i is `ib + i·ild`, and position q of it reads
+/// `ib + i·ild + q + off_t`.
 ///
 /// # Safety
 /// Every row read and written must lie in its buffer for positions `a..b` (and up to
@@ -211,7 +277,7 @@ unsafe fn correlate_rows<V: F32x, const TAPS: usize>(
     out: *mut f32,
     ib: *const f32,
     ild: usize,
-    wp: &[f32],
+    w: Weights<'_>,
     o_n: usize,
     i_n: usize,
     offs: &[isize],
@@ -220,16 +286,43 @@ unsafe fn correlate_rows<V: F32x, const TAPS: usize>(
     b: usize,
 ) {
     let offs: &[isize; TAPS] = offs.try_into().expect("tap count");
+    assert!(w.covers(o_n, i_n, TAPS), "correlate: weights too short");
+    // with one tap, flipped is the same order
+    if w.packed {
+        correlate_blocks::<V, TAPS, false, true>(out, ib, ild, w, o_n, i_n, offs, sp, a, b)
+    } else if w.flip && TAPS > 1 {
+        correlate_blocks::<V, TAPS, true, false>(out, ib, ild, w, o_n, i_n, offs, sp, a, b)
+    } else {
+        correlate_blocks::<V, TAPS, false, false>(out, ib, ild, w, o_n, i_n, offs, sp, a, b)
+    }
+}
+
+/// [`correlate_rows`] with the tap order and the layout fixed at compile time, so that a
+/// tap's weight is a constant displacement from its input row's, and packed strides are
+/// constants.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn correlate_blocks<V: F32x, const TAPS: usize, const FLIP: bool, const PACKED: bool>(
+    out: *mut f32,
+    ib: *const f32,
+    ild: usize,
+    w: Weights<'_>,
+    o_n: usize,
+    i_n: usize,
+    offs: &[isize; TAPS],
+    sp: Span,
+    a: usize,
+    b: usize,
+) {
     let r6 = rows6(o_n);
-    let split = r6 * i_n * TAPS;
     if r6 > 0 {
-        let wp = &wp[..split];
-        correlate_part::<V, TAPS, OB6>(out, ib, ild, wp, r6, i_n, offs, sp, a, b);
+        correlate_part::<V, TAPS, OB6, FLIP, PACKED>(out, ib, ild, w, r6, i_n, offs, sp, a, b);
     }
     if r6 < o_n {
         let rest = out.add(r6 * sp.ld);
-        let wp = &wp[split..];
-        correlate_part::<V, TAPS, OB>(rest, ib, ild, wp, o_n - r6, i_n, offs, sp, a, b);
+        let w = w.from_row(r6);
+        let o_n = o_n - r6;
+        correlate_part::<V, TAPS, OB, FLIP, PACKED>(rest, ib, ild, w, o_n, i_n, offs, sp, a, b);
     }
 }
 
@@ -254,11 +347,17 @@ unsafe fn correlate_rows<V: F32x, const TAPS: usize>(
 /// code (same summation order), unless the span may run over.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn correlate_part<V: F32x, const TAPS: usize, const R: usize>(
+unsafe fn correlate_part<
+    V: F32x,
+    const TAPS: usize,
+    const R: usize,
+    const FLIP: bool,
+    const PACKED: bool,
+>(
     out: *mut f32,
     ib: *const f32,
     ild: usize,
-    wp: &[f32],
+    w: Weights<'_>,
     o_n: usize,
     i_n: usize,
     offs: &[isize; TAPS],
@@ -266,7 +365,19 @@ unsafe fn correlate_part<V: F32x, const TAPS: usize, const R: usize>(
     a: usize,
     b: usize,
 ) {
-    debug_assert!(o_n.is_multiple_of(R) && wp.len() == o_n * i_n * TAPS);
+    debug_assert!(o_n.is_multiple_of(R) && w.covers(o_n, i_n, TAPS));
+    // tap t of a channel's weights lies at displacement `tap(t)` from its first
+    let tap = |t: usize| if FLIP { TAPS - 1 - t } else { t };
+    debug_assert_eq!(w.packed, PACKED);
+    // strides inside a register block (constants when packed)
+    let wl = if PACKED {
+        WLayout { row: 1, chan: R }
+    } else {
+        WLayout {
+            row: w.row,
+            chan: w.chan,
+        }
+    };
     let l = V::LANES;
     // With one tap a group of IB channels is only 16 FMAs per accumulator round trip
     // through `out`; 1×1 inputs are packed (contiguous, L1-friendly), so take more.
@@ -285,13 +396,13 @@ unsafe fn correlate_part<V: F32x, const TAPS: usize, const R: usize>(
         for i0 in (0..i_n).step_by(group) {
             let i1 = (i0 + group).min(i_n);
             for ob in 0..o_n / R {
-                let wb = wp.as_ptr().add(ob * i_n * TAPS * R);
+                let wb = w.w.as_ptr().add(ob * R * w.row);
                 let op = out.add(ob * R * sp.ld + sp.base + q);
                 let ip = ib.wrapping_add(q);
                 if two {
-                    block::<V, TAPS, R, 2>(op, sp.ld, ip, ild, wb, i0, i1, offs);
+                    block::<V, TAPS, R, 2, FLIP>(op, sp.ld, ip, ild, wb, wl, i0, i1, offs);
                 } else {
-                    block::<V, TAPS, R, 1>(op, sp.ld, ip, ild, wb, i0, i1, offs);
+                    block::<V, TAPS, R, 1, FLIP>(op, sp.ld, ip, ild, wb, wl, i0, i1, offs);
                 }
             }
         }
@@ -299,13 +410,13 @@ unsafe fn correlate_part<V: F32x, const TAPS: usize, const R: usize>(
     }
     // scalar tail, same summation order per position (i outer, t inner, fused)
     for o in 0..o_n {
-        let wb = wp.as_ptr().add((o / R) * i_n * TAPS * R + o % R);
+        let wb = w.w.as_ptr().add(o / R * R * w.row + o % R * wl.row);
         for q in full1..b.max(full1) {
             let mut acc = 0f32;
             for i in 0..i_n {
                 let ip = ib.wrapping_add(i * ild + q);
                 for (t, &off) in offs.iter().enumerate() {
-                    acc = (*wb.add((i * TAPS + t) * R)).mul_add(*ip.offset(off), acc);
+                    acc = (*wb.add(i * wl.chan + tap(t))).mul_add(*ip.offset(off), acc);
                 }
             }
             *out.add(o * sp.ld + sp.base + q) = acc;
@@ -313,19 +424,27 @@ unsafe fn correlate_part<V: F32x, const TAPS: usize, const R: usize>(
     }
 }
 
+/// Strides of [`Weights`], without the slice (the register block takes a raw pointer).
+#[derive(Clone, Copy)]
+struct WLayout {
+    row: usize,
+    chan: usize,
+}
+
 /// One register block: `R` output rows × `NV` vectors of positions starting at `op`
-/// (rows `ld` apart), over input channels `i0..i1` (row i at `ip + i·ild`, weights
-/// `wb[(i·TAPS + t)·R + r]`). The first group (`i0 == 0`) starts from zero, later ones
-/// from the partial sums in `out`. The accumulators are an array that LLVM keeps in
-/// registers (checked in the AVX2 objdump: no stack traffic in the tap loop).
+/// (rows `ld` apart), over input channels `i0..i1` (row i at `ip + i·ild`, weights of row
+/// r, channel i at `wb + r·wl.row + i·wl.chan`). The first group (`i0 == 0`) starts from
+/// zero, later ones from the partial sums in `out`. The accumulators are an array that
+/// LLVM keeps in registers (checked in the AVX2 objdump: no stack traffic in the tap loop).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<V: F32x, const TAPS: usize, const R: usize, const NV: usize>(
+unsafe fn block<V: F32x, const TAPS: usize, const R: usize, const NV: usize, const FLIP: bool>(
     op: *mut f32,
     ld: usize,
     ip: *const f32,
     ild: usize,
     wb: *const f32,
+    wl: WLayout,
     i0: usize,
     i1: usize,
     offs: &[isize; TAPS],
@@ -345,12 +464,14 @@ unsafe fn block<V: F32x, const TAPS: usize, const R: usize, const NV: usize>(
     let mut i = i0;
     while TAPS == 1 && i + 2 <= i1 {
         for j in [i, i + 1] {
-            channel::<V, TAPS, R, NV>(&mut c, ip.wrapping_add(j * ild), wb.add(j * TAPS * R), offs);
+            let wi = wb.add(j * wl.chan);
+            channel::<V, TAPS, R, NV, FLIP>(&mut c, ip.wrapping_add(j * ild), wi, wl.row, offs);
         }
         i += 2;
     }
     while i < i1 {
-        channel::<V, TAPS, R, NV>(&mut c, ip.wrapping_add(i * ild), wb.add(i * TAPS * R), offs);
+        let wi = wb.add(i * wl.chan);
+        channel::<V, TAPS, R, NV, FLIP>(&mut c, ip.wrapping_add(i * ild), wi, wl.row, offs);
         i += 1;
     }
     for (r, c) in c.iter().enumerate() {
@@ -361,28 +482,38 @@ unsafe fn block<V: F32x, const TAPS: usize, const R: usize, const NV: usize>(
 }
 
 /// One input channel's taps into a register block's accumulators: input row at `ip`,
-/// its weights at `wi[t·R + r]`. (A function, not a closure: a closure here was not
-/// always inlined, and outside a `#[target_feature]` function its intrinsics were calls.)
+/// the weight of row r and tap t at `wi + r·row + t` (`T−1−t` with `FLIP`). (A function,
+/// not a closure: a closure here was not always inlined, and outside a
+/// `#[target_feature]` function its intrinsics were calls.)
 #[inline(always)]
-unsafe fn channel<V: F32x, const TAPS: usize, const R: usize, const NV: usize>(
+unsafe fn channel<V: F32x, const TAPS: usize, const R: usize, const NV: usize, const FLIP: bool>(
     c: &mut [[V; NV]; R],
     ip: *const f32,
     wi: *const f32,
+    row: usize,
     offs: &[isize; TAPS],
 ) {
     let l = V::LANES;
     for (t, &off) in offs.iter().enumerate() {
         let x = ip.offset(off);
-        let w = wi.add(t * R);
+        let w = wi.add(if FLIP { TAPS - 1 - t } else { t });
         let mut xv = [V::zero(); NV];
         for (v, xv) in xv.iter_mut().enumerate() {
             *xv = V::load(x.add(v * l));
         }
         for (r, c) in c.iter_mut().enumerate() {
-            let wv = V::splat(w.add(r));
+            let wv = V::splat(w.add(r * row));
             for (c, &xv) in c.iter_mut().zip(&xv) {
                 *c = wv.mul_add(xv, *c);
             }
+        }
+        // Keeps the next tap's loads below this one's FMAs: with weights read in place
+        // LLVM hoisted the broadcasts of all 9 taps, ran out of the 16 ymm registers
+        // and spilled accumulators (3×3 forward 50% slower); an empty asm block is a
+        // memory clobber that loads cannot be moved across. One tap has no next tap.
+        #[cfg(target_arch = "x86_64")]
+        if TAPS > 1 {
+            std::arch::asm!("", options(nostack, preserves_flags));
         }
     }
 }
@@ -391,7 +522,7 @@ simd_entries!(correlate_rows<const TAPS: usize> => correlate_avx2, correlate_avx
     out: *mut f32,
     ib: *const f32,
     ild: usize,
-    wp: &[f32],
+    w: Weights<'_>,
     o_n: usize,
     i_n: usize,
     offs: &[isize],
@@ -405,7 +536,7 @@ mod tests {
     use super::*;
 
     /// The parts of a row split cover every row once, and each run is rows that one
-    /// kernel call lays out as [`with_packed`] did for all `o_n` rows.
+    /// kernel call blocks as it would within all `o_n` rows.
     #[test]
     fn row_parts_follow_the_register_blocks() {
         for o_n in (4..=130).filter(|n| n % 4 == 0 || n % 6 == 0) {

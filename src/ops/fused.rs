@@ -18,7 +18,7 @@
 use super::conv::{conv_backward, conv_forward, ConvShape};
 use super::norm::{self, bn_relu_forward};
 use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
-use crate::kernels::correlate::{balanced_tile, with_packed, PB};
+use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
 use crate::kernels::gemm::{raw_ptr, Mat};
 pub use crate::kernels::BnRelu;
 use crate::kernels::{self, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
@@ -194,7 +194,7 @@ pub fn backward(
     }
     let masked_sums_axpy = kernels::active().masked_sums_axpy;
     // One slice of tiles: dW summed into `acc` (o_n×i_n), the BN sums into `sums`.
-    let slice = |part: usize, acc: *mut f32, sums: &mut [(f64, f64)], wt: &[f32]| {
+    let slice = |part: usize, acc: *mut f32, sums: &mut [(f64, f64)], wt: Weights<'_>| {
         with_scratch(&TILE, i_n * ld, |buf| {
             // dY's tile rows (direct), then the same tile transposed (`outer`)
             let (rows, cols) = (
@@ -223,7 +223,7 @@ pub fn backward(
                             // direct kernels (pointwise_applies); rows hold n floats.
                             unsafe { dot_tile(acc, i_n, dyt, ld, buf, ld, o_n, i_n, n) };
                         }
-                        // dA over A (dead now); wt is Wᵀ packed
+                        // dA over A (dead now)
                         conv1x1::pointwise_tile(buf, ld, dyt, ld, wt, i_n, o_n, n);
                     } else {
                         // SAFETY: `acc` is this task's own o_n×i_n matrix; `buf` holds i_n
@@ -287,7 +287,8 @@ pub fn backward(
             with_scratch(&PARTIALS, own * o_n * i_n, |partials| {
                 partials.fill(0.0);
                 let (dwp, pp) = (SyncPtr(g.dw.as_mut_ptr()), SyncPtr(partials.as_mut_ptr()));
-                with_packed(wsrc, wt_o, wt_i, 1, true, |wt| {
+                // dA = Wᵀ·dY: W packed as its backward-data kernel (i_n output rows)
+                with_packed(wsrc, wt_o, wt_i, true, |wt| {
                     let work = |(p, sums): (usize, &mut [(f64, f64)])| {
                         let acc = match (outer, p) {
                             (true, p) => pp.get().wrapping_add(p * o_n * i_n),
