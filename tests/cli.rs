@@ -678,6 +678,50 @@ fn summary_plan_is_the_workspace_bench_allocates() {
     assert!(!names.iter().any(|n| n.contains("grad")), "{names:?}");
 }
 
+/// `bench infer --profile` counts each of the model's convolutions once per pass (a
+/// DenseNet-BC-40-12 has 3 blocks of 6 bottleneck layers: 18 1×1 and 18 3×3, plus 2
+/// transition 1×1 and the 3×3 stem), runs nothing of training, and its rows add up to the
+/// mean pass.
+#[test]
+fn bench_infer_profile_counts_the_models_convolutions() {
+    let r = json(&densenet(&[
+        "--threads",
+        "1",
+        "bench",
+        "infer",
+        "--model",
+        "densenet-bc-40-12",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--profile",
+        "--json",
+    ]));
+    let rows = r["profile"].as_array().expect("profile rows");
+    let calls = |op: &str| {
+        rows.iter()
+            .find(|row| row["op"] == op)
+            .map(|row| row["calls"].as_f64().unwrap())
+    };
+    assert_eq!(calls("conv 1x1 forward"), Some(20.0), "{rows:?}");
+    assert_eq!(calls("conv 3x3 forward"), Some(19.0), "{rows:?}");
+    for op in [
+        "conv 1x1 backward",
+        "conv 3x3 backward",
+        "BN-ReLU backward",
+        "SGD update",
+    ] {
+        assert_eq!(calls(op), None, "{op} in an evaluation pass: {rows:?}");
+    }
+    let sum: f64 = rows.iter().map(|row| row["step_s"].as_f64().unwrap()).sum();
+    let mean = r["pass"]["mean_s"].as_f64().unwrap();
+    assert!(
+        (sum - mean).abs() <= 1e-6 * mean,
+        "rows {sum} s, mean pass {mean} s"
+    );
+}
+
 /// `DENSENET_KERNELS` picks the table (and an unknown one is refused before any work).
 #[test]
 fn densenet_kernels_selects_the_table() {

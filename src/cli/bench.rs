@@ -484,13 +484,14 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The profile's rows per timed pass, from the collected scopes and the passes' times;
-/// `other` is what no scope covered.
+/// The profile's rows per timed pass, from the collected scopes and the passes' times:
+/// the kinds that ran, and `other`, what no scope covered.
 fn profile_rows(times: &[f64]) -> Vec<ProfileRow> {
     let total: f64 = times.iter().sum();
     let per = 1.0 / times.len() as f64;
     let mut rows: Vec<ProfileRow> = crate::util::profile::snapshot()
         .into_iter()
+        .filter(|&(_, _, calls)| calls > 0)
         .map(|(op, secs, calls)| ProfileRow {
             op: op.name().to_string(),
             step_s: secs * per,
