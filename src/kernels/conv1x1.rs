@@ -8,7 +8,7 @@
 
 use super::active;
 use super::correlate::{
-    for_row_runs, for_tiles, tile_len, with_packed, Span, Weights, OB, OB6, PB,
+    for_row_runs, for_tiles, part_rows, tile_len, with_packed, Span, Weights, OB, OB6, PB,
 };
 use super::simd::{simd_entries, F32x};
 use crate::util::par::{with_scratch, SyncPtr};
@@ -85,31 +85,42 @@ pub fn pointwise_with<F>(
         let optr = SyncPtr(out.as_mut_ptr());
         // where rows are split (fewer tiles than threads), each part's task forms the
         // tile's input itself
-        for_tiles(0, len, tile, direct.block, o_n, big, |a, b, r0, r1| {
-            // rows a vector's width apart times an odd number (tile is a multiple of two
-            // vectors): aligned for the kernel's loads, and not 2^k apart (which would
-            // map a channel group to one L1 set)
-            let ild = tile + direct.block / 2;
-            with_scratch(&PACK, i_n * ild + 16, |buf| {
-                // rows start on 64-byte lines (ild·4 is a multiple of the vector width and
-                // the start is aligned), so no load of the kernel straddles two lines
-                let skip = buf.as_ptr().align_offset(64).min(15);
-                let buf = &mut buf[skip..][..i_n * ild];
-                fill(buf, ild, a, b);
-                // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
-                let ibp = buf.as_ptr().wrapping_sub(a);
-                for_row_runs(o_n, r0, r1, |r0, r1| {
-                    let w = wv.from_row(r0);
-                    // SAFETY: positions a..b of output rows r0..r1 are written by this
-                    // task only; `out` holds o_n rows of len; the tile buffer holds i_n
-                    // rows of ild ≥ b − a; the table that holds the kernel runs on this CPU.
-                    unsafe {
-                        let o = optr.get().add(r0 * len);
-                        (direct.correlate1)(o, ibp, ild, w, r1 - r0, i_n, &[0], sp, a, b)
-                    }
+        // packed weights: parts follow the packing's blocks
+        let part = part_rows;
+        for_tiles(
+            0,
+            len,
+            tile,
+            direct.block,
+            o_n,
+            big,
+            part,
+            |a, b, r0, r1| {
+                // rows a vector's width apart times an odd number (tile is a multiple of two
+                // vectors): aligned for the kernel's loads, and not 2^k apart (which would
+                // map a channel group to one L1 set)
+                let ild = tile + direct.block / 2;
+                with_scratch(&PACK, i_n * ild + 16, |buf| {
+                    // rows start on 64-byte lines (ild·4 is a multiple of the vector width and
+                    // the start is aligned), so no load of the kernel straddles two lines
+                    let skip = buf.as_ptr().align_offset(64).min(15);
+                    let buf = &mut buf[skip..][..i_n * ild];
+                    fill(buf, ild, a, b);
+                    // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
+                    let ibp = buf.as_ptr().wrapping_sub(a);
+                    for_row_runs(o_n, r0, r1, |r0, r1| {
+                        let w = wv.from_row(r0);
+                        // SAFETY: positions a..b of output rows r0..r1 are written by this
+                        // task only; `out` holds o_n rows of len; the tile buffer holds i_n
+                        // rows of ild ≥ b − a; the table that holds the kernel runs on this CPU.
+                        unsafe {
+                            let o = optr.get().add(r0 * len);
+                            (direct.correlate1)(o, ibp, ild, w, r1 - r0, i_n, &[0], sp, a, b)
+                        }
+                    })
                 })
-            })
-        })
+            },
+        )
     })
 }
 

@@ -28,7 +28,7 @@
 //! channels × 3 taps for [`weight_grad`] (7 loads per 12 FMAs). Each kernel is one source
 //! over the vector type of [`super::simd`], compiled for AVX2 and for AVX-512.
 
-use super::correlate::{for_row_runs, for_tiles, tile_len, Span, Weights, OB, PB};
+use super::correlate::{for_tiles, part_rows4, tile_len, Span, Weights, OB, PB};
 use super::simd::{simd_entries, F32x};
 use super::{active, BnRelu, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr, PAR_MIN};
@@ -226,6 +226,8 @@ fn correlate(
     let tile = tile_len(i_n, direct.block);
     let big = o_n * i_n * offs.len() * (sp.p1 - sp.p0) >= 1 << 17;
     let optr = SyncPtr(out.as_mut_ptr());
+    // weights read in place: any part of 4·j rows is one call
+    let part = part_rows4;
     for_tiles(
         sp.p0,
         sp.p1,
@@ -233,18 +235,20 @@ fn correlate(
         direct.block,
         o_n,
         big,
+        part,
         |a, b, r0, r1| {
-            for_row_runs(o_n, r0, r1, |r0, r1| {
-                let w = w.from_row(r0);
-                // SAFETY: positions a..b of output rows r0..r1 are written by this task only
-                // (the overrun, if any, lies past p1 in the last tile); the asserts above
-                // bound every access; the table that holds the kernel runs on this CPU.
-                unsafe {
-                    let ib = inp.as_ptr().add(sp.base);
-                    let o = optr.get().add(r0 * sp.ld);
-                    (direct.correlate9)(o, ib, sp.ld, w, r1 - r0, i_n, offs, sp, a, b)
-                }
-            })
+            if r0 == r1 {
+                return;
+            }
+            let w = w.from_row(r0);
+            // SAFETY: positions a..b of output rows r0..r1 are written by this task only (the
+            // overrun, if any, lies past p1 in the last tile); the asserts above bound every
+            // access; the table that holds the kernel runs on this CPU.
+            unsafe {
+                let ib = inp.as_ptr().add(sp.base);
+                let o = optr.get().add(r0 * sp.ld);
+                (direct.correlate9)(o, ib, sp.ld, w, r1 - r0, i_n, offs, sp, a, b)
+            }
         },
     );
 }
@@ -468,7 +472,34 @@ mod tests {
             shape(2, 20, 16, 5, 6),
             shape(1, 32, 32, 4, 4),
         ];
-        for s in shapes {
+        check_against_im2col(&shapes);
+    }
+
+    /// Batch 1 at densenet121's 14×14 and 7×7: one tile of positions, so the output rows
+    /// are split between the threads (`part_rows4`), on 2 and 3 threads (uneven parts),
+    /// forward and backward-data (its 128 output rows too).
+    #[test]
+    fn row_parts_match_im2col() {
+        if kernels::active().direct.is_none() {
+            eprintln!(
+                "SKIPPED: the {} kernels have no direct 3×3",
+                kernels::active().name
+            );
+            return;
+        }
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                check_against_im2col(&[shape(1, 128, 32, 14, 14), shape(1, 64, 36, 7, 7)])
+            });
+        }
+    }
+
+    fn check_against_im2col(shapes: &[ConvShape]) {
+        for &s in shapes {
             assert!(applies(&s));
             let data_grad = applies_data(&s);
             assert_eq!(data_grad, s.cin != 3);
