@@ -31,12 +31,16 @@ pub fn col_len(s: &ConvShape, samples: usize) -> usize {
     }
 }
 
-/// For stride 1: the output columns `lo..hi` whose input column `ox + kx − pad` lies
-/// inside the image.
+/// The output columns `lo..hi` whose input column `ox·stride + kx − pad` lies inside the
+/// image (the others read the zero padding).
 #[inline]
 fn valid_run(s: &ConvShape, kx: usize, wo: usize) -> (usize, usize) {
-    let lo = s.pad.saturating_sub(kx).min(wo);
-    let hi = (s.w + s.pad).saturating_sub(kx).min(wo).max(lo);
+    let lo = s.pad.saturating_sub(kx).div_ceil(s.stride).min(wo);
+    // ox·stride + kx − pad ≤ w − 1
+    let hi = match (s.w + s.pad).checked_sub(kx + 1) {
+        Some(last) => (last / s.stride + 1).min(wo).max(lo),
+        None => lo,
+    };
     (lo, hi)
 }
 
@@ -61,21 +65,21 @@ fn im2col(col: &mut [f32], x: &[f32], s: &ConvShape, n0: usize, n1: usize) {
                         continue;
                     }
                     let src = &plane[iy as usize * s.w..][..s.w];
-                    if s.stride == 1 {
-                        // one contiguous run: copy it, zero the padding on both sides
-                        let (lo, hi) = valid_run(s, kx, wo);
-                        out[..lo].fill(0.0);
-                        out[lo..hi].copy_from_slice(&src[lo + kx - s.pad..hi + kx - s.pad]);
-                        out[hi..].fill(0.0);
+                    // one run of inputs `stride` apart; zero the padding on both sides
+                    let (lo, hi) = valid_run(s, kx, wo);
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    if hi == lo {
                         continue;
                     }
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                        *o = if ix < 0 || ix >= s.w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+                    let first = lo * s.stride + kx - s.pad;
+                    if s.stride == 1 {
+                        out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                    } else {
+                        // (per-column bounds tests here made the ImageNet stem's
+                        // 7×7 stride-2 im2col the larger part of the stem)
+                        let src = src[first..].iter().step_by(s.stride);
+                        out[lo..hi].iter_mut().zip(src).for_each(|(o, &v)| *o = v);
                     }
                 }
             }
@@ -103,18 +107,13 @@ fn col2im(dx: &mut [f32], col: &[f32], s: &ConvShape, n0: usize, n1: usize) {
                         }
                         let src = &row[((ni - n0) * ho + oy) * wo..][..wo];
                         let dst = &mut plane[iy as usize * s.w..][..s.w];
-                        if s.stride == 1 {
-                            let (lo, hi) = valid_run(s, kx, wo);
-                            let d = &mut dst[lo + kx - s.pad..hi + kx - s.pad];
-                            d.iter_mut().zip(&src[lo..hi]).for_each(|(d, g)| *d += g);
+                        let (lo, hi) = valid_run(s, kx, wo);
+                        if hi == lo {
                             continue;
                         }
-                        for (ox, &g) in src.iter().enumerate() {
-                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                            if ix >= 0 && ix < s.w as isize {
-                                dst[ix as usize] += g;
-                            }
-                        }
+                        let first = lo * s.stride + kx - s.pad;
+                        let d = dst[first..].iter_mut().step_by(s.stride);
+                        d.zip(&src[lo..hi]).for_each(|(d, g)| *d += g);
                     }
                 }
             }
@@ -370,6 +369,8 @@ mod tests {
             mk(2, 3, 4, 5, 5, 3, 1, 1),  // DenseNet 3×3
             mk(3, 4, 5, 6, 6, 1, 1, 0),  // 1×1 bottleneck
             mk(2, 3, 4, 11, 9, 7, 2, 3), // ImageNet stem
+            mk(1, 2, 3, 10, 8, 7, 2, 3), // even sizes, as 224×224
+            mk(1, 1, 2, 3, 1, 7, 2, 3),  // taps with no column inside the image
             mk(1, 2, 2, 4, 4, 3, 2, 1),
             mk(2, 4, 8, 5, 6, 3, 1, 1), // direct 3×3 kernels (conv3x3) where AVX2 exists
         ]
