@@ -452,11 +452,7 @@ mod tests {
     /// that force one sample per chunk as well as the whole batch in one.
     #[test]
     fn direct_matches_im2col() {
-        if kernels::active().direct.is_none() {
-            eprintln!(
-                "SKIPPED: the {} kernels have no direct 3×3",
-                kernels::active().name
-            );
+        if no_direct_kernels() {
             return;
         }
         let shapes = [
@@ -480,11 +476,7 @@ mod tests {
     /// forward and backward-data (its 128 output rows too).
     #[test]
     fn row_parts_match_im2col() {
-        if kernels::active().direct.is_none() {
-            eprintln!(
-                "SKIPPED: the {} kernels have no direct 3×3",
-                kernels::active().name
-            );
+        if no_direct_kernels() {
             return;
         }
         for threads in [2, 3] {
@@ -496,6 +488,18 @@ mod tests {
                 check_against_im2col(&[shape(1, 128, 32, 14, 14), shape(1, 64, 36, 7, 7)])
             });
         }
+    }
+
+    /// Says SKIPPED where the active table has no direct 3×3 (`portable`).
+    fn no_direct_kernels() -> bool {
+        let none = kernels::active().direct.is_none();
+        if none {
+            eprintln!(
+                "SKIPPED: the {} kernels have no direct 3×3",
+                kernels::active().name
+            );
+        }
+        none
     }
 
     fn check_against_im2col(shapes: &[ConvShape]) {
