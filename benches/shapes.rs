@@ -585,7 +585,10 @@ const EFF_BIG: usize = 8 << 20;
 
 /// GFLOP/s of each kernel on the main shapes of densenet121 and DenseNet-BC-100-12, forward
 /// and backward (input + weight gradients), at 1 and 2 threads, as a fraction of this
-/// machine's FP32 peak ([`densenet::kernels::peak`]). The 1×1 rows time the fused
+/// machine's FP32 peak ([`densenet::kernels::peak`]): the nominal one (from the flags and
+/// the clock the OS reports) and the rate a loop of FMAs measured on the same threads
+/// (`measured_peak_fraction`; a boosting core runs above the nominal clock, an AVX-512
+/// licence below it). The 1×1 rows time the fused
 /// BN-ReLU + 1×1 that training runs (`fused::forward` with `no_alloc`, `fused::backward`
 /// with its pending dX) and the 3×3 rows the direct kernel with its BN-ReLU input, as a
 /// dense layer's `conv2`; only the products' FLOPs count (2 per multiply-add, twice that
@@ -595,18 +598,26 @@ fn efficiency() {
     let table = kernels::active().name;
     let json = json();
     let cpu = cpu_model();
-    // one pool and one peak per thread count
-    let pools: Vec<_> = [1, 2].map(|t| (peak(t, table), pool(t))).into();
-    for (p, _) in &pools {
+    // one pool, one nominal peak and one measured peak per thread count
+    let pools: Vec<_> = [1, 2]
+        .map(|t| {
+            let pool = pool(t);
+            let measured = pool.install(|| densenet::kernels::peak::measured_gflops(0.3));
+            (peak(t, table), pool, measured)
+        })
+        .into();
+    for (p, _, measured) in &pools {
         note(&format!(
-            "peak {}t: {:.1} GFLOP/s = {} threads x {} FMA units x {} lanes x 2 x {:.3} GHz ({})",
+            "peak {}t: {:.1} GFLOP/s = {} threads x {} FMA units x {} lanes x 2 x {:.3} GHz ({}); \
+             an FMA loop measured {}",
             p.threads,
             p.gflops(),
             p.threads,
             p.fma_units,
             p.lanes,
             p.ghz,
-            p.ghz_source
+            p.ghz_source,
+            measured.map_or("n/a".into(), |g| format!("{g:.1} GFLOP/s"))
         ));
     }
     for case in efficiency_cases() {
@@ -629,7 +640,7 @@ fn efficiency() {
                     (f, best_secs(1, reps, || run(true)))
                 })
             };
-            pools.iter().map(|(_, pool)| one(pool)).collect()
+            pools.iter().map(|(_, pool, _)| one(pool)).collect()
         };
         // and the FLOPs of one forward
         let (times, flops) = if kind == "3x3" {
@@ -652,10 +663,11 @@ fn efficiency() {
         };
         for (dir, passes) in [("fwd", 1.0), ("bwd", 2.0)] {
             let mut text = format!("{model:5} {kind:9} {dir} {shape:22}");
-            for ((p, _), &(f, b)) in pools.iter().zip(&times) {
+            for ((p, _, measured), &(f, b)) in pools.iter().zip(&times) {
                 let (t, secs) = (p.threads, if dir == "fwd" { f } else { b });
                 let gflops = passes * flops / secs / 1e9;
                 let frac = gflops / p.gflops();
+                let mfrac = measured.map(|m| gflops / m);
                 if json {
                     let row = serde_json::json!({
                         "kernel": format!("{kind} {dir}"),
@@ -663,12 +675,14 @@ fn efficiency() {
                         "threads": t,
                         "gflops": (gflops * 100.0).round() / 100.0,
                         "peak_fraction": (frac * 1000.0).round() / 1000.0,
+                        "measured_peak_fraction": mfrac.map(|f| (f * 1000.0).round() / 1000.0),
                         "cpu": cpu,
                         "kernels": table,
                     });
                     println!("{row}");
                 } else {
-                    text += &format!("  {t}t {gflops:6.1} ({:3.0}%)", frac * 100.0);
+                    let m = mfrac.map_or("  n/a".into(), |f| format!("{:3.0}%", f * 100.0));
+                    text += &format!("  {t}t {gflops:6.1} ({:3.0}% / {m})", frac * 100.0);
                 }
             }
             if !json {

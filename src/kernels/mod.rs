@@ -148,6 +148,8 @@ pub struct Direct {
     pub dot_tile: conv1x1::DotTileFn,
     /// The 1×1 weight gradient of one tile as an outer product ([`conv1x1::grad_tile`]).
     pub grad_tile: conv1x1::GradTileFn,
+    /// A loop of nothing but FMAs, for the measured peak ([`peak::measured_gflops`]).
+    pub fma_chains: peak::FmaChainsFn,
 }
 
 /// The function table of one instruction set. The element-wise entries are safe to call
@@ -213,6 +215,7 @@ static AVX2: Kernels = Kernels {
         weight_grad3x3: conv3x3::weight_grad_avx2,
         dot_tile: conv1x1::dot_tile_avx2,
         grad_tile: conv1x1::grad_tile_avx2,
+        fma_chains: peak::fma_chains_avx2,
     }),
 };
 
@@ -236,6 +239,7 @@ static AVX512: Kernels = Kernels {
         weight_grad3x3: conv3x3::weight_grad_avx512,
         dot_tile: conv1x1::dot_tile_avx512,
         grad_tile: conv1x1::grad_tile_avx512,
+        fma_chains: peak::fma_chains_avx512,
     }),
 };
 

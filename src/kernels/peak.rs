@@ -6,6 +6,84 @@
 //! largest `cpu MHz` of `/proc/cpuinfo`, the `@ 2.40GHz` of its `model name`, else 3 GHz.
 //! Virtual machines often have no cpufreq directory and report the nominal clock as
 //! `cpu MHz`; a core that boosts above it can then show more than 100% of "peak".
+//! [`measured_gflops`] times a loop of nothing but FMAs instead, for the clock the cores
+//! really run vector code at.
+
+use super::simd::{simd_entries, F32x};
+
+/// Independent multiply-add chains of [`fma_chains`]: more than 2 FMA pipes × 4 cycles of
+/// latency, so the pipes never wait.
+pub(crate) const CHAINS: usize = 12;
+
+/// `CHAINS` vectors, chain k from k + 1, each through `iters` steps of `a = a·b + c`;
+/// `out` gets the sum of lane 0 of every chain, which keeps the loop from being optimised
+/// away (as do `b` and `c` coming from the caller: with constants whose fixed point was
+/// the start, LLVM folded the whole loop). Nothing but FMAs on registers: the rate a
+/// core's vector pipes reach at the clock they run at.
+///
+/// # Safety
+/// The CPU must run `V`.
+#[inline(always)]
+unsafe fn fma_chains<V: F32x>(iters: usize, b: f32, c: f32, out: &mut f32) {
+    let mut acc = [V::zero(); CHAINS];
+    for (k, a) in acc.iter_mut().enumerate() {
+        *a = V::splat(&(k as f32 + 1.0));
+    }
+    let (b, c) = (V::splat(&b), V::splat(&c));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(b, c);
+        }
+    }
+    let mut lanes = [0f32; 16];
+    *out = 0.0;
+    for a in acc {
+        a.store(lanes.as_mut_ptr());
+        *out += lanes[0];
+    }
+}
+
+simd_entries!(fma_chains => fma_chains_avx2, fma_chains_avx512 (
+    iters: usize,
+    b: f32,
+    c: f32,
+    out: &mut f32,
+));
+
+/// Signature of [`fma_chains_avx2`] and [`fma_chains_avx512`] (entries of
+/// [`super::Direct`]).
+pub type FmaChainsFn = unsafe fn(usize, f32, f32, &mut f32);
+
+/// The FP32 rate, in GFLOP/s, that the active kernels table's FMA loop ([`fma_chains`])
+/// reaches on every thread of the current rayon pool at once, for about `seconds` (after a
+/// warm-up of the same length, so that the cores have raised their clock). `None` for a
+/// table without vector kernels (`portable`). A measurement, so it varies with the
+/// machine's load; it tells what the nominal [`Peak`] cannot: the clock the cores really
+/// run vector code at (a boost above nominal, or an AVX-512 licence below it).
+pub fn measured_gflops(seconds: f64) -> Option<f64> {
+    let direct = super::active().direct?;
+    let lanes = direct.block / 2;
+    let threads = rayon::current_num_threads();
+    // iterations in `seconds` at a generous 5 GHz × 2 pipes, scaled below by a probe
+    let run = |iters: usize| {
+        let t = std::time::Instant::now();
+        let sums = rayon::broadcast(|_| {
+            let mut out = 0.0;
+            let (b, c) = std::hint::black_box((0.999, 0.001));
+            // SAFETY: the table that holds the entry runs on this CPU.
+            unsafe { (direct.fma_chains)(iters, b, c, &mut out) };
+            out
+        });
+        std::hint::black_box(sums);
+        t.elapsed().as_secs_f64()
+    };
+    let probe = 1 << 20;
+    let per_iter = run(probe) / probe as f64;
+    let iters = ((seconds / per_iter.max(1e-12)) as usize).max(probe);
+    run(iters);
+    let secs = run(iters);
+    Some((threads * iters * CHAINS * lanes * 2) as f64 / secs / 1e9)
+}
 
 /// The FP32 peak of `threads` cores, with the figures it is made of.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -139,6 +217,37 @@ mod tests {
         assert_eq!(model_name_ghz(AMD), None);
         assert_eq!(model_name_ghz("model name\t: Odd GHz chip\n"), None);
         assert_eq!(model_name_ghz(""), None);
+    }
+
+    /// The FMA loop of every table this CPU runs computes the recurrence it claims (the
+    /// scalar `mul_add` of the same steps, in every chain).
+    #[test]
+    fn fma_chains_compute_the_recurrence() {
+        // chain k from k + 1, towards the fixed point c / (1 − b) = 1.25
+        let (b, c) = (0.9, 0.125);
+        let mut want = 0f32;
+        for k in 0..CHAINS {
+            let mut a = k as f32 + 1.0;
+            for _ in 0..50 {
+                a = a.mul_add(b, c);
+            }
+            want += a;
+        }
+        let tables = [
+            ("avx2", crate::kernels::avx2()),
+            ("avx512", crate::kernels::avx512()),
+        ];
+        for (name, t) in tables {
+            let Some(t) = t else {
+                eprintln!("SKIPPED: this CPU does not run the {name} table's FMA loop");
+                continue;
+            };
+            let direct = t.direct.expect("a vector table has direct kernels");
+            let mut out = 0.0;
+            // SAFETY: the table is only handed out on a CPU that runs it.
+            unsafe { (direct.fma_chains)(50, b, c, &mut out) };
+            assert_eq!(out, want, "{}", t.name);
+        }
     }
 
     #[test]
