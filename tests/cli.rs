@@ -680,8 +680,8 @@ fn summary_plan_is_the_workspace_bench_allocates() {
 
 /// `bench infer --profile` counts each of the model's convolutions once per pass (a
 /// DenseNet-BC-40-12 has 3 blocks of 6 bottleneck layers: 18 1×1 and 18 3×3, plus 2
-/// transition 1×1 and the 3×3 stem), runs nothing of training, and its rows add up to the
-/// mean pass.
+/// transition 1×1 and the 3×3 stem), per kind and per shape, runs nothing of training,
+/// and its rows add up to the mean pass.
 #[test]
 fn bench_infer_profile_counts_the_models_convolutions() {
     let r = json(&densenet(&[
@@ -720,6 +720,33 @@ fn bench_infer_profile_counts_the_models_convolutions() {
         (sum - mean).abs() <= 1e-6 * mean,
         "rows {sum} s, mean pass {mean} s"
     );
+    // per shape: the stem (3 → 24 channels over 2 × 32 × 32 positions) once, and each
+    // block's 3×3 (48 → 12) six times at 32², 16² and 8²
+    let shapes = r["profile_shapes"].as_array().expect("profile_shapes");
+    let calls = |op: &str, key: Option<[u64; 4]>| -> f64 {
+        let matches = |s: &&serde_json::Value| {
+            s["op"] == op
+                && key.is_none_or(|[k, cin, cout, positions]| {
+                    s["k"] == k
+                        && s["cin"] == cin
+                        && s["cout"] == cout
+                        && s["positions"] == positions
+                })
+        };
+        let rows = shapes.iter().filter(matches);
+        rows.map(|s| s["calls"].as_f64().unwrap()).sum()
+    };
+    assert_eq!(
+        calls("conv 3x3 forward", Some([3, 3, 24, 2048])),
+        1.0,
+        "{shapes:?}"
+    );
+    for positions in [2048, 512, 128] {
+        let key = Some([3, 48, 12, positions]);
+        assert_eq!(calls("conv 3x3 forward", key), 6.0, "{shapes:?}");
+    }
+    assert_eq!(calls("conv 1x1 forward", None), 20.0, "{shapes:?}");
+    assert_eq!(calls("conv 3x3 forward", None), 19.0, "{shapes:?}");
 }
 
 /// `DENSENET_KERNELS` picks the table (and an unknown one is refused before any work).

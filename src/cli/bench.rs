@@ -113,6 +113,27 @@ pub struct ProfileRow {
     pub calls: f64,
 }
 
+/// One convolution shape of `--profile`: where the time of a kind of convolution went.
+#[derive(Debug, Serialize)]
+pub struct ShapeRow {
+    /// Kind of operation (`conv 3x3 forward`, …).
+    pub op: String,
+    /// Kernel size.
+    pub k: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Output positions (samples × height × width).
+    pub positions: usize,
+    /// Seconds per step (per pass in `bench infer`).
+    pub step_s: f64,
+    /// Calls per step or pass.
+    pub calls: f64,
+    /// Rate of its multiply-adds (2 FLOPs each; a backward counts both gradients).
+    pub gflops: f64,
+}
+
 /// `bench infer` arguments.
 #[derive(clap::Args, Debug)]
 pub struct InferArgs {
@@ -251,6 +272,9 @@ pub struct TrainReport {
     /// With `--profile`: time per kind of operation, per step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<ProfileRow>>,
+    /// With `--profile`: time per convolution shape, per step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_shapes: Option<Vec<ShapeRow>>,
     /// Under `mpirun -np N` with N > 1: compute and communication.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parallel: Option<ParallelReport>,
@@ -285,6 +309,9 @@ pub struct InferReport {
     /// With `--profile`: time per kind of operation, per pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<ProfileRow>>,
+    /// With `--profile`: time per convolution shape, per pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_shapes: Option<Vec<ShapeRow>>,
 }
 
 /// The CPU's model name (Linux: `model name` in /proc/cpuinfo), or `unknown`.
@@ -411,6 +438,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     }
     crate::util::profile::enable(false);
     let profile = a.profile.then(|| profile_rows(&times));
+    let profile_shapes = a.profile.then(|| shape_rows(times.len()));
     if bn_sync.is_some() {
         crate::ops::norm::set_stats_sync(None);
     }
@@ -449,6 +477,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         peak_rss_bytes: peak_rss_bytes(),
         step,
         profile,
+        profile_shapes,
         parallel,
     };
     if a.json {
@@ -478,8 +507,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             p.exposed_s
         );
     }
-    if let Some(rows) = &r.profile {
-        print_profile(rows, "s/step")?;
+    if let (Some(rows), Some(shapes)) = (&r.profile, &r.profile_shapes) {
+        print_profile(rows, shapes, "s/step")?;
     }
     Ok(())
 }
@@ -509,7 +538,25 @@ fn profile_rows(times: &[f64]) -> Vec<ProfileRow> {
     rows
 }
 
-fn print_profile(rows: &[ProfileRow], unit: &str) -> anyhow::Result<()> {
+/// The per-shape rows of the convolutions, per timed step or pass (`steps` of them).
+fn shape_rows(steps: usize) -> Vec<ShapeRow> {
+    let per = 1.0 / steps.max(1) as f64;
+    crate::util::profile::shapes()
+        .into_iter()
+        .map(|(op, key, secs, calls, products)| ShapeRow {
+            op: op.name().to_string(),
+            k: key.k,
+            cin: key.cin,
+            cout: key.cout,
+            positions: key.positions,
+            step_s: secs * per,
+            calls: calls as f64 * per,
+            gflops: 2.0 * products as f64 / secs.max(1e-12) / 1e9,
+        })
+        .collect()
+}
+
+fn print_profile(rows: &[ProfileRow], shapes: &[ShapeRow], unit: &str) -> anyhow::Result<()> {
     outln!(
         "{:<26} {:>10} {:>7} {:>9}",
         "operation",
@@ -524,6 +571,37 @@ fn print_profile(rows: &[ProfileRow], unit: &str) -> anyhow::Result<()> {
             row.step_s,
             row.percent,
             row.calls
+        );
+    }
+    // the convolution shapes that took longest (densenet121 has 70 distinct ones)
+    const SHOWN: usize = 16;
+    let mut top: Vec<&ShapeRow> = shapes.iter().collect();
+    top.sort_by(|a, b| b.step_s.total_cmp(&a.step_s));
+    outln!(
+        "\n{:<26} {:>24} {:>10} {:>9} {:>8}",
+        "convolution",
+        "k, in → out, positions",
+        format!("m{unit}"),
+        "calls",
+        "GFLOP/s"
+    );
+    for s in top.iter().take(SHOWN) {
+        let shape = format!("{0}×{0}, {1} → {2}, {3}", s.k, s.cin, s.cout, s.positions);
+        outln!(
+            "{:<26} {:>24} {:>10.3} {:>9.0} {:>8.1}",
+            s.op,
+            shape,
+            s.step_s * 1e3,
+            s.calls,
+            s.gflops
+        );
+    }
+    if top.len() > SHOWN {
+        outln!(
+            "({} more shapes, {:.1}% of the time; --json lists every one)",
+            top.len() - SHOWN,
+            100.0 * top[SHOWN..].iter().map(|s| s.step_s).sum::<f64>()
+                / rows.iter().map(|r| r.step_s).sum::<f64>()
         );
     }
     Ok(())
@@ -554,6 +632,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
     }
     crate::util::profile::enable(false);
     let profile = a.profile.then(|| profile_rows(&times));
+    let profile_shapes = a.profile.then(|| shape_rows(times.len()));
     let pass = Stats::new(times);
     let r = InferReport {
         version: 1,
@@ -568,6 +647,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         peak_rss_bytes: peak_rss_bytes(),
         pass,
         profile,
+        profile_shapes,
     };
     if a.json {
         return super::print_json(&r);
@@ -580,8 +660,8 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         r.pass.describe(),
         r.images_per_s
     );
-    if let Some(rows) = &r.profile {
-        print_profile(rows, "s/pass")?;
+    if let (Some(rows), Some(shapes)) = (&r.profile, &r.profile_shapes) {
+        print_profile(rows, shapes, "s/pass")?;
     }
     Ok(())
 }

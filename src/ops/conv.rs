@@ -132,9 +132,22 @@ fn kind(s: &ConvShape, forward: bool) -> profile::Op {
     }
 }
 
+/// The profile scope of a convolution of shape `s` in direction `forward`, doing its
+/// products `passes` times (a backward with the input gradient: 2).
+pub(crate) fn conv_scope(s: &ConvShape, forward: bool, passes: usize) -> profile::Scope {
+    let key = profile::ConvKey {
+        k: s.k,
+        cin: s.cin,
+        cout: s.cout,
+        positions: s.n * s.ho() * s.wo(),
+    };
+    let products = s.k * s.k * s.cin * s.cout * key.positions * passes;
+    profile::scope_conv(kind(s, forward), key, products)
+}
+
 /// `y[Cout][N·Ho·Wo] = conv(x, w)`; `col` is scratch (may be empty for 1×1 stride 1).
 pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) {
-    let _t = profile::scope(kind(s, true));
+    let _t = conv_scope(s, true, 1);
     let (how, kr) = (s.ho() * s.wo(), s.col_rows());
     let ldy = s.n * how;
     if s.is_pointwise() {
@@ -197,7 +210,7 @@ pub fn conv_backward(
     s: &ConvShape,
     col: &mut [f32],
 ) {
-    let _t = profile::scope(kind(s, false));
+    let _t = conv_scope(s, false, 1 + dx.is_some() as usize);
     if s.is_pointwise() {
         pointwise_dw(dw, dy, x, s);
         if let Some(dx) = dx {
@@ -304,7 +317,7 @@ pub fn pointwise_backward_in_place(
     w: &[f32],
     s: &ConvShape,
 ) {
-    let _t = profile::scope(profile::Op::Conv1x1Backward);
+    let _t = conv_scope(s, false, 2);
     assert!(s.is_pointwise());
     pointwise_dw(dw, dy, buf, s);
     pointwise_dx(buf, dy, w, s);

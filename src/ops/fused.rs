@@ -15,7 +15,7 @@
 //! so they are bit-identical to a materialised A, and the backward's ReLU mask
 //! (recomputed from X) agrees with them.
 
-use super::conv::{conv_backward, conv_forward, ConvShape};
+use super::conv::{conv_backward, conv_forward, conv_scope, ConvShape};
 use super::norm::{self, bn_relu_forward};
 use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
 use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
@@ -39,6 +39,18 @@ fn tile_len(i_n: usize) -> usize {
     ((64 << 10) / i_n.max(1)).clamp(256, 4096) / 16 * 16
 }
 
+/// The profile scope of a 1×1 convolution of `i_n` → `o_n` channels over `len`
+/// positions, doing its products `passes` times.
+fn scope_1x1(op: profile::Op, o_n: usize, i_n: usize, len: usize, passes: usize) -> profile::Scope {
+    let key = profile::ConvKey {
+        k: 1,
+        cin: i_n,
+        cout: o_n,
+        positions: len,
+    };
+    profile::scope_conv(op, key, o_n * i_n * len * passes)
+}
+
 /// `y[o][p] = Σ_i w[o][i]·relu(x[i][p]·scale[i] + shift[i])` for `x: [I][len]`,
 /// `w: [O][I]`, `y: [O][len]` (overwritten).
 ///
@@ -55,8 +67,8 @@ pub fn forward(
     len: usize,
     no_alloc: bool,
 ) {
-    let _t = profile::scope(profile::Op::Conv1x1Forward);
     let i_n = bn.scale.len();
+    let _t = scope_1x1(profile::Op::Conv1x1Forward, o_n, i_n, len, 1);
     assert!(bn.shift.len() == i_n && x.len() >= i_n * len && w.len() == o_n * i_n);
     assert!(y.len() >= o_n * len);
     if (o_n <= DIRECT_1X1_MAX_OUTPUTS || no_alloc) && conv1x1::pointwise_applies(o_n) {
@@ -280,7 +292,7 @@ pub fn backward(
     with_scratch(&SUMS, parts * i_n, |sums| {
         sums.fill((0.0, 0.0));
         {
-            let _t = profile::scope(profile::Op::Conv1x1Backward);
+            let _t = scope_1x1(profile::Op::Conv1x1Backward, o_n, i_n, len, 2);
             // with `outer`, every part sums dWᵀ into its own partial; else part 0 sums
             // straight into dw and part p > 0 into partial p − 1
             let own = if outer { parts } else { parts - 1 };
@@ -351,7 +363,7 @@ pub fn conv3x3_forward(
 ) {
     assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
     if conv3x3::applies(s) {
-        let _t = profile::scope(profile::Op::Conv3x3Forward);
+        let _t = conv_scope(s, true, 1);
         conv3x3::forward(y, x, Some(bn), w, s, col);
     } else {
         conv_forward(y, written_out(tmp, x, bn, s), w, s, col);
@@ -374,7 +386,7 @@ pub fn conv3x3_backward(
 ) {
     assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
     if conv3x3::applies(s) && (dx.is_none() || conv3x3::applies_data(s)) {
-        let _t = profile::scope(profile::Op::Conv3x3Backward);
+        let _t = conv_scope(s, false, 1 + dx.is_some() as usize);
         conv3x3::backward(dx, dw, dy, x, Some(bn), w, s, col);
     } else {
         conv_backward(dx, dw, dy, written_out(tmp, x, bn, s), w, s, col);

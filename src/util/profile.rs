@@ -1,5 +1,6 @@
-//! Where a step spends its time: wall-clock seconds per kind of operation, collected when
-//! `densenet bench train --profile` switches it on (off, a scope costs one atomic load).
+//! Where a step spends its time: wall-clock seconds per kind of operation, and per shape
+//! for the convolutions, collected when `densenet bench train --profile` or `bench infer
+//! --profile` switches it on (off, a scope costs one atomic load).
 //!
 //! Scopes are opened at the entry of the engine's operations, on the calling thread (the
 //! operations parallelise inside), so the kinds add up to the step without double counting
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Kinds of work a training step is made of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     /// 1×1 convolutions (bottlenecks, transitions), forward.
     Conv1x1Forward,
@@ -78,6 +79,7 @@ pub fn reset() {
         NANOS[i].store(0, Ordering::Relaxed);
         CALLS[i].store(0, Ordering::Relaxed);
     }
+    *SHAPES.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 /// `(kind, seconds, calls)` for every kind, in declaration order.
@@ -101,23 +103,82 @@ pub fn scope(op: Op) -> Scope {
     Scope {
         op,
         start: ENABLED.load(Ordering::Relaxed).then(Instant::now),
+        conv: None,
     }
 }
 
-/// Guard of [`scope`].
+/// A convolution's shape, the key of the per-shape rows ([`shapes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConvKey {
+    /// Kernel size (1, 3, 7).
+    pub k: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Output positions (samples × height × width).
+    pub positions: usize,
+}
+
+/// [`scope`] for a convolution of shape `key` that does `products` multiply-adds (its
+/// forward `k²·cin·cout·positions`, twice that for a backward with the input gradient):
+/// it also counts for that shape.
+#[must_use]
+pub fn scope_conv(op: Op, key: ConvKey, products: usize) -> Scope {
+    // (not `..scope(op)`: that would drop, and count, a second guard)
+    Scope {
+        op,
+        start: ENABLED.load(Ordering::Relaxed).then(Instant::now),
+        conv: Some((key, products as u64)),
+    }
+}
+
+/// Guard of [`scope`] and [`scope_conv`].
 pub struct Scope {
     op: Op,
     start: Option<Instant>,
+    conv: Option<(ConvKey, u64)>,
 }
+
+/// Per (kind, shape): nanoseconds, calls, multiply-adds.
+type ShapeTotals = std::collections::HashMap<(Op, ConvKey), (u64, u64, u64)>;
+
+static SHAPES: std::sync::Mutex<Option<ShapeTotals>> = std::sync::Mutex::new(None);
 
 impl Drop for Scope {
     fn drop(&mut self) {
         if let Some(t) = self.start {
             let i = self.op.index();
-            NANOS[i].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let nanos = t.elapsed().as_nanos() as u64;
+            NANOS[i].fetch_add(nanos, Ordering::Relaxed);
             CALLS[i].fetch_add(1, Ordering::Relaxed);
+            if let Some((key, products)) = self.conv {
+                // scopes open on the calling thread only (module docs): one lock per
+                // convolution, while profiling
+                let mut shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner());
+                let e = shapes
+                    .get_or_insert_with(Default::default)
+                    .entry((self.op, key))
+                    .or_default();
+                *e = (e.0 + nanos, e.1 + 1, e.2 + products);
+            }
         }
     }
+}
+
+/// One convolution shape's totals since [`reset`]: kind, shape, seconds, calls and
+/// multiply-adds, in kind order and then by time, longest first.
+pub fn shapes() -> Vec<(Op, ConvKey, f64, u64, u64)> {
+    let shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rows: Vec<_> = shapes
+        .iter()
+        .flatten()
+        .map(|(&(op, key), &(nanos, calls, products))| {
+            (op, key, nanos as f64 * 1e-9, calls, products)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.index().cmp(&b.0.index()).then(b.2.total_cmp(&a.2)));
+    rows
 }
 
 #[cfg(test)]
