@@ -172,7 +172,54 @@ pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mu
         conv3x3::forward(y, x, None, w, s, col);
         return;
     }
+    if conv1x1::pointwise_applies(s.cout) {
+        // the ImageNet stem: the direct 1×1 kernel over im2col rows formed a tile at a time
+        conv1x1::pointwise_with(y, w, s.cout, kr, ldy, false, |buf, ld, a, b| {
+            im2col_tile(buf, ld, x, s, a, b)
+        });
+        return;
+    }
     im2col_forward(y, x, w, s, col);
+}
+
+/// Positions `a..b` (of `N·Ho·Wo`) of every im2col row `(ci, ky, kx)` into
+/// `buf[row·ld..][..b − a]`: [`im2col`] for one tile, which the direct 1×1 kernel then
+/// multiplies by the weights while the tile is in L2. For the ImageNet stem (7×7, stride
+/// 2, 147 rows) this replaced a 147 × N·112·112 matrix and the `gemm` crate's packing of
+/// it: batch 1 took 0.65 ms to write that matrix and 2.3–2.9 ms in the GEMM.
+fn im2col_tile(buf: &mut [f32], ld: usize, x: &[f32], s: &ConvShape, a: usize, b: usize) {
+    let (ho, wo, hw) = (s.ho(), s.wo(), s.h * s.w);
+    let len = s.n * hw;
+    for (r, row) in buf.chunks_mut(ld).take(s.col_rows()).enumerate() {
+        let ci = r / (s.k * s.k);
+        let (ky, kx) = ((r / s.k) % s.k, r % s.k);
+        let (lo, hi) = valid_run(s, kx, wo);
+        // runs of positions within one output row
+        let mut p = a;
+        while p < b {
+            let (ni, rem) = (p / (ho * wo), p % (ho * wo));
+            let (oy, ox0) = (rem / wo, rem % wo);
+            let ox1 = (ox0 + (b - p)).min(wo);
+            let out = &mut row[p - a..][..ox1 - ox0];
+            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+            if iy < 0 || iy >= s.h as isize {
+                out.fill(0.0);
+            } else {
+                let src = &x[ci * len + ni * hw + iy as usize * s.w..][..s.w];
+                // columns ox0..ox1, of which lo..hi read the image
+                let (v0, v1) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+                out[..v0 - ox0].fill(0.0);
+                out[v1 - ox0..].fill(0.0);
+                if v1 > v0 {
+                    let first = v0 * s.stride + kx - s.pad;
+                    let src = src[first..].iter().step_by(s.stride);
+                    let dst = &mut out[v0 - ox0..v1 - ox0];
+                    dst.iter_mut().zip(src).for_each(|(o, &v)| *o = v);
+                }
+            }
+            p += ox1 - ox0;
+        }
+    }
 }
 
 /// [`conv_forward`] through im2col + GEMM (any kernel, stride and padding).
@@ -379,11 +426,16 @@ mod tests {
             pad,
         };
         vec![
-            mk(2, 3, 4, 5, 5, 3, 1, 1),  // DenseNet 3×3
-            mk(3, 4, 5, 6, 6, 1, 1, 0),  // 1×1 bottleneck
-            mk(2, 3, 4, 11, 9, 7, 2, 3), // ImageNet stem
-            mk(1, 2, 3, 10, 8, 7, 2, 3), // even sizes, as 224×224
-            mk(1, 1, 2, 3, 1, 7, 2, 3),  // taps with no column inside the image
+            mk(2, 3, 4, 5, 5, 3, 1, 1), // DenseNet 3×3
+            mk(3, 4, 5, 6, 6, 1, 1, 0), // 1×1 bottleneck
+            // the ImageNet stem; with 4·j outputs (and AVX2) the direct kernel on im2col
+            // tiles, else im2col + GEMM
+            mk(2, 3, 4, 11, 9, 7, 2, 3),
+            mk(1, 2, 8, 10, 8, 7, 2, 3), // even sizes, as 224×224
+            mk(1, 2, 3, 10, 8, 7, 2, 3),
+            mk(1, 1, 4, 3, 1, 7, 2, 3), // taps with no column inside the image
+            mk(1, 1, 2, 3, 1, 7, 2, 3),
+            mk(2, 3, 4, 5, 6, 3, 2, 1),
             mk(1, 2, 2, 4, 4, 3, 2, 1),
             mk(2, 4, 8, 5, 6, 3, 1, 1), // direct 3×3 kernels (conv3x3) where AVX2 exists
         ]
