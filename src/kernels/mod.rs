@@ -120,6 +120,26 @@ impl<'a> BnRelu<'a> {
             );
         }
     }
+
+    /// [`BnRelu::fill`] with the rows shared among the threads of the pool: for a tile
+    /// that is the only one (batch 1 at 14×14 and 7×7), whose GEMM is parallel itself.
+    pub fn fill_par(&self, buf: &mut [f32], ld: usize, x: &[f32], len: usize, a: usize, b: usize) {
+        use rayon::prelude::*;
+        let affine_relu = active().affine_relu;
+        let i_n = self.scale.len();
+        buf[..i_n * ld]
+            .par_chunks_mut(ld)
+            .with_min_len(i_n.div_ceil(2 * rayon::current_num_threads()).max(1))
+            .enumerate()
+            .for_each(|(i, row)| {
+                affine_relu(
+                    &mut row[..b - a],
+                    &x[i * len + a..][..b - a],
+                    self.scale[i],
+                    self.shift[i],
+                )
+            });
+    }
 }
 
 /// Widest 1×1 convolution (in output channels) that the direct kernel takes in

@@ -92,7 +92,12 @@ pub fn forward(
     let work = |t: usize| {
         let (a, b) = (t * tile, ((t + 1) * tile).min(len));
         with_scratch(&TILE, i_n * tile, |buf| {
-            bn.fill(buf, tile, x, len, a, b);
+            if tiles == 1 && matches!(inner, Parallelism::Rayon(_)) {
+                // one tile: the fill would be the only serial part
+                bn.fill_par(buf, tile, x, len, a, b);
+            } else {
+                bn.fill(buf, tile, x, len, a, b);
+            }
             // SAFETY: columns a..b of y's o_n rows (ld len) lie inside y (asserted above)
             // and only this task writes them.
             unsafe {
