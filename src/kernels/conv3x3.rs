@@ -31,7 +31,7 @@
 use super::correlate::{for_tiles, part_rows4, tile_len, Span, Weights, OB, PB};
 use super::simd::{simd_entries, F32x};
 use super::{active, BnRelu, ConvShape};
-use crate::util::par::{with_scratch, SyncPtr, PAR_MIN};
+use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
 
 /// Signature of [`weight_grad_avx2`] and [`weight_grad_avx512`] (entries of
@@ -115,17 +115,6 @@ fn chunk(s: &ConvShape, col_len: usize) -> usize {
     (col_len / scratch_per_sample(s).max(1)).clamp(1, s.n)
 }
 
-/// The `with_min_len` of a parallel copy of `rows` rows, `floats` in all: all of them
-/// (one task, on the calling thread) below [`PAR_MIN`] floats, where a fork-join costs
-/// more than the copy (batch 1 at 7×7: 14.5 µs to pad 128 rows of 81 floats).
-fn serial_below(floats: usize, rows: usize) -> usize {
-    if floats < PAR_MIN {
-        rows.max(1)
-    } else {
-        1
-    }
-}
-
 /// Copies samples `n0..n1` of `src: [C][N·H·W]` into the padded rows of `buf` (the ring
 /// and the margins set to 0), through `bn` if given: then the padded copy
 /// holds `relu(src·scale + shift)` and a BN-ReLU output never has to be stored.
@@ -143,34 +132,33 @@ fn pad(
     let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
     let plane = (s.h + 2) * p.wp;
     let affine_relu = active().affine_relu;
-    buf[..c * p.row()]
-        .par_chunks_mut(p.row())
-        .with_min_len(serial_below(c * p.row(), c))
-        .enumerate()
-        .for_each(|(ci, row)| {
-            // zeros only where nothing is copied (margins and ring): zeroing whole rows
-            // first wrote every value twice
-            row[..p.margin].fill(0.0);
-            row[p.margin + (n1 - n0) * plane..].fill(0.0);
-            let wp = p.wp;
-            for ni in n0..n1 {
-                let sp = &src[ci * len + ni * hw..][..hw];
-                let dp = &mut row[p.margin + (ni - n0) * plane..][..plane];
-                // top ring row and the left ring value of the first image row
-                dp[..wp + 1].fill(0.0);
-                for y in 0..s.h {
-                    let (d, v) = (&mut dp[(y + 1) * wp + 1..][..s.w], &sp[y * s.w..][..s.w]);
-                    match bn {
-                        Some(bn) => affine_relu(d, v, bn.scale[ci], bn.shift[ci]),
-                        None => d.copy_from_slice(v),
-                    }
-                    // right ring value of this row, left ring value of the next
-                    dp[(y + 2) * wp - 1..][..2].fill(0.0);
+    // on the calling thread below PAR_MIN floats: a fork-join cost more than the copy
+    // (batch 1 at 7×7: 14.5 µs to pad 128 rows of 81 floats)
+    let rows = buf[..c * p.row()].par_chunks_mut(p.row()).enumerate();
+    per_channel(rows, c * p.row(), |(ci, row)| {
+        // zeros only where nothing is copied (margins and ring): zeroing whole rows
+        // first wrote every value twice
+        row[..p.margin].fill(0.0);
+        row[p.margin + (n1 - n0) * plane..].fill(0.0);
+        let wp = p.wp;
+        for ni in n0..n1 {
+            let sp = &src[ci * len + ni * hw..][..hw];
+            let dp = &mut row[p.margin + (ni - n0) * plane..][..plane];
+            // top ring row and the left ring value of the first image row
+            dp[..wp + 1].fill(0.0);
+            for y in 0..s.h {
+                let (d, v) = (&mut dp[(y + 1) * wp + 1..][..s.w], &sp[y * s.w..][..s.w]);
+                match bn {
+                    Some(bn) => affine_relu(d, v, bn.scale[ci], bn.shift[ci]),
+                    None => d.copy_from_slice(v),
                 }
-                // the rest of the bottom ring row
-                dp[(s.h + 1) * wp + 1..].fill(0.0);
+                // right ring value of this row, left ring value of the next
+                dp[(y + 2) * wp - 1..][..2].fill(0.0);
             }
-        });
+            // the rest of the bottom ring row
+            dp[(s.h + 1) * wp + 1..].fill(0.0);
+        }
+    });
 }
 
 /// Copies the interior of padded rows back to samples `n0..n1` of `dst: [C][N·H·W]`
@@ -178,20 +166,17 @@ fn pad(
 fn unpad(dst: &mut [f32], buf: &[f32], c: usize, s: &ConvShape, n0: usize, n1: usize, p: Padded) {
     let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
     let plane = (s.h + 2) * p.wp;
-    dst[..c * len]
-        .par_chunks_mut(len)
-        .with_min_len(serial_below(c * (n1 - n0) * hw, c))
-        .enumerate()
-        .for_each(|(ci, drow)| {
-            let row = &buf[ci * p.row()..][..p.row()];
-            for ni in n0..n1 {
-                let sp = &row[p.margin + (ni - n0) * plane..][..plane];
-                let dp = &mut drow[ni * hw..][..hw];
-                for y in 0..s.h {
-                    dp[y * s.w..][..s.w].copy_from_slice(&sp[(y + 1) * p.wp + 1..][..s.w]);
-                }
+    let rows = dst[..c * len].par_chunks_mut(len).enumerate();
+    per_channel(rows, c * (n1 - n0) * hw, |(ci, drow)| {
+        let row = &buf[ci * p.row()..][..p.row()];
+        for ni in n0..n1 {
+            let sp = &row[p.margin + (ni - n0) * plane..][..plane];
+            let dp = &mut drow[ni * hw..][..hw];
+            for y in 0..s.h {
+                dp[y * s.w..][..s.w].copy_from_slice(&sp[(y + 1) * p.wp + 1..][..s.w]);
             }
-        });
+        }
+    });
 }
 
 /// `out[o][p] = Σ_i Σ_t w[o][i][t] · inp[i][p + off_t]` for `p` in the span (`o_n` output

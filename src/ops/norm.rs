@@ -9,7 +9,7 @@
 //! on it).
 
 use crate::kernels::{self, norm::Grad};
-use crate::util::par::PAR_MIN;
+use crate::util::par::per_channel;
 use crate::util::profile;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -62,17 +62,8 @@ pub fn channel_stats(mean: &mut [f32], var: &mut [f32], x: &[f32], len: usize) {
         *m = mu as f32;
         *v = var as f32;
     };
-    if c * len >= PAR_MIN {
-        mean.par_iter_mut()
-            .zip(var.par_iter_mut())
-            .enumerate()
-            .for_each(work);
-    } else {
-        mean.iter_mut()
-            .zip(var.iter_mut())
-            .enumerate()
-            .for_each(work);
-    }
+    let it = mean.par_iter_mut().zip(var.par_iter_mut()).enumerate();
+    per_channel(it, c * len, work);
 }
 
 /// [`channel_stats`] of the whole batch of a synchronised batch norm: each process sums
@@ -147,11 +138,7 @@ pub fn bn_relu_forward(out: &mut [f32], x: &[f32], scale: &[f32], shift: &[f32],
     let work = |(ci, o): (usize, &mut [f32])| {
         affine_relu(o, &x[ci * len..(ci + 1) * len], scale[ci], shift[ci]);
     };
-    if c * len >= PAR_MIN {
-        out.par_chunks_mut(len).enumerate().for_each(work);
-    } else {
-        out.chunks_mut(len).enumerate().for_each(work);
-    }
+    per_channel(out.par_chunks_mut(len).enumerate(), c * len, work);
 }
 
 /// Where the gradient of the BN-ReLU output comes from.
@@ -337,21 +324,6 @@ fn sum_pairs(sync: &dyn StatsSync, local: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let mut flat: Vec<f64> = local.iter().flat_map(|&(a, b)| [a, b]).collect();
     sync.sum(&mut flat);
     flat.chunks_exact(2).map(|p| (p[0], p[1])).collect()
-}
-
-/// Runs `work` on every channel of `it`: in parallel from [`PAR_MIN`] floats of
-/// work on, else as one piece on the calling thread.
-fn per_channel<I: IndexedParallelIterator>(
-    it: I,
-    floats: usize,
-    work: impl Fn(I::Item) + Sync + Send,
-) {
-    if floats >= PAR_MIN {
-        it.for_each(work);
-    } else {
-        let c = it.len().max(1);
-        it.with_min_len(c).for_each(work);
-    }
 }
 
 /// The per-channel constants of the BN-ReLU input gradient from the sums `sg = Σg` and

@@ -1,8 +1,25 @@
 //! Small helpers for the parallel loops of the kernels and operations.
 
+use rayon::iter::{IndexedParallelIterator, ParallelIterator};
+
 /// Work below this many floats runs on the calling thread: rayon's fork-join costs a few
 /// microseconds, more than a small channel loop.
 pub const PAR_MIN: usize = 1 << 14;
+
+/// Runs `work` on every channel (row) of `it`: in parallel from [`PAR_MIN`] floats of
+/// work on, else as one piece on the calling thread.
+pub fn per_channel<I: IndexedParallelIterator>(
+    it: I,
+    floats: usize,
+    work: impl Fn(I::Item) + Sync + Send,
+) {
+    if floats >= PAR_MIN {
+        it.for_each(work);
+    } else {
+        let c = it.len().max(1);
+        it.with_min_len(c).for_each(work);
+    }
+}
 
 /// Runs `f` with a per-thread scratch vector of `len` elements, borrowed from `slot` and
 /// given back afterwards, so buffers that every step needs again are allocated on first
