@@ -44,6 +44,45 @@ fn valid_run(s: &ConvShape, kx: usize, wo: usize) -> (usize, usize) {
     (lo, hi)
 }
 
+/// Columns `ox0..ox0 + out.len()` of output row `oy` of im2col row `(·, ky, kx)`, from
+/// one input plane (`h×w`): what the tap reads, one run of inputs `stride` apart, and
+/// zeros where it reads the padding.
+#[allow(clippy::too_many_arguments)]
+fn im2col_run(
+    out: &mut [f32],
+    plane: &[f32],
+    s: &ConvShape,
+    ky: usize,
+    kx: usize,
+    oy: usize,
+    ox0: usize,
+) {
+    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+    if iy < 0 || iy >= s.h as isize {
+        out.fill(0.0);
+        return;
+    }
+    let src = &plane[iy as usize * s.w..][..s.w];
+    let ox1 = ox0 + out.len();
+    let (lo, hi) = valid_run(s, kx, s.wo());
+    let (v0, v1) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+    out[..v0 - ox0].fill(0.0);
+    out[v1 - ox0..].fill(0.0);
+    if v1 == v0 {
+        return;
+    }
+    let first = v0 * s.stride + kx - s.pad;
+    let dst = &mut out[v0 - ox0..v1 - ox0];
+    if s.stride == 1 {
+        dst.copy_from_slice(&src[first..][..v1 - v0]);
+    } else {
+        // (per-column bounds tests here made the ImageNet stem's 7×7 stride-2 im2col the
+        // larger part of the stem)
+        let src = src[first..].iter().step_by(s.stride);
+        dst.iter_mut().zip(src).for_each(|(o, &v)| *o = v);
+    }
+}
+
 /// Fills `col[(ci,ky,kx)][(n−n0, oy, ox)]` for samples `n0..n1`.
 fn im2col(col: &mut [f32], x: &[f32], s: &ConvShape, n0: usize, n1: usize) {
     let (ho, wo, hw) = (s.ho(), s.wo(), s.h * s.w);
@@ -59,28 +98,7 @@ fn im2col(col: &mut [f32], x: &[f32], s: &ConvShape, n0: usize, n1: usize) {
                 let plane = &x[ci * len + ni * hw..][..hw];
                 for oy in 0..ho {
                     let out = &mut row[((ni - n0) * ho + oy) * wo..][..wo];
-                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                    if iy < 0 || iy >= s.h as isize {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * s.w..][..s.w];
-                    // one run of inputs `stride` apart; zero the padding on both sides
-                    let (lo, hi) = valid_run(s, kx, wo);
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    if hi == lo {
-                        continue;
-                    }
-                    let first = lo * s.stride + kx - s.pad;
-                    if s.stride == 1 {
-                        out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
-                    } else {
-                        // (per-column bounds tests here made the ImageNet stem's
-                        // 7×7 stride-2 im2col the larger part of the stem)
-                        let src = src[first..].iter().step_by(s.stride);
-                        out[lo..hi].iter_mut().zip(src).for_each(|(o, &v)| *o = v);
-                    }
+                    im2col_run(out, plane, s, ky, kx, oy, 0);
                 }
             }
         });
@@ -193,30 +211,14 @@ fn im2col_tile(buf: &mut [f32], ld: usize, x: &[f32], s: &ConvShape, a: usize, b
     for (r, row) in buf.chunks_mut(ld).take(s.col_rows()).enumerate() {
         let ci = r / (s.k * s.k);
         let (ky, kx) = ((r / s.k) % s.k, r % s.k);
-        let (lo, hi) = valid_run(s, kx, wo);
         // runs of positions within one output row
         let mut p = a;
         while p < b {
             let (ni, rem) = (p / (ho * wo), p % (ho * wo));
             let (oy, ox0) = (rem / wo, rem % wo);
             let ox1 = (ox0 + (b - p)).min(wo);
-            let out = &mut row[p - a..][..ox1 - ox0];
-            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-            if iy < 0 || iy >= s.h as isize {
-                out.fill(0.0);
-            } else {
-                let src = &x[ci * len + ni * hw + iy as usize * s.w..][..s.w];
-                // columns ox0..ox1, of which lo..hi read the image
-                let (v0, v1) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
-                out[..v0 - ox0].fill(0.0);
-                out[v1 - ox0..].fill(0.0);
-                if v1 > v0 {
-                    let first = v0 * s.stride + kx - s.pad;
-                    let src = src[first..].iter().step_by(s.stride);
-                    let dst = &mut out[v0 - ox0..v1 - ox0];
-                    dst.iter_mut().zip(src).for_each(|(o, &v)| *o = v);
-                }
-            }
+            let plane = &x[ci * len + ni * hw..][..hw];
+            im2col_run(&mut row[p - a..][..ox1 - ox0], plane, s, ky, kx, oy, ox0);
             p += ox1 - ox0;
         }
     }
