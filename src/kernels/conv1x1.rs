@@ -6,11 +6,11 @@
 //! active kernels table has direct kernels ([`pointwise_applies`]); the operations fall
 //! back to the `gemm` crate elsewhere.
 
-use super::active;
 use super::correlate::{
     for_row_runs, for_tiles, part_rows, tile_len, with_packed, Span, Weights, OB, OB6, PB,
 };
 use super::simd::{simd_entries, F32x};
+use super::{active, active_direct};
 use crate::util::par::{with_scratch, SyncPtr};
 
 /// Signature of [`dot_tile_avx2`] and [`dot_tile_avx512`] (entries of [`super::Direct`]).
@@ -69,9 +69,7 @@ pub fn pointwise_with<F>(
     if len == 0 || o_n == 0 {
         return;
     }
-    let direct = active()
-        .direct
-        .expect("pointwise: no direct kernels in this table");
+    let direct = active_direct("pointwise");
     with_packed(w, o_n, i_n, flip, |wv| {
         let tile = tile_len(i_n, direct.block);
         let big = o_n * i_n * len >= 1 << 17;
@@ -141,9 +139,7 @@ pub(crate) fn pointwise_tile(
     n: usize,
 ) {
     assert!(pointwise_applies(o_n));
-    let direct = active()
-        .direct
-        .expect("pointwise_tile: no direct kernels in this table");
+    let direct = active_direct("pointwise_tile");
     let end = n.next_multiple_of(PB);
     assert!(out_ld >= end && inp_ld >= end);
     assert!(out.len() >= (o_n - 1) * out_ld + end);
@@ -195,9 +191,7 @@ pub(crate) unsafe fn dot_tile(
     assert!(i_n.is_multiple_of(2));
     assert!(o_n == 0 || dy.len() >= (o_n - 1) * dy_ld + n);
     assert!(i_n == 0 || a.len() >= (i_n - 1) * a_ld + n);
-    let direct = active()
-        .direct
-        .expect("dot_tile: no direct kernels in this table");
+    let direct = active_direct("dot_tile");
     (direct.dot_tile)(dw, dw_ld, dy, dy_ld, a, a_ld, o_n, i_n, n);
 }
 
@@ -363,9 +357,7 @@ pub(crate) unsafe fn grad_tile(
     n: usize,
 ) {
     assert!(grad_tile_applies(o_n));
-    let direct = active()
-        .direct
-        .expect("grad_tile: no direct kernels in this table");
+    let direct = active_direct("grad_tile");
     (direct.grad_tile)(dwt, a, a_ld, dyt, o_n, i_n, n);
 }
 

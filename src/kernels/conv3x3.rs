@@ -30,7 +30,7 @@
 
 use super::correlate::{for_tiles, part_rows4, tile_len, Span, Weights, OB, PB};
 use super::simd::{simd_entries, F32x};
-use super::{active, BnRelu, ConvShape};
+use super::{active, active_direct, BnRelu, ConvShape};
 use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -191,9 +191,7 @@ fn correlate(
     offs: &[isize],
     sp: Span,
 ) {
-    let direct = active()
-        .direct
-        .expect("conv3x3: no direct kernels in this table");
+    let direct = active_direct("conv3x3");
     assert!(o_n.is_multiple_of(OB) && o_n > 0);
     assert_eq!(offs.len(), 9);
     let (lo, hi) = (
@@ -268,9 +266,7 @@ fn weight_grad_into(
     offs: &[isize; 9],
 ) {
     let row = p.row();
-    let direct = active()
-        .direct
-        .expect("conv3x3: no direct kernels in this table");
+    let direct = active_direct("conv3x3");
     cols.par_chunks_mut(o_n).enumerate().for_each(|(i, col)| {
         // SAFETY: the table that holds the kernel runs on this CPU; reads stay in the rows
         // (see `weight_grad_avx2`).

@@ -110,14 +110,8 @@ impl<'a> BnRelu<'a> {
 
     /// Writes positions `a..b` of rows `0..i_n` of `A` into `buf[i·ld..][..b − a]`.
     pub fn fill(&self, buf: &mut [f32], ld: usize, x: &[f32], len: usize, a: usize, b: usize) {
-        let affine_relu = active().affine_relu;
-        for i in 0..self.scale.len() {
-            affine_relu(
-                &mut buf[i * ld..][..b - a],
-                &x[i * len + a..][..b - a],
-                self.scale[i],
-                self.shift[i],
-            );
+        for (i, row) in buf.chunks_mut(ld).take(self.scale.len()).enumerate() {
+            self.fill_row(row, x, len, i, a, b);
         }
     }
 
@@ -125,20 +119,18 @@ impl<'a> BnRelu<'a> {
     /// that is the only one (batch 1 at 14×14 and 7×7), whose GEMM is parallel itself.
     pub fn fill_par(&self, buf: &mut [f32], ld: usize, x: &[f32], len: usize, a: usize, b: usize) {
         use rayon::prelude::*;
-        let affine_relu = active().affine_relu;
         let i_n = self.scale.len();
         buf[..i_n * ld]
             .par_chunks_mut(ld)
             .with_min_len(i_n.div_ceil(2 * rayon::current_num_threads()).max(1))
             .enumerate()
-            .for_each(|(i, row)| {
-                affine_relu(
-                    &mut row[..b - a],
-                    &x[i * len + a..][..b - a],
-                    self.scale[i],
-                    self.shift[i],
-                )
-            });
+            .for_each(|(i, row)| self.fill_row(row, x, len, i, a, b));
+    }
+
+    /// Positions `a..b` of row `i` of `A` into `row[..b − a]`.
+    fn fill_row(&self, row: &mut [f32], x: &[f32], len: usize, i: usize, a: usize, b: usize) {
+        let (out, x) = (&mut row[..b - a], &x[i * len + a..][..b - a]);
+        (active().affine_relu)(out, x, self.scale[i], self.shift[i]);
     }
 }
 
@@ -362,6 +354,14 @@ pub fn active() -> &'static Kernels {
     );
     // SAFETY: as above; whichever thread won stored a static table.
     unsafe { &*ACTIVE.load(Ordering::Acquire) }
+}
+
+/// The active table's direct kernels, for a `caller` that only runs where they exist
+/// (behind its `…_applies` check): panics naming the caller otherwise.
+pub(crate) fn active_direct(caller: &str) -> Direct {
+    active()
+        .direct
+        .unwrap_or_else(|| panic!("{caller}: no direct kernels in this table"))
 }
 
 /// Makes `k` the table in use from now on. For tests and benchmarks that compare tables
