@@ -272,7 +272,7 @@ pub struct TrainReport {
     /// With `--profile`: time per kind of operation, per step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<ProfileRow>>,
-    /// With `--profile`: time per convolution shape, per step.
+    /// With `--profile`: time per convolution shape, per step, longest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_shapes: Option<Vec<ShapeRow>>,
     /// Under `mpirun -np N` with N > 1: compute and communication.
@@ -309,7 +309,7 @@ pub struct InferReport {
     /// With `--profile`: time per kind of operation, per pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<ProfileRow>>,
-    /// With `--profile`: time per convolution shape, per pass.
+    /// With `--profile`: time per convolution shape, per pass, longest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_shapes: Option<Vec<ShapeRow>>,
 }
@@ -573,10 +573,9 @@ fn print_profile(rows: &[ProfileRow], shapes: &[ShapeRow], unit: &str) -> anyhow
             row.calls
         );
     }
-    // the convolution shapes that took longest (densenet121 has 70 distinct ones)
+    // the convolution shapes that took longest (densenet121 has 70 distinct ones; the
+    // rows come longest first)
     const SHOWN: usize = 16;
-    let mut top: Vec<&ShapeRow> = shapes.iter().collect();
-    top.sort_by(|a, b| b.step_s.total_cmp(&a.step_s));
     outln!(
         "\n{:<26} {:>24} {:>10} {:>9} {:>8}",
         "convolution",
@@ -585,7 +584,7 @@ fn print_profile(rows: &[ProfileRow], shapes: &[ShapeRow], unit: &str) -> anyhow
         "calls",
         "GFLOP/s"
     );
-    for s in top.iter().take(SHOWN) {
+    for s in shapes.iter().take(SHOWN) {
         let shape = format!("{0}×{0}, {1} → {2}, {3}", s.k, s.cin, s.cout, s.positions);
         outln!(
             "{:<26} {:>24} {:>10.3} {:>9.0} {:>8.1}",
@@ -596,11 +595,11 @@ fn print_profile(rows: &[ProfileRow], shapes: &[ShapeRow], unit: &str) -> anyhow
             s.gflops
         );
     }
-    if top.len() > SHOWN {
+    if shapes.len() > SHOWN {
         outln!(
             "({} more shapes, {:.1}% of the time; --json lists every one)",
-            top.len() - SHOWN,
-            100.0 * top[SHOWN..].iter().map(|s| s.step_s).sum::<f64>()
+            shapes.len() - SHOWN,
+            100.0 * shapes[SHOWN..].iter().map(|s| s.step_s).sum::<f64>()
                 / rows.iter().map(|r| r.step_s).sum::<f64>()
         );
     }

@@ -348,6 +348,7 @@ pub fn forward(
 ) {
     debug_assert!(applies(s));
     assert_eq!(w.len(), s.cout * s.cin * 9);
+    let wf = Weights::forward(w, s.cin, 9);
     let ns = chunk(s, col.len());
     let mut n0 = 0;
     while n0 < s.n {
@@ -360,7 +361,6 @@ pub fn forward(
         let (xin, rest) = col.split_at_mut(s.cin * p.row());
         let yout = &mut rest[..s.cout * p.row()];
         pad(xin, x, bn, s.cin, s, n0, n1, p);
-        let wf = Weights::forward(w, s.cin, 9);
         correlate(yout, xin, wf, s.cout, s.cin, &p.offsets(), p.span());
         unpad(y, yout, s.cout, s, n0, n1, p);
         n0 = n1;

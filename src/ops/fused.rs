@@ -39,16 +39,19 @@ fn tile_len(i_n: usize) -> usize {
     ((64 << 10) / i_n.max(1)).clamp(256, 4096) / 16 * 16
 }
 
-/// The profile scope of a 1×1 convolution of `i_n` → `o_n` channels over `len`
-/// positions, doing its products `passes` times.
-fn scope_1x1(op: profile::Op, o_n: usize, i_n: usize, len: usize, passes: usize) -> profile::Scope {
-    let key = profile::ConvKey {
-        k: 1,
+/// [`conv_scope`] of a 1×1 convolution of `i_n` → `o_n` channels over `len` positions.
+fn scope_1x1(forward: bool, o_n: usize, i_n: usize, len: usize, passes: usize) -> profile::Scope {
+    let s = ConvShape {
+        n: 1,
         cin: i_n,
         cout: o_n,
-        positions: len,
+        h: 1,
+        w: len,
+        k: 1,
+        stride: 1,
+        pad: 0,
     };
-    profile::scope_conv(op, key, o_n * i_n * len * passes)
+    conv_scope(&s, forward, passes)
 }
 
 /// `y[o][p] = Σ_i w[o][i]·relu(x[i][p]·scale[i] + shift[i])` for `x: [I][len]`,
@@ -68,7 +71,7 @@ pub fn forward(
     no_alloc: bool,
 ) {
     let i_n = bn.scale.len();
-    let _t = scope_1x1(profile::Op::Conv1x1Forward, o_n, i_n, len, 1);
+    let _t = scope_1x1(true, o_n, i_n, len, 1);
     assert!(bn.shift.len() == i_n && x.len() >= i_n * len && w.len() == o_n * i_n);
     assert!(y.len() >= o_n * len);
     if (o_n <= DIRECT_1X1_MAX_OUTPUTS || no_alloc) && conv1x1::pointwise_applies(o_n) {
@@ -297,7 +300,7 @@ pub fn backward(
     with_scratch(&SUMS, parts * i_n, |sums| {
         sums.fill((0.0, 0.0));
         {
-            let _t = scope_1x1(profile::Op::Conv1x1Backward, o_n, i_n, len, 2);
+            let _t = scope_1x1(false, o_n, i_n, len, 2);
             // with `outer`, every part sums dWᵀ into its own partial; else part 0 sums
             // straight into dw and part p > 0 into partial p − 1
             let own = if outer { parts } else { parts - 1 };

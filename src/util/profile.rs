@@ -167,7 +167,7 @@ impl Drop for Scope {
 }
 
 /// One convolution shape's totals since [`reset`]: kind, shape, seconds, calls and
-/// multiply-adds, in kind order and then by time, longest first.
+/// multiply-adds, longest time first.
 pub fn shapes() -> Vec<(Op, ConvKey, f64, u64, u64)> {
     let shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner());
     let mut rows: Vec<_> = shapes
@@ -177,7 +177,7 @@ pub fn shapes() -> Vec<(Op, ConvKey, f64, u64, u64)> {
             (op, key, nanos as f64 * 1e-9, calls, products)
         })
         .collect();
-    rows.sort_by(|a, b| a.0.index().cmp(&b.0.index()).then(b.2.total_cmp(&a.2)));
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
     rows
 }
 
