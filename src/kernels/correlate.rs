@@ -142,12 +142,13 @@ pub(crate) fn for_row_runs(o_n: usize, r0: usize, r1: usize, mut f: impl FnMut(u
 }
 
 /// A direct kernel's weights, read where they lie: weight (o, i, t) of output row o,
-/// input row i and tap t is `w[o·row + i·chan + t]`, or `w[o·row + i·chan + T−1−t]` with
-/// `flip` (`T` taps). A forward weight `[O][I][T]` is `row = I·T, chan = T`; the same
-/// tensor read as its backward-data kernel (`w'[o][i][t] = w[i][o][T−1−t]`, output rows
-/// the forward's inputs) is `row = T, chan = O·T` with `flip`.
+/// input row i and tap t is `w[o·row + i·chan + t]`, or `w[o·row + i·chan + T−1−t]`
+/// [`Flipped`](WeightLayout::Flipped) (`T` taps). A forward weight `[O][I][T]` is
+/// `row = I·T, chan = T`; the same tensor read as its backward-data kernel
+/// (`w'[o][i][t] = w[i][o][T−1−t]`, output rows the forward's inputs) is `row = T,
+/// chan = O·T`, flipped.
 ///
-/// Or, with one tap, [`with_packed`]'s layout (`packed`).
+/// Or, with one tap, [`with_packed`]'s layout ([`Packed`](WeightLayout::Packed)).
 ///
 /// Why the 3×3 reads its weights in place: they used to be repacked per call as
 /// `[O/6][I][T][6]`, so that a tap's 6 broadcasts were adjacent. The broadcasts are L1
@@ -164,10 +165,20 @@ pub struct Weights<'a> {
     pub row: usize,
     /// Distance between input rows (unused when packed).
     pub chan: usize,
-    /// Taps in reverse order.
-    pub flip: bool,
-    /// [`with_packed`]'s layout: in a block of `R` rows, row r of channel i at `i·R + r`.
-    pub packed: bool,
+    /// How the strides apply.
+    pub layout: WeightLayout,
+}
+
+/// The layouts a [`Weights`] view reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// In place, taps in order.
+    InPlace,
+    /// In place, taps in reverse order (a backward-data kernel).
+    Flipped,
+    /// [`with_packed`]'s layout (one tap): in a block of `R` rows, row r of channel i at
+    /// `i·R + r`.
+    Packed,
 }
 
 impl<'a> Weights<'a> {
@@ -177,8 +188,7 @@ impl<'a> Weights<'a> {
             w,
             row: i_n * taps,
             chan: taps,
-            flip: false,
-            packed: false,
+            layout: WeightLayout::InPlace,
         }
     }
     /// A forward weight `[F_out][F_in][T]` read as its backward-data kernel, whose `o_n`
@@ -188,8 +198,7 @@ impl<'a> Weights<'a> {
             w,
             row: taps,
             chan: o_n * taps,
-            flip: true,
-            packed: false,
+            layout: WeightLayout::Flipped,
         }
     }
     /// The weights of output rows `r0..`.
@@ -201,7 +210,7 @@ impl<'a> Weights<'a> {
     }
     /// Whether `o_n` output rows, `i_n` input rows and `taps` taps lie inside `w`.
     fn covers(&self, o_n: usize, i_n: usize, taps: usize) -> bool {
-        if self.packed {
+        if self.layout == WeightLayout::Packed {
             return taps == 1 && self.row == i_n && o_n * i_n <= self.w.len();
         }
         o_n == 0 || i_n == 0 || (o_n - 1) * self.row + (i_n - 1) * self.chan + taps <= self.w.len()
@@ -241,8 +250,7 @@ pub(crate) fn with_packed<R>(
             w: out,
             row: i_n,
             chan: 0,
-            flip: false,
-            packed: true,
+            layout: WeightLayout::Packed,
         })
     })
 }
@@ -300,12 +308,14 @@ unsafe fn correlate_rows<V: F32x, const TAPS: usize>(
     let offs: &[isize; TAPS] = offs.try_into().expect("tap count");
     assert!(w.covers(o_n, i_n, TAPS), "correlate: weights too short");
     // with one tap, flipped is the same order
-    if w.packed {
-        correlate_blocks::<V, TAPS, false, true>(out, ib, ild, w, o_n, i_n, offs, sp, a, b)
-    } else if w.flip && TAPS > 1 {
-        correlate_blocks::<V, TAPS, true, false>(out, ib, ild, w, o_n, i_n, offs, sp, a, b)
-    } else {
-        correlate_blocks::<V, TAPS, false, false>(out, ib, ild, w, o_n, i_n, offs, sp, a, b)
+    match w.layout {
+        WeightLayout::Packed => {
+            correlate_blocks::<V, TAPS, false, true>(out, ib, ild, w, o_n, i_n, offs, sp, a, b)
+        }
+        WeightLayout::Flipped if TAPS > 1 => {
+            correlate_blocks::<V, TAPS, true, false>(out, ib, ild, w, o_n, i_n, offs, sp, a, b)
+        }
+        _ => correlate_blocks::<V, TAPS, false, false>(out, ib, ild, w, o_n, i_n, offs, sp, a, b),
     }
 }
 
@@ -380,7 +390,7 @@ unsafe fn correlate_part<
     debug_assert!(o_n.is_multiple_of(R) && w.covers(o_n, i_n, TAPS));
     // tap t of a channel's weights lies at displacement `tap(t)` from its first
     let tap = |t: usize| if FLIP { TAPS - 1 - t } else { t };
-    debug_assert_eq!(w.packed, PACKED);
+    debug_assert_eq!(w.layout == WeightLayout::Packed, PACKED);
     // strides inside a register block (constants when packed)
     let wl = if PACKED {
         WLayout { row: 1, chan: R }
