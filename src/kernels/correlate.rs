@@ -201,6 +201,15 @@ impl<'a> Weights<'a> {
             layout: WeightLayout::Flipped,
         }
     }
+    /// Weights in [`with_packed`]'s layout (one tap; see [`pack_into`]) of `i_n` input rows.
+    pub(crate) fn packed(w: &'a [f32], i_n: usize) -> Self {
+        Weights {
+            w,
+            row: i_n,
+            chan: 0,
+            layout: WeightLayout::Packed,
+        }
+    }
     /// The weights of output rows `r0..`.
     pub fn from_row(self, r0: usize) -> Self {
         Weights {
@@ -232,27 +241,39 @@ pub(crate) fn with_packed<R>(
     thread_local! {
         static WPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let r6 = rows6(o_n);
     with_scratch(&WPACK, o_n * i_n, |out| {
-        for o in 0..o_n {
-            // (block width, row within the part, start of the part)
-            let (ob, r, base) = if o < r6 {
-                (OB6, o, 0)
+        pack_into(out, o_n, i_n, |o, i| {
+            if flip {
+                w[i * o_n + o]
             } else {
-                (OB, o - r6, r6 * i_n)
-            };
-            for i in 0..i_n {
-                let v = if flip { w[i * o_n + o] } else { w[o * i_n + i] };
-                out[base + ((r / ob) * i_n + i) * ob + r % ob] = v;
+                w[o * i_n + i]
             }
-        }
-        f(Weights {
-            w: out,
-            row: i_n,
-            chan: 0,
-            layout: WeightLayout::Packed,
-        })
+        });
+        f(Weights::packed(out, i_n))
     })
+}
+
+/// Writes the one-tap weights `get(o, i)` (`o_n` output rows, `i_n` input rows) into `out`
+/// in [`with_packed`]'s layout.
+pub(crate) fn pack_into(
+    out: &mut [f32],
+    o_n: usize,
+    i_n: usize,
+    get: impl Fn(usize, usize) -> f32,
+) {
+    assert!(out.len() >= o_n * i_n);
+    let r6 = rows6(o_n);
+    for o in 0..o_n {
+        // (block width, row within the part, start of the part)
+        let (ob, r, base) = if o < r6 {
+            (OB6, o, 0)
+        } else {
+            (OB, o - r6, r6 * i_n)
+        };
+        for i in 0..i_n {
+            out[base + ((r / ob) * i_n + i) * ob + r % ob] = get(o, i);
+        }
+    }
 }
 
 /// Positions per parallel tile of [`correlate`] and [`pointwise_with`]: a tile's input

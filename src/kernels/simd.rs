@@ -34,6 +34,10 @@ pub(crate) trait F32x: Copy {
     unsafe fn store(self, p: *mut f32);
     /// `self·b + c`, fused (one rounding).
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
+    /// `self + b`.
+    unsafe fn add(self, b: Self) -> Self;
+    /// `self − b`.
+    unsafe fn sub(self, b: Self) -> Self;
     /// The sum of the lanes.
     unsafe fn sum(self) -> f32;
     /// The lane sums of eight vectors at once (`out[j]` = sum of `v[j]`), cheaper than
@@ -68,6 +72,14 @@ impl F32x for Avx2 {
     #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Avx2(_mm256_fmadd_ps(self.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        Avx2(_mm256_add_ps(self.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, b: Self) -> Self {
+        Avx2(_mm256_sub_ps(self.0, b.0))
     }
     #[inline(always)]
     unsafe fn sum(self) -> f32 {
@@ -140,6 +152,14 @@ impl F32x for Avx512 {
     #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Avx512(_mm512_fmadd_ps(self.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        Avx512(_mm512_add_ps(self.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, b: Self) -> Self {
+        Avx512(_mm512_sub_ps(self.0, b.0))
     }
     #[inline(always)]
     unsafe fn sum(self) -> f32 {
