@@ -5,6 +5,7 @@
 //! cargo bench --bench shapes              # every benchmark (minutes)
 //! cargo bench --bench shapes -- conv3x3   # those whose name contains `conv3x3`
 //! cargo bench --bench shapes -- efficiency             # GFLOP/s and fraction of peak
+//! cargo bench --bench shapes -- winograd               # Winograd 3×3 against direct
 //! JSON=1 cargo bench --bench shapes -- efficiency      # the same as JSON lines
 //! ```
 //!
@@ -27,6 +28,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("fused_shapes", fused_shapes),
     ("pointwise_hot_vs_cold", pointwise_hot_vs_cold),
     ("efficiency", efficiency),
+    ("winograd", winograd),
 ];
 
 fn main() {
@@ -229,7 +231,8 @@ fn conv3x3_shape(n: usize, cin: usize, cout: usize, h: usize) -> ConvShape {
     }
 }
 
-/// The buffers of one direct 3×3 convolution (`kernels::conv3x3::forward` / `backward`,
+/// The buffers of one direct 3×3 convolution (`kernels::conv3x3::forward_direct` /
+/// `backward_direct`, or the routed `forward` / `backward`,
 /// the input gradient included), with its scratch for `chunk` samples, optionally reading
 /// a BN-ReLU of its input as a dense layer's `conv2` does.
 struct Conv3x3Case {
@@ -264,22 +267,35 @@ impl Conv3x3Case {
         2.0 * self.s.macs() as f64
     }
 
-    fn forward(&mut self) {
+    /// The direct kernel's forward, or with `routed` `conv3x3::forward` (Winograd where
+    /// preferred).
+    fn forward(&mut self, routed: bool) {
         let bn = self
             .scale_shift
             .as_ref()
             .map(|(scale, shift)| BnRelu { scale, shift });
-        conv3x3::forward(&mut self.y, &self.x, bn, &self.w, &self.s, &mut self.col);
+        let f = if routed {
+            conv3x3::forward
+        } else {
+            conv3x3::forward_direct
+        };
+        f(&mut self.y, &self.x, bn, &self.w, &self.s, &mut self.col);
     }
 
-    /// Input and weight gradients, from `y` as the output gradient.
-    fn backward(&mut self) {
+    /// Input and weight gradients, from `y` as the output gradient: the direct kernels, or
+    /// with `routed` `conv3x3::backward`.
+    fn backward(&mut self, routed: bool) {
         let bn = self
             .scale_shift
             .as_ref()
             .map(|(scale, shift)| BnRelu { scale, shift });
         let (dx, dw, col) = (Some(&mut self.dx[..]), &mut self.dw, &mut self.col);
-        conv3x3::backward(dx, dw, &self.y, &self.x, bn, &self.w, &self.s, col);
+        let f = if routed {
+            conv3x3::backward
+        } else {
+            conv3x3::backward_direct
+        };
+        f(dx, dw, &self.y, &self.x, bn, &self.w, &self.s, col);
     }
 }
 
@@ -309,8 +325,15 @@ fn conv3x3_shapes() {
         }
         let mut case = Conv3x3Case::new(s, chunk, false);
         let mut r = |threads, bwd: bool| {
-            let best = pool(threads)
-                .install(|| best_secs(0, 5, || if bwd { case.backward() } else { case.forward() }));
+            let best = pool(threads).install(|| {
+                best_secs(0, 5, || {
+                    if bwd {
+                        case.backward(false)
+                    } else {
+                        case.forward(false)
+                    }
+                })
+            });
             let passes = if bwd { 2.0 } else { 1.0 };
             passes * case.flops() / best / 1e9
         };
@@ -651,10 +674,17 @@ fn efficiency() {
                 ));
                 continue;
             }
-            // scratch as a training plan sizes it: 4 Mi floats of im2col columns
+            // scratch as a training plan sizes it: 4 Mi floats of im2col columns; the direct
+            // kernels (the efficiency of a kernel; `winograd` compares the routes)
             let chunk = ((4 << 20) / s.col_per_sample()).max(1);
             let mut c = Conv3x3Case::new(s, chunk, true);
-            let times = time(&mut |bwd| if bwd { c.backward() } else { c.forward() });
+            let times = time(&mut |bwd| {
+                if bwd {
+                    c.backward(false)
+                } else {
+                    c.forward(false)
+                }
+            });
             (times, c.flops())
         } else {
             let mut c = FusedCase::new(cout, cin, len);
@@ -689,5 +719,98 @@ fn efficiency() {
                 println!("{text}");
             }
         }
+    }
+}
+
+/// The 3×3 routes side by side on densenet121's dense-layer shape (128 → 32) and
+/// BC-100's (48 → 12), 2 threads: the direct kernel (`forward_direct`,
+/// `backward_direct`) against Winograd F(2×2, 3×3) for the forward and the input
+/// gradient (`kernels::winograd`; the weight gradient stays direct), alternating, 9
+/// rounds. Prints each route's best time and the median per-round time ratio; the
+/// thresholds of `winograd::preferred` come from these.
+fn winograd() {
+    use densenet::kernels::winograd as wino;
+    let p = pool(2);
+    for (n, ci, co, h) in [
+        (1usize, 128usize, 32usize, 56usize),
+        (1, 128, 32, 28),
+        (1, 128, 32, 14),
+        (1, 128, 32, 7),
+        (16, 128, 32, 56),
+        (16, 128, 32, 28),
+        (16, 128, 32, 14),
+        (16, 128, 32, 7),
+        (64, 48, 12, 32),
+        (64, 3, 24, 32),
+    ] {
+        let s = conv3x3_shape(n, ci, co, h);
+        if !wino::applies(&s) {
+            println!("{ci}->{co} {h}x{h} n{n}: (Winograd does not apply with these kernels)");
+            continue;
+        }
+        let chunk = n.min(4);
+        let mut case = Conv3x3Case::new(s, chunk, true);
+        let mut wcol = vec![0f32; wino::scratch_per_sample(&s) * chunk + ci * 32];
+        let ds = wino::data_shape(&s);
+        let mut dcol = vec![0f32; wino::scratch_per_sample(&ds) * n + co * 32];
+        let reps = if n == 1 { 20 } else { 2 };
+        let time = |f: &mut (dyn FnMut() + Send)| p.install(|| best_secs(1, reps, f));
+        let mut rows = vec![];
+        for bwd in [false, true] {
+            if bwd && !wino::applies(&ds) {
+                continue;
+            }
+            let (mut best, mut ratios) = ([f64::MAX; 2], vec![]);
+            for _ in 0..9 {
+                let direct = time(&mut || {
+                    if bwd {
+                        case.backward(false)
+                    } else {
+                        case.forward(false)
+                    }
+                });
+                let wg = time(&mut || {
+                    if bwd {
+                        assert!(wino::backward_data(
+                            &mut case.dx,
+                            &case.y,
+                            &case.w,
+                            &s,
+                            &mut dcol
+                        ));
+                        let dw = &mut case.dw;
+                        let (y, x, w, col) = (&case.y, &case.x, &case.w, &mut case.col);
+                        conv3x3::backward_direct(None, dw, y, x, None, w, &s, col);
+                    } else {
+                        let bn = case
+                            .scale_shift
+                            .as_ref()
+                            .map(|(scale, shift)| BnRelu { scale, shift });
+                        assert!(wino::forward(
+                            &mut case.y,
+                            &case.x,
+                            bn,
+                            &case.w,
+                            &s,
+                            &mut wcol
+                        ));
+                    }
+                });
+                best = [best[0].min(direct), best[1].min(wg)];
+                ratios.push(wg / direct);
+            }
+            ratios.sort_by(f64::total_cmp);
+            rows.push(format!(
+                "{} direct {:8.1} us, winograd {:8.1} us, ratio {:.2}",
+                if bwd { "bwd" } else { "fwd" },
+                best[0] * 1e6,
+                best[1] * 1e6,
+                ratios[ratios.len() / 2]
+            ));
+        }
+        println!(
+            "{ci:>3}->{co:<2} {h:>2}x{h:<2} n{n:<2}  {}",
+            rows.join("   ")
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Every fast kernels table against the portable one, on the same machine (tract's way):
 //! convolutions on generated shapes (odd channel counts, 1×1 and 3×3, stride 1 and 2,
-//! batch 1), the fused BN-ReLU convolutions, and whole training steps of small DenseNets
+//! batch 1, a 3×3 that takes the Winograd route), the fused BN-ReLU convolutions, and whole training steps of small DenseNets
 //! and a ResNet whose channel counts the direct kernels do and do not take.
 //!
 //! The table in use is process-wide (`kernels::force`), so this file holds one test and
@@ -174,6 +174,10 @@ fn fast_kernels_match_the_portable_ones() {
         shape(1, 20, 16, (5, 6), 3, 1),
         shape(1, 12, 36, (1, 8), 3, 1),
         shape(2, 8, 5, (4, 4), 3, 1),
+        // densenet121's ratio of inputs to outputs with enough tiles (4·8·8 = 256 of 2×2
+        // outputs) that the forward and the input gradient go through Winograd F(2×2, 3×3)
+        // (`winograd::preferred` on up to 4 threads); an odd width
+        shape(4, 64, 32, (16, 15), 3, 1),
         // stride 2 and the 7×7 stem: im2col in every table, the same answer
         shape(1, 6, 8, (9, 7), 3, 2),
         shape(1, 3, 8, (15, 15), 7, 2),

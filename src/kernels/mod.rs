@@ -1,6 +1,7 @@
 //! The CPU's inner loops, with no knowledge of models: the GEMM front ([`gemm`]), the
 //! direct 1×1 and 3×3 convolution kernels ([`conv1x1`], [`conv3x3`], over the register
-//! blocks of [`correlate`]) and the element-wise bodies of batch norm and ReLU ([`norm`]).
+//! blocks of [`correlate`]), the 3×3 as Winograd F(2×2, 3×3) where that is faster
+//! ([`winograd`]) and the element-wise bodies of batch norm and ReLU ([`norm`]).
 //!
 //! **One table, chosen once.** Every instruction-set-specific function is reached through
 //! a [`Kernels`] table: [`active`] picks it when the process first asks (the best one this
@@ -33,6 +34,7 @@ pub mod peak;
 pub(crate) mod simd;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod winograd;
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -162,6 +164,10 @@ pub struct Direct {
     pub grad_tile: conv1x1::GradTileFn,
     /// A loop of nothing but FMAs, for the measured peak ([`peak::measured_gflops`]).
     pub fma_chains: peak::FmaChainsFn,
+    /// Winograd input transform of one channel's tile row ([`winograd`]).
+    pub wino_input: winograd::InputFn,
+    /// Winograd output transform of one channel's tile row ([`winograd`]).
+    pub wino_output: winograd::OutputFn,
 }
 
 /// The function table of one instruction set. The element-wise entries are safe to call
@@ -228,6 +234,8 @@ static AVX2: Kernels = Kernels {
         dot_tile: conv1x1::dot_tile_avx2,
         grad_tile: conv1x1::grad_tile_avx2,
         fma_chains: peak::fma_chains_avx2,
+        wino_input: winograd::input_avx2,
+        wino_output: winograd::output_avx2,
     }),
 };
 
@@ -252,6 +260,8 @@ static AVX512: Kernels = Kernels {
         dot_tile: conv1x1::dot_tile_avx512,
         grad_tile: conv1x1::grad_tile_avx512,
         fma_chains: peak::fma_chains_avx512,
+        wino_input: winograd::input_avx512,
+        wino_output: winograd::output_avx512,
     }),
 };
 

@@ -1,0 +1,553 @@
+//! The 3×3 forward as Winograd F(2×2, 3×3) (Lavin and Gray, 2016): each 2×2 block of
+//! outputs ("tile") comes from the 4×4 window of input around it as
+//! `Y = Aᵀ·[Σ_i U_i ⊙ V_i]·A`, with `U = G·g·Gᵀ` (the 3×3 kernel g transformed once per
+//! call) and `V = Bᵀ·d·B` (the window d transformed once per input channel and tile).
+//! The sum over input channels is, for each of the 16 elements ξ of a 4×4 transform, a
+//! 1×1 convolution over the tiles, `M_ξ = U_ξ·V_ξ` (`[Cout][Cin]·[Cin][tiles]`), which
+//! the one-tap register kernel (`correlate1`) computes. That is 16 multiply-adds per
+//! tile, input and output channel where the direct kernel does 36 (4 outputs × 9 taps).
+//!
+//! Layout: the BN-ReLU of the input is first copied, zero-padded, with even and odd
+//! padded columns split apart ([`split`]); then tile `tx` of a row reads columns
+//! `2tx … 2tx+3` as entries `tx` and `tx+1` of the even and odd rows, and `LANES`
+//! neighbouring tiles are plain vector loads. Tiles are taken [`T`] at a time per task;
+//! their `V` (16 × Cin × T) and `M` (16 × Cout × T) stay in L2.
+//!
+//! Numerics: the transforms' coefficients are 0, ±1 and ½, exact in f32; the sums are
+//! ordered differently from the direct kernel's, so results agree to rounding (the tests
+//! compare with the direct kernel at the tolerance of the other fast paths).
+
+use super::conv1x1::pointwise_tile;
+use super::correlate::{pack_into, Weights, PB};
+use super::simd::{simd_entries, F32x};
+use super::{active, BnRelu, ConvShape};
+use crate::util::par::{per_channel, with_scratch, SyncPtr};
+use rayon::prelude::*;
+
+/// Tiles per task: a multiple of every table's register block (16 and 32 positions).
+const T: usize = 32;
+
+/// Signature of [`input_avx2`] and [`input_avx512`].
+pub type InputFn = unsafe fn(*mut f32, usize, *const f32, &Segment);
+/// Signature of [`output_avx2`] and [`output_avx512`].
+pub type OutputFn = unsafe fn(*mut f32, *const f32, usize, &Segment);
+
+/// Whether [`forward`] takes this convolution on this CPU: a 3×3, stride 1, padding 1
+/// convolution, whose output count the one-tap kernel takes.
+pub fn applies(s: &ConvShape) -> bool {
+    s.k == 3
+        && s.stride == 1
+        && s.pad == 1
+        && s.cout > 0
+        && super::conv1x1::pointwise_applies(s.cout)
+        && active().direct.is_some()
+}
+
+/// Whether [`forward`] is the faster route for this convolution (where it [`applies`]).
+/// Measured in-process against the direct kernel (`cargo bench --bench shapes --
+/// winograd`, Zen 3, 2 threads): densenet121's 128 → 32 took 0.66–0.77 of the direct
+/// time at batch 16 (every block) and at batch 1 on 56×56 and 28×28; at batch 1 on 14×14
+/// (49 tiles: two tasks) 1.14, on 7×7 2.4. With 12 outputs (BC-100) it was even (0.87–1.05),
+/// and the CIFAR stem (3 inputs) 1.3–1.6: the transforms are then as much work as the
+/// products. So: at least 64 inputs, 32 outputs and two tasks of [`T`] tiles per thread.
+pub fn preferred(s: &ConvShape) -> bool {
+    let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
+    s.cin >= 64 && s.cout >= 32 && tiles >= 2 * T * rayon::current_num_threads()
+}
+
+/// The split, padded layout of a chunk of `ns` samples (see the module notes).
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    /// Tile rows and columns per sample.
+    th: usize,
+    tw: usize,
+    /// Entries per even (and per odd) row: `tw + 1`.
+    ew: usize,
+    /// Floats per sample and channel: `(2·th + 2)` padded rows of `2·ew`.
+    plane: usize,
+}
+
+impl Split {
+    fn new(s: &ConvShape) -> Self {
+        let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
+        let ew = tw + 1;
+        Split {
+            th,
+            tw,
+            ew,
+            plane: (2 * th + 2) * 2 * ew,
+        }
+    }
+    /// Floats per channel of a chunk of `ns` samples (the last vector of a row may read
+    /// [`PB`] floats past the end).
+    fn chan(&self, ns: usize) -> usize {
+        ns * self.plane + PB
+    }
+}
+
+/// Floats of `col` scratch per sample that [`forward`] needs.
+pub fn scratch_per_sample(s: &ConvShape) -> usize {
+    s.cin * Split::new(s).plane
+}
+
+/// The tiles `tx0..tx1` of tile row `ty` of a sample, as one task sees them: the even row
+/// of padded row `2·ty` starts at `src` (offset into the split layout), and the tiles
+/// are entries `k..k + (tx1 − tx0)` of the task's `V` and `M` rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    /// Offset of the even row of padded row `2·ty` in a channel of the split layout.
+    src: usize,
+    /// First tile column and one past the last.
+    tx0: usize,
+    tx1: usize,
+    /// Entry of the first tile in the task's rows.
+    k: usize,
+    /// Distance between padded rows (`2·ew`) and between even and odd (`ew`).
+    ew: usize,
+    /// Offset of output row `2·ty` of this sample in an output channel row, and the
+    /// output rows and columns that exist (`h − 2·ty`, capped at 2; `w`).
+    dst: usize,
+    rows: usize,
+    w: usize,
+}
+
+/// The tile rows of tiles `k0..k1` of a chunk that starts at sample `n0`, each cut to
+/// the tiles in that range (tile k is column `k % tw` of row `k / tw`, row r being tile
+/// row `r % th` of sample `r / th` of the chunk).
+fn segments(
+    sp: &Split,
+    s: &ConvShape,
+    n0: usize,
+    k0: usize,
+    k1: usize,
+) -> impl Iterator<Item = Segment> {
+    let (sp, (h, w)) = (*sp, (s.h, s.w));
+    let mut k = k0;
+    std::iter::from_fn(move || {
+        if k >= k1 {
+            return None;
+        }
+        let (row, tx0) = (k / sp.tw, k % sp.tw);
+        let tx1 = sp.tw.min(tx0 + (k1 - k));
+        let (j, ty) = (row / sp.th, row % sp.th);
+        let g = Segment {
+            src: j * sp.plane + 2 * ty * 2 * sp.ew,
+            tx0,
+            tx1,
+            k: k - k0,
+            ew: sp.ew,
+            dst: (n0 + j) * h * w + 2 * ty * w,
+            rows: (h - 2 * ty).min(2),
+            w,
+        };
+        k += tx1 - tx0;
+        Some(g)
+    })
+}
+
+/// Copies samples `n0..n1` of `x: [C][N·H·W]` (through `bn` if given) into the split
+/// layout `buf`: per channel and sample, `2·th + 2` padded rows (row 0 and those past the
+/// image are zero), each as its even padded columns then its odd ones.
+fn split(buf: &mut [f32], x: &[f32], bn: Option<BnRelu>, s: &ConvShape, n0: usize, n1: usize) {
+    let sp = Split::new(s);
+    let (h, w) = (s.h, s.w);
+    let chan = sp.chan(n1 - n0);
+    let len = s.n * h * w;
+    let it = buf[..s.cin * chan].par_chunks_mut(chan).enumerate();
+    per_channel(it, s.cin * chan, |(c, dst): (usize, &mut [f32])| {
+        let (scale, shift) = bn.map_or((1.0, 0.0), |b| (b.scale[c], b.shift[c]));
+        let f = |v: f32| {
+            if bn.is_some() {
+                (v * scale + shift).max(0.0)
+            } else {
+                v
+            }
+        };
+        dst.fill(0.0);
+        for (j, plane) in dst.chunks_exact_mut(sp.plane).take(n1 - n0).enumerate() {
+            let img = &x[c * len + (n0 + j) * h * w..][..h * w];
+            for (iy, row) in img.chunks_exact(w).enumerate() {
+                // padded row iy + 1; padded column c' is image column c' − 1
+                let (even, odd) = plane[(iy + 1) * 2 * sp.ew..][..2 * sp.ew].split_at_mut(sp.ew);
+                for (ix, &v) in row.iter().enumerate() {
+                    let p = ix + 1;
+                    if p % 2 == 0 {
+                        even[p / 2] = f(v);
+                    } else {
+                        odd[p / 2] = f(v);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `V = Bᵀ·d·B` for the tiles of segment `g` of one input channel: the channel's split
+/// layout at `src`, the 16 rows `ξ` of `V` at `v + ξ·vs` (entries `g.k..`).
+///
+/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`, applied to the
+/// columns of each of the 4 window rows, then to the rows.
+///
+/// # Safety
+/// The split layout must hold `LANES` floats past every tile row read (its [`PB`] slack);
+/// `v`'s rows must hold `LANES` entries past the segment's last (junk lanes land there or
+/// on entries written later). The CPU must run `V`.
+#[inline(always)]
+unsafe fn input_rows<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segment) {
+    let l = V::LANES;
+    let mut j = 0;
+    while g.tx0 + j < g.tx1 {
+        // t[c][r]: window row r with Bᵀ applied along its columns, stored by column
+        let mut t = [[V::zero(); 4]; 4];
+        for r in 0..4 {
+            let e = src.add(g.src + r * 2 * g.ew + g.tx0 + j);
+            let o = e.add(g.ew);
+            let (d0, d1, d2, d3) = (V::load(e), V::load(o), V::load(e.add(1)), V::load(o.add(1)));
+            let row = [d0.sub(d2), d1.add(d2), d2.sub(d1), d1.sub(d3)];
+            for (t, x) in t.iter_mut().zip(row) {
+                t[r] = x;
+            }
+        }
+        for (c, t) in t.iter().enumerate() {
+            let col = [t[0].sub(t[2]), t[1].add(t[2]), t[2].sub(t[1]), t[1].sub(t[3])];
+            for (r, x) in col.into_iter().enumerate() {
+                x.store(v.add((4 * r + c) * vs + g.k + j));
+            }
+        }
+        j += l;
+    }
+}
+
+simd_entries!(input_rows => input_avx2, input_avx512 (
+    v: *mut f32,
+    vs: usize,
+    src: *const f32,
+    g: &Segment,
+));
+
+/// `Y = Aᵀ·M·A` for the tiles of segment `g` of one output channel: the 16 rows of `M` at
+/// `m + ξ·ms` (entries `g.k..`), the 2×2 outputs of each tile written to the channel's
+/// output row `y` (positions from `g.dst`, rows `g.w` apart), where they exist.
+///
+/// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`.
+///
+/// # Safety
+/// `m`'s rows must hold `LANES` entries past the segment's last; `y` must hold the
+/// segment's outputs. The CPU must run `V`.
+#[inline(always)]
+unsafe fn output_rows<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segment) {
+    let l = V::LANES;
+    let mut lanes = [[[0f32; 16]; 2]; 2];
+    let mut j = 0;
+    while g.tx0 + j < g.tx1 {
+        let mut s = [[V::zero(); 2]; 4];
+        for (r, s) in s.iter_mut().enumerate() {
+            let p = m.add(4 * r * ms + g.k + j);
+            let (m0, m1) = (V::load(p), V::load(p.add(ms)));
+            let (m2, m3) = (V::load(p.add(2 * ms)), V::load(p.add(3 * ms)));
+            *s = [m0.add(m1).add(m2), m1.sub(m2).sub(m3)];
+        }
+        for b in 0..2 {
+            s[0][b]
+                .add(s[1][b])
+                .add(s[2][b])
+                .store(lanes[0][b].as_mut_ptr());
+            s[1][b]
+                .sub(s[2][b])
+                .sub(s[3][b])
+                .store(lanes[1][b].as_mut_ptr());
+        }
+        let n = l.min(g.tx1 - g.tx0 - j);
+        for (a, lanes) in lanes.iter().enumerate().take(g.rows) {
+            let row = y.add(g.dst + a * g.w);
+            for (q, (&even, &odd)) in lanes[0].iter().zip(&lanes[1]).take(n).enumerate() {
+                let ox = 2 * (g.tx0 + j + q);
+                *row.add(ox) = even;
+                if ox + 1 < g.w {
+                    *row.add(ox + 1) = odd;
+                }
+            }
+        }
+        j += l;
+    }
+}
+
+simd_entries!(output_rows => output_avx2, output_avx512 (
+    y: *mut f32,
+    m: *const f32,
+    ms: usize,
+    g: &Segment,
+));
+
+/// `U_ξ[o][i]` (`ξ = 4·r + c`) of `g = w[o][i]` (3×3, row-major): `G·g·Gᵀ` with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+fn transform_kernel(g: &[f32; 9]) -> [f32; 16] {
+    let col = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    // G·g: 4 rows of 3
+    let mut gg = [[0f32; 3]; 4];
+    for kx in 0..3 {
+        let v = col(g[kx], g[3 + kx], g[6 + kx]);
+        for r in 0..4 {
+            gg[r][kx] = v[r];
+        }
+    }
+    let mut u = [0f32; 16];
+    for r in 0..4 {
+        let v = col(gg[r][0], gg[r][1], gg[r][2]);
+        u[4 * r..4 * r + 4].copy_from_slice(&v);
+    }
+    u
+}
+
+/// Forward: `y[Cout][N·H·W] = conv3×3(x)` (of `relu(x·scale + shift)` with `bn`), through
+/// `col` (at least [`scratch_per_sample`] floats for one sample; samples are taken as
+/// many at a time as fit). Returns `false`, having done nothing, where [`applies`] does
+/// not hold or `col` is too small for one sample.
+pub fn forward(
+    y: &mut [f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+) -> bool {
+    convolve(y, x, bn, w, false, s, col)
+}
+
+/// The input gradient of the 3×3 convolution `s` (forward weights `w: [Cout][Cin][9]`):
+/// `dx[Cin][N·H·W]` (overwritten) from `dy[Cout][N·H·W]`, a convolution of `dy` with the
+/// weights transposed and flipped. As [`forward`] (of the shape with `cin` and `cout`
+/// swapped) for the scratch and the result.
+pub fn backward_data(
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+) -> bool {
+    convolve(dx, dy, None, w, true, &data_shape(s), col)
+}
+
+/// The convolution that computes `s`'s input gradient: inputs and outputs swapped.
+pub fn data_shape(s: &ConvShape) -> ConvShape {
+    ConvShape {
+        cin: s.cout,
+        cout: s.cin,
+        ..*s
+    }
+}
+
+/// [`forward`], or with `flip` the convolution whose kernel (o, i) is `w[i][o]` rotated
+/// by 180° (`w` then `[Cin][Cout][9]` of `s`).
+fn convolve(
+    y: &mut [f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    w: &[f32],
+    flip: bool,
+    s: &ConvShape,
+    col: &mut [f32],
+) -> bool {
+    let sp = Split::new(s);
+    let ns = col.len().saturating_sub(s.cin * PB) / (s.cin * sp.plane);
+    if !applies(s) || ns == 0 {
+        return false;
+    }
+    let direct = active().direct.expect("applies");
+    let (ci, co) = (s.cin, s.cout);
+    let len = s.n * s.h * s.w;
+    assert_eq!(w.len(), co * ci * 9);
+    assert!(x.len() >= ci * len && y.len() >= co * len);
+    thread_local! {
+        static U: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static VM: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    with_scratch(&U, 32 * co * ci, |ubuf| {
+        // U as [o][i][ξ], then packed per ξ for the one-tap kernel
+        let (raw, packed) = ubuf.split_at_mut(16 * co * ci);
+        raw.par_chunks_mut(16 * ci)
+            .enumerate()
+            .for_each(|(o, row)| {
+                for (i, u) in row.chunks_exact_mut(16).enumerate() {
+                    let g: [f32; 9] = if flip {
+                        std::array::from_fn(|t| w[(i * co + o) * 9 + 8 - t])
+                    } else {
+                        std::array::from_fn(|t| w[(o * ci + i) * 9 + t])
+                    };
+                    u.copy_from_slice(&transform_kernel(&g));
+                }
+            });
+        let raw = &*raw;
+        packed
+            .par_chunks_mut(co * ci)
+            .enumerate()
+            .for_each(|(xi, p)| {
+                pack_into(p, co, ci, |o, i| raw[(o * ci + i) * 16 + xi]);
+            });
+        let packed = &*packed;
+        let (vs, ms) = (ci * T + PB, co * T + PB);
+        let yp = SyncPtr(y.as_mut_ptr());
+        let mut n0 = 0;
+        while n0 < s.n {
+            let n1 = (n0 + ns).min(s.n);
+            let chan = sp.chan(n1 - n0);
+            split(col, x, bn, s, n0, n1);
+            let src = &col[..ci * chan];
+            let tiles = (n1 - n0) * sp.th * sp.tw;
+            (0..tiles.div_ceil(T)).into_par_iter().for_each(|task| {
+                let (k0, k1) = (task * T, ((task + 1) * T).min(tiles));
+                let segs = || segments(&sp, s, n0, k0, k1);
+                with_scratch(&VM, 16 * (vs + ms), |vm| {
+                    let (v, m) = vm.split_at_mut(16 * vs);
+                    for c in 0..ci {
+                        for g in segs() {
+                            // SAFETY: the split layout holds PB floats past each channel;
+                            // V's rows (T entries, PB slack per ξ) take a whole vector past
+                            // k1 - k0; the table's entry runs on this CPU.
+                            unsafe {
+                                (direct.wino_input)(
+                                    v.as_mut_ptr().add(c * T),
+                                    vs,
+                                    src.as_ptr().add(c * chan),
+                                    &g,
+                                )
+                            }
+                        }
+                    }
+                    let n = k1 - k0;
+                    for xi in 0..16 {
+                        let wq = Weights::packed(&packed[xi * co * ci..][..co * ci], ci);
+                        let (mo, vi) = (&mut m[xi * ms..][..ms], &v[xi * vs..][..vs]);
+                        pointwise_tile(mo, T, vi, T, wq, co, ci, n);
+                    }
+                    for o in 0..co {
+                        for g in segs() {
+                            // SAFETY: M's rows have PB slack per ξ; the segment's outputs lie
+                            // in output row o (asserted above), and only this task writes
+                            // its tiles' outputs.
+                            unsafe {
+                                (direct.wino_output)(
+                                    yp.get().add(o * len),
+                                    m.as_ptr().add(o * T),
+                                    ms,
+                                    &g,
+                                )
+                            }
+                        }
+                    }
+                });
+            });
+            n0 = n1;
+        }
+    });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels;
+    use crate::kernels::testutil::{close, data};
+    use crate::ops::conv::{im2col_backward, im2col_forward};
+
+    fn shape(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> ConvShape {
+        ConvShape {
+            n,
+            cin,
+            cout,
+            h,
+            w,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        }
+    }
+
+    /// Against im2col + GEMM (itself tested against a naive convolution in `conv`): odd
+    /// and even sizes, 1-row and 1-column images, tile rows that cross tasks (7×7 has 4
+    /// tiles a row, 9×9 has 5), blocks of 6 and of 4 outputs, with and without a BN-ReLU,
+    /// one sample per chunk and the whole batch in one.
+    #[test]
+    fn winograd_matches_im2col() {
+        if kernels::active().direct.is_none() {
+            eprintln!(
+                "SKIPPED: the {} kernels have no one-tap kernel",
+                kernels::active().name
+            );
+            return;
+        }
+        let shapes = [
+            shape(2, 4, 4, 5, 7),
+            shape(3, 8, 12, 9, 6),
+            shape(1, 4, 8, 1, 11),
+            shape(2, 12, 4, 13, 1),
+            shape(3, 16, 32, 7, 7),
+            shape(2, 20, 16, 14, 14),
+            shape(1, 3, 24, 9, 9),
+            shape(1, 32, 36, 28, 28),
+        ];
+        for s in shapes {
+            assert!(applies(&s), "{s:?}");
+            let x = data(s.cin * s.n * s.h * s.w, 1);
+            let w = data(s.cout * s.col_rows(), 2);
+            let scale = data(s.cin, 4);
+            let shift = data(s.cin, 5);
+            let mut big = vec![0.0; (s.cin * 9) * s.n * s.h * s.w];
+            for with_bn in [false, true] {
+                let bn = with_bn.then_some(BnRelu {
+                    scale: &scale,
+                    shift: &shift,
+                });
+                let input: Vec<f32> = match bn {
+                    None => x.clone(),
+                    Some(b) => x
+                        .chunks(s.n * s.h * s.w)
+                        .enumerate()
+                        .flat_map(|(c, row)| {
+                            row.iter()
+                                .map(move |v| (v * b.scale[c] + b.shift[c]).max(0.0))
+                        })
+                        .collect(),
+                };
+                let mut want = vec![0.0; s.cout * s.n * s.h * s.w];
+                im2col_forward(&mut want, &input, &w, &s, &mut big);
+                for samples in [1, s.n] {
+                    let mut col = vec![f32::NAN; scratch_per_sample(&s) * samples + s.cin * PB];
+                    let mut y = vec![f32::NAN; want.len()];
+                    assert!(forward(&mut y, &x, bn, &w, &s, &mut col));
+                    close(&y, &want, &format!("{s:?} bn {with_bn} samples {samples}"));
+                }
+            }
+            // the input gradient, against im2col's backward (its dw discarded); the one-tap
+            // kernel does not take 3 outputs
+            let ds = data_shape(&s);
+            if !applies(&ds) {
+                assert_eq!(s.cin, 3);
+                continue;
+            }
+            let dy = data(s.cout * s.n * s.h * s.w, 3);
+            let mut want = vec![0.0; x.len()];
+            let mut dw = vec![0.0; w.len()];
+            im2col_backward(Some(&mut want), &mut dw, &dy, &x, &w, &s, &mut big);
+            for samples in [1, s.n] {
+                let mut col = vec![f32::NAN; scratch_per_sample(&ds) * samples + ds.cin * PB];
+                let mut dx = vec![f32::NAN; x.len()];
+                assert!(backward_data(&mut dx, &dy, &w, &s, &mut col));
+                close(&dx, &want, &format!("{s:?} dx samples {samples}"));
+            }
+        }
+        // too little scratch for one sample: nothing done
+        let s = shape(1, 4, 4, 6, 6);
+        let mut col = vec![0.0; scratch_per_sample(&s) - 1];
+        let mut y = vec![1.0; 4 * 36];
+        assert!(!forward(
+            &mut y,
+            &data(4 * 36, 1),
+            None,
+            &data(144, 2),
+            &s,
+            &mut col
+        ));
+        assert!(y.iter().all(|&v| v == 1.0));
+    }
+}
