@@ -155,31 +155,38 @@ fn split(buf: &mut [f32], x: &[f32], bn: Option<BnRelu>, s: &ConvShape, n0: usiz
     let len = s.n * h * w;
     let it = buf[..s.cin * chan].par_chunks_mut(chan).enumerate();
     per_channel(it, s.cin * chan, |(c, dst): (usize, &mut [f32])| {
-        let (scale, shift) = bn.map_or((1.0, 0.0), |b| (b.scale[c], b.shift[c]));
-        let f = |v: f32| {
-            if bn.is_some() {
-                (v * scale + shift).max(0.0)
-            } else {
-                v
-            }
-        };
         dst.fill(0.0);
         for (j, plane) in dst.chunks_exact_mut(sp.plane).take(n1 - n0).enumerate() {
             let img = &x[c * len + (n0 + j) * h * w..][..h * w];
             for (iy, row) in img.chunks_exact(w).enumerate() {
                 // padded row iy + 1; padded column c' is image column c' − 1
                 let (even, odd) = plane[(iy + 1) * 2 * sp.ew..][..2 * sp.ew].split_at_mut(sp.ew);
-                for (ix, &v) in row.iter().enumerate() {
-                    let p = ix + 1;
-                    if p % 2 == 0 {
-                        even[p / 2] = f(v);
-                    } else {
-                        odd[p / 2] = f(v);
+                match bn {
+                    Some(b) => {
+                        split_row(even, odd, row, |v| (v * b.scale[c] + b.shift[c]).max(0.0))
                     }
+                    None => split_row(even, odd, row, |v| v),
                 }
             }
         }
     });
+}
+
+/// One image row into its padded row's even and odd columns, through `f`: image column
+/// 2k is padded column 2k + 1 (odd entry k), 2k + 1 is 2k + 2 (even entry k + 1). In
+/// pairs, without a test per column (a branch on the parity was 4% of a batch-1 pass).
+#[inline(always)]
+fn split_row(even: &mut [f32], odd: &mut [f32], row: &[f32], f: impl Fn(f32) -> f32) {
+    let pairs = row.chunks_exact(2);
+    let last = pairs.remainder().first().copied();
+    let n = pairs.len();
+    for (pair, (o, e)) in pairs.zip(odd.iter_mut().zip(&mut even[1..])) {
+        *o = f(pair[0]);
+        *e = f(pair[1]);
+    }
+    if let Some(v) = last {
+        odd[n] = f(v);
+    }
 }
 
 /// `V = Bᵀ·d·B` for the tiles of segment `g` of one input channel: the channel's split
@@ -209,7 +216,12 @@ unsafe fn input_rows<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segme
             }
         }
         for (c, t) in t.iter().enumerate() {
-            let col = [t[0].sub(t[2]), t[1].add(t[2]), t[2].sub(t[1]), t[1].sub(t[3])];
+            let col = [
+                t[0].sub(t[2]),
+                t[1].add(t[2]),
+                t[2].sub(t[1]),
+                t[1].sub(t[3]),
+            ];
             for (r, x) in col.into_iter().enumerate() {
                 x.store(v.add((4 * r + c) * vs + g.k + j));
             }
