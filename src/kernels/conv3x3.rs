@@ -457,21 +457,8 @@ pub fn backward_direct(
 mod tests {
     use super::*;
     use crate::kernels;
-    use crate::kernels::testutil::{close, data};
+    use crate::kernels::testutil::{close, data, shape3x3 as shape};
     use crate::ops::conv::{col_len, im2col_backward, im2col_forward};
-
-    fn shape(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> ConvShape {
-        ConvShape {
-            n,
-            cin,
-            cout,
-            h,
-            w,
-            k: 3,
-            stride: 1,
-            pad: 1,
-        }
-    }
 
     /// The direct kernels against the im2col + GEMM path (itself tested against a naive
     /// convolution in `conv`), on odd sizes, 1-row and 1-column images, and scratch sizes

@@ -17,3 +17,18 @@ pub(crate) fn close(a: &[f32], b: &[f32], what: &str) {
         );
     }
 }
+
+/// A 3×3 convolution, stride 1, padding 1, of `cin` → `cout` channels on `n` samples of
+/// `h`×`w`.
+pub(crate) fn shape3x3(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> super::ConvShape {
+    super::ConvShape {
+        n,
+        cin,
+        cout,
+        h,
+        w,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    }
+}

@@ -459,21 +459,8 @@ fn convolve(
 mod tests {
     use super::*;
     use crate::kernels;
-    use crate::kernels::testutil::{close, data};
+    use crate::kernels::testutil::{close, data, shape3x3 as shape};
     use crate::ops::conv::{im2col_backward, im2col_forward};
-
-    fn shape(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> ConvShape {
-        ConvShape {
-            n,
-            cin,
-            cout,
-            h,
-            w,
-            k: 3,
-            stride: 1,
-            pad: 1,
-        }
-    }
 
     /// Against im2col + GEMM (itself tested against a naive convolution in `conv`): odd
     /// and even sizes, 1-row and 1-column images, tile rows that cross tasks (7×7 has 4
