@@ -777,6 +777,39 @@ fn densenet_kernels_selects_the_table() {
     );
 }
 
+/// `DENSENET_WINOGRAD` turns the Winograd 3×3 route off (on by default; `bench --json`
+/// says which), and an unusable value is refused before any work.
+#[test]
+fn densenet_winograd_switches_the_route() {
+    let run = |v: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_densenet"));
+        c.env_remove("DENSENET_WINOGRAD");
+        if let Some(v) = v {
+            c.env("DENSENET_WINOGRAD", v);
+        }
+        c.args([
+            "--threads",
+            "1",
+            "bench",
+            "infer",
+            "--model",
+            "densenet-bc-40-12",
+        ])
+        .args(["--batch", "1", "--steps", "1", "--json"])
+        .output()
+        .expect("run densenet")
+    };
+    assert_eq!(json(&run(None))["winograd"], true);
+    assert_eq!(json(&run(Some("off")))["winograd"], false);
+    let bad = run(Some("maybe"));
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("DENSENET_WINOGRAD=maybe"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
 /// A fresh temporary directory for commands that write relative paths (`runs/…`).
 fn fresh_dir(name: &str) -> PathBuf {
     let d = tmp(name);

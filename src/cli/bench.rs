@@ -256,6 +256,8 @@ pub struct TrainReport {
     pub threads: usize,
     /// The kernels table in use (`portable`, `avx2`, `avx512`; see `DENSENET_KERNELS`).
     pub kernels: &'static str,
+    /// Whether the 3×3 may take the Winograd route (`DENSENET_WINOGRAD`).
+    pub winograd: bool,
     /// The CPU's model name.
     pub cpu: String,
     /// Median step time.
@@ -293,6 +295,8 @@ pub struct InferReport {
     pub threads: usize,
     /// The kernels table in use (`portable`, `avx2`, `avx512`; see `DENSENET_KERNELS`).
     pub kernels: &'static str,
+    /// Whether the 3×3 may take the Winograd route (`DENSENET_WINOGRAD`).
+    pub winograd: bool,
     /// The CPU's model name.
     pub cpu: String,
     /// Median time per batch.
@@ -470,6 +474,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         memory: a.memory,
         threads: rayon::current_num_threads(),
         kernels: crate::kernels::active().name,
+        winograd: crate::kernels::winograd::enabled(),
         cpu: cpu_model(),
         median_step_s: step.median_s,
         images_per_s: a.batch as f64 / step.median_s,
@@ -639,6 +644,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         batch: a.batch,
         threads: rayon::current_num_threads(),
         kernels: crate::kernels::active().name,
+        winograd: crate::kernels::winograd::enabled(),
         cpu: cpu_model(),
         median_s: pass.median_s,
         images_per_s: a.batch as f64 / pass.median_s,

@@ -23,6 +23,7 @@ use super::simd::{simd_entries, F32x};
 use super::{active, BnRelu, ConvShape};
 use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Tiles per task: a multiple of every table's register block (16 and 32 positions).
 const T: usize = 32;
@@ -43,16 +44,67 @@ pub fn applies(s: &ConvShape) -> bool {
         && active().direct.is_some()
 }
 
+/// A `DENSENET_WINOGRAD` value that is neither on nor off.
+#[derive(Debug, thiserror::Error)]
+#[error("DENSENET_WINOGRAD={0}: expected on or off (or 1, 0, true, false)")]
+pub struct WinogradEnvError(String);
+
+/// Whether a `DENSENET_WINOGRAD` value turns the route on (`None` or empty: on).
+pub fn parse_env(value: Option<&str>) -> Result<bool, WinogradEnvError> {
+    match value.map(str::trim) {
+        None | Some("") | Some("on") | Some("1") | Some("true") => Ok(true),
+        Some("off") | Some("0") | Some("false") => Ok(false),
+        Some(other) => Err(WinogradEnvError(other.to_string())),
+    }
+}
+
+/// [`parse_env`] of the environment's `DENSENET_WINOGRAD`.
+pub fn from_env() -> Result<bool, WinogradEnvError> {
+    parse_env(std::env::var("DENSENET_WINOGRAD").ok().as_deref())
+}
+
+/// 0: not yet decided; 1: off; 2: on.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
+
+/// Turns the route on or off for the whole process (the command line does, from
+/// `DENSENET_WINOGRAD`, before any work).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 2 } else { 1 }, Ordering::Release);
+}
+
+/// Whether the route may be taken: `DENSENET_WINOGRAD=off` sends every 3×3 through the
+/// direct kernel (another summation order: to compare results or times with it). Read
+/// once; an unusable value leaves it on with a warning.
+pub fn enabled() -> bool {
+    match ENABLED.load(Ordering::Acquire) {
+        0 => {
+            let on = from_env().unwrap_or_else(|e| {
+                eprintln!("warning: {e}; Winograd stays on");
+                true
+            });
+            let _ = ENABLED.compare_exchange(
+                0,
+                if on { 2 } else { 1 },
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            ENABLED.load(Ordering::Acquire) == 2
+        }
+        v => v == 2,
+    }
+}
+
 /// Whether [`forward`] is the faster route for this convolution (where it [`applies`]).
 /// Measured in-process against the direct kernel (`cargo bench --bench shapes --
 /// winograd`, Zen 3, 2 threads): densenet121's 128 → 32 took 0.66–0.77 of the direct
 /// time at batch 16 (every block) and at batch 1 on 56×56 and 28×28; at batch 1 on 14×14
 /// (49 tiles: two tasks) 1.14, on 7×7 2.4. With 12 outputs (BC-100) it was even (0.87–1.05),
 /// and the CIFAR stem (3 inputs) 1.3–1.6: the transforms are then as much work as the
-/// products. So: at least 64 inputs, 32 outputs and two tasks of [`T`] tiles per thread.
+/// products. So: at least 64 inputs, 32 outputs and two tasks of [`T`] tiles per thread,
+/// and the route [`enabled`].
 pub fn preferred(s: &ConvShape) -> bool {
     let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
-    s.cin >= 64 && s.cout >= 32 && tiles >= 2 * T * rayon::current_num_threads()
+    s.cin >= 64 && s.cout >= 32 && tiles >= 2 * T * rayon::current_num_threads() && enabled()
 }
 
 /// The split, padded layout of a chunk of `ns` samples (see the module notes).
@@ -461,6 +513,21 @@ mod tests {
     use crate::kernels;
     use crate::kernels::testutil::{close, data, shape3x3 as shape};
     use crate::ops::conv::{im2col_backward, im2col_forward};
+
+    #[test]
+    fn env_values() {
+        for on in [None, Some(""), Some("on"), Some(" 1 "), Some("true")] {
+            assert!(parse_env(on).unwrap(), "{on:?}");
+        }
+        for off in ["off", "0", "false"] {
+            assert!(!parse_env(Some(off)).unwrap(), "{off}");
+        }
+        let e = parse_env(Some("fast")).unwrap_err().to_string();
+        assert!(
+            e.contains("DENSENET_WINOGRAD=fast") && e.contains("on or off"),
+            "{e}"
+        );
+    }
 
     /// Against im2col + GEMM (itself tested against a naive convolution in `conv`): odd
     /// and even sizes, 1-row and 1-column images, tile rows that cross tasks (7×7 has 4
