@@ -749,65 +749,49 @@ fn bench_infer_profile_counts_the_models_convolutions() {
     assert_eq!(calls("conv 3x3 forward", None), 19.0, "{shapes:?}");
 }
 
+/// One batch-1 `bench infer --json` of a small model with environment variable `var` set
+/// to `value` (or removed).
+fn bench_infer_with_env(var: &str, value: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_densenet"));
+    match value {
+        Some(v) => c.env(var, v),
+        None => c.env_remove(var),
+    };
+    c.args([
+        "--threads",
+        "1",
+        "bench",
+        "infer",
+        "--model",
+        "densenet-bc-40-12",
+    ])
+    .args(["--batch", "1", "--steps", "1", "--json"])
+    .output()
+    .expect("run densenet")
+}
+
+/// A refused environment value: the run fails before any work and names it.
+fn refused(out: &Output, what: &str) {
+    assert!(!out.status.success());
+    assert!(stderr(out).contains(what), "{}", stderr(out));
+}
+
 /// `DENSENET_KERNELS` picks the table (and an unknown one is refused before any work).
 #[test]
 fn densenet_kernels_selects_the_table() {
-    let run = |k: &str| {
-        Command::new(env!("CARGO_BIN_EXE_densenet"))
-            .env("DENSENET_KERNELS", k)
-            .args([
-                "--threads",
-                "1",
-                "bench",
-                "infer",
-                "--model",
-                "densenet-bc-40-12",
-            ])
-            .args(["--batch", "1", "--steps", "1", "--json"])
-            .output()
-            .expect("run densenet")
-    };
+    let run = |k| bench_infer_with_env("DENSENET_KERNELS", Some(k));
     assert_eq!(json(&run("portable"))["kernels"], "portable");
-    let bad = run("sse9");
-    assert!(!bad.status.success());
-    assert!(
-        stderr(&bad).contains("DENSENET_KERNELS=sse9"),
-        "{}",
-        stderr(&bad)
-    );
+    refused(&run("sse9"), "DENSENET_KERNELS=sse9");
 }
 
 /// `DENSENET_WINOGRAD` turns the Winograd 3×3 route off (on by default; `bench --json`
 /// says which), and an unusable value is refused before any work.
 #[test]
 fn densenet_winograd_switches_the_route() {
-    let run = |v: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_densenet"));
-        c.env_remove("DENSENET_WINOGRAD");
-        if let Some(v) = v {
-            c.env("DENSENET_WINOGRAD", v);
-        }
-        c.args([
-            "--threads",
-            "1",
-            "bench",
-            "infer",
-            "--model",
-            "densenet-bc-40-12",
-        ])
-        .args(["--batch", "1", "--steps", "1", "--json"])
-        .output()
-        .expect("run densenet")
-    };
+    let run = |v| bench_infer_with_env("DENSENET_WINOGRAD", v);
     assert_eq!(json(&run(None))["winograd"], true);
     assert_eq!(json(&run(Some("off")))["winograd"], false);
-    let bad = run(Some("maybe"));
-    assert!(!bad.status.success());
-    assert!(
-        stderr(&bad).contains("DENSENET_WINOGRAD=maybe"),
-        "{}",
-        stderr(&bad)
-    );
+    refused(&run(Some("maybe")), "DENSENET_WINOGRAD=maybe");
 }
 
 /// A fresh temporary directory for commands that write relative paths (`runs/…`).
