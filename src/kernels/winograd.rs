@@ -1,4 +1,6 @@
-//! The 3×3 forward as Winograd F(2×2, 3×3) (Lavin and Gray, 2016): each 2×2 block of
+//! The 3×3 forward, and its input gradient (the same convolution of the output gradient
+//! with the weights transposed and rotated, [`backward_data`]), as Winograd F(2×2, 3×3)
+//! (Lavin and Gray, 2016): each 2×2 block of
 //! outputs ("tile") comes from the 4×4 window of input around it as
 //! `Y = Aᵀ·[Σ_i U_i ⊙ V_i]·A`, with `U = G·g·Gᵀ` (the 3×3 kernel g transformed once per
 //! call) and `V = Bᵀ·d·B` (the window d transformed once per input channel and tile).
@@ -15,7 +17,8 @@
 //!
 //! Numerics: the transforms' coefficients are 0, ±1 and ½, exact in f32; the sums are
 //! ordered differently from the direct kernel's, so results agree to rounding (the tests
-//! compare with the direct kernel at the tolerance of the other fast paths).
+//! compare with im2col + GEMM at the tolerance of the other fast paths; torchvision's
+//! densenet121 logits still match PyTorch's to 7e-6).
 
 use super::conv1x1::pointwise_tile;
 use super::correlate::{pack_into, Weights, PB};
@@ -96,11 +99,12 @@ pub fn enabled() -> bool {
 
 /// Whether [`forward`] is the faster route for this convolution (where it [`applies`]).
 /// Measured in-process against the direct kernel (`cargo bench --bench shapes --
-/// winograd`, Zen 3, 2 threads): densenet121's 128 → 32 took 0.66–0.77 of the direct
-/// time at batch 16 (every block) and at batch 1 on 56×56 and 28×28; at batch 1 on 14×14
-/// (49 tiles: two tasks) 1.14, on 7×7 2.4. With 12 outputs (BC-100) it was even (0.87–1.05),
-/// and the CIFAR stem (3 inputs) 1.3–1.6: the transforms are then as much work as the
-/// products. So: at least 64 inputs, 32 outputs and two tasks of [`T`] tiles per thread,
+/// winograd`, Zen 3, 2 threads, several runs on a busy machine): densenet121's 128 → 32
+/// forward took 0.66–0.95 of the direct time at batch 16 (every block) and 0.64–0.83 at
+/// batch 1 on 56×56 and 28×28 (28×28 1.05–1.12 in the busiest hour); at batch 1 on 14×14
+/// (49 tiles: two tasks) 1.14–1.56, on 7×7 1.9–3. With 12 outputs (BC-100) it was about
+/// even (0.87–1.26), and the CIFAR stem (3 inputs) 1.3–2.8: the transforms are then as
+/// much work as the products. So: at least 64 inputs, 32 outputs and two tasks of [`T`] tiles per thread,
 /// and the route [`enabled`].
 pub fn preferred(s: &ConvShape) -> bool {
     let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
