@@ -750,9 +750,9 @@ fn winograd() {
         }
         let chunk = n.min(4);
         let mut case = Conv3x3Case::new(s, chunk, true);
-        let mut wcol = vec![0f32; wino::scratch_per_sample(&s) * chunk + ci * 32];
+        let mut wcol = vec![0f32; wino::scratch_len(&s, chunk)];
         let ds = wino::data_shape(&s);
-        let mut dcol = vec![0f32; wino::scratch_per_sample(&ds) * n + co * 32];
+        let mut dcol = vec![0f32; wino::scratch_len(&ds, n)];
         let reps = if n == 1 { 20 } else { 2 };
         let time = |f: &mut (dyn FnMut() + Send)| p.install(|| best_secs(1, reps, f));
         let mut rows = vec![];

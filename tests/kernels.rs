@@ -1,7 +1,8 @@
 //! Every fast kernels table against the portable one, on the same machine (tract's way):
 //! convolutions on generated shapes (odd channel counts, 1×1 and 3×3, stride 1 and 2,
-//! batch 1, a 3×3 that takes the Winograd route), the fused BN-ReLU convolutions, and whole training steps of small DenseNets
-//! and a ResNet whose channel counts the direct kernels do and do not take.
+//! batch 1, a 3×3 that takes the Winograd route), the fused BN-ReLU convolutions, and
+//! whole training steps of small DenseNets and a ResNet whose channel counts the direct
+//! kernels do and do not take.
 //!
 //! The table in use is process-wide (`kernels::force`), so this file holds one test and
 //! switches it in turn. For each table the CPU cannot run (AVX-512 on an AVX2 machine)

@@ -37,14 +37,10 @@ pub type InputFn = unsafe fn(*mut f32, usize, *const f32, &Segment);
 pub type OutputFn = unsafe fn(*mut f32, *const f32, usize, &Segment);
 
 /// Whether [`forward`] takes this convolution on this CPU: a 3×3, stride 1, padding 1
-/// convolution, whose output count the one-tap kernel takes.
+/// convolution, whose output count the one-tap kernel takes (which also needs the table's
+/// direct kernels).
 pub fn applies(s: &ConvShape) -> bool {
-    s.k == 3
-        && s.stride == 1
-        && s.pad == 1
-        && s.cout > 0
-        && super::conv1x1::pointwise_applies(s.cout)
-        && active().direct.is_some()
+    s.k == 3 && s.stride == 1 && s.pad == 1 && super::conv1x1::pointwise_applies(s.cout)
 }
 
 /// A `DENSENET_WINOGRAD` value that is neither on nor off.
@@ -104,8 +100,8 @@ pub fn enabled() -> bool {
 /// batch 1 on 56×56 and 28×28 (28×28 1.05–1.12 in the busiest hour); at batch 1 on 14×14
 /// (49 tiles: two tasks) 1.14–1.56, on 7×7 1.9–3. With 12 outputs (BC-100) it was about
 /// even (0.87–1.26), and the CIFAR stem (3 inputs) 1.3–2.8: the transforms are then as
-/// much work as the products. So: at least 64 inputs, 32 outputs and two tasks of [`T`] tiles per thread,
-/// and the route [`enabled`].
+/// much work as the products. So: at least 64 inputs, 32 outputs and two tasks of [`T`]
+/// tiles per thread, and the route [`enabled`].
 pub fn preferred(s: &ConvShape) -> bool {
     let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
     s.cin >= 64 && s.cout >= 32 && tiles >= 2 * T * rayon::current_num_threads() && enabled()
@@ -141,9 +137,10 @@ impl Split {
     }
 }
 
-/// Floats of `col` scratch per sample that [`forward`] needs.
-pub fn scratch_per_sample(s: &ConvShape) -> usize {
-    s.cin * Split::new(s).plane
+/// Floats of `col` scratch that [`forward`] needs to take `samples` samples at a time
+/// (the split layout of that many, [`Split::chan`] per input channel).
+pub fn scratch_len(s: &ConvShape, samples: usize) -> usize {
+    s.cin * Split::new(s).chan(samples)
 }
 
 /// The tiles `tx0..tx1` of tile row `ty` of a sample, as one task sees them: the even row
@@ -305,6 +302,7 @@ simd_entries!(input_rows => input_avx2, input_avx512 (
 #[inline(always)]
 unsafe fn output_rows<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segment) {
     let l = V::LANES;
+    // [output row][column parity][tile]: room for the widest vector (AVX-512's 16 lanes)
     let mut lanes = [[[0f32; 16]; 2]; 2];
     let mut j = 0;
     while g.tx0 + j < g.tx1 {
@@ -368,8 +366,8 @@ fn transform_kernel(g: &[f32; 9]) -> [f32; 16] {
 }
 
 /// Forward: `y[Cout][N·H·W] = conv3×3(x)` (of `relu(x·scale + shift)` with `bn`), through
-/// `col` (at least [`scratch_per_sample`] floats for one sample; samples are taken as
-/// many at a time as fit). Returns `false`, having done nothing, where [`applies`] does
+/// `col` (at least [`scratch_len`] of one sample; samples are taken as many at a time as
+/// fit). Returns `false`, having done nothing, where [`applies`] does
 /// not hold or `col` is too small for one sample.
 pub fn forward(
     y: &mut [f32],
@@ -417,6 +415,7 @@ fn convolve(
     col: &mut [f32],
 ) -> bool {
     let sp = Split::new(s);
+    // the most samples whose scratch_len fits in col
     let ns = col.len().saturating_sub(s.cin * PB) / (s.cin * sp.plane);
     if !applies(s) || ns == 0 {
         return false;
@@ -582,7 +581,7 @@ mod tests {
                 let mut want = vec![0.0; s.cout * s.n * s.h * s.w];
                 im2col_forward(&mut want, &input, &w, &s, &mut big);
                 for samples in [1, s.n] {
-                    let mut col = vec![f32::NAN; scratch_per_sample(&s) * samples + s.cin * PB];
+                    let mut col = vec![f32::NAN; scratch_len(&s, samples)];
                     let mut y = vec![f32::NAN; want.len()];
                     assert!(forward(&mut y, &x, bn, &w, &s, &mut col));
                     close(&y, &want, &format!("{s:?} bn {with_bn} samples {samples}"));
@@ -600,7 +599,7 @@ mod tests {
             let mut dw = vec![0.0; w.len()];
             im2col_backward(Some(&mut want), &mut dw, &dy, &x, &w, &s, &mut big);
             for samples in [1, s.n] {
-                let mut col = vec![f32::NAN; scratch_per_sample(&ds) * samples + ds.cin * PB];
+                let mut col = vec![f32::NAN; scratch_len(&ds, samples)];
                 let mut dx = vec![f32::NAN; x.len()];
                 assert!(backward_data(&mut dx, &dy, &w, &s, &mut col));
                 close(&dx, &want, &format!("{s:?} dx samples {samples}"));
@@ -608,7 +607,7 @@ mod tests {
         }
         // too little scratch for one sample: nothing done
         let s = shape(1, 4, 4, 6, 6);
-        let mut col = vec![0.0; scratch_per_sample(&s) - 1];
+        let mut col = vec![0.0; scratch_len(&s, 1) - 1];
         let mut y = vec![1.0; 4 * 36];
         assert!(!forward(
             &mut y,
