@@ -267,13 +267,18 @@ impl Conv3x3Case {
         2.0 * self.s.macs() as f64
     }
 
+    /// The BN-ReLU of a case's input, where it has one (of the field alone, so that the
+    /// other buffers stay free to borrow mutably).
+    fn bn(scale_shift: &Option<(Vec<f32>, Vec<f32>)>) -> Option<BnRelu<'_>> {
+        scale_shift
+            .as_ref()
+            .map(|(scale, shift)| BnRelu { scale, shift })
+    }
+
     /// The direct kernel's forward, or with `routed` `conv3x3::forward` (Winograd where
     /// preferred).
     fn forward(&mut self, routed: bool) {
-        let bn = self
-            .scale_shift
-            .as_ref()
-            .map(|(scale, shift)| BnRelu { scale, shift });
+        let bn = Self::bn(&self.scale_shift);
         let f = if routed {
             conv3x3::forward
         } else {
@@ -285,10 +290,7 @@ impl Conv3x3Case {
     /// Input and weight gradients, from `y` as the output gradient: the direct kernels, or
     /// with `routed` `conv3x3::backward`.
     fn backward(&mut self, routed: bool) {
-        let bn = self
-            .scale_shift
-            .as_ref()
-            .map(|(scale, shift)| BnRelu { scale, shift });
+        let bn = Self::bn(&self.scale_shift);
         let (dx, dw, col) = (Some(&mut self.dx[..]), &mut self.dw, &mut self.col);
         let f = if routed {
             conv3x3::backward
@@ -778,14 +780,13 @@ fn winograd() {
                             &s,
                             &mut dcol
                         ));
+                        // the weight gradient as the direct arm has it: of the BN-ReLU
+                        let bn = Conv3x3Case::bn(&case.scale_shift);
                         let dw = &mut case.dw;
                         let (y, x, w, col) = (&case.y, &case.x, &case.w, &mut case.col);
-                        conv3x3::backward_direct(None, dw, y, x, None, w, &s, col);
+                        conv3x3::backward_direct(None, dw, y, x, bn, w, &s, col);
                     } else {
-                        let bn = case
-                            .scale_shift
-                            .as_ref()
-                            .map(|(scale, shift)| BnRelu { scale, shift });
+                        let bn = Conv3x3Case::bn(&case.scale_shift);
                         assert!(wino::forward(
                             &mut case.y,
                             &case.x,
