@@ -19,6 +19,8 @@ pub type DotTileFn = unsafe fn(*mut f32, usize, &[f32], usize, &[f32], usize, us
 thread_local! {
     /// Per-thread buffer for a packed tile of 1×1 input rows (see `correlate`).
     static PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread output rows of a tile's last, partial vector (see [`pointwise_with`]).
+    static TAIL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `out[o][0..len] = Σ_i w[o][i]·inp[i][0..len]`: a 1×1 convolution (or its
@@ -106,15 +108,63 @@ pub fn pointwise_with<F>(
                     fill(buf, ild, a, b);
                     // input (i, q) lies at ib' + i·ild + q, with ib' = buf − a
                     let ibp = buf.as_ptr().wrapping_sub(a);
+                    // whole vectors straight into `out`; the last few positions (batch 1
+                    // at 14×14 and 7×7: 196 and 49) were scalar code, 16× slower per
+                    // FMA, so one overrunning block computes them into `TAIL` instead
+                    let l = direct.block / 2;
+                    let full = a + (b - a) / l * l;
                     for_row_runs(o_n, r0, r1, |r0, r1| {
                         let w = wv.from_row(r0);
-                        // SAFETY: positions a..b of output rows r0..r1 are written by this
-                        // task only; `out` holds o_n rows of len; the tile buffer holds i_n
-                        // rows of ild ≥ b − a; the table that holds the kernel runs on this CPU.
+                        // SAFETY: positions a..full of output rows r0..r1 are written by
+                        // this task only; `out` holds o_n rows of len; the tile buffer holds
+                        // i_n rows of ild ≥ b − a; the table that holds the kernel runs on
+                        // this CPU.
                         unsafe {
                             let o = optr.get().add(r0 * len);
-                            (direct.correlate1)(o, ibp, ild, w, r1 - r0, i_n, &[0], sp, a, b)
+                            (direct.correlate1)(o, ibp, ild, w, r1 - r0, i_n, &[0], sp, a, full)
                         }
+                        if full == b {
+                            return;
+                        }
+                        let tail = Span {
+                            ld: PB,
+                            base: 0,
+                            p0: 0,
+                            p1: b - full,
+                            overrun: true,
+                        };
+                        with_scratch(&TAIL, (r1 - r0) * PB, |t| {
+                            // SAFETY: the block reads positions full..full + 2·l of each
+                            // tile row, which end within its ild = tile + l floats (the
+                            // tile, a multiple of 2·l, is longer than b − a here), and
+                            // writes PB ≥ 2·l floats of each of t's r1 − r0 rows.
+                            unsafe {
+                                let ib = buf.as_ptr().add(full - a);
+                                let tp = t.as_mut_ptr();
+                                (direct.correlate1)(
+                                    tp,
+                                    ib,
+                                    ild,
+                                    w,
+                                    r1 - r0,
+                                    i_n,
+                                    &[0],
+                                    tail,
+                                    0,
+                                    b - full,
+                                )
+                            }
+                            for r in r0..r1 {
+                                // SAFETY: positions full..b of row r, this task's
+                                let o = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        optr.get().add(r * len + full),
+                                        b - full,
+                                    )
+                                };
+                                o.copy_from_slice(&t[(r - r0) * PB..][..b - full]);
+                            }
+                        })
                     })
                 })
             },
@@ -483,8 +533,9 @@ mod tests {
             eprintln!("SKIPPED: the {} kernels have no direct 1×1", active().name);
             return;
         }
-        // len 53: three blocks of 16 and a scalar tail of 5; i_n 300 and 200: several
-        // tiles (the packed path), channel groups, a partial last tile with a tail
+        // len 53: three blocks of 16 and a tail of 5 (one overrunning block into TAIL);
+        // i_n 300 and 200: several tiles (the packed path), channel groups, a partial last
+        // tile with a tail; (128, 40, 70): rows split over two threads, each with the tail
         for (o_n, i_n, len, flip) in [
             (4, 3, 53, false),
             (8, 20, 53, true),
@@ -494,7 +545,7 @@ mod tests {
             (6, 7, 53, true),
             (48, 216, 300, false),
             (18, 130, 77, true),
-            // tails of one vector then scalar: 61 = 48 + 8 + 5 (AVX2), 29 = 16 + 8 + 5,
+            // tails of one vector then a partial one: 61 = 48 + 8 + 5 (AVX2), 29 = 16 + 8 + 5,
             // and 2·16 + 8 + 9 for AVX-512's 32-position blocks
             (8, 20, 61, false),
             (12, 5, 29, true),
