@@ -166,7 +166,7 @@ pub struct Grads<'a> {
 /// was written by one GEMM and read twice by the batch norm's two passes, the second of
 /// which also read X and read and wrote dX.
 ///
-/// Positions are split into one slice of tiles per thread; each slice sums `dW` and the
+/// Positions are split into one set of tiles per thread; each set sums `dW` and the
 /// BN sums into its own partials (the first `dW` straight into `dw`), added in a fixed
 /// order, so the result depends on the thread count only (as `gemm::sgemm`'s k-split).
 #[allow(clippy::too_many_arguments)]
@@ -205,7 +205,6 @@ pub fn backward(
     let ld = if direct { tile + PB } else { tile };
     let tiles = len.div_ceil(tile);
     let parts = threads.min(tiles).max(1);
-    let per = tiles.div_ceil(parts);
     let dxp = SyncPtr(g.dx.as_mut_ptr());
     thread_local! {
         static DY: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -223,7 +222,8 @@ pub fn backward(
             );
             with_scratch(&DY, rows + cols, |dys| {
                 let (dyt, dytt) = dys.split_at_mut(rows);
-                for t in part * per..((part + 1) * per).min(tiles) {
+                // tile t in part t % parts, as `balanced_tile` evens them out
+                for t in (part..tiles).step_by(parts) {
                     let (a, b) = (t * tile, ((t + 1) * tile).min(len));
                     let n = b - a;
                     bn.fill(buf, ld, x, len, a, b);
