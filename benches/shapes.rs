@@ -6,6 +6,7 @@
 //! cargo bench --bench shapes -- conv3x3   # those whose name contains `conv3x3`
 //! cargo bench --bench shapes -- efficiency             # GFLOP/s and fraction of peak
 //! cargo bench --bench shapes -- winograd               # Winograd 3×3 against direct
+//! cargo bench --bench shapes -- pointwise_routes       # batch-1 1×1: gemm against direct
 //! JSON=1 cargo bench --bench shapes -- efficiency      # the same as JSON lines
 //! ```
 //!
@@ -29,6 +30,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("pointwise_hot_vs_cold", pointwise_hot_vs_cold),
     ("efficiency", efficiency),
     ("winograd", winograd),
+    ("pointwise_routes", pointwise_routes),
 ];
 
 fn main() {
@@ -812,6 +814,56 @@ fn winograd() {
         println!(
             "{ci:>3}->{co:<2} {h:>2}x{h:<2} n{n:<2}  {}",
             rows.join("   ")
+        );
+    }
+}
+
+/// The batch-1 densenet121 1×1 shapes (and its transitions) of an evaluation, through
+/// both routes of `fused::forward`: the `gemm` crate (what evaluation takes above
+/// `DIRECT_1X1_MAX_OUTPUTS` outputs) and the direct kernel (what training takes), on 2
+/// threads (`T=1` for one), alternating, medians of 15 rounds of 5 calls.
+fn pointwise_routes() {
+    let threads = std::env::var("T").map_or(2, |v| v.parse().unwrap_or(2));
+    let pool = pool(threads);
+    note(&format!("{threads} threads"));
+    for (o, i, len) in [
+        (128, 96, 3136),
+        (128, 224, 3136),
+        (128, 256, 3136),
+        (128, 480, 784),
+        (256, 512, 784),
+        (128, 640, 196),
+        (128, 992, 196),
+        (512, 1024, 196),
+        (128, 768, 49),
+        (128, 992, 49),
+    ] {
+        let mut c = FusedCase::new(o, i, len);
+        let mut ts = [vec![], vec![]];
+        pool.install(|| {
+            for _ in 0..3 {
+                c.forward(false);
+                c.forward(true);
+            }
+            for _ in 0..15 {
+                for (direct, t) in ts.iter_mut().enumerate() {
+                    let s = Instant::now();
+                    for _ in 0..5 {
+                        c.forward(direct == 1);
+                    }
+                    t.push(s.elapsed().as_secs_f64() / 5.0);
+                }
+            }
+        });
+        let [g, d] = ts.map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        });
+        println!(
+            "1x1 o{o} i{i} len{len}: gemm {:.1}, direct {:.1} GFLOP/s; direct/gemm time {:.2}",
+            c.flops() / g / 1e9,
+            c.flops() / d / 1e9,
+            d / g
         );
     }
 }
