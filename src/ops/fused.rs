@@ -274,6 +274,11 @@ pub fn backward(
                         }
                     }
                     for (i, sum) in sums.iter_mut().enumerate() {
+                        // x's and dx's rows two channels on (see `BnRelu::fill`)
+                        if i + 2 < i_n {
+                            kernels::prefetch(x[(i + 2) * len + a..].as_ptr(), n);
+                            kernels::prefetch(dxp.get().wrapping_add((i + 2) * len + a), n);
+                        }
                         // SAFETY: positions a..b of dx's rows (asserted to hold i_n rows of
                         // len) belong to this tile, and each tile to one task.
                         let dx = unsafe {
