@@ -1,6 +1,6 @@
 //! Data-parallel training over processes: one model, N processes, each with an equal share
 //! of every batch. The communication is an existing engine's (MPI, behind the `mpi`
-//! feature, see [`mpi`]); this module holds what a run needs of it ([`Collective`]) and
+//! feature, see the `mpi` submodule); this module holds what a run needs of it ([`Collective`]) and
 //! what the trainer builds on it:
 //! - [`GradSync`]: the flat gradient buffer summed in buckets, each started as soon as the
 //!   backward pass has finished its part of the buffer (the overlap PyTorch's DDP does);
