@@ -90,6 +90,45 @@ impl BatchNorm {
         let bn = fused::BnRelu::first(scale, shift, m);
         fused::backward(grads, dy, x, conv.w(p), bn, batch, conv.cout, len);
     }
+    /// [`Self::relu_conv1x1_backward`] of a transition that pooled first
+    /// ([`fused::pooled_backward`]): `dy` is the gradient of the pooled output, `buf` the
+    /// scratch for P and dP.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn relu_pooled_conv1x1_backward(
+        &self,
+        conv: &Conv,
+        p: &[f32],
+        g: &mut [f32],
+        stats: &ChannelStats,
+        scale: &mut [f32],
+        shift: &mut [f32],
+        x: &[f32],
+        dx: &mut [f32],
+        pending: &mut [(f64, f64)],
+        dy: &[f32],
+        buf: &mut [f32],
+        n: usize,
+        size: usize,
+    ) {
+        let m = self.c;
+        self.batch_affine(p, stats, scale, shift);
+        let (dgamma, dbeta, dw) = self.grads_with(conv, g);
+        let grads = fused::Grads {
+            dx,
+            dw,
+            dgamma,
+            dbeta,
+            pending: &mut pending[..m],
+        };
+        let batch = fused::BatchStats {
+            mean: &stats.mean[..m],
+            rstd: &stats.rstd[..m],
+            gamma: self.gamma(p),
+        };
+        let bn = fused::BnRelu::first(scale, shift, m);
+        fused::pooled_backward(grads, dy, x, conv.w(p), bn, batch, buf, conv.cout, n, size);
+    }
+
     /// (dγ, dβ) of this BN and the weight gradient of `conv` together (their ranges of the
     /// gradient buffer are disjoint), for a fused BN-ReLU-conv backward.
     fn grads_with<'a>(

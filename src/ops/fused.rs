@@ -17,6 +17,7 @@
 
 use super::conv::{conv_backward, conv_forward, conv_scope, ConvShape};
 use super::norm::{self, bn_relu_forward};
+use super::pool::bn_relu_avgpool2_forward;
 use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
 use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
 use crate::kernels::gemm::{raw_ptr, Mat};
@@ -353,6 +354,168 @@ pub fn backward(
     });
 }
 
+/// Whether [`pooled_forward`] and [`pooled_backward`] take a transition of `i_n` → `o_n`
+/// channels with the active table (direct kernels both ways, and an even `i_n`).
+pub fn pooled_applies(o_n: usize, i_n: usize) -> bool {
+    conv1x1::pointwise_applies(o_n) && conv1x1::pointwise_applies(i_n) && i_n.is_multiple_of(2)
+}
+
+/// A transition in training, pooled first: `y = W·P` with `P = avgpool2(relu(x·scale +
+/// shift))` (`x: [I][N·h·w]`, `y: [O][N·(h/2)·(w/2)]`) written into `p` (`I·N·(h/2)·(w/2)`
+/// floats). The pool and the 1×1 commute (see `pool::bn_relu_avgpool2_forward`), so the
+/// convolution runs on a quarter of the positions; only where no dropout sits between
+/// them. The direct kernel, which allocates nothing after its first call.
+#[allow(clippy::too_many_arguments)]
+pub fn pooled_forward(
+    y: &mut [f32],
+    p: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    bn: BnRelu,
+    o_n: usize,
+    n: usize,
+    size: usize,
+) {
+    let i_n = bn.scale.len();
+    let pooled = n * (size / 2) * (size / 2);
+    bn_relu_avgpool2_forward(&mut p[..i_n * pooled], x, bn.scale, bn.shift, n, size, size);
+    let s = ConvShape {
+        n,
+        cin: i_n,
+        cout: o_n,
+        h: size / 2,
+        w: size / 2,
+        k: 1,
+        stride: 1,
+        pad: 0,
+    };
+    let _t = conv_scope(&s, true, 1);
+    conv1x1::pointwise(y, &p[..i_n * pooled], w, o_n, i_n, pooled, false);
+}
+
+/// Backward of [`pooled_forward`] from `dy: [O][N·(h/2)·(w/2)]`: `dW += dY·Pᵀ` and
+/// `dP = Wᵀ·dY` on the pooled positions (`buf` holds P, recomputed, then dP: `2·I·N·(h/2)·
+/// (w/2)` floats), then the BN-ReLU backward from `dP` spread over each 2×2 window
+/// (`¼·dP`, zero on a row or column the floor dropped), into `g` as
+/// [`backward`] leaves it (`dx` accumulated but for the centred part, left in `pending`).
+#[allow(clippy::too_many_arguments)]
+pub fn pooled_backward(
+    g: Grads,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    bn: BnRelu,
+    stats: BatchStats,
+    buf: &mut [f32],
+    o_n: usize,
+    n: usize,
+    size: usize,
+) {
+    let i_n = bn.scale.len();
+    let (ho, len) = (size / 2, n * size * size);
+    let pooled = n * ho * ho;
+    assert!(pooled_applies(o_n, i_n) && buf.len() >= 2 * i_n * pooled);
+    assert!(dy.len() >= o_n * pooled && x.len() >= i_n * len && g.dx.len() >= i_n * len);
+    assert!(g.dw.len() == o_n * i_n && g.pending.len() >= i_n);
+    let (pb, dpb) = buf.split_at_mut(i_n * pooled);
+    bn_relu_avgpool2_forward(pb, x, bn.scale, bn.shift, n, size, size);
+    let s = ConvShape {
+        n,
+        cin: i_n,
+        cout: o_n,
+        h: ho,
+        w: ho,
+        k: 1,
+        stride: 1,
+        pad: 0,
+    };
+    {
+        let _t = conv_scope(&s, false, 2);
+        // dW over tiles of positions whose P rows stay in L2, each tile's output rows
+        // split over the threads (every task owns its rows of dW: no partial sums)
+        let tile = tile_len(i_n).min(pooled);
+        let threads = rayon::current_num_threads();
+        let dwp = SyncPtr(g.dw.as_mut_ptr());
+        let p = &*pb;
+        for a in (0..pooled).step_by(tile) {
+            let nn = tile.min(pooled - a);
+            (0..threads).into_par_iter().for_each(|k| {
+                let (o0, o1) = (o_n * k / threads, o_n * (k + 1) / threads);
+                if o0 == o1 {
+                    return;
+                }
+                // SAFETY: rows o0..o1 of dw are this task's; dy's and P's rows hold
+                // positions a..a + nn; the table has direct kernels (pooled_applies).
+                unsafe {
+                    conv1x1::dot_tile(
+                        dwp.get().add(o0 * i_n),
+                        i_n,
+                        &dy[o0 * pooled + a..],
+                        pooled,
+                        &p[a..],
+                        pooled,
+                        o1 - o0,
+                        i_n,
+                        nn,
+                    )
+                }
+            });
+        }
+        conv1x1::pointwise(dpb, dy, w, i_n, o_n, pooled, true);
+    }
+    let masked_sums_axpy = kernels::active().masked_sums_axpy;
+    thread_local! {
+        static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SUMS: std::cell::RefCell<Vec<(f64, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let dxp = SyncPtr(g.dx.as_mut_ptr());
+    let dp = &*dpb;
+    with_scratch(&SUMS, i_n, |sums| {
+        sums.par_iter_mut().enumerate().for_each(|(c, sum)| {
+            *sum = (0.0, 0.0);
+            let k = stats.gamma[c] * stats.rstd[c];
+            with_scratch(&ROW, size, |row| {
+                row.fill(0.0);
+                for smp in 0..n {
+                    for oy in 0..ho {
+                        let d = &dp[c * pooled + (smp * ho + oy) * ho..][..ho];
+                        for (ox, &v) in d.iter().enumerate() {
+                            row[2 * ox] = 0.25 * v;
+                            row[2 * ox + 1] = 0.25 * v;
+                        }
+                        for r in 2 * oy..2 * oy + 2 {
+                            let at = c * len + (smp * size + r) * size;
+                            // SAFETY: channel c's rows of dx are this task's only
+                            let dx =
+                                unsafe { std::slice::from_raw_parts_mut(dxp.get().add(at), size) };
+                            let (sg, sgc) = masked_sums_axpy(
+                                dx,
+                                &x[at..][..size],
+                                row,
+                                bn.scale[c],
+                                bn.shift[c],
+                                stats.mean[c],
+                                k,
+                            );
+                            sum.0 += sg;
+                            sum.1 += sgc;
+                        }
+                    }
+                }
+            })
+        });
+        norm::bn_relu_backward_pending(
+            g.dgamma,
+            g.dbeta,
+            &mut g.pending[..i_n],
+            sums,
+            stats.rstd,
+            stats.gamma,
+            len,
+        );
+    });
+}
+
 /// The fallback of the fused 3×3: `relu(x·scale + shift)` written into `tmp`.
 fn written_out<'t>(tmp: &'t mut [f32], x: &[f32], bn: BnRelu, s: &ConvShape) -> &'t [f32] {
     let len = s.n * s.h * s.w;
@@ -458,6 +621,85 @@ mod tests {
             );
             conv_backward(Some(&mut wdx), &mut wdw, &dy, &a, &w, &s, &mut col);
             assert_eq!((dx, dw), (wdx, wdw), "{s:?} backward");
+        }
+    }
+
+    /// A transition pooled first against convolving then pooling: the forward output,
+    /// and every gradient (`dx`, `dW`, dγ, dβ, pending) of the backward.
+    #[test]
+    fn pooled_matches_conv_then_pool() {
+        for (o_n, i_n, n, size) in [(48, 96, 4, 8), (12, 24, 2, 6), (16, 32, 1, 32)] {
+            if !pooled_applies(o_n, i_n) {
+                return;
+            }
+            let (len, pooled) = (n * size * size, n * (size / 2) * (size / 2));
+            let x = data(i_n * len, 1);
+            let w = data(o_n * i_n, 2);
+            let dyp = data(o_n * pooled, 3);
+            let (scale, shift) = (data(i_n, 4), data(i_n, 5));
+            let (mean, gamma) = (data(i_n, 6), data(i_n, 7));
+            let rstd: Vec<f32> = data(i_n, 8).iter().map(|v| 0.5 + v.abs()).collect();
+            let bn = BnRelu {
+                scale: &scale,
+                shift: &shift,
+            };
+            let st = BatchStats {
+                mean: &mean,
+                rstd: &rstd,
+                gamma: &gamma,
+            };
+            let mut buf = vec![0.0; 2 * i_n * pooled];
+            // forward
+            let mut y = vec![f32::NAN; o_n * pooled];
+            pooled_forward(&mut y, &mut buf, &x, &w, bn, o_n, n, size);
+            let mut z = vec![0.0; o_n * len];
+            forward(&mut z, &x, &w, bn, o_n, len, true);
+            let mut y2 = vec![0.0; o_n * pooled];
+            crate::ops::pool::avgpool2_forward(&mut y2, &z, o_n * n, size, size);
+            for (a, b) in y.iter().zip(&y2) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "forward {a} vs {b}"
+                );
+            }
+            // backward, both ways
+            let run = |pooled_first: bool| {
+                let mut dw = vec![0.5f32; o_n * i_n];
+                let mut dx = data(i_n * len, 9);
+                let (mut dgamma, mut dbeta) = (vec![0.25f32; i_n], vec![-0.25f32; i_n]);
+                let mut pending = vec![(0.5f64, -0.5f64); i_n];
+                let g = Grads {
+                    dx: &mut dx,
+                    dw: &mut dw,
+                    dgamma: &mut dgamma,
+                    dbeta: &mut dbeta,
+                    pending: &mut pending,
+                };
+                if pooled_first {
+                    let mut buf = vec![0.0; 2 * i_n * pooled];
+                    pooled_backward(g, &dyp, &x, &w, bn, st, &mut buf, o_n, n, size);
+                } else {
+                    let mut dz = vec![0.0; o_n * len];
+                    crate::ops::pool::avgpool2_backward(&mut dz, &dyp, o_n * n, size, size);
+                    backward(g, &dz, &x, &w, bn, st, o_n, len);
+                }
+                norm::apply_pending(&mut dx, &x, &mean, &mut pending, len);
+                (dx, dw, dgamma, dbeta)
+            };
+            let (a, b) = (run(true), run(false));
+            for (what, got, want) in [
+                ("dx", &a.0, &b.0),
+                ("dw", &a.1, &b.1),
+                ("dgamma", &a.2, &b.2),
+                ("dbeta", &a.3, &b.3),
+            ] {
+                for (j, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{what}[{j}] {o_n} {i_n} {n} {size}: {g} vs {w}"
+                    );
+                }
+            }
         }
     }
 

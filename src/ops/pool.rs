@@ -36,8 +36,8 @@ pub fn avgpool2_forward(y: &mut [f32], x: &[f32], planes: usize, h: usize, w: us
 /// instead of after. The two commute (both are linear, and a 1×1 mixes no positions; the
 /// floor's dropped row and column drop the same outputs either way), and pooled first the
 /// convolution runs on a quarter of the positions: a tenth of densenet121's multiply-adds
-/// are its transitions' 1×1s. Evaluation only: in training a dropout between the
-/// convolution and the pool would not commute.
+/// are its transitions' 1×1s. Evaluation, and training where no dropout sits between the
+/// convolution and the pool (`fused::pooled_forward`).
 pub fn bn_relu_avgpool2_forward(
     y: &mut [f32],
     x: &[f32],
