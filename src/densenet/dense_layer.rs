@@ -26,6 +26,7 @@
 
 use super::arch::DenseLayer;
 use crate::densenet::memory::{BlockMemory, DenseNetWorkspace, Scratch};
+use crate::nn::layers::Conv1x1At;
 use crate::ops::conv::{conv_backward, conv_forward, pointwise_backward_in_place};
 use crate::ops::dropout;
 use crate::ops::fused::{self, BnRelu};
@@ -237,9 +238,8 @@ impl DenseLayer {
                 if !naive {
                     // conv1 and BN1-ReLU in one: A and dA only ever exist a tile at a time
                     let (n1, c1) = (&self.norm1, &self.conv1);
-                    n1.relu_conv1x1_backward(
-                        c1, p, g, stats, scale, shift, x, dx, pending, db, len,
-                    );
+                    let at = Conv1x1At::Positions(len);
+                    n1.relu_conv1x1_backward(c1, p, g, stats, scale, shift, x, dx, pending, db, at);
                     return;
                 }
                 // conv1 (1×1): dW1 += dB·Aᵀ, then A's storage becomes dA = W1ᵀ·dB

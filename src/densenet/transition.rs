@@ -6,6 +6,7 @@
 
 use super::arch::Transition;
 use crate::densenet::memory::{DenseNetWorkspace, Scratch};
+use crate::nn::layers::Conv1x1At;
 use crate::ops::conv::{conv_forward, pointwise_backward_in_place};
 use crate::ops::dropout;
 use crate::ops::fused::{self, BnRelu};
@@ -121,9 +122,8 @@ impl Transition {
             let (st, pending) = (&blk.stats, &mut blk.pending);
             let (norm, conv) = (&self.norm, &self.conv);
             let dy = &nxt.grads[..t * pooled];
-            norm.relu_pooled_conv1x1_backward(
-                conv, p, g, st, scale, shift, x, dx, pending, dy, tmp, n, size,
-            );
+            let at = Conv1x1At::Pooled { buf: tmp, n, size };
+            norm.relu_conv1x1_backward(conv, p, g, st, scale, shift, x, dx, pending, dy, at);
             return;
         }
         let dz = &mut tmp[..t * len];
@@ -134,7 +134,8 @@ impl Transition {
             let (x, dx) = (&blk.feats[..m * len], &mut blk.grads[..m * len]);
             let (st, pending) = (&blk.stats, &mut blk.pending);
             let (norm, conv) = (&self.norm, &self.conv);
-            norm.relu_conv1x1_backward(conv, p, g, st, scale, shift, x, dx, pending, dz, len);
+            let at = Conv1x1At::Positions(len);
+            norm.relu_conv1x1_backward(conv, p, g, st, scale, shift, x, dx, pending, dz, at);
             return;
         }
         self.norm.batch_affine(p, &blk.stats, scale, shift);

@@ -22,6 +22,22 @@ pub struct BatchNorm {
     pub running: usize,
 }
 
+/// Where the 1×1 of a [`BatchNorm::relu_conv1x1_backward`] ran.
+pub(crate) enum Conv1x1At<'a> {
+    /// On all `len` positions of its input.
+    Positions(usize),
+    /// On its input's BN-ReLU pooled 2×2 first (a transition, `n` samples of `size`²):
+    /// `buf` is scratch for the pooled input and its gradient.
+    Pooled {
+        /// Scratch of `2·I·n·(size/2)²` floats.
+        buf: &'a mut [f32],
+        /// Samples.
+        n: usize,
+        /// Input height and width.
+        size: usize,
+    },
+}
+
 impl BatchNorm {
     pub(crate) fn new(
         name: &str,
@@ -53,10 +69,11 @@ impl BatchNorm {
         g[self.weight..self.weight + 2 * self.c].split_at_mut(self.c)
     }
     /// Backward of this BN (batch statistics `stats` of `x`'s channels) → ReLU → the 1×1
-    /// `conv`, fused ([`crate::ops::fused::backward`]): from the conv's output gradient
-    /// `dy`, accumulates the conv's and this BN's parameter gradients into `g` and the
-    /// gradient of `x` into `dx`, except for the per-channel part left in `pending` (see
-    /// the DenseNet's `BlockMemory::pending`). `scale` and `shift` are scratch.
+    /// `conv`, fused ([`crate::ops::fused::backward`], or with the output pooled first
+    /// [`crate::ops::fused::pooled_backward`], as `at` says): from the conv's output
+    /// gradient `dy`, accumulates the conv's and this BN's parameter gradients into `g` and
+    /// the gradient of `x` into `dx`, except for the per-channel part left in `pending`
+    /// (see the DenseNet's `BlockMemory::pending`). `scale` and `shift` are scratch.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn relu_conv1x1_backward(
         &self,
@@ -70,7 +87,7 @@ impl BatchNorm {
         dx: &mut [f32],
         pending: &mut [(f64, f64)],
         dy: &[f32],
-        len: usize,
+        at: Conv1x1At<'_>,
     ) {
         let m = self.c;
         self.batch_affine(p, stats, scale, shift);
@@ -88,45 +105,13 @@ impl BatchNorm {
             gamma: self.gamma(p),
         };
         let bn = fused::BnRelu::first(scale, shift, m);
-        fused::backward(grads, dy, x, conv.w(p), bn, batch, conv.cout, len);
-    }
-    /// [`Self::relu_conv1x1_backward`] of a transition that pooled first
-    /// ([`fused::pooled_backward`]): `dy` is the gradient of the pooled output, `buf` the
-    /// scratch for P and dP.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn relu_pooled_conv1x1_backward(
-        &self,
-        conv: &Conv,
-        p: &[f32],
-        g: &mut [f32],
-        stats: &ChannelStats,
-        scale: &mut [f32],
-        shift: &mut [f32],
-        x: &[f32],
-        dx: &mut [f32],
-        pending: &mut [(f64, f64)],
-        dy: &[f32],
-        buf: &mut [f32],
-        n: usize,
-        size: usize,
-    ) {
-        let m = self.c;
-        self.batch_affine(p, stats, scale, shift);
-        let (dgamma, dbeta, dw) = self.grads_with(conv, g);
-        let grads = fused::Grads {
-            dx,
-            dw,
-            dgamma,
-            dbeta,
-            pending: &mut pending[..m],
-        };
-        let batch = fused::BatchStats {
-            mean: &stats.mean[..m],
-            rstd: &stats.rstd[..m],
-            gamma: self.gamma(p),
-        };
-        let bn = fused::BnRelu::first(scale, shift, m);
-        fused::pooled_backward(grads, dy, x, conv.w(p), bn, batch, buf, conv.cout, n, size);
+        let (w, o_n) = (conv.w(p), conv.cout);
+        match at {
+            Conv1x1At::Positions(len) => fused::backward(grads, dy, x, w, bn, batch, o_n, len),
+            Conv1x1At::Pooled { buf, n, size } => {
+                fused::pooled_backward(grads, dy, x, w, bn, batch, buf, o_n, n, size)
+            }
+        }
     }
 
     /// (dγ, dβ) of this BN and the weight gradient of `conv` together (their ranges of the
