@@ -130,12 +130,12 @@ pub(crate) fn balanced_tile(len: usize, tile: usize, block: usize, threads: usiz
     if len.div_ceil(tile) < threads.max(2) {
         return tile;
     }
-    let lengths = || (1..=tile / block).rev().map(|k| k * block);
-    let fewest = lengths()
-        .map(|t| busiest_blocks(len, t, block, threads))
-        .min()
-        .unwrap_or(0);
-    lengths()
+    // the fewest: an even share of the blocks, rounded up (tiles of one block reach it,
+    // and no length does better)
+    let fewest = len.div_ceil(block).div_ceil(threads);
+    (1..=tile / block)
+        .rev()
+        .map(|k| k * block)
         .find(|&t| busiest_blocks(len, t, block, threads) * 100 <= fewest * 103)
         .unwrap_or(tile)
 }
