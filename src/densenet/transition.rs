@@ -11,7 +11,7 @@ use crate::ops::conv::{conv_forward, pointwise_backward_in_place};
 use crate::ops::dropout;
 use crate::ops::fused::{self, BnRelu};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
-use crate::ops::pool::{avgpool2_backward, avgpool2_forward, bn_relu_avgpool2_forward};
+use crate::ops::pool::{avgpool2_backward, avgpool2_forward};
 
 impl Transition {
     /// Forward from block `b` (spatial `size`) into the prefix of block `b + 1`.
@@ -41,25 +41,25 @@ impl Transition {
             .forward_affine(p, running, batch, len, scale, shift);
         let x = &blk.feats[..m * len];
         let pooled = n * (size / 2) * (size / 2);
-        if !training && !naive && tmp.len() >= m * pooled {
-            // evaluation: pooled first, the 1×1 on a quarter of the positions (see
-            // `bn_relu_avgpool2_forward`; densenet121 at batch 1 and 16, alternating per
-            // pass in one process: 0.94 and 0.92 of the time, BC-100 at batch 64 0.955).
-            // `tmp` holds m·len/4 floats wherever θ ≥ ¼ (it is sized for t·len)
-            let a = &mut tmp[..m * pooled];
-            bn_relu_avgpool2_forward(a, x, &scale[..m], &shift[..m], n, size, size);
-            let s = self.conv.shape(n, size / 2);
-            conv_forward(&mut nxt.feats[..t * pooled], a, self.conv.w(p), &s, col);
-            return;
-        }
-        if training && self.pooled_first(tmp.len(), n, size) {
+        // pooled first (see `bn_relu_avgpool2_forward`): in evaluation (densenet121
+        // at batch 1 and 16, alternating per pass in one process: 0.94 and 0.92 of the
+        // time, BC-100 at batch 64 0.955; `tmp` holds m·len/4 floats wherever θ ≥ ¼, as it
+        // is sized for t·len) in the efficient mode, in training where `pooled_first` says
+        let pooled_first = if training {
+            self.pooled_first(tmp.len(), n, size)
+        } else {
+            !naive && tmp.len() >= m * pooled
+        };
+        if pooled_first {
             let bn = BnRelu {
                 scale: &scale[..m],
                 shift: &shift[..m],
             };
             let y = &mut nxt.feats[..t * pooled];
-            fused::pooled_forward(y, tmp, x, self.conv.w(p), bn, t, n, size);
-            nxt.stats.compute(&nxt.feats, 0, t, pooled);
+            fused::pooled_forward(y, tmp, x, self.conv.w(p), bn, t, n, size, training);
+            if training {
+                nxt.stats.compute(&nxt.feats, 0, t, pooled);
+            }
             return;
         }
         let z = &mut tmp[..t * len];

@@ -40,9 +40,9 @@ fn tile_len(i_n: usize) -> usize {
     ((64 << 10) / i_n.max(1)).clamp(256, 4096) / 16 * 16
 }
 
-/// [`conv_scope`] of a 1×1 convolution of `i_n` → `o_n` channels over `len` positions.
-fn scope_1x1(forward: bool, o_n: usize, i_n: usize, len: usize, passes: usize) -> profile::Scope {
-    let s = ConvShape {
+/// A 1×1 convolution of `i_n` → `o_n` channels over `len` positions.
+fn shape_1x1(o_n: usize, i_n: usize, len: usize) -> ConvShape {
+    ConvShape {
         n: 1,
         cin: i_n,
         cout: o_n,
@@ -51,8 +51,12 @@ fn scope_1x1(forward: bool, o_n: usize, i_n: usize, len: usize, passes: usize) -
         k: 1,
         stride: 1,
         pad: 0,
-    };
-    conv_scope(&s, forward, passes)
+    }
+}
+
+/// [`conv_scope`] of a 1×1 convolution of `i_n` → `o_n` channels over `len` positions.
+fn scope_1x1(forward: bool, o_n: usize, i_n: usize, len: usize, passes: usize) -> profile::Scope {
+    conv_scope(&shape_1x1(o_n, i_n, len), forward, passes)
 }
 
 /// `y[o][p] = Σ_i w[o][i]·relu(x[i][p]·scale[i] + shift[i])` for `x: [I][len]`,
@@ -360,11 +364,13 @@ pub fn pooled_applies(o_n: usize, i_n: usize) -> bool {
     conv1x1::pointwise_applies(o_n) && conv1x1::pointwise_applies(i_n) && i_n.is_multiple_of(2)
 }
 
-/// A transition in training, pooled first: `y = W·P` with `P = avgpool2(relu(x·scale +
-/// shift))` (`x: [I][N·h·w]`, `y: [O][N·(h/2)·(w/2)]`) written into `p` (`I·N·(h/2)·(w/2)`
+/// A transition pooled first: `y = W·P` with `P = avgpool2(relu(x·scale + shift))`
+/// (`x: [I][N·h·w]`, `y: [O][N·(h/2)·(w/2)]`) written into `p` (`I·N·(h/2)·(w/2)`
 /// floats). The pool and the 1×1 commute (see `pool::bn_relu_avgpool2_forward`), so the
 /// convolution runs on a quarter of the positions; only where no dropout sits between
-/// them. The direct kernel, which allocates nothing after its first call.
+/// them. With `no_alloc` (training) the direct kernel, which allocates nothing after its
+/// first call; else the 1×1 of [`conv_forward`] (the `gemm` crate above
+/// [`DIRECT_1X1_MAX_OUTPUTS`] outputs, as in [`forward`]).
 #[allow(clippy::too_many_arguments)]
 pub fn pooled_forward(
     y: &mut [f32],
@@ -375,22 +381,18 @@ pub fn pooled_forward(
     o_n: usize,
     n: usize,
     size: usize,
+    no_alloc: bool,
 ) {
     let i_n = bn.scale.len();
     let pooled = n * (size / 2) * (size / 2);
-    bn_relu_avgpool2_forward(&mut p[..i_n * pooled], x, bn.scale, bn.shift, n, size, size);
-    let s = ConvShape {
-        n,
-        cin: i_n,
-        cout: o_n,
-        h: size / 2,
-        w: size / 2,
-        k: 1,
-        stride: 1,
-        pad: 0,
-    };
-    let _t = conv_scope(&s, true, 1);
-    conv1x1::pointwise(y, &p[..i_n * pooled], w, o_n, i_n, pooled, false);
+    let p = &mut p[..i_n * pooled];
+    bn_relu_avgpool2_forward(p, x, bn.scale, bn.shift, n, size, size);
+    if no_alloc {
+        let _t = scope_1x1(true, o_n, i_n, pooled, 1);
+        conv1x1::pointwise(y, p, w, o_n, i_n, pooled, false);
+    } else {
+        conv_forward(y, p, w, &shape_1x1(o_n, i_n, pooled), &mut []);
+    }
 }
 
 /// Backward of [`pooled_forward`] from `dy: [O][N·(h/2)·(w/2)]`: `dW += dY·Pᵀ` and
@@ -419,18 +421,8 @@ pub fn pooled_backward(
     assert!(g.dw.len() == o_n * i_n && g.pending.len() >= i_n);
     let (pb, dpb) = buf.split_at_mut(i_n * pooled);
     bn_relu_avgpool2_forward(pb, x, bn.scale, bn.shift, n, size, size);
-    let s = ConvShape {
-        n,
-        cin: i_n,
-        cout: o_n,
-        h: ho,
-        w: ho,
-        k: 1,
-        stride: 1,
-        pad: 0,
-    };
     {
-        let _t = conv_scope(&s, false, 2);
+        let _t = scope_1x1(false, o_n, i_n, pooled, 2);
         // dW over tiles of positions whose P rows stay in L2, each tile's output rows
         // split over the threads (every task owns its rows of dW: no partial sums)
         let tile = tile_len(i_n).min(pooled);
@@ -651,7 +643,7 @@ mod tests {
             let mut buf = vec![0.0; 2 * i_n * pooled];
             // forward
             let mut y = vec![f32::NAN; o_n * pooled];
-            pooled_forward(&mut y, &mut buf, &x, &w, bn, o_n, n, size);
+            pooled_forward(&mut y, &mut buf, &x, &w, bn, o_n, n, size, true);
             let mut z = vec![0.0; o_n * len];
             forward(&mut z, &x, &w, bn, o_n, len, true);
             let mut y2 = vec![0.0; o_n * pooled];
