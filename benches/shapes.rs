@@ -7,6 +7,7 @@
 //! cargo bench --bench shapes -- efficiency             # GFLOP/s and fraction of peak
 //! cargo bench --bench shapes -- winograd               # Winograd 3×3 against direct
 //! cargo bench --bench shapes -- pointwise_routes       # batch-1 1×1: gemm against direct
+//! N=16 cargo bench --bench shapes -- conv3x3_routes    # 3×3 forward: every route
 //! JSON=1 cargo bench --bench shapes -- efficiency      # the same as JSON lines
 //! ```
 //!
@@ -31,6 +32,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("efficiency", efficiency),
     ("winograd", winograd),
     ("pointwise_routes", pointwise_routes),
+    ("conv3x3_routes", conv3x3_routes),
 ];
 
 fn main() {
@@ -864,6 +866,64 @@ fn pointwise_routes() {
             c.flops() / g / 1e9,
             c.flops() / d / 1e9,
             d / g
+        );
+    }
+}
+
+/// A 3×3 forward route: `(y, x, bn, w, shape, col)`.
+type Conv3x3Fn = fn(&mut [f32], &[f32], Option<BnRelu>, &[f32], &ConvShape, &mut [f32]);
+
+/// The three routes of the 3×3 forward on densenet121's dense-layer shape (128 → 32, with
+/// its BN-ReLU input) at every plane size: the direct kernel (positions in the vector),
+/// [`densenet::kernels::broadcast`] (output channels in the vector) and what
+/// `conv3x3::forward` picks (Winograd, broadcast or direct), alternating, medians of 9
+/// rounds. `N=16` for batch 16 (default 1), `T=1` for one thread; the thresholds of
+/// `broadcast::preferred` come from these.
+fn conv3x3_routes() {
+    let var = |name: &str, default: usize| {
+        std::env::var(name).map_or(default, |v| v.parse().unwrap_or(default))
+    };
+    let (threads, n) = (var("T", 2), var("N", 1));
+    let pool = pool(threads);
+    note(&format!("{threads} threads, batch {n}"));
+    for h in [56, 28, 14, 7] {
+        let mut c = Conv3x3Case::new(conv3x3_shape(n, 128, 32, h), n, true);
+        // about 20 M positions·calls per round
+        let reps = (20_000_000 / (h * h * n)).clamp(2, 200);
+        let routes: [Conv3x3Fn; 3] = [
+            conv3x3::forward_direct,
+            conv3x3::forward_broadcast,
+            conv3x3::forward,
+        ];
+        let mut ts = [vec![], vec![], vec![]];
+        pool.install(|| {
+            for _ in 0..9 {
+                for (f, t) in routes.iter().zip(ts.iter_mut()) {
+                    let start = Instant::now();
+                    for _ in 0..reps {
+                        let bn = Conv3x3Case::bn(&c.scale_shift);
+                        f(&mut c.y, &c.x, bn, &c.w, &c.s, &mut c.col);
+                    }
+                    t.push(start.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
+        });
+        let [d, b, r] = ts.map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        });
+        let g = |t: f64| c.flops() / t / 1e9;
+        println!(
+            "3x3 {h}x{h}: direct {:7.1} us {:5.1} GFLOP/s, broadcast {:7.1} us {:5.1}, \
+             routed {:7.1} us {:5.1}; broadcast/direct {:.2}, broadcast/routed {:.2}",
+            d * 1e6,
+            g(d),
+            b * 1e6,
+            g(b),
+            r * 1e6,
+            g(r),
+            b / d,
+            b / r
         );
     }
 }

@@ -1,6 +1,6 @@
 //! Every fast kernels table against the portable one, on the same machine (tract's way):
 //! convolutions on generated shapes (odd channel counts, 1×1 and 3×3, stride 1 and 2,
-//! batch 1, a 3×3 that takes the Winograd route), the fused BN-ReLU convolutions, and
+//! batch 1, a 3×3 that takes the Winograd route and two that take the broadcast one), the fused BN-ReLU convolutions, and
 //! whole training steps of small DenseNets and a ResNet whose channel counts the direct
 //! kernels do and do not take.
 //!
@@ -179,6 +179,11 @@ fn fast_kernels_match_the_portable_ones() {
         // outputs) that the forward and the input gradient go through Winograd F(2×2, 3×3)
         // (`winograd::preferred` on up to 4 threads); an odd width
         shape(4, 64, 32, (16, 15), 3, 1),
+        // small planes with densenet121's ratio, where the forward takes the route with
+        // output channels in the vector (`broadcast::preferred`): an odd plane over three
+        // samples, and 48 outputs (a whole number of AVX2 groups, 1½ AVX-512 ones)
+        shape(3, 64, 32, (7, 7), 3, 1),
+        shape(1, 64, 48, (14, 13), 3, 1),
         // stride 2 and the 7×7 stem: im2col in every table, the same answer
         shape(1, 6, 8, (9, 7), 3, 2),
         shape(1, 3, 8, (15, 15), 7, 2),

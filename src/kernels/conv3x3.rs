@@ -35,7 +35,7 @@
 
 use super::correlate::{for_tiles, part_rows4, tile_len, Span, Weights, OB, PB};
 use super::simd::{simd_entries, F32x};
-use super::{active, active_direct, winograd, BnRelu, ConvShape};
+use super::{active, active_direct, broadcast, winograd, BnRelu, ConvShape};
 use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -342,8 +342,9 @@ simd_entries!(weight_grad_rows => weight_grad_avx2, weight_grad_avx512 (
 ));
 
 /// Forward: `y[Cout][N·H·W] = conv3×3(x)`, chunked over samples through `col`; with `bn`,
-/// of `relu(x·scale + shift)` instead (see [`pad`]). Through [`winograd`] where that is
-/// [`winograd::preferred`], else [`forward_direct`].
+/// of `relu(x·scale + shift)` instead (see [`pad`]). Through [`broadcast`]
+/// ([`forward_broadcast`]) where that is [`broadcast::preferred`], else [`winograd`]
+/// where that is [`winograd::preferred`], else [`forward_direct`].
 pub fn forward(
     y: &mut [f32],
     x: &[f32],
@@ -352,7 +353,9 @@ pub fn forward(
     s: &ConvShape,
     col: &mut [f32],
 ) {
-    if !(winograd::preferred(s) && winograd::forward(y, x, bn, w, s, col)) {
+    if broadcast::preferred(s) {
+        forward_broadcast(y, x, bn, w, s, col);
+    } else if !(winograd::preferred(s) && winograd::forward(y, x, bn, w, s, col)) {
         forward_direct(y, x, bn, w, s, col);
     }
 }
@@ -383,6 +386,97 @@ pub fn forward_direct(
         pad(xin, x, bn, s.cin, s, n0, n1, p);
         correlate(yout, xin, wf, s.cout, s.cin, &p.offsets(), p.span());
         unpad(y, yout, s.cout, s, n0, n1, p);
+        n0 = n1;
+    }
+}
+
+/// [`forward`] through [`broadcast`]: output channels in the vector, positions picked one
+/// by one (no work on the padding ring). Tasks are groups of output channels × runs of
+/// positions, at least as many as threads.
+pub fn forward_broadcast(
+    y: &mut [f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    w: &[f32],
+    s: &ConvShape,
+    col: &mut [f32],
+) {
+    debug_assert!(applies(s));
+    assert_eq!(w.len(), s.cout * s.cin * 9);
+    let direct = active_direct("conv3x3");
+    let (g, pb) = (direct.broadcast_group, direct.broadcast_block);
+    let groups = s.cout.div_ceil(g);
+    let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
+    assert!(y.len() >= s.cout * len);
+    let threads = rayon::current_num_threads();
+    thread_local! {
+        static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let yp = SyncPtr(y.as_mut_ptr());
+    let ns = chunk(s, col.len());
+    let mut n0 = 0;
+    while n0 < s.n {
+        let n1 = (n0 + ns).min(s.n);
+        let p = Padded::new(s, n1 - n0);
+        assert!(
+            col.len() >= s.cin * p.row(),
+            "conv3x3: col scratch too small"
+        );
+        let xin = &mut col[..s.cin * p.row()];
+        pad(xin, x, bn, s.cin, s, n0, n1, p);
+        let xin = &*xin;
+        // runs of whole register blocks: enough for every thread, none over 1024 positions
+        let m = (n1 - n0) * hw;
+        let blocks = m.div_ceil(pb);
+        let runs = threads.div_ceil(groups).max(m.div_ceil(1024)).min(blocks);
+        let plane = broadcast::Plane { h: s.h, w: s.w };
+        (0..groups * runs).into_par_iter().for_each(|task| {
+            let (grp, run) = (task / runs, task % runs);
+            let p0 = (blocks * run / runs * pb).min(m);
+            let p1 = (blocks * (run + 1) / runs * pb).min(m);
+            if p1 <= p0 {
+                return;
+            }
+            // each task packs its group's weights (18 K floats for 16 outputs of 128
+            // inputs: a few µs, in parallel, where one packing for all cost a 7×7 call
+            // a third of its time)
+            with_scratch(&PACKED, s.cin * 9 * g, |wp| {
+                broadcast::pack(wp, w, s.cout, s.cin, g, grp);
+                with_scratch(&OUT, (p1 - p0).div_ceil(pb) * pb * g, |out| {
+                    // SAFETY: `xin` holds i_n padded rows of `p.row()` with the margins
+                    // that every tap of an interior position stays in; `wp` the group's
+                    // packed weights; `out` the run's blocks; the table's kernel runs on
+                    // this CPU.
+                    unsafe {
+                        (direct.broadcast9)(
+                            out.as_mut_ptr(),
+                            xin.as_ptr().add(p.margin),
+                            p.row(),
+                            wp.as_ptr(),
+                            s.cin,
+                            plane,
+                            p0,
+                            p1,
+                        )
+                    };
+                    // position-major to channel rows
+                    for j in 0..g.min(s.cout - grp * g) {
+                        // SAFETY: row grp·g + j < cout of y, positions n0·hw + p0..p1 of
+                        // it: this task's alone.
+                        let row = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                yp.get().add((grp * g + j) * len + n0 * hw + p0),
+                                p1 - p0,
+                            )
+                        };
+                        for (q, v) in row.iter_mut().enumerate() {
+                            *v = out[q * g + j];
+                        }
+                    }
+                });
+            });
+        });
         n0 = n1;
     }
 }
@@ -499,6 +593,60 @@ mod tests {
                 .unwrap();
             pool.install(|| {
                 check_against_im2col(&[shape(1, 128, 32, 14, 14), shape(1, 64, 36, 7, 7)])
+            });
+        }
+    }
+
+    /// The broadcast route ([`forward_broadcast`]) against im2col + GEMM: output counts
+    /// below, at and above a group (12, 16, 32, 48), odd planes, 1-row and 1-column
+    /// images, samples across chunks and runs, BN-ReLU on the input, 1 to 3 threads (so
+    /// runs end inside a register block and groups split between threads).
+    #[test]
+    fn broadcast_matches_im2col() {
+        if no_direct_kernels() {
+            return;
+        }
+        let shapes = [
+            shape(1, 128, 32, 7, 7),
+            shape(1, 16, 32, 14, 14),
+            shape(3, 8, 12, 5, 7),
+            shape(2, 12, 48, 1, 11),
+            shape(2, 20, 16, 9, 1),
+            shape(1, 4, 4, 2, 2),
+            shape(2, 3, 24, 6, 5),
+        ];
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for &s in &shapes {
+                    let x = data(s.cin * s.n * s.h * s.w, 1);
+                    let w = data(s.cout * s.col_rows(), 2);
+                    let (scale, shift) = (data(s.cin, 3), data(s.cin, 4));
+                    let bn = BnRelu {
+                        scale: &scale,
+                        shift: &shift,
+                    };
+                    let a: Vec<f32> = x
+                        .chunks(s.n * s.h * s.w)
+                        .enumerate()
+                        .flat_map(|(i, r)| {
+                            let (sc, sh) = (scale[i], shift[i]);
+                            r.iter().map(move |v| (v * sc + sh).max(0.0))
+                        })
+                        .collect();
+                    let mut want = vec![0.0; s.cout * s.n * s.h * s.w];
+                    let mut big = vec![0.0; (s.cin * 9) * s.n * s.h * s.w];
+                    im2col_forward(&mut want, &a, &w, &s, &mut big);
+                    for samples in [1, s.n] {
+                        let mut col = vec![f32::NAN; col_len(&s, samples)];
+                        let mut y = vec![f32::NAN; want.len()];
+                        forward_broadcast(&mut y, &x, Some(bn), &w, &s, &mut col);
+                        close(&y, &want, &format!("{s:?} {threads} threads y"));
+                    }
+                }
             });
         }
     }

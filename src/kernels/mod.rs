@@ -25,6 +25,7 @@
 //! The `gemm` crate picks its own micro-kernels at run time (AVX-512 ones too: it is built
 //! with its `x86-v4` feature); it is the same in every table.
 
+pub mod broadcast;
 pub mod conv1x1;
 pub mod conv3x3;
 pub mod correlate;
@@ -204,6 +205,12 @@ pub struct Direct {
     pub wino_input: winograd::InputFn,
     /// Winograd output transform of one channel's tile row ([`winograd`]).
     pub wino_output: winograd::OutputFn,
+    /// The 3×3 forward with output channels in the vector, one task ([`broadcast`]).
+    pub broadcast9: broadcast::TaskFn,
+    /// Output channels per group of `broadcast9`.
+    pub broadcast_group: usize,
+    /// Positions per register block of `broadcast9` (a task's scratch rounds up to it).
+    pub broadcast_block: usize,
 }
 
 /// The function table of one instruction set. The element-wise entries are safe to call
@@ -272,6 +279,9 @@ static AVX2: Kernels = Kernels {
         fma_chains: peak::fma_chains_avx2,
         wino_input: winograd::input_avx2,
         wino_output: winograd::output_avx2,
+        broadcast9: broadcast::task_avx2,
+        broadcast_group: broadcast::GROUP_AVX2,
+        broadcast_block: 6,
     }),
 };
 
@@ -298,6 +308,9 @@ static AVX512: Kernels = Kernels {
         fma_chains: peak::fma_chains_avx512,
         wino_input: winograd::input_avx512,
         wino_output: winograd::output_avx512,
+        broadcast9: broadcast::task_avx512,
+        broadcast_group: broadcast::GROUP_AVX512,
+        broadcast_block: 12,
     }),
 };
 

@@ -1,0 +1,221 @@
+//! The direct 3×3 convolution with **output channels in the vector**, for small planes
+//! (densenet121's 28×28, 14×14 and 7×7 at batch 1): ONNX Runtime's way (its NCHWc
+//! kernels), on our padded channel-major input.
+//!
+//! **Why.** [`super::correlate`] puts positions in the vector: a 7×7 plane's 49 positions
+//! span 61 of its padded layout, 4 blocks of 16 with the ring, and each block runs a
+//! pass over all 1152 weights of its output rows. Here a register block is `NV` vectors
+//! of output channels (a *group*: 16 on AVX2, 32 on AVX-512) × `P` positions, each input
+//! value broadcast once per group: positions are picked one by one, so the padding ring
+//! costs nothing and any count of positions fills the blocks but the last.
+//!
+//! **Layout.** The weights are packed per call ([`pack`]) as `[group][i][tap][G]` (zeros
+//! past the last output channel), the input is the zero-padded layout of
+//! [`super::conv3x3`] (BN-ReLU applied while padding), and a task writes its outputs
+//! position-major (`[p][G]`) into a scratch, then transposed into `y: [O][N·H·W]`.
+//!
+//! **Register block.** AVX2: 2 vectors × 6 positions, 12 accumulators + 2 weight vectors
+//! + 1 broadcast of 16 registers; per input channel and tap 2 loads and 6 broadcasts feed
+//!   12 FMAs. AVX-512: 2 × 12 (24 accumulators of 32). Input channels go in groups whose
+//!   packed weights stay in L1 (16 KiB), every position block visiting a group in turn.
+
+use super::simd::{Avx2, Avx512, F32x};
+use super::{active, winograd, ConvShape};
+
+/// Whether `conv3x3::forward` takes this route: densenet121's 128 → 32 shape (at least
+/// 64 inputs and 32 outputs), on planes of at most 16×16 with at least 128 positions in
+/// the batch, where Winograd does not apply or wastes work on an odd plane (its 2×2
+/// tiles cover 8×8 of a 7×7). Measured against both other routes (`cargo bench --bench
+/// shapes -- conv3x3_routes`, Zen 3, 2 threads; this route's time over the best other's):
+/// batch 1 at 14×14 0.88–0.94 (direct), batch 16 at 7×7 0.75 (Winograd); it lost at
+/// batch 1 on 7×7 (1.02–1.08: packing the weights is a fifth of such a call), and to
+/// Winograd at 28×28 and up, and at batch 16 on 14×14 (1.08–1.11).
+pub fn preferred(s: &ConvShape) -> bool {
+    s.cin >= 64
+        && s.cout >= 32
+        && s.h * s.w <= 256
+        && s.n * s.h * s.w >= 128
+        && (s.h % 2 == 1 || s.w % 2 == 1 || !winograd::preferred(s))
+        && active().direct.is_some()
+}
+
+/// Signature of [`task_avx2`] and [`task_avx512`] (an entry of [`super::Direct`]).
+pub type TaskFn = unsafe fn(*mut f32, *const f32, usize, *const f32, usize, Plane, usize, usize);
+
+/// Where output positions lie in the padded layout: `n` samples of `h × w`, each a
+/// `(h+2) × (w+2)` plane (see `conv3x3::Padded`).
+#[derive(Clone, Copy, Debug)]
+pub struct Plane {
+    /// Image height.
+    pub h: usize,
+    /// Image width.
+    pub w: usize,
+}
+
+impl Plane {
+    /// The padded index of output position `p` (sample-major, then row, then column).
+    #[inline(always)]
+    fn padded(self, p: usize) -> usize {
+        let hw = self.h * self.w;
+        let (n, r) = (p / hw, p % hw);
+        let (y, x) = (r / self.w, r % self.w);
+        n * (self.h + 2) * (self.w + 2) + (y + 1) * (self.w + 2) + x + 1
+    }
+}
+
+/// Packs group `grp` of `w: [O][I·9]` for groups of `g` output channels:
+/// `wp[c][j] = w[grp·g + j][c]`, zero where `grp·g + j ≥ O`. `wp` holds `I·9·g` floats.
+pub fn pack(wp: &mut [f32], w: &[f32], o_n: usize, i_n: usize, g: usize, grp: usize) {
+    let k = i_n * 9;
+    assert_eq!(w.len(), o_n * k);
+    assert!(grp * g < o_n && wp.len() >= k * g);
+    let wp = &mut wp[..k * g];
+    let real = g.min(o_n - grp * g);
+    let rows = &w[grp * g * k..][..real * k];
+    if real < g {
+        wp.fill(0.0);
+    }
+    // 8 columns of each row at a time, written as 8 rows of the group: the output is
+    // written in order 512 bytes at a time (row by row, every store was a new line)
+    const C: usize = 8;
+    let whole = k / C * C;
+    for c0 in (0..whole).step_by(C) {
+        let out = &mut wp[c0 * g..][..C * g];
+        for (j, row) in rows.chunks_exact(k).enumerate() {
+            let src: &[f32; C] = row[c0..c0 + C].try_into().unwrap_or(&[0.0; C]);
+            for (q, &v) in src.iter().enumerate() {
+                out[q * g + j] = v;
+            }
+        }
+    }
+    for c in whole..k {
+        for (j, row) in rows.chunks_exact(k).enumerate() {
+            wp[c * g + j] = row[c];
+        }
+    }
+}
+
+/// One task: output positions `p0..p1` (of `plane`) of one group, for `i_n` input rows
+/// `ld` floats apart from `inp` (the padded layout's base), with the group's packed
+/// weights `wp: [i][9][G]` (taps row-major, as OIHW has them). Writes `out[(p − p0)·G + j]` for
+/// the positions rounded up to whole blocks (the last block's extra rows are scratch).
+///
+/// # Safety
+/// `inp` and `wp` readable as described, for every position's taps; `out` writable for
+/// `(p1 − p0).div_ceil(P)·P·G` floats; the CPU runs `V`; `p1 > p0`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn task<V: F32x, const NV: usize, const P: usize>(
+    out: *mut f32,
+    inp: *const f32,
+    ld: usize,
+    wp: *const f32,
+    i_n: usize,
+    plane: Plane,
+    p0: usize,
+    p1: usize,
+) {
+    let g = NV * V::LANES;
+    // input channels whose packed weights fill 16 KiB of L1
+    let ib = ((16 << 10) / (4 * 9 * g)).max(1);
+    let blocks = (p1 - p0).div_ceil(P);
+    let mut i0 = 0;
+    while i0 < i_n {
+        let i1 = (i0 + ib).min(i_n);
+        for b in 0..blocks {
+            // the block's positions; past p1, the last one again (its rows are scratch)
+            let mut pos = [0usize; P];
+            for (k, q) in pos.iter_mut().enumerate() {
+                *q = plane.padded((p0 + b * P + k).min(p1 - 1));
+            }
+            let o = out.add(b * P * g);
+            let mut acc = [[V::zero(); NV]; P];
+            if i0 > 0 {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    for (v, a) in a.iter_mut().enumerate() {
+                        *a = V::load(o.add(k * g + v * V::LANES));
+                    }
+                }
+            }
+            // each position's window, top-left tap, in input row i0: taps then lie at
+            // `ky·wpad + kx` from it, one addressing mode with a constant displacement
+            let mut xs = [inp; P];
+            for (xk, &q) in xs.iter_mut().zip(&pos) {
+                *xk = inp.add(i0 * ld + q).sub(plane.w + 3);
+            }
+            let rows = [0, plane.w + 2, 2 * (plane.w + 2)];
+            let mut w = wp.add(i0 * 9 * g);
+            for _ in i0..i1 {
+                for row in rows {
+                    for kx in 0..3 {
+                        let mut wv = [V::zero(); NV];
+                        for (v, wv) in wv.iter_mut().enumerate() {
+                            *wv = V::load(w.add(v * V::LANES));
+                        }
+                        w = w.add(g);
+                        for (a, xk) in acc.iter_mut().zip(&xs) {
+                            let s = V::splat(xk.add(row + kx));
+                            for (a, wv) in a.iter_mut().zip(&wv) {
+                                *a = wv.mul_add(s, *a);
+                            }
+                        }
+                    }
+                }
+                for xk in xs.iter_mut() {
+                    *xk = xk.add(ld);
+                }
+            }
+            for (k, a) in acc.iter().enumerate() {
+                for (v, a) in a.iter().enumerate() {
+                    a.store(o.add(k * g + v * V::LANES));
+                }
+            }
+        }
+        i0 = i1;
+    }
+}
+
+/// Output channels per group of the AVX2 instance.
+pub const GROUP_AVX2: usize = 2 * 8;
+/// Output channels per group of the AVX-512 instance.
+pub const GROUP_AVX512: usize = 2 * 16;
+
+/// [`task`] in AVX2+FMA: 2 vectors (16 output channels) × 6 positions.
+///
+/// # Safety
+/// As [`task`]; the CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn task_avx2(
+    out: *mut f32,
+    inp: *const f32,
+    ld: usize,
+    wp: *const f32,
+    i_n: usize,
+    plane: Plane,
+    p0: usize,
+    p1: usize,
+) {
+    task::<Avx2, 2, 6>(out, inp, ld, wp, i_n, plane, p0, p1)
+}
+
+/// [`task`] in AVX-512F: 2 vectors (32 output channels) × 12 positions.
+///
+/// # Safety
+/// As [`task`]; the CPU must have AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn task_avx512(
+    out: *mut f32,
+    inp: *const f32,
+    ld: usize,
+    wp: *const f32,
+    i_n: usize,
+    plane: Plane,
+    p0: usize,
+    p1: usize,
+) {
+    task::<Avx512, 2, 12>(out, inp, ld, wp, i_n, plane, p0, p1)
+}
