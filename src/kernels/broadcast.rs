@@ -18,9 +18,18 @@
 //! + 1 broadcast of 16 registers; per input channel and tap 2 loads and 6 broadcasts feed
 //!   12 FMAs. AVX-512: 2 × 12 (24 accumulators of 32). Input channels go in groups whose
 //!   packed weights stay in L1 (16 KiB), every position block visiting a group in turn.
+//!
+//! **Not for the 1×1.** The same block with one tap on plain rows (tried on the batch-1
+//! densenet121 1×1 shapes, `pointwise_routes`, quiet Zen 3, 2 threads) took 1.05–1.19×
+//! the `gemm` crate's time at 14×14, 1.20× at 7×7 and 1.22–1.51× on larger planes:
+//! packing 128 × up to 1024 weights per call is most of the gap at 7×7, and weights
+//! packed once per model would need to know when the parameters change (they are a
+//! public buffer), so the 1×1 keeps the GEMM.
 
 use super::simd::{Avx2, Avx512, F32x};
-use super::{active, winograd, ConvShape};
+use super::{active, active_direct, winograd, ConvShape};
+use crate::util::par::{with_scratch, SyncPtr};
+use rayon::prelude::*;
 
 /// Whether `conv3x3::forward` takes this route: densenet121's 128 → 32 shape (at least
 /// 64 inputs and 32 outputs), on planes of at most 16×16 with at least 128 positions in
@@ -61,6 +70,93 @@ impl Plane {
         let (y, x) = (r / self.w, r % self.w);
         n * (self.h + 2) * (self.w + 2) + (y + 1) * (self.w + 2) + x + 1
     }
+}
+
+/// `y[o][y0 + p] = Σ_i Σ_t w[o][i][t] · inp[base + i·ld + plane.padded(p) + off_t]` for the
+/// output positions `p` in `0..m` of `plane` and every output `o < o_n` (`y`'s rows are
+/// `y_ld` floats apart), `off_t` the 3×3 taps' offsets in the padded layout, with
+/// weights `w: [O][I][9]`. Tasks are groups of output channels × runs of whole register
+/// blocks, at least as many as threads and none over 1024 positions; each packs its
+/// group's weights ([`pack`]), runs the kernel into a scratch `[p][G]`, and transposes
+/// that into `y`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn convolve(
+    y: &mut [f32],
+    y_ld: usize,
+    y0: usize,
+    inp: &[f32],
+    base: usize,
+    ld: usize,
+    w: &[f32],
+    (o_n, i_n): (usize, usize),
+    plane: Plane,
+    m: usize,
+) {
+    let direct = active_direct("broadcast");
+    let (g, pb) = (direct.broadcast_group, direct.broadcast_block);
+    assert_eq!(w.len(), o_n * i_n * 9);
+    if m == 0 || o_n == 0 {
+        return;
+    }
+    // every tap of every position (and of the repeats that fill the last block) in `inp`
+    let corner = plane.w + 3;
+    assert!(base >= corner && i_n > 0);
+    assert!(inp.len() > (i_n - 1) * ld + base + plane.padded(m - 1) + corner);
+    assert!(y_ld >= y0 + m && y.len() >= (o_n - 1) * y_ld + y0 + m);
+    thread_local! {
+        static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let groups = o_n.div_ceil(g);
+    let blocks = m.div_ceil(pb);
+    let threads = rayon::current_num_threads();
+    let runs = threads.div_ceil(groups).max(m.div_ceil(1024)).min(blocks);
+    let yp = SyncPtr(y.as_mut_ptr());
+    (0..groups * runs).into_par_iter().for_each(|task| {
+        let (grp, run) = (task / runs, task % runs);
+        let p0 = (blocks * run / runs * pb).min(m);
+        let p1 = (blocks * (run + 1) / runs * pb).min(m);
+        if p1 <= p0 {
+            return;
+        }
+        // each task packs its group's weights (18 K floats for 16 outputs of a 128-input
+        // 3×3: a few µs, in parallel, where one packing for all cost a 7×7 call a third
+        // of its time)
+        with_scratch(&PACKED, i_n * 9 * g, |wp| {
+            pack(wp, w, o_n, i_n, g, grp);
+            with_scratch(&OUT, (p1 - p0).div_ceil(pb) * pb * g, |out| {
+                // SAFETY: the asserts above bound every tap of positions p0..p1 (and the
+                // repeats of p1 − 1) inside `inp`; `wp` holds the group's packed weights,
+                // `out` the run's blocks; the table's kernel runs on this CPU.
+                unsafe {
+                    (direct.broadcast9)(
+                        out.as_mut_ptr(),
+                        inp.as_ptr().add(base),
+                        ld,
+                        wp.as_ptr(),
+                        i_n,
+                        plane,
+                        p0,
+                        p1,
+                    )
+                };
+                // position-major to channel rows
+                for j in 0..g.min(o_n - grp * g) {
+                    // SAFETY: row grp·g + j < o_n of y, columns y0 + p0..p1 of it (inside
+                    // y, asserted): this task's alone.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            yp.get().add((grp * g + j) * y_ld + y0 + p0),
+                            p1 - p0,
+                        )
+                    };
+                    for (q, v) in row.iter_mut().enumerate() {
+                        *v = out[q * g + j];
+                    }
+                }
+            });
+        });
+    });
 }
 
 /// Packs group `grp` of `w: [O][I·9]` for groups of `g` output channels:
@@ -118,6 +214,10 @@ unsafe fn task<V: F32x, const NV: usize, const P: usize>(
     let g = NV * V::LANES;
     // input channels whose packed weights fill 16 KiB of L1
     let ib = ((16 << 10) / (4 * 9 * g)).max(1);
+    // the window's top-left tap from its centre, and the window's rows
+    let wpad = plane.w + 2;
+    let corner = wpad + 1;
+    let rows = [0, wpad, 2 * wpad];
     let blocks = (p1 - p0).div_ceil(P);
     let mut i0 = 0;
     while i0 < i_n {
@@ -141,9 +241,8 @@ unsafe fn task<V: F32x, const NV: usize, const P: usize>(
             // `ky·wpad + kx` from it, one addressing mode with a constant displacement
             let mut xs = [inp; P];
             for (xk, &q) in xs.iter_mut().zip(&pos) {
-                *xk = inp.add(i0 * ld + q).sub(plane.w + 3);
+                *xk = inp.add(i0 * ld + q).sub(corner);
             }
-            let rows = [0, plane.w + 2, 2 * (plane.w + 2)];
             let mut w = wp.add(i0 * 9 * g);
             for _ in i0..i1 {
                 for row in rows {

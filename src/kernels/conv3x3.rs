@@ -403,17 +403,7 @@ pub fn forward_broadcast(
 ) {
     debug_assert!(applies(s));
     assert_eq!(w.len(), s.cout * s.cin * 9);
-    let direct = active_direct("conv3x3");
-    let (g, pb) = (direct.broadcast_group, direct.broadcast_block);
-    let groups = s.cout.div_ceil(g);
     let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
-    assert!(y.len() >= s.cout * len);
-    let threads = rayon::current_num_threads();
-    thread_local! {
-        static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-        static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let yp = SyncPtr(y.as_mut_ptr());
     let ns = chunk(s, col.len());
     let mut n0 = 0;
     while n0 < s.n {
@@ -425,58 +415,10 @@ pub fn forward_broadcast(
         );
         let xin = &mut col[..s.cin * p.row()];
         pad(xin, x, bn, s.cin, s, n0, n1, p);
-        let xin = &*xin;
-        // runs of whole register blocks: enough for every thread, none over 1024 positions
-        let m = (n1 - n0) * hw;
-        let blocks = m.div_ceil(pb);
-        let runs = threads.div_ceil(groups).max(m.div_ceil(1024)).min(blocks);
         let plane = broadcast::Plane { h: s.h, w: s.w };
-        (0..groups * runs).into_par_iter().for_each(|task| {
-            let (grp, run) = (task / runs, task % runs);
-            let p0 = (blocks * run / runs * pb).min(m);
-            let p1 = (blocks * (run + 1) / runs * pb).min(m);
-            if p1 <= p0 {
-                return;
-            }
-            // each task packs its group's weights (18 K floats for 16 outputs of 128
-            // inputs: a few µs, in parallel, where one packing for all cost a 7×7 call
-            // a third of its time)
-            with_scratch(&PACKED, s.cin * 9 * g, |wp| {
-                broadcast::pack(wp, w, s.cout, s.cin, g, grp);
-                with_scratch(&OUT, (p1 - p0).div_ceil(pb) * pb * g, |out| {
-                    // SAFETY: `xin` holds i_n padded rows of `p.row()` with the margins
-                    // that every tap of an interior position stays in; `wp` the group's
-                    // packed weights; `out` the run's blocks; the table's kernel runs on
-                    // this CPU.
-                    unsafe {
-                        (direct.broadcast9)(
-                            out.as_mut_ptr(),
-                            xin.as_ptr().add(p.margin),
-                            p.row(),
-                            wp.as_ptr(),
-                            s.cin,
-                            plane,
-                            p0,
-                            p1,
-                        )
-                    };
-                    // position-major to channel rows
-                    for j in 0..g.min(s.cout - grp * g) {
-                        // SAFETY: row grp·g + j < cout of y, positions n0·hw + p0..p1 of
-                        // it: this task's alone.
-                        let row = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                yp.get().add((grp * g + j) * len + n0 * hw + p0),
-                                p1 - p0,
-                            )
-                        };
-                        for (q, v) in row.iter_mut().enumerate() {
-                            *v = out[q * g + j];
-                        }
-                    }
-                });
-            });
-        });
+        let shape = (s.cout, s.cin);
+        let m = (n1 - n0) * hw;
+        broadcast::convolve(y, len, n0 * hw, xin, p.margin, p.row(), w, shape, plane, m);
         n0 = n1;
     }
 }
