@@ -1,7 +1,8 @@
 //! The CPU's inner loops, with no knowledge of models: the GEMM front ([`gemm`]), the
 //! direct 1×1 and 3×3 convolution kernels ([`conv1x1`], [`conv3x3`], over the register
-//! blocks of [`correlate`]), the 3×3 as Winograd F(2×2, 3×3) where that is faster
-//! ([`winograd`]) and the element-wise bodies of batch norm and ReLU ([`norm`]).
+//! blocks of [`correlate`]), the 3×3 as Winograd F(2×2, 3×3) ([`winograd`]) or with output
+//! channels in the vector ([`broadcast`]) where either is faster, and the element-wise
+//! bodies of batch norm and ReLU ([`norm`]).
 //!
 //! **One table, chosen once.** Every instruction-set-specific function is reached through
 //! a [`Kernels`] table: [`active`] picks it when the process first asks (the best one this
