@@ -493,7 +493,7 @@ pub fn backward_direct(
 mod tests {
     use super::*;
     use crate::kernels;
-    use crate::kernels::testutil::{close, data, shape3x3 as shape};
+    use crate::kernels::testutil::{close, data, on_threads, shape3x3 as shape};
     use crate::ops::conv::{col_len, im2col_backward, im2col_forward};
 
     /// The direct kernels against the im2col + GEMM path (itself tested against a naive
@@ -529,11 +529,7 @@ mod tests {
             return;
         }
         for threads in [2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 check_against_im2col(&[shape(1, 128, 32, 14, 14), shape(1, 64, 36, 7, 7)])
             });
         }
@@ -558,11 +554,7 @@ mod tests {
             shape(2, 3, 24, 6, 5),
         ];
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 for &s in &shapes {
                     let x = data(s.cin * s.n * s.h * s.w, 1);
                     let w = data(s.cout * s.col_rows(), 2);

@@ -311,13 +311,12 @@ mod tests {
             .collect();
         let want = naive(m, n, k, &a, false, &b, true);
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             // C with a leading dimension wider than n: the partial sums must respect it
             let mut c = vec![1.0; m * (n + 3)];
-            pool.install(|| sgemm(m, n, k, &mut c, n + 3, true, Mat::n(&a, k), Mat::t(&b, k)));
+            let (at, bt) = (Mat::n(&a, k), Mat::t(&b, k));
+            crate::kernels::testutil::on_threads(threads, || {
+                sgemm(m, n, k, &mut c, n + 3, true, at, bt)
+            });
             for i in 0..m {
                 for j in 0..n {
                     let (x, y) = (c[i * (n + 3) + j], want[i * n + j] + 1.0);

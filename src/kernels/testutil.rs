@@ -32,3 +32,12 @@ pub(crate) fn shape3x3(n: usize, cin: usize, cout: usize, h: usize, w: usize) ->
         pad: 1,
     }
 }
+
+/// Runs `f` on a pool of `threads` threads (the tests that split work by thread count).
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a test's thread pool")
+        .install(f)
+}

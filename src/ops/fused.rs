@@ -564,7 +564,7 @@ pub fn conv3x3_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::data;
+    use crate::kernels::testutil::{data, on_threads};
 
     /// The fused 3×3 against BN-ReLU written out and the plain convolution, on a shape
     /// the direct kernel takes and one it does not (odd channel count).
@@ -726,17 +726,13 @@ mod tests {
                 shift: &shift,
             };
             for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 let mut y = vec![f32::NAN; o_n * len];
                 let mut dw = vec![0.5f32; o_n * i_n];
                 let mut dx = data(i_n * len, 9);
                 let dx0 = dx.clone();
                 let (mut dgamma, mut dbeta) = (vec![0.25f32; i_n], vec![-0.25f32; i_n]);
                 let mut pending = vec![(0.5f64, -0.5f64); i_n];
-                pool.install(|| {
+                on_threads(threads, || {
                     // both routes for more than 48 outputs: gemm, and the direct kernel
                     let mut y2 = vec![f32::NAN; o_n * len];
                     forward(&mut y2, &x, &w, bn, o_n, len, true);
