@@ -8,6 +8,7 @@
 //! cargo bench --bench shapes -- winograd               # Winograd 3×3 against direct
 //! cargo bench --bench shapes -- pointwise_routes       # batch-1 1×1: gemm against direct
 //! N=16 cargo bench --bench shapes -- conv3x3_routes    # 3×3 forward: every route
+//! N=16 cargo bench --bench shapes -- stem_routes       # the 7×7 stem: both routes
 //! JSON=1 cargo bench --bench shapes -- efficiency      # the same as JSON lines
 //! ```
 //!
@@ -33,6 +34,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("winograd", winograd),
     ("pointwise_routes", pointwise_routes),
     ("conv3x3_routes", conv3x3_routes),
+    ("stem_routes", stem_routes),
 ];
 
 fn main() {
@@ -926,4 +928,54 @@ fn conv3x3_routes() {
             b / r
         );
     }
+}
+
+/// The ImageNet stem (7×7, stride 2, 3 → 64 at 224×224) through `conv::conv_forward`'s
+/// two routes, alternating, medians of 9: with no `col` it forms im2col tiles for the
+/// direct 1×1 kernel; with one it pads the input there and takes
+/// `broadcast::forward_padded` (output channels in the vector). `N=16` for batch 16.
+fn stem_routes() {
+    let n: usize = std::env::var("N").map_or(1, |v| v.parse().unwrap_or(1));
+    let pool = pool(2);
+    let s = ConvShape {
+        n,
+        cin: 3,
+        cout: 64,
+        h: 224,
+        w: 224,
+        k: 7,
+        stride: 2,
+        pad: 3,
+    };
+    let x: Vec<f32> = (0..3 * n * 224 * 224)
+        .map(|i| (i % 7) as f32 * 0.1)
+        .collect();
+    let w = vec![0.01f32; 64 * 147];
+    let mut y = vec![0f32; 64 * n * 112 * 112];
+    let mut col = vec![0f32; conv::col_len(&s, 1)];
+    let mut ts = [vec![], vec![]];
+    pool.install(|| {
+        for _ in 0..9 {
+            for (padded, t) in ts.iter_mut().enumerate() {
+                let col: &mut [f32] = if padded == 1 { &mut col } else { &mut [] };
+                let start = Instant::now();
+                conv::conv_forward(&mut y, &x, &w, &s, col);
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
+    });
+    let [tiles, padded] = ts.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    });
+    let g = |t: f64| 2.0 * s.macs() as f64 / t / 1e9;
+    println!(
+        "stem batch {n}: im2col tiles {:.2} ms ({:.1} GFLOP/s), padded broadcast {:.2} ms ({:.1}); \
+         broadcast/tiles {:.2}",
+        tiles * 1e3,
+        g(tiles),
+        padded * 1e3,
+        g(padded),
+        padded / tiles
+    );
 }

@@ -184,9 +184,11 @@ fn fast_kernels_match_the_portable_ones() {
         // samples, and 48 outputs (a whole number of AVX2 groups, 1½ AVX-512 ones)
         shape(3, 64, 32, (7, 7), 3, 1),
         shape(1, 64, 48, (14, 13), 3, 1),
-        // stride 2 and the 7×7 stem: im2col in every table, the same answer
+        // stride 2 and the 7×7 stem: im2col, or a padded copy with output channels in
+        // the vector (the stem's 64 outputs over 2 samples), the same answer
         shape(1, 6, 8, (9, 7), 3, 2),
         shape(1, 3, 8, (15, 15), 7, 2),
+        shape(2, 3, 64, (23, 21), 7, 2),
     ];
     let small = |depth, k, bottleneck, init, drop, classes, channels| {
         let mut c = DenseNetConfig::cifar(depth, k, bottleneck, 0.5).unwrap();

@@ -1,6 +1,7 @@
-//! The direct 3×3 convolution with **output channels in the vector**, for small planes
-//! (densenet121's 28×28, 14×14 and 7×7 at batch 1): ONNX Runtime's way (its NCHWc
-//! kernels), on our padded channel-major input.
+//! Direct convolution with **output channels in the vector** (ONNX Runtime's way, its
+//! NCHWc kernels) on our zero-padded channel-major input: the 3×3 of small planes
+//! (densenet121's 14×14 and 7×7; [`preferred`]) and the ImageNet stem's 7×7 stride 2
+//! ([`forward_padded`]).
 //!
 //! **Why.** [`super::correlate`] puts positions in the vector: a 7×7 plane's 49 positions
 //! span 61 of its padded layout, 4 blocks of 16 with the ring, and each block runs a
@@ -10,14 +11,23 @@
 //! costs nothing and any count of positions fills the blocks but the last.
 //!
 //! **Layout.** The weights are packed per call ([`pack`]) as `[group][i][tap][G]` (zeros
-//! past the last output channel), the input is the zero-padded layout of
-//! [`super::conv3x3`] (BN-ReLU applied while padding), and a task writes its outputs
-//! position-major (`[p][G]`) into a scratch, then transposed into `y: [O][N·H·W]`.
+//! past the last output channel), the input is a zero-padded layout (the 3×3's of
+//! [`super::conv3x3`], BN-ReLU applied while padding; the stem's own), and a task writes
+//! its outputs position-major (`[p][G]`) into a scratch, then transposed into
+//! `y: [O][N·H·W]`. The window of each position starts at its own pointer, its taps one
+//! addressing mode away (`ky·wpad + kx`), so any stride costs the same.
 //!
-//! **Register block.** AVX2: 2 vectors × 6 positions, 12 accumulators + 2 weight vectors
-//! + 1 broadcast of 16 registers; per input channel and tap 2 loads and 6 broadcasts feed
-//!   12 FMAs. AVX-512: 2 × 12 (24 accumulators of 32). Input channels go in groups whose
-//!   packed weights stay in L1 (16 KiB), every position block visiting a group in turn.
+//! **The stem.** The 7×7 stride-2 stem (3 → 64) took im2col tiles through the direct 1×1
+//! kernel; here (`cargo bench --bench shapes -- stem_routes`, Zen 3, 2 threads) it takes
+//! 0.77–0.81 of that time at batch 1 and 0.76–0.81 at batch 16, which moved whole
+//! densenet121 evaluations by 0.991 (batch 1, 100 pairs alternating per pass) and 0.983
+//! (batch 16, 10 pairs).
+//!
+//! **Register block.** AVX2: 2 vectors × 6 positions, so 12 accumulators, 2 weight
+//! vectors and a broadcast take 15 of the 16 registers; per input channel and tap 2 loads
+//! and 6 broadcasts feed 12 FMAs. AVX-512: 2 × 12 (24 accumulators of 32). Input channels
+//! go in groups whose packed weights stay in L1 (16 KiB), every position block visiting a
+//! group in turn.
 //!
 //! **Not for the 1×1.** The same block with one tap on plain rows (tried on the batch-1
 //! densenet121 1×1 shapes, `pointwise_routes`, quiet Zen 3, 2 threads) took 1.05–1.19×
@@ -51,31 +61,40 @@ pub fn preferred(s: &ConvShape) -> bool {
 /// Signature of [`task_avx2`] and [`task_avx512`] (an entry of [`super::Direct`]).
 pub type TaskFn = unsafe fn(*mut f32, *const f32, usize, *const f32, usize, Plane, usize, usize);
 
-/// Where output positions lie in the padded layout: `n` samples of `h × w`, each a
-/// `(h+2) × (w+2)` plane (see `conv3x3::Padded`).
+/// Where each output position's window lies in the input's layout: samples whose outputs
+/// are `ho × wo`, read from zero-padded planes of `plane` floats in rows of `wpad`, the
+/// window of output `(oy, ox)` starting at row `stride·oy`, column `stride·ox` of its
+/// sample's plane (for the 3×3: `conv3x3::Padded`'s body, stride 1).
 #[derive(Clone, Copy, Debug)]
 pub struct Plane {
-    /// Image height.
-    pub h: usize,
-    /// Image width.
-    pub w: usize,
+    /// Output height.
+    pub ho: usize,
+    /// Output width.
+    pub wo: usize,
+    /// Floats per padded input row.
+    pub wpad: usize,
+    /// Floats per sample's padded plane.
+    pub plane: usize,
+    /// The convolution's stride.
+    pub stride: usize,
 }
 
 impl Plane {
-    /// The padded index of output position `p` (sample-major, then row, then column).
+    /// The input index of the top-left tap of output position `p`'s window (positions
+    /// sample-major, then row, then column).
     #[inline(always)]
-    fn padded(self, p: usize) -> usize {
-        let hw = self.h * self.w;
+    fn window(self, p: usize) -> usize {
+        let hw = self.ho * self.wo;
         let (n, r) = (p / hw, p % hw);
-        let (y, x) = (r / self.w, r % self.w);
-        n * (self.h + 2) * (self.w + 2) + (y + 1) * (self.w + 2) + x + 1
+        let (oy, ox) = (r / self.wo, r % self.wo);
+        n * self.plane + self.stride * (oy * self.wpad + ox)
     }
 }
 
-/// `y[o][y0 + p] = Σ_i Σ_t w[o][i][t] · inp[base + i·ld + plane.padded(p) + off_t]` for the
-/// output positions `p` in `0..m` of `plane` and every output `o < o_n` (`y`'s rows are
-/// `y_ld` floats apart), `off_t` the 3×3 taps' offsets in the padded layout, with
-/// weights `w: [O][I][9]`. Tasks are groups of output channels × runs of whole register
+/// `y[o][y0 + p] = Σ_i Σ_ky Σ_kx w[o][i][ky][kx] · inp[base + i·ld + plane.window(p) + ky·wpad + kx]`
+/// for the output positions `p` in `0..m` of `plane` and every output `o < o_n` (`y`'s
+/// rows are `y_ld` floats apart): a `k × k` convolution (3 or 7) with weights
+/// `w: [O][I][k][k]` on a zero-padded input. Tasks are groups of output channels × runs of whole register
 /// blocks, at least as many as threads and none over 1024 positions; each packs its
 /// group's weights ([`pack`]), runs the kernel into a scratch `[p][G]`, and transposes
 /// that into `y`.
@@ -88,20 +107,24 @@ pub(crate) fn convolve(
     base: usize,
     ld: usize,
     w: &[f32],
-    (o_n, i_n): (usize, usize),
+    (o_n, i_n, k): (usize, usize, usize),
     plane: Plane,
     m: usize,
 ) {
     let direct = active_direct("broadcast");
-    let (g, pb) = (direct.broadcast_group, direct.broadcast_block);
-    assert_eq!(w.len(), o_n * i_n * 9);
+    let kernel = match k {
+        3 => direct.broadcast3,
+        7 => direct.broadcast7,
+        _ => panic!("broadcast: no {k}×{k} kernel"),
+    };
+    let (g, pb, taps) = (direct.broadcast_group, direct.broadcast_block, k * k);
+    assert_eq!(w.len(), o_n * i_n * taps);
     if m == 0 || o_n == 0 {
         return;
     }
     // every tap of every position (and of the repeats that fill the last block) in `inp`
-    let corner = plane.w + 3;
-    assert!(base >= corner && i_n > 0);
-    assert!(inp.len() > (i_n - 1) * ld + base + plane.padded(m - 1) + corner);
+    let last = plane.window(m - 1) + (k - 1) * (plane.wpad + 1);
+    assert!(i_n > 0 && inp.len() > (i_n - 1) * ld + base + last);
     assert!(y_ld >= y0 + m && y.len() >= (o_n - 1) * y_ld + y0 + m);
     thread_local! {
         static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -122,14 +145,14 @@ pub(crate) fn convolve(
         // each task packs its group's weights (18 K floats for 16 outputs of a 128-input
         // 3×3: a few µs, in parallel, where one packing for all cost a 7×7 call a third
         // of its time)
-        with_scratch(&PACKED, i_n * 9 * g, |wp| {
-            pack(wp, w, o_n, i_n, g, grp);
+        with_scratch(&PACKED, i_n * taps * g, |wp| {
+            pack(wp, w, o_n, i_n, taps, g, grp);
             with_scratch(&OUT, (p1 - p0).div_ceil(pb) * pb * g, |out| {
                 // SAFETY: the asserts above bound every tap of positions p0..p1 (and the
                 // repeats of p1 − 1) inside `inp`; `wp` holds the group's packed weights,
                 // `out` the run's blocks; the table's kernel runs on this CPU.
                 unsafe {
-                    (direct.broadcast9)(
+                    kernel(
                         out.as_mut_ptr(),
                         inp.as_ptr().add(base),
                         ld,
@@ -159,10 +182,60 @@ pub(crate) fn convolve(
     });
 }
 
-/// Packs group `grp` of `w: [O][I·9]` for groups of `g` output channels:
-/// `wp[c][j] = w[grp·g + j][c]`, zero where `grp·g + j ≥ O`. `wp` holds `I·9·g` floats.
-pub fn pack(wp: &mut [f32], w: &[f32], o_n: usize, i_n: usize, g: usize, grp: usize) {
-    let k = i_n * 9;
+/// `y[Cout][N·Ho·Wo]` = the `k × k` convolution `s` (k 3 or 7, padding k/2, any
+/// stride; no bias) of `x: [Cin][N·H·W]` through [`convolve`]: as many samples at a time
+/// as `col` holds are copied into zero-padded planes there. The ImageNet stem's route
+/// (7×7, stride 2). Returns false, doing nothing, where `col` holds no sample or the
+/// table has no kernels.
+pub fn forward_padded(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) -> bool {
+    let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
+    let plane = hp * wp;
+    let ns = (col.len() / (s.cin * plane).max(1)).min(s.n);
+    if ns == 0 || !matches!(s.k, 3 | 7) || s.pad != s.k / 2 || active().direct.is_none() {
+        return false;
+    }
+    let (hw, how) = (s.h * s.w, s.ho() * s.wo());
+    let len = s.n * hw;
+    assert!(x.len() >= s.cin * len && y.len() >= s.cout * s.n * how);
+    let mut n0 = 0;
+    while n0 < s.n {
+        let n1 = (n0 + ns).min(s.n);
+        let ld = (n1 - n0) * plane;
+        let buf = &mut col[..s.cin * ld];
+        buf.par_chunks_mut(ld).enumerate().for_each(|(ci, row)| {
+            for (ni, dst) in (n0..n1).zip(row.chunks_exact_mut(plane)) {
+                let src = &x[ci * len + ni * hw..][..hw];
+                dst[..s.pad * wp].fill(0.0);
+                for (r, d) in dst[s.pad * wp..][..s.h * wp]
+                    .chunks_exact_mut(wp)
+                    .enumerate()
+                {
+                    d[..s.pad].fill(0.0);
+                    d[s.pad..s.pad + s.w].copy_from_slice(&src[r * s.w..][..s.w]);
+                    d[s.pad + s.w..].fill(0.0);
+                }
+                dst[(s.pad + s.h) * wp..].fill(0.0);
+            }
+        });
+        let geometry = Plane {
+            ho: s.ho(),
+            wo: s.wo(),
+            wpad: wp,
+            plane,
+            stride: s.stride,
+        };
+        let shape = (s.cout, s.cin, s.k);
+        let m = (n1 - n0) * how;
+        convolve(y, s.n * how, n0 * how, buf, 0, ld, w, shape, geometry, m);
+        n0 = n1;
+    }
+    true
+}
+
+/// Packs group `grp` of `w: [O][I·taps]` for groups of `g` output channels:
+/// `wp[c][j] = w[grp·g + j][c]`, zero where `grp·g + j ≥ O`. `wp` holds `I·taps·g` floats.
+pub fn pack(wp: &mut [f32], w: &[f32], o_n: usize, i_n: usize, taps: usize, g: usize, grp: usize) {
+    let k = i_n * taps;
     assert_eq!(w.len(), o_n * k);
     assert!(grp * g < o_n && wp.len() >= k * g);
     let wp = &mut wp[..k * g];
@@ -193,7 +266,7 @@ pub fn pack(wp: &mut [f32], w: &[f32], o_n: usize, i_n: usize, g: usize, grp: us
 
 /// One task: output positions `p0..p1` (of `plane`) of one group, for `i_n` input rows
 /// `ld` floats apart from `inp` (the padded layout's base), with the group's packed
-/// weights `wp: [i][9][G]` (taps row-major, as OIHW has them). Writes `out[(p − p0)·G + j]` for
+/// weights `wp: [i][K·K][G]` (taps row-major, as OIHW has them). Writes `out[(p − p0)·G + j]` for
 /// the positions rounded up to whole blocks (the last block's extra rows are scratch).
 ///
 /// # Safety
@@ -201,7 +274,7 @@ pub fn pack(wp: &mut [f32], w: &[f32], o_n: usize, i_n: usize, g: usize, grp: us
 /// `(p1 − p0).div_ceil(P)·P·G` floats; the CPU runs `V`; `p1 > p0`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn task<V: F32x, const NV: usize, const P: usize>(
+unsafe fn task<V: F32x, const NV: usize, const P: usize, const K: usize>(
     out: *mut f32,
     inp: *const f32,
     ld: usize,
@@ -213,11 +286,8 @@ unsafe fn task<V: F32x, const NV: usize, const P: usize>(
 ) {
     let g = NV * V::LANES;
     // input channels whose packed weights fill 16 KiB of L1
-    let ib = ((16 << 10) / (4 * 9 * g)).max(1);
-    // the window's top-left tap from its centre, and the window's rows
-    let wpad = plane.w + 2;
-    let corner = wpad + 1;
-    let rows = [0, wpad, 2 * wpad];
+    let ib = ((16 << 10) / (4 * K * K * g)).max(1);
+    let wpad = plane.wpad;
     let blocks = (p1 - p0).div_ceil(P);
     let mut i0 = 0;
     while i0 < i_n {
@@ -226,7 +296,7 @@ unsafe fn task<V: F32x, const NV: usize, const P: usize>(
             // the block's positions; past p1, the last one again (its rows are scratch)
             let mut pos = [0usize; P];
             for (k, q) in pos.iter_mut().enumerate() {
-                *q = plane.padded((p0 + b * P + k).min(p1 - 1));
+                *q = plane.window((p0 + b * P + k).min(p1 - 1));
             }
             let o = out.add(b * P * g);
             let mut acc = [[V::zero(); NV]; P];
@@ -241,12 +311,13 @@ unsafe fn task<V: F32x, const NV: usize, const P: usize>(
             // `ky·wpad + kx` from it, one addressing mode with a constant displacement
             let mut xs = [inp; P];
             for (xk, &q) in xs.iter_mut().zip(&pos) {
-                *xk = inp.add(i0 * ld + q).sub(corner);
+                *xk = inp.add(i0 * ld + q);
             }
-            let mut w = wp.add(i0 * 9 * g);
+            let mut w = wp.add(i0 * K * K * g);
             for _ in i0..i1 {
-                for row in rows {
-                    for kx in 0..3 {
+                for ky in 0..K {
+                    let row = ky * wpad;
+                    for kx in 0..K {
                         let mut wv = [V::zero(); NV];
                         for (v, wv) in wv.iter_mut().enumerate() {
                             *wv = V::load(w.add(v * V::LANES));
@@ -279,14 +350,14 @@ pub const GROUP_AVX2: usize = 2 * 8;
 /// Output channels per group of the AVX-512 instance.
 pub const GROUP_AVX512: usize = 2 * 16;
 
-/// [`task`] in AVX2+FMA: 2 vectors (16 output channels) × 6 positions.
+/// [`task`] in AVX2+FMA: 2 vectors (16 output channels) × 6 positions, a `K × K` window.
 ///
 /// # Safety
 /// As [`task`]; the CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn task_avx2(
+pub(crate) unsafe fn task_avx2<const K: usize>(
     out: *mut f32,
     inp: *const f32,
     ld: usize,
@@ -296,17 +367,17 @@ pub(crate) unsafe fn task_avx2(
     p0: usize,
     p1: usize,
 ) {
-    task::<Avx2, 2, 6>(out, inp, ld, wp, i_n, plane, p0, p1)
+    task::<Avx2, 2, 6, K>(out, inp, ld, wp, i_n, plane, p0, p1)
 }
 
-/// [`task`] in AVX-512F: 2 vectors (32 output channels) × 12 positions.
+/// [`task`] in AVX-512F: 2 vectors (32 output channels) × 12 positions, a `K × K` window.
 ///
 /// # Safety
 /// As [`task`]; the CPU must have AVX-512F, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn task_avx512(
+pub(crate) unsafe fn task_avx512<const K: usize>(
     out: *mut f32,
     inp: *const f32,
     ld: usize,
@@ -316,5 +387,5 @@ pub(crate) unsafe fn task_avx512(
     p0: usize,
     p1: usize,
 ) {
-    task::<Avx512, 2, 12>(out, inp, ld, wp, i_n, plane, p0, p1)
+    task::<Avx512, 2, 12, K>(out, inp, ld, wp, i_n, plane, p0, p1)
 }

@@ -415,8 +415,15 @@ pub fn forward_broadcast(
         );
         let xin = &mut col[..s.cin * p.row()];
         pad(xin, x, bn, s.cin, s, n0, n1, p);
-        let plane = broadcast::Plane { h: s.h, w: s.w };
-        let shape = (s.cout, s.cin);
+        // windows from the body's start: output (y, x)'s top-left tap is padded (y, x)
+        let plane = broadcast::Plane {
+            ho: s.h,
+            wo: s.w,
+            wpad: s.w + 2,
+            plane: (s.h + 2) * (s.w + 2),
+            stride: 1,
+        };
+        let shape = (s.cout, s.cin, 3);
         let m = (n1 - n0) * hw;
         broadcast::convolve(y, len, n0 * hw, xin, p.margin, p.row(), w, shape, plane, m);
         n0 = n1;
@@ -580,6 +587,56 @@ mod tests {
                         forward_broadcast(&mut y, &x, Some(bn), &w, &s, &mut col);
                         close(&y, &want, &format!("{s:?} {threads} threads y"));
                     }
+                }
+            });
+        }
+    }
+
+    /// [`broadcast::forward_padded`] on 7×7 stride-2 convolutions (the ImageNet stem's)
+    /// and a stride-2 3×3 against im2col + GEMM: odd sizes, several samples with `col`
+    /// for one of them or for all, output counts below and above a group, 1 to 3 threads.
+    #[test]
+    fn padded_route_matches_im2col() {
+        if no_direct_kernels() {
+            return;
+        }
+        let conv = |n, cin, cout, h, w, k| ConvShape {
+            n,
+            cin,
+            cout,
+            h,
+            w,
+            k,
+            stride: 2,
+            pad: k / 2,
+        };
+        let shapes = [
+            conv(2, 3, 64, 17, 15, 7),
+            conv(1, 3, 12, 9, 9, 7),
+            conv(3, 2, 20, 8, 11, 7),
+            conv(2, 5, 16, 9, 6, 3),
+        ];
+        for threads in [1, 2, 3] {
+            on_threads(threads, || {
+                for &s in &shapes {
+                    let x = data(s.cin * s.n * s.h * s.w, 1);
+                    let w = data(s.cout * s.col_rows(), 2);
+                    let out = s.cout * s.n * s.ho() * s.wo();
+                    let mut want = vec![0.0; out];
+                    let mut big = vec![0.0; s.col_per_sample() * s.n];
+                    im2col_forward(&mut want, &x, &w, &s, &mut big);
+                    let plane = (s.h + 2 * s.pad) * (s.w + 2 * s.pad);
+                    for samples in [1, s.n] {
+                        let mut col = vec![f32::NAN; s.cin * plane * samples];
+                        let mut y = vec![f32::NAN; out];
+                        assert!(broadcast::forward_padded(&mut y, &x, &w, &s, &mut col));
+                        close(&y, &want, &format!("{s:?} {threads} threads y"));
+                    }
+                    // no room for one sample: nothing done, the caller takes another route
+                    let mut y = vec![f32::NAN; out];
+                    let mut col = vec![0.0; s.cin * plane - 1];
+                    assert!(!broadcast::forward_padded(&mut y, &x, &w, &s, &mut col));
+                    assert!(y.iter().all(|v| v.is_nan()));
                 }
             });
         }

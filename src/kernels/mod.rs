@@ -207,7 +207,9 @@ pub struct Direct {
     /// Winograd output transform of one channel's tile row ([`winograd`]).
     pub wino_output: winograd::OutputFn,
     /// The 3×3 forward with output channels in the vector, one task ([`broadcast`]).
-    pub broadcast9: broadcast::TaskFn,
+    pub broadcast3: broadcast::TaskFn,
+    /// The same for a 7×7 window (the ImageNet stem).
+    pub broadcast7: broadcast::TaskFn,
     /// Output channels per group of `broadcast9`.
     pub broadcast_group: usize,
     /// Positions per register block of `broadcast9` (a task's scratch rounds up to it).
@@ -280,7 +282,8 @@ static AVX2: Kernels = Kernels {
         fma_chains: peak::fma_chains_avx2,
         wino_input: winograd::input_avx2,
         wino_output: winograd::output_avx2,
-        broadcast9: broadcast::task_avx2,
+        broadcast3: broadcast::task_avx2::<3>,
+        broadcast7: broadcast::task_avx2::<7>,
         broadcast_group: broadcast::GROUP_AVX2,
         broadcast_block: 6,
     }),
@@ -309,7 +312,8 @@ static AVX512: Kernels = Kernels {
         fma_chains: peak::fma_chains_avx512,
         wino_input: winograd::input_avx512,
         wino_output: winograd::output_avx512,
-        broadcast9: broadcast::task_avx512,
+        broadcast3: broadcast::task_avx512::<3>,
+        broadcast7: broadcast::task_avx512::<7>,
         broadcast_group: broadcast::GROUP_AVX512,
         broadcast_block: 12,
     }),

@@ -16,7 +16,7 @@
 
 use crate::kernels::gemm::{sgemm, Mat};
 pub use crate::kernels::ConvShape;
-use crate::kernels::{conv1x1, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
+use crate::kernels::{broadcast, conv1x1, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
 use crate::util::profile;
 use rayon::prelude::*;
 
@@ -190,8 +190,14 @@ pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mu
         conv3x3::forward(y, x, None, w, s, col);
         return;
     }
+    // the ImageNet stem (7×7, stride 2): output channels in the vector, on a padded copy
+    // (`cargo bench --bench shapes -- stem_routes`: 0.77–0.81 of the route below)
+    if s.k == 7 && broadcast::forward_padded(y, x, w, s, col) {
+        return;
+    }
     if conv1x1::pointwise_applies(s.cout) {
-        // the ImageNet stem: the direct 1×1 kernel over im2col rows formed a tile at a time
+        // other kernels and strides (and the stem where `col` holds no padded sample):
+        // the direct 1×1 kernel over im2col rows formed a tile at a time
         conv1x1::pointwise_with(y, w, s.cout, kr, ldy, false, |buf, ld, a, b| {
             im2col_tile(buf, ld, x, s, a, b)
         });
