@@ -19,7 +19,7 @@
 use densenet::kernels::conv1x1::{pointwise, pointwise_applies};
 use densenet::kernels::gemm::{raw, sgemm, Mat};
 use densenet::kernels::peak::peak;
-use densenet::kernels::{self, conv3x3, BnRelu, ConvShape};
+use densenet::kernels::{self, broadcast, conv3x3, BnRelu, ConvShape};
 use densenet::ops::{conv, fused, norm};
 use std::time::Instant;
 
@@ -569,7 +569,9 @@ struct EffCase {
     /// `121` (densenet121, batch 16, 224×224) or `BC100` (DenseNet-BC-100-12, batch 64,
     /// 32×32).
     model: &'static str,
-    /// `1x1` (a dense layer's bottleneck), `3x3` or `trans 1x1` (a transition).
+    /// `1x1` (a dense layer's bottleneck), `3x3`, `trans 1x1` (a transition), and two
+    /// forward-only kernels: `3x3 bcast` (`broadcast`, output channels in the vector)
+    /// and `stem` (the 7×7 stride 2 through `broadcast::forward_padded`).
     kind: &'static str,
     n: usize,
     cin: usize,
@@ -603,7 +605,11 @@ fn efficiency_cases() -> Vec<EffCase> {
     for h in [56, 28, 14, 7] {
         cases.push(c("121", "3x3", 16, 128, 32, h));
     }
+    for h in [14, 7] {
+        cases.push(c("121", "3x3 bcast", 16, 128, 32, h));
+    }
     cases.push(c("121", "trans 1x1", 16, 256, 128, 56));
+    cases.push(c("121", "stem", 16, 3, 64, 224));
     // BC-100-12: bottleneck at the end of block 1 (24 + 16·12 inputs), 4k → k 3×3
     cases.push(c("BC100", "1x1", 64, 216, 48, 32));
     cases.push(c("BC100", "3x3", 64, 48, 12, 32));
@@ -694,12 +700,47 @@ fn efficiency() {
                 }
             });
             (times, c.flops())
+        } else if kind == "3x3 bcast" || kind == "stem" {
+            let s = if kind == "stem" {
+                ConvShape {
+                    k: 7,
+                    stride: 2,
+                    pad: 3,
+                    ..conv3x3_shape(n, cin, cout, h)
+                }
+            } else {
+                conv3x3_shape(n, cin, cout, h)
+            };
+            if kernels::active().direct.is_none() {
+                note(&format!("{model} {kind} {shape}: no kernel in this table"));
+                continue;
+            }
+            // the stem's scratch as a plan sizes it: one sample's im2col (11 padded samples)
+            let stem = kind == "stem";
+            let mut c = Conv3x3Case::new(s, if stem { 1 } else { n }, !stem);
+            let times = time(&mut |bwd| {
+                if bwd {
+                    return;
+                }
+                if !stem {
+                    let bn = Conv3x3Case::bn(&c.scale_shift);
+                    conv3x3::forward_broadcast(&mut c.y, &c.x, bn, &c.w, &c.s, &mut c.col);
+                } else {
+                    let ok = broadcast::forward_padded(&mut c.y, &c.x, &c.w, &c.s, &mut c.col);
+                    assert!(ok, "stem: col holds a padded sample");
+                }
+            });
+            (times, c.flops())
         } else {
             let mut c = FusedCase::new(cout, cin, len);
             let times = time(&mut |bwd| if bwd { c.backward() } else { c.forward(true) });
             (times, c.flops())
         };
+        let forward_only = kind == "3x3 bcast" || kind == "stem";
         for (dir, passes) in [("fwd", 1.0), ("bwd", 2.0)] {
+            if forward_only && dir == "bwd" {
+                continue;
+            }
             let mut text = format!("{model:5} {kind:9} {dir} {shape:22}");
             for ((p, _, measured), &(f, b)) in pools.iter().zip(&times) {
                 let (t, secs) = (p.threads, if dir == "fwd" { f } else { b });
