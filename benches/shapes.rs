@@ -8,7 +8,7 @@
 //! cargo bench --bench shapes -- winograd               # Winograd 3×3 against direct
 //! cargo bench --bench shapes -- pointwise_routes       # batch-1 1×1: gemm against direct
 //! N=16 cargo bench --bench shapes -- conv3x3_routes    # 3×3 forward: every route
-//! N=16 cargo bench --bench shapes -- stem_routes       # the 7×7 stem: both routes
+//! N=16 cargo bench --bench shapes -- stem_routes       # the 7×7 stem: both routes, fwd and dW
 //! JSON=1 cargo bench --bench shapes -- efficiency      # the same as JSON lines
 //! ```
 //!
@@ -971,10 +971,12 @@ fn conv3x3_routes() {
     }
 }
 
-/// The ImageNet stem (7×7, stride 2, 3 → 64 at 224×224) through `conv::conv_forward`'s
-/// two routes, alternating, medians of 9: with no `col` it forms im2col tiles for the
-/// direct 1×1 kernel; with one it pads the input there and takes
-/// `broadcast::forward_padded` (output channels in the vector). `N=16` for batch 16.
+/// The ImageNet stem (7×7, stride 2, 3 → 64 at 224×224), both routes of each direction,
+/// alternating, medians of 9. Forward, through `conv::conv_forward`: with no `col` it
+/// forms im2col tiles for the direct 1×1 kernel; with one it pads the input there and
+/// takes `broadcast::forward_padded` (output channels in the vector). Weight gradient:
+/// `conv::im2col_backward` (im2col + GEMM) against `broadcast::weight_grad_padded`.
+/// `N=16` for batch 16.
 fn stem_routes() {
     let n: usize = std::env::var("N").map_or(1, |v| v.parse().unwrap_or(1));
     let pool = pool(2);
@@ -994,29 +996,51 @@ fn stem_routes() {
     let w = vec![0.01f32; 64 * 147];
     let mut y = vec![0f32; 64 * n * 112 * 112];
     let mut col = vec![0f32; conv::col_len(&s, 1)];
-    let mut ts = [vec![], vec![]];
+    let dy: Vec<f32> = (0..64 * n * 112 * 112)
+        .map(|i| (i % 5) as f32 * 0.01)
+        .collect();
+    let mut dw = vec![0f32; 64 * 147];
+    let mut big = vec![0f32; s.col_per_sample()];
+    // forward: tiles, padded; weight gradient: im2col, padded
+    let mut ts = [vec![], vec![], vec![], vec![]];
     pool.install(|| {
         for _ in 0..9 {
-            for (padded, t) in ts.iter_mut().enumerate() {
-                let col: &mut [f32] = if padded == 1 { &mut col } else { &mut [] };
+            for (route, t) in ts.iter_mut().enumerate() {
                 let start = Instant::now();
-                conv::conv_forward(&mut y, &x, &w, &s, col);
+                match route {
+                    0 => conv::conv_forward(&mut y, &x, &w, &s, &mut []),
+                    1 => conv::conv_forward(&mut y, &x, &w, &s, &mut col),
+                    2 => conv::im2col_backward(None, &mut dw, &dy, &x, &w, &s, &mut big),
+                    _ => {
+                        let ok = broadcast::weight_grad_padded(&mut dw, &dy, &x, &s, &mut col);
+                        assert!(ok, "stem: col holds a padded sample");
+                    }
+                }
                 t.push(start.elapsed().as_secs_f64());
             }
         }
     });
-    let [tiles, padded] = ts.map(|mut t| {
+    let [tiles, padded, im2col, dw_padded] = ts.map(|mut t| {
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
     });
     let g = |t: f64| 2.0 * s.macs() as f64 / t / 1e9;
     println!(
-        "stem batch {n}: im2col tiles {:.2} ms ({:.1} GFLOP/s), padded broadcast {:.2} ms ({:.1}); \
-         broadcast/tiles {:.2}",
+        "stem batch {n} forward: im2col tiles {:.2} ms ({:.1} GFLOP/s), padded broadcast \
+         {:.2} ms ({:.1}); broadcast/tiles {:.2}",
         tiles * 1e3,
         g(tiles),
         padded * 1e3,
         g(padded),
         padded / tiles
+    );
+    println!(
+        "stem batch {n} weight gradient: im2col + GEMM {:.2} ms ({:.1} GFLOP/s), padded \
+         broadcast {:.2} ms ({:.1}); broadcast/im2col {:.2}",
+        im2col * 1e3,
+        g(im2col),
+        dw_padded * 1e3,
+        g(dw_padded),
+        dw_padded / im2col
     );
 }

@@ -51,6 +51,10 @@ fn conv_outputs(k: &'static Kernels, s: &ConvShape, seed: u64) -> Vec<(String, V
     let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.25; w.len()]);
     conv::conv_backward(Some(&mut dx), &mut dw, &dy, &x, &w, s, &mut col);
     let mut out = vec![("y".into(), y), ("dx".into(), dx), ("dw".into(), dw)];
+    // the weight gradient alone (the stem's: its own route where the table has one)
+    let mut dw = vec![0.25; w.len()];
+    conv::conv_backward(None, &mut dw, &dy, &x, &w, s, &mut col);
+    out.push(("dw alone".into(), dw));
     let scale: Vec<f32> = (0..s.cin).map(|i| 0.5 + (i % 5) as f32 * 0.2).collect();
     let shift: Vec<f32> = (0..s.cin).map(|i| (i % 3) as f32 * 0.1 - 0.1).collect();
     let bn = BnRelu::first(&scale, &shift, s.cin);

@@ -592,8 +592,9 @@ mod tests {
         }
     }
 
-    /// [`broadcast::forward_padded`] on 7×7 stride-2 convolutions (the ImageNet stem's)
-    /// and a stride-2 3×3 against im2col + GEMM: odd sizes, several samples with `col`
+    /// [`broadcast::forward_padded`] and [`broadcast::weight_grad_padded`] on 7×7
+    /// stride-2 convolutions (the ImageNet stem's) and a stride-2 3×3 against im2col +
+    /// GEMM: odd sizes, several samples with `col`
     /// for one of them or for all, output counts below and above a group, 1 to 3 threads.
     #[test]
     fn padded_route_matches_im2col() {
@@ -615,6 +616,8 @@ mod tests {
             conv(1, 3, 12, 9, 9, 7),
             conv(3, 2, 20, 8, 11, 7),
             conv(2, 5, 16, 9, 6, 3),
+            // 380 positions a sample: the weight gradient's tiles of 256 span samples
+            conv(2, 3, 16, 40, 38, 7),
         ];
         for threads in [1, 2, 3] {
             on_threads(threads, || {
@@ -632,11 +635,28 @@ mod tests {
                         assert!(broadcast::forward_padded(&mut y, &x, &w, &s, &mut col));
                         close(&y, &want, &format!("{s:?} {threads} threads y"));
                     }
+                    // the weight gradient, accumulated onto 0.5
+                    let dy = data(out, 3);
+                    let mut want_dw = vec![0.5; w.len()];
+                    im2col_backward(None, &mut want_dw, &dy, &x, &w, &s, &mut big);
+                    for samples in [1, s.n] {
+                        let mut col = vec![f32::NAN; s.cin * plane * samples];
+                        let mut dw = vec![0.5; w.len()];
+                        assert!(broadcast::weight_grad_padded(
+                            &mut dw, &dy, &x, &s, &mut col
+                        ));
+                        close(&dw, &want_dw, &format!("{s:?} {threads} threads dw"));
+                    }
                     // no room for one sample: nothing done, the caller takes another route
                     let mut y = vec![f32::NAN; out];
                     let mut col = vec![0.0; s.cin * plane - 1];
                     assert!(!broadcast::forward_padded(&mut y, &x, &w, &s, &mut col));
                     assert!(y.iter().all(|v| v.is_nan()));
+                    let mut dw = vec![f32::NAN; w.len()];
+                    assert!(!broadcast::weight_grad_padded(
+                        &mut dw, &dy, &x, &s, &mut col
+                    ));
+                    assert!(dw.iter().all(|v| v.is_nan()));
                 }
             });
         }

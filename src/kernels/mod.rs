@@ -210,6 +210,8 @@ pub struct Direct {
     pub broadcast3: broadcast::TaskFn,
     /// The same for a 7×7 window (the ImageNet stem).
     pub broadcast7: broadcast::TaskFn,
+    /// The weight gradient of those, one tile of positions ([`broadcast::weight_grad_padded`]).
+    pub broadcast_dw: broadcast::DwFn,
     /// Output channels per group of `broadcast9`.
     pub broadcast_group: usize,
     /// Positions per register block of `broadcast9` (a task's scratch rounds up to it).
@@ -284,6 +286,7 @@ static AVX2: Kernels = Kernels {
         wino_output: winograd::output_avx2,
         broadcast3: broadcast::task_avx2::<3>,
         broadcast7: broadcast::task_avx2::<7>,
+        broadcast_dw: broadcast::dw_avx2,
         broadcast_group: broadcast::GROUP_AVX2,
         broadcast_block: 6,
     }),
@@ -314,6 +317,7 @@ static AVX512: Kernels = Kernels {
         wino_output: winograd::output_avx512,
         broadcast3: broadcast::task_avx512::<3>,
         broadcast7: broadcast::task_avx512::<7>,
+        broadcast_dw: broadcast::dw_avx512,
         broadcast_group: broadcast::GROUP_AVX512,
         broadcast_block: 12,
     }),
