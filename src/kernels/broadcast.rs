@@ -184,18 +184,36 @@ pub(crate) fn convolve(
     });
 }
 
+/// Where [`forward_padded`] and [`weight_grad_padded`] apply (k 3 or 7, padding k/2, a
+/// table with the kernels, and a `col` of `col_len` floats that holds a padded sample):
+/// the windows of `s` in its padded planes, and the samples per chunk.
+fn padded_geometry(s: &ConvShape, col_len: usize) -> Option<(Plane, usize)> {
+    let wpad = s.w + 2 * s.pad;
+    let plane = (s.h + 2 * s.pad) * wpad;
+    let ns = (col_len / (s.cin * plane).max(1)).min(s.n);
+    let fits = ns > 0 && matches!(s.k, 3 | 7) && s.pad == s.k / 2;
+    (fits && active().direct.is_some()).then_some((
+        Plane {
+            ho: s.ho(),
+            wo: s.wo(),
+            wpad,
+            plane,
+            stride: s.stride,
+        },
+        ns,
+    ))
+}
+
 /// `y[Cout][N·Ho·Wo]` = the `k × k` convolution `s` (k 3 or 7, padding k/2, any
 /// stride; no bias) of `x: [Cin][N·H·W]` through [`convolve`]: as many samples at a time
 /// as `col` holds are copied into zero-padded planes there. The ImageNet stem's route
 /// (7×7, stride 2). Returns false, doing nothing, where `col` holds no sample or the
 /// table has no kernels.
 pub fn forward_padded(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) -> bool {
-    let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
-    let plane = hp * wp;
-    let ns = (col.len() / (s.cin * plane).max(1)).min(s.n);
-    if ns == 0 || !matches!(s.k, 3 | 7) || s.pad != s.k / 2 || active().direct.is_none() {
+    let Some((geometry, ns)) = padded_geometry(s, col.len()) else {
         return false;
-    }
+    };
+    let plane = geometry.plane;
     let (hw, how) = (s.h * s.w, s.ho() * s.wo());
     let len = s.n * hw;
     assert!(x.len() >= s.cin * len && y.len() >= s.cout * s.n * how);
@@ -205,13 +223,6 @@ pub fn forward_padded(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &
         let ld = (n1 - n0) * plane;
         let buf = &mut col[..s.cin * ld];
         pad_planes(buf, x, s, n0, n1);
-        let geometry = Plane {
-            ho: s.ho(),
-            wo: s.wo(),
-            wpad: wp,
-            plane,
-            stride: s.stride,
-        };
         let shape = (s.cout, s.cin, s.k);
         let m = (n1 - n0) * how;
         convolve(y, s.n * how, n0 * how, buf, 0, ld, w, shape, geometry, m);
@@ -265,15 +276,11 @@ pub fn weight_grad_padded(
     s: &ConvShape,
     col: &mut [f32],
 ) -> bool {
-    let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
-    let plane = hp * wp;
-    let ns = (col.len() / (s.cin * plane).max(1)).min(s.n);
-    let Some(direct) = active().direct else {
+    let (Some((geometry, ns)), Some(direct)) = (padded_geometry(s, col.len()), active().direct)
+    else {
         return false;
     };
-    if ns == 0 || !matches!(s.k, 3 | 7) || s.pad != s.k / 2 {
-        return false;
-    }
+    let (plane, wp) = (geometry.plane, geometry.wpad);
     let (g, tb) = (direct.broadcast_group, direct.broadcast_block);
     let taps = s.cin * s.k * s.k;
     let taps_pad = taps.next_multiple_of(tb);
@@ -299,13 +306,6 @@ pub fn weight_grad_padded(
             let buf = &mut col[..s.cin * ld];
             pad_planes(buf, x, s, n0, n1);
             let buf = &*buf;
-            let geometry = Plane {
-                ho: s.ho(),
-                wo: s.wo(),
-                wpad: wp,
-                plane,
-                stride: s.stride,
-            };
             let m = (n1 - n0) * how;
             let tiles = m.div_ceil(DW_TILE);
             let used = threads.min(tiles);
