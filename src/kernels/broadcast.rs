@@ -38,6 +38,7 @@
 //! packed once per model would need to know when the parameters change (they are a
 //! public buffer), so the 1×1 keeps the GEMM.
 
+use super::conv1x1::transpose_padded;
 use super::simd::{Avx2, Avx512, F32x};
 use super::{active, active_direct, winograd, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
@@ -330,7 +331,7 @@ pub fn weight_grad_padded(
                                 for t in (k..tiles).step_by(used) {
                                     let (p0, p1) = (t * DW_TILE, ((t + 1) * DW_TILE).min(m));
                                     let rows = &dy[n0 * how + p0..];
-                                    transpose_tile(dyt, o_pad, rows, ldy, s.cout, p1 - p0);
+                                    transpose_padded(dyt, o_pad, rows, ldy, s.cout, p1 - p0);
                                     for (w, p) in win.iter_mut().zip(p0..p1) {
                                         *w = geometry.window(p);
                                     }
@@ -369,66 +370,15 @@ pub fn weight_grad_padded(
     true
 }
 
-/// `dyt[q·ld_t + o] = rows[o·ld + q]` for `o < o_n`, `q < n`, and 0 for `o_n ≤ o < ld_t`:
-/// a tile of `dY` turned position-major, in 8 × 8 blocks (read 8 rows' runs, write 8
-/// rows' runs: column by column, every store went to another line and the copy took as
-/// long as the products).
-fn transpose_tile(dyt: &mut [f32], ld_t: usize, rows: &[f32], ld: usize, o_n: usize, n: usize) {
-    const B: usize = 8;
-    let (o8, q8) = (o_n / B * B, n / B * B);
-    for q0 in (0..q8).step_by(B) {
-        for o0 in (0..o8).step_by(B) {
-            let mut blk = [[0f32; B]; B];
-            for (i, b) in blk.iter_mut().enumerate() {
-                b.copy_from_slice(&rows[(o0 + i) * ld + q0..][..B]);
-            }
-            for j in 0..B {
-                let out = &mut dyt[(q0 + j) * ld_t + o0..][..B];
-                for (i, v) in out.iter_mut().enumerate() {
-                    *v = blk[i][j];
-                }
-            }
-        }
-    }
-    for q in 0..n {
-        let out = &mut dyt[q * ld_t..][..ld_t];
-        let o_from = if q < q8 { o8 } else { 0 };
-        for (o, v) in out.iter_mut().enumerate().skip(o_from) {
-            *v = if o < o_n { rows[o * ld + q] } else { 0.0 };
-        }
-    }
-}
-
 /// Packs group `grp` of `w: [O][I·taps]` for groups of `g` output channels:
 /// `wp[c][j] = w[grp·g + j][c]`, zero where `grp·g + j ≥ O`. `wp` holds `I·taps·g` floats.
-pub fn pack(wp: &mut [f32], w: &[f32], o_n: usize, i_n: usize, taps: usize, g: usize, grp: usize) {
+fn pack(wp: &mut [f32], w: &[f32], o_n: usize, i_n: usize, taps: usize, g: usize, grp: usize) {
     let k = i_n * taps;
     assert_eq!(w.len(), o_n * k);
     assert!(grp * g < o_n && wp.len() >= k * g);
-    let wp = &mut wp[..k * g];
     let real = g.min(o_n - grp * g);
-    let rows = &w[grp * g * k..][..real * k];
-    if real < g {
-        wp.fill(0.0);
-    }
-    // 8 columns of each row at a time, written as 8 rows of the group: the output is
-    // written in order 512 bytes at a time (row by row, every store was a new line)
-    const C: usize = 8;
-    let whole = k / C * C;
-    for c0 in (0..whole).step_by(C) {
-        let out = &mut wp[c0 * g..][..C * g];
-        for (j, row) in rows.chunks_exact(k).enumerate() {
-            let src: &[f32; C] = row[c0..c0 + C].try_into().unwrap_or(&[0.0; C]);
-            for (q, &v) in src.iter().enumerate() {
-                out[q * g + j] = v;
-            }
-        }
-    }
-    for c in whole..k {
-        for (j, row) in rows.chunks_exact(k).enumerate() {
-            wp[c * g + j] = row[c];
-        }
-    }
+    // the group's rows turned into `[c][g]`, zero past the last output channel
+    transpose_padded(wp, g, &w[grp * g * k..][..real * k], k, real, k);
 }
 
 /// One task: output positions `p0..p1` (of `plane`) of one group, for `i_n` input rows
