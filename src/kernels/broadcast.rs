@@ -308,6 +308,9 @@ pub fn weight_grad_padded(
             pad_planes(buf, x, s, n0, n1);
             let buf = &*buf;
             let m = (n1 - n0) * how;
+            // every tap of every window in `buf` (as `convolve` asserts for the forward)
+            let last = geometry.window(m - 1) + (s.k - 1) * (wp + 1);
+            assert!(buf.len() > (s.cin - 1) * ld + last);
             let tiles = m.div_ceil(DW_TILE);
             let used = threads.min(tiles);
             with_scratch(&OFFS, taps_pad, |offs| {
