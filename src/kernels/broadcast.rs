@@ -39,7 +39,7 @@
 //! public buffer), so the 1×1 keeps the GEMM.
 
 use super::conv1x1::transpose_padded;
-use super::simd::{Avx2, Avx512, F32x};
+use super::simd::{simd_entries, F32x};
 use super::{active, active_direct, winograd, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
@@ -522,13 +522,8 @@ unsafe fn dw_tile<V: F32x, const NV: usize, const TB: usize>(
     }
 }
 
-/// [`dw_tile`] in AVX2+FMA: 2 vectors (16 output channels) × 6 taps.
-///
-/// # Safety
-/// As [`dw_tile`]; the CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dw_avx2(
+// AVX2: 2 vectors (16 output channels) × 6 taps; AVX-512: 2 vectors (32) × 12 taps
+simd_entries!(dw_tile [2, 6; 2, 12] => dw_avx2, dw_avx512 (
     acc: *mut f32,
     dyt: *const f32,
     ldt: usize,
@@ -536,41 +531,16 @@ pub(crate) unsafe fn dw_avx2(
     x: *const f32,
     win: &[usize],
     offs: &[isize],
-) {
-    dw_tile::<Avx2, 2, 6>(acc, dyt, ldt, groups, x, win, offs)
-}
-
-/// [`dw_tile`] in AVX-512F: 2 vectors (32 output channels) × 12 taps.
-///
-/// # Safety
-/// As [`dw_tile`]; the CPU must have AVX-512F, AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn dw_avx512(
-    acc: *mut f32,
-    dyt: *const f32,
-    ldt: usize,
-    groups: usize,
-    x: *const f32,
-    win: &[usize],
-    offs: &[isize],
-) {
-    dw_tile::<Avx512, 2, 12>(acc, dyt, ldt, groups, x, win, offs)
-}
+));
 
 /// Output channels per group of the AVX2 instance.
 pub const GROUP_AVX2: usize = 2 * 8;
 /// Output channels per group of the AVX-512 instance.
 pub const GROUP_AVX512: usize = 2 * 16;
 
-/// [`task`] in AVX2+FMA: 2 vectors (16 output channels) × 6 positions, a `K × K` window.
-///
-/// # Safety
-/// As [`task`]; the CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn task_avx2<const K: usize>(
+// AVX2: 2 vectors (16 output channels) × 6 positions; AVX-512: 2 vectors (32) × 12
+// positions; a `K × K` window
+simd_entries!(task<const K: usize> [2, 6; 2, 12] => task_avx2, task_avx512 (
     out: *mut f32,
     inp: *const f32,
     ld: usize,
@@ -579,26 +549,4 @@ pub(crate) unsafe fn task_avx2<const K: usize>(
     plane: Plane,
     p0: usize,
     p1: usize,
-) {
-    task::<Avx2, 2, 6, K>(out, inp, ld, wp, i_n, plane, p0, p1)
-}
-
-/// [`task`] in AVX-512F: 2 vectors (32 output channels) × 12 positions, a `K × K` window.
-///
-/// # Safety
-/// As [`task`]; the CPU must have AVX-512F, AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn task_avx512<const K: usize>(
-    out: *mut f32,
-    inp: *const f32,
-    ld: usize,
-    wp: *const f32,
-    i_n: usize,
-    plane: Plane,
-    p0: usize,
-    p1: usize,
-) {
-    task::<Avx512, 2, 12, K>(out, inp, ld, wp, i_n, plane, p0, p1)
-}
+));

@@ -178,10 +178,13 @@ impl F32x for Avx512 {
 /// Defines a generic kernel's two table entries, `$avx2` and `$avx512`: `$generic`
 /// instantiated with [`Avx2`] and [`Avx512`] inside `#[target_feature]` functions of the
 /// given parameters (and const generic, if any), so that it inlines there and its
-/// intrinsics compile for that instruction set.
+/// intrinsics compile for that instruction set. Constants that differ between the two
+/// (a register block's size in vectors and positions) go in brackets after the name,
+/// AVX2's then AVX-512's: `kernel [2, 6; 2, 12] => …` instantiates `kernel::<Avx2, 2, 6>`
+/// and `kernel::<Avx512, 2, 12>`, before the const generic if there is one.
 macro_rules! simd_entries {
-    ($generic:ident $(<const $c:ident: usize>)? => $avx2:ident, $avx512:ident
-        ($($arg:ident: $ty:ty),* $(,)?)) => {
+    ($generic:ident $(<const $c:ident: usize>)? $([$($a2:tt),+ ; $($a5:tt),+])?
+        => $avx2:ident, $avx512:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
         #[doc = concat!("[`", stringify!($generic), "`] in AVX2+FMA (an entry of the `avx2` table).")]
         ///
         /// # Safety
@@ -190,7 +193,7 @@ macro_rules! simd_entries {
         #[target_feature(enable = "avx2,fma")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) unsafe fn $avx2 $(<const $c: usize>)? ($($arg: $ty),*) {
-            $generic::<$crate::kernels::simd::Avx2 $(, $c)?>($($arg),*)
+            $generic::<$crate::kernels::simd::Avx2 $($(, $a2)+)? $(, $c)?>($($arg),*)
         }
 
         #[doc = concat!("[`", stringify!($generic), "`] in AVX-512F (an entry of the `avx512` table).")]
@@ -201,7 +204,7 @@ macro_rules! simd_entries {
         #[target_feature(enable = "avx512f,avx2,fma")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) unsafe fn $avx512 $(<const $c: usize>)? ($($arg: $ty),*) {
-            $generic::<$crate::kernels::simd::Avx512 $(, $c)?>($($arg),*)
+            $generic::<$crate::kernels::simd::Avx512 $($(, $a5)+)? $(, $c)?>($($arg),*)
         }
     };
 }
