@@ -419,8 +419,8 @@ pub fn forward_broadcast(
         let plane = broadcast::Plane {
             ho: s.h,
             wo: s.w,
-            wpad: s.w + 2,
-            plane: (s.h + 2) * (s.w + 2),
+            wpad: p.wp,
+            plane: (s.h + 2) * p.wp,
             stride: 1,
         };
         let shape = (s.cout, s.cin, 3);
