@@ -19,11 +19,11 @@
 //!
 //! **The stem.** The 7×7 stride-2 stem (3 → 64) took im2col tiles through the direct 1×1
 //! kernel; here (`cargo bench --bench shapes -- stem_routes`, Zen 3, 2 threads) it takes
-//! 0.77–0.81 of that time at batch 1 and 0.74–0.81 at batch 16, which moved whole
+//! 0.74–0.90 of that time at batch 1 and 16 (the upper end in a quiet hour), which moved whole
 //! densenet121 evaluations by 0.991 (batch 1, 100 pairs alternating per pass) and 0.983
 //! (batch 16, 10 pairs).
 //! Its weight gradient ([`weight_grad_padded`]) turns the block around: output channels ×
-//! taps, summed over the positions of a tile; 0.69–0.81 of im2col + GEMM's time.
+//! taps, summed over the positions of a tile; 0.58–0.81 of im2col + GEMM's time.
 //!
 //! **Register block.** AVX2: 2 vectors × 6 positions, so 12 accumulators, 2 weight
 //! vectors and a broadcast take 15 of the 16 registers; per input channel and tap 2 loads

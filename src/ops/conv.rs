@@ -191,7 +191,7 @@ pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mu
         return;
     }
     // the ImageNet stem (7×7, stride 2): output channels in the vector, on a padded copy
-    // (`cargo bench --bench shapes -- stem_routes`: 0.77–0.81 of the route below)
+    // (`cargo bench --bench shapes -- stem_routes`: 0.74–0.90 of the route below)
     if s.k == 7 && broadcast::forward_padded(y, x, w, s, col) {
         return;
     }
@@ -278,7 +278,7 @@ pub fn conv_backward(
         return;
     }
     // the ImageNet stem's weight gradient (its input needs none): output channels in the
-    // vector, on a padded copy (`stem_routes`: 0.69–0.81 of im2col + GEMM)
+    // vector, on a padded copy (`stem_routes`: 0.58–0.81 of im2col + GEMM)
     if s.k == 7 && dx.is_none() && broadcast::weight_grad_padded(dw, dy, x, s, col) {
         return;
     }
