@@ -336,11 +336,33 @@ simd_entries!(dot_tile_rows => dot_tile_avx2, dot_tile_avx512 (
 ));
 
 /// `dst[p][r] = src[r][p]` for `r < rows`, `p < n` (`src` rows `ld` apart, `dst` rows
-/// `rows` apart): dY's tile into the `[n][O]` layout [`grad_tile`] reads. In 8×8 blocks
-/// (eight 8-float loads, eight 8-float stores); written element by element the copy took
-/// a third of `grad_tile`'s own time (1.5 ns per float on Zen 3).
+/// `rows` apart). In 8×8 blocks (eight 8-float loads, eight 8-float stores); written
+/// element by element the copy took a third of `grad_tile`'s own time (1.5 ns per float
+/// on Zen 3).
 pub(crate) fn transpose(dst: &mut [f32], src: &[f32], ld: usize, rows: usize, n: usize) {
     transpose_with::<false>(dst, rows, src, ld, rows, n)
+}
+
+/// dY's tile (`o_n` rows of `n`, `ld` apart) into the panels [`grad_tile`] reads: for
+/// each group of [`grad_panel_width`] outputs from `o0` (the last may be narrower), the
+/// group transposed, an `[n][width]` panel at `dst[o0·n..]`. One panel is a register
+/// block's whole stream of dYᵀ, contiguous: read from the plain `[n][O]` transpose
+/// instead (a 64-byte line 512 bytes from the last, per position, at 128 outputs),
+/// `grad_tile` ran 0.85–0.94 as fast at densenet121's tiles and 0.7 at 1024 positions
+/// (Zen 3, 1 thread, alternating).
+pub(crate) fn transpose_panels(dst: &mut [f32], src: &[f32], ld: usize, o_n: usize, n: usize) {
+    assert!(dst.len() >= o_n * n);
+    let width = grad_panel_width().max(1);
+    for o0 in (0..o_n).step_by(width) {
+        let wb = width.min(o_n - o0);
+        transpose(&mut dst[o0 * n..][..wb * n], &src[o0 * ld..], ld, wb, n);
+    }
+}
+
+/// Outputs per panel of [`transpose_panels`]: the register block of [`grad_tile`]
+/// (2 vectors), 0 without direct kernels.
+pub(crate) fn grad_panel_width() -> usize {
+    active().direct.map_or(0, |d| d.block)
 }
 
 /// [`transpose`] into `dst` rows `ld_dst ≥ rows` apart, the columns `rows..ld_dst` of each
@@ -408,8 +430,8 @@ fn transpose_with<const ADD: bool>(
 /// Signature of [`grad_tile_avx2`] and [`grad_tile_avx512`] (entries of [`super::Direct`]).
 pub type GradTileFn = unsafe fn(*mut f32, *const f32, usize, *const f32, usize, usize, usize);
 
-/// `dwt[i][o] += Σ_{p<n} a[i][p]·dyt[p][o]` (`dwt` is `[I][O]`, rows `o_n` apart; `a`
-/// rows `a_ld` apart; `dyt` is dY's tile transposed, `[n][O]`, rows `o_n` apart), for
+/// `dwt[i][o] += Σ_{p<n} a[i][p]·dY[o][p]` (`dwt` is `[I][O]`, rows `o_n` apart; `a`
+/// rows `a_ld` apart; `dyt` is dY's tile transposed in panels by [`transpose_panels`]), for
 /// `o_n` a multiple of the table's vector width: the weight gradient of one tile as an
 /// outer product over positions, the layout a GEMM micro-kernel uses. A register block
 /// is 6 inputs × 2 vectors of outputs (12 accumulators that live across the whole tile):
@@ -420,7 +442,8 @@ pub type GradTileFn = unsafe fn(*mut f32, *const f32, usize, *const f32, usize, 
 /// o128 n256 i160/i640/i1024 68/49/44 GFLOP/s with `dot_tile`, 91/65/59 with this.
 ///
 /// # Safety
-/// `dwt` must hold `i_n·o_n` floats, `a` `(i_n − 1)·a_ld + n` and `dyt` `n·o_n`; the active
+/// `dwt` must hold `i_n·o_n` floats, `a` `(i_n − 1)·a_ld + n` and `dyt` `n·o_n` in the
+/// layout of [`transpose_panels`] with the same table; the active
 /// table must have direct kernels and `o_n % (block / 2) == 0` ([`grad_tile_applies`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn grad_tile(
@@ -447,8 +470,8 @@ pub(crate) fn grad_tile_applies(o_n: usize) -> bool {
 
 /// [`grad_tile`] over `V`: input rows 6 at a time (then one block each of 4, 2 and 1 for
 /// the rest), and for each, every output column block. Inputs outside: the block's 6 A
-/// rows (6 KiB at 256 positions) stay in L1 while dYᵀ (128 KiB at 128 outputs) streams
-/// from L2, and A, just written by the BN-ReLU fill and partly evicted to L3, is read
+/// rows (6 KiB at 256 positions) stay in L1 while dYᵀ's panels (128 KiB at 128 outputs)
+/// stream from L2, and A, just written by the BN-ReLU fill and partly evicted to L3, is read
 /// once. (Outputs outside reread A once per output block: o128 i640 n256, Zen 3, 57 against
 /// 65 GFLOP/s.)
 ///
@@ -478,8 +501,8 @@ unsafe fn grad_tile_rows<V: F32x>(
 }
 
 /// Every output column block of [`grad_tile_rows`] for `R` input rows (`dwt` and `a` point
-/// at the first row): 2 vectors at a time, then one (`o_n` is a multiple of `V::LANES`).
-/// Returns `R`.
+/// at the first row): 2 vectors at a time, then one (`o_n` is a multiple of `V::LANES`),
+/// each from its panel of `dyt`. Returns `R`.
 #[inline(always)]
 unsafe fn grad_outputs<V: F32x, const R: usize>(
     dwt: *mut f32,
@@ -492,17 +515,18 @@ unsafe fn grad_outputs<V: F32x, const R: usize>(
     let l = V::LANES;
     let mut o0 = 0;
     while o0 + 2 * l <= o_n {
-        grad_block::<V, R, 2>(dwt.add(o0), a, a_ld, dyt.add(o0), o_n, n);
+        grad_block::<V, R, 2>(dwt.add(o0), a, a_ld, dyt.add(o0 * n), o_n, n);
         o0 += 2 * l;
     }
     if o0 < o_n {
-        grad_block::<V, R, 1>(dwt.add(o0), a, a_ld, dyt.add(o0), o_n, n);
+        grad_block::<V, R, 1>(dwt.add(o0), a, a_ld, dyt.add(o0 * n), o_n, n);
     }
     R
 }
 
 /// One register block of [`grad_tile_rows`]: `R` input rows × `NV` vectors of outputs,
-/// accumulated over all `n` positions, starting from and returned to `dwt`.
+/// accumulated over all `n` positions, starting from and returned to `dwt`; `dyt` is the
+/// block's panel (`[n][NV·LANES]`).
 #[inline(always)]
 unsafe fn grad_block<V: F32x, const R: usize, const NV: usize>(
     dwt: *mut f32,
@@ -522,7 +546,7 @@ unsafe fn grad_block<V: F32x, const R: usize, const NV: usize>(
     for p in 0..n {
         let mut d = [V::zero(); NV];
         for (v, d) in d.iter_mut().enumerate() {
-            *d = V::load(dyt.add(p * o_n + v * l));
+            *d = V::load(dyt.add((p * NV + v) * l));
         }
         for (r, c) in c.iter_mut().enumerate() {
             let s = V::splat(a.add(r * a_ld + p));
@@ -651,7 +675,10 @@ mod tests {
             let o_n = o_v * lanes;
             let a_ld = n + 3;
             let a = data(i_n * a_ld, 4);
-            let dyt = data(n * o_n, 5);
+            // dY rows 2 floats longer than the tile, then its panels
+            let dy = data(o_n * (n + 2), 5);
+            let mut dyt = vec![f32::NAN; n * o_n];
+            transpose_panels(&mut dyt, &dy, n + 2, o_n, n);
             let init = data(i_n * o_n, 6);
             let mut got = init.clone();
             // SAFETY: the buffers hold what `grad_tile` reads and writes (sizes above);
@@ -671,7 +698,7 @@ mod tests {
             for i in 0..i_n {
                 for o in 0..o_n {
                     for p in 0..n {
-                        want[i * o_n + o] += a[i * a_ld + p] * dyt[p * o_n + o];
+                        want[i * o_n + o] += a[i * a_ld + p] * dy[o * (n + 2) + p];
                     }
                 }
             }

@@ -239,9 +239,9 @@ pub fn backward(
                             dyt[o * ld..][..n].copy_from_slice(&dy[o * len + a..][..n]);
                         }
                         if outer {
-                            conv1x1::transpose(dytt, dyt, ld, o_n, n);
+                            conv1x1::transpose_panels(dytt, dyt, ld, o_n, n);
                             // SAFETY: `acc` is this task's own i_n×o_n matrix (dWᵀ); buf
-                            // holds i_n rows of ld ≥ n, dytt n rows of o_n; grad_tile_applies.
+                            // holds i_n rows of ld ≥ n, dytt dY's panels; grad_tile_applies.
                             unsafe { grad_tile(acc, buf.as_ptr(), ld, dytt.as_ptr(), o_n, i_n, n) };
                         } else {
                             // SAFETY: `acc` is this task's own o_n×i_n matrix; the table has
