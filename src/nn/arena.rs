@@ -358,7 +358,11 @@ mod tests {
             carve_arena(|c| (c.take::<f32>("a", n), c.take::<f32>("b", 7)));
         assert!(arena.bytes() >= 4 * n);
         #[cfg(target_os = "linux")]
-        assert!(arena.mapped, "{} bytes came from the allocator", arena.bytes());
+        assert!(
+            arena.mapped,
+            "{} bytes came from the allocator",
+            arena.bytes()
+        );
         assert!(a.iter().all(|&v| v == 0.0) && b.iter().all(|&v| v == 0.0));
         a[n - 1] = 2.0;
         b.fill(3.0);
