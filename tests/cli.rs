@@ -749,6 +749,62 @@ fn bench_infer_profile_counts_the_models_convolutions() {
     assert_eq!(calls("conv 3x3 forward", None), 19.0, "{shapes:?}");
 }
 
+/// `bench train --ab` and `bench infer --ab`: `--steps` pairs, the step figures from the
+/// off arm alone, the ratio inside its quartiles, and a profile still per pass (each
+/// convolution once per pass, over both arms' passes).
+#[test]
+fn bench_ab_times_pairs() {
+    let small = [
+        "--model",
+        "densenet-bc-40-12",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+    ];
+    let train = json(&densenet(
+        &[
+            &["--threads", "1", "bench", "train"][..],
+            &small,
+            &["--ab", "--json"],
+        ]
+        .concat(),
+    ));
+    let infer = json(&densenet(
+        &[
+            &["--threads", "1", "bench", "infer"][..],
+            &small,
+            &["--ab", "--profile", "--json"],
+        ]
+        .concat(),
+    ));
+    for (r, stats) in [(&train, "step"), (&infer, "pass")] {
+        let ab = &r["ab"];
+        assert_eq!(ab["pairs"], 3, "{r}");
+        assert_eq!(r[stats]["times_s"].as_array().map(Vec::len), Some(3), "{r}");
+        assert_eq!(ab["off_median_s"], r[stats]["median_s"], "{r}");
+        let q = |k: &str| ab[k].as_f64().unwrap();
+        assert!(q("on_median_s") > 0.0, "{r}");
+        assert!(
+            q("ratio_q1") <= q("ratio") && q("ratio") <= q("ratio_q3"),
+            "{r}"
+        );
+    }
+    let rows = infer["profile"].as_array().expect("profile rows");
+    let conv3 = rows.iter().find(|row| row["op"] == "conv 3x3 forward");
+    assert_eq!(conv3.map(|row| row["calls"].as_f64().unwrap()), Some(19.0));
+    // without --ab, no such field
+    let plain = json(&densenet(
+        &[
+            &["--threads", "1", "bench", "infer"][..],
+            &small,
+            &["--json"],
+        ]
+        .concat(),
+    ));
+    assert!(plain.get("ab").is_none(), "{plain}");
+}
+
 /// One batch-1 `bench infer --json` of a small model with environment variable `var` set
 /// to `value` (or removed).
 fn bench_infer_with_env(var: &str, value: Option<&str>) -> Output {

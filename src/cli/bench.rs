@@ -15,6 +15,7 @@ use crate::nn::MemoryMode;
 use crate::nn::TrainOptions;
 use crate::optim::{Sgd, SgdConfig};
 use crate::util::rng::Rng;
+use crate::util::trial::{self, Paired};
 use anyhow::Context;
 use serde::Serialize;
 use std::sync::Arc;
@@ -73,6 +74,13 @@ pub struct TrainArgs {
     /// Also report where the timed steps spent their time, per kind of operation.
     #[arg(long)]
     pub profile: bool,
+    /// In-process A/B: time every step twice, once with `util::trial::on()` false and
+    /// once true, the order alternating per pair, and report the median of the pairs'
+    /// time ratios (on ÷ off). `--steps` counts pairs; the step figures are the off arm's.
+    /// With no code reading the switch, both arms run the same code and the ratio's
+    /// spread is this machine's noise floor for paired runs.
+    #[arg(long)]
+    pub ab: bool,
     /// Under `mpirun -np N`: synchronised batch norm (see `train --sync-bn`).
     #[arg(long)]
     pub sync_bn: bool,
@@ -159,6 +167,14 @@ pub struct InferArgs {
     /// Also report where the timed passes spent their time, per kind of operation.
     #[arg(long)]
     pub profile: bool,
+    /// In-process A/B: time every pass twice, once with `util::trial::on()` false and
+    /// once true, the order alternating per pair, and report the median of the pairs'
+    /// time ratios (on ÷ off). `--steps` counts pairs; the pass figures are the off arm's.
+    /// With no code reading the switch, both arms run the same code and the ratio's
+    /// spread is this machine's noise floor for paired runs.
+    #[arg(long)]
+    pub ab: bool,
+
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -280,6 +296,9 @@ pub struct TrainReport {
     /// Under `mpirun -np N` with N > 1: compute and communication.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parallel: Option<ParallelReport>,
+    /// With `--ab`: the two arms and their paired ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ab: Option<Paired>,
 }
 
 /// Result of `bench infer`.
@@ -316,6 +335,9 @@ pub struct InferReport {
     /// With `--profile`: time per convolution shape, per pass, longest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_shapes: Option<Vec<ShapeRow>>,
+    /// With `--ab`: the two arms and their paired ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ab: Option<Paired>,
 }
 
 /// The CPU's model name (Linux: `model name` in /proc/cpuinfo), or `unknown`.
@@ -391,9 +413,17 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         crate::ops::norm::set_stats_sync(Some(bn.clone()));
         bn
     });
+    anyhow::ensure!(
+        !(a.ab && comm.is_some()),
+        "--ab runs in one process: leave out mpirun"
+    );
     let mut sync_times = Vec::new();
     let mut times = Vec::new();
-    for step in 0..a.warmup + a.steps {
+    let mut on_times = Vec::new();
+    let timed = a.steps * if a.ab { 2 } else { 1 };
+    for step in 0..a.warmup + timed {
+        let on = a.ab && step >= a.warmup && trial::arm(step - a.warmup);
+        trial::set(on);
         if a.profile && step == a.warmup {
             crate::util::profile::reset();
             crate::util::profile::enable(true);
@@ -437,12 +467,10 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             );
         }
         if step >= a.warmup {
-            times.push(dt);
+            if on { &mut on_times } else { &mut times }.push(dt);
         }
     }
-    crate::util::profile::enable(false);
-    let profile = a.profile.then(|| profile_rows(&times));
-    let profile_shapes = a.profile.then(|| shape_rows(times.len()));
+    let (profile, profile_shapes, ab) = finish_timing(a.profile, a.ab, &times, &on_times);
     if bn_sync.is_some() {
         crate::ops::norm::set_stats_sync(None);
     }
@@ -484,6 +512,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         profile,
         profile_shapes,
         parallel,
+        ab,
     };
     if a.json {
         return super::print_json(&r);
@@ -512,9 +541,49 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             p.exposed_s
         );
     }
+    if let Some(p) = &r.ab {
+        print_ab(p, "step")?;
+    }
     if let (Some(rows), Some(shapes)) = (&r.profile, &r.profile_shapes) {
         print_profile(rows, shapes, "s/step")?;
     }
+    Ok(())
+}
+
+/// After the timed runs of `bench train` or `bench infer` (`off` and `on`: the times of
+/// each arm, `on` empty without `ab`): the switch and the profiler off, and the profile
+/// (per run, over both arms' runs) and the pairs if asked for.
+#[allow(clippy::type_complexity)]
+fn finish_timing(
+    profile: bool,
+    ab: bool,
+    off: &[f64],
+    on: &[f64],
+) -> (
+    Option<Vec<ProfileRow>>,
+    Option<Vec<ShapeRow>>,
+    Option<Paired>,
+) {
+    trial::set(false);
+    crate::util::profile::enable(false);
+    let all = [off, on].concat();
+    let rows = profile.then(|| profile_rows(&all));
+    let shapes = profile.then(|| shape_rows(all.len()));
+    (rows, shapes, if ab { Paired::new(off, on) } else { None })
+}
+
+/// The `--ab` line: both arms' medians and the pairs' ratio with its quartiles.
+fn print_ab(p: &Paired, what: &str) -> anyhow::Result<()> {
+    outln!(
+        "  A/B (util::trial): on ÷ off {:.3} (quartiles {:.3}–{:.3}, {} pairs); median {what} off {:.4} s, \
+         on {:.4} s",
+        p.ratio,
+        p.ratio_q1,
+        p.ratio_q3,
+        p.pairs,
+        p.off_median_s,
+        p.on_median_s
+    );
     Ok(())
 }
 
@@ -621,22 +690,23 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
     let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(a.batch, MemoryMode::Efficient, false);
     let (x, _) = random_input(a.batch, &cfg, 1);
-    let mut times = Vec::new();
-    for i in 0..a.warmup + a.steps {
+    let (mut times, mut on_times) = (Vec::new(), Vec::new());
+    let timed = a.steps * if a.ab { 2 } else { 1 };
+    for i in 0..a.warmup + timed {
         if a.profile && i == a.warmup {
             crate::util::profile::reset();
             crate::util::profile::enable(true);
         }
+        let on = a.ab && i >= a.warmup && trial::arm(i - a.warmup);
+        trial::set(on);
         let t = Instant::now();
         let logits = net.forward_eval(&mut ws, &x, a.batch, None);
         std::hint::black_box(logits);
         if i >= a.warmup {
-            times.push(t.elapsed().as_secs_f64());
+            if on { &mut on_times } else { &mut times }.push(t.elapsed().as_secs_f64());
         }
     }
-    crate::util::profile::enable(false);
-    let profile = a.profile.then(|| profile_rows(&times));
-    let profile_shapes = a.profile.then(|| shape_rows(times.len()));
+    let (profile, profile_shapes, ab) = finish_timing(a.profile, a.ab, &times, &on_times);
     let pass = Stats::new(times);
     let r = InferReport {
         version: 1,
@@ -653,6 +723,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         pass,
         profile,
         profile_shapes,
+        ab,
     };
     if a.json {
         return super::print_json(&r);
@@ -665,6 +736,9 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         r.pass.describe(),
         r.images_per_s
     );
+    if let Some(p) = &r.ab {
+        print_ab(p, "pass")?;
+    }
     if let (Some(rows), Some(shapes)) = (&r.profile, &r.profile_shapes) {
         print_profile(rows, shapes, "s/pass")?;
     }

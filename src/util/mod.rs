@@ -1,5 +1,6 @@
 //! What every layer may use and nothing in it knows about models: tensors, the random
-//! number generator, atomic file writes, path identity, the profiler and parallel-loop helpers.
+//! number generator, atomic file writes, path identity, the profiler, parallel-loop helpers
+//! and the switch of in-process A/B measurements.
 
 pub mod atomic;
 pub mod par;
@@ -7,3 +8,4 @@ pub mod paths;
 pub mod profile;
 pub mod rng;
 pub mod tensor;
+pub mod trial;
