@@ -40,6 +40,17 @@ fn tile_len(i_n: usize) -> usize {
     ((64 << 10) / i_n.max(1)).clamp(256, 4096) / 16 * 16
 }
 
+/// Positions per tile of [`backward`]: half of [`tile_len`]'s, down to 128. Its `i_n`
+/// rows are written (A), read (dW), overwritten (dA) and read again (the BN sums), beside
+/// dY's rows and panels, so a smaller tile that stays in L2 pays there. densenet121's
+/// tiles go from 256 to 128 positions at 160 inputs and more. `bench train --ab` (Zen 3,
+/// 2 threads, densenet121 at batch 16, this against `tile_len`): 0.940 twice (10 and 16
+/// pairs, quartiles 0.920–0.971 for the 16); BC-100 at batch 64 1.007; half again
+/// (16 KiB, down to 64) against this 1.002.
+fn backward_tile_len(i_n: usize) -> usize {
+    ((32 << 10) / i_n.max(1)).clamp(128, 4096) / 16 * 16
+}
+
 /// A 1×1 convolution of `i_n` → `o_n` channels over `len` positions.
 fn shape_1x1(o_n: usize, i_n: usize, len: usize) -> ConvShape {
     ConvShape {
@@ -206,7 +217,7 @@ pub fn backward(
     } else {
         1
     };
-    let tile = balanced_tile(len, tile_len(i_n), 16, threads);
+    let tile = balanced_tile(len, backward_tile_len(i_n), 16, threads);
     let ld = if direct { tile + PB } else { tile };
     let tiles = len.div_ceil(tile);
     let parts = threads.min(tiles).max(1);
