@@ -174,7 +174,6 @@ pub struct InferArgs {
     /// spread is this machine's noise floor for paired runs.
     #[arg(long)]
     pub ab: bool,
-
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -212,9 +212,10 @@ pub struct Direct {
     pub broadcast7: broadcast::TaskFn,
     /// The weight gradient of those, one tile of positions ([`broadcast::weight_grad_padded`]).
     pub broadcast_dw: broadcast::DwFn,
-    /// Output channels per group of `broadcast9`.
+    /// Output channels per group of `broadcast3` and `broadcast7`.
     pub broadcast_group: usize,
-    /// Positions per register block of `broadcast9` (a task's scratch rounds up to it).
+    /// Positions per register block of `broadcast3` and `broadcast7` (a task's scratch
+    /// rounds up to it).
     pub broadcast_block: usize,
 }
 
