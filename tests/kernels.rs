@@ -164,6 +164,11 @@ fn fast_kernels_match_the_portable_ones() {
     if fast.is_empty() {
         return;
     }
+    let names: Vec<_> = fast.iter().map(|k| k.name).collect();
+    eprintln!(
+        "testing the {} kernels against the portable ones",
+        names.join(" and ")
+    );
     let shapes = [
         // 1×1: odd input counts, outputs the direct kernel takes (4, 6, 12, 48, 20 = 12 + 8)
         // and does not (7, 130); batch 1
