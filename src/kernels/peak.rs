@@ -120,14 +120,31 @@ pub fn lanes_of(table_name: &str) -> usize {
     }
 }
 
-/// FMA instructions per cycle for a kernels table: 2 for `avx2` and `avx512`, 1 for the
-/// rest (portable: one SSE multiply and one add, a multiply-add's worth). An assumption, not a measurement: every x86 core we run on (AMD Zen 3, Intel
-/// Sapphire Rapids) has two 256-bit (Zen 3) or 512-bit (Sapphire Rapids) FMA pipes.
-fn fma_units_of(table_name: &str) -> usize {
+/// FMA instructions per cycle for a kernels table on the CPU `cpuinfo` describes: 2 for
+/// `avx2` and `avx512`, 1 for the rest (portable: one SSE multiply and one add, a
+/// multiply-add's worth). An assumption, not a measurement: AMD Zen 3 and Intel Sapphire
+/// Rapids have two 256-bit (Zen 3) or 512-bit (Sapphire Rapids) FMA pipes, but AMD's
+/// family 25 (Zen 3 and Zen 4) has 256-bit pipes only, and Zen 4 runs a 512-bit FMA as
+/// both halves at once: one `avx512` FMA per cycle there, the same FLOPs as two AVX2 ones.
+fn fma_units_of(table_name: &str, cpuinfo: &str) -> usize {
     match table_name {
+        "avx512" if is_amd_family_25(cpuinfo) => 1,
         "avx2" | "avx512" => 2,
         _ => 1,
     }
+}
+
+/// Whether the first CPU of a `/proc/cpuinfo` text is an AMD of family 25 (0x19: Zen 3,
+/// Zen 4), whose FMA pipes are 256 bits wide.
+fn is_amd_family_25(cpuinfo: &str) -> bool {
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim())
+    };
+    field("vendor_id") == Some("AuthenticAMD") && field("cpu family") == Some("25")
 }
 
 /// The FP32 peak of `threads` cores running the kernels table `table_name` (see the
@@ -144,7 +161,7 @@ pub fn peak(threads: usize, table_name: &str) -> Peak {
     Peak {
         threads,
         lanes: lanes_of(table_name),
-        fma_units: fma_units_of(table_name),
+        fma_units: fma_units_of(table_name, &cpuinfo),
         ghz,
         ghz_source,
     }
@@ -255,7 +272,7 @@ mod tests {
         let p = Peak {
             threads: 2,
             lanes: lanes_of("avx2"),
-            fma_units: fma_units_of("avx2"),
+            fma_units: fma_units_of("avx2", ""),
             ghz: 2.5,
             ghz_source: "cpu MHz",
         };
@@ -263,7 +280,12 @@ mod tests {
         assert_eq!(p.gflops(), 160.0);
         assert_eq!(lanes_of("avx512"), 16);
         assert_eq!(lanes_of("portable"), 4);
-        assert_eq!(fma_units_of("portable"), 1);
+        assert_eq!(fma_units_of("portable", ""), 1);
+        // Zen 4 (family 25, model 17) runs one 512-bit FMA a cycle; Intel two
+        let zen4 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n";
+        assert_eq!(fma_units_of("avx512", zen4), 1);
+        assert_eq!(fma_units_of("avx2", zen4), 2);
+        assert_eq!(fma_units_of("avx512", INTEL), 2);
         let q = peak(3, "portable");
         assert_eq!((q.threads, q.lanes, q.fma_units), (3, 4, 1));
         assert!(q.ghz > 0.0);
