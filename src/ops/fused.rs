@@ -20,7 +20,7 @@ use super::norm::{self, bn_relu_forward};
 use super::pool::bn_relu_avgpool2_forward;
 use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
 use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
-use crate::kernels::gemm::{raw_ptr, Mat};
+use crate::kernels::gemm::{raw_ptr, raw_ptr_row_split, row_split_pays, Mat};
 pub use crate::kernels::BnRelu;
 use crate::kernels::{self, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
 use crate::util::par::{with_scratch, SyncPtr};
@@ -102,8 +102,11 @@ pub fn forward(
     let tiles = len.div_ceil(tile);
     let yp = SyncPtr(y.as_mut_ptr());
     // Fewer tiles than threads (batch 1 at 14×14 and 7×7: one tile): the GEMM itself
-    // spreads each tile over the threads.
-    let inner = if tiles < threads && o_n * i_n * len >= 1 << 18 {
+    // spreads each tile over the threads, by rows of W where it has few positions
+    // (`gemm::row_split_pays`).
+    let spread = tiles < threads && o_n * i_n * len >= 1 << 18;
+    let one_split = spread && row_split_pays(o_n, len.min(tile));
+    let inner = if spread {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
@@ -120,17 +123,12 @@ pub fn forward(
             // SAFETY: columns a..b of y's o_n rows (ld len) lie inside y (asserted above)
             // and only this task writes them.
             unsafe {
-                raw_ptr(
-                    o_n,
-                    b - a,
-                    i_n,
-                    yp.get().add(a),
-                    len,
-                    false,
-                    Mat::n(w, i_n),
-                    Mat::n(buf, tile),
-                    inner,
-                )
+                let (yp, a_mat, b_mat) = (yp.get().add(a), Mat::n(w, i_n), Mat::n(buf, tile));
+                if one_split {
+                    raw_ptr_row_split(o_n, b - a, i_n, yp, len, false, a_mat, b_mat, threads)
+                } else {
+                    raw_ptr(o_n, b - a, i_n, yp, len, false, a_mat, b_mat, inner)
+                }
             }
         })
     };
@@ -791,6 +789,9 @@ mod tests {
             // blocks of 6 and of 4: 20 = 18 + 2, 28 = 24 + 4
             (16, 20, 700),
             (40, 28, 900),
+            // more than 48 outputs in one tile: on two threads the forward's GEMM takes
+            // W's rows in two products (`gemm::row_split_pays`)
+            (64, 300, 200),
         ] {
             let x = data(i_n * len, 1);
             let w = data(o_n * i_n, 2);
