@@ -134,6 +134,14 @@ const ROW_PART: usize = 16;
 /// [`raw_ptr`] as one single-threaded product per thread, each over its own rows of A
 /// and C (cut at multiples of [`ROW_PART`]), all reading the whole of B.
 ///
+/// Where B's rows have room for `n` rounded up to a multiple of 16 (the fused 1×1's tile:
+/// 196 positions in rows of 256), each part computes that many columns into a scratch
+/// and adds or copies the first `n` into C. The `gemm` crate sees our row-major product
+/// as its transpose, whose left operand is B; it copies that operand into a packed buffer
+/// on every call unless its length is a multiple of the vector width (gemm-common 0.19,
+/// `do_prepack_lhs`), so each part copied all of B. `bench infer --ab` at batch 1 (Zen 4,
+/// 2 threads): 0.984 and 0.984 (100 and 150 pairs) with `avx512`, 0.983 with `avx2`.
+///
 /// # Safety
 /// As [`raw_ptr`].
 #[allow(clippy::too_many_arguments)]
@@ -149,6 +157,10 @@ pub(crate) unsafe fn raw_ptr_row_split(
     threads: usize,
 ) {
     use rayon::prelude::*;
+    thread_local! {
+        /// Per-thread C of a part's padded columns.
+        static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     a.check(m, k, "A");
     let parts = threads.min(m / ROW_PART).max(1);
     let cut = |j: usize| {
@@ -158,6 +170,9 @@ pub(crate) unsafe fn raw_ptr_row_split(
             m * j / parts / ROW_PART * ROW_PART
         }
     };
+    let n16 = n.next_multiple_of(16);
+    let padded =
+        n16 != n && k > 0 && !b.trans && b.ld >= n16 && b.data.len() >= (k - 1) * b.ld + n16;
     let (ars, _) = a.strides();
     let c = crate::util::par::SyncPtr(c);
     (0..parts).into_par_iter().for_each(|j| {
@@ -166,6 +181,24 @@ pub(crate) unsafe fn raw_ptr_row_split(
             data: &a.data[r0 * ars as usize..],
             ..a
         };
+        if padded {
+            crate::util::par::with_scratch(&PADDED, (r1 - r0) * n16, |cp| {
+                // columns n..n16 of B are whatever its rows hold there: they only reach
+                // columns of `cp` that are dropped
+                raw(r1 - r0, n16, k, cp, n16, false, a, b, Parallelism::None);
+                for (r, row) in cp.chunks_exact(n16).enumerate() {
+                    // SAFETY: row r0 + r of the caller's C block, this task's only.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(c.get().add((r0 + r) * ldc), n) };
+                    if accumulate {
+                        dst.iter_mut().zip(&row[..n]).for_each(|(d, v)| *d += v);
+                    } else {
+                        dst.copy_from_slice(&row[..n]);
+                    }
+                }
+            });
+            return;
+        }
         // SAFETY: rows r0..r1 of the caller's C block are this task's only; `a` holds
         // rows r0..r1 of A (checked by `raw_ptr`).
         unsafe {
@@ -407,7 +440,8 @@ mod tests {
 
     /// Few columns (batch 1's 1×1 at 7×7) with 1–3 threads: one product per part of A's
     /// rows (m = 72: 32 + 40 rows on 2 threads, 16 + 32 + 24 on 3), C with a leading
-    /// dimension wider than n, A read transposed.
+    /// dimension wider than n, A read transposed; B in rows of n, and in wider rows that
+    /// take the padded columns.
     #[test]
     fn row_split_matches_naive() {
         let (m, n, k) = (72, 49, 300);
@@ -419,9 +453,21 @@ mod tests {
             .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
             .collect();
         let want = naive(m, n, k, &a, true, &b, false);
-        for threads in [1, 2, 3] {
+        // the same B in rows of 70 with NaN past column n: room for 64 columns, so each
+        // part computes 64 into a scratch (the NaNs must not reach C)
+        let ldb = 70;
+        let mut wide = vec![f32::NAN; k * ldb];
+        for (row, src) in wide.chunks_exact_mut(ldb).zip(b.chunks_exact(n)) {
+            row[..n].copy_from_slice(src);
+        }
+        for (threads, wide_b) in [(1, false), (2, false), (3, false), (2, true), (3, true)] {
             let mut c = vec![1.0; m * (n + 5)];
-            let (at, bn) = (Mat::t(&a, m), Mat::n(&b, n));
+            let at = Mat::t(&a, m);
+            let bn = if wide_b {
+                Mat::n(&wide, ldb)
+            } else {
+                Mat::n(&b, n)
+            };
             crate::kernels::testutil::on_threads(threads, || {
                 sgemm(m, n, k, &mut c, n + 5, true, at, bn)
             });
@@ -432,7 +478,8 @@ mod tests {
                     let y = if j < n { want[i * n + j] + 1.0 } else { 1.0 };
                     assert!(
                         (x - y).abs() < 1e-2 * (1.0 + y.abs()),
-                        "{threads} threads, C[{i}][{j}]: {x} vs {y}"
+                        "{threads} threads, B in rows of {}, C[{i}][{j}]: {x} vs {y}",
+                        bn.ld
                     );
                 }
             }
