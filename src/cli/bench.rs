@@ -230,11 +230,7 @@ impl Stats {
             .then(|| (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
         let orig = times.clone();
         times.sort_by(|a, b| a.total_cmp(b));
-        let median = if times.len() % 2 == 1 {
-            times[times.len() / 2]
-        } else {
-            0.5 * (times[times.len() / 2 - 1] + times[times.len() / 2])
-        };
+        let median = trial::quantile(&times, 0.5);
         Stats {
             median_s: median,
             mean_s: mean,

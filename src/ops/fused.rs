@@ -114,7 +114,7 @@ pub fn forward(
     let work = |t: usize| {
         let (a, b) = (t * tile, ((t + 1) * tile).min(len));
         with_scratch(&TILE, i_n * tile, |buf| {
-            if tiles == 1 && matches!(inner, Parallelism::Rayon(_)) {
+            if tiles == 1 && spread {
                 // one tile: the fill would be the only serial part
                 bn.fill_par(buf, tile, x, len, a, b);
             } else {

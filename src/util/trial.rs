@@ -78,8 +78,10 @@ impl Paired {
     }
 }
 
-/// The `q` quantile of `v` (non-empty), interpolating linearly between order statistics.
-fn quantile(v: &[f64], q: f64) -> f64 {
+/// The `q` quantile of `v` (non-empty), interpolating linearly between order statistics
+/// (the median of an even count is the mean of the middle two; `bench`'s statistics use
+/// it too).
+pub fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let x = q * (s.len() - 1) as f64;
