@@ -1,7 +1,7 @@
 //! `densenet predict`: the top classes of images, with probabilities and class names.
 
 use super::model_args::OptModelArgs;
-use crate::model::Model;
+use crate::model::{Frozen, Model};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
 use crate::train::checkpoint::read_model_config;
@@ -47,9 +47,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let names = m.preprocess.map(|p| p.classes).unwrap_or_default();
     let mut ws = m.net.workspace(1, MemoryMode::Efficient, false);
     let mut out = Vec::new();
+    let mut net = Frozen::new(&mut m.net);
     for path in &a.images {
         let x = prep.load(path)?;
-        let logits = m.net.forward_eval(&mut ws, &x, 1, None);
+        let logits = net.forward_eval(&mut ws, &x, 1, None);
         let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let exp: Vec<f64> = logits.iter().map(|&v| ((v - max) as f64).exp()).collect();
         let sum: f64 = exp.iter().sum();

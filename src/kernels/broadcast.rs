@@ -40,7 +40,7 @@
 
 use super::conv1x1::transpose_padded;
 use super::simd::{simd_entries, F32x};
-use super::{active, active_direct, winograd, ConvShape};
+use super::{active, active_direct, prepack, winograd, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -138,6 +138,19 @@ pub(crate) fn convolve(
     let threads = rayon::current_num_threads();
     let runs = threads.div_ceil(groups).max(m.div_ceil(1024)).min(blocks);
     let yp = SyncPtr(y.as_mut_ptr());
+    // a group's packed weights: `[i][tap][G]`
+    let per_group = i_n * taps * g;
+    // in evaluation, every group's, packed once for the frozen model's passes
+    let frozen = prepack::packed(
+        prepack::Layout::Broadcast { group: g },
+        w,
+        groups * per_group,
+        |all| {
+            all.par_chunks_mut(per_group)
+                .enumerate()
+                .for_each(|(grp, wp)| pack(wp, w, o_n, i_n, taps, g, grp))
+        },
+    );
     (0..groups * runs).into_par_iter().for_each(|task| {
         let (grp, run) = (task / runs, task % runs);
         let p0 = (blocks * run / runs * pb).min(m);
@@ -145,11 +158,18 @@ pub(crate) fn convolve(
         if p1 <= p0 {
             return;
         }
-        // each task packs its group's weights (18 K floats for 16 outputs of a 128-input
-        // 3×3: a few µs, in parallel, where one packing for all cost a 7×7 call a third
-        // of its time)
-        with_scratch(&PACKED, i_n * taps * g, |wp| {
-            pack(wp, w, o_n, i_n, taps, g, grp);
+        // otherwise each task packs its group's weights (18 K floats for 16 outputs of a
+        // 128-input 3×3: a few µs, in parallel, where one packing for all cost a 7×7 call
+        // a third of its time)
+        let own = if frozen.is_some() { 0 } else { per_group };
+        with_scratch(&PACKED, own, |scratch| {
+            let wp: &[f32] = match &frozen {
+                Some(all) => &all[grp * per_group..][..per_group],
+                None => {
+                    pack(scratch, w, o_n, i_n, taps, g, grp);
+                    scratch
+                }
+            };
             with_scratch(&OUT, (p1 - p0).div_ceil(pb) * pb * g, |out| {
                 // SAFETY: the asserts above bound every tap of positions p0..p1 (and the
                 // repeats of p1 − 1) inside `inp`; `wp` holds the group's packed weights,

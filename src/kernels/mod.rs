@@ -2,7 +2,8 @@
 //! direct 1×1 and 3×3 convolution kernels ([`conv1x1`], [`conv3x3`], over the register
 //! blocks of [`correlate`]), the 3×3 as Winograd F(2×2, 3×3) ([`winograd`]) or with output
 //! channels in the vector ([`broadcast`]) where either is faster, and the element-wise
-//! bodies of batch norm and ReLU ([`norm`]).
+//! bodies of batch norm and ReLU ([`norm`]). In evaluation those two 3×3 routes keep
+//! their packed weights from one pass to the next ([`prepack`]).
 //!
 //! **One table, chosen once.** Every instruction-set-specific function is reached through
 //! a [`Kernels`] table: [`active`] picks it when the process first asks (the best one this
@@ -33,6 +34,7 @@ pub mod correlate;
 pub mod gemm;
 pub mod norm;
 pub mod peak;
+pub mod prepack;
 pub(crate) mod simd;
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -23,7 +23,7 @@
 use super::conv1x1::pointwise_tile;
 use super::correlate::{pack_into, Weights, PB};
 use super::simd::{simd_entries, F32x};
-use super::{active, BnRelu, ConvShape};
+use super::{active, prepack, BnRelu, ConvShape};
 use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -403,6 +403,30 @@ pub fn data_shape(s: &ConvShape) -> ConvShape {
     }
 }
 
+/// U of `w` ([`convolve`]'s weights) as `raw: [o][i][ξ]`, then packed per ξ into
+/// `packed` for the one-tap kernel (16 × `co·ci` floats each).
+fn transform(packed: &mut [f32], raw: &mut [f32], w: &[f32], flip: bool, co: usize, ci: usize) {
+    raw.par_chunks_mut(16 * ci)
+        .enumerate()
+        .for_each(|(o, row)| {
+            for (i, u) in row.chunks_exact_mut(16).enumerate() {
+                let g: [f32; 9] = if flip {
+                    std::array::from_fn(|t| w[(i * co + o) * 9 + 8 - t])
+                } else {
+                    std::array::from_fn(|t| w[(o * ci + i) * 9 + t])
+                };
+                u.copy_from_slice(&transform_kernel(&g));
+            }
+        });
+    let raw = &*raw;
+    packed
+        .par_chunks_mut(co * ci)
+        .enumerate()
+        .for_each(|(xi, p)| {
+            pack_into(p, co, ci, |o, i| raw[(o * ci + i) * 16 + xi]);
+        });
+}
+
 /// [`forward`], or with `flip` the convolution whose kernel (o, i) is `w[i][o]` rotated
 /// by 180° (`w` then `[Cin][Cout][9]` of `s`).
 fn convolve(
@@ -429,29 +453,27 @@ fn convolve(
         static U: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         static VM: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    with_scratch(&U, 32 * co * ci, |ubuf| {
-        // U as [o][i][ξ], then packed per ξ for the one-tap kernel
-        let (raw, packed) = ubuf.split_at_mut(16 * co * ci);
-        raw.par_chunks_mut(16 * ci)
-            .enumerate()
-            .for_each(|(o, row)| {
-                for (i, u) in row.chunks_exact_mut(16).enumerate() {
-                    let g: [f32; 9] = if flip {
-                        std::array::from_fn(|t| w[(i * co + o) * 9 + 8 - t])
-                    } else {
-                        std::array::from_fn(|t| w[(o * ci + i) * 9 + t])
-                    };
-                    u.copy_from_slice(&transform_kernel(&g));
-                }
-            });
-        let raw = &*raw;
-        packed
-            .par_chunks_mut(co * ci)
-            .enumerate()
-            .for_each(|(xi, p)| {
-                pack_into(p, co, ci, |o, i| raw[(o * ci + i) * 16 + xi]);
-            });
-        let packed = &*packed;
+    // in evaluation, U packed once for the frozen model's passes (the backward's
+    // flipped weights change every step)
+    let frozen = (!flip)
+        .then(|| {
+            prepack::packed(prepack::Layout::Winograd, w, 16 * co * ci, |packed| {
+                with_scratch(&U, 16 * co * ci, |raw| {
+                    transform(packed, raw, w, flip, co, ci)
+                })
+            })
+        })
+        .flatten();
+    let own = if frozen.is_some() { 0 } else { 32 * co * ci };
+    with_scratch(&U, own, |ubuf| {
+        let packed: &[f32] = match &frozen {
+            Some(packed) => packed,
+            None => {
+                let (raw, packed) = ubuf.split_at_mut(16 * co * ci);
+                transform(packed, raw, w, flip, co, ci);
+                packed
+            }
+        };
         let (vs, ms) = (ci * T + PB, co * T + PB);
         let yp = SyncPtr(y.as_mut_ptr());
         let mut n0 = 0;

@@ -23,7 +23,7 @@ use crate::data::augment::{Geometry, Transform};
 use crate::data::pipeline::{holdout_fraction, Batch, Loader, LoaderConfig};
 use crate::data::{self, DataError, DatasetKind, Source, Split};
 use crate::dist::Collective;
-use crate::model::{AnyModel, Model, ModelConfig, ModelWorkspace};
+use crate::model::{AnyModel, Frozen, Model, ModelConfig, ModelWorkspace};
 use crate::nn::MemoryMode;
 use crate::nn::TrainOptions;
 use crate::optim::{Sgd, SgdConfig};
@@ -380,6 +380,8 @@ pub fn evaluate<M: Model>(
     )?;
     let mut confusion = vec![vec![0u64; classes]; classes];
     let (mut loss_sum, mut top5, mut images) = (0f64, 0usize, 0usize);
+    // the weights stay put for the whole evaluation: pack them once
+    let mut net = Frozen::new(net);
     for batch in loader.epoch(0) {
         let batch: Batch = batch?;
         let n = batch.len();
