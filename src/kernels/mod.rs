@@ -2,8 +2,9 @@
 //! direct 1×1 and 3×3 convolution kernels ([`conv1x1`], [`conv3x3`], over the register
 //! blocks of [`correlate`]), the 3×3 as Winograd F(2×2, 3×3) ([`winograd`]) or with output
 //! channels in the vector ([`broadcast`]) where either is faster, and the element-wise
-//! bodies of batch norm and ReLU ([`norm`]). In evaluation those two 3×3 routes keep
-//! their packed weights from one pass to the next ([`prepack`]).
+//! bodies of batch norm and ReLU ([`norm`]) and of evaluation's pooling ([`pool`]). In
+//! evaluation those two 3×3 routes keep their packed weights from one pass to the next
+//! ([`prepack`]).
 //!
 //! **One table, chosen once.** Every instruction-set-specific function is reached through
 //! a [`Kernels`] table: [`active`] picks it when the process first asks (the best one this
@@ -34,6 +35,7 @@ pub mod correlate;
 pub mod gemm;
 pub mod norm;
 pub mod peak;
+pub mod pool;
 pub mod prepack;
 pub(crate) mod simd;
 #[cfg(test)]
@@ -242,6 +244,10 @@ pub struct Kernels {
     pub masked_update: norm::MaskedUpdateFn,
     /// The same, overwriting `dx`.
     pub masked_assign: norm::MaskedUpdateFn,
+    /// The evaluation max pool of one plane ([`pool::max_pool3s2`]).
+    pub max_pool3s2: pool::MaxPoolFn,
+    /// A transition's BN-ReLU and average pool of one plane ([`pool::bn_relu_avg_pool2`]).
+    pub bn_relu_avg_pool2: pool::AvgPoolFn,
     /// The direct convolution kernels, where this instruction set has them; without,
     /// every convolution takes im2col + GEMM.
     pub direct: Option<Direct>,
@@ -263,6 +269,8 @@ static PORTABLE: Kernels = Kernels {
     centred_update: norm::centred_update,
     masked_update: norm::masked_update::<true>,
     masked_assign: norm::masked_update::<false>,
+    max_pool3s2: pool::max_pool3s2,
+    bn_relu_avg_pool2: pool::bn_relu_avg_pool2,
     direct: None,
 };
 
@@ -277,6 +285,8 @@ static AVX2: Kernels = Kernels {
     centred_update: norm::avx2::centred_update,
     masked_update: norm::avx2::masked_update::<true>,
     masked_assign: norm::avx2::masked_update::<false>,
+    max_pool3s2: pool::avx2::max_pool3s2,
+    bn_relu_avg_pool2: pool::avx2::bn_relu_avg_pool2,
     direct: Some(Direct {
         block: 16,
         correlate9: correlate::correlate_avx2::<9>,
@@ -308,6 +318,8 @@ static AVX512: Kernels = Kernels {
     centred_update: norm::avx512::centred_update,
     masked_update: norm::avx512::masked_update::<true>,
     masked_assign: norm::avx512::masked_update::<false>,
+    max_pool3s2: pool::avx512::max_pool3s2,
+    bn_relu_avg_pool2: pool::avx512::bn_relu_avg_pool2,
     direct: Some(Direct {
         block: 32,
         correlate9: correlate::correlate_avx512::<9>,

@@ -54,26 +54,14 @@ pub fn bn_relu_avgpool2_forward(
     if planes * ho * wo == 0 {
         return;
     }
-    let affine_relu = crate::kernels::active().affine_relu;
-    thread_local! {
-        static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
+    // one plane (channel c, sample) per task
+    let body = crate::kernels::active().bn_relu_avg_pool2;
     y[..planes * ho * wo]
         .par_chunks_mut(ho * wo)
         .enumerate()
         .for_each(|(p, out)| {
-            let (plane, c) = (&x[p * h * w..][..h * w], p / n);
-            with_scratch(&ROWS, 2 * w, |rows| {
-                let (r0, r1) = rows.split_at_mut(w);
-                for oy in 0..ho {
-                    affine_relu(r0, &plane[2 * oy * w..][..w], scale[c], shift[c]);
-                    affine_relu(r1, &plane[(2 * oy + 1) * w..][..w], scale[c], shift[c]);
-                    for ox in 0..wo {
-                        out[oy * wo + ox] =
-                            0.25 * (r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1]);
-                    }
-                }
-            })
+            let c = p / n;
+            body(out, &x[p * h * w..][..h * w], h, w, scale[c], shift[c])
         });
 }
 
@@ -113,30 +101,18 @@ pub fn maxpool3s2_forward(
     let _t = crate::util::profile::scope(crate::util::profile::Op::Pool);
     let (ho, wo) = (pooled_size(h, 3, 2, 1), pooled_size(w, 3, 2, 1));
     let Some(argmax) = argmax else {
-        // max over the window's rows first (whole rows, vectorised), then over columns.
-        // Same result as the scan below: max is exact, and NaN wins in both.
+        // rows of the window first, then columns split by parity: `kernels::pool`. Same
+        // result as the scan below: max is exact, and NaN wins in both.
+        let body = crate::kernels::active().max_pool3s2;
         y[..planes * ho * wo]
             .par_chunks_mut(ho * wo)
             .enumerate()
             .for_each(|(p, out)| {
-                let plane = &x[p * h * w..][..h * w];
-                let mut v = vec![f32::NEG_INFINITY; w];
-                for oy in 0..ho {
-                    let r0 = (2 * oy).saturating_sub(1);
-                    let r1 = (2 * oy + 2).min(h);
-                    v.copy_from_slice(&plane[r0 * w..][..w]);
-                    for r in r0 + 1..r1 {
-                        for (a, &b) in v.iter_mut().zip(&plane[r * w..][..w]) {
-                            *a = nan_max(*a, b);
-                        }
-                    }
-                    let row = &mut out[oy * wo..][..wo];
-                    for (ox, o) in row.iter_mut().enumerate() {
-                        let c0 = (2 * ox).saturating_sub(1);
-                        let c1 = (2 * ox + 2).min(w);
-                        *o = v[c0 + 1..c1].iter().fold(v[c0], |m, &b| nan_max(m, b));
-                    }
-                }
+                with_scratch(
+                    &COLUMNS,
+                    crate::kernels::pool::max_pool3s2_scratch(w),
+                    |s| body(out, &x[p * h * w..][..h * w], h, w, s),
+                )
             });
         return;
     };
@@ -225,16 +201,6 @@ fn argmax_row(
                 *at = ((at0 + 2 * j as u32) & take) | (*at & !take);
             }
         }
-    }
-}
-
-/// `max(a, b)` that returns NaN if either is NaN, as PyTorch's max pooling does.
-#[inline(always)]
-fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || a > b {
-        a
-    } else {
-        b
     }
 }
 
