@@ -157,12 +157,81 @@ pub(crate) unsafe fn raw_ptr_row_split(
     threads: usize,
 ) {
     use rayon::prelude::*;
+    a.check(m, k, "A");
+    let parts = threads.min(m / ROW_PART).max(1);
+    let c = crate::util::par::SyncPtr(c);
+    (0..parts).into_par_iter().for_each(|j| {
+        // SAFETY: part j of C's rows is this task's only (the caller's contract covers C).
+        unsafe { row_part(j, parts, (m, n, k), c.get(), ldc, accumulate, a, b) }
+    });
+}
+
+/// [`raw_ptr_row_split`] where every part first fills its own copy of B (`k` rows of
+/// `b_ld ≥ n` floats) with `fill`, in a scratch of its thread: a tile that its own core
+/// wrote stays in that core's cache, and the fill needs no parallel region of its own.
+///
+/// # Safety
+/// As [`raw_ptr`], for A, C and a B of `k × n` in rows of `b_ld`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn raw_ptr_row_split_filled(
+    (m, n, k): (usize, usize, usize),
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b_ld: usize,
+    fill: impl Fn(&mut [f32]) + Sync,
+    threads: usize,
+) {
+    use rayon::prelude::*;
+    thread_local! {
+        /// Per-thread copy of B.
+        static B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    a.check(m, k, "A");
+    assert!(b_ld >= n);
+    let parts = threads.min(m / ROW_PART).max(1);
+    let c = crate::util::par::SyncPtr(c);
+    (0..parts).into_par_iter().for_each(|j| {
+        crate::util::par::with_scratch(&B, k * b_ld, |bb| {
+            fill(bb);
+            // SAFETY: part j of C's rows is this task's only (the caller's contract).
+            unsafe {
+                row_part(
+                    j,
+                    parts,
+                    (m, n, k),
+                    c.get(),
+                    ldc,
+                    accumulate,
+                    a,
+                    Mat::n(bb, b_ld),
+                )
+            }
+        })
+    });
+}
+
+/// Part `j` of `parts` of [`raw_ptr_row_split`]: rows `cut(j)..cut(j + 1)` of A and C, one
+/// single-threaded product (into padded columns where B's rows have room).
+///
+/// # Safety
+/// As [`raw_ptr`]; only this call writes the part's rows of C.
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_part(
+    j: usize,
+    parts: usize,
+    (m, n, k): (usize, usize, usize),
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
     thread_local! {
         /// Per-thread C of a part's padded columns.
         static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    a.check(m, k, "A");
-    let parts = threads.min(m / ROW_PART).max(1);
     let cut = |j: usize| {
         if j == parts {
             m
@@ -174,47 +243,43 @@ pub(crate) unsafe fn raw_ptr_row_split(
     let padded =
         n16 != n && k > 0 && !b.trans && b.ld >= n16 && b.data.len() >= (k - 1) * b.ld + n16;
     let (ars, _) = a.strides();
-    let c = crate::util::par::SyncPtr(c);
-    (0..parts).into_par_iter().for_each(|j| {
-        let (r0, r1) = (cut(j), cut(j + 1));
-        let a = Mat {
-            data: &a.data[r0 * ars as usize..],
-            ..a
-        };
-        if padded {
-            crate::util::par::with_scratch(&PADDED, (r1 - r0) * n16, |cp| {
-                // columns n..n16 of B are whatever its rows hold there: they only reach
-                // columns of `cp` that are dropped
-                raw(r1 - r0, n16, k, cp, n16, false, a, b, Parallelism::None);
-                for (r, row) in cp.chunks_exact(n16).enumerate() {
-                    // SAFETY: row r0 + r of the caller's C block, this task's only.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(c.get().add((r0 + r) * ldc), n) };
-                    if accumulate {
-                        dst.iter_mut().zip(&row[..n]).for_each(|(d, v)| *d += v);
-                    } else {
-                        dst.copy_from_slice(&row[..n]);
-                    }
+    let (r0, r1) = (cut(j), cut(j + 1));
+    let a = Mat {
+        data: &a.data[r0 * ars as usize..],
+        ..a
+    };
+    if padded {
+        crate::util::par::with_scratch(&PADDED, (r1 - r0) * n16, |cp| {
+            // columns n..n16 of B are whatever its rows hold there: they only reach
+            // columns of `cp` that are dropped
+            raw(r1 - r0, n16, k, cp, n16, false, a, b, Parallelism::None);
+            for (r, row) in cp.chunks_exact(n16).enumerate() {
+                // SAFETY: row r0 + r of the caller's C block, this part's only.
+                let dst = unsafe { std::slice::from_raw_parts_mut(c.add((r0 + r) * ldc), n) };
+                if accumulate {
+                    dst.iter_mut().zip(&row[..n]).for_each(|(d, v)| *d += v);
+                } else {
+                    dst.copy_from_slice(&row[..n]);
                 }
-            });
-            return;
-        }
-        // SAFETY: rows r0..r1 of the caller's C block are this task's only; `a` holds
-        // rows r0..r1 of A (checked by `raw_ptr`).
-        unsafe {
-            raw_ptr(
-                r1 - r0,
-                n,
-                k,
-                c.get().add(r0 * ldc),
-                ldc,
-                accumulate,
-                a,
-                b,
-                Parallelism::None,
-            )
-        }
-    });
+            }
+        });
+        return;
+    }
+    // SAFETY: rows r0..r1 of the caller's C block are this part's only; `a` holds rows
+    // r0..r1 of A (checked by `raw_ptr`).
+    unsafe {
+        raw_ptr(
+            r1 - r0,
+            n,
+            k,
+            c.add(r0 * ldc),
+            ldc,
+            accumulate,
+            a,
+            b,
+            Parallelism::None,
+        )
+    }
 }
 
 /// Products up to this many multiply-adds (a CIFAR classifier: 64×10×342) take [`small`]:
