@@ -5,10 +5,10 @@
 //! broadcast route as `[group][i][tap][G]` ([`super::broadcast`]), Winograd as the
 //! transformed `U = G·g·Gᵀ` packed per element ([`super::winograd`]). They pack them on
 //! every call, since training changes the weights every step. In evaluation the weights
-//! stay put, and the packing was measured at 3% of a densenet121 pass (Zen 4, 2
-//! threads: `bench infer --ab` with packs kept against packing per call, 0.968 and 0.972
-//! at batch 1, 0.970 at batch 16): at batch 1 each of the 14×14 3×3's two tasks packs
-//! all 147 KB of its weights.
+//! stay put: with them packed once, a densenet121 pass took 0.952 of its time at batch 1
+//! and 0.993 at batch 16 (`bench infer --ab`, Zen 4, 2 threads; 0.973 at batch 1 with
+//! the `avx2` table). At batch 1 each of the 14×14 3×3's two tasks packed all 147 KB of
+//! its weights on every call.
 //!
 //! **Why a scope, and who may open it.** A kernel asks [`packed`] for the packing of the
 //! weights it was given, keyed by their address, length and layout. Outside a scope it
