@@ -836,8 +836,43 @@ fn refused(out: &Output, what: &str) {
 #[test]
 fn densenet_kernels_selects_the_table() {
     let run = |k| bench_infer_with_env("DENSENET_KERNELS", Some(k));
-    assert_eq!(json(&run("portable"))["kernels"], "portable");
+    let portable = json(&run("portable"));
+    assert_eq!(portable["kernels"], "portable");
+    assert_eq!(
+        portable["packed_weight_bytes"], 0,
+        "the portable kernels pack nothing"
+    );
     refused(&run("sse9"), "DENSENET_KERNELS=sse9");
+}
+
+/// `bench infer` runs the model as a deployment does (`model::Frozen`): the kernels keep
+/// the weights they packed, and `--json` says how many bytes. densenet121 on 64×64
+/// images: its stem and its 3×3s at 16×16 take the routes that pack.
+#[test]
+fn bench_infer_reports_the_weights_it_packed_once() {
+    let r = json(&densenet(&[
+        "bench",
+        "infer",
+        "--model",
+        "densenet121",
+        "--input-size",
+        "64",
+        "--batch",
+        "1",
+        "--steps",
+        "2",
+        "--json",
+    ]));
+    let packed = r["packed_weight_bytes"]
+        .as_u64()
+        .expect("packed_weight_bytes");
+    if r["kernels"] == "portable" {
+        eprintln!("SKIPPED: the portable kernels pack nothing (this CPU has no AVX2)");
+        assert_eq!(packed, 0);
+        return;
+    }
+    // at least the stem's 64 × 3 × 7 × 7 weights and a 16×16 3×3's 32 × 128 × 9
+    assert!(packed >= 4 * (64 * 147 + 32 * 128 * 9), "{packed} bytes");
 }
 
 /// `DENSENET_WINOGRAD` turns the Winograd 3×3 route off (on by default; `bench --json`

@@ -319,6 +319,9 @@ pub struct InferReport {
     pub images_per_s: f64,
     /// Activation bytes the memory plan allocated.
     pub activation_bytes: usize,
+    /// Bytes of the weights the kernels packed on the first pass and kept for the next
+    /// ones (`model::Frozen`; 0 with the portable kernels, which pack nothing).
+    pub packed_weight_bytes: usize,
     /// Peak resident memory of the process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<u64>,
@@ -716,6 +719,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         median_s: pass.median_s,
         images_per_s: a.batch as f64 / pass.median_s,
         activation_bytes: ws.activation_bytes(),
+        packed_weight_bytes: net.packs().bytes(),
         peak_rss_bytes: peak_rss_bytes(),
         pass,
         profile,
@@ -726,12 +730,15 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         return super::print_json(&r);
     }
     outln!(
-        "{} eval, batch {}, {}: {}\n  {:.1} images/s",
+        "{} eval, batch {}, {}: {}\n  {:.1} images/s; activations {:.1} MiB, weights packed \
+         once {:.1} MiB",
         r.model,
         r.batch,
         super::count(r.threads, "thread"),
         r.pass.describe(),
-        r.images_per_s
+        r.images_per_s,
+        r.activation_bytes as f64 / (1 << 20) as f64,
+        r.packed_weight_bytes as f64 / (1 << 20) as f64
     );
     if let Some(p) = &r.ab {
         print_ab(p, "pass")?;
