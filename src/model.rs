@@ -806,10 +806,7 @@ mod tests {
             if crate::kernels::active().direct.is_some() {
                 assert!(!frozen.packs().is_empty(), "nothing was packed");
             } else {
-                // on the stderr handle: the harness captures eprintln! of a passing test
-                use std::io::Write;
-                let line = "SKIPPED: the portable kernels pack nothing to keep";
-                let _ = writeln!(std::io::stderr(), "{line}");
+                crate::kernels::testutil::say("SKIPPED: the portable kernels pack nothing to keep");
             }
             plain
         };

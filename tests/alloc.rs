@@ -7,6 +7,8 @@
 //! otherwise every parallel operation it starts is pushed onto the pool's injector queue,
 //! which allocates a block every few dozen pushes.
 
+mod common;
+
 use densenet::nn::TrainOptions;
 use densenet::optim::{Sgd, SgdConfig};
 use densenet::MemoryMode;
@@ -90,10 +92,10 @@ fn a_training_step_allocates_nothing_after_the_first() {
     // without direct kernels (the portable table) the products go through the `gemm`
     // crate, which allocates
     if densenet::kernels::active().direct.is_none() {
-        eprintln!(
+        common::say(&format!(
             "SKIPPED: the allocation-free kernels need direct kernels; the {} table has none",
             densenet::kernels::active().name
-        );
+        ));
         return;
     }
     rayon::ThreadPoolBuilder::new()

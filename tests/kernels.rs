@@ -8,6 +8,9 @@
 //! switches it in turn. For each table the CPU cannot run (AVX-512 on an AVX2 machine)
 //! the test prints SKIPPED and its name.
 
+mod common;
+
+use common::say;
 use densenet::kernels::{self, BnRelu, ConvShape, Kernels};
 use densenet::nn::TrainOptions;
 use densenet::ops::{conv, fused};
@@ -148,13 +151,6 @@ fn shape(
         stride,
         pad: k / 2,
     }
-}
-
-/// A line on the test process's stderr handle itself: the harness captures `eprintln!`
-/// of a passing test, and CI's log must show which tables ran and which were skipped.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 #[test]

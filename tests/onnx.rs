@@ -119,11 +119,7 @@ fn plain_densenet_40_12_runs_in_tract_as_in_pytorch() {
 #[test]
 fn densenet121_runs_in_tract_as_in_pytorch() {
     let Some(dir) = shared_reference_dir() else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED densenet121_runs_in_tract_as_in_pytorch: ../shared/reference is not present"
-        );
+        say("SKIPPED densenet121_runs_in_tract_as_in_pytorch: ../shared/reference is not present");
         return;
     };
     let w = read_safetensors(&dir.join("torchvision_densenet121.weights.safetensors")).unwrap();

@@ -178,13 +178,7 @@ fn train_step_bc_l40_k12_naive() {
 #[test]
 fn eval_torchvision_densenet121() {
     let Some(dir) = shared_reference_dir() else {
-        // written to the stderr handle, not through eprintln!, so that the test harness
-        // does not capture it: a skipped check must be visible in CI's log
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED eval_torchvision_densenet121: ../shared/reference is not present"
-        );
+        say("SKIPPED eval_torchvision_densenet121: ../shared/reference is not present");
         return;
     };
     let w = densenet::weights::read_safetensors(

@@ -575,12 +575,15 @@ simd_entries!(grad_tile_rows => grad_tile_avx2, grad_tile_avx512 (
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{close, data};
+    use crate::kernels::testutil::{close, data, say};
 
     #[test]
     fn pointwise_matches_naive() {
         if !pointwise_applies(4) {
-            eprintln!("SKIPPED: the {} kernels have no direct 1×1", active().name);
+            say(&format!(
+                "SKIPPED: the {} kernels have no direct 1×1",
+                active().name
+            ));
             return;
         }
         // len 53: three blocks of 16 and a tail of 5 (one overrunning block into TAIL);
@@ -658,7 +661,10 @@ mod tests {
     #[test]
     fn grad_tile_matches_naive() {
         if !grad_tile_applies(8) {
-            eprintln!("SKIPPED: the {} kernels have no direct 1×1", active().name);
+            say(&format!(
+                "SKIPPED: the {} kernels have no direct 1×1",
+                active().name
+            ));
             return;
         }
         let lanes = active().direct.unwrap().block / 2;

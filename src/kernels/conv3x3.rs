@@ -666,10 +666,10 @@ mod tests {
     fn no_direct_kernels() -> bool {
         let none = kernels::active().direct.is_none();
         if none {
-            eprintln!(
+            crate::kernels::testutil::say(&format!(
                 "SKIPPED: the {} kernels have no direct 3×3",
                 kernels::active().name
-            );
+            ));
         }
         none
     }

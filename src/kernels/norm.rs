@@ -404,12 +404,9 @@ mod tests {
         for name in ["avx2", "avx512"] {
             match crate::kernels::by_name(name) {
                 Some(fast) => masked_sums_match(slow, fast),
-                // on the stderr handle: the harness captures eprintln! of a passing test
-                None => {
-                    use std::io::Write;
-                    let line = format!("SKIPPED: the {name} kernels (this CPU lacks them)");
-                    let _ = writeln!(std::io::stderr(), "{line}");
-                }
+                None => crate::kernels::testutil::say(&format!(
+                    "SKIPPED: the {name} kernels (this CPU lacks them)"
+                )),
             }
         }
     }

@@ -256,10 +256,9 @@ mod tests {
         ];
         for (name, t) in tables {
             let Some(t) = t else {
-                // on the stderr handle: the harness captures eprintln! of a passing test
-                use std::io::Write;
-                let line = format!("SKIPPED: this CPU does not run the {name} table's FMA loop");
-                let _ = writeln!(std::io::stderr(), "{line}");
+                crate::kernels::testutil::say(&format!(
+                    "SKIPPED: this CPU does not run the {name} table's FMA loop"
+                ));
                 continue;
             };
             let direct = t.direct.expect("a vector table has direct kernels");

@@ -1,5 +1,12 @@
 //! Inputs and comparisons shared by the kernel and operation unit tests.
 
+/// Writes `line` to the test process's stderr handle itself: the harness captures the
+/// `eprintln!` of a passing test, and a SKIPPED line must reach CI's log.
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// `n` deterministic values in [−1, 1) (a multiplicative hash of the index and `seed`).
 pub(crate) fn data(n: usize, seed: usize) -> Vec<f32> {
     (0..n)

@@ -536,7 +536,7 @@ fn convolve(
 mod tests {
     use super::*;
     use crate::kernels;
-    use crate::kernels::testutil::{close, data, shape3x3 as shape};
+    use crate::kernels::testutil::{close, data, say, shape3x3 as shape};
     use crate::ops::conv::{im2col_backward, im2col_forward};
 
     #[test]
@@ -561,10 +561,10 @@ mod tests {
     #[test]
     fn winograd_matches_im2col() {
         if kernels::active().direct.is_none() {
-            eprintln!(
+            say(&format!(
                 "SKIPPED: the {} kernels have no one-tap kernel",
                 kernels::active().name
-            );
+            ));
             return;
         }
         let shapes = [

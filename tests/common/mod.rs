@@ -7,6 +7,13 @@ use densenet::weights::{read_safetensors, TensorFile};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Writes `line` to the test process's stderr handle itself: the harness captures the
+/// `eprintln!` of a passing test, and a SKIPPED line must reach CI's log.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Runs the `densenet` binary with `args`.
 pub fn densenet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_densenet"))
