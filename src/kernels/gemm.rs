@@ -156,14 +156,29 @@ pub(crate) unsafe fn raw_ptr_row_split(
     b: Mat,
     threads: usize,
 ) {
+    for_row_parts(m, k, a, c, threads, |j, parts, c| {
+        // SAFETY: part j of C's rows is this task's only (the caller's contract covers C).
+        unsafe { row_part(j, parts, (m, n, k), c, ldc, accumulate, a, b) }
+    });
+}
+
+/// Runs `part(j, parts, c)` for every part `j` of [`raw_ptr_row_split`]'s split of A's
+/// `m` rows over `threads`, in parallel, after checking A (`m × k`).
+fn for_row_parts(
+    m: usize,
+    k: usize,
+    a: Mat,
+    c: *mut f32,
+    threads: usize,
+    part: impl Fn(usize, usize, *mut f32) + Sync,
+) {
     use rayon::prelude::*;
     a.check(m, k, "A");
     let parts = threads.min(m / ROW_PART).max(1);
     let c = crate::util::par::SyncPtr(c);
-    (0..parts).into_par_iter().for_each(|j| {
-        // SAFETY: part j of C's rows is this task's only (the caller's contract covers C).
-        unsafe { row_part(j, parts, (m, n, k), c.get(), ldc, accumulate, a, b) }
-    });
+    (0..parts)
+        .into_par_iter()
+        .for_each(|j| part(j, parts, c.get()));
 }
 
 /// [`raw_ptr_row_split`] where every part first fills its own copy of B (`k` rows of
@@ -183,31 +198,17 @@ pub(crate) unsafe fn raw_ptr_row_split_filled(
     fill: impl Fn(&mut [f32]) + Sync,
     threads: usize,
 ) {
-    use rayon::prelude::*;
     thread_local! {
         /// Per-thread copy of B.
         static B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    a.check(m, k, "A");
     assert!(b_ld >= n);
-    let parts = threads.min(m / ROW_PART).max(1);
-    let c = crate::util::par::SyncPtr(c);
-    (0..parts).into_par_iter().for_each(|j| {
+    for_row_parts(m, k, a, c, threads, |j, parts, c| {
         crate::util::par::with_scratch(&B, k * b_ld, |bb| {
             fill(bb);
+            let b = Mat::n(bb, b_ld);
             // SAFETY: part j of C's rows is this task's only (the caller's contract).
-            unsafe {
-                row_part(
-                    j,
-                    parts,
-                    (m, n, k),
-                    c.get(),
-                    ldc,
-                    accumulate,
-                    a,
-                    Mat::n(bb, b_ld),
-                )
-            }
+            unsafe { row_part(j, parts, (m, n, k), c, ldc, accumulate, a, b) }
         })
     });
 }
