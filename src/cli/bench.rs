@@ -523,8 +523,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         super::count(r.threads, "thread"),
         r.step.describe(),
         r.images_per_s,
-        r.activation_bytes as f64 / (1 << 20) as f64,
-        r.peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or("n/a".into())
+        super::mib(r.activation_bytes as u64),
+        r.peak_rss_bytes.map(|b| format!("{:.1} MiB", super::mib(b))).unwrap_or("n/a".into())
     );
     if let Some(p) = &r.parallel {
         outln!(
@@ -737,8 +737,8 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         super::count(r.threads, "thread"),
         r.pass.describe(),
         r.images_per_s,
-        r.activation_bytes as f64 / (1 << 20) as f64,
-        r.packed_weight_bytes as f64 / (1 << 20) as f64
+        super::mib(r.activation_bytes as u64),
+        super::mib(r.packed_weight_bytes as u64)
     );
     if let Some(p) = &r.ab {
         print_ab(p, "pass")?;

@@ -136,6 +136,11 @@ pub fn error_text(err: &anyhow::Error) -> String {
     text
 }
 
+/// Bytes in MiB, for the text reports.
+pub(crate) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
 /// `1 epoch`, `2 epochs`: a count with its noun in the right number (nouns with a plain
 /// plural `s`).
 pub(crate) fn count(n: usize, noun: &str) -> String {

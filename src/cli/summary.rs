@@ -95,7 +95,7 @@ fn plan(a: &Args, cfg: &ModelConfig) -> anyhow::Result<()> {
     }
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let mib = |b: usize| super::mib(b as u64);
     writeln!(
         out,
         "{}: {} workspace, batch {}, {} memory: {} regions in one allocation",
