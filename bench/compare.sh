@@ -25,6 +25,16 @@
 #   ORT=1 ORT_EXPORT=torch WORK=infer bench/compare.sh   # on torch.onnx.export's file
 #   DENSENET_WINOGRAD=off bench/compare.sh   # densenet's 3×3 on the direct kernel only
 #   DENSENET_KERNELS=avx2 bench/compare.sh   # densenet on the AVX2 table (AVX-512 CPUs)
+#   ISA=avx2 bench/compare.sh            # both sides held to AVX2 on an AVX-512 CPU (below)
+#
+# ISA=avx2 stands in for an AVX2 machine on an AVX-512 one: densenet runs its avx2 table
+# and is built without the gemm crate's AVX-512 micro-kernels (`--no-default-features`, in
+# target/isa-avx2 so that the usual build stays as it is),
+# PyTorch runs ATen's AVX2 kernels (ATEN_CPU_CAPABILITY), oneDNN's AVX2 convolutions
+# (ONEDNN_MAX_CPU_ISA) and MKL's AVX2 products (MKL_ENABLE_INSTRUCTIONS). ONNX Runtime has
+# no such switch (MLAS picks its kernels from cpuid), so its rows still run AVX-512 and the
+# header says so. On Zen 4, which runs a 512-bit FMA as two 256-bit halves, the FLOP rate is
+# the same either way; on Intel's AVX-512 cores it is not, so read the ratios as Zen 4's.
 #
 # With ROUNDS > 1 the two sides alternate (ours, theirs, ours, theirs, ...) and the line
 # shows each side's median over the rounds and the median of the per-round ratios: on a
@@ -36,8 +46,13 @@ THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-3}
 ROUNDS=${ROUNDS:-1}
 WORK=${WORK:-all}
-cargo build --release -q
-bin=target/release/densenet
+case ${ISA:-native} in
+  native) cargo build --release -q; bin=target/release/densenet ;;
+  avx2) CARGO_TARGET_DIR=target/isa-avx2 cargo build --release -q --no-default-features
+    bin=target/isa-avx2/release/densenet
+    export DENSENET_KERNELS=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ;;
+  *) echo "ISA=$ISA: only avx2 (or native, the default) is known" >&2; exit 2 ;;
+esac
 venv=${VENV:-bench/.venv}
 # the Python that runs PyTorch: the bench's venv when it has torch, else the system's
 py=python3
@@ -49,6 +64,7 @@ if "$py" -c "import torch, torchvision" 2>/dev/null; then have_torch=1; fi
 json_get() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get(sys.argv[2], d.get(sys.argv[3], '')))" "$1" "$2" "${3:-$2}"; }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(v) for v in sys.argv[1:]))" "$@"; }
 
+[ "${ISA:-native}" = native ] || echo "ISA=avx2: densenet (its table and gemm's micro-kernels) and PyTorch held to AVX2; ONNX Runtime still runs AVX-512 where the CPU has it"
 echo "threads: $THREADS, rounds: $ROUNDS, cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 printf '%-34s %10s %13s %8s   %s\n' "work" "densenet" "other" "ratio" "per-round ratios"
 

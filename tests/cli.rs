@@ -660,6 +660,7 @@ fn summary_plan_is_the_workspace_bench_allocates() {
         assert!(name("input") && name("head.logits"), "{model}");
         let kernels = bench["kernels"].as_str().unwrap();
         assert!(densenet::kernels::NAMES.contains(&kernels), "{kernels}");
+        assert_eq!(bench["gemm"], densenet::kernels::gemm::micro_kernels());
     }
     // the evaluation plan keeps no gradients
     let eval = json(&densenet(&[

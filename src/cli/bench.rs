@@ -267,6 +267,9 @@ pub struct TrainReport {
     pub threads: usize,
     /// The kernels table in use (`portable`, `avx2`, `avx512`; see `DENSENET_KERNELS`).
     pub kernels: &'static str,
+    /// The `gemm` crate's micro-kernels (`avx512`, `fma`, `scalar`): it picks them from
+    /// cpuid, apart from `DENSENET_KERNELS`; only a build without `gemm-avx512` drops AVX-512.
+    pub gemm: &'static str,
     /// Whether the 3×3 may take the Winograd route (`DENSENET_WINOGRAD`).
     pub winograd: bool,
     /// The CPU's model name.
@@ -309,6 +312,9 @@ pub struct InferReport {
     pub threads: usize,
     /// The kernels table in use (`portable`, `avx2`, `avx512`; see `DENSENET_KERNELS`).
     pub kernels: &'static str,
+    /// The `gemm` crate's micro-kernels (`avx512`, `fma`, `scalar`): it picks them from
+    /// cpuid, apart from `DENSENET_KERNELS`; only a build without `gemm-avx512` drops AVX-512.
+    pub gemm: &'static str,
     /// Whether the 3×3 may take the Winograd route (`DENSENET_WINOGRAD`).
     pub winograd: bool,
     /// The CPU's model name.
@@ -500,6 +506,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         memory: a.memory,
         threads: rayon::current_num_threads(),
         kernels: crate::kernels::active().name,
+        gemm: crate::kernels::gemm::micro_kernels(),
         winograd: crate::kernels::winograd::enabled(),
         cpu: cpu_model(),
         median_step_s: step.median_s,
@@ -714,6 +721,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         batch: a.batch,
         threads: rayon::current_num_threads(),
         kernels: crate::kernels::active().name,
+        gemm: crate::kernels::gemm::micro_kernels(),
         winograd: crate::kernels::winograd::enabled(),
         cpu: cpu_model(),
         median_s: pass.median_s,

@@ -61,6 +61,27 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// The micro-kernels the `gemm` crate runs on this CPU: `avx512` (with the `gemm-avx512`
+/// feature, on by default, where the CPU has AVX-512F), `fma` (AVX2 and FMA), or `scalar`.
+/// It mirrors the crate's own choice (`gemm-common`'s `init_gemm_fn`), which it does not expose.
+pub fn micro_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[cfg(feature = "gemm-avx512")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "fma";
+        }
+        "scalar"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "other"
+    }
+}
+
 /// `C[m×n] = (C if accumulate) + A[m×k] · B[k×n]`; C is row-major with leading dimension `ldc`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
@@ -456,6 +477,19 @@ pub(crate) unsafe fn raw_ptr(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// AVX-512 exactly where the build has `gemm-avx512` and the CPU has AVX-512F: a build
+    /// without the feature (`ISA=avx2 bench/compare.sh`) must not report it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn micro_kernels_follow_the_feature_and_the_cpu() {
+        let cpu = std::arch::is_x86_feature_detected!("avx512f");
+        let name = micro_kernels();
+        assert_eq!(name == "avx512", cfg!(feature = "gemm-avx512") && cpu, "{name}");
+        if name != "avx512" {
+            assert_eq!(name == "fma", std::arch::is_x86_feature_detected!("fma"));
+        }
+    }
 
     fn naive(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool) -> Vec<f32> {
         let mut c = vec![0.0; m * n];
