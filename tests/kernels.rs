@@ -193,6 +193,9 @@ fn fast_kernels_match_the_portable_ones() {
         // outputs) that the forward and the input gradient go through Winograd F(2×2, 3×3)
         // (`winograd::preferred` on up to 4 threads); an odd width
         shape(4, 64, 32, (16, 15), 3, 1),
+        // and through F(4×4, 3×3) (`winograd::tile`: 4·8·8 = 256 tiles of 4×4, covering
+        // 32×32 of a 32×31 plane): the odd width leaves a last tile of 3 columns
+        shape(4, 64, 32, (32, 31), 3, 1),
         // small planes with densenet121's ratio, where the forward takes the route with
         // output channels in the vector (`broadcast::preferred`): an odd plane over three
         // samples, and 48 outputs (a whole number of AVX2 groups, 1½ AVX-512 ones)

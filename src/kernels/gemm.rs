@@ -485,7 +485,11 @@ mod tests {
     fn micro_kernels_follow_the_feature_and_the_cpu() {
         let cpu = std::arch::is_x86_feature_detected!("avx512f");
         let name = micro_kernels();
-        assert_eq!(name == "avx512", cfg!(feature = "gemm-avx512") && cpu, "{name}");
+        assert_eq!(
+            name == "avx512",
+            cfg!(feature = "gemm-avx512") && cpu,
+            "{name}"
+        );
         if name != "avx512" {
             assert_eq!(name == "fma", std::arch::is_x86_feature_detected!("fma"));
         }

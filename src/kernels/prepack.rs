@@ -35,7 +35,10 @@ pub(crate) enum Layout {
         group: usize,
     },
     /// [`super::winograd`]'s transformed forward weights, packed per element ξ.
-    Winograd,
+    Winograd {
+        /// Outputs per tile side (2: F(2×2, 3×3), 4: F(4×4, 3×3)).
+        tile: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -143,7 +146,7 @@ mod tests {
     #[test]
     fn no_scope_no_packing() {
         let w = [1.0f32; 8];
-        let got = packed(Layout::Winograd, &w, 4, |_| {
+        let got = packed(Layout::Winograd { tile: 2 }, &w, 4, |_| {
             panic!("packed outside a scope")
         });
         assert!(got.is_none());
@@ -159,19 +162,19 @@ mod tests {
             v.fill(x);
         };
         packs.scope(|| {
-            let first = packed(Layout::Winograd, &a, 4, |v| fill(v, 1.0)).unwrap();
-            let again = packed(Layout::Winograd, &a, 4, |v| fill(v, 9.0)).unwrap();
+            let first = packed(Layout::Winograd { tile: 2 }, &a, 4, |v| fill(v, 1.0)).unwrap();
+            let again = packed(Layout::Winograd { tile: 2 }, &a, 4, |v| fill(v, 9.0)).unwrap();
             assert!(Arc::ptr_eq(&first, &again) && again[..] == [1.0; 4]);
             // other weights, another layout: packed anew
-            let other = packed(Layout::Winograd, &b, 4, |v| fill(v, 2.0)).unwrap();
+            let other = packed(Layout::Winograd { tile: 2 }, &b, 4, |v| fill(v, 2.0)).unwrap();
             let grouped = packed(Layout::Broadcast { group: 16 }, &a, 4, |v| fill(v, 3.0));
             assert_eq!((other[0], grouped.unwrap()[0]), (2.0, 3.0));
         });
         assert_eq!((fills.get(), packs.len(), packs.bytes()), (3, 3, 48));
         // a later scope with the same packs finds them
-        packs.scope(|| packed(Layout::Winograd, &a, 4, |_| panic!("repacked")));
+        packs.scope(|| packed(Layout::Winograd { tile: 2 }, &a, 4, |_| panic!("repacked")));
         // and after the scope, nothing is in scope
-        assert!(packed(Layout::Winograd, &a, 4, |_| panic!("no scope")).is_none());
+        assert!(packed(Layout::Winograd { tile: 2 }, &a, 4, |_| panic!("no scope")).is_none());
     }
 
     #[test]
@@ -179,8 +182,8 @@ mod tests {
         let w = [0.5f32; 4];
         let (mut outer, mut inner) = (Packs::new(), Packs::new());
         outer.scope(|| {
-            inner.scope(|| packed(Layout::Winograd, &w, 2, |v| v.fill(1.0)));
-            let v = packed(Layout::Winograd, &w, 2, |v| v.fill(2.0)).unwrap();
+            inner.scope(|| packed(Layout::Winograd { tile: 2 }, &w, 2, |v| v.fill(1.0)));
+            let v = packed(Layout::Winograd { tile: 2 }, &w, 2, |v| v.fill(2.0)).unwrap();
             assert_eq!(v[0], 2.0, "the inner scope's packing leaked into the outer");
         });
         assert_eq!((outer.len(), inner.len()), (1, 1));
@@ -192,12 +195,12 @@ mod tests {
         let mut packs = Packs::new();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             packs.scope(|| {
-                packed(Layout::Winograd, &w, 2, |v| v.fill(1.0));
+                packed(Layout::Winograd { tile: 2 }, &w, 2, |v| v.fill(1.0));
                 panic!("mid-pass");
             })
         }));
         assert!(r.is_err());
         assert_eq!(packs.len(), 1);
-        assert!(packed(Layout::Winograd, &w, 2, |_| {}).is_none());
+        assert!(packed(Layout::Winograd { tile: 2 }, &w, 2, |_| {}).is_none());
     }
 }

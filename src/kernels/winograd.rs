@@ -1,24 +1,28 @@
 //! The 3×3 forward, and its input gradient (the same convolution of the output gradient
-//! with the weights transposed and rotated, [`backward_data`]), as Winograd F(2×2, 3×3)
-//! (Lavin and Gray, 2016): each 2×2 block of
-//! outputs ("tile") comes from the 4×4 window of input around it as
-//! `Y = Aᵀ·[Σ_i U_i ⊙ V_i]·A`, with `U = G·g·Gᵀ` (the 3×3 kernel g transformed once per
-//! call) and `V = Bᵀ·d·B` (the window d transformed once per input channel and tile).
-//! The sum over input channels is, for each of the 16 elements ξ of a 4×4 transform, a
-//! 1×1 convolution over the tiles, `M_ξ = U_ξ·V_ξ` (`[Cout][Cin]·[Cin][tiles]`), which
-//! the one-tap register kernel (`correlate1`) computes. That is 16 multiply-adds per
-//! tile, input and output channel where the direct kernel does 36 (4 outputs × 9 taps).
+//! with the weights transposed and rotated, [`backward_data`]), as Winograd F(r×r, 3×3)
+//! (Lavin and Gray, 2016), r = 2 or 4: each r×r block of outputs ("tile") comes from the
+//! (r+2)×(r+2) window of input around it as `Y = Aᵀ·[Σ_i U_i ⊙ V_i]·A`, with `U = G·g·Gᵀ`
+//! (the 3×3 kernel g transformed once per call) and `V = Bᵀ·d·B` (the window d
+//! transformed once per input channel and tile). The sum over input channels is, for
+//! each of the (r+2)² elements ξ of a transform, a 1×1 convolution over the tiles,
+//! `M_ξ = U_ξ·V_ξ` (`[Cout][Cin]·[Cin][tiles]`), which the one-tap register kernel
+//! (`correlate1`) computes. Per output, input and output channel that is 4 multiply-adds
+//! with F(2×2) (16 per 4 outputs) and 2.25 with F(4×4) (36 per 16), where the direct
+//! kernel does 9; [`tile`] picks r.
 //!
-//! Layout: the BN-ReLU of the input is first copied, zero-padded, with even and odd
-//! padded columns split apart ([`split`]); then tile `tx` of a row reads columns
-//! `2tx … 2tx+3` as entries `tx` and `tx+1` of the even and odd rows, and `LANES`
-//! neighbouring tiles are plain vector loads. Tiles are taken [`T`] at a time per task;
-//! their `V` (16 × Cin × T) and `M` (16 × Cout × T) stay in L2.
+//! Layout: the BN-ReLU of the input is first copied, zero-padded, with each padded row's
+//! columns split by their remainder mod r into r phases ([`split`]); then tile `tx` of a
+//! row reads padded columns `r·tx … r·tx + r + 1` as entries `tx` (and `tx + 1`) of the
+//! phases, and `LANES` neighbouring tiles are plain vector loads. Tiles are taken [`T`]
+//! at a time per task; their `V` ((r+2)² × Cin × T) and `M` ((r+2)² × Cout × T) stay in
+//! L2 (densenet121's 128 → 32 at F(4×4): 576 and 144 KiB).
 //!
-//! Numerics: the transforms' coefficients are 0, ±1 and ½, exact in f32; the sums are
-//! ordered differently from the direct kernel's, so results agree to rounding (the tests
-//! compare with im2col + GEMM at the tolerance of the other fast paths; torchvision's
-//! densenet121 logits still match PyTorch's to 7e-6).
+//! Numerics: F(2×2)'s coefficients are 0, ±1 and ½, exact in f32; F(4×4)'s include ⅙
+//! and 1/24, which round, and its input transform multiplies by 4 and 5, so its error
+//! grows with the inputs' spread. Both order the sums differently from the direct
+//! kernel, and results agree to rounding: the tests compare both with im2col + GEMM at
+//! the tolerance of the other fast paths; torchvision's densenet121 logits match
+//! PyTorch's to 8.1e-6 (7e-6 with F(2×2) alone).
 
 use super::conv1x1::pointwise_tile;
 use super::correlate::{pack_into, Weights, PB};
@@ -107,27 +111,52 @@ pub fn preferred(s: &ConvShape) -> bool {
     s.cin >= 64 && s.cout >= 32 && tiles >= 2 * T * rayon::current_num_threads() && enabled()
 }
 
+/// Outputs per tile side for this convolution: 4 (F(4×4, 3×3)) where its tiles of 4×4
+/// still make two tasks of [`T`] per thread and cover at most 9/8 of the image, else 2.
+///
+/// F(4×4) does 36 multiply-adds per 16 outputs, input and output channel, where F(2×2)
+/// does 64 (16 per 4 outputs); its transforms cost more per tile but about the same per
+/// output. Measured with `bench … --ab` (Zen 4, 2 threads, F(4×4) against F(2×2) where
+/// this rule takes it): densenet121 training step at batch 16 0.966 (`avx512`) and 0.938
+/// (`avx2`), evaluation 0.916 at batch 16 and 0.964 at batch 1. By shape (`bench train
+/// --profile`, batch 16): the 3×3 at 56×56 and 28×28 13–19% faster forward and backward;
+/// at 14×14, whose 4×4 tiles cover 16×16 (1.31 of the image), even or slower, hence the
+/// 9/8 bound.
+pub fn tile(s: &ConvShape) -> usize {
+    let (th, tw) = (s.h.div_ceil(4), s.w.div_ceil(4));
+    let enough = s.n * th * tw >= 2 * T * rayon::current_num_threads();
+    let covered = 16 * th * tw;
+    if enough && 8 * covered <= 9 * s.h * s.w {
+        4
+    } else {
+        2
+    }
+}
+
 /// The split, padded layout of a chunk of `ns` samples (see the module notes).
 #[derive(Clone, Copy, Debug)]
 struct Split {
+    /// Outputs per tile side: 2 for F(2×2, 3×3), 4 for F(4×4, 3×3).
+    r: usize,
     /// Tile rows and columns per sample.
     th: usize,
     tw: usize,
-    /// Entries per even (and per odd) row: `tw + 1`.
+    /// Entries per phase of a padded row (its columns `c` with `c mod r` alike): `tw + 1`.
     ew: usize,
-    /// Floats per sample and channel: `(2·th + 2)` padded rows of `2·ew`.
+    /// Floats per sample and channel: `(r·th + 2)` padded rows of `r·ew`.
     plane: usize,
 }
 
 impl Split {
-    fn new(s: &ConvShape) -> Self {
-        let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
+    fn new(s: &ConvShape, r: usize) -> Self {
+        let (th, tw) = (s.h.div_ceil(r), s.w.div_ceil(r));
         let ew = tw + 1;
         Split {
+            r,
             th,
             tw,
             ew,
-            plane: (2 * th + 2) * 2 * ew,
+            plane: (r * th + 2) * r * ew,
         }
     }
     /// Floats per channel of a chunk of `ns` samples (the last vector of a row may read
@@ -140,25 +169,27 @@ impl Split {
 /// Floats of `col` scratch that [`forward`] needs to take `samples` samples at a time
 /// (the split layout of that many, [`Split::chan`] per input channel).
 pub fn scratch_len(s: &ConvShape, samples: usize) -> usize {
-    s.cin * Split::new(s).chan(samples)
+    s.cin * Split::new(s, tile(s)).chan(samples)
 }
 
-/// The tiles `tx0..tx1` of tile row `ty` of a sample, as one task sees them: the even row
-/// of padded row `2·ty` starts at `src` (offset into the split layout), and the tiles
-/// are entries `k..k + (tx1 − tx0)` of the task's `V` and `M` rows.
+/// The tiles `tx0..tx1` of tile row `ty` of a sample, as one task sees them: padded row
+/// `r·ty` starts at `src` (offset into the split layout), and the tiles are entries
+/// `k..k + (tx1 − tx0)` of the task's `V` and `M` rows.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment {
-    /// Offset of the even row of padded row `2·ty` in a channel of the split layout.
+    /// Outputs per tile side ([`Split::r`]).
+    r: usize,
+    /// Offset of padded row `r·ty` in a channel of the split layout.
     src: usize,
     /// First tile column and one past the last.
     tx0: usize,
     tx1: usize,
     /// Entry of the first tile in the task's rows.
     k: usize,
-    /// Distance between padded rows (`2·ew`) and between even and odd (`ew`).
+    /// Distance between the phases of a padded row (`ew`) and between padded rows (`r·ew`).
     ew: usize,
-    /// Offset of output row `2·ty` of this sample in an output channel row, and the
-    /// output rows and columns that exist (`h − 2·ty`, capped at 2; `w`).
+    /// Offset of output row `r·ty` of this sample in an output channel row, and the
+    /// output rows and columns that exist (`h − r·ty`, capped at r; `w`).
     dst: usize,
     rows: usize,
     w: usize,
@@ -183,14 +214,16 @@ fn segments(
         let (row, tx0) = (k / sp.tw, k % sp.tw);
         let tx1 = sp.tw.min(tx0 + (k1 - k));
         let (j, ty) = (row / sp.th, row % sp.th);
+        let r = sp.r;
         let g = Segment {
-            src: j * sp.plane + 2 * ty * 2 * sp.ew,
+            r,
+            src: j * sp.plane + r * ty * r * sp.ew,
             tx0,
             tx1,
             k: k - k0,
             ew: sp.ew,
-            dst: (n0 + j) * h * w + 2 * ty * w,
-            rows: (h - 2 * ty).min(2),
+            dst: (n0 + j) * h * w + r * ty * w,
+            rows: (h - r * ty).min(r),
             w,
         };
         k += tx1 - tx0;
@@ -199,10 +232,19 @@ fn segments(
 }
 
 /// Copies samples `n0..n1` of `x: [C][N·H·W]` (through `bn` if given) into the split
-/// layout `buf`: per channel and sample, `2·th + 2` padded rows (row 0 and those past the
-/// image are zero), each as its even padded columns then its odd ones.
-fn split(buf: &mut [f32], x: &[f32], bn: Option<BnRelu>, s: &ConvShape, n0: usize, n1: usize) {
-    let sp = Split::new(s);
+/// layout `sp` in `buf`: per channel and sample, `r·th + 2` padded rows (row 0 and those
+/// past the image are zero), each as its `r` phases one after the other (F(2×2): its even
+/// padded columns, then its odd ones).
+#[allow(clippy::too_many_arguments)]
+fn split(
+    buf: &mut [f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    s: &ConvShape,
+    sp: Split,
+    n0: usize,
+    n1: usize,
+) {
     let (h, w) = (s.h, s.w);
     let chan = sp.chan(n1 - n0);
     let len = s.n * h * w;
@@ -213,23 +255,43 @@ fn split(buf: &mut [f32], x: &[f32], bn: Option<BnRelu>, s: &ConvShape, n0: usiz
             let img = &x[c * len + (n0 + j) * h * w..][..h * w];
             for (iy, row) in img.chunks_exact(w).enumerate() {
                 // padded row iy + 1; padded column c' is image column c' − 1
-                let (even, odd) = plane[(iy + 1) * 2 * sp.ew..][..2 * sp.ew].split_at_mut(sp.ew);
+                let padded = &mut plane[(iy + 1) * sp.r * sp.ew..][..sp.r * sp.ew];
                 match bn {
                     Some(b) => {
-                        split_row(even, odd, row, |v| (v * b.scale[c] + b.shift[c]).max(0.0))
+                        split_row(padded, sp, row, |v| (v * b.scale[c] + b.shift[c]).max(0.0))
                     }
-                    None => split_row(even, odd, row, |v| v),
+                    None => split_row(padded, sp, row, |v| v),
                 }
             }
         }
     });
 }
 
-/// One image row into its padded row's even and odd columns, through `f`: image column
-/// 2k is padded column 2k + 1 (odd entry k), 2k + 1 is 2k + 2 (even entry k + 1). In
-/// pairs, without a test per column (a branch on the parity was 4% of a batch-1 pass).
+/// One image row into its padded row's phases (`sp.r` of them, `sp.ew` entries each),
+/// through `f`: image column `x` is padded column `x + 1`, entry `(x + 1) / r` of phase
+/// `(x + 1) mod r`. A group of `r` columns at a time, without a test per column (a branch
+/// on the parity was 4% of a batch-1 pass).
 #[inline(always)]
-fn split_row(even: &mut [f32], odd: &mut [f32], row: &[f32], f: impl Fn(f32) -> f32) {
+fn split_row(padded: &mut [f32], sp: Split, row: &[f32], f: impl Fn(f32) -> f32) {
+    if sp.r == 4 {
+        let (p0, rest) = padded.split_at_mut(sp.ew);
+        let (p1, rest) = rest.split_at_mut(sp.ew);
+        let (p2, p3) = rest.split_at_mut(sp.ew);
+        // columns 4k … 4k + 3 are padded 4k + 1 … 4k + 4: phases 1, 2, 3 at k, phase 0 at k + 1
+        let quads = row.chunks_exact(4);
+        let (n, rest) = (quads.len(), quads.remainder());
+        for (k, q) in quads.enumerate() {
+            p1[k] = f(q[0]);
+            p2[k] = f(q[1]);
+            p3[k] = f(q[2]);
+            p0[k + 1] = f(q[3]);
+        }
+        for (v, p) in rest.iter().zip([p1, p2, p3]) {
+            p[n] = f(*v);
+        }
+        return;
+    }
+    let (even, odd) = padded.split_at_mut(sp.ew);
     let pairs = row.chunks_exact(2);
     let last = pairs.remainder().first().copied();
     let n = pairs.len();
@@ -243,10 +305,7 @@ fn split_row(even: &mut [f32], odd: &mut [f32], row: &[f32], f: impl Fn(f32) -> 
 }
 
 /// `V = Bᵀ·d·B` for the tiles of segment `g` of one input channel: the channel's split
-/// layout at `src`, the 16 rows `ξ` of `V` at `v + ξ·vs` (entries `g.k..`).
-///
-/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`, applied to the
-/// columns of each of the 4 window rows, then to the rows.
+/// layout at `src`, the `(r + 2)²` rows `ξ` of `V` at `v + ξ·vs` (entries `g.k..`).
 ///
 /// # Safety
 /// The split layout must hold `LANES` floats past every tile row read (its [`PB`] slack);
@@ -254,6 +313,18 @@ fn split_row(even: &mut [f32], odd: &mut [f32], row: &[f32], f: impl Fn(f32) -> 
 /// on entries written later). The CPU must run `V`.
 #[inline(always)]
 unsafe fn input_rows<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segment) {
+    if g.r == 4 {
+        input_rows4::<V>(v, vs, src, g)
+    } else {
+        input_rows2::<V>(v, vs, src, g)
+    }
+}
+
+/// [`input_rows`] of F(2×2, 3×3):
+/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`, applied to the
+/// columns of each of the 4 window rows (even, odd, even + 1, odd + 1), then to the rows.
+#[inline(always)]
+unsafe fn input_rows2<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segment) {
     let l = V::LANES;
     let mut j = 0;
     while g.tx0 + j < g.tx1 {
@@ -283,6 +354,52 @@ unsafe fn input_rows<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segme
     }
 }
 
+/// `Bᵀ·d` of F(4×4, 3×3) for one row or column of 6:
+/// `Bᵀ = [[4, 0, −5, 0, 1, 0], [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0],
+/// [0, −2, −1, 2, 1, 0], [0, 2, −1, −2, 1, 0], [0, 4, 0, −5, 0, 1]]`, in 12 operations.
+#[inline(always)]
+unsafe fn bt6<V: F32x>(d: [V; 6]) -> [V; 6] {
+    let (four, mfour, mfive) = (V::splat(&4.0), V::splat(&-4.0), V::splat(&-5.0));
+    let a = d[2].mul_add(mfour, d[4]); // d4 − 4·d2
+    let b = d[1].mul_add(mfour, d[3]); // d3 − 4·d1
+    let c = d[4].sub(d[2]);
+    let e = d[3].sub(d[1]);
+    let e = e.add(e);
+    [
+        d[0].mul_add(four, d[2].mul_add(mfive, d[4])),
+        a.add(b),
+        a.sub(b),
+        c.add(e),
+        c.sub(e),
+        d[1].mul_add(four, d[3].mul_add(mfive, d[5])),
+    ]
+}
+
+/// [`input_rows`] of F(4×4, 3×3): [`bt6`] along the columns of each of the 6 window rows
+/// (padded column `4·tx + c` is entry `tx + c / 4` of phase `c mod 4`), then along the rows.
+#[inline(always)]
+unsafe fn input_rows4<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segment) {
+    let l = V::LANES;
+    let mut j = 0;
+    while g.tx0 + j < g.tx1 {
+        // t[c][r]: window row r with Bᵀ applied along its columns, stored by column
+        let mut t = [[V::zero(); 6]; 6];
+        for r in 0..6 {
+            let p = src.add(g.src + r * 4 * g.ew + g.tx0 + j);
+            let d = std::array::from_fn(|c| V::load(p.add((c % 4) * g.ew + c / 4)));
+            for (t, x) in t.iter_mut().zip(bt6(d)) {
+                t[r] = x;
+            }
+        }
+        for (c, t) in t.iter().enumerate() {
+            for (r, x) in bt6(*t).into_iter().enumerate() {
+                x.store(v.add((6 * r + c) * vs + g.k + j));
+            }
+        }
+        j += l;
+    }
+}
+
 simd_entries!(input_rows => input_avx2, input_avx512 (
     v: *mut f32,
     vs: usize,
@@ -290,17 +407,25 @@ simd_entries!(input_rows => input_avx2, input_avx512 (
     g: &Segment,
 ));
 
-/// `Y = Aᵀ·M·A` for the tiles of segment `g` of one output channel: the 16 rows of `M` at
-/// `m + ξ·ms` (entries `g.k..`), the 2×2 outputs of each tile written to the channel's
-/// output row `y` (positions from `g.dst`, rows `g.w` apart), where they exist.
-///
-/// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`.
+/// `Y = Aᵀ·M·A` for the tiles of segment `g` of one output channel: the `(r + 2)²` rows
+/// of `M` at `m + ξ·ms` (entries `g.k..`), the r×r outputs of each tile written to the
+/// channel's output row `y` (positions from `g.dst`, rows `g.w` apart), where they exist.
 ///
 /// # Safety
 /// `m`'s rows must hold `LANES` entries past the segment's last; `y` must hold the
 /// segment's outputs. The CPU must run `V`.
 #[inline(always)]
 unsafe fn output_rows<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segment) {
+    if g.r == 4 {
+        output_rows4::<V>(y, m, ms, g)
+    } else {
+        output_rows2::<V>(y, m, ms, g)
+    }
+}
+
+/// [`output_rows`] of F(2×2, 3×3): `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`.
+#[inline(always)]
+unsafe fn output_rows2<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segment) {
     let l = V::LANES;
     // [output row][column parity][tile]: room for the widest vector (AVX-512's 16 lanes)
     let mut lanes = [[[0f32; 16]; 2]; 2];
@@ -338,6 +463,57 @@ unsafe fn output_rows<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segmen
     }
 }
 
+/// `Aᵀ·m` of F(4×4, 3×3) for one row or column of 6:
+/// `Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, −1, 2, −2, 0], [0, 1, 1, 4, 4, 0], [0, 1, −1, 8, −8, 1]]`.
+#[inline(always)]
+unsafe fn at6<V: F32x>(m: [V; 6]) -> [V; 4] {
+    let (p, q) = (m[1].add(m[2]), m[1].sub(m[2]));
+    let (r, s) = (m[3].add(m[4]), m[3].sub(m[4]));
+    [
+        m[0].add(p).add(r),
+        s.mul_add(V::splat(&2.0), q),
+        r.mul_add(V::splat(&4.0), p),
+        s.mul_add(V::splat(&8.0), q).add(m[5]),
+    ]
+}
+
+/// [`output_rows`] of F(4×4, 3×3): [`at6`] along the columns of each of M's 6 rows, then
+/// along the rows.
+#[inline(always)]
+unsafe fn output_rows4<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segment) {
+    let l = V::LANES;
+    // [output row][output column][tile]: room for the widest vector (AVX-512's 16 lanes)
+    let mut lanes = [[[0f32; 16]; 4]; 4];
+    let mut j = 0;
+    while g.tx0 + j < g.tx1 {
+        // s[b][r]: row r of M with Aᵀ applied along its columns, stored by column
+        let mut s = [[V::zero(); 6]; 4];
+        for r in 0..6 {
+            let p = m.add(6 * r * ms + g.k + j);
+            let row = std::array::from_fn(|c| V::load(p.add(c * ms)));
+            for (s, x) in s.iter_mut().zip(at6(row)) {
+                s[r] = x;
+            }
+        }
+        for (b, s) in s.iter().enumerate() {
+            for (a, x) in at6(*s).into_iter().enumerate() {
+                x.store(lanes[a][b].as_mut_ptr());
+            }
+        }
+        let n = l.min(g.tx1 - g.tx0 - j);
+        for (a, lanes) in lanes.iter().enumerate().take(g.rows) {
+            let row = y.add(g.dst + a * g.w);
+            for q in 0..n {
+                let ox = 4 * (g.tx0 + j + q);
+                for (b, lane) in lanes.iter().enumerate().take(g.w.saturating_sub(ox)) {
+                    *row.add(ox + b) = lane[q];
+                }
+            }
+        }
+        j += l;
+    }
+}
+
 simd_entries!(output_rows => output_avx2, output_avx512 (
     y: *mut f32,
     m: *const f32,
@@ -345,22 +521,42 @@ simd_entries!(output_rows => output_avx2, output_avx512 (
     g: &Segment,
 ));
 
-/// `U_ξ[o][i]` (`ξ = 4·r + c`) of `g = w[o][i]` (3×3, row-major): `G·g·Gᵀ` with
-/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
-fn transform_kernel(g: &[f32; 9]) -> [f32; 16] {
-    let col = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    // G·g: 4 rows of 3
-    let mut gg = [[0f32; 3]; 4];
+/// `G·(a, b, c)` of F(2×2, 3×3), `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`, in
+/// the first 4 entries.
+fn g4(a: f32, b: f32, c: f32) -> [f32; 6] {
+    [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c, 0.0, 0.0]
+}
+
+/// `G·(a, b, c)` of F(4×4, 3×3), `G = [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙],
+/// [1/24, 1/12, ⅙], [1/24, −1/12, ⅙], [0, 0, 1]]`.
+fn g6(a: f32, b: f32, c: f32) -> [f32; 6] {
+    let (s, d) = (a + c, a / 4.0 + c);
+    [
+        a / 4.0,
+        -(s + b) / 6.0,
+        -(s - b) / 6.0,
+        (d + b / 2.0) / 6.0,
+        (d - b / 2.0) / 6.0,
+        c,
+    ]
+}
+
+/// `U_ξ[o][i]` (`ξ = (r + 2)·row + col`, in the first `(r + 2)²` entries) of
+/// `g = w[o][i]` (3×3, row-major): `G·g·Gᵀ`.
+fn transform_kernel(g: &[f32; 9], r: usize) -> [f32; 36] {
+    let col = if r == 4 { g6 } else { g4 };
+    let a = r + 2;
+    // G·g: a rows of 3
+    let mut gg = [[0f32; 3]; 6];
     for kx in 0..3 {
         let v = col(g[kx], g[3 + kx], g[6 + kx]);
-        for r in 0..4 {
-            gg[r][kx] = v[r];
+        for (row, v) in gg.iter_mut().zip(v) {
+            row[kx] = v;
         }
     }
-    let mut u = [0f32; 16];
-    for r in 0..4 {
-        let v = col(gg[r][0], gg[r][1], gg[r][2]);
-        u[4 * r..4 * r + 4].copy_from_slice(&v);
+    let mut u = [0f32; 36];
+    for (row, gg) in gg.iter().enumerate().take(a) {
+        u[a * row..a * row + a].copy_from_slice(&col(gg[0], gg[1], gg[2])[..a]);
     }
     u
 }
@@ -377,7 +573,7 @@ pub fn forward(
     s: &ConvShape,
     col: &mut [f32],
 ) -> bool {
-    convolve(y, x, bn, w, false, s, col)
+    convolve(y, x, bn, w, false, s, tile(s), col)
 }
 
 /// The input gradient of the 3×3 convolution `s` (forward weights `w: [Cout][Cin][9]`):
@@ -391,7 +587,8 @@ pub fn backward_data(
     s: &ConvShape,
     col: &mut [f32],
 ) -> bool {
-    convolve(dx, dy, None, w, true, &data_shape(s), col)
+    let ds = data_shape(s);
+    convolve(dx, dy, None, w, true, &ds, tile(&ds), col)
 }
 
 /// The convolution that computes `s`'s input gradient: inputs and outputs swapped.
@@ -404,18 +601,28 @@ pub fn data_shape(s: &ConvShape) -> ConvShape {
 }
 
 /// U of `w` ([`convolve`]'s weights) as `raw: [o][i][ξ]`, then packed per ξ into
-/// `packed` for the one-tap kernel (16 × `co·ci` floats each).
-fn transform(packed: &mut [f32], raw: &mut [f32], w: &[f32], flip: bool, co: usize, ci: usize) {
-    raw.par_chunks_mut(16 * ci)
+/// `packed` for the one-tap kernel (`(r + 2)²` × `co·ci` floats).
+#[allow(clippy::too_many_arguments)]
+fn transform(
+    packed: &mut [f32],
+    raw: &mut [f32],
+    w: &[f32],
+    flip: bool,
+    co: usize,
+    ci: usize,
+    r: usize,
+) {
+    let xis = (r + 2) * (r + 2);
+    raw.par_chunks_mut(xis * ci)
         .enumerate()
         .for_each(|(o, row)| {
-            for (i, u) in row.chunks_exact_mut(16).enumerate() {
+            for (i, u) in row.chunks_exact_mut(xis).enumerate() {
                 let g: [f32; 9] = if flip {
                     std::array::from_fn(|t| w[(i * co + o) * 9 + 8 - t])
                 } else {
                     std::array::from_fn(|t| w[(o * ci + i) * 9 + t])
                 };
-                u.copy_from_slice(&transform_kernel(&g));
+                u.copy_from_slice(&transform_kernel(&g, r)[..xis]);
             }
         });
     let raw = &*raw;
@@ -423,12 +630,13 @@ fn transform(packed: &mut [f32], raw: &mut [f32], w: &[f32], flip: bool, co: usi
         .par_chunks_mut(co * ci)
         .enumerate()
         .for_each(|(xi, p)| {
-            pack_into(p, co, ci, |o, i| raw[(o * ci + i) * 16 + xi]);
+            pack_into(p, co, ci, |o, i| raw[(o * ci + i) * xis + xi]);
         });
 }
 
 /// [`forward`], or with `flip` the convolution whose kernel (o, i) is `w[i][o]` rotated
-/// by 180° (`w` then `[Cin][Cout][9]` of `s`).
+/// by 180° (`w` then `[Cin][Cout][9]` of `s`), in tiles of r×r outputs (2 or 4).
+#[allow(clippy::too_many_arguments)]
 fn convolve(
     y: &mut [f32],
     x: &[f32],
@@ -436,9 +644,12 @@ fn convolve(
     w: &[f32],
     flip: bool,
     s: &ConvShape,
+    r: usize,
     col: &mut [f32],
 ) -> bool {
-    let sp = Split::new(s);
+    let sp = Split::new(s, r);
+    // elements ξ of a transformed tile
+    let xis = (r + 2) * (r + 2);
     // the most samples whose scratch_len fits in col
     let ns = col.len().saturating_sub(s.cin * PB) / (s.cin * sp.plane);
     if !applies(s) || ns == 0 {
@@ -457,20 +668,25 @@ fn convolve(
     // flipped weights change every step)
     let frozen = (!flip)
         .then(|| {
-            prepack::packed(prepack::Layout::Winograd, w, 16 * co * ci, |packed| {
-                with_scratch(&U, 16 * co * ci, |raw| {
-                    transform(packed, raw, w, flip, co, ci)
+            let layout = prepack::Layout::Winograd { tile: r };
+            prepack::packed(layout, w, xis * co * ci, |packed| {
+                with_scratch(&U, xis * co * ci, |raw| {
+                    transform(packed, raw, w, flip, co, ci, r)
                 })
             })
         })
         .flatten();
-    let own = if frozen.is_some() { 0 } else { 32 * co * ci };
+    let own = if frozen.is_some() {
+        0
+    } else {
+        2 * xis * co * ci
+    };
     with_scratch(&U, own, |ubuf| {
         let packed: &[f32] = match &frozen {
             Some(packed) => packed,
             None => {
-                let (raw, packed) = ubuf.split_at_mut(16 * co * ci);
-                transform(packed, raw, w, flip, co, ci);
+                let (raw, packed) = ubuf.split_at_mut(xis * co * ci);
+                transform(packed, raw, w, flip, co, ci, r);
                 packed
             }
         };
@@ -480,14 +696,14 @@ fn convolve(
         while n0 < s.n {
             let n1 = (n0 + ns).min(s.n);
             let chan = sp.chan(n1 - n0);
-            split(col, x, bn, s, n0, n1);
+            split(col, x, bn, s, sp, n0, n1);
             let src = &col[..ci * chan];
             let tiles = (n1 - n0) * sp.th * sp.tw;
             (0..tiles.div_ceil(T)).into_par_iter().for_each(|task| {
                 let (k0, k1) = (task * T, ((task + 1) * T).min(tiles));
                 let segs = || segments(&sp, s, n0, k0, k1);
-                with_scratch(&VM, 16 * (vs + ms), |vm| {
-                    let (v, m) = vm.split_at_mut(16 * vs);
+                with_scratch(&VM, xis * (vs + ms), |vm| {
+                    let (v, m) = vm.split_at_mut(xis * vs);
                     for c in 0..ci {
                         for g in segs() {
                             // SAFETY: the split layout holds PB floats past each channel;
@@ -504,7 +720,7 @@ fn convolve(
                         }
                     }
                     let n = k1 - k0;
-                    for xi in 0..16 {
+                    for xi in 0..xis {
                         let wq = Weights::packed(&packed[xi * co * ci..][..co * ci], ci);
                         let (mo, vi) = (&mut m[xi * ms..][..ms], &v[xi * vs..][..vs]);
                         pointwise_tile(mo, T, vi, T, wq, co, ci, n);
@@ -602,11 +818,12 @@ mod tests {
                 };
                 let mut want = vec![0.0; s.cout * s.n * s.h * s.w];
                 im2col_forward(&mut want, &input, &w, &s, &mut big);
-                for samples in [1, s.n] {
-                    let mut col = vec![f32::NAN; scratch_len(&s, samples)];
+                for (samples, r) in [1, s.n].into_iter().flat_map(|n| [(n, 2), (n, 4)]) {
+                    let mut col = vec![f32::NAN; s.cin * Split::new(&s, r).chan(samples)];
                     let mut y = vec![f32::NAN; want.len()];
-                    assert!(forward(&mut y, &x, bn, &w, &s, &mut col));
-                    close(&y, &want, &format!("{s:?} bn {with_bn} samples {samples}"));
+                    assert!(convolve(&mut y, &x, bn, &w, false, &s, r, &mut col));
+                    let what = format!("{s:?} F({r}×{r}) bn {with_bn} samples {samples}");
+                    close(&y, &want, &what);
                 }
             }
             // the input gradient, against im2col's backward (its dw discarded); the one-tap
@@ -620,12 +837,21 @@ mod tests {
             let mut want = vec![0.0; x.len()];
             let mut dw = vec![0.0; w.len()];
             im2col_backward(Some(&mut want), &mut dw, &dy, &x, &w, &s, &mut big);
-            for samples in [1, s.n] {
-                let mut col = vec![f32::NAN; scratch_len(&ds, samples)];
+            for (samples, r) in [1, s.n].into_iter().flat_map(|n| [(n, 2), (n, 4)]) {
+                let mut col = vec![f32::NAN; ds.cin * Split::new(&ds, r).chan(samples)];
                 let mut dx = vec![f32::NAN; x.len()];
-                assert!(backward_data(&mut dx, &dy, &w, &s, &mut col));
-                close(&dx, &want, &format!("{s:?} dx samples {samples}"));
+                assert!(convolve(&mut dx, &dy, None, &w, true, &ds, r, &mut col));
+                close(
+                    &dx,
+                    &want,
+                    &format!("{s:?} F({r}×{r}) dx samples {samples}"),
+                );
             }
+            // and through the public entry, on the tile it picks
+            let mut col = vec![f32::NAN; scratch_len(&ds, s.n)];
+            let mut dx = vec![f32::NAN; x.len()];
+            assert!(backward_data(&mut dx, &dy, &w, &s, &mut col));
+            close(&dx, &want, &format!("{s:?} dx"));
         }
         // too little scratch for one sample: nothing done
         let s = shape(1, 4, 4, 6, 6);
