@@ -5,7 +5,7 @@
 //! cargo bench --bench shapes              # every benchmark (minutes)
 //! cargo bench --bench shapes -- conv3x3   # those whose name contains `conv3x3`
 //! cargo bench --bench shapes -- efficiency             # GFLOP/s and fraction of peak
-//! cargo bench --bench shapes -- winograd               # Winograd 3×3 against direct
+//! cargo bench --bench shapes -- winograd               # Winograd 3×3 (both tiles) against direct
 //! cargo bench --bench shapes -- pointwise_routes       # batch-1 1×1: gemm against direct
 //! N=16 cargo bench --bench shapes -- conv3x3_routes    # 3×3 forward: every route
 //! N=16 cargo bench --bench shapes -- stem_routes       # the 7×7 stem: both routes, fwd and dW
@@ -773,10 +773,11 @@ fn efficiency() {
 
 /// The 3×3 routes side by side on densenet121's dense-layer shape (128 → 32) and
 /// BC-100's (48 → 12), 2 threads: the direct kernel (`forward_direct`,
-/// `backward_direct`) against Winograd F(2×2, 3×3) for the forward and the input
-/// gradient (`kernels::winograd`; the weight gradient stays direct), alternating, 9
-/// rounds. Prints each route's best time and the median per-round time ratio; the
-/// thresholds of `winograd::preferred` come from these.
+/// `backward_direct`) against Winograd F(2×2, 3×3) and F(4×4, 3×3) for the forward and
+/// the input gradient (`kernels::winograd`; the weight gradient stays direct),
+/// alternating, 9 rounds. Prints each route's best time, the median per-round time ratio
+/// to direct, and the tile `winograd::tile` picks; the thresholds of
+/// `winograd::preferred` and `winograd::tile` come from these.
 fn winograd() {
     use densenet::kernels::winograd as wino;
     let p = pool(2);
@@ -809,7 +810,8 @@ fn winograd() {
             if bwd && !wino::applies(&ds) {
                 continue;
             }
-            let (mut best, mut ratios) = ([f64::MAX; 2], vec![]);
+            // direct, F(2×2), F(4×4), alternating; best times and median ratios to direct
+            let (mut best, mut ratios) = ([f64::MAX; 3], [vec![], vec![]]);
             for _ in 0..9 {
                 let direct = time(&mut || {
                     if bwd {
@@ -818,42 +820,40 @@ fn winograd() {
                         case.forward(false)
                     }
                 });
-                let wg = time(&mut || {
-                    if bwd {
-                        assert!(wino::backward_data(
-                            &mut case.dx,
-                            &case.y,
-                            &case.w,
-                            &s,
-                            &mut dcol
-                        ));
-                        // the weight gradient as the direct arm has it: of the BN-ReLU
-                        let bn = Conv3x3Case::bn(&case.scale_shift);
-                        let dw = &mut case.dw;
-                        let (y, x, w, col) = (&case.y, &case.x, &case.w, &mut case.col);
-                        conv3x3::backward_direct(None, dw, y, x, bn, w, &s, col);
-                    } else {
-                        let bn = Conv3x3Case::bn(&case.scale_shift);
-                        assert!(wino::forward(
-                            &mut case.y,
-                            &case.x,
-                            bn,
-                            &case.w,
-                            &s,
-                            &mut wcol
-                        ));
-                    }
-                });
-                best = [best[0].min(direct), best[1].min(wg)];
-                ratios.push(wg / direct);
+                let mut wg = |r: usize| {
+                    time(&mut || {
+                        if bwd {
+                            let (dx, y, w) = (&mut case.dx, &case.y, &case.w);
+                            assert!(wino::backward_data_in_tiles(dx, y, w, &s, r, &mut dcol));
+                            // the weight gradient as the direct arm has it: of the BN-ReLU
+                            let bn = Conv3x3Case::bn(&case.scale_shift);
+                            let dw = &mut case.dw;
+                            let (y, x, w, col) = (&case.y, &case.x, &case.w, &mut case.col);
+                            conv3x3::backward_direct(None, dw, y, x, bn, w, &s, col);
+                        } else {
+                            let bn = Conv3x3Case::bn(&case.scale_shift);
+                            let (y, x, w) = (&mut case.y, &case.x, &case.w);
+                            assert!(wino::forward_in_tiles(y, x, bn, w, &s, r, &mut wcol));
+                        }
+                    })
+                };
+                let (f2, f4) = (wg(2), wg(4));
+                best = [best[0].min(direct), best[1].min(f2), best[2].min(f4)];
+                ratios[0].push(f2 / direct);
+                ratios[1].push(f4 / direct);
             }
-            ratios.sort_by(f64::total_cmp);
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let [r2, r4] = ratios.each_mut().map(median);
+            let picked = wino::tile(if bwd { &ds } else { &s });
             rows.push(format!(
-                "{} direct {:8.1} us, winograd {:8.1} us, ratio {:.2}",
+                "{} direct {:8.1} us, F(2x2) {:8.1} us ({r2:.2}), F(4x4) {:8.1} us ({r4:.2}), tile() {picked}",
                 if bwd { "bwd" } else { "fwd" },
                 best[0] * 1e6,
                 best[1] * 1e6,
-                ratios[ratios.len() / 2]
+                best[2] * 1e6,
             ));
         }
         println!(

@@ -194,7 +194,8 @@ fn fast_kernels_match_the_portable_ones() {
         // (`winograd::preferred` on up to 4 threads); an odd width
         shape(4, 64, 32, (16, 15), 3, 1),
         // and through F(4×4, 3×3) (`winograd::tile`: 4·8·8 = 256 tiles of 4×4, covering
-        // 32×32 of a 32×31 plane): the odd width leaves a last tile of 3 columns
+        // 32×32 of a 32×31 plane), the weight gradient too: the odd width leaves a last
+        // tile of 3 columns
         shape(4, 64, 32, (32, 31), 3, 1),
         // small planes with densenet121's ratio, where the forward takes the route with
         // output channels in the vector (`broadcast::preferred`): an odd plane over three

@@ -25,7 +25,8 @@
 //! Where it is faster ([`winograd::preferred`]: densenet121's 128 → 32 layers with enough
 //! 2×2 tiles), [`forward`] and the input gradient of [`backward`] take
 //! [`winograd`] instead, which does 16 multiply-adds per 2×2 outputs where this loop does
-//! 36; [`forward_direct`] and [`backward_direct`] are this file's kernels alone.
+//! 36 (36 per 4×4 where it does 144, with F(4×4)), and where F(4×4) applies the weight
+//! gradient too; [`forward_direct`] and [`backward_direct`] are this file's kernels alone.
 //!
 //! The batch is processed in chunks of samples that fit the `col` scratch
 //! ([`scratch_per_sample`] floats each). Register blocking: 6 or 4 output channels × 2
@@ -432,8 +433,9 @@ pub fn forward_broadcast(
 
 /// Backward: `dw += dy ⋆ x` (of `relu(x·scale + shift)` with `bn`); `dx`, if given, is
 /// **overwritten** with the input gradient. The input gradient goes through
-/// [`winograd::backward_data`] where [`winograd::preferred`] holds for the forward shape
-/// (the weight gradient always takes the direct kernel).
+/// [`winograd::backward_data`] where [`winograd::preferred`] holds for the forward shape,
+/// and then the weight gradient through [`winograd::backward_weights`] where F(4×4, 3×3)
+/// applies ([`winograd::weights_apply`]); else the direct kernels.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     dx: Option<&mut [f32]>,
@@ -452,6 +454,11 @@ pub fn backward(
             .is_some_and(|dx| winograd::backward_data(dx, dy, w, s, col))
     {
         dx = None;
+    }
+    // the weight gradient too, where the input gradient is done (or not asked for) and
+    // F(4×4) applies
+    if dx.is_none() && winograd::preferred(s) && winograd::backward_weights(dw, dy, x, bn, s, col) {
+        return;
     }
     backward_direct(dx, dw, dy, x, bn, w, s, col);
 }

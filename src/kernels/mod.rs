@@ -210,6 +210,9 @@ pub struct Direct {
     pub wino_input: winograd::InputFn,
     /// Winograd output transform of one channel's tile row ([`winograd`]).
     pub wino_output: winograd::OutputFn,
+    /// Winograd F(4×4, 3×3) transform of one output-gradient channel's tile row, for the
+    /// weight gradient ([`winograd::backward_weights`]).
+    pub wino_grad: winograd::InputFn,
     /// The 3×3 forward with output channels in the vector, one task ([`broadcast`]).
     pub broadcast3: broadcast::TaskFn,
     /// The same for a 7×7 window (the ImageNet stem).
@@ -297,6 +300,7 @@ static AVX2: Kernels = Kernels {
         fma_chains: peak::fma_chains_avx2,
         wino_input: winograd::input_avx2,
         wino_output: winograd::output_avx2,
+        wino_grad: winograd::grad_avx2,
         broadcast3: broadcast::task_avx2::<3>,
         broadcast7: broadcast::task_avx2::<7>,
         broadcast_dw: broadcast::dw_avx2,
@@ -330,6 +334,7 @@ static AVX512: Kernels = Kernels {
         fma_chains: peak::fma_chains_avx512,
         wino_input: winograd::input_avx512,
         wino_output: winograd::output_avx512,
+        wino_grad: winograd::grad_avx512,
         broadcast3: broadcast::task_avx512::<3>,
         broadcast7: broadcast::task_avx512::<7>,
         broadcast_dw: broadcast::dw_avx512,

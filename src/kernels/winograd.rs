@@ -8,7 +8,9 @@
 //! `M_ξ = U_ξ·V_ξ` (`[Cout][Cin]·[Cin][tiles]`), which the one-tap register kernel
 //! (`correlate1`) computes. Per output, input and output channel that is 4 multiply-adds
 //! with F(2×2) (16 per 4 outputs) and 2.25 with F(4×4) (36 per 16), where the direct
-//! kernel does 9; [`tile`] picks r.
+//! kernel does 9; [`tile`] picks r. Where it picks 4, the weight gradient takes F(4×4)
+//! too ([`backward_weights`]: the same `V`, the output gradient transformed by
+//! [`grad_rows`], and per ξ an outer product over the tiles).
 //!
 //! Layout: the BN-ReLU of the input is first copied, zero-padded, with each padded row's
 //! columns split by their remainder mod r into r phases ([`split`]); then tile `tx` of a
@@ -167,9 +169,11 @@ impl Split {
 }
 
 /// Floats of `col` scratch that [`forward`] needs to take `samples` samples at a time
-/// (the split layout of that many, [`Split::chan`] per input channel).
+/// (the split layout of that many, [`Split::chan`] per input channel), in tiles of
+/// either size.
 pub fn scratch_len(s: &ConvShape, samples: usize) -> usize {
-    s.cin * Split::new(s, tile(s)).chan(samples)
+    let chan = |r| Split::new(s, r).chan(samples);
+    s.cin * chan(2).max(chan(4))
 }
 
 /// The tiles `tx0..tx1` of tile row `ty` of a sample, as one task sees them: padded row
@@ -541,6 +545,69 @@ fn g6(a: f32, b: f32, c: f32) -> [f32; 6] {
     ]
 }
 
+/// `Aᵀ`'s transpose applied to one row or column of 4 of an output-gradient tile:
+/// `m[c] = Σ_a Aᵀ[a][c]·y[a]` (F(4×4, 3×3); [`at6`] has `Aᵀ`).
+#[inline(always)]
+unsafe fn a6<V: F32x>(y: [V; 4]) -> [V; 6] {
+    let (p, q) = (y[0].add(y[2]), y[1].add(y[3]));
+    let (p4, q2) = (y[2].mul_add(V::splat(&4.0), y[0]), y[1].add(y[1]));
+    let q4 = y[3].mul_add(V::splat(&8.0), q2);
+    [y[0], p.add(q), p.sub(q), p4.add(q4), p4.sub(q4), y[3]]
+}
+
+/// `M' = A·dY·Aᵀ` (6×6) of the F(4×4, 3×3) tiles of segment `g` of one output-gradient
+/// channel: that channel's `dy` row (positions from `g.dst`, rows `g.w` apart; zero past
+/// the image), the 36 rows `ξ` of `M'` at `m + ξ·ms` (entries `g.k..`). The weight
+/// gradient's counterpart of [`output_rows`] (whose transpose it is).
+///
+/// # Safety
+/// `dy` must hold the segment's positions; `m`'s rows must hold `LANES` entries past the
+/// segment's last. The CPU must run `V`.
+#[inline(always)]
+unsafe fn grad_rows<V: F32x>(m: *mut f32, ms: usize, dy: *const f32, g: &Segment) {
+    let l = V::LANES;
+    // [tile row][tile column][tile]: room for the widest vector (AVX-512's 16 lanes)
+    let mut lanes = [[[0f32; 16]; 4]; 4];
+    let mut j = 0;
+    while g.tx0 + j < g.tx1 {
+        let n = l.min(g.tx1 - g.tx0 - j);
+        for (a, lanes) in lanes.iter_mut().enumerate() {
+            let row = dy.add(g.dst + a * g.w);
+            for q in 0..l {
+                let ox = 4 * (g.tx0 + j + q);
+                for (b, lane) in lanes.iter_mut().enumerate() {
+                    lane[q] = if a < g.rows && q < n && ox + b < g.w {
+                        *row.add(ox + b)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        // s[c][a]: tile row a with A applied along its columns, stored by column
+        let mut s = [[V::zero(); 4]; 6];
+        for (a, lanes) in lanes.iter().enumerate() {
+            let row = std::array::from_fn(|b| V::load(lanes[b].as_ptr()));
+            for (s, x) in s.iter_mut().zip(a6(row)) {
+                s[a] = x;
+            }
+        }
+        for (c, s) in s.iter().enumerate() {
+            for (r, x) in a6(*s).into_iter().enumerate() {
+                x.store(m.add((6 * r + c) * ms + g.k + j));
+            }
+        }
+        j += l;
+    }
+}
+
+simd_entries!(grad_rows => grad_avx2, grad_avx512 (
+    m: *mut f32,
+    ms: usize,
+    dy: *const f32,
+    g: &Segment,
+));
+
 /// `U_ξ[o][i]` (`ξ = (r + 2)·row + col`, in the first `(r + 2)²` entries) of
 /// `g = w[o][i]` (3×3, row-major): `G·g·Gᵀ`.
 fn transform_kernel(g: &[f32; 9], r: usize) -> [f32; 36] {
@@ -590,6 +657,204 @@ pub fn backward_data(
     let ds = data_shape(s);
     convolve(dx, dy, None, w, true, &ds, tile(&ds), col)
 }
+
+/// [`forward`] in tiles of `r`×`r` outputs (2 or 4) whatever [`tile`] says: to compare the
+/// two on a CPU (`cargo bench --bench shapes -- winograd`).
+pub fn forward_in_tiles(
+    y: &mut [f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    w: &[f32],
+    s: &ConvShape,
+    r: usize,
+    col: &mut [f32],
+) -> bool {
+    assert!(r == 2 || r == 4, "F({r}×{r}, 3×3): tiles of 2 or 4");
+    convolve(y, x, bn, w, false, s, r, col)
+}
+
+/// [`backward_data`] in tiles of `r`×`r` outputs (2 or 4), as [`forward_in_tiles`].
+pub fn backward_data_in_tiles(
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    r: usize,
+    col: &mut [f32],
+) -> bool {
+    assert!(r == 2 || r == 4, "F({r}×{r}, 3×3): tiles of 2 or 4");
+    convolve(dx, dy, None, w, true, &data_shape(s), r, col)
+}
+
+/// Whether [`backward_weights`] takes the weight gradient of `s` on this CPU: where the
+/// forward takes F(4×4, 3×3) ([`tile`]) and the one-tap and outer-product kernels take
+/// its channel counts.
+pub fn weights_apply(s: &ConvShape) -> bool {
+    applies(s) && tile(s) == 4 && super::conv1x1::grad_tile_applies(s.cout)
+}
+
+/// The weight gradient of the 3×3 convolution `s` as F(4×4, 3×3): `dw[Cout][Cin][9] +=`
+/// the gradient from `dy[Cout][N·H·W]` and the input `x` (through `bn` if given).
+///
+/// The forward's `Y = Aᵀ·[U ⊙ V]·A` with `U = G·g·Gᵀ` is linear in `U`, so per tile
+/// `∂L/∂U = M' ⊙ V` with `M' = A·dY·Aᵀ` ([`grad_rows`]), and summed over tiles and
+/// samples, `dU_ξ[o][i] = Σ_t M'_ξ[o][t]·V_ξ[i][t]`: per ξ an outer product over tiles,
+/// which the 1×1 weight gradient's kernel (`grad_tile`) sums into each thread's own
+/// `[ξ][I][O]`; then `dW = Gᵀ·dU·G` once per call. 36 multiply-adds per 16 outputs,
+/// input and output channel, where the direct kernel does 144.
+///
+/// Returns `false`, having done nothing, where [`weights_apply`] does not hold or `col` is
+/// too small for one sample (as [`forward`]).
+pub fn backward_weights(
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    s: &ConvShape,
+    col: &mut [f32],
+) -> bool {
+    weights_apply(s) && weights_f4(dw, dy, x, bn, s, col)
+}
+
+/// [`backward_weights`] wherever the kernels take the shape, whatever [`tile`] says.
+fn weights_f4(
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    s: &ConvShape,
+    col: &mut [f32],
+) -> bool {
+    const R: usize = 4;
+    const XIS: usize = (R + 2) * (R + 2);
+    let sp = Split::new(s, R);
+    let ns = col.len().saturating_sub(s.cin * PB) / (s.cin * sp.plane);
+    if !applies(s) || !super::conv1x1::grad_tile_applies(s.cout) || ns == 0 {
+        return false;
+    }
+    let direct = active().direct.expect("applies");
+    let (ci, co) = (s.cin, s.cout);
+    let len = s.n * s.h * s.w;
+    assert_eq!(dw.len(), co * ci * 9);
+    assert!(x.len() >= ci * len && dy.len() >= co * len);
+    thread_local! {
+        static VM: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let (vs, ms) = (ci * T + PB, co * T + PB);
+    let acc_len = XIS * ci * co;
+    let parts = rayon::current_num_threads().max(1);
+    with_scratch(&PARTIALS, parts * acc_len, |partials| {
+        partials.fill(0.0);
+        let mut n0 = 0;
+        while n0 < s.n {
+            let n1 = (n0 + ns).min(s.n);
+            let chan = sp.chan(n1 - n0);
+            split(col, x, bn, s, sp, n0, n1);
+            let src = &col[..ci * chan];
+            let tiles = (n1 - n0) * sp.th * sp.tw;
+            let tasks = tiles.div_ceil(T);
+            // part p takes tasks p, p + parts, …, summing into its own [ξ][I][O]
+            let work = |(part, acc): (usize, &mut [f32])| {
+                let panel = co * T;
+                with_scratch(&VM, XIS * (vs + ms) + panel, |vm| {
+                    let (v, rest) = vm.split_at_mut(XIS * vs);
+                    let (m, panel) = rest.split_at_mut(XIS * ms);
+                    for task in (part..tasks).step_by(parts) {
+                        let (k0, k1) = (task * T, ((task + 1) * T).min(tiles));
+                        let segs = || segments(&sp, s, n0, k0, k1);
+                        for c in 0..ci {
+                            for g in segs() {
+                                // SAFETY: as in `convolve`.
+                                unsafe {
+                                    (direct.wino_input)(
+                                        v.as_mut_ptr().add(c * T),
+                                        vs,
+                                        src.as_ptr().add(c * chan),
+                                        &g,
+                                    )
+                                }
+                            }
+                        }
+                        for o in 0..co {
+                            for g in segs() {
+                                // SAFETY: M' rows have PB slack per ξ; the segment's
+                                // positions lie in dy's row o (asserted above).
+                                unsafe {
+                                    (direct.wino_grad)(
+                                        m.as_mut_ptr().add(o * T),
+                                        ms,
+                                        dy.as_ptr().add(o * len),
+                                        &g,
+                                    )
+                                }
+                            }
+                        }
+                        let n = k1 - k0;
+                        for xi in 0..XIS {
+                            let mx = &m[xi * ms..][..co * T];
+                            super::conv1x1::transpose_panels(panel, mx, T, co, n);
+                            // SAFETY: acc's ξ block is this part's own ci×co matrix; V's ξ
+                            // rows hold ci rows of T ≥ n; panel holds M'ᵀ's panels;
+                            // grad_tile_applies(co) (weights_apply).
+                            unsafe {
+                                super::conv1x1::grad_tile(
+                                    acc.as_mut_ptr().add(xi * ci * co),
+                                    v.as_ptr().add(xi * vs),
+                                    T,
+                                    panel.as_ptr(),
+                                    co,
+                                    ci,
+                                    n,
+                                )
+                            }
+                        }
+                    }
+                })
+            };
+            partials.par_chunks_mut(acc_len).enumerate().for_each(work);
+            n0 = n1;
+        }
+        // dW[o][i] += Gᵀ·dU·G, dU summed over the parts in order
+        let (partials, g) = (&*partials, &G6);
+        dw.par_chunks_mut(ci * 9).enumerate().for_each(|(o, dwo)| {
+            for (i, d) in dwo.chunks_exact_mut(9).enumerate() {
+                let mut u = [0f64; XIS];
+                for part in partials.chunks_exact(acc_len) {
+                    for (xi, u) in u.iter_mut().enumerate() {
+                        *u += part[(xi * ci + i) * co + o] as f64;
+                    }
+                }
+                // dU·G (6×3), then Gᵀ·(dU·G)
+                let mut ug = [[0f64; 3]; 6];
+                for (r, ug) in ug.iter_mut().enumerate() {
+                    for (c, g) in g.iter().enumerate() {
+                        for (ug, g) in ug.iter_mut().zip(g) {
+                            *ug += u[6 * r + c] * g;
+                        }
+                    }
+                }
+                for (ky, d) in d.chunks_exact_mut(3).enumerate() {
+                    for (kx, d) in d.iter_mut().enumerate() {
+                        let t: f64 = (0..6).map(|r| g[r][ky] * ug[r][kx]).sum();
+                        *d += t as f32;
+                    }
+                }
+            }
+        });
+    });
+    true
+}
+
+/// F(4×4, 3×3)'s `G` (6×3), for the weight gradient's `Gᵀ·dU·G` (the forward's [`g6`]).
+const G6: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
 
 /// The convolution that computes `s`'s input gradient: inputs and outputs swapped.
 pub fn data_shape(s: &ConvShape) -> ConvShape {
@@ -755,6 +1020,67 @@ mod tests {
     use crate::kernels::testutil::{close, data, say, shape3x3 as shape};
     use crate::ops::conv::{im2col_backward, im2col_forward};
 
+    /// The F(4×4, 3×3) weight gradient against im2col's (itself tested against a naive
+    /// convolution in `conv`), added onto a gradient already there: odd and even sizes,
+    /// 1-row and 1-column images, tile rows that cross tasks, output counts of one and
+    /// more vectors, with and without a BN-ReLU, one sample per chunk and all in one.
+    #[test]
+    fn weight_gradient_matches_im2col() {
+        if kernels::active().direct.is_none() {
+            say(&format!(
+                "SKIPPED: the {} kernels have no outer-product kernel",
+                kernels::active().name
+            ));
+            return;
+        }
+        let shapes = [
+            shape(2, 8, 16, 5, 7),
+            shape(1, 12, 32, 9, 6),
+            shape(3, 16, 16, 1, 11),
+            shape(2, 4, 32, 13, 1),
+            shape(2, 20, 48, 14, 13),
+            shape(1, 32, 32, 28, 28),
+        ];
+        for s in shapes {
+            let len = s.n * s.h * s.w;
+            let x = data(s.cin * len, 1);
+            let dy = data(s.cout * len, 3);
+            let w = data(s.cout * s.col_rows(), 2);
+            let (scale, shift) = (data(s.cin, 4), data(s.cin, 5));
+            let start = data(w.len(), 6);
+            let mut big = vec![0.0; (s.cin * 9) * len];
+            for with_bn in [false, true] {
+                let bn = with_bn.then_some(BnRelu {
+                    scale: &scale,
+                    shift: &shift,
+                });
+                let input: Vec<f32> = match bn {
+                    None => x.clone(),
+                    Some(b) => x
+                        .chunks(len)
+                        .enumerate()
+                        .flat_map(|(c, row)| {
+                            row.iter()
+                                .map(move |v| (v * b.scale[c] + b.shift[c]).max(0.0))
+                        })
+                        .collect(),
+                };
+                let mut want = start.clone();
+                im2col_backward(None, &mut want, &dy, &input, &w, &s, &mut big);
+                for samples in [1, s.n] {
+                    let mut col = vec![f32::NAN; s.cin * Split::new(&s, 4).chan(samples)];
+                    let mut dw = start.clone();
+                    assert!(weights_f4(&mut dw, &dy, &x, bn, &s, &mut col), "{s:?}");
+                    close(
+                        &dw,
+                        &want,
+                        &format!("{s:?} dW bn {with_bn} samples {samples}"),
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn env_values() {
         for on in [None, Some(""), Some("on"), Some(" 1 "), Some("true")] {
@@ -821,7 +1147,7 @@ mod tests {
                 for (samples, r) in [1, s.n].into_iter().flat_map(|n| [(n, 2), (n, 4)]) {
                     let mut col = vec![f32::NAN; s.cin * Split::new(&s, r).chan(samples)];
                     let mut y = vec![f32::NAN; want.len()];
-                    assert!(convolve(&mut y, &x, bn, &w, false, &s, r, &mut col));
+                    assert!(forward_in_tiles(&mut y, &x, bn, &w, &s, r, &mut col));
                     let what = format!("{s:?} F({r}×{r}) bn {with_bn} samples {samples}");
                     close(&y, &want, &what);
                 }
@@ -840,7 +1166,7 @@ mod tests {
             for (samples, r) in [1, s.n].into_iter().flat_map(|n| [(n, 2), (n, 4)]) {
                 let mut col = vec![f32::NAN; ds.cin * Split::new(&ds, r).chan(samples)];
                 let mut dx = vec![f32::NAN; x.len()];
-                assert!(convolve(&mut dx, &dy, None, &w, true, &ds, r, &mut col));
+                assert!(backward_data_in_tiles(&mut dx, &dy, &w, &s, r, &mut col));
                 close(
                     &dx,
                     &want,
@@ -853,9 +1179,15 @@ mod tests {
             assert!(backward_data(&mut dx, &dy, &w, &s, &mut col));
             close(&dx, &want, &format!("{s:?} dx"));
         }
-        // too little scratch for one sample: nothing done
+        // too little scratch for one sample: nothing done (and in backward_weights)
+        let s4 = shape(1, 4, 16, 6, 6);
+        let mut col = vec![0.0; s4.cin * Split::new(&s4, 4).chan(1) - 1];
+        let mut dw = vec![1.0; 16 * 4 * 9];
+        let (dy, x) = (data(16 * 36, 3), data(4 * 36, 1));
+        assert!(!weights_f4(&mut dw, &dy, &x, None, &s4, &mut col));
+        assert!(dw.iter().all(|&v| v == 1.0));
         let s = shape(1, 4, 4, 6, 6);
-        let mut col = vec![0.0; scratch_len(&s, 1) - 1];
+        let mut col = vec![0.0; s.cin * Split::new(&s, tile(&s)).chan(1) - 1];
         let mut y = vec![1.0; 4 * 36];
         assert!(!forward(
             &mut y,
