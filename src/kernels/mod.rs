@@ -1,8 +1,9 @@
 //! The CPU's inner loops, with no knowledge of models: the GEMM front ([`gemm`]), the
 //! direct 1×1 and 3×3 convolution kernels ([`conv1x1`], [`conv3x3`], over the register
-//! blocks of [`correlate`]), the 3×3 as Winograd F(2×2, 3×3) or F(4×4, 3×3) ([`winograd`]) or with output
-//! channels in the vector ([`broadcast`]) where either is faster, and the element-wise
-//! bodies of batch norm and ReLU ([`norm`]) and of evaluation's pooling ([`pool`]). In
+//! blocks of [`correlate`]), the 3×3 as Winograd F(2×2, 3×3) or F(4×4, 3×3)
+//! ([`winograd`]) or with output channels in the vector ([`broadcast`]) where either is
+//! faster, and the element-wise bodies of batch norm and ReLU ([`norm`]) and of
+//! evaluation's pooling ([`pool`]). In
 //! evaluation those two 3×3 routes keep their packed weights from one pass to the next
 //! ([`prepack`]).
 //!
