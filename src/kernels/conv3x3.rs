@@ -448,7 +448,8 @@ pub fn backward(
     col: &mut [f32],
 ) {
     let mut dx = dx;
-    if winograd::preferred(s)
+    let wino = winograd::preferred(s);
+    if wino
         && dx
             .as_deref_mut()
             .is_some_and(|dx| winograd::backward_data(dx, dy, w, s, col))
@@ -457,7 +458,7 @@ pub fn backward(
     }
     // the weight gradient too, where the input gradient is done (or not asked for) and
     // F(4×4) applies
-    if dx.is_none() && winograd::preferred(s) && winograd::backward_weights(dw, dy, x, bn, s, col) {
+    if dx.is_none() && wino && winograd::backward_weights(dw, dy, x, bn, s, col) {
         return;
     }
     backward_direct(dx, dw, dy, x, bn, w, s, col);

@@ -261,7 +261,6 @@ fn segments(
 /// layout `sp` in `buf`: per channel and sample, `r·th + 2` padded rows (row 0 and those
 /// past the image are zero), each as its `r` phases one after the other (F(2×2): its even
 /// padded columns, then its odd ones).
-#[allow(clippy::too_many_arguments)]
 fn split(
     buf: &mut [f32],
     x: &[f32],
@@ -715,7 +714,13 @@ pub fn backward_data_in_tiles(
 /// forward takes F(4×4, 3×3) ([`tile`]) and the one-tap and outer-product kernels take
 /// its channel counts.
 pub fn weights_apply(s: &ConvShape) -> bool {
-    applies(s) && tile(s) == 4 && super::conv1x1::grad_tile_applies(s.cout)
+    tile(s) == 4 && weights_f4_fit(s)
+}
+
+/// Whether the kernels take `s`'s weight gradient as F(4×4), whatever [`tile`] says: the
+/// one-tap kernel's transforms and `grad_tile`'s output count.
+fn weights_f4_fit(s: &ConvShape) -> bool {
+    applies(s) && super::conv1x1::grad_tile_applies(s.cout)
 }
 
 /// The weight gradient of the 3×3 convolution `s` as F(4×4, 3×3): `dw[Cout][Cin][9] +=`
@@ -754,7 +759,7 @@ fn weights_f4(
     const XIS: usize = (R + 2) * (R + 2);
     let sp = Split::new(s, R);
     let ns = col.len().saturating_sub(s.cin * PB) / (s.cin * sp.plane);
-    if !applies(s) || !super::conv1x1::grad_tile_applies(s.cout) || ns == 0 {
+    if !weights_f4_fit(s) || ns == 0 {
         return false;
     }
     let direct = active().direct.expect("applies");
@@ -873,7 +878,6 @@ pub fn data_shape(s: &ConvShape) -> ConvShape {
 
 /// U of `w` ([`convolve`]'s weights) as `raw: [o][i][ξ]`, then packed per ξ into
 /// `packed` for the one-tap kernel (`(r + 2)²` × `co·ci` floats).
-#[allow(clippy::too_many_arguments)]
 fn transform(
     packed: &mut [f32],
     raw: &mut [f32],
