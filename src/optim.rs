@@ -1,6 +1,7 @@
 //! SGD with Nesterov momentum and weight decay, PyTorch's formulation
 //! (`torch.optim.SGD(nesterov=True, dampening=0)`), as one loop over the flat buffers.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Optimizer settings.
@@ -81,12 +82,19 @@ impl Sgd {
                 &grads[r.clone()],
                 &mut self.momentum[r],
             );
-            for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
-                let d = g + wd * *p;
-                *b = mu * *b + d;
-                let step = if nesterov { d + mu * *b } else { *b };
-                *p -= lr * step;
-            }
+            // elementwise, so split over the threads at no cost to determinism: run
+            // serially, densenet121's 8M parameters took 5 ms of a training step with
+            // the other core idle
+            const CHUNK: usize = 1 << 16;
+            let chunks = p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));
+            chunks.zip(b.par_chunks_mut(CHUNK)).for_each(|((p, g), b)| {
+                for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
+                    let d = g + wd * *p;
+                    *b = mu * *b + d;
+                    let step = if nesterov { d + mu * *b } else { *b };
+                    *p -= lr * step;
+                }
+            });
         }
     }
 }

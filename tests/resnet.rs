@@ -249,74 +249,14 @@ fn setup(cfg: &PreActResNetConfig, n: usize) -> (PreActResNet, Vec<f32>, Vec<u32
 }
 
 /// Every parameter tensor's largest gradient entry, and the input gradient's, match
-/// central finite differences of the training loss (no fixture needed). A coarse check
-/// beside the PyTorch parity above: the loss is computed in f32 and only piecewise smooth
-/// (ReLU; on these tiny maps a step of 1e-3 can cross kinks and err by 5%, while a step of
-/// 1e-4 meets f32 rounding), so one coordinate at a time, the largest (where rounding
-/// matters least), at three step sizes of which one must agree within a tolerance that
-/// still catches any missing or doubled term.
+/// central finite differences of the training loss (no fixture needed; see
+/// `common::check_finite_differences`).
 #[test]
 fn gradients_match_finite_differences() {
     for name in ["preresnet-basic-14", "preresnet-bottleneck-20"] {
         let cfg = small(name, 6);
-        let n = 3;
-        let (mut net, x, y) = setup(&cfg, n);
-        let mut ws = net.workspace(n, MemoryMode::Efficient, true);
-        let opts = TrainOptions {
-            dropout_seed: 0,
-            input_grad: true,
-            ..Default::default()
-        };
-        net.forward_train(&mut ws, &x, &y, &opts);
-        net.zero_grad();
-        net.backward(&mut ws, &opts);
-        let (grads, dx) = (net.grads.clone(), ws.input_grad[..x.len()].to_vec());
-        let largest = |g: &[f32]| {
-            (0..g.len())
-                .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
-                .unwrap_or(0)
-        };
-        // (tensor, index into the parameters, or None for the input)
-        let mut probes: Vec<(String, Option<usize>, usize)> = net
-            .arch
-            .params
-            .entries()
-            .iter()
-            .map(|e| (e.name.clone(), Some(e.offset), largest(&grads[e.range()])))
-            .collect();
-        probes.push(("input".into(), None, largest(&dx)));
-        let mut worst = 0f64;
-        for (tensor, offset, i) in probes {
-            let mut loss_at = |t: f32| -> f64 {
-                let mut xs = x.clone();
-                match offset {
-                    Some(o) => net.params[o + i] += t,
-                    None => xs[i] += t,
-                }
-                let l = net.forward_train(&mut ws, &xs, &y, &opts) as f64;
-                if let Some(o) = offset {
-                    net.params[o + i] -= t;
-                }
-                l
-            };
-            let analytic = match offset {
-                Some(o) => grads[o + i],
-                None => dx[i],
-            } as f64;
-            let (err, fd) = [1e-3f32, 3e-4, 1e-4]
-                .iter()
-                .map(|&eps| {
-                    let fd = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps as f64);
-                    ((fd - analytic).abs() / (analytic.abs() + 1e-2), fd)
-                })
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .unwrap_or((f64::INFINITY, 0.0));
-            worst = worst.max(err);
-            assert!(
-                err < 2e-2,
-                "{name} {tensor}[{i}]: finite difference {fd} vs analytic {analytic}"
-            );
-        }
+        let (mut net, x, y) = setup(&cfg, 3);
+        let worst = check_finite_differences(name, &mut net, &x, &y);
         println!("{name}: worst relative difference {worst:.1e}");
     }
 }
