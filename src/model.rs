@@ -305,7 +305,7 @@ pub trait Model {
     }
     /// Sets every gradient to zero.
     fn zero_grad(&mut self) {
-        self.buffers_mut().grads.fill(0.0);
+        crate::util::par::fill(self.buffers_mut().grads, 0.0);
     }
     /// Every parameter and running statistic as `(state-dict name, tensor)`.
     fn state_dict(&self) -> Vec<(String, Tensor)> {

@@ -241,8 +241,8 @@ impl DenseNet {
         );
         let n = ws.n;
         for b in ws.blocks.iter_mut() {
-            b.grads.fill(0.0);
-            b.pending.fill((0.0, 0.0));
+            crate::util::par::fill(&mut b.grads, 0.0);
+            crate::util::par::fill(&mut b.pending, (0.0, 0.0));
         }
         let p = &self.params;
         let g = &mut self.grads;
@@ -273,6 +273,6 @@ impl DenseNet {
 
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
-        self.grads.fill(0.0);
+        crate::util::par::fill(&mut self.grads, 0.0);
     }
 }

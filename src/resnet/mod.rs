@@ -429,6 +429,6 @@ impl PreActResNet {
 
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
-        self.grads.fill(0.0);
+        crate::util::par::fill(&mut self.grads, 0.0);
     }
 }

@@ -6,6 +6,19 @@ use rayon::iter::{IndexedParallelIterator, ParallelIterator};
 /// microseconds, more than a small channel loop.
 pub const PAR_MIN: usize = 1 << 14;
 
+/// Sets every element of `buf` to `v`, split over the threads from [`PAR_MIN`] elements
+/// on: the per-step zeroing of densenet121's block gradients (93 MB at batch 16) and of
+/// its parameter gradients (32 MB) took ~10 ms of a training step on one core, the other
+/// idle.
+pub fn fill<T: Copy + Send + Sync>(buf: &mut [T], v: T) {
+    use rayon::slice::ParallelSliceMut;
+    if buf.len() >= PAR_MIN {
+        buf.par_chunks_mut(PAR_MIN).for_each(|c| c.fill(v));
+    } else {
+        buf.fill(v);
+    }
+}
+
 /// Runs `work` on every channel (row) of `it`: in parallel from [`PAR_MIN`] floats of
 /// work on, else as one piece on the calling thread.
 pub fn per_channel<I: IndexedParallelIterator>(
