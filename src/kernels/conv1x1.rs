@@ -515,6 +515,18 @@ unsafe fn grad_outputs<V: F32x, const R: usize>(
     let l = V::LANES;
     let mut o0 = 0;
     while o0 + 2 * l <= o_n {
+        // the next block's accumulators (this row group's next columns, or the next
+        // group's first) asked for while this block's positions run: R rows 4·o_n bytes
+        // apart are R streams too short for the hardware prefetcher (o128 n128, 1 thread,
+        // dWᵀ 4–64 MiB rotating, alternating per run: 0–4% faster, 2% typical)
+        let next = if o0 + 2 * l < o_n {
+            dwt.add(o0 + 2 * l)
+        } else {
+            dwt.wrapping_add(R * o_n)
+        };
+        for r in 0..R {
+            super::prefetch(next.wrapping_add(r * o_n), 2 * l + 15);
+        }
         grad_block::<V, R, 2>(dwt.add(o0), a, a_ld, dyt.add(o0 * n), o_n, n);
         o0 += 2 * l;
     }
