@@ -925,33 +925,46 @@ fn weights_f4(
             partials.par_chunks_mut(acc_len).enumerate().for_each(work);
             n0 = n1;
         }
-        // dW[o][i] += Gᵀ·dU·G, dU summed over the parts in order
+        // dW[o][i] += Gᵀ·dU·G, dU summed over the parts in order; OC outputs a task, so
+        // that each (ξ, i) row of a partial is read OC floats at a time (one output a
+        // task read one float of each 64-byte line, and every line once per output: 0.8%
+        // of a densenet121 training step)
+        const OC: usize = 8;
         let (partials, g) = (&*partials, &G6);
-        dw.par_chunks_mut(ci * 9).enumerate().for_each(|(o, dwo)| {
-            for (i, d) in dwo.chunks_exact_mut(9).enumerate() {
-                let mut u = [0f64; XIS];
-                for part in partials.chunks_exact(acc_len) {
-                    for (xi, u) in u.iter_mut().enumerate() {
-                        *u += part[(xi * ci + i) * co + o] as f64;
+        dw.par_chunks_mut(OC * ci * 9)
+            .enumerate()
+            .for_each(|(k, dwk)| {
+                let (o0, oc) = (k * OC, dwk.len() / (ci * 9));
+                for i in 0..ci {
+                    let mut u = [[0f64; XIS]; OC];
+                    for part in partials.chunks_exact(acc_len) {
+                        for xi in 0..XIS {
+                            let row = &part[(xi * ci + i) * co + o0..][..oc];
+                            for (u, &v) in u.iter_mut().zip(row) {
+                                u[xi] += v as f64;
+                            }
+                        }
                     }
-                }
-                // dU·G (6×3), then Gᵀ·(dU·G)
-                let mut ug = [[0f64; 3]; 6];
-                for (r, ug) in ug.iter_mut().enumerate() {
-                    for (c, g) in g.iter().enumerate() {
-                        for (ug, g) in ug.iter_mut().zip(g) {
-                            *ug += u[6 * r + c] * g;
+                    for (u, dwo) in u.iter().zip(dwk.chunks_exact_mut(ci * 9)) {
+                        // dU·G (6×3), then Gᵀ·(dU·G)
+                        let mut ug = [[0f64; 3]; 6];
+                        for (r, ug) in ug.iter_mut().enumerate() {
+                            for (c, g) in g.iter().enumerate() {
+                                for (ug, g) in ug.iter_mut().zip(g) {
+                                    *ug += u[6 * r + c] * g;
+                                }
+                            }
+                        }
+                        let d = &mut dwo[i * 9..][..9];
+                        for (ky, d) in d.chunks_exact_mut(3).enumerate() {
+                            for (kx, d) in d.iter_mut().enumerate() {
+                                let t: f64 = (0..6).map(|r| g[r][ky] * ug[r][kx]).sum();
+                                *d += t as f32;
+                            }
                         }
                     }
                 }
-                for (ky, d) in d.chunks_exact_mut(3).enumerate() {
-                    for (kx, d) in d.iter_mut().enumerate() {
-                        let t: f64 = (0..6).map(|r| g[r][ky] * ug[r][kx]).sum();
-                        *d += t as f32;
-                    }
-                }
-            }
-        });
+            });
     });
     true
 }
