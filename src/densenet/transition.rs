@@ -77,9 +77,10 @@ impl Transition {
         if training {
             dropout::apply(z, self.drop_rate, seed, self.site);
         }
-        avgpool2_forward(&mut nxt.feats[..t * len / 4], z, t * n, size, size);
+        // `pooled`, not len / 4: an odd size drops a row and a column
+        avgpool2_forward(&mut nxt.feats[..t * pooled], z, t * n, size, size);
         if training {
-            nxt.stats.compute(&nxt.feats, 0, t, len / 4);
+            nxt.stats.compute(&nxt.feats, 0, t, pooled);
         }
     }
 
@@ -116,8 +117,8 @@ impl Transition {
             tmp, scale, shift, ..
         } = &mut ws.scratch;
         let naive = !blk.kept_transition.is_empty();
+        let pooled = n * (size / 2) * (size / 2);
         if self.pooled_first(tmp.len(), n, size) {
-            let pooled = n * (size / 2) * (size / 2);
             let (x, dx) = (&blk.feats[..m * len], &mut blk.grads[..m * len]);
             let (st, pending) = (&blk.stats, &mut blk.pending);
             let (norm, conv) = (&self.norm, &self.conv);
@@ -127,7 +128,7 @@ impl Transition {
             return;
         }
         let dz = &mut tmp[..t * len];
-        avgpool2_backward(dz, &nxt.grads[..t * len / 4], t * n, size, size);
+        avgpool2_backward(dz, &nxt.grads[..t * pooled], t * n, size, size);
         dropout::apply(dz, self.drop_rate, seed, self.site);
         if !naive {
             // conv and BN-ReLU in one: A and dA only ever exist a tile at a time
