@@ -3,9 +3,8 @@
 //! blocks of [`correlate`]), the 3×3 as Winograd F(2×2, 3×3) or F(4×4, 3×3)
 //! ([`winograd`]) or with output channels in the vector ([`broadcast`]) where either is
 //! faster, and the element-wise bodies of batch norm and ReLU ([`norm`]) and of
-//! evaluation's pooling ([`pool`]). In
-//! evaluation those two 3×3 routes keep their packed weights from one pass to the next
-//! ([`prepack`]).
+//! evaluation's pooling ([`pool`]). In evaluation those two 3×3 routes keep their packed
+//! weights from one pass to the next ([`prepack`]).
 //!
 //! **One table, chosen once.** Every instruction-set-specific function is reached through
 //! a [`Kernels`] table: [`active`] picks it when the process first asks (the best one this
