@@ -1,8 +1,9 @@
 //! `densenet forward`: runs a model on an input tensor from a safetensors file and writes
-//! what PyTorch would produce, named as in `../shared/reference`: eval-mode `logits`, or
-//! with `--train` the train-mode `logits`, the mean cross-entropy `loss`, `grad.<param>`
-//! for every parameter, `input_grad`, and `post.<buffer>` for every BN running statistic
-//! after the step's forward pass. This is how a port of weights is checked.
+//! what PyTorch would produce, named as in the PyTorch-made reference files
+//! (`tests/reference/`): eval-mode `logits`, or with `--train` the train-mode `logits`,
+//! the mean cross-entropy `loss`, `grad.<param>` for every parameter, `input_grad`, and
+//! `post.<buffer>` for every BN running statistic after the step's forward pass. This is
+//! how a port of weights is checked.
 
 use super::ModelArgs;
 use crate::model::{AnyModel, Model, ModelWorkspace};

@@ -421,7 +421,7 @@ impl DenseNetConfig {
     }
 
     /// The state-dict name of the final BN: torchvision's `norm5` for ImageNet models,
-    /// `norm_final` for the CIFAR family (as in `../shared/reference`).
+    /// `norm_final` for the CIFAR family (as in the PyTorch-made reference files).
     pub fn final_norm_name(&self) -> &'static str {
         match self.stem {
             Stem::Cifar => "features.norm_final",

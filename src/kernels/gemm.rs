@@ -2,8 +2,9 @@
 //!
 //! All matrices are row-major with a leading dimension; a transposed operand is read
 //! through swapped strides, never copied. The `gemm` crate packs and blocks for the cache
-//! and spreads large products over rayon's threads (see ../shared/PERF.md for its rates on
-//! DenseNet shapes).
+//! and spreads large products over rayon's threads: on a 2-core Zen 3, 90–135 GFLOP/s for
+//! DenseNet's 1×1 shapes on 2 threads, 158–162 for a square 1024 product (`cargo bench
+//! --bench shapes` measures the shapes).
 
 use gemm::Parallelism;
 
