@@ -215,7 +215,8 @@ mod tests {
     use super::*;
     use crate::densenet::config::DenseNetConfig;
 
-    /// DENSENET.md §3: the parameter counts must match to the parameter, MACs within 1%.
+    /// The paper's models (Table 1 and the CIFAR results table; torchvision's counts for
+    /// the ImageNet ones): the parameter counts must match to the parameter, MACs within 1%.
     #[test]
     fn paper_parameter_counts_and_macs() {
         let cases: &[(&str, usize, usize, Option<f64>)] = &[
@@ -257,11 +258,11 @@ mod tests {
         assert_eq!(s.depth, 121);
     }
 
-    /// He et al. 2016 (DENSENET.md §5): pre-activation ResNet-110 and -164 have 1.7M
-    /// parameters, ResNet-1001 10.2M. The exact counts (BN γ and β included, as §3 counts)
-    /// are PyTorch's for the same definition, printed by
-    /// `tests/fixtures/make_preresnet_fixtures.py --counts` together with the MACs (every
-    /// convolution and the linear layer, 32×32 input).
+    /// He et al. 2016 (and the DenseNet paper's results table): pre-activation ResNet-110
+    /// and -164 have 1.7M parameters, ResNet-1001 10.2M. The exact counts (BN γ and β
+    /// included, as the DenseNet counts above) are PyTorch's for the same definition,
+    /// printed by `tests/fixtures/make_preresnet_fixtures.py --counts` together with the
+    /// MACs (every convolution and the linear layer, 32×32 input).
     #[test]
     fn resnet_parameter_counts_match_pytorch_and_the_paper() {
         let cases: &[(&str, usize, usize, f64, usize)] = &[
