@@ -17,9 +17,12 @@
 //! - [`weights`]: safetensors and PyTorch `.pth` files, torchvision key names;
 //! - [`model`]: both families behind one [`Model`] trait and one [`ModelConfig`];
 //!   [`summary`], [`optim`], [`plot`];
+//! - [`checkpoint`]: the read side of a checkpoint (its model, preprocessing, class
+//!   names), for everything that only runs a model;
 //! - [`dist`]: data-parallel training's collectives (MPI under the `mpi` feature),
 //!   gradient buckets, synchronised batch norm;
-//! - [`data`], [`train`]: data sets and the training loop, checkpoints;
+//! - [`data`], [`evaluate`]: data sets, and a model's figures on one;
+//! - [`train`]: the training loop, the run directory, checkpoints' write side;
 //! - [`prepare`], [`features`]: image files to inputs as in training, and per-image
 //!   features (pooled, or a dense block's maps);
 //! - [`onnx`]: export of a model's evaluation graph as ONNX;
@@ -29,10 +32,12 @@
 // resolve in `cargo doc --document-private-items`, the documentation for developers.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod densenet;
 pub mod dist;
+pub mod evaluate;
 pub mod features;
 pub mod kernels;
 pub mod model;

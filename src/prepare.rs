@@ -15,12 +15,12 @@
 //! ratio: the data sets trained that way (CIFAR, SVHN, MNIST, digits) store images that
 //! already have the input's shape.
 
+use crate::checkpoint::{CenterCrop, Preprocess};
 use crate::data::augment::{Geometry, Image, Normalize, Rng, Transform};
 use crate::data::folder::decode_file;
 use crate::data::DataError;
 use crate::densenet::Stem;
 use crate::model::ModelConfig;
-use crate::train::checkpoint::{CenterCrop, Preprocess};
 use std::path::Path;
 
 /// Where an [`InputPrep`]'s settings came from (see the module docs).

@@ -1248,7 +1248,7 @@ fn ctrl_c_stops_training_with_a_resumable_run() {
     assert!(!rest.contains("panicked"), "{rest}");
     assert!(!dir.join("summary.json").exists());
     let rows = densenet::train::read_metrics(&dir.join("metrics.csv")).unwrap();
-    let m = densenet::train::checkpoint::read_model(&dir.join("last.safetensors"), None).unwrap();
+    let m = densenet::checkpoint::read_model(&dir.join("last.safetensors"), None).unwrap();
     assert_eq!(m.dataset.as_deref(), Some("digits"));
     let o = densenet(&[
         "train",

@@ -382,8 +382,7 @@ fn stored_preprocessing_is_shown_and_applied() {
         8..24 => [0, 255, 0],
         _ => [0, 0, 255],
     });
-    let stored: densenet::train::checkpoint::Preprocess =
-        serde_json::from_value(preprocess).unwrap();
+    let stored: densenet::checkpoint::Preprocess = serde_json::from_value(preprocess).unwrap();
     let prep = InputPrep::new(&cfg, Some(&stored), &ckpt).unwrap();
     let x = prep.load(&wide).unwrap();
     let plane = 16 * 16;

@@ -9,16 +9,15 @@
 
 use super::model_args::{available_memory_bytes, ModelAdjust};
 use crate::densenet::config::DenseNetConfig;
-use crate::dist::{GradSync, SyncTimes};
+use crate::dist::SyncTimes;
 use crate::model::{AnyModel, Frozen, Model, ModelConfig, ModelWorkspace};
 use crate::nn::MemoryMode;
-use crate::nn::TrainOptions;
 use crate::optim::{Sgd, SgdConfig};
+use crate::train::{DataParallel, StepInput};
 use crate::util::rng::Rng;
 use crate::util::trial::{self, Paired};
 use anyhow::Context;
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Arguments of `densenet bench`.
@@ -411,16 +410,13 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     let mut ws = net.workspace(share, a.memory, true);
     let mut opt = Sgd::new(SgdConfig::default());
     let (x, y) = random_input(share, &cfg, 1 + rank as u64);
-    let bn_sync = comm.as_ref().filter(|_| a.sync_bn).map(|c| {
-        let bn = Arc::new(crate::dist::BnSync::new(c.clone()));
-        bn.set_share(share, a.batch);
-        crate::ops::norm::set_stats_sync(Some(bn.clone()));
-        bn
-    });
     anyhow::ensure!(
         !(a.ab && comm.is_some()),
         "--ab runs in one process: leave out mpirun"
     );
+    // the step `train` runs, on this process's share of the batch
+    let mut dp = DataParallel::new(comm.clone(), a.sync_bn);
+    let rates = [(0..net.num_params(), opt.config.lr)];
     let mut sync_times = Vec::new();
     let mut times = Vec::new();
     let mut on_times = Vec::new();
@@ -433,40 +429,24 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             crate::util::profile::enable(true);
         }
         let t = Instant::now();
-        let opts = TrainOptions {
-            dropout_seed: step as u64,
-            batch_total: Some(a.batch),
-            ..Default::default()
+        let input = StepInput {
+            images: &x,
+            labels: &y,
+            whole: a.batch,
+            seed: &[step as u64],
+            frozen: false,
+            rates: &rates,
+            stop: false,
         };
-        let loss = net.forward_train(&mut ws, &x, &y, &opts);
-        net.zero_grad();
-        match &comm {
-            None => net.backward(&mut ws, &opts),
-            Some(c) => {
-                let sync = GradSync::new(&**c, net.grads().len(), GradSync::BUCKET);
-                {
-                    let ready = |o: usize, tail: &[f32]| sync.ready(o, tail);
-                    let opts = TrainOptions {
-                        grads_ready: Some(&ready),
-                        ..opts
-                    };
-                    net.backward(&mut ws, &opts);
-                }
-                let t = sync.finish(net.buffers_mut().grads);
-                if step >= a.warmup {
-                    sync_times.push(t);
-                }
-            }
-        }
-        {
-            let _t = crate::util::profile::scope(crate::util::profile::Op::Optimizer);
-            let b = net.buffers_mut();
-            opt.step(b.params, b.grads);
-        }
+        let outcome = dp.step(&mut net, &mut ws, &mut opt, &input);
         let dt = t.elapsed().as_secs_f64();
+        if let (Some(s), true) = (outcome.sync, step >= a.warmup) {
+            sync_times.push(s);
+        }
         if !a.json {
             eprintln!(
-                "step {step}: {dt:.3} s, loss {loss:.4}{}",
+                "step {step}: {dt:.3} s, loss {:.4}{}",
+                outcome.loss,
                 if step < a.warmup { " (warm-up)" } else { "" }
             );
         }
@@ -475,9 +455,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         }
     }
     let (profile, profile_shapes, ab) = finish_timing(a.profile, a.ab, &times, &on_times);
-    if bn_sync.is_some() {
-        crate::ops::norm::set_stats_sync(None);
-    }
+    drop(dp);
     let median =
         |f: &dyn Fn(&SyncTimes) -> f64| Stats::new(sync_times.iter().map(f).collect()).median_s;
     let parallel = comm.as_ref().map(|c| ParallelReport {

@@ -3,12 +3,12 @@
 //! as safetensors, NumPy `.npy` or CSV. The library call is [`crate::features::extract`].
 
 use super::model_args::OptModelArgs;
+use crate::checkpoint::read_model_config;
 use crate::data::folder::image_files;
 use crate::features::{extract, feature_shape, Layer};
 use crate::model::Model;
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
-use crate::train::checkpoint::read_model_config;
 use crate::util::tensor::Tensor;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};

@@ -2,10 +2,11 @@
 //! model on a data set's test split.
 
 use super::model_args::OptModelArgs;
+use crate::checkpoint;
 use crate::data::{self, DatasetKind, Split};
+use crate::evaluate::{evaluate, Evaluation};
 use crate::model::Model;
 use crate::nn::MemoryMode;
-use crate::train::{checkpoint, evaluate, Evaluation};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,9 +2,9 @@
 //! pass (see [`crate::onnx`]), with the input preprocessing in the file's metadata.
 
 use super::model_args::OptModelArgs;
+use crate::checkpoint::{self, CheckpointError};
 use crate::model::{Model, ModelConfig};
 use crate::onnx::{self, Batch, ExportOptions, Preprocessing};
-use crate::train::{checkpoint, TrainError};
 use crate::weights::{read_checkpoint, WeightsError};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -172,8 +172,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 /// The error of loading `weights` into the `--model`: when the file holds the other
 /// family's weights, one line that says so instead of the list of mismatched tensors.
-fn family_mismatch(weights: &Path, model: Option<&ModelConfig>, err: TrainError) -> anyhow::Error {
-    let mismatch = matches!(err, TrainError::Weights(WeightsError::Mismatch { .. }));
+fn family_mismatch(
+    weights: &Path,
+    model: Option<&ModelConfig>,
+    err: CheckpointError,
+) -> anyhow::Error {
+    let mismatch = matches!(err, CheckpointError::Weights(WeightsError::Mismatch { .. }));
     let Some(cfg) = model.filter(|_| mismatch) else {
         return err.into();
     };

@@ -1,9 +1,9 @@
 //! `densenet heatmap`: the paper's Fig. 5 for a trained DenseNet.
 
 use super::model_args::OptModelArgs;
+use crate::checkpoint::read_model_config;
 use crate::densenet::analysis::{feature_reuse, to_csv};
 use crate::plot::{heatmaps, HeatMatrix};
-use crate::train::checkpoint::read_model_config;
 use anyhow::Context;
 use std::path::PathBuf;
 

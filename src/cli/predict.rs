@@ -1,10 +1,10 @@
 //! `densenet predict`: the top classes of images, with probabilities and class names.
 
 use super::model_args::OptModelArgs;
+use crate::checkpoint::read_model_config;
 use crate::model::{Frozen, Model};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
-use crate::train::checkpoint::read_model_config;
 use std::path::PathBuf;
 
 /// Arguments of `densenet predict`.

@@ -3,12 +3,12 @@
 //! pre-activation ResNets alike.
 
 use super::model_args::{ModelAdjust, OptModelArgs};
+use crate::checkpoint::read_model_config;
 use crate::model::{Model, ModelConfig};
 use crate::nn::arena::{total_bytes, Region};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
 use crate::summary::summarize_model;
-use crate::train::checkpoint::read_model_config;
 use anyhow::Context;
 use std::path::PathBuf;
 

@@ -77,6 +77,31 @@ impl dyn Collective + '_ {
     }
 }
 
+/// One process alone: the collective of size one, so that a run on one process is the
+/// same code as a run on many (its sums and broadcasts return what they were given).
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn start_sum(&self, v: Numbers) -> Pending<Numbers> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // the receiver is in hand: this send cannot fail
+        let _ = tx.send((v, Duration::ZERO));
+        Pending::new(rx)
+    }
+    fn broadcast(&self, bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
 /// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, Slurm's
 /// `srun` with PMI) as one of several.
 pub fn launched_as_many() -> bool {
@@ -264,30 +289,6 @@ impl<'c> GradSync<'c> {
         }
         times.exposed = waited.elapsed().as_secs_f64();
         times
-    }
-}
-
-/// One process standing in for a run of one (tests of the trainer's data-parallel path,
-/// and the arithmetic of [`GradSync`]).
-pub struct Solo;
-
-impl Collective for Solo {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn size(&self) -> usize {
-        1
-    }
-    fn start_sum(&self, v: Numbers) -> Pending<Numbers> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let _ = tx.send((v, Duration::ZERO));
-        Pending(rx)
-    }
-    fn broadcast(&self, bytes: Vec<u8>) -> Vec<u8> {
-        bytes
-    }
-    fn abort(&self, code: i32) -> ! {
-        std::process::exit(code)
     }
 }
 

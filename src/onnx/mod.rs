@@ -26,13 +26,13 @@
 
 pub mod proto;
 
+use crate::checkpoint::Preprocess;
 use crate::data::augment::{Geometry, IMAGENET_MEAN, IMAGENET_STD};
 use crate::densenet::{self, Stem};
 use crate::model::{AnyModel, Model};
 use crate::nn::{BatchNorm, Conv};
 use crate::ops::norm::BN_EPS;
 use crate::resnet;
-use crate::train::checkpoint::Preprocess;
 use proto::tensor_shape_proto::{dimension, Dimension};
 use proto::{
     attribute_type, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,

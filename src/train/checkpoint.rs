@@ -1,57 +1,25 @@
-//! Training checkpoints: one safetensors file holding the weights and running statistics
-//! (state-dict names, so `densenet eval --weights` reads it directly), the optimizer's
-//! momentum (`optim.momentum`, laid out like the flat parameter buffer) and, in the
-//! metadata, the model and training configuration and the position in the run as JSON.
+//! Training checkpoints, the write side and resuming: one safetensors file holding the
+//! weights and running statistics (state-dict names, so `densenet eval --weights` reads it
+//! directly), the optimizer's momentum (`optim.momentum`, laid out like the flat parameter
+//! buffer) and, in the metadata, the model and training configuration and the position in
+//! the run as JSON.
 //!
-//! This module is the only reader and writer of that metadata: [`save`] and [`load`] for
-//! resuming a run, [`read_model`] for the commands that only use the network (`eval`,
-//! `predict`, `heatmap`). A field that is present but does not parse is an error naming
-//! the file and the field; an absent one is `None` where it is optional.
+//! [`save`] and [`load`] are for resuming a run; the commands that only use the network
+//! read the same file through [`crate::checkpoint`], which also holds the metadata's
+//! shared reader.
 //!
 //! One file, written atomically (temporary file, then rename): a process killed at any
 //! moment leaves either the previous checkpoint or the new one, never a mixture of a new
 //! weights file and an old state file.
 
 use super::{TrainConfig, TrainError, TrainState};
-use crate::model::{AnyModel, Model, ModelConfig};
+use crate::checkpoint::{metadata_field as field, Preprocess, MOMENTUM};
+use crate::model::Model;
 use crate::optim::Sgd;
 use crate::util::tensor::Tensor;
-use crate::weights::{read_checkpoint, read_safetensors, write_safetensors};
-use serde::de::DeserializeOwned;
+use crate::weights::{read_safetensors, write_safetensors};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-/// Name of the momentum tensor in a checkpoint.
-pub const MOMENTUM: &str = "optim.momentum";
-
-/// How inputs are prepared for the network, stored so `predict` can reproduce it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Preprocess {
-    /// Pixel value that maps to 1.0 before normalisation (255, or 16 for digits).
-    pub max_value: f32,
-    /// Per-channel mean subtracted after scaling.
-    pub mean: Vec<f32>,
-    /// Per-channel standard deviation divided by.
-    pub std: Vec<f32>,
-    /// Nearest-neighbour upscaling factor applied to stored images.
-    pub upscale: usize,
-    /// Class names.
-    pub classes: Vec<String>,
-    /// The evaluation geometry of data sets whose images come in any size (image folders):
-    /// absent in other checkpoints, whose images were resized to the input size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub center_crop: Option<CenterCrop>,
-}
-
-/// Resize the shorter side, then take the centre square (torchvision's `Resize` +
-/// `CenterCrop`, ImageNet's evaluation: 256 then 224).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CenterCrop {
-    /// Length of the shorter side after resizing.
-    pub resize: usize,
-    /// Height and width of the centre window.
-    pub crop: usize,
-}
+use std::path::Path;
 
 /// Writes a checkpoint atomically.
 pub fn save<M: Model>(
@@ -128,82 +96,6 @@ pub fn load<M: Model>(path: &Path, net: &mut M, opt: &mut Sgd) -> Result<Loaded,
     })
 }
 
-/// A network with its weights, and what its training run recorded (if anything).
-pub struct LoadedModel {
-    /// The network, with the file's weights.
-    pub net: AnyModel,
-    /// The data set it was trained on (`train_config`).
-    pub dataset: Option<String>,
-    /// Where that data set's files were (`train_config`).
-    pub data_dir: Option<PathBuf>,
-    /// The upscaling factor of its inputs (`train_config`).
-    pub upscale: Option<usize>,
-    /// Input preparation (`preprocess`).
-    pub preprocess: Option<Preprocess>,
-}
-
-/// Reads weights for use (not for resuming): a training checkpoint, or any safetensors or
-/// `.pth` state dict. The network is `model` (a preset name or JSON, as `--model` takes
-/// it) if given, else the checkpoint's `config`; its weights must all match. The other
-/// fields come from `train_config` and `preprocess` where the file has them.
-pub fn read_model(weights: &Path, model: Option<&str>) -> Result<LoadedModel, TrainError> {
-    let cfg = model
-        .map(|name| {
-            ModelConfig::from_name(name)
-                .map_err(|e| TrainError::Config(format!("--model {name}: {e}")))
-        })
-        .transpose()?;
-    read_model_config(weights, cfg)
-}
-
-/// [`read_model`] with the model, when given, as a configuration (a preset with the
-/// command line's adjustments: `--classes`, `--in-channels`, …).
-pub fn read_model_config(
-    weights: &Path,
-    model: Option<ModelConfig>,
-) -> Result<LoadedModel, TrainError> {
-    let file = read_checkpoint(weights)?;
-    let meta = &file.metadata;
-    let train: Option<TrainConfig> = field(weights, meta, "train_config")?;
-    let preprocess: Option<Preprocess> = field(weights, meta, "preprocess")?;
-    let cfg = match model {
-        Some(cfg) => cfg,
-        // a bare DenseNetConfig (every checkpoint before the ResNet) or a tagged ResNet's;
-        // not read when `model` replaces it
-        None => field(weights, meta, "config")?.ok_or_else(|| {
-            TrainError::Config(format!(
-                "{}: no model configuration inside; give --model",
-                weights.display()
-            ))
-        })?,
-    };
-    // from a name, already checked; from the metadata, checked as it was read: checked
-    // again here, where the network is built, so that no path can skip the rules
-    let mut net = AnyModel::try_new(&cfg, 0)
-        .map_err(|e| TrainError::Config(format!("{}: model: {e}", weights.display())))?;
-    net.load_tensors(&file.tensors, &weights.display().to_string())?;
-    Ok(LoadedModel {
-        net,
-        dataset: train.as_ref().map(|c| c.dataset.clone()),
-        data_dir: train.as_ref().and_then(|c| c.data_dir.clone()),
-        upscale: train.as_ref().map(|c| c.upscale),
-        preprocess,
-    })
-}
-
-/// Metadata field `key` of the checkpoint at `path` as JSON: `None` if absent, an error
-/// naming the file and the field if present but not a `T`.
-fn field<T: DeserializeOwned>(
-    path: &Path,
-    meta: &HashMap<String, String>,
-    key: &str,
-) -> Result<Option<T>, TrainError> {
-    meta.get(key)
-        .map(|json| serde_json::from_str(json))
-        .transpose()
-        .map_err(|e| TrainError::Config(format!("{}: metadata field {key}: {e}", path.display())))
-}
-
 /// JSON for metadata (serialising these plain structs cannot fail).
 mod erased {
     pub trait Json {
@@ -219,6 +111,8 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::read_model;
+    use crate::model::{AnyModel, ModelConfig};
 
     /// A two-layer ImageNet-style DenseNet, small enough to write in a test.
     const TINY: &str = r#"{"family":"imagenet_densenet","growth_rate":4,"block_config":[1,1],

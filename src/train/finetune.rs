@@ -12,12 +12,11 @@
 //!   (running statistics, which are not updated; no dropout), as Keras fine-tunes a frozen
 //!   base and as PyTorch does after `model.features.eval()`: the features are then one
 //!   fixed function, the same in training and at test time, and no backward pass runs
-//!   through them ([`forward`], [`backward`]). Their parameters, gradients (zero), running
-//!   statistics and momentum stay as they are.
+//!   through them ([`crate::train::DataParallel::step`], [`backward`]). Their
+//!   parameters, gradients (zero), running statistics and momentum stay as they are.
 //! - `lr_features`: the pretrained part learns at its own base rate, scheduled by the same
 //!   factor as the classifier's ([`rates`], [`crate::optim::Sgd::step_ranges`]).
 
-use crate::data::pipeline::Batch;
 use crate::model::{Model, ModelConfig};
 use crate::nn::TrainOptions;
 use crate::weights::{canonical_name, read_checkpoint, NamedTensor, WeightsError};
@@ -361,23 +360,7 @@ pub fn rates(
     r
 }
 
-/// The training forward pass of a step: the whole network in training mode, or with
-/// frozen features the classifier on features in evaluation mode. Returns the mean loss.
-pub fn forward<M: Model>(
-    net: &mut M,
-    ws: &mut M::Workspace,
-    batch: &Batch,
-    step: &TrainOptions,
-    frozen: bool,
-) -> f32 {
-    if frozen {
-        net.forward_train_frozen(ws, &batch.images, &batch.labels)
-    } else {
-        net.forward_train(ws, &batch.images, &batch.labels, step)
-    }
-}
-
-/// Zeroes the gradients and runs the backward pass of [`forward`]'s step: through the
+/// Zeroes the gradients and runs the backward pass of a step's forward pass: through the
 /// whole network, or through the classifier alone (the other gradients stay zero).
 pub fn backward<M: Model>(net: &mut M, ws: &mut M::Workspace, step: &TrainOptions, frozen: bool) {
     if frozen {

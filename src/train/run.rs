@@ -1,0 +1,272 @@
+//! [`train`]: a run from its configuration to its last epoch, on one process or on each of
+//! many (every process runs this same loop on its share of every batch; rank 0 writes).
+
+use super::checkpoint;
+use super::finetune;
+use super::metrics::{write_metrics, EpochMetrics, RunSummary};
+use super::run_dir::{claim_run_dir, io, release_run_dir, RunOptions};
+use super::setup::DataSetup;
+use super::step::{DataParallel, StepInput};
+use super::{Progress, TrainConfig, TrainError, TrainState};
+use crate::data::pipeline::{Loader, LoaderConfig};
+use crate::model::{AnyModel, Model, ModelConfig};
+use crate::nn::MemoryMode;
+use crate::optim::Sgd;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Trains (or resumes training) as `config` says, writing the run directory.
+///
+/// A fresh run loads its data and checks its model before it creates anything, and a
+/// fresh run that fails (or is interrupted) before its first epoch's checkpoint removes
+/// what it created: a run directory exists only for a run with at least one epoch.
+pub fn train(
+    config: &TrainConfig,
+    opts: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<RunSummary, TrainError> {
+    config.check()?;
+    let mut dp = DataParallel::new(opts.comm.clone(), config.sync_bn);
+    let size = dp.size();
+    if !config.batch_size.is_multiple_of(size) {
+        return Err(TrainError::Config(format!(
+            "--batch-size {} cannot be shared by {size} processes: each takes an equal \
+             share of every batch, so the batch size must be a multiple of {size}",
+            config.batch_size
+        )));
+    }
+    let data = DataSetup::load(config)?;
+    let model = data.fit_model(config.model.clone())?;
+    if opts.resume {
+        return train_in(config, opts.dir, opts, data, model, progress, &mut dp);
+    }
+    let (claimed, dir) = dp.agree_on_dir(|| claim_run_dir(opts).map(|c| (c.dir.clone(), c)))?;
+    progress.message(&format!("run directory {}", dir.display()));
+    let result = train_in(config, &dir, opts, data, model, progress, &mut dp);
+    if let Some(claimed) = claimed.filter(|_| result.is_err()) {
+        if !dir.join("last.safetensors").exists() {
+            release_run_dir(&claimed);
+        }
+    }
+    result
+}
+
+fn train_in(
+    config: &TrainConfig,
+    dir: &Path,
+    opts: &RunOptions,
+    data: DataSetup,
+    model: ModelConfig,
+    progress: &mut dyn Progress,
+    dp: &mut DataParallel,
+) -> Result<RunSummary, TrainError> {
+    // rank 0 of a data-parallel run writes the run directory; the others only read it
+    let writes = dp.writes();
+    let mut config = config.clone();
+    config.model = model.clone();
+    let mut net = AnyModel::new(&model, config.seed);
+    let mut opt = Sgd::new(config.optimizer);
+    let last = dir.join("last.safetensors");
+    let mut state = TrainState::default();
+    // the initial weights of a fresh run; a resumed run has its own checkpoint
+    if let (Some(init), false) = (&config.finetune.init, opts.resume) {
+        let report = finetune::load_init(init, &mut net)?;
+        progress.message(&report.to_string());
+        if let Some(note) = report.frozen_note(&config.finetune) {
+            progress.message(&note);
+        }
+    }
+    if opts.resume {
+        let loaded = checkpoint::load(&last, &mut net, &mut opt)?;
+        if loaded.config != config {
+            return Err(TrainError::Config(format!(
+                "{}: the checkpoint was made with another configuration; resume with the \
+                 run's own settings (see {}/config.json)",
+                last.display(),
+                dir.display()
+            )));
+        }
+        state = loaded.state;
+        progress.message(&format!(
+            "resuming {} after epoch {} of {}",
+            dir.display(),
+            state.epochs_done,
+            config.epochs
+        ));
+    }
+    if data.val_indices.is_empty() && !opts.resume {
+        progress.message(
+            "note: without --val-split, best.safetensors is the epoch with the best test accuracy",
+        );
+    }
+    if writes {
+        let config_json = serde_json::to_vec_pretty(&config).unwrap_or_default();
+        crate::util::atomic::write(&dir.join("config.json"), &config_json).map_err(io(dir))?;
+    }
+    let pre = data.preprocess();
+
+    let loader_cfg = LoaderConfig {
+        batch_size: config.batch_size,
+        seed: config.seed,
+        share: dp.share(),
+        ..LoaderConfig::default()
+    };
+    let loader = Loader::new(
+        data.train.clone(),
+        Some(data.train_indices.clone()),
+        data.train_transform.clone(),
+        loader_cfg,
+    )?;
+    let mut ws = net.workspace(config.batch_size / dp.size(), config.memory, true);
+    dp.check_same_weights(&net, "at the start")?;
+    let mut eval_ws = net.workspace(config.batch_size.max(100), MemoryMode::Efficient, false);
+    let end = opts.stop_after.unwrap_or(config.epochs).min(config.epochs);
+    let mut images_trained = 0usize;
+    let mut train_seconds = 0f64;
+    let interrupted = || opts.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
+    let stop = |state: &TrainState| TrainError::Interrupted {
+        dir: dir.to_path_buf(),
+        epochs_done: state.epochs_done,
+        epochs: config.epochs,
+    };
+    for epoch in state.epochs_done..end {
+        if interrupted() {
+            return Err(stop(&state));
+        }
+        let t0 = Instant::now();
+        let lr = config
+            .schedule
+            .lr(config.optimizer.lr, epoch, config.epochs);
+        opt.config.lr = lr;
+        let rates = finetune::rates(
+            &config.finetune,
+            net.classifier_range(),
+            net.num_params(),
+            lr,
+            |f| config.schedule.lr(f, epoch, config.epochs),
+        );
+        let batches = loader.batches_per_epoch();
+        progress.epoch_start(epoch + 1, config.epochs, batches);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for (b, batch) in loader.epoch(epoch as u64).enumerate() {
+            let batch = batch?;
+            let step = dp.step(
+                &mut net,
+                &mut ws,
+                &mut opt,
+                &StepInput {
+                    images: &batch.images,
+                    labels: &batch.labels,
+                    // the whole batch this process has a share of
+                    whole: (loader.len() - b * config.batch_size).min(config.batch_size),
+                    seed: &[config.seed, epoch as u64, b as u64],
+                    frozen: config.finetune.frozen(),
+                    rates: &rates,
+                    stop: interrupted(),
+                },
+            );
+            if !step.updated {
+                let checkpoint = if state.epochs_done > 0 {
+                    format!(
+                        "The last good checkpoint, after epoch {}, is {}",
+                        state.epochs_done,
+                        last.display()
+                    )
+                } else {
+                    "No checkpoint was written yet.".to_string()
+                };
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    batch: b,
+                    loss: step.loss,
+                    lr,
+                    checkpoint,
+                });
+            }
+            correct += step.correct;
+            loss_sum += step.loss as f64 * step.images as f64;
+            seen += step.images;
+            let elapsed = t0.elapsed().as_secs_f64();
+            progress.batch(
+                b + 1,
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                seen as f64 / elapsed,
+            );
+            // the step is done; the unfinished epoch is dropped whole (no metrics row, no
+            // checkpoint): a resumed run repeats it exactly
+            if step.stop {
+                return Err(stop(&state));
+            }
+        }
+        let train_time = t0.elapsed().as_secs_f64();
+        images_trained += seen;
+        train_seconds += train_time;
+        let val_accuracy = if data.val_indices.is_empty() {
+            None
+        } else {
+            let val = Some(data.val_indices.clone());
+            let v = dp.evaluate(
+                &mut net,
+                &mut eval_ws,
+                &data.train,
+                val,
+                &data.eval_transform,
+            )?;
+            Some(v.top1_accuracy)
+        };
+        let test = dp.evaluate(
+            &mut net,
+            &mut eval_ws,
+            &data.test,
+            None,
+            &data.eval_transform,
+        )?;
+        dp.check_same_weights(&net, &format!("after epoch {}", epoch + 1))?;
+        if !test.loss.is_finite() {
+            // the weights are no longer usable: keep the last good checkpoint, exit with error
+            return Err(TrainError::Config(format!(
+                "the test loss became {} after epoch {} (learning rate {lr:?}); training \
+                 stopped, no checkpoint of this epoch was written\nhint: lower --lr",
+                test.loss,
+                epoch + 1
+            )));
+        }
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_accuracy,
+            test_loss: test.loss,
+            test_accuracy: test.top1_accuracy,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        state.epochs_done = epoch + 1;
+        state.seconds += m.seconds;
+        state.metrics.push(m.clone());
+        // the best model is chosen on validation accuracy when there is a held-out split
+        let score = m.val_accuracy.unwrap_or(m.test_accuracy);
+        let is_best = state.best_epoch == 0 || score > state.best_accuracy;
+        if is_best {
+            state.best_accuracy = score;
+            state.best_epoch = epoch + 1;
+        }
+        if writes {
+            write_metrics(&dir.join("metrics.csv"), &state.metrics)?;
+            checkpoint::save(&last, &net, &opt, &config, &state, &pre)?;
+            if is_best {
+                let best = dir.join("best.safetensors");
+                checkpoint::save(&best, &net, &opt, &config, &state, &pre)?;
+            }
+        }
+        progress.epoch_end(&m);
+    }
+    let summary = RunSummary::new(&config, &net, &state, images_trained, train_seconds, dir);
+    if state.epochs_done == config.epochs && writes {
+        let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+        crate::util::atomic::write(&dir.join("summary.json"), &json).map_err(io(dir))?;
+    }
+    Ok(summary)
+}
