@@ -207,7 +207,7 @@ fn dw_thread_use() {
                         true,
                         Mat::n(&a, k),
                         Mat::t(&b, k),
-                        gemm::Parallelism::Rayon(2),
+                        densenet::kernels::gemm::Parallelism::Rayon(2),
                     );
                 }
             }

@@ -1,4 +1,4 @@
-//! Matrix products: a safe, bounds-checked front to the `gemm` crate.
+//! Matrix products: a safe, bounds-checked front to the `gemm` crate's f32 kernels.
 //!
 //! All matrices are row-major with a leading dimension; a transposed operand is read
 //! through swapped strides, never copied. The `gemm` crate packs and blocks for the cache
@@ -6,7 +6,7 @@
 //! DenseNet's 1×1 shapes on 2 threads, 158–162 for a square 1024 product (`cargo bench
 //! --bench shapes` measures the shapes).
 
-use gemm::Parallelism;
+pub use gemm_common::Parallelism;
 
 /// One operand: a row-major matrix `rows × cols` stored with leading dimension `ld`,
 /// read transposed when `trans` is set (then the stored matrix is `cols × rows`).
@@ -448,23 +448,33 @@ pub(crate) unsafe fn raw_ptr(
     b.check(k, n, "B");
     let (ars, acs) = a.strides();
     let (brs, bcs) = b.strides();
+    // `gemm::gemm` with the f32 kernel called directly: the microkernel prefers a
+    // column-major destination, so a row-major product is computed transposed (Cᵀ = Bᵀ·Aᵀ:
+    // the operands swap and every stride pair swaps), as that front function does.
+    let (dst_cs, dst_rs) = (1isize, ldc as isize);
+    let swap = dst_cs.abs() < dst_rs.abs();
+    let (m, n, dst_cs, dst_rs, l, l_cs, l_rs, r, r_cs, r_rs) = if swap {
+        (n, m, dst_rs, dst_cs, b.data, brs, bcs, a.data, ars, acs)
+    } else {
+        (m, n, dst_cs, dst_rs, a.data, acs, ars, b.data, bcs, brs)
+    };
     // SAFETY: the checks above make sure every element the strides reach lies inside the
     // slices; the caller vouches for `c`.
     unsafe {
-        gemm::gemm(
+        gemm_f32::gemm::f32::get_gemm_fn()(
             m,
             n,
             k,
             c,
-            1,
-            ldc as isize,
+            dst_cs,
+            dst_rs,
             accumulate,
-            a.data.as_ptr(),
-            acs,
-            ars,
-            b.data.as_ptr(),
-            bcs,
-            brs,
+            l.as_ptr(),
+            l_cs,
+            l_rs,
+            r.as_ptr(),
+            r_cs,
+            r_rs,
             1.0f32,
             1.0f32,
             false,

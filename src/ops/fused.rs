@@ -20,12 +20,12 @@ use super::norm::{self, bn_relu_forward};
 use super::pool::bn_relu_avgpool2_forward;
 use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
 use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
+use crate::kernels::gemm::Parallelism;
 use crate::kernels::gemm::{raw_ptr, raw_ptr_row_split, row_split_pays, Mat};
 pub use crate::kernels::BnRelu;
 use crate::kernels::{self, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
 use crate::util::par::{with_scratch, SyncPtr};
 use crate::util::profile;
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 thread_local! {
