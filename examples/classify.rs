@@ -24,7 +24,7 @@
 use anyhow::Context;
 use densenet::features::{extract, Layer};
 use densenet::prepare::InputPrep;
-use densenet::{AnyModel, MemoryMode, Model, ModelConfig};
+use densenet::{AnyModel, MemoryMode, ModelConfig};
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     // pooled features: after the final BN-ReLU, globally averaged (the classifier's input)
-    let features = extract(&mut net, &mut ws, &x, 1, Layer::Pool).context("features")?;
+    let features = extract(&mut *net, &mut ws, &x, 1, Layer::Pool).context("features")?;
     println!(
         "pooled features: {} values, first {:?}",
         features.len(),

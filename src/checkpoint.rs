@@ -10,7 +10,7 @@
 //! dict reads too, with the model given by the caller. A field that is present but does
 //! not parse is an error naming the file and the field; an absent one is `None`.
 
-use crate::model::{AnyModel, Model, ModelConfig};
+use crate::model::{AnyModel, ModelConfig};
 use crate::weights::{read_checkpoint, WeightsError};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;

@@ -5,7 +5,7 @@
 use crate::data::augment::Transform;
 use crate::data::pipeline::{Batch, Loader, LoaderConfig};
 use crate::data::{DataError, Source};
-use crate::model::{Frozen, Model, ModelWorkspace};
+use crate::model::{Frozen, Model, Workspace};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -27,9 +27,9 @@ pub struct Evaluation {
 }
 
 /// Evaluates `net` in evaluation mode on `indices` of `source` (all when `None`).
-pub fn evaluate<M: Model>(
-    net: &mut M,
-    ws: &mut M::Workspace,
+pub fn evaluate(
+    net: &mut dyn Model,
+    ws: &mut Workspace,
     source: &Arc<Source>,
     indices: Option<Vec<usize>>,
     transform: &Transform,

@@ -14,7 +14,7 @@
 //! block's output (the same work a `forward --probe` does); pooled features come from the
 //! workspace without a copy of the maps.
 
-use crate::model::{Model, ModelConfig, ModelWorkspace};
+use crate::model::{Model, ModelConfig, Workspace};
 use crate::util::tensor::Tensor;
 use std::fmt;
 use std::str::FromStr;
@@ -132,9 +132,9 @@ pub fn layer_names(cfg: &ModelConfig) -> String {
 /// Runs `n` NCHW images through `net` in evaluation mode and returns `layer`'s features,
 /// image after image: `[n][D]` with D the product of [`feature_shape`] (a block's maps
 /// flattened as C, H, W).
-pub fn extract<M: Model>(
-    net: &mut M,
-    ws: &mut M::Workspace,
+pub fn extract(
+    net: &mut dyn Model,
+    ws: &mut Workspace,
     input: &[f32],
     n: usize,
     layer: Layer,

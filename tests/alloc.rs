@@ -9,6 +9,7 @@
 
 mod common;
 
+use densenet::model::Model;
 use densenet::nn::TrainOptions;
 use densenet::optim::{Sgd, SgdConfig};
 use densenet::MemoryMode;

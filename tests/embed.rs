@@ -9,7 +9,7 @@ use common::*;
 use densenet::features::{extract, feature_shape, Layer};
 use densenet::prepare::InputPrep;
 use densenet::weights::{read_safetensors, write_safetensors, TensorFile};
-use densenet::{AnyModel, MemoryMode, Model, ModelConfig};
+use densenet::{AnyModel, MemoryMode, ModelConfig};
 use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
@@ -84,11 +84,11 @@ fn densenet_features_match_pytorch_and_the_classifier() {
     let n = x.shape[0];
     let mut ws = net.workspace(n, MemoryMode::Efficient, false);
 
-    let pool = extract(&mut net, &mut ws, &x.data, n, Layer::Pool).unwrap();
+    let pool = extract(&mut *net, &mut ws, &x.data, n, Layer::Pool).unwrap();
     let want = &r.get("pooled_features").unwrap().tensor.data;
     check_close("pool", &pool, want, 1e-4, 1e-4).unwrap();
 
-    let block2 = extract(&mut net, &mut ws, &x.data, n, Layer::Block(2)).unwrap();
+    let block2 = extract(&mut *net, &mut ws, &x.data, n, Layer::Block(2)).unwrap();
     let want = &r.get("act.features.denseblock2").unwrap().tensor;
     assert_eq!(
         feature_shape(&net.model_config(), Layer::Block(2)).unwrap(),
@@ -103,7 +103,7 @@ fn densenet_features_match_pytorch_and_the_classifier() {
     check_close("pool·Wᵀ+b", &by_hand, &logits, 1e-4, 1e-4).unwrap();
 
     // the last block, then BN (running statistics, eps 1e-5), ReLU, mean over H×W
-    let block3 = extract(&mut net, &mut ws, &x.data, n, Layer::Block(3)).unwrap();
+    let block3 = extract(&mut *net, &mut ws, &x.data, n, Layer::Block(3)).unwrap();
     let [c, h, ww] = feature_shape(&net.model_config(), Layer::Block(3)).unwrap()[..] else {
         panic!("a block is C×H×W")
     };
@@ -142,7 +142,7 @@ fn resnet_features_match_pytorch_and_blocks_are_refused() {
     let x = &r.get("input").unwrap().tensor;
     let n = x.shape[0];
     let mut ws = net.workspace(n, MemoryMode::Efficient, false);
-    let stage2 = extract(&mut net, &mut ws, &x.data, n, Layer::Stage(2)).unwrap();
+    let stage2 = extract(&mut *net, &mut ws, &x.data, n, Layer::Stage(2)).unwrap();
     check_act(
         "stage2",
         &stage2,
@@ -150,13 +150,13 @@ fn resnet_features_match_pytorch_and_blocks_are_refused() {
         1e-4,
     )
     .unwrap();
-    let pool = extract(&mut net, &mut ws, &x.data, n, Layer::Pool).unwrap();
+    let pool = extract(&mut *net, &mut ws, &x.data, n, Layer::Pool).unwrap();
     let get = |name: &str| w.get(name).unwrap().tensor.data.clone();
     let by_hand = linear(&pool, &get("fc.weight"), &get("fc.bias"), pool.len() / n);
     let logits = &r.get("logits").unwrap().tensor.data;
     check_close("pool·Wᵀ+b", &by_hand, logits, 1e-4, 1e-4).unwrap();
     for layer in [Layer::Block(1), Layer::Stage(4)] {
-        let e = extract(&mut net, &mut ws, &x.data, n, layer)
+        let e = extract(&mut *net, &mut ws, &x.data, n, layer)
             .unwrap_err()
             .to_string();
         assert!(
@@ -243,7 +243,7 @@ fn embed_writes_three_formats_that_match_the_library() {
     let prep = InputPrep::new(&cfg, None, &wpath).unwrap();
     let x: Vec<f32> = images.iter().flat_map(|p| prep.load(p).unwrap()).collect();
     let mut ws = net.workspace(3, MemoryMode::Efficient, false);
-    let want = extract(&mut net, &mut ws, &x, 3, Layer::Pool).unwrap();
+    let want = extract(&mut *net, &mut ws, &x, 3, Layer::Pool).unwrap();
     let d_pool = want.len() / 3;
     assert_eq!(d_pool, 32, "the last stage's width");
 
@@ -289,7 +289,7 @@ fn embed_writes_three_formats_that_match_the_library() {
     let f = read_safetensors(&maps).unwrap();
     let t = &f.get("features").unwrap().tensor;
     assert_eq!(t.shape, [3, 16, 8, 8]);
-    let want = extract(&mut net, &mut ws, &x, 3, Layer::Stage(2)).unwrap();
+    let want = extract(&mut *net, &mut ws, &x, 3, Layer::Stage(2)).unwrap();
     check_close("stage2", &t.data, &want, 1e-5, 1e-5).unwrap();
 
     // bad input: one line, naming the problem; nothing written
@@ -410,7 +410,7 @@ fn stored_preprocessing_is_shown_and_applied() {
     net.load_tensors(&w.tensors, "fixture").unwrap();
     let mut ws = net.workspace(1, MemoryMode::Efficient, false);
     let x = prep.load(&wide).unwrap();
-    let want = extract(&mut net, &mut ws, &x, 1, Layer::Pool).unwrap();
+    let want = extract(&mut *net, &mut ws, &x, 1, Layer::Pool).unwrap();
     check_close("embed with stored preprocessing", &got, &want, 1e-5, 1e-5).unwrap();
 }
 

@@ -3,7 +3,7 @@
 //! resumed fine-tuning run continues exactly, and one-line errors for weights that do not
 //! fit.
 
-use densenet::model::{AnyModel, Model, ModelConfig};
+use densenet::model::{AnyModel, ModelConfig};
 use densenet::optim::SgdConfig;
 use densenet::train::finetune::{init_from, FinetuneConfig, Freeze, InitError};
 use densenet::train::{self, Quiet, RunOptions, Schedule, TrainConfig};
@@ -102,7 +102,7 @@ fn partial_load_keeps_what_fits_and_reinitialises_the_rest() {
         );
         let fresh = by_name(AnyModel::new(&dst_cfg, 11).state_dict());
         let mut net = AnyModel::new(&dst_cfg, 11);
-        let report = init_from(&mut net, &file, "src.safetensors").unwrap();
+        let report = init_from(&mut *net, &file, "src.safetensors").unwrap();
         let names: Vec<&str> = report
             .reinitialised
             .iter()
@@ -136,7 +136,7 @@ fn partial_load_keeps_what_fits_and_reinitialises_the_rest() {
     // the same architecture and class count: everything is kept
     let cfg = tiny_densenet(10, 1);
     let mut net = AnyModel::new(&cfg, 1);
-    let report = init_from(&mut net, &source(&cfg, 2), "same").unwrap();
+    let report = init_from(&mut *net, &source(&cfg, 2), "same").unwrap();
     assert!(report.reinitialised.is_empty());
 }
 
@@ -176,7 +176,7 @@ fn weights_that_do_not_fit_are_refused_in_one_line() {
     for (cfg, file, want) in cases {
         let mut net = AnyModel::new(&cfg, 5);
         let before = net.state_dict();
-        let e: InitError = init_from(&mut net, &file, "w.safetensors").unwrap_err();
+        let e: InitError = init_from(&mut *net, &file, "w.safetensors").unwrap_err();
         let e = e.to_string();
         assert!(e.starts_with("w.safetensors: "), "{e}");
         assert!(e.contains(want), "{e}");

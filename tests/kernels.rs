@@ -15,7 +15,7 @@ use densenet::kernels::{self, BnRelu, ConvShape, Kernels};
 use densenet::nn::TrainOptions;
 use densenet::ops::{conv, fused};
 use densenet::util::rng::Rng;
-use densenet::{AnyModel, DenseNetConfig, MemoryMode, Model, ModelConfig};
+use densenet::{AnyModel, DenseNetConfig, MemoryMode, ModelConfig};
 
 fn data(n: usize, rng: &mut Rng) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
@@ -120,7 +120,6 @@ fn step_outputs(k: &'static Kernels, cfg: &ModelConfig, n: usize) -> Vec<(String
     let loss = net.forward_train(&mut ws, &x, &y, &opts);
     net.zero_grad();
     net.backward(&mut ws, &opts);
-    use densenet::model::ModelWorkspace;
     vec![
         ("loss".into(), vec![loss]),
         (

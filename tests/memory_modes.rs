@@ -2,6 +2,7 @@
 //! keeps every intermediate: identical results, and activation memory linear in depth
 //! (quadratic for naive), computed from the memory plan.
 
+use densenet::model::Model;
 use densenet::util::rng::Rng;
 use densenet::{densenet::Architecture, nn::TrainOptions};
 use densenet::{densenet::DenseNetPlan, MemoryMode};
@@ -37,8 +38,8 @@ fn step(
     let loss = net.forward_train(&mut ws, &x, &y, &opts);
     net.zero_grad();
     net.backward(&mut ws, &opts);
-    let logits = ws.head.logits[..n * cfg.num_classes].to_vec();
-    let ig = ws.input_grad[..x.len()].to_vec();
+    let logits = ws.logits()[..n * cfg.num_classes].to_vec();
+    let ig = ws.input_grad()[..x.len()].to_vec();
     (loss, logits, net.grads.clone(), net.stats.clone(), ig)
 }
 

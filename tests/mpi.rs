@@ -8,11 +8,10 @@
 
 use densenet::dist::mpi::Mpi;
 use densenet::dist::{BnSync, Collective, GradSync};
-use densenet::model::ModelWorkspace;
 use densenet::nn::TrainOptions;
 use densenet::ops::norm::set_stats_sync;
 use densenet::util::rng::Rng;
-use densenet::{AnyModel, MemoryMode, Model, ModelConfig};
+use densenet::{AnyModel, MemoryMode, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;

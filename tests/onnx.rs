@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use densenet::model::{AnyModel, Model, ModelConfig};
+use densenet::model::{AnyModel, ModelConfig};
 use densenet::onnx::{self, Batch, ExportOptions};
 use densenet::weights::{read_safetensors, write_safetensors, TensorFile};
 use densenet::MemoryMode;
@@ -65,7 +65,7 @@ fn export(net: &AnyModel, batch: Batch) -> Vec<u8> {
         batch,
         ..Default::default()
     };
-    onnx::export(net, &opts).unwrap().bytes
+    onnx::export(&**net, &opts).unwrap().bytes
 }
 
 /// Exports `net`, runs it in tract on the reference input, and checks the logits against

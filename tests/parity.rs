@@ -32,11 +32,11 @@ fn eval(
         acts.insert(format!("act.{name}"), t.data);
     };
     let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));
-    let c = ws.head.pooled.len() / ws.plan.batch;
+    let c = ws.pooled().len() / ws.batch();
     let mut pooled = vec![0.0; n * c];
     for ci in 0..c {
         for i in 0..n {
-            pooled[i * c + ci] = ws.head.pooled[ci * n + i];
+            pooled[i * c + ci] = ws.pooled()[ci * n + i];
         }
     }
     (logits, pooled, acts)
@@ -105,10 +105,13 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
         ..Default::default()
     };
     let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
-    ws.head.dlogits.iter_mut().for_each(|d| *d *= scale_dlogits);
+    ws.head_mut()
+        .dlogits
+        .iter_mut()
+        .for_each(|d| *d *= scale_dlogits);
     check_close(
         "train logits",
-        &ws.head.logits[..n * 10],
+        &ws.logits()[..n * 10],
         &r.get("logits").unwrap().tensor.data,
         1e-4,
         1e-4,
@@ -138,7 +141,7 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
     println!("{mode:?}: loss {loss} (ref {want}), global gradient rel L2 {global:.2e}");
     check_rel_l2(
         "input_grad",
-        &ws.input_grad[..input.numel()],
+        &ws.input_grad()[..input.numel()],
         &r.get("input_grad").unwrap().tensor.data,
         5e-2,
     )?;

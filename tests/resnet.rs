@@ -88,10 +88,13 @@ fn check_train(
         ..Default::default()
     };
     let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
-    ws.head.dlogits.iter_mut().for_each(|d| *d *= scale_dlogits);
+    ws.head_mut()
+        .dlogits
+        .iter_mut()
+        .for_each(|d| *d *= scale_dlogits);
     check_close(
         "train logits",
-        &ws.head.logits[..n * classes],
+        &ws.logits()[..n * classes],
         data(&r, "logits"),
         1e-4,
         1e-4,
@@ -117,7 +120,7 @@ fn check_train(
     );
     check_rel_l2(
         "input_grad",
-        &ws.input_grad[..input.numel()],
+        &ws.input_grad()[..input.numel()],
         data(&r, "input_grad"),
         1e-3,
     )?;
@@ -281,7 +284,7 @@ fn memory_modes_agree() {
                 loss,
                 net.grads.clone(),
                 net.stats.clone(),
-                ws.input_grad.to_vec(),
+                ws.input_grad().to_vec(),
             )
         };
         let (e, v) = (run(MemoryMode::Efficient), run(MemoryMode::Naive));

@@ -10,7 +10,7 @@
 use super::model_args::{available_memory_bytes, ModelAdjust};
 use crate::densenet::config::DenseNetConfig;
 use crate::dist::SyncTimes;
-use crate::model::{AnyModel, Frozen, Model, ModelConfig, ModelWorkspace};
+use crate::model::{AnyModel, Frozen, ModelConfig};
 use crate::nn::MemoryMode;
 use crate::optim::{Sgd, SgdConfig};
 use crate::train::{DataParallel, StepInput};
@@ -438,7 +438,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             rates: &rates,
             stop: false,
         };
-        let outcome = dp.step(&mut net, &mut ws, &mut opt, &input);
+        let outcome = dp.step(&mut *net, &mut ws, &mut opt, &input);
         let dt = t.elapsed().as_secs_f64();
         if let (Some(s), true) = (outcome.sync, step >= a.warmup) {
             sync_times.push(s);
@@ -676,7 +676,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
     let (mut times, mut on_times) = (Vec::new(), Vec::new());
     let timed = a.steps * if a.ab { 2 } else { 1 };
     // as a deployment runs it: weights packed on the first pass, kept for the rest
-    let mut net = Frozen::new(&mut net);
+    let mut net = Frozen::new(&mut *net);
     for i in 0..a.warmup + timed {
         if a.profile && i == a.warmup {
             crate::util::profile::reset();

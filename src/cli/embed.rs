@@ -6,7 +6,6 @@ use super::model_args::OptModelArgs;
 use crate::checkpoint::read_model_config;
 use crate::data::folder::image_files;
 use crate::features::{extract, feature_shape, Layer};
-use crate::model::Model;
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
 use crate::util::tensor::Tensor;
@@ -138,7 +137,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .par_iter()
             .zip(x.par_chunks_mut(prep.len()))
             .try_for_each(|(path, out)| prep.load_into(path, out))?;
-        features.extend(extract(&mut m.net, &mut ws, x, chunk.len(), layer)?);
+        features.extend(extract(&mut *m.net, &mut ws, x, chunk.len(), layer)?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

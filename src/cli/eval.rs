@@ -5,7 +5,6 @@ use super::model_args::OptModelArgs;
 use crate::checkpoint;
 use crate::data::{self, DatasetKind, Split};
 use crate::evaluate::{evaluate, Evaluation};
-use crate::model::Model;
 use crate::nn::MemoryMode;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -109,7 +108,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut ws = m
         .net
         .workspace(a.batch_size.max(1), MemoryMode::Efficient, false);
-    let e = evaluate(&mut m.net, &mut ws, &test, None, &transform)?;
+    let e = evaluate(&mut *m.net, &mut ws, &test, None, &transform)?;
     let classes = test.classes().to_vec();
     if a.json {
         return super::print_json(&Report {

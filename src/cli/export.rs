@@ -3,7 +3,7 @@
 
 use super::model_args::OptModelArgs;
 use crate::checkpoint::{self, CheckpointError};
-use crate::model::{Model, ModelConfig};
+use crate::model::ModelConfig;
 use crate::onnx::{self, Batch, ExportOptions, Preprocessing};
 use crate::weights::{read_checkpoint, WeightsError};
 use anyhow::Context;
@@ -123,7 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .unwrap_or_default(),
         preprocessing,
     };
-    let e = onnx::export(&m.net, &opts)?;
+    let e = onnx::export(&*m.net, &opts)?;
     crate::util::atomic::write(&a.out, &e.bytes)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     let n = match a.batch {

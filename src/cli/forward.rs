@@ -6,7 +6,7 @@
 //! how a port of weights is checked.
 
 use super::ModelArgs;
-use crate::model::{AnyModel, Model, ModelWorkspace};
+use crate::model::AnyModel;
 use crate::nn::MemoryMode;
 use crate::nn::TrainOptions;
 use crate::util::tensor::Tensor;

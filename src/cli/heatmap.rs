@@ -40,12 +40,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let m = read_model_config(&a.weights, a.model.resolve()?)?;
-    let Some(net) = m.net.as_densenet() else {
+    let Some(net) = m.net.downcast_ref::<crate::densenet::DenseNet>() else {
         anyhow::bail!(
             "{}: the feature-reuse heat map reads the weights a dense layer gives each earlier \
              layer; {} is a pre-activation ResNet, whose units read only their input",
             a.weights.display(),
-            crate::model::Model::name(&m.net)
+            crate::model::Model::name(&*m.net)
         );
     };
     let mats = feature_reuse(net);

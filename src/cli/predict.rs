@@ -2,7 +2,7 @@
 
 use super::model_args::OptModelArgs;
 use crate::checkpoint::read_model_config;
-use crate::model::{Frozen, Model};
+use crate::model::Frozen;
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
 use std::path::PathBuf;
@@ -47,7 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let names = m.preprocess.map(|p| p.classes).unwrap_or_default();
     let mut ws = m.net.workspace(1, MemoryMode::Efficient, false);
     let mut out = Vec::new();
-    let mut net = Frozen::new(&mut m.net);
+    let mut net = Frozen::new(&mut *m.net);
     for path in &a.images {
         let x = prep.load(path)?;
         let logits = net.forward_eval(&mut ws, &x, 1, None);

@@ -4,7 +4,7 @@
 
 use super::model_args::{ModelAdjust, OptModelArgs};
 use crate::checkpoint::read_model_config;
-use crate::model::{Model, ModelConfig};
+use crate::model::ModelConfig;
 use crate::nn::arena::{total_bytes, Region};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;

@@ -26,9 +26,13 @@ pub use arch::{Architecture, DenseBlock, DenseLayer, Transition};
 pub use config::{DenseNetConfig, Stem};
 pub use memory::{DenseNetPlan, DenseNetWorkspace};
 
-use crate::nn::{check_input, emit, MemoryMode, Probe, TrainOptions};
+use crate::model::config::ModelConfig;
+use crate::model::interface::{own_workspace, Buffers, Model, ModelWorkspace, Workspace};
+use crate::nn::params::TensorTable;
+use crate::nn::{emit, HeadMemory, MemoryMode, Probe, TrainOptions};
 use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
 use crate::util::rng::Rng;
+use std::any::Any;
 
 /// A DenseNet with its parameters, gradients and running statistics.
 pub struct DenseNet {
@@ -83,95 +87,33 @@ impl DenseNet {
     pub fn config(&self) -> &DenseNetConfig {
         &self.arch.config
     }
+}
 
-    /// A workspace for batches of up to `batch` images.
-    pub fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> DenseNetWorkspace {
-        DenseNetWorkspace::new(
-            &self.arch,
-            DenseNetPlan::new(&self.arch, batch, mode, training),
-        )
+impl Model for DenseNet {
+    fn model_config(&self) -> ModelConfig {
+        ModelConfig::DenseNet(self.arch.config.clone())
     }
 
-    fn check_input(&self, ws: &DenseNetWorkspace, input: &[f32], n: usize) {
-        let cfg = &self.arch.config;
-        check_input(input, n, ws.plan.batch, cfg.in_channels, cfg.input_size);
-    }
-
-    /// Evaluation-mode forward pass (BN with running statistics) of `n` images in NCHW;
-    /// returns the logits `[n][classes]`. `probe` receives intermediate activations
-    /// (NCHW) under PyTorch's module names.
-    pub fn forward_eval(
-        &mut self,
-        ws: &mut DenseNetWorkspace,
-        input: &[f32],
-        n: usize,
-        mut probe: Option<Probe>,
-    ) -> Vec<f32> {
-        self.check_input(ws, input, n);
-        self.forward(ws, input, n, false, 0, &mut probe);
-        ws.head.logits[..n * self.arch.config.num_classes].to_vec()
-    }
-
-    /// Training-mode forward pass: batch statistics, running statistics updated once,
-    /// dropout active. Returns the mean cross-entropy loss; logits stay in `ws.head.logits`.
-    pub fn forward_train(
-        &mut self,
-        ws: &mut DenseNetWorkspace,
-        input: &[f32],
-        labels: &[u32],
-        opts: &TrainOptions,
-    ) -> f32 {
-        let n = labels.len();
-        self.check_input(ws, input, n);
-        assert!(ws.plan.training, "forward_train needs a training workspace");
-        let classes = self.arch.config.num_classes;
-        self.forward(ws, input, n, true, opts.dropout_seed, &mut None);
-        ws.head.loss(labels, classes, opts.batch_total.unwrap_or(n))
-    }
-
-    /// Training forward pass of the classifier alone (fine-tuning with frozen features):
-    /// the features, final BN included, in evaluation mode (running statistics, not
-    /// updated; no dropout). Returns the mean cross-entropy loss; logits stay in
-    /// `ws.head.logits`, their gradient in `ws.head.dlogits`.
-    pub fn forward_train_frozen(
-        &mut self,
-        ws: &mut DenseNetWorkspace,
-        input: &[f32],
-        labels: &[u32],
-    ) -> f32 {
-        let n = labels.len();
-        self.check_input(ws, input, n);
-        assert!(
-            ws.plan.training,
-            "forward_train_frozen needs a training workspace"
-        );
-        let classes = self.arch.config.num_classes;
-        self.forward(ws, input, n, false, 0, &mut None);
-        ws.head.loss(labels, classes, n)
-    }
-
-    /// Backward pass of the last training forward pass (either kind) through the
-    /// classifier alone: accumulates `classifier.{weight,bias}` gradients, nothing else.
-    pub fn backward_classifier(&mut self, ws: &mut DenseNetWorkspace) {
-        head::backward_classifier(&self.arch, &self.params, &mut self.grads, ws);
-    }
-
-    /// `classifier.weight` and `classifier.bias` in the parameter buffer.
-    pub fn classifier_range(&self) -> std::ops::Range<usize> {
+    fn io(&self) -> (usize, usize, usize) {
         let c = &self.arch.config;
-        let features = self.arch.blocks.last().expect("at least one block").c_out;
-        self.arch.classifier..self.arch.classifier + c.num_classes * (features + 1)
+        (c.num_classes, c.in_channels, c.input_size)
+    }
+
+    fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace {
+        let plan = DenseNetPlan::new(&self.arch, batch, mode, training);
+        Box::new(DenseNetWorkspace::new(&self.arch, plan))
     }
 
     fn forward(
         &mut self,
-        ws: &mut DenseNetWorkspace,
+        ws: &mut Workspace,
         input: &[f32],
         n: usize,
         training: bool,
         seed: u64,
         probe: &mut Option<Probe>,
     ) {
+        let ws: &mut DenseNetWorkspace = own_workspace(ws);
         let cfg = &self.arch.config;
         let s = cfg.input_size;
         ws.n = n;
@@ -231,10 +173,8 @@ impl DenseNet {
         head::forward(&self.arch, p, st, ws);
     }
 
-    /// Backward pass of the last [`DenseNet::forward_train`]: **accumulates** every
-    /// parameter's gradient into `self.grads` (call [`DenseNet::zero_grad`] first) and, if
-    /// asked, writes the input gradient (NCHW) into `ws.input_grad`.
-    pub fn backward(&mut self, ws: &mut DenseNetWorkspace, opts: &TrainOptions) {
+    fn backward(&mut self, ws: &mut Workspace, opts: &TrainOptions) {
+        let ws: &mut DenseNetWorkspace = own_workspace(ws);
         assert!(
             ws.training,
             "backward needs a training-mode forward pass first"
@@ -271,8 +211,71 @@ impl DenseNet {
         }
     }
 
-    /// Sets every gradient to zero.
-    pub fn zero_grad(&mut self) {
-        crate::util::par::fill(&mut self.grads, 0.0);
+    /// Accumulates `classifier.{weight,bias}` gradients, nothing else.
+    fn backward_classifier(&mut self, ws: &mut Workspace) {
+        head::backward_classifier(&self.arch, &self.params, &mut self.grads, own_workspace(ws));
+    }
+
+    /// `classifier.weight` and `classifier.bias` in the parameter buffer.
+    fn classifier_range(&self) -> std::ops::Range<usize> {
+        let c = &self.arch.config;
+        let features = self.arch.blocks.last().expect("at least one block").c_out;
+        self.arch.classifier..self.arch.classifier + c.num_classes * (features + 1)
+    }
+
+    fn param_table(&self) -> &TensorTable {
+        &self.arch.params
+    }
+
+    fn stats_table(&self) -> &TensorTable {
+        &self.arch.stats
+    }
+
+    fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+
+    fn stats(&self) -> &[f32] {
+        &self.stats
+    }
+
+    fn buffers_mut(&mut self) -> Buffers<'_> {
+        Buffers {
+            params: &mut self.params,
+            grads: &mut self.grads,
+            stats: &mut self.stats,
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl ModelWorkspace for DenseNetWorkspace {
+    fn batch(&self) -> usize {
+        self.plan.batch
+    }
+    fn training(&self) -> bool {
+        self.plan.training
+    }
+    fn head(&self) -> &HeadMemory {
+        &self.head
+    }
+    fn head_mut(&mut self) -> &mut HeadMemory {
+        &mut self.head
+    }
+    fn input_grad(&self) -> &[f32] {
+        &self.input_grad
+    }
+    fn activation_bytes(&self) -> usize {
+        self.plan.activation_bytes()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }

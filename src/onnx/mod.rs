@@ -29,7 +29,7 @@ pub mod proto;
 use crate::checkpoint::Preprocess;
 use crate::data::augment::{Geometry, IMAGENET_MEAN, IMAGENET_STD};
 use crate::densenet::{self, Stem};
-use crate::model::{AnyModel, Model};
+use crate::model::{Model, ModelConfig};
 use crate::nn::{BatchNorm, Conv};
 use crate::ops::norm::BN_EPS;
 use crate::resnet;
@@ -199,16 +199,17 @@ pub enum ExportError {
 }
 
 /// Exports `model`'s evaluation forward pass as an ONNX model (see the module docs).
-pub fn export(model: &AnyModel, opts: &ExportOptions) -> Result<Exported, ExportError> {
+pub fn export(model: &dyn Model, opts: &ExportOptions) -> Result<Exported, ExportError> {
     let ir = ir_version(opts.opset).ok_or(ExportError::Opset(opts.opset))?;
     if opts.batch == Batch::Fixed(0) {
         return Err(ExportError::EmptyBatch);
     }
     let cfg = model.model_config();
     let mut g = Builder::default();
-    let logits = match model {
-        AnyModel::DenseNet(net) => densenet_graph(&mut g, &net.arch),
-        AnyModel::PreActResNet(net) => resnet_graph(&mut g, &net.arch),
+    // the graph of the configuration's architecture, whose tensors are the model's
+    let logits = match &cfg {
+        ModelConfig::DenseNet(c) => densenet_graph(&mut g, &densenet::Architecture::new(c)),
+        ModelConfig::PreActResNet(c) => resnet_graph(&mut g, &resnet::Architecture::new(c)),
     };
     debug_assert_eq!(logits, OUTPUT);
 
@@ -542,7 +543,7 @@ fn pads(p: i64) -> AttributeProto {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
+    use crate::model::AnyModel;
     use prost::Message;
 
     fn decode(e: &Exported) -> ModelProto {
@@ -558,7 +559,7 @@ mod tests {
     fn densenet_graph_has_one_concat_per_layer_and_every_weight() {
         let cfg = ModelConfig::from_name("densenet-bc-40-12").unwrap();
         let net = AnyModel::new(&cfg, 0);
-        let e = export(&net, &ExportOptions::default()).unwrap();
+        let e = export(&*net, &ExportOptions::default()).unwrap();
         let m = decode(&e);
         let ops = ops(&m);
         let count = |op: &str| ops.iter().filter(|o| *o == op).count();
@@ -580,7 +581,7 @@ mod tests {
     fn initializers_are_the_state_dict_bit_for_bit() {
         let cfg = ModelConfig::from_name("preresnet-20").unwrap();
         let net = AnyModel::new(&cfg, 3);
-        let m = decode(&export(&net, &ExportOptions::default()).unwrap());
+        let m = decode(&export(&*net, &ExportOptions::default()).unwrap());
         let g = m.graph.unwrap();
         let sd = net.state_dict();
         assert_eq!(g.initializer.len(), sd.len());
@@ -612,7 +613,7 @@ mod tests {
                 opset,
                 ..Default::default()
             };
-            let e = export(&net, &opts).unwrap_err().to_string();
+            let e = export(&*net, &opts).unwrap_err().to_string();
             assert!(
                 e.contains(&format!("opset {opset} is not supported")),
                 "{e}"
@@ -624,7 +625,7 @@ mod tests {
                 opset,
                 ..Default::default()
             };
-            assert!(export(&net, &opts).is_ok(), "opset {opset}");
+            assert!(export(&*net, &opts).is_ok(), "opset {opset}");
         }
     }
 }

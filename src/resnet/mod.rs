@@ -28,8 +28,11 @@ pub mod block;
 pub mod config;
 pub mod memory;
 
+use crate::model::config::ModelConfig;
+use crate::model::interface::{own_workspace, Buffers, Model, ModelWorkspace, Workspace};
 use crate::nn::arena::Buf;
-use crate::nn::{check_input, emit, Probe, TrainOptions};
+use crate::nn::params::TensorTable;
+use crate::nn::{emit, Probe, TrainOptions};
 use crate::nn::{HeadMemory, MemoryMode};
 use crate::ops::conv::{conv_backward, conv_forward};
 use crate::ops::linear::{linear_backward, linear_forward};
@@ -40,6 +43,7 @@ pub use arch::{Architecture, Stage};
 pub use block::ResidualUnit;
 pub use config::{BlockKind, PreActResNetConfig};
 pub use memory::{ResNetPlan, ResNetWorkspace};
+use std::any::Any;
 
 /// A pre-activation ResNet with its parameters, gradients and running statistics.
 pub struct PreActResNet {
@@ -116,107 +120,35 @@ impl PreActResNet {
     pub fn config(&self) -> &PreActResNetConfig {
         &self.arch.config
     }
+}
 
-    /// A workspace for batches of up to `batch` images.
-    pub fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> ResNetWorkspace {
-        ResNetWorkspace::new(
-            &self.arch,
-            ResNetPlan::new(&self.arch, batch, mode, training),
-        )
+impl Model for PreActResNet {
+    fn model_config(&self) -> ModelConfig {
+        ModelConfig::PreActResNet(self.arch.config.clone())
     }
 
-    fn check_input(&self, ws: &ResNetWorkspace, input: &[f32], n: usize) {
-        let cfg = &self.arch.config;
-        check_input(input, n, ws.plan.batch, cfg.in_channels, cfg.input_size);
+    fn io(&self) -> (usize, usize, usize) {
+        let c = &self.arch.config;
+        (c.num_classes, c.in_channels, c.input_size)
     }
 
-    /// Evaluation-mode forward pass (BN with running statistics) of `n` images in NCHW;
-    /// returns the logits `[n][classes]`. `probe` receives the stem's and every stage's
-    /// output (NCHW) as `conv1`, `layer1`, `layer2`, `layer3`.
-    pub fn forward_eval(
-        &mut self,
-        ws: &mut ResNetWorkspace,
-        input: &[f32],
-        n: usize,
-        mut probe: Option<Probe>,
-    ) -> Vec<f32> {
-        self.check_input(ws, input, n);
-        self.forward(ws, input, n, false, &mut probe);
-        ws.head.logits[..n * self.arch.config.num_classes].to_vec()
+    fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace {
+        let plan = ResNetPlan::new(&self.arch, batch, mode, training);
+        Box::new(ResNetWorkspace::new(&self.arch, plan))
     }
 
-    /// Training-mode forward pass: batch statistics, running statistics updated once.
-    /// Returns the mean cross-entropy loss; logits stay in `ws.head.logits`. (The options'
-    /// dropout seed is unused: He et al. train ResNets without dropout.)
-    pub fn forward_train(
-        &mut self,
-        ws: &mut ResNetWorkspace,
-        input: &[f32],
-        labels: &[u32],
-        opts: &TrainOptions,
-    ) -> f32 {
-        let n = labels.len();
-        self.check_input(ws, input, n);
-        assert!(ws.plan.training, "forward_train needs a training workspace");
-        let classes = self.arch.config.num_classes;
-        self.forward(ws, input, n, true, &mut None);
-        ws.head.loss(labels, classes, opts.batch_total.unwrap_or(n))
-    }
-
-    /// Training forward pass of the classifier alone (fine-tuning with frozen features):
-    /// the features, final BN included, in evaluation mode (running statistics, not
-    /// updated). Returns the mean cross-entropy loss; logits stay in `ws.head.logits`,
-    /// their gradient in `ws.head.dlogits`.
-    pub fn forward_train_frozen(
-        &mut self,
-        ws: &mut ResNetWorkspace,
-        input: &[f32],
-        labels: &[u32],
-    ) -> f32 {
-        let n = labels.len();
-        self.check_input(ws, input, n);
-        assert!(
-            ws.plan.training,
-            "forward_train_frozen needs a training workspace"
-        );
-        let classes = self.arch.config.num_classes;
-        self.forward(ws, input, n, false, &mut None);
-        ws.head.loss(labels, classes, n)
-    }
-
-    /// Backward pass of the last training forward pass (either kind) through `fc` alone:
-    /// accumulates `fc.{weight,bias}` gradients, nothing else.
-    pub fn backward_classifier(&mut self, ws: &mut ResNetWorkspace) {
-        let arch = &self.arch;
-        let (n, j) = (ws.n, arch.config.num_classes);
-        let c = arch.stages.last().expect("at least one stage").channels;
-        let (dw, db) = self.grads[arch.fc..arch.fc + j * c + j].split_at_mut(j * c);
-        let HeadMemory {
-            pooled,
-            dpooled,
-            dlogits,
-            ..
-        } = &mut ws.head;
-        let w = &self.params[arch.fc..arch.fc + j * c];
-        // the pooled features' gradient is computed too (next to nothing) and not used
-        linear_backward(dpooled, dw, db, dlogits, pooled, w, n, c, j);
-    }
-
-    /// `fc.weight` and `fc.bias` in the parameter buffer.
-    pub fn classifier_range(&self) -> std::ops::Range<usize> {
-        let arch = &self.arch;
-        let c = arch.stages.last().expect("at least one stage").channels;
-        arch.fc..arch.fc + arch.config.num_classes * (c + 1)
-    }
-
+    /// The stem's and every stage's output go to `probe` as `conv1`, `layer1`, `layer2`,
+    /// `layer3`. The dropout seed is unused: He et al. train ResNets without dropout.
     fn forward(
         &mut self,
-        ws: &mut ResNetWorkspace,
+        ws: &mut Workspace,
         input: &[f32],
         n: usize,
         training: bool,
+        _dropout_seed: u64,
         probe: &mut Option<Probe>,
     ) {
+        let ws: &mut ResNetWorkspace = own_workspace(ws);
         let arch = &self.arch;
         let cfg = &arch.config;
         let (s, cin) = (cfg.input_size, cfg.in_channels);
@@ -306,10 +238,8 @@ impl PreActResNet {
         linear_forward(logits, pooled, w, b, n, c, j);
     }
 
-    /// Backward pass of the last [`PreActResNet::forward_train`]: **accumulates** every
-    /// parameter's gradient into `self.grads` (call [`PreActResNet::zero_grad`] first) and,
-    /// if asked, writes the input gradient (NCHW) into `ws.input_grad`.
-    pub fn backward(&mut self, ws: &mut ResNetWorkspace, opts: &TrainOptions) {
+    fn backward(&mut self, ws: &mut Workspace, opts: &TrainOptions) {
+        let ws: &mut ResNetWorkspace = own_workspace(ws);
         assert!(
             ws.training && ws.plan.training,
             "backward needs a training-mode forward pass first"
@@ -427,8 +357,84 @@ impl PreActResNet {
         }
     }
 
-    /// Sets every gradient to zero.
-    pub fn zero_grad(&mut self) {
-        crate::util::par::fill(&mut self.grads, 0.0);
+    /// Accumulates `fc.{weight,bias}` gradients, nothing else.
+    fn backward_classifier(&mut self, ws: &mut Workspace) {
+        let ws: &mut ResNetWorkspace = own_workspace(ws);
+        let arch = &self.arch;
+        let (n, j) = (ws.n, arch.config.num_classes);
+        let c = arch.stages.last().expect("at least one stage").channels;
+        let (dw, db) = self.grads[arch.fc..arch.fc + j * c + j].split_at_mut(j * c);
+        let HeadMemory {
+            pooled,
+            dpooled,
+            dlogits,
+            ..
+        } = &mut ws.head;
+        let w = &self.params[arch.fc..arch.fc + j * c];
+        // the pooled features' gradient is computed too (next to nothing) and not used
+        linear_backward(dpooled, dw, db, dlogits, pooled, w, n, c, j);
+    }
+
+    /// `fc.weight` and `fc.bias` in the parameter buffer.
+    fn classifier_range(&self) -> std::ops::Range<usize> {
+        let arch = &self.arch;
+        let c = arch.stages.last().expect("at least one stage").channels;
+        arch.fc..arch.fc + arch.config.num_classes * (c + 1)
+    }
+
+    fn param_table(&self) -> &TensorTable {
+        &self.arch.params
+    }
+
+    fn stats_table(&self) -> &TensorTable {
+        &self.arch.stats
+    }
+
+    fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+
+    fn stats(&self) -> &[f32] {
+        &self.stats
+    }
+
+    fn buffers_mut(&mut self) -> Buffers<'_> {
+        Buffers {
+            params: &mut self.params,
+            grads: &mut self.grads,
+            stats: &mut self.stats,
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl ModelWorkspace for ResNetWorkspace {
+    fn batch(&self) -> usize {
+        self.plan.batch
+    }
+    fn training(&self) -> bool {
+        self.plan.training
+    }
+    fn head(&self) -> &HeadMemory {
+        &self.head
+    }
+    fn head_mut(&mut self) -> &mut HeadMemory {
+        &mut self.head
+    }
+    fn input_grad(&self) -> &[f32] {
+        &self.input_grad
+    }
+    fn activation_bytes(&self) -> usize {
+        self.plan.activation_bytes()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }

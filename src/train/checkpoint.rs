@@ -22,9 +22,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Writes a checkpoint atomically.
-pub fn save<M: Model>(
+pub fn save(
     path: &Path,
-    net: &M,
+    net: &dyn Model,
     opt: &Sgd,
     config: &TrainConfig,
     state: &TrainState,
@@ -59,7 +59,7 @@ pub struct Loaded {
 }
 
 /// Reads a checkpoint into `net` and `opt`.
-pub fn load<M: Model>(path: &Path, net: &mut M, opt: &mut Sgd) -> Result<Loaded, TrainError> {
+pub fn load(path: &Path, net: &mut dyn Model, opt: &mut Sgd) -> Result<Loaded, TrainError> {
     let file = read_safetensors(path)?;
     let required = |key: &str| {
         TrainError::Config(format!(
@@ -162,7 +162,7 @@ mod tests {
         // resuming reads the same fields the same way
         let mut net = AnyModel::new(&cfg, 0);
         let mut opt = Sgd::new(crate::optim::SgdConfig::default());
-        let e = match load(&dir.join("bad.safetensors"), &mut net, &mut opt) {
+        let e = match load(&dir.join("bad.safetensors"), &mut *net, &mut opt) {
             Ok(_) => panic!("loaded"),
             Err(e) => e.to_string(),
         };
@@ -245,7 +245,7 @@ mod tests {
             assert!(!e.contains('\n'), "{key}: one line: {e}");
             let mut net = AnyModel::new(&cfg, 0);
             let mut opt = Sgd::new(crate::optim::SgdConfig::default());
-            let e = match load(&path, &mut net, &mut opt) {
+            let e = match load(&path, &mut *net, &mut opt) {
                 Ok(_) => panic!("{key}: resumed"),
                 Err(e) => e.to_string(),
             };

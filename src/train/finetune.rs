@@ -17,7 +17,7 @@
 //! - `lr_features`: the pretrained part learns at its own base rate, scheduled by the same
 //!   factor as the classifier's ([`rates`], [`crate::optim::Sgd::step_ranges`]).
 
-use crate::model::{Model, ModelConfig};
+use crate::model::{Model, ModelConfig, Workspace};
 use crate::nn::TrainOptions;
 use crate::weights::{canonical_name, read_checkpoint, NamedTensor, WeightsError};
 use serde::{Deserialize, Serialize};
@@ -219,8 +219,8 @@ fn model_family(config: &ModelConfig) -> &'static str {
 /// Initialises `model` from `tensors` as far as they fit (see the module documentation):
 /// on success every tensor but the classifier and (for another input channel count) the
 /// first convolution comes from the file; on error nothing is changed.
-pub fn init_from<M: Model>(
-    model: &mut M,
+pub fn init_from(
+    model: &mut dyn Model,
     tensors: &[NamedTensor],
     source: &str,
 ) -> Result<InitReport, InitError> {
@@ -327,7 +327,7 @@ pub fn init_from<M: Model>(
 
 /// Reads `path` (a checkpoint, a safetensors state dict or a `.pth`) and initialises
 /// `model` from it ([`init_from`]).
-pub fn load_init<M: Model>(path: &Path, model: &mut M) -> Result<InitReport, InitError> {
+pub fn load_init(path: &Path, model: &mut dyn Model) -> Result<InitReport, InitError> {
     let file = read_checkpoint(path)?;
     init_from(model, &file.tensors, &path.display().to_string())
 }
@@ -362,7 +362,7 @@ pub fn rates(
 
 /// Zeroes the gradients and runs the backward pass of a step's forward pass: through the
 /// whole network, or through the classifier alone (the other gradients stay zero).
-pub fn backward<M: Model>(net: &mut M, ws: &mut M::Workspace, step: &TrainOptions, frozen: bool) {
+pub fn backward(net: &mut dyn Model, ws: &mut Workspace, step: &TrainOptions, frozen: bool) {
     if frozen {
         let head = net.classifier_range();
         net.buffers_mut().grads[head].fill(0.0);

@@ -122,7 +122,7 @@ impl RunSummary {
     /// (this session's, for the rate) with `net`, in `dir`.
     pub fn new(
         config: &TrainConfig,
-        net: &impl Model,
+        net: &dyn Model,
         state: &TrainState,
         images: usize,
         train_seconds: f64,

@@ -9,7 +9,7 @@ use super::setup::DataSetup;
 use super::step::{DataParallel, StepInput};
 use super::{Progress, TrainConfig, TrainError, TrainState};
 use crate::data::pipeline::{Loader, LoaderConfig};
-use crate::model::{AnyModel, Model, ModelConfig};
+use crate::model::{AnyModel, ModelConfig};
 use crate::nn::MemoryMode;
 use crate::optim::Sgd;
 use std::path::Path;
@@ -71,14 +71,14 @@ fn train_in(
     let mut state = TrainState::default();
     // the initial weights of a fresh run; a resumed run has its own checkpoint
     if let (Some(init), false) = (&config.finetune.init, opts.resume) {
-        let report = finetune::load_init(init, &mut net)?;
+        let report = finetune::load_init(init, &mut *net)?;
         progress.message(&report.to_string());
         if let Some(note) = report.frozen_note(&config.finetune) {
             progress.message(&note);
         }
     }
     if opts.resume {
-        let loaded = checkpoint::load(&last, &mut net, &mut opt)?;
+        let loaded = checkpoint::load(&last, &mut *net, &mut opt)?;
         if loaded.config != config {
             return Err(TrainError::Config(format!(
                 "{}: the checkpoint was made with another configuration; resume with the \
@@ -119,7 +119,7 @@ fn train_in(
         loader_cfg,
     )?;
     let mut ws = net.workspace(config.batch_size / dp.size(), config.memory, true);
-    dp.check_same_weights(&net, "at the start")?;
+    dp.check_same_weights(&*net, "at the start")?;
     let mut eval_ws = net.workspace(config.batch_size.max(100), MemoryMode::Efficient, false);
     let end = opts.stop_after.unwrap_or(config.epochs).min(config.epochs);
     let mut images_trained = 0usize;
@@ -152,7 +152,7 @@ fn train_in(
         for (b, batch) in loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
             let step = dp.step(
-                &mut net,
+                &mut *net,
                 &mut ws,
                 &mut opt,
                 &StepInput {
@@ -208,7 +208,7 @@ fn train_in(
         } else {
             let val = Some(data.val_indices.clone());
             let v = dp.evaluate(
-                &mut net,
+                &mut *net,
                 &mut eval_ws,
                 &data.train,
                 val,
@@ -217,13 +217,13 @@ fn train_in(
             Some(v.top1_accuracy)
         };
         let test = dp.evaluate(
-            &mut net,
+            &mut *net,
             &mut eval_ws,
             &data.test,
             None,
             &data.eval_transform,
         )?;
-        dp.check_same_weights(&net, &format!("after epoch {}", epoch + 1))?;
+        dp.check_same_weights(&*net, &format!("after epoch {}", epoch + 1))?;
         if !test.loss.is_finite() {
             // the weights are no longer usable: keep the last good checkpoint, exit with error
             return Err(TrainError::Config(format!(
@@ -255,15 +255,15 @@ fn train_in(
         }
         if writes {
             write_metrics(&dir.join("metrics.csv"), &state.metrics)?;
-            checkpoint::save(&last, &net, &opt, &config, &state, &pre)?;
+            checkpoint::save(&last, &*net, &opt, &config, &state, &pre)?;
             if is_best {
                 let best = dir.join("best.safetensors");
-                checkpoint::save(&best, &net, &opt, &config, &state, &pre)?;
+                checkpoint::save(&best, &*net, &opt, &config, &state, &pre)?;
             }
         }
         progress.epoch_end(&m);
     }
-    let summary = RunSummary::new(&config, &net, &state, images_trained, train_seconds, dir);
+    let summary = RunSummary::new(&config, &*net, &state, images_trained, train_seconds, dir);
     if state.epochs_done == config.epochs && writes {
         let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         crate::util::atomic::write(&dir.join("summary.json"), &json).map_err(io(dir))?;

@@ -10,7 +10,7 @@ use crate::data::pipeline::share_of;
 use crate::data::Source;
 use crate::dist::{checksum, ranks_differing, BnSync, Collective, GradSync, Solo, SyncTimes};
 use crate::evaluate::{argmax, evaluate, Evaluation};
-use crate::model::{AnyModel, Model, ModelWorkspace};
+use crate::model::{Model, Workspace};
 use crate::nn::TrainOptions;
 use crate::ops::norm::set_stats_sync;
 use crate::optim::Sgd;
@@ -108,8 +108,8 @@ impl DataParallel {
     /// one-process gradient.
     pub fn step(
         &mut self,
-        net: &mut AnyModel,
-        ws: &mut <AnyModel as Model>::Workspace,
+        net: &mut dyn Model,
+        ws: &mut Workspace,
         opt: &mut Sgd,
         input: &StepInput,
     ) -> StepOutcome {
@@ -186,8 +186,8 @@ impl DataParallel {
     /// mean loss; it is weighted by the share's part of the batch before the sum.
     fn backward(
         &mut self,
-        net: &mut AnyModel,
-        ws: &mut <AnyModel as Model>::Workspace,
+        net: &mut dyn Model,
+        ws: &mut Workspace,
         step: &TrainOptions,
         frozen: bool,
         share: usize,
@@ -221,7 +221,7 @@ impl DataParallel {
     /// its own share; they are averaged after every step so that every process holds the
     /// same model at all times (one small all-reduce: the statistics are a few thousand
     /// numbers). With it, they are the same everywhere already.
-    fn average_running_stats(&self, net: &mut AnyModel) {
+    fn average_running_stats(&self, net: &mut dyn Model) {
         if self.bn.is_some() || self.size() == 1 {
             return;
         }
@@ -232,7 +232,7 @@ impl DataParallel {
     }
 
     /// Fails unless every process holds rank 0's parameters and statistics, bit for bit.
-    pub fn check_same_weights(&self, net: &AnyModel, when: &str) -> Result<(), TrainError> {
+    pub fn check_same_weights(&self, net: &dyn Model, when: &str) -> Result<(), TrainError> {
         if self.size() == 1 {
             return Ok(());
         }
@@ -250,8 +250,8 @@ impl DataParallel {
     /// summed.
     pub fn evaluate(
         &self,
-        net: &mut AnyModel,
-        ws: &mut <AnyModel as Model>::Workspace,
+        net: &mut dyn Model,
+        ws: &mut Workspace,
         source: &Arc<Source>,
         indices: Option<Vec<usize>>,
         transform: &Transform,

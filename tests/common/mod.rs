@@ -3,7 +3,7 @@
 //! (so negative controls can assert that a wrong result is caught).
 #![allow(dead_code)]
 
-use densenet::model::{Model, ModelWorkspace};
+use densenet::model::Model;
 use densenet::nn::TrainOptions;
 use densenet::weights::{read_safetensors, TensorFile};
 use densenet::MemoryMode;
@@ -108,7 +108,7 @@ pub fn check_rel_l2(name: &str, a: &[f32], b: &[f32], tol: f64) -> Result<f64, S
 /// kinks and err by 5%, while a step of 1e-4 meets f32 rounding), so one coordinate at a
 /// time, the largest (where rounding matters least), at three step sizes of which one must
 /// agree within a tolerance that still catches any missing or doubled term.
-pub fn check_finite_differences<M: Model>(name: &str, net: &mut M, x: &[f32], y: &[u32]) -> f64 {
+pub fn check_finite_differences(name: &str, net: &mut dyn Model, x: &[f32], y: &[u32]) -> f64 {
     let mut ws = net.workspace(y.len(), MemoryMode::Efficient, true);
     let opts = TrainOptions {
         dropout_seed: 0,

@@ -1,0 +1,69 @@
+//! [`AnyModel`]: a network of either family, chosen at run time from a [`ModelConfig`],
+//! and what a configuration needs of its family's code (building it, sizing its memory).
+
+use super::config::ModelConfig;
+use super::interface::Model;
+use crate::densenet::{Architecture as DenseArch, DenseNet, DenseNetPlan};
+use crate::nn::{ConfigError, MemoryMode};
+use crate::resnet::{Architecture as ResArch, PreActResNet, ResNetPlan};
+use std::ops::{Deref, DerefMut};
+
+/// A network of either family, chosen at run time: a boxed [`Model`], used through it.
+pub struct AnyModel(Box<dyn Model>);
+
+impl AnyModel {
+    /// A freshly initialised network of `config`, after checking it against every rule
+    /// of its family ([`ModelConfig::validate`]): what callers with a configuration from
+    /// outside use.
+    pub fn try_new(config: &ModelConfig, seed: u64) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::new(config, seed))
+    }
+
+    /// A freshly initialised network of `config`, which must be valid (see
+    /// [`try_new`](Self::try_new) and each family's `new`).
+    pub fn new(config: &ModelConfig, seed: u64) -> Self {
+        AnyModel(match config {
+            ModelConfig::DenseNet(c) => Box::new(DenseNet::new(c, seed)),
+            ModelConfig::PreActResNet(c) => Box::new(PreActResNet::new(c, seed)),
+        })
+    }
+
+    /// The network, if it is a `M` (a [`DenseNet`](crate::densenet::DenseNet), say).
+    pub fn downcast_ref<M: Model + 'static>(&self) -> Option<&M> {
+        self.0.as_any().downcast_ref()
+    }
+}
+
+impl Deref for AnyModel {
+    type Target = dyn Model;
+    fn deref(&self) -> &(dyn Model + 'static) {
+        &*self.0
+    }
+}
+
+impl DerefMut for AnyModel {
+    fn deref_mut(&mut self) -> &mut (dyn Model + 'static) {
+        &mut *self.0
+    }
+}
+
+impl ModelConfig {
+    /// The memory plan's region table (name, offset, bytes) of this model's workspace for
+    /// batches of up to `batch` images: what a workspace allocates, in one piece.
+    pub fn memory_regions(
+        &self,
+        batch: usize,
+        mode: MemoryMode,
+        training: bool,
+    ) -> Vec<crate::nn::arena::Region> {
+        match self {
+            ModelConfig::DenseNet(c) => {
+                DenseNetPlan::new(&DenseArch::new(c), batch, mode, training).regions
+            }
+            ModelConfig::PreActResNet(c) => {
+                ResNetPlan::new(&ResArch::new(c), batch, mode, training).regions
+            }
+        }
+    }
+}
