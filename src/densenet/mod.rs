@@ -27,7 +27,7 @@ pub use config::{DenseNetConfig, Stem};
 pub use memory::{DenseNetPlan, DenseNetWorkspace};
 
 use crate::model::config::ModelConfig;
-use crate::model::interface::{own_workspace, Buffers, Model, ModelWorkspace, Workspace};
+use crate::model::interface::{own_workspace, Family, ModelWorkspace, Net, Workspace};
 use crate::nn::params::TensorTable;
 use crate::nn::{emit, HeadMemory, MemoryMode, Probe, TrainOptions};
 use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
@@ -35,16 +35,7 @@ use crate::util::rng::Rng;
 use std::any::Any;
 
 /// A DenseNet with its parameters, gradients and running statistics.
-pub struct DenseNet {
-    /// Layers and tensor layout.
-    pub arch: Architecture,
-    /// All trainable parameters (see [`Architecture::params`] for names).
-    pub params: Vec<f32>,
-    /// Their gradients, same layout.
-    pub grads: Vec<f32>,
-    /// BN running statistics (see [`Architecture::stats`]).
-    pub stats: Vec<f32>,
-}
+pub type DenseNet = Net<Architecture>;
 
 impl DenseNet {
     /// A network with He-initialised convolutions (normal, std √(2/fan_in), as torchvision),
@@ -89,23 +80,25 @@ impl DenseNet {
     }
 }
 
-impl Model for DenseNet {
+impl Family for Architecture {
     fn model_config(&self) -> ModelConfig {
-        ModelConfig::DenseNet(self.arch.config.clone())
+        ModelConfig::DenseNet(self.config.clone())
     }
 
     fn io(&self) -> (usize, usize, usize) {
-        let c = &self.arch.config;
+        let c = &self.config;
         (c.num_classes, c.in_channels, c.input_size)
     }
 
     fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace {
-        let plan = DenseNetPlan::new(&self.arch, batch, mode, training);
-        Box::new(DenseNetWorkspace::new(&self.arch, plan))
+        let plan = DenseNetPlan::new(self, batch, mode, training);
+        Box::new(DenseNetWorkspace::new(self, plan))
     }
 
     fn forward(
-        &mut self,
+        &self,
+        params: &[f32],
+        stats: &mut [f32],
         ws: &mut Workspace,
         input: &[f32],
         n: usize,
@@ -114,7 +107,7 @@ impl Model for DenseNet {
         probe: &mut Option<Probe>,
     ) {
         let ws: &mut DenseNetWorkspace = own_workspace(ws);
-        let cfg = &self.arch.config;
+        let cfg = &self.config;
         let s = cfg.input_size;
         ws.n = n;
         ws.training = training;
@@ -126,9 +119,9 @@ impl Model for DenseNet {
             cfg.in_channels,
             s * s,
         );
-        let p = &self.params;
-        let st = &mut self.stats;
-        stem::forward(&self.arch, p, st, ws);
+        let p = params;
+        let st = stats;
+        stem::forward(self, p, st, ws);
         let stem_name = match cfg.stem {
             Stem::Cifar => "features.conv0",
             Stem::ImageNet => "features.pool0",
@@ -137,12 +130,12 @@ impl Model for DenseNet {
             probe,
             stem_name,
             &ws.blocks[0].feats,
-            self.arch.blocks[0].c_in,
+            self.blocks[0].c_in,
             n,
-            self.arch.blocks[0].size,
+            self.blocks[0].size,
         );
-        for b in 0..self.arch.blocks.len() {
-            let block = &self.arch.blocks[b];
+        for b in 0..self.blocks.len() {
+            let block = &self.blocks[b];
             for (i, layer) in block.layers.iter().enumerate() {
                 layer.forward(p, st, ws, b, i, block.size);
             }
@@ -167,13 +160,13 @@ impl Model for DenseNet {
             }
         }
         if let Some(probe) = probe.as_mut() {
-            let t = head::final_norm_output(&self.arch, p, st, ws);
+            let t = head::final_norm_output(self, p, st, ws);
             probe(cfg.final_norm_name(), t);
         }
-        head::forward(&self.arch, p, st, ws);
+        head::forward(self, p, st, ws);
     }
 
-    fn backward(&mut self, ws: &mut Workspace, opts: &TrainOptions) {
+    fn backward(&self, params: &[f32], grads: &mut [f32], ws: &mut Workspace, opts: &TrainOptions) {
         let ws: &mut DenseNetWorkspace = own_workspace(ws);
         assert!(
             ws.training,
@@ -184,12 +177,12 @@ impl Model for DenseNet {
             crate::util::par::fill(&mut b.grads, 0.0);
             crate::util::par::fill(&mut b.pending, (0.0, 0.0));
         }
-        let p = &self.params;
-        let g = &mut self.grads;
-        head::backward(&self.arch, p, g, ws);
-        opts.grads_final(self.arch.norm_final.weight, g);
-        for b in (0..self.arch.blocks.len()).rev() {
-            let block = &self.arch.blocks[b];
+        let p = params;
+        let g = grads;
+        head::backward(self, p, g, ws);
+        opts.grads_final(self.norm_final.weight, g);
+        for b in (0..self.blocks.len()).rev() {
+            let block = &self.blocks[b];
             if let Some(t) = &block.transition {
                 t.backward(p, g, ws, b, block.size);
                 opts.grads_final(t.norm.weight.min(t.conv.weight), g);
@@ -202,57 +195,33 @@ impl Model for DenseNet {
             let len = n * block.size * block.size;
             ws.blocks[b].complete_grads(0..block.c_in, len);
         }
-        stem::backward(&self.arch, p, g, ws, opts.input_grad);
+        stem::backward(self, p, g, ws, opts.input_grad);
         opts.grads_final(0, g);
         if opts.input_grad {
-            let cfg = &self.arch.config;
+            let cfg = &self.config;
             let hw = cfg.input_size * cfg.input_size;
             cnhw_to_nchw_in_place(&mut ws.input_grad, n, cfg.in_channels, hw);
         }
     }
 
     /// Accumulates `classifier.{weight,bias}` gradients, nothing else.
-    fn backward_classifier(&mut self, ws: &mut Workspace) {
-        head::backward_classifier(&self.arch, &self.params, &mut self.grads, own_workspace(ws));
+    fn backward_classifier(&self, params: &[f32], grads: &mut [f32], ws: &mut Workspace) {
+        head::backward_classifier(self, params, grads, own_workspace(ws));
     }
 
     /// `classifier.weight` and `classifier.bias` in the parameter buffer.
     fn classifier_range(&self) -> std::ops::Range<usize> {
-        let c = &self.arch.config;
-        let features = self.arch.blocks.last().expect("at least one block").c_out;
-        self.arch.classifier..self.arch.classifier + c.num_classes * (features + 1)
+        let c = &self.config;
+        let features = self.blocks.last().expect("at least one block").c_out;
+        self.classifier..self.classifier + c.num_classes * (features + 1)
     }
 
     fn param_table(&self) -> &TensorTable {
-        &self.arch.params
-    }
-
-    fn stats_table(&self) -> &TensorTable {
-        &self.arch.stats
-    }
-
-    fn params(&self) -> &[f32] {
         &self.params
     }
 
-    fn grads(&self) -> &[f32] {
-        &self.grads
-    }
-
-    fn stats(&self) -> &[f32] {
+    fn stats_table(&self) -> &TensorTable {
         &self.stats
-    }
-
-    fn buffers_mut(&mut self) -> Buffers<'_> {
-        Buffers {
-            params: &mut self.params,
-            grads: &mut self.grads,
-            stats: &mut self.stats,
-        }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

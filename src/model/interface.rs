@@ -207,6 +207,114 @@ pub trait Model: Send {
     }
 }
 
+/// A model family's architecture: its layers, and where their tensors live in the flat
+/// buffers, which it runs the family's passes over. [`Net`] owns the buffers and makes
+/// any family a [`Model`]; a new family implements this (see
+/// [`crate::densenet::Architecture`], [`crate::resnet::Architecture`]).
+pub trait Family: Send + 'static {
+    /// The configuration it was built from.
+    fn model_config(&self) -> ModelConfig;
+    /// Classifier outputs, input channels and input size.
+    fn io(&self) -> (usize, usize, usize);
+    /// A workspace of this family for batches of up to `batch` images.
+    fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace;
+    /// [`Model::forward`] over these buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        params: &[f32],
+        stats: &mut [f32],
+        ws: &mut Workspace,
+        input: &[f32],
+        n: usize,
+        training: bool,
+        dropout_seed: u64,
+        probe: &mut Option<Probe>,
+    );
+    /// [`Model::backward`] over these buffers.
+    fn backward(&self, params: &[f32], grads: &mut [f32], ws: &mut Workspace, opts: &TrainOptions);
+    /// [`Model::backward_classifier`] over these buffers.
+    fn backward_classifier(&self, params: &[f32], grads: &mut [f32], ws: &mut Workspace);
+    /// [`Model::classifier_range`].
+    fn classifier_range(&self) -> std::ops::Range<usize>;
+    /// Names, shapes and offsets of the parameters.
+    fn param_table(&self) -> &TensorTable;
+    /// Names, shapes and offsets of the running statistics.
+    fn stats_table(&self) -> &TensorTable;
+}
+
+/// A network of family `A` with its parameters, gradients and running statistics, each
+/// in one flat buffer laid out by `A`'s tables: every family's [`Model`].
+pub struct Net<A> {
+    /// Layers and tensor layout.
+    pub arch: A,
+    /// All trainable parameters (see [`Family::param_table`] for names).
+    pub params: Vec<f32>,
+    /// Their gradients, same layout.
+    pub grads: Vec<f32>,
+    /// BN running statistics (see [`Family::stats_table`]).
+    pub stats: Vec<f32>,
+}
+
+impl<A: Family> Model for Net<A> {
+    fn model_config(&self) -> ModelConfig {
+        self.arch.model_config()
+    }
+    fn io(&self) -> (usize, usize, usize) {
+        self.arch.io()
+    }
+    fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace {
+        self.arch.workspace(batch, mode, training)
+    }
+    fn forward(
+        &mut self,
+        ws: &mut Workspace,
+        input: &[f32],
+        n: usize,
+        training: bool,
+        dropout_seed: u64,
+        probe: &mut Option<Probe>,
+    ) {
+        let (arch, params, stats) = (&self.arch, &self.params, &mut self.stats);
+        arch.forward(params, stats, ws, input, n, training, dropout_seed, probe);
+    }
+    fn backward(&mut self, ws: &mut Workspace, opts: &TrainOptions) {
+        self.arch.backward(&self.params, &mut self.grads, ws, opts);
+    }
+    fn backward_classifier(&mut self, ws: &mut Workspace) {
+        self.arch
+            .backward_classifier(&self.params, &mut self.grads, ws);
+    }
+    fn classifier_range(&self) -> std::ops::Range<usize> {
+        self.arch.classifier_range()
+    }
+    fn param_table(&self) -> &TensorTable {
+        self.arch.param_table()
+    }
+    fn stats_table(&self) -> &TensorTable {
+        self.arch.stats_table()
+    }
+    fn params(&self) -> &[f32] {
+        &self.params
+    }
+    fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+    fn stats(&self) -> &[f32] {
+        &self.stats
+    }
+    fn buffers_mut(&mut self) -> Buffers<'_> {
+        Buffers {
+            params: &mut self.params,
+            grads: &mut self.grads,
+            stats: &mut self.stats,
+        }
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 /// Where each of a model's tensors comes from: `(range, is_param, data)`, the range in the
 /// parameter buffer (`is_param`) or the statistics buffer.
 pub(crate) type LoadPlan<'a> = Vec<(std::ops::Range<usize>, bool, &'a [f32])>;

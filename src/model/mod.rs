@@ -25,4 +25,4 @@ mod tests;
 pub use any::AnyModel;
 pub use config::{ModelConfig, PREACT_RESNET};
 pub use frozen::Frozen;
-pub use interface::{own_workspace, Buffers, Model, ModelWorkspace, Workspace};
+pub use interface::{own_workspace, Buffers, Family, Model, ModelWorkspace, Net, Workspace};

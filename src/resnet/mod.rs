@@ -29,7 +29,7 @@ pub mod config;
 pub mod memory;
 
 use crate::model::config::ModelConfig;
-use crate::model::interface::{own_workspace, Buffers, Model, ModelWorkspace, Workspace};
+use crate::model::interface::{own_workspace, Family, ModelWorkspace, Net, Workspace};
 use crate::nn::arena::Buf;
 use crate::nn::params::TensorTable;
 use crate::nn::{emit, Probe, TrainOptions};
@@ -46,16 +46,7 @@ pub use memory::{ResNetPlan, ResNetWorkspace};
 use std::any::Any;
 
 /// A pre-activation ResNet with its parameters, gradients and running statistics.
-pub struct PreActResNet {
-    /// Units and tensor layout.
-    pub arch: Architecture,
-    /// All trainable parameters (see [`Architecture::params`] for names).
-    pub params: Vec<f32>,
-    /// Their gradients, same layout.
-    pub grads: Vec<f32>,
-    /// BN running statistics (see [`Architecture::stats`]).
-    pub stats: Vec<f32>,
-}
+pub type PreActResNet = Net<Architecture>;
 
 /// `(x, y)`: stream buffer `i` to read and `j` to write.
 fn pair(v: &mut [Buf<f32>], i: usize, j: usize) -> (&[f32], &mut [f32]) {
@@ -122,25 +113,27 @@ impl PreActResNet {
     }
 }
 
-impl Model for PreActResNet {
+impl Family for Architecture {
     fn model_config(&self) -> ModelConfig {
-        ModelConfig::PreActResNet(self.arch.config.clone())
+        ModelConfig::PreActResNet(self.config.clone())
     }
 
     fn io(&self) -> (usize, usize, usize) {
-        let c = &self.arch.config;
+        let c = &self.config;
         (c.num_classes, c.in_channels, c.input_size)
     }
 
     fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace {
-        let plan = ResNetPlan::new(&self.arch, batch, mode, training);
-        Box::new(ResNetWorkspace::new(&self.arch, plan))
+        let plan = ResNetPlan::new(self, batch, mode, training);
+        Box::new(ResNetWorkspace::new(self, plan))
     }
 
     /// The stem's and every stage's output go to `probe` as `conv1`, `layer1`, `layer2`,
     /// `layer3`. The dropout seed is unused: He et al. train ResNets without dropout.
     fn forward(
-        &mut self,
+        &self,
+        params: &[f32],
+        stats: &mut [f32],
         ws: &mut Workspace,
         input: &[f32],
         n: usize,
@@ -149,7 +142,7 @@ impl Model for PreActResNet {
         probe: &mut Option<Probe>,
     ) {
         let ws: &mut ResNetWorkspace = own_workspace(ws);
-        let arch = &self.arch;
+        let arch = self;
         let cfg = &arch.config;
         let (s, cin) = (cfg.input_size, cfg.in_channels);
         ws.n = n;
@@ -166,8 +159,8 @@ impl Model for PreActResNet {
             ..
         } = ws;
         nchw_to_cnhw(&mut x_in[..n * cin * s * s], input, n, cin, s * s);
-        let p = &self.params;
-        let running = &mut self.stats;
+        let p = params;
+        let running = stats;
 
         // stem: conv1 straight into the first stream buffer
         let c0 = cfg.stem_channels;
@@ -238,17 +231,17 @@ impl Model for PreActResNet {
         linear_forward(logits, pooled, w, b, n, c, j);
     }
 
-    fn backward(&mut self, ws: &mut Workspace, opts: &TrainOptions) {
+    fn backward(&self, params: &[f32], grads: &mut [f32], ws: &mut Workspace, opts: &TrainOptions) {
         let ws: &mut ResNetWorkspace = own_workspace(ws);
         assert!(
             ws.training && ws.plan.training,
             "backward needs a training-mode forward pass first"
         );
-        let arch = &self.arch;
+        let arch = self;
         let cfg = &arch.config;
         let n = ws.n;
-        let p = &self.params;
-        let g = &mut self.grads;
+        let p = params;
+        let g = grads;
         let ResNetWorkspace {
             input,
             input_grad,
@@ -358,60 +351,36 @@ impl Model for PreActResNet {
     }
 
     /// Accumulates `fc.{weight,bias}` gradients, nothing else.
-    fn backward_classifier(&mut self, ws: &mut Workspace) {
+    fn backward_classifier(&self, params: &[f32], grads: &mut [f32], ws: &mut Workspace) {
         let ws: &mut ResNetWorkspace = own_workspace(ws);
-        let arch = &self.arch;
+        let arch = self;
         let (n, j) = (ws.n, arch.config.num_classes);
         let c = arch.stages.last().expect("at least one stage").channels;
-        let (dw, db) = self.grads[arch.fc..arch.fc + j * c + j].split_at_mut(j * c);
+        let (dw, db) = grads[arch.fc..arch.fc + j * c + j].split_at_mut(j * c);
         let HeadMemory {
             pooled,
             dpooled,
             dlogits,
             ..
         } = &mut ws.head;
-        let w = &self.params[arch.fc..arch.fc + j * c];
+        let w = &params[arch.fc..arch.fc + j * c];
         // the pooled features' gradient is computed too (next to nothing) and not used
         linear_backward(dpooled, dw, db, dlogits, pooled, w, n, c, j);
     }
 
     /// `fc.weight` and `fc.bias` in the parameter buffer.
     fn classifier_range(&self) -> std::ops::Range<usize> {
-        let arch = &self.arch;
+        let arch = self;
         let c = arch.stages.last().expect("at least one stage").channels;
         arch.fc..arch.fc + arch.config.num_classes * (c + 1)
     }
 
     fn param_table(&self) -> &TensorTable {
-        &self.arch.params
-    }
-
-    fn stats_table(&self) -> &TensorTable {
-        &self.arch.stats
-    }
-
-    fn params(&self) -> &[f32] {
         &self.params
     }
 
-    fn grads(&self) -> &[f32] {
-        &self.grads
-    }
-
-    fn stats(&self) -> &[f32] {
+    fn stats_table(&self) -> &TensorTable {
         &self.stats
-    }
-
-    fn buffers_mut(&mut self) -> Buffers<'_> {
-        Buffers {
-            params: &mut self.params,
-            grads: &mut self.grads,
-            stats: &mut self.stats,
-        }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

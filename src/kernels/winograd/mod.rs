@@ -34,8 +34,14 @@ use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-mod weights;
-pub use weights::{backward_weights, weights_apply};
+mod layout;
+mod transforms;
+use layout::*;
+pub use layout::{scratch_len, Segment};
+use transforms::*;
+pub(crate) use transforms::{
+    grad_avx2, grad_avx512, input_avx2, input_avx512, output_avx2, output_avx512,
+};
 
 /// Tiles per task: a multiple of every table's register block (16 and 32 positions).
 const T: usize = 32;
@@ -160,600 +166,6 @@ unsafe fn each_channel<I: Iterator<Item = Segment>>(
     }
 }
 
-/// The split, padded layout of a chunk of `ns` samples (see the module notes).
-#[derive(Clone, Copy, Debug)]
-struct Split {
-    /// Outputs per tile side: 2 for F(2×2, 3×3), 4 for F(4×4, 3×3).
-    r: usize,
-    /// Tile rows and columns per sample.
-    th: usize,
-    tw: usize,
-    /// Entries per phase of a padded row (its columns `c` with `c mod r` alike): `tw + 1`.
-    ew: usize,
-    /// Floats per sample and channel: `(r·th + 2)` padded rows of `r·ew`.
-    plane: usize,
-}
-
-impl Split {
-    fn new(s: &ConvShape, r: usize) -> Self {
-        let (th, tw) = (s.h.div_ceil(r), s.w.div_ceil(r));
-        let ew = tw + 1;
-        Split {
-            r,
-            th,
-            tw,
-            ew,
-            plane: (r * th + 2) * r * ew,
-        }
-    }
-    /// Floats per channel of a chunk of `ns` samples (the last vector of a row may read
-    /// [`PB`] floats past the end).
-    fn chan(&self, ns: usize) -> usize {
-        ns * self.plane + PB
-    }
-}
-
-/// Floats of `col` scratch that [`forward`] needs to take `samples` samples at a time
-/// (the split layout of that many, [`Split::chan`] per input channel), in tiles of
-/// either size.
-pub fn scratch_len(s: &ConvShape, samples: usize) -> usize {
-    let chan = |r| Split::new(s, r).chan(samples);
-    s.cin * chan(2).max(chan(4))
-}
-
-/// The tiles `tx0..tx1` of tile row `ty` of a sample, as one task sees them: padded row
-/// `r·ty` starts at `src` (offset into the split layout), and the tiles are entries
-/// `k..k + (tx1 − tx0)` of the task's `V` and `M` rows.
-#[derive(Clone, Copy, Debug)]
-pub struct Segment {
-    /// Outputs per tile side ([`Split::r`]).
-    r: usize,
-    /// Offset of padded row `r·ty` in a channel of the split layout.
-    src: usize,
-    /// First tile column and one past the last.
-    tx0: usize,
-    tx1: usize,
-    /// Entry of the first tile in the task's rows.
-    k: usize,
-    /// Distance between the phases of a padded row (`ew`) and between padded rows (`r·ew`).
-    ew: usize,
-    /// Offset of output row `r·ty` of this sample in an output channel row, and the
-    /// output rows and columns that exist (`h − r·ty`, capped at r; `w`).
-    dst: usize,
-    rows: usize,
-    w: usize,
-}
-
-/// The tile rows of tiles `k0..k1` of a chunk that starts at sample `n0`, each cut to
-/// the tiles in that range (tile k is column `k % tw` of row `k / tw`, row r being tile
-/// row `r % th` of sample `r / th` of the chunk).
-fn segments(
-    sp: &Split,
-    s: &ConvShape,
-    n0: usize,
-    k0: usize,
-    k1: usize,
-) -> impl Iterator<Item = Segment> {
-    let (sp, (h, w)) = (*sp, (s.h, s.w));
-    let mut k = k0;
-    std::iter::from_fn(move || {
-        if k >= k1 {
-            return None;
-        }
-        let (row, tx0) = (k / sp.tw, k % sp.tw);
-        let tx1 = sp.tw.min(tx0 + (k1 - k));
-        let (j, ty) = (row / sp.th, row % sp.th);
-        let r = sp.r;
-        let g = Segment {
-            r,
-            src: j * sp.plane + r * ty * r * sp.ew,
-            tx0,
-            tx1,
-            k: k - k0,
-            ew: sp.ew,
-            dst: (n0 + j) * h * w + r * ty * w,
-            rows: (h - r * ty).min(r),
-            w,
-        };
-        k += tx1 - tx0;
-        Some(g)
-    })
-}
-
-/// Copies samples `n0..n1` of `x: [C][N·H·W]` (through `bn` if given) into the split
-/// layout `sp` in `buf`: per channel and sample, `r·th + 2` padded rows (row 0 and those
-/// past the image are zero), each as its `r` phases one after the other (F(2×2): its even
-/// padded columns, then its odd ones).
-fn split(
-    buf: &mut [f32],
-    x: &[f32],
-    bn: Option<BnRelu>,
-    s: &ConvShape,
-    sp: Split,
-    n0: usize,
-    n1: usize,
-) {
-    let (h, w) = (s.h, s.w);
-    let chan = sp.chan(n1 - n0);
-    let len = s.n * h * w;
-    let it = buf[..s.cin * chan].par_chunks_mut(chan).enumerate();
-    // floats per padded row (its r phases)
-    let pw = sp.r * sp.ew;
-    per_channel(it, s.cin * chan, |(c, dst): (usize, &mut [f32])| {
-        // BN-ReLU as `v·scale + shift` then the ReLU, as `norm::affine_relu`; none: v
-        let affine = bn.map(|b| (b.scale[c], b.shift[c]));
-        let (planes, slack) = dst.split_at_mut((n1 - n0) * sp.plane);
-        for (j, plane) in planes.chunks_exact_mut(sp.plane).enumerate() {
-            let img = &x[c * len + (n0 + j) * h * w..][..h * w];
-            // padded row 0 and those past the image are zero; the others are written
-            // whole, their zeros included
-            plane[..pw].fill(0.0);
-            plane[(h + 1) * pw..].fill(0.0);
-            for (iy, row) in img.chunks_exact(w).enumerate() {
-                // padded row iy + 1; padded column c' is image column c' − 1
-                split_row(&mut plane[(iy + 1) * pw..][..pw], sp, row, affine);
-            }
-        }
-        slack.fill(0.0);
-    });
-}
-
-/// One image row into its padded row's phases (`sp.r` of them, `sp.ew` entries each),
-/// every entry written (those left of or past the image zero): image column `x` is padded
-/// column `x + 1`, entry `(x + 1) / r` of phase `(x + 1) mod r`. On x86-64, four groups of
-/// `r` columns at a time are mapped and transposed in SSE registers (baseline: no target
-/// feature needed) into four entries of each phase. Written one float at a time into a
-/// plane zeroed first, a split of densenet121's 128 bottleneck channels at batch 16 took
-/// 2.67 ms at 56×56 (F(4×4)) and 0.72 ms at 28×28 (F(2×2)); this way 1.65 and 0.55 ms
-/// (Zen 4, 2 threads, medians of 10 alternating runs; 14×14 even).
-fn split_row(padded: &mut [f32], sp: Split, row: &[f32], affine: Option<(f32, f32)>) {
-    let (r, ew, w) = (sp.r, sp.ew, row.len());
-    let f = |v: f32| match affine {
-        Some((s, t)) => (v * s + t).max(0.0),
-        None => v,
-    };
-    // whole groups of r columns, then the rest (fewer than r)
-    let groups = w / r;
-    assert!(padded.len() == r * ew && groups < ew);
-    let rest = &row[groups * r..];
-    let (head, tail) = padded.split_at_mut(ew);
-    if r == 4 {
-        let (p0, p1) = (head, tail);
-        let (p1, p2) = p1.split_at_mut(ew);
-        let (p2, p3) = p2.split_at_mut(ew);
-        // columns 4k … 4k + 3 are padded 4k + 1 … 4k + 4: phases 1, 2, 3 at k, phase 0 at
-        // k + 1
-        let mut k = 0;
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::*;
-            let g = sse_affine(affine);
-            while k + 4 <= groups {
-                // SAFETY: columns 4k … 4k + 15 lie in `row` (k + 4 ≤ w / 4), entries
-                // k … k + 3 of p1..p3 and k + 1 … k + 4 of p0 in the phases (k + 4 ≤
-                // groups < ew); SSE is part of x86-64.
-                unsafe {
-                    let q = row.as_ptr().add(4 * k);
-                    let (a, b) = (g(_mm_loadu_ps(q)), g(_mm_loadu_ps(q.add(4))));
-                    let (c, d) = (g(_mm_loadu_ps(q.add(8))), g(_mm_loadu_ps(q.add(12))));
-                    // the 4×4 transpose: lane j of phase vector f is column 4(k + j) + f
-                    let (ab0, ab1) = (_mm_unpacklo_ps(a, b), _mm_unpackhi_ps(a, b));
-                    let (cd0, cd1) = (_mm_unpacklo_ps(c, d), _mm_unpackhi_ps(c, d));
-                    _mm_storeu_ps(p1.as_mut_ptr().add(k), _mm_movelh_ps(ab0, cd0));
-                    _mm_storeu_ps(p2.as_mut_ptr().add(k), _mm_movehl_ps(cd0, ab0));
-                    _mm_storeu_ps(p3.as_mut_ptr().add(k), _mm_movelh_ps(ab1, cd1));
-                    _mm_storeu_ps(p0.as_mut_ptr().add(k + 1), _mm_movehl_ps(cd1, ab1));
-                }
-                k += 4;
-            }
-        }
-        for (k, q) in row.chunks_exact(4).enumerate().skip(k) {
-            p1[k] = f(q[0]);
-            p2[k] = f(q[1]);
-            p3[k] = f(q[2]);
-            p0[k + 1] = f(q[3]);
-        }
-        p0[0] = 0.0;
-        p0[groups + 1..].fill(0.0);
-        for (phase, p) in [p1, p2, p3].into_iter().enumerate() {
-            let end = match rest.get(phase) {
-                Some(&v) => {
-                    p[groups] = f(v);
-                    groups + 1
-                }
-                None => groups,
-            };
-            p[end..].fill(0.0);
-        }
-        return;
-    }
-    // F(2×2): columns 2k, 2k + 1 are padded 2k + 1 (odd, entry k) and 2k + 2 (even, k + 1)
-    let (even, odd) = (head, tail);
-    let mut k = 0;
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        let g = sse_affine(affine);
-        while k + 4 <= groups {
-            // SAFETY: columns 2k … 2k + 7 lie in `row` (k + 4 ≤ w / 2), entries k … k + 3
-            // of odd and k + 1 … k + 4 of even in the phases (k + 4 ≤ groups < ew); SSE is
-            // part of x86-64.
-            unsafe {
-                let q = row.as_ptr().add(2 * k);
-                let (a, b) = (g(_mm_loadu_ps(q)), g(_mm_loadu_ps(q.add(4))));
-                let o = _mm_shuffle_ps::<0b10_00_10_00>(a, b);
-                let e = _mm_shuffle_ps::<0b11_01_11_01>(a, b);
-                _mm_storeu_ps(odd.as_mut_ptr().add(k), o);
-                _mm_storeu_ps(even.as_mut_ptr().add(k + 1), e);
-            }
-            k += 4;
-        }
-    }
-    for (k, q) in row.chunks_exact(2).enumerate().skip(k) {
-        odd[k] = f(q[0]);
-        even[k + 1] = f(q[1]);
-    }
-    even[0] = 0.0;
-    even[groups + 1..].fill(0.0);
-    let end = match rest.first() {
-        Some(&v) => {
-            odd[groups] = f(v);
-            groups + 1
-        }
-        None => groups,
-    };
-    odd[end..].fill(0.0);
-}
-
-/// [`split_row`]'s map of four floats: `max(v·scale + shift, 0)` (a multiply, then an
-/// add: the same rounding as the scalar map and `norm::affine_relu`), or `v`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn sse_affine(
-    affine: Option<(f32, f32)>,
-) -> impl Fn(std::arch::x86_64::__m128) -> std::arch::x86_64::__m128 {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE is part of x86-64
-    let (s, t) = unsafe {
-        match affine {
-            Some((s, t)) => (_mm_set1_ps(s), _mm_set1_ps(t)),
-            None => (_mm_setzero_ps(), _mm_setzero_ps()),
-        }
-    };
-    let on = affine.is_some();
-    // SAFETY: SSE is part of x86-64
-    move |v| unsafe {
-        if on {
-            _mm_max_ps(_mm_add_ps(_mm_mul_ps(v, s), t), _mm_setzero_ps())
-        } else {
-            v
-        }
-    }
-}
-
-/// `V = Bᵀ·d·B` for the tiles of segment `g` of one input channel: the channel's split
-/// layout at `src`, the `(r + 2)²` rows `ξ` of `V` at `v + ξ·vs` (entries `g.k..`).
-///
-/// # Safety
-/// The split layout must hold `LANES` floats past every tile row read (its [`PB`] slack);
-/// `v`'s rows must hold `LANES` entries past the segment's last (junk lanes land there or
-/// on entries written later). The CPU must run `V`.
-#[inline(always)]
-unsafe fn input_rows<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segment) {
-    if g.r == 4 {
-        input_rows4::<V>(v, vs, src, g)
-    } else {
-        input_rows2::<V>(v, vs, src, g)
-    }
-}
-
-/// [`input_rows`] of F(2×2, 3×3):
-/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`, applied to the
-/// columns of each of the 4 window rows (even, odd, even + 1, odd + 1), then to the rows.
-#[inline(always)]
-unsafe fn input_rows2<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segment) {
-    let l = V::LANES;
-    let mut j = 0;
-    while g.tx0 + j < g.tx1 {
-        // t[c][r]: window row r with Bᵀ applied along its columns, stored by column
-        let mut t = [[V::zero(); 4]; 4];
-        for r in 0..4 {
-            let e = src.add(g.src + r * 2 * g.ew + g.tx0 + j);
-            let o = e.add(g.ew);
-            let (d0, d1, d2, d3) = (V::load(e), V::load(o), V::load(e.add(1)), V::load(o.add(1)));
-            let row = [d0.sub(d2), d1.add(d2), d2.sub(d1), d1.sub(d3)];
-            for (t, x) in t.iter_mut().zip(row) {
-                t[r] = x;
-            }
-        }
-        for (c, t) in t.iter().enumerate() {
-            let col = [
-                t[0].sub(t[2]),
-                t[1].add(t[2]),
-                t[2].sub(t[1]),
-                t[1].sub(t[3]),
-            ];
-            for (r, x) in col.into_iter().enumerate() {
-                x.store(v.add((4 * r + c) * vs + g.k + j));
-            }
-        }
-        j += l;
-    }
-}
-
-/// `Bᵀ·d` of F(4×4, 3×3) for one row or column of 6:
-/// `Bᵀ = [[4, 0, −5, 0, 1, 0], [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0],
-/// [0, −2, −1, 2, 1, 0], [0, 2, −1, −2, 1, 0], [0, 4, 0, −5, 0, 1]]`, in 12 operations.
-#[inline(always)]
-unsafe fn bt6<V: F32x>(d: [V; 6]) -> [V; 6] {
-    let (four, mfour, mfive) = (V::splat(&4.0), V::splat(&-4.0), V::splat(&-5.0));
-    let a = d[2].mul_add(mfour, d[4]); // d4 − 4·d2
-    let b = d[1].mul_add(mfour, d[3]); // d3 − 4·d1
-    let c = d[4].sub(d[2]);
-    let e = d[3].sub(d[1]);
-    let e = e.add(e);
-    [
-        d[0].mul_add(four, d[2].mul_add(mfive, d[4])),
-        a.add(b),
-        a.sub(b),
-        c.add(e),
-        c.sub(e),
-        d[1].mul_add(four, d[3].mul_add(mfive, d[5])),
-    ]
-}
-
-/// [`input_rows`] of F(4×4, 3×3): [`bt6`] along the columns of each of the 6 window rows
-/// (padded column `4·tx + c` is entry `tx + c / 4` of phase `c mod 4`), then along the rows.
-#[inline(always)]
-unsafe fn input_rows4<V: F32x>(v: *mut f32, vs: usize, src: *const f32, g: &Segment) {
-    let l = V::LANES;
-    let mut j = 0;
-    while g.tx0 + j < g.tx1 {
-        // t[c][r]: window row r with Bᵀ applied along its columns, stored by column
-        let mut t = [[V::zero(); 6]; 6];
-        for r in 0..6 {
-            let p = src.add(g.src + r * 4 * g.ew + g.tx0 + j);
-            let d = std::array::from_fn(|c| V::load(p.add((c % 4) * g.ew + c / 4)));
-            for (t, x) in t.iter_mut().zip(bt6(d)) {
-                t[r] = x;
-            }
-        }
-        for (c, t) in t.iter().enumerate() {
-            for (r, x) in bt6(*t).into_iter().enumerate() {
-                x.store(v.add((6 * r + c) * vs + g.k + j));
-            }
-        }
-        j += l;
-    }
-}
-
-simd_entries!(input_rows => input_avx2, input_avx512 (
-    v: *mut f32,
-    vs: usize,
-    src: *const f32,
-    g: &Segment,
-));
-
-/// `Y = Aᵀ·M·A` for the tiles of segment `g` of one output channel: the `(r + 2)²` rows
-/// of `M` at `m + ξ·ms` (entries `g.k..`), the r×r outputs of each tile written to the
-/// channel's output row `y` (positions from `g.dst`, rows `g.w` apart), where they exist.
-///
-/// # Safety
-/// `m`'s rows must hold `LANES` entries past the segment's last; `y` must hold the
-/// segment's outputs. The CPU must run `V`.
-#[inline(always)]
-unsafe fn output_rows<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segment) {
-    if g.r == 4 {
-        output_rows4::<V>(y, m, ms, g)
-    } else {
-        output_rows2::<V>(y, m, ms, g)
-    }
-}
-
-/// [`output_rows`] of F(2×2, 3×3): `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`.
-#[inline(always)]
-unsafe fn output_rows2<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segment) {
-    let l = V::LANES;
-    // [output row][column parity][tile]: room for the widest vector (AVX-512's 16 lanes)
-    let mut lanes = [[[0f32; 16]; 2]; 2];
-    let mut j = 0;
-    while g.tx0 + j < g.tx1 {
-        let mut s = [[V::zero(); 2]; 4];
-        for (r, s) in s.iter_mut().enumerate() {
-            let p = m.add(4 * r * ms + g.k + j);
-            let (m0, m1) = (V::load(p), V::load(p.add(ms)));
-            let (m2, m3) = (V::load(p.add(2 * ms)), V::load(p.add(3 * ms)));
-            *s = [m0.add(m1).add(m2), m1.sub(m2).sub(m3)];
-        }
-        for b in 0..2 {
-            s[0][b]
-                .add(s[1][b])
-                .add(s[2][b])
-                .store(lanes[0][b].as_mut_ptr());
-            s[1][b]
-                .sub(s[2][b])
-                .sub(s[3][b])
-                .store(lanes[1][b].as_mut_ptr());
-        }
-        let n = l.min(g.tx1 - g.tx0 - j);
-        for (a, lanes) in lanes.iter().enumerate().take(g.rows) {
-            let row = y.add(g.dst + a * g.w);
-            for (q, (&even, &odd)) in lanes[0].iter().zip(&lanes[1]).take(n).enumerate() {
-                let ox = 2 * (g.tx0 + j + q);
-                *row.add(ox) = even;
-                if ox + 1 < g.w {
-                    *row.add(ox + 1) = odd;
-                }
-            }
-        }
-        j += l;
-    }
-}
-
-/// `Aᵀ·m` of F(4×4, 3×3) for one row or column of 6:
-/// `Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, −1, 2, −2, 0], [0, 1, 1, 4, 4, 0], [0, 1, −1, 8, −8, 1]]`.
-#[inline(always)]
-unsafe fn at6<V: F32x>(m: [V; 6]) -> [V; 4] {
-    let (p, q) = (m[1].add(m[2]), m[1].sub(m[2]));
-    let (r, s) = (m[3].add(m[4]), m[3].sub(m[4]));
-    [
-        m[0].add(p).add(r),
-        s.mul_add(V::splat(&2.0), q),
-        r.mul_add(V::splat(&4.0), p),
-        s.mul_add(V::splat(&8.0), q).add(m[5]),
-    ]
-}
-
-/// [`output_rows`] of F(4×4, 3×3): [`at6`] along the columns of each of M's 6 rows, then
-/// along the rows.
-#[inline(always)]
-unsafe fn output_rows4<V: F32x>(y: *mut f32, m: *const f32, ms: usize, g: &Segment) {
-    let l = V::LANES;
-    // [output row][output column][tile]: room for the widest vector (AVX-512's 16 lanes)
-    let mut lanes = [[[0f32; 16]; 4]; 4];
-    let mut j = 0;
-    while g.tx0 + j < g.tx1 {
-        // s[b][r]: row r of M with Aᵀ applied along its columns, stored by column
-        let mut s = [[V::zero(); 6]; 4];
-        for r in 0..6 {
-            let p = m.add(6 * r * ms + g.k + j);
-            let row = std::array::from_fn(|c| V::load(p.add(c * ms)));
-            for (s, x) in s.iter_mut().zip(at6(row)) {
-                s[r] = x;
-            }
-        }
-        for (b, s) in s.iter().enumerate() {
-            for (a, x) in at6(*s).into_iter().enumerate() {
-                x.store(lanes[a][b].as_mut_ptr());
-            }
-        }
-        let n = l.min(g.tx1 - g.tx0 - j);
-        for (a, lanes) in lanes.iter().enumerate().take(g.rows) {
-            let row = y.add(g.dst + a * g.w);
-            for q in 0..n {
-                let ox = 4 * (g.tx0 + j + q);
-                for (b, lane) in lanes.iter().enumerate().take(g.w.saturating_sub(ox)) {
-                    *row.add(ox + b) = lane[q];
-                }
-            }
-        }
-        j += l;
-    }
-}
-
-simd_entries!(output_rows => output_avx2, output_avx512 (
-    y: *mut f32,
-    m: *const f32,
-    ms: usize,
-    g: &Segment,
-));
-
-/// `G·(a, b, c)` of F(2×2, 3×3), `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`, in
-/// the first 4 entries.
-fn g4(a: f32, b: f32, c: f32) -> [f32; 6] {
-    [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c, 0.0, 0.0]
-}
-
-/// `G·(a, b, c)` of F(4×4, 3×3), `G = [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙],
-/// [1/24, 1/12, ⅙], [1/24, −1/12, ⅙], [0, 0, 1]]`.
-fn g6(a: f32, b: f32, c: f32) -> [f32; 6] {
-    let (s, d) = (a + c, a / 4.0 + c);
-    [
-        a / 4.0,
-        -(s + b) / 6.0,
-        -(s - b) / 6.0,
-        (d + b / 2.0) / 6.0,
-        (d - b / 2.0) / 6.0,
-        c,
-    ]
-}
-
-/// `Aᵀ`'s transpose applied to one row or column of 4 of an output-gradient tile:
-/// `m[c] = Σ_a Aᵀ[a][c]·y[a]` (F(4×4, 3×3); [`at6`] has `Aᵀ`).
-#[inline(always)]
-unsafe fn a6<V: F32x>(y: [V; 4]) -> [V; 6] {
-    let (p, q) = (y[0].add(y[2]), y[1].add(y[3]));
-    let (p4, q2) = (y[2].mul_add(V::splat(&4.0), y[0]), y[1].add(y[1]));
-    let q4 = y[3].mul_add(V::splat(&8.0), q2);
-    [y[0], p.add(q), p.sub(q), p4.add(q4), p4.sub(q4), y[3]]
-}
-
-/// `M' = A·dY·Aᵀ` (6×6) of the F(4×4, 3×3) tiles of segment `g` of one output-gradient
-/// channel: that channel's `dy` row (positions from `g.dst`, rows `g.w` apart; zero past
-/// the image), the 36 rows `ξ` of `M'` at `m + ξ·ms` (entries `g.k..`). The weight
-/// gradient's counterpart of [`output_rows`] (whose transpose it is).
-///
-/// # Safety
-/// `dy` must hold the segment's positions; `m`'s rows must hold `LANES` entries past the
-/// segment's last. The CPU must run `V`.
-#[inline(always)]
-unsafe fn grad_rows<V: F32x>(m: *mut f32, ms: usize, dy: *const f32, g: &Segment) {
-    let l = V::LANES;
-    // [tile row][tile column][tile]: room for the widest vector (AVX-512's 16 lanes)
-    let mut lanes = [[[0f32; 16]; 4]; 4];
-    let mut j = 0;
-    while g.tx0 + j < g.tx1 {
-        let n = l.min(g.tx1 - g.tx0 - j);
-        for (a, lanes) in lanes.iter_mut().enumerate() {
-            let row = dy.add(g.dst + a * g.w);
-            for q in 0..l {
-                let ox = 4 * (g.tx0 + j + q);
-                for (b, lane) in lanes.iter_mut().enumerate() {
-                    lane[q] = if a < g.rows && q < n && ox + b < g.w {
-                        *row.add(ox + b)
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-        // s[c][a]: tile row a with A applied along its columns, stored by column (the two
-        // passes of `input_rows4`, written out again: a shared helper that took the 1-D
-        // transform as a closure ran it without the table's target features, and a
-        // densenet121 evaluation took 2.1× as long)
-        let mut s = [[V::zero(); 4]; 6];
-        for (a, lanes) in lanes.iter().enumerate() {
-            let row = std::array::from_fn(|b| V::load(lanes[b].as_ptr()));
-            for (s, x) in s.iter_mut().zip(a6(row)) {
-                s[a] = x;
-            }
-        }
-        for (c, s) in s.iter().enumerate() {
-            for (r, x) in a6(*s).into_iter().enumerate() {
-                x.store(m.add((6 * r + c) * ms + g.k + j));
-            }
-        }
-        j += l;
-    }
-}
-
-simd_entries!(grad_rows => grad_avx2, grad_avx512 (
-    m: *mut f32,
-    ms: usize,
-    dy: *const f32,
-    g: &Segment,
-));
-
-/// `U_ξ[o][i]` (`ξ = (r + 2)·row + col`, in the first `(r + 2)²` entries) of
-/// `g = w[o][i]` (3×3, row-major): `G·g·Gᵀ`.
-fn transform_kernel(g: &[f32; 9], r: usize) -> [f32; 36] {
-    let col = if r == 4 { g6 } else { g4 };
-    let a = r + 2;
-    // G·g: a rows of 3
-    let mut gg = [[0f32; 3]; 6];
-    for kx in 0..3 {
-        let v = col(g[kx], g[3 + kx], g[6 + kx]);
-        for (row, v) in gg.iter_mut().zip(v) {
-            row[kx] = v;
-        }
-    }
-    let mut u = [0f32; 36];
-    for (row, gg) in gg.iter().enumerate().take(a) {
-        u[a * row..a * row + a].copy_from_slice(&col(gg[0], gg[1], gg[2])[..a]);
-    }
-    u
-}
-
 /// Forward: `y[Cout][N·H·W] = conv3×3(x)` (of `relu(x·scale + shift)` with `bn`), through
 /// `col` (at least [`scratch_len`] of one sample; samples are taken as many at a time as
 /// fit). Returns `false`, having done nothing, where [`applies`] does
@@ -811,6 +223,176 @@ pub fn backward_data_in_tiles(
     assert!(r == 2 || r == 4, "F({r}×{r}, 3×3): tiles of 2 or 4");
     convolve(dx, dy, None, w, true, &data_shape(s), r, col)
 }
+
+/// Whether [`backward_weights`] takes the weight gradient of `s` on this CPU: where the
+/// forward takes F(4×4, 3×3) ([`tile`]) and the one-tap and outer-product kernels take
+/// its channel counts.
+pub fn weights_apply(s: &ConvShape) -> bool {
+    tile(s) == 4 && weights_f4_fit(s)
+}
+
+/// Whether the kernels take `s`'s weight gradient as F(4×4), whatever [`tile`] says: the
+/// one-tap kernel's transforms and `grad_tile`'s output count.
+fn weights_f4_fit(s: &ConvShape) -> bool {
+    applies(s) && super::conv1x1::grad_tile_applies(s.cout)
+}
+
+/// The weight gradient of the 3×3 convolution `s` as F(4×4, 3×3): `dw[Cout][Cin][9] +=`
+/// the gradient from `dy[Cout][N·H·W]` and the input `x` (through `bn` if given).
+///
+/// The forward's `Y = Aᵀ·[U ⊙ V]·A` with `U = G·g·Gᵀ` is linear in `U`, so per tile
+/// `∂L/∂U = M' ⊙ V` with `M' = A·dY·Aᵀ` ([`grad_rows`]), and summed over tiles and
+/// samples, `dU_ξ[o][i] = Σ_t M'_ξ[o][t]·V_ξ[i][t]`: per ξ an outer product over tiles,
+/// which the 1×1 weight gradient's kernel (`grad_tile`) sums into each thread's own
+/// `[ξ][I][O]`; then `dW = Gᵀ·dU·G` once per call. 36 multiply-adds per 16 outputs,
+/// input and output channel, where the direct kernel does 144.
+///
+/// Returns `false`, having done nothing, where [`weights_apply`] does not hold or `col` is
+/// too small for one sample (as [`forward`]).
+pub fn backward_weights(
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    s: &ConvShape,
+    col: &mut [f32],
+) -> bool {
+    weights_apply(s) && weights_f4(dw, dy, x, bn, s, col)
+}
+
+/// [`backward_weights`] wherever the kernels take the shape, whatever [`tile`] says.
+fn weights_f4(
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    bn: Option<BnRelu>,
+    s: &ConvShape,
+    col: &mut [f32],
+) -> bool {
+    const R: usize = 4;
+    const XIS: usize = (R + 2) * (R + 2);
+    let sp = Split::new(s, R);
+    let ns = col.len().saturating_sub(s.cin * PB) / (s.cin * sp.plane);
+    if !weights_f4_fit(s) || ns == 0 {
+        return false;
+    }
+    let direct = active().direct.expect("applies");
+    let (ci, co) = (s.cin, s.cout);
+    let len = s.n * s.h * s.w;
+    assert_eq!(dw.len(), co * ci * 9);
+    assert!(x.len() >= ci * len && dy.len() >= co * len);
+    thread_local! {
+        static VM: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let (vs, ms) = (ci * T + PB, co * T + PB);
+    let acc_len = XIS * ci * co;
+    let parts = rayon::current_num_threads().max(1);
+    with_scratch(&PARTIALS, parts * acc_len, |partials| {
+        partials.fill(0.0);
+        let mut n0 = 0;
+        while n0 < s.n {
+            let n1 = (n0 + ns).min(s.n);
+            let chan = sp.chan(n1 - n0);
+            split(col, x, bn, s, sp, n0, n1);
+            let src = &col[..ci * chan];
+            let tiles = (n1 - n0) * sp.th * sp.tw;
+            let tasks = tiles.div_ceil(T);
+            // part p takes tasks p, p + parts, …, summing into its own [ξ][I][O]
+            let work = |(part, acc): (usize, &mut [f32])| {
+                let panel = co * T;
+                with_scratch(&VM, XIS * (vs + ms) + panel, |vm| {
+                    let (v, rest) = vm.split_at_mut(XIS * vs);
+                    let (m, panel) = rest.split_at_mut(XIS * ms);
+                    for task in (part..tasks).step_by(parts) {
+                        let (k0, k1) = (task * T, ((task + 1) * T).min(tiles));
+                        let segs = || segments(&sp, s, n0, k0, k1);
+                        // SAFETY: V as in `convolve`; M' rows have PB slack per ξ, and
+                        // the segments' positions lie in dy's rows (asserted above).
+                        unsafe {
+                            let (v, src) = (v.as_mut_ptr(), src.as_ptr());
+                            each_channel(direct.wino_input, v, vs, src, chan, ci, segs);
+                            let (m, dy) = (m.as_mut_ptr(), dy.as_ptr());
+                            each_channel(direct.wino_grad, m, ms, dy, len, co, segs);
+                        }
+                        let n = k1 - k0;
+                        for xi in 0..XIS {
+                            let mx = &m[xi * ms..][..co * T];
+                            super::conv1x1::transpose_panels(panel, mx, T, co, n);
+                            // SAFETY: acc's ξ block is this part's own ci×co matrix; V's ξ
+                            // rows hold ci rows of T ≥ n; panel holds M'ᵀ's panels;
+                            // grad_tile_applies(co) (weights_apply).
+                            unsafe {
+                                super::conv1x1::grad_tile(
+                                    acc.as_mut_ptr().add(xi * ci * co),
+                                    v.as_ptr().add(xi * vs),
+                                    T,
+                                    panel.as_ptr(),
+                                    co,
+                                    ci,
+                                    n,
+                                )
+                            }
+                        }
+                    }
+                })
+            };
+            partials.par_chunks_mut(acc_len).enumerate().for_each(work);
+            n0 = n1;
+        }
+        // dW[o][i] += Gᵀ·dU·G, dU summed over the parts in order; OC outputs a task, so
+        // that each (ξ, i) row of a partial is read OC floats at a time (one output a
+        // task read one float of each 64-byte line, and every line once per output: 0.8%
+        // of a densenet121 training step)
+        const OC: usize = 8;
+        let (partials, g) = (&*partials, &G6);
+        dw.par_chunks_mut(OC * ci * 9)
+            .enumerate()
+            .for_each(|(k, dwk)| {
+                let (o0, oc) = (k * OC, dwk.len() / (ci * 9));
+                for i in 0..ci {
+                    let mut u = [[0f64; XIS]; OC];
+                    for part in partials.chunks_exact(acc_len) {
+                        for xi in 0..XIS {
+                            let row = &part[(xi * ci + i) * co + o0..][..oc];
+                            for (u, &v) in u.iter_mut().zip(row) {
+                                u[xi] += v as f64;
+                            }
+                        }
+                    }
+                    for (u, dwo) in u.iter().zip(dwk.chunks_exact_mut(ci * 9)) {
+                        // dU·G (6×3), then Gᵀ·(dU·G)
+                        let mut ug = [[0f64; 3]; 6];
+                        for (r, ug) in ug.iter_mut().enumerate() {
+                            for (c, g) in g.iter().enumerate() {
+                                for (ug, g) in ug.iter_mut().zip(g) {
+                                    *ug += u[6 * r + c] * g;
+                                }
+                            }
+                        }
+                        let d = &mut dwo[i * 9..][..9];
+                        for (ky, d) in d.chunks_exact_mut(3).enumerate() {
+                            for (kx, d) in d.iter_mut().enumerate() {
+                                let t: f64 = (0..6).map(|r| g[r][ky] * ug[r][kx]).sum();
+                                *d += t as f32;
+                            }
+                        }
+                    }
+                }
+            });
+    });
+    true
+}
+
+/// F(4×4, 3×3)'s `G` (6×3), for the weight gradient's `Gᵀ·dU·G` (the forward's [`g6`]).
+const G6: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
 
 /// The convolution that computes `s`'s input gradient: inputs and outputs swapped.
 pub fn data_shape(s: &ConvShape) -> ConvShape {
@@ -961,4 +543,192 @@ fn convolve(
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::kernels;
+    use crate::kernels::testutil::{close, data, say, shape3x3 as shape};
+    use crate::ops::conv::{im2col_backward, im2col_forward};
+
+    /// Says SKIPPED (the `kind` kernel missing) and returns true where the active table
+    /// has no direct kernels.
+    fn skipped(kind: &str) -> bool {
+        let name = kernels::active().name;
+        let none = kernels::active().direct.is_none();
+        if none {
+            say(&format!(
+                "SKIPPED: the {name} kernels have no {kind} kernel"
+            ));
+        }
+        none
+    }
+
+    /// `relu(x·scale + shift)` per channel row of `len` with `bn`, else `x`.
+    fn bn_relu(x: &[f32], bn: Option<BnRelu>, len: usize) -> Vec<f32> {
+        match bn {
+            None => x.to_vec(),
+            Some(b) => x
+                .chunks(len)
+                .enumerate()
+                .flat_map(|(c, row)| {
+                    row.iter()
+                        .map(move |v| (v * b.scale[c] + b.shift[c]).max(0.0))
+                })
+                .collect(),
+        }
+    }
+
+    /// The F(4×4, 3×3) weight gradient against im2col's (itself tested against a naive
+    /// convolution in `conv`), added onto a gradient already there: odd and even sizes,
+    /// 1-row and 1-column images, tile rows that cross tasks, output counts of one and
+    /// more vectors, with and without a BN-ReLU, one sample per chunk and all in one.
+    #[test]
+    fn weight_gradient_matches_im2col() {
+        if skipped("outer-product") {
+            return;
+        }
+        let shapes = [
+            shape(2, 8, 16, 5, 7),
+            shape(1, 12, 32, 9, 6),
+            shape(3, 16, 16, 1, 11),
+            shape(2, 4, 32, 13, 1),
+            shape(2, 20, 48, 14, 13),
+            shape(1, 32, 32, 28, 28),
+        ];
+        for s in shapes {
+            let len = s.n * s.h * s.w;
+            let x = data(s.cin * len, 1);
+            let dy = data(s.cout * len, 3);
+            let w = data(s.cout * s.col_rows(), 2);
+            let (scale, shift) = (data(s.cin, 4), data(s.cin, 5));
+            let start = data(w.len(), 6);
+            let mut big = vec![0.0; (s.cin * 9) * len];
+            for with_bn in [false, true] {
+                let bn = with_bn.then_some(BnRelu {
+                    scale: &scale,
+                    shift: &shift,
+                });
+                let input = bn_relu(&x, bn, len);
+                let mut want = start.clone();
+                im2col_backward(None, &mut want, &dy, &input, &w, &s, &mut big);
+                for samples in [1, s.n] {
+                    let mut col = vec![f32::NAN; s.cin * Split::new(&s, 4).chan(samples)];
+                    let mut dw = start.clone();
+                    assert!(weights_f4(&mut dw, &dy, &x, bn, &s, &mut col), "{s:?}");
+                    close(
+                        &dw,
+                        &want,
+                        &format!("{s:?} dW bn {with_bn} samples {samples}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn env_values() {
+        for on in [None, Some(""), Some("on"), Some(" 1 "), Some("true")] {
+            assert!(parse_env(on).unwrap(), "{on:?}");
+        }
+        for off in ["off", "0", "false"] {
+            assert!(!parse_env(Some(off)).unwrap(), "{off}");
+        }
+        let e = parse_env(Some("fast")).unwrap_err().to_string();
+        assert!(
+            e.contains("DENSENET_WINOGRAD=fast") && e.contains("on or off"),
+            "{e}"
+        );
+    }
+
+    /// Against im2col + GEMM (itself tested against a naive convolution in `conv`): odd
+    /// and even sizes, 1-row and 1-column images, rows long enough for the vector split
+    /// and a remainder, tile rows that cross tasks (7×7 has 4
+    /// tiles a row, 9×9 has 5), blocks of 6 and of 4 outputs, with and without a BN-ReLU,
+    /// one sample per chunk and the whole batch in one.
+    #[test]
+    fn winograd_matches_im2col() {
+        if skipped("one-tap") {
+            return;
+        }
+        let shapes = [
+            shape(2, 4, 4, 5, 7),
+            shape(3, 8, 12, 9, 6),
+            shape(1, 4, 8, 1, 11),
+            shape(2, 12, 4, 13, 1),
+            shape(3, 16, 32, 7, 7),
+            shape(2, 20, 16, 14, 14),
+            shape(1, 3, 24, 9, 9),
+            shape(1, 32, 36, 28, 28),
+            // rows split 4 (F(4×4)) or 8 (F(2×2)) columns at a time, with 3 or 1 left
+            shape(2, 4, 8, 3, 35),
+        ];
+        for s in shapes {
+            assert!(applies(&s), "{s:?}");
+            let x = data(s.cin * s.n * s.h * s.w, 1);
+            let w = data(s.cout * s.col_rows(), 2);
+            let scale = data(s.cin, 4);
+            let shift = data(s.cin, 5);
+            let mut big = vec![0.0; (s.cin * 9) * s.n * s.h * s.w];
+            for with_bn in [false, true] {
+                let bn = with_bn.then_some(BnRelu {
+                    scale: &scale,
+                    shift: &shift,
+                });
+                let input = bn_relu(&x, bn, s.n * s.h * s.w);
+                let mut want = vec![0.0; s.cout * s.n * s.h * s.w];
+                im2col_forward(&mut want, &input, &w, &s, &mut big);
+                for (samples, r) in [1, s.n].into_iter().flat_map(|n| [(n, 2), (n, 4)]) {
+                    let mut col = vec![f32::NAN; s.cin * Split::new(&s, r).chan(samples)];
+                    let mut y = vec![f32::NAN; want.len()];
+                    assert!(forward_in_tiles(&mut y, &x, bn, &w, &s, r, &mut col));
+                    let what = format!("{s:?} F({r}×{r}) bn {with_bn} samples {samples}");
+                    close(&y, &want, &what);
+                }
+            }
+            // the input gradient, against im2col's backward (its dw discarded); the one-tap
+            // kernel does not take 3 outputs
+            let ds = data_shape(&s);
+            if !applies(&ds) {
+                assert_eq!(s.cin, 3);
+                continue;
+            }
+            let dy = data(s.cout * s.n * s.h * s.w, 3);
+            let mut want = vec![0.0; x.len()];
+            let mut dw = vec![0.0; w.len()];
+            im2col_backward(Some(&mut want), &mut dw, &dy, &x, &w, &s, &mut big);
+            for (samples, r) in [1, s.n].into_iter().flat_map(|n| [(n, 2), (n, 4)]) {
+                let mut col = vec![f32::NAN; ds.cin * Split::new(&ds, r).chan(samples)];
+                let mut dx = vec![f32::NAN; x.len()];
+                assert!(backward_data_in_tiles(&mut dx, &dy, &w, &s, r, &mut col));
+                close(
+                    &dx,
+                    &want,
+                    &format!("{s:?} F({r}×{r}) dx samples {samples}"),
+                );
+            }
+            // and through the public entry, on the tile it picks
+            let mut col = vec![f32::NAN; scratch_len(&ds, s.n)];
+            let mut dx = vec![f32::NAN; x.len()];
+            assert!(backward_data(&mut dx, &dy, &w, &s, &mut col));
+            close(&dx, &want, &format!("{s:?} dx"));
+        }
+        // too little scratch for one sample: nothing done (and in backward_weights)
+        let s4 = shape(1, 4, 16, 6, 6);
+        let mut col = vec![0.0; s4.cin * Split::new(&s4, 4).chan(1) - 1];
+        let mut dw = vec![1.0; 16 * 4 * 9];
+        let (dy, x) = (data(16 * 36, 3), data(4 * 36, 1));
+        assert!(!weights_f4(&mut dw, &dy, &x, None, &s4, &mut col));
+        assert!(dw.iter().all(|&v| v == 1.0));
+        let s = shape(1, 4, 4, 6, 6);
+        let mut col = vec![0.0; s.cin * Split::new(&s, tile(&s)).chan(1) - 1];
+        let mut y = vec![1.0; 4 * 36];
+        assert!(!forward(
+            &mut y,
+            &data(4 * 36, 1),
+            None,
+            &data(144, 2),
+            &s,
+            &mut col
+        ));
+        assert!(y.iter().all(|&v| v == 1.0));
+    }
+}
