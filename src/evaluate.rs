@@ -26,20 +26,31 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<u64>>,
 }
 
-/// Evaluates `net` in evaluation mode on `indices` of `source` (all when `None`).
+/// The images an evaluation runs on: `indices` of `source` (all when `None`), made
+/// inputs by `transform`.
+#[derive(Clone)]
+pub struct EvalSet<'a> {
+    /// The data set.
+    pub source: &'a Arc<Source>,
+    /// Which of its images (all when `None`).
+    pub indices: Option<Vec<usize>>,
+    /// Images to inputs.
+    pub transform: &'a Transform,
+}
+
+/// Evaluates `net` in evaluation mode on `set`.
 pub fn evaluate(
     net: &mut dyn Model,
     ws: &mut Workspace,
-    source: &Arc<Source>,
-    indices: Option<Vec<usize>>,
-    transform: &Transform,
+    set: EvalSet,
 ) -> Result<Evaluation, DataError> {
     let classes = net.model_config().num_classes();
+    let batch = LoaderConfig::eval(ws.batch());
     let loader = Loader::new(
-        source.clone(),
-        indices,
-        transform.clone(),
-        LoaderConfig::eval(ws.batch()),
+        set.source.clone(),
+        set.indices,
+        set.transform.clone(),
+        batch,
     )?;
     let mut confusion = vec![vec![0u64; classes]; classes];
     let (mut loss_sum, mut top5, mut images) = (0f64, 0usize, 0usize);

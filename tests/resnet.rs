@@ -364,15 +364,7 @@ fn preresnet_trains_on_digits() {
         finetune: Default::default(),
     };
     let dir = tmp("digits");
-    let opts = RunOptions {
-        dir: &dir,
-        resume: false,
-        stop_after: None,
-        replace: false,
-        unique: false,
-        interrupt: None,
-        comm: None,
-    };
+    let opts = RunOptions::new(&dir);
     let s = train::train(&cfg, &opts, &mut Quiet).unwrap();
     println!(
         "{} on digits: {:.2}% after {} epochs, {:.1} s",

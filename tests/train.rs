@@ -48,33 +48,15 @@ fn resume_continues_exactly() {
     let mut cfg = tiny(2);
     cfg.model.as_densenet_mut().unwrap().drop_rate = 0.1; // dropout masks must resume exactly too
     let straight = tmp("straight");
-    let s = train::train(
-        &cfg,
-        &RunOptions {
-            dir: &straight,
-            resume: false,
-            stop_after: None,
-            replace: false,
-            unique: false,
-            interrupt: None,
-            comm: None,
-        },
-        &mut Quiet,
-    )
-    .unwrap();
+    let s = train::train(&cfg, &RunOptions::new(&straight), &mut Quiet).unwrap();
     assert_eq!(s.epochs, 2);
 
     let split = tmp("split");
     let first = train::train(
         &cfg,
         &RunOptions {
-            dir: &split,
-            resume: false,
             stop_after: Some(1),
-            replace: false,
-            unique: false,
-            interrupt: None,
-            comm: None,
+            ..RunOptions::new(&split)
         },
         &mut Quiet,
     )
@@ -89,13 +71,8 @@ fn resume_continues_exactly() {
     let second = train::train(
         &cfg,
         &RunOptions {
-            dir: &split,
             resume: true,
-            stop_after: None,
-            replace: false,
-            unique: false,
-            interrupt: None,
-            comm: None,
+            ..RunOptions::new(&split)
         },
         &mut Quiet,
     )
@@ -123,20 +100,7 @@ fn resume_continues_exactly() {
 fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
     let cfg = tiny(1);
     let dir = tmp("interrupted");
-    train::train(
-        &cfg,
-        &RunOptions {
-            dir: &dir,
-            resume: false,
-            stop_after: None,
-            replace: false,
-            unique: false,
-            interrupt: None,
-            comm: None,
-        },
-        &mut Quiet,
-    )
-    .unwrap();
+    train::train(&cfg, &RunOptions::new(&dir), &mut Quiet).unwrap();
     let before = std::fs::read(dir.join("last.safetensors")).unwrap();
     // what a crash between writing the temporary file and the rename leaves behind
     std::fs::write(
@@ -168,13 +132,8 @@ fn diverging_loss_stops_with_the_last_good_checkpoint() {
     train::train(
         &cfg,
         &RunOptions {
-            dir: &dir,
-            resume: false,
             stop_after: Some(1),
-            replace: false,
-            unique: false,
-            interrupt: None,
-            comm: None,
+            ..RunOptions::new(&dir)
         },
         &mut Quiet,
     )
@@ -185,20 +144,7 @@ fn diverging_loss_stops_with_the_last_good_checkpoint() {
     cfg.schedule = Schedule::Constant;
     let dir2 = tmp("diverge2");
     std::fs::create_dir_all(&dir2).unwrap();
-    let err = train::train(
-        &cfg,
-        &RunOptions {
-            dir: &dir2,
-            resume: false,
-            stop_after: None,
-            replace: false,
-            unique: false,
-            interrupt: None,
-            comm: None,
-        },
-        &mut Quiet,
-    )
-    .unwrap_err();
+    let err = train::train(&cfg, &RunOptions::new(&dir2), &mut Quiet).unwrap_err();
     match &err {
         TrainError::Diverged { epoch, .. } => assert_eq!(*epoch, 1),
         other => panic!("expected divergence, got {other}"),

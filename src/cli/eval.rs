@@ -4,7 +4,7 @@
 use super::model_args::OptModelArgs;
 use crate::checkpoint;
 use crate::data::{self, DatasetKind, Split};
-use crate::evaluate::{evaluate, Evaluation};
+use crate::evaluate::{evaluate, EvalSet, Evaluation};
 use crate::nn::MemoryMode;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -108,7 +108,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut ws = m
         .net
         .workspace(a.batch_size.max(1), MemoryMode::Efficient, false);
-    let e = evaluate(&mut *m.net, &mut ws, &test, None, &transform)?;
+    let set = EvalSet {
+        source: &test,
+        indices: None,
+        transform: &transform,
+    };
+    let e = evaluate(&mut *m.net, &mut ws, set)?;
     let classes = test.classes().to_vec();
     if a.json {
         return super::print_json(&Report {

@@ -27,11 +27,12 @@ pub use config::{DenseNetConfig, Stem};
 pub use memory::{DenseNetPlan, DenseNetWorkspace};
 
 use crate::model::config::ModelConfig;
-use crate::model::interface::{own_workspace, Family, ModelWorkspace, Net, Workspace};
+use crate::model::interface::{
+    own_workspace, Buffers, Family, Fan, ModelWorkspace, Net, Pass, Workspace,
+};
 use crate::nn::params::TensorTable;
 use crate::nn::{emit, HeadMemory, MemoryMode, Probe, TrainOptions};
 use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
-use crate::util::rng::Rng;
 use std::any::Any;
 
 /// A DenseNet with its parameters, gradients and running statistics.
@@ -42,36 +43,7 @@ impl DenseNet {
     /// BN γ = 1, β = 0, running mean 0 and variance 1, PyTorch's default linear weight
     /// (uniform ±1/√fan_in) and zero classifier bias.
     pub fn new(config: &DenseNetConfig, seed: u64) -> Self {
-        let arch = Architecture::new(config);
-        let mut params = vec![0.0; arch.params.total()];
-        let mut stats = vec![0.0; arch.stats.total()];
-        let mut rng = Rng::new(seed);
-        for e in arch.params.entries() {
-            let v = &mut params[e.range()];
-            if e.name.ends_with("classifier.weight") {
-                let bound = 1.0 / (e.shape[1] as f64).sqrt();
-                v.iter_mut()
-                    .for_each(|x| *x = (rng.uniform(-bound, bound)) as f32);
-            } else if e.shape.len() == 4 {
-                let fan_in = (e.shape[1] * e.shape[2] * e.shape[3]) as f64;
-                let std = (2.0 / fan_in).sqrt();
-                v.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
-            } else if e.name.ends_with(".weight") {
-                v.fill(1.0); // BN γ
-            }
-        }
-        for e in arch.stats.entries() {
-            if e.name.ends_with("running_var") {
-                stats[e.range()].fill(1.0);
-            }
-        }
-        let grads = vec![0.0; params.len()];
-        DenseNet {
-            arch,
-            params,
-            grads,
-            stats,
-        }
+        Net::initialised(Architecture::new(config), seed, Fan::In)
     }
 
     /// The configuration.
@@ -95,17 +67,14 @@ impl Family for Architecture {
         Box::new(DenseNetWorkspace::new(self, plan))
     }
 
-    fn forward(
-        &self,
-        params: &[f32],
-        stats: &mut [f32],
-        ws: &mut Workspace,
-        input: &[f32],
-        n: usize,
-        training: bool,
-        seed: u64,
-        probe: &mut Option<Probe>,
-    ) {
+    fn forward(&self, b: Buffers, ws: &mut Workspace, pass: Pass, probe: &mut Option<Probe>) {
+        let (params, stats) = (&*b.params, b.stats);
+        let Pass {
+            input,
+            n,
+            training,
+            dropout_seed: seed,
+        } = pass;
         let ws: &mut DenseNetWorkspace = own_workspace(ws);
         let cfg = &self.config;
         let s = cfg.input_size;

@@ -5,6 +5,7 @@
 use super::config::ModelConfig;
 use crate::nn::params::TensorTable;
 use crate::nn::{check_input, HeadMemory, MemoryMode, Probe, TrainOptions};
+use crate::util::rng::Rng;
 use crate::util::tensor::Tensor;
 use crate::weights::{canonical_name, NamedTensor, WeightsError};
 use std::any::Any;
@@ -48,6 +49,31 @@ pub trait ModelWorkspace: Any + Send {
     }
 }
 
+/// What one forward pass runs on, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass<'a> {
+    /// `n` images, NCHW.
+    pub input: &'a [f32],
+    /// Images.
+    pub n: usize,
+    /// Training mode: batch statistics, running statistics updated, dropout.
+    pub training: bool,
+    /// What the dropout masks are drawn from.
+    pub dropout_seed: u64,
+}
+
+impl<'a> Pass<'a> {
+    /// An evaluation-mode pass of `n` images.
+    pub fn eval(input: &'a [f32], n: usize) -> Self {
+        Pass {
+            input,
+            n,
+            training: false,
+            dropout_seed: 0,
+        }
+    }
+}
+
 /// A workspace of any family, as [`Model::workspace`] makes it.
 pub type Workspace = Box<dyn ModelWorkspace>;
 
@@ -69,19 +95,11 @@ pub trait Model: Send {
     /// A workspace for batches of up to `batch` images (`training`: with the buffers a
     /// backward pass needs).
     fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace;
-    /// The family's forward pass of `n` images (NCHW, checked) into `ws`: training mode
-    /// (batch statistics, running statistics updated once, dropout from `dropout_seed`)
-    /// or evaluation mode; `probe` receives intermediate activations (NCHW) under
-    /// PyTorch's module names. The logits are left in the workspace's head.
-    fn forward(
-        &mut self,
-        ws: &mut Workspace,
-        input: &[f32],
-        n: usize,
-        training: bool,
-        dropout_seed: u64,
-        probe: &mut Option<Probe>,
-    );
+    /// The family's forward pass of `pass.n` images (checked) into `ws`, in training mode
+    /// (batch statistics, running statistics updated once, dropout) or evaluation mode;
+    /// `probe` receives intermediate activations (NCHW) under PyTorch's module names. The
+    /// logits are left in the workspace's head.
+    fn forward(&mut self, ws: &mut Workspace, pass: Pass<'_>, probe: &mut Option<Probe>);
     /// Backward pass of the last training forward pass: **accumulates** every parameter's
     /// gradient (see [`zero_grad`](Self::zero_grad)) and, if asked, writes the input
     /// gradient.
@@ -119,7 +137,7 @@ pub trait Model: Send {
     ) -> Vec<f32> {
         let (classes, c, s) = self.io();
         check_input(input, n, ws.batch(), c, s);
-        self.forward(ws, input, n, false, 0, &mut probe);
+        self.forward(ws, Pass::eval(input, n), &mut probe);
         ws.logits()[..n * classes].to_vec()
     }
     /// Training-mode forward pass: batch statistics, running statistics updated once,
@@ -136,7 +154,12 @@ pub trait Model: Send {
         let (classes, c, s) = self.io();
         check_input(input, n, ws.batch(), c, s);
         assert!(ws.training(), "forward_train needs a training workspace");
-        self.forward(ws, input, n, true, opts.dropout_seed, &mut None);
+        let pass = Pass {
+            training: true,
+            dropout_seed: opts.dropout_seed,
+            ..Pass::eval(input, n)
+        };
+        self.forward(ws, pass, &mut None);
         ws.head_mut()
             .loss(labels, classes, opts.batch_total.unwrap_or(n))
     }
@@ -152,7 +175,7 @@ pub trait Model: Send {
             ws.training(),
             "forward_train_frozen needs a training workspace"
         );
-        self.forward(ws, input, n, false, 0, &mut None);
+        self.forward(ws, Pass::eval(input, n), &mut None);
         ws.head_mut().loss(labels, classes, n)
     }
     /// The preset name.
@@ -218,19 +241,9 @@ pub trait Family: Send + 'static {
     fn io(&self) -> (usize, usize, usize);
     /// A workspace of this family for batches of up to `batch` images.
     fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace;
-    /// [`Model::forward`] over these buffers.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        params: &[f32],
-        stats: &mut [f32],
-        ws: &mut Workspace,
-        input: &[f32],
-        n: usize,
-        training: bool,
-        dropout_seed: u64,
-        probe: &mut Option<Probe>,
-    );
+    /// [`Model::forward`] over these buffers (it reads the parameters and updates the
+    /// running statistics).
+    fn forward(&self, b: Buffers, ws: &mut Workspace, pass: Pass, probe: &mut Option<Probe>);
     /// [`Model::backward`] over these buffers.
     fn backward(&self, params: &[f32], grads: &mut [f32], ws: &mut Workspace, opts: &TrainOptions);
     /// [`Model::backward_classifier`] over these buffers.
@@ -256,6 +269,57 @@ pub struct Net<A> {
     pub stats: Vec<f32>,
 }
 
+/// Which fan a family's He initialisation of its convolutions divides by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fan {
+    /// Input channels × kernel area (torchvision's DenseNet).
+    In,
+    /// Output channels × kernel area (fb.resnet.torch and torchvision's ResNets).
+    Out,
+}
+
+impl<A: Family> Net<A> {
+    /// `arch` with fresh weights drawn from `seed`: convolutions He-normal (std √(2/fan)),
+    /// BN γ = 1 and β = 0, running mean 0 and variance 1, the classifier's weight
+    /// PyTorch's default for a linear layer (uniform ±1/√fan_in) and its bias 0.
+    pub fn initialised(arch: A, seed: u64, fan: Fan) -> Self {
+        let mut params = vec![0.0; arch.param_table().total()];
+        let mut stats = vec![0.0; arch.stats_table().total()];
+        let mut rng = Rng::new(seed);
+        let classifier = arch.classifier_range().start;
+        for e in arch.param_table().entries() {
+            let v = &mut params[e.range()];
+            if e.range().start == classifier {
+                let bound = 1.0 / (e.shape[1] as f64).sqrt();
+                v.iter_mut()
+                    .for_each(|x| *x = rng.uniform(-bound, bound) as f32);
+            } else if e.shape.len() == 4 {
+                let fan = match fan {
+                    Fan::In => e.shape[1],
+                    Fan::Out => e.shape[0],
+                } * e.shape[2]
+                    * e.shape[3];
+                let std = (2.0 / fan as f64).sqrt();
+                v.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
+            } else if e.name.ends_with(".weight") {
+                v.fill(1.0); // BN γ
+            }
+        }
+        for e in arch.stats_table().entries() {
+            if e.name.ends_with("running_var") {
+                stats[e.range()].fill(1.0);
+            }
+        }
+        let grads = vec![0.0; params.len()];
+        Net {
+            arch,
+            params,
+            grads,
+            stats,
+        }
+    }
+}
+
 impl<A: Family> Model for Net<A> {
     fn model_config(&self) -> ModelConfig {
         self.arch.model_config()
@@ -266,17 +330,13 @@ impl<A: Family> Model for Net<A> {
     fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace {
         self.arch.workspace(batch, mode, training)
     }
-    fn forward(
-        &mut self,
-        ws: &mut Workspace,
-        input: &[f32],
-        n: usize,
-        training: bool,
-        dropout_seed: u64,
-        probe: &mut Option<Probe>,
-    ) {
-        let (arch, params, stats) = (&self.arch, &self.params, &mut self.stats);
-        arch.forward(params, stats, ws, input, n, training, dropout_seed, probe);
+    fn forward(&mut self, ws: &mut Workspace, pass: Pass<'_>, probe: &mut Option<Probe>) {
+        let b = Buffers {
+            params: &mut self.params,
+            grads: &mut self.grads,
+            stats: &mut self.stats,
+        };
+        self.arch.forward(b, ws, pass, probe);
     }
     fn backward(&mut self, ws: &mut Workspace, opts: &TrainOptions) {
         self.arch.backward(&self.params, &mut self.grads, ws, opts);

@@ -25,4 +25,6 @@ mod tests;
 pub use any::AnyModel;
 pub use config::{ModelConfig, PREACT_RESNET};
 pub use frozen::Frozen;
-pub use interface::{own_workspace, Buffers, Family, Model, ModelWorkspace, Net, Workspace};
+pub use interface::{
+    own_workspace, Buffers, Family, Fan, Model, ModelWorkspace, Net, Pass, Workspace,
+};

@@ -29,7 +29,9 @@ pub mod config;
 pub mod memory;
 
 use crate::model::config::ModelConfig;
-use crate::model::interface::{own_workspace, Family, ModelWorkspace, Net, Workspace};
+use crate::model::interface::{
+    own_workspace, Buffers, Family, Fan, ModelWorkspace, Net, Pass, Workspace,
+};
 use crate::nn::arena::Buf;
 use crate::nn::params::TensorTable;
 use crate::nn::{emit, Probe, TrainOptions};
@@ -38,7 +40,6 @@ use crate::ops::conv::{conv_backward, conv_forward};
 use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::norm::{bn_relu_avgpool_forward, bn_relu_backward, OutGrad};
 use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
-use crate::util::rng::Rng;
 pub use arch::{Architecture, Stage};
 pub use block::ResidualUnit;
 pub use config::{BlockKind, PreActResNetConfig};
@@ -75,36 +76,7 @@ impl PreActResNet {
     /// BN γ = 1, β = 0, running mean 0 and variance 1, PyTorch's default linear weight
     /// (uniform ±1/√fan_in) and zero bias.
     pub fn new(config: &PreActResNetConfig, seed: u64) -> Self {
-        let arch = Architecture::new(config);
-        let mut params = vec![0.0; arch.params.total()];
-        let mut stats = vec![0.0; arch.stats.total()];
-        let mut rng = Rng::new(seed);
-        for e in arch.params.entries() {
-            let v = &mut params[e.range()];
-            if e.name == "fc.weight" {
-                let bound = 1.0 / (e.shape[1] as f64).sqrt();
-                v.iter_mut()
-                    .for_each(|x| *x = rng.uniform(-bound, bound) as f32);
-            } else if e.shape.len() == 4 {
-                let fan_out = (e.shape[0] * e.shape[2] * e.shape[3]) as f64;
-                let std = (2.0 / fan_out).sqrt();
-                v.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
-            } else if e.name.ends_with(".weight") {
-                v.fill(1.0); // BN γ
-            }
-        }
-        for e in arch.stats.entries() {
-            if e.name.ends_with("running_var") {
-                stats[e.range()].fill(1.0);
-            }
-        }
-        let grads = vec![0.0; params.len()];
-        PreActResNet {
-            arch,
-            params,
-            grads,
-            stats,
-        }
+        Net::initialised(Architecture::new(config), seed, Fan::Out)
     }
 
     /// The configuration.
@@ -130,17 +102,11 @@ impl Family for Architecture {
 
     /// The stem's and every stage's output go to `probe` as `conv1`, `layer1`, `layer2`,
     /// `layer3`. The dropout seed is unused: He et al. train ResNets without dropout.
-    fn forward(
-        &self,
-        params: &[f32],
-        stats: &mut [f32],
-        ws: &mut Workspace,
-        input: &[f32],
-        n: usize,
-        training: bool,
-        _dropout_seed: u64,
-        probe: &mut Option<Probe>,
-    ) {
+    fn forward(&self, b: Buffers, ws: &mut Workspace, pass: Pass, probe: &mut Option<Probe>) {
+        let (params, stats) = (&*b.params, b.stats);
+        let Pass {
+            input, n, training, ..
+        } = pass;
         let ws: &mut ResNetWorkspace = own_workspace(ws);
         let arch = self;
         let cfg = &arch.config;

@@ -9,6 +9,7 @@ use super::setup::DataSetup;
 use super::step::{DataParallel, StepInput};
 use super::{Progress, TrainConfig, TrainError, TrainState};
 use crate::data::pipeline::{Loader, LoaderConfig};
+use crate::evaluate::EvalSet;
 use crate::model::{AnyModel, ModelConfig};
 use crate::nn::MemoryMode;
 use crate::optim::Sgd;
@@ -206,23 +207,20 @@ fn train_in(
         let val_accuracy = if data.val_indices.is_empty() {
             None
         } else {
-            let val = Some(data.val_indices.clone());
-            let v = dp.evaluate(
-                &mut *net,
-                &mut eval_ws,
-                &data.train,
-                val,
-                &data.eval_transform,
-            )?;
+            let val = EvalSet {
+                source: &data.train,
+                indices: Some(data.val_indices.clone()),
+                transform: &data.eval_transform,
+            };
+            let v = dp.evaluate(&mut *net, &mut eval_ws, val)?;
             Some(v.top1_accuracy)
         };
-        let test = dp.evaluate(
-            &mut *net,
-            &mut eval_ws,
-            &data.test,
-            None,
-            &data.eval_transform,
-        )?;
+        let test = EvalSet {
+            source: &data.test,
+            indices: None,
+            transform: &data.eval_transform,
+        };
+        let test = dp.evaluate(&mut *net, &mut eval_ws, test)?;
         dp.check_same_weights(&*net, &format!("after epoch {}", epoch + 1))?;
         if !test.loss.is_finite() {
             // the weights are no longer usable: keep the last good checkpoint, exit with error

@@ -5,11 +5,9 @@
 //! here, in one place, and the loop never asks how many processes there are.
 
 use super::{finetune, TrainError};
-use crate::data::augment::Transform;
 use crate::data::pipeline::share_of;
-use crate::data::Source;
 use crate::dist::{checksum, ranks_differing, BnSync, Collective, GradSync, Solo, SyncTimes};
-use crate::evaluate::{argmax, evaluate, Evaluation};
+use crate::evaluate::{argmax, evaluate, EvalSet, Evaluation};
 use crate::model::{Model, Workspace};
 use crate::nn::TrainOptions;
 use crate::ops::norm::set_stats_sync;
@@ -246,22 +244,22 @@ impl DataParallel {
         )))
     }
 
-    /// [`evaluate`] on every process's contiguous share of `indices` (all when `None`),
-    /// summed.
+    /// [`evaluate`] on every process's contiguous share of the set, summed.
     pub fn evaluate(
         &self,
         net: &mut dyn Model,
         ws: &mut Workspace,
-        source: &Arc<Source>,
-        indices: Option<Vec<usize>>,
-        transform: &Transform,
+        set: EvalSet,
     ) -> Result<Evaluation, TrainError> {
         if self.size() == 1 {
-            return Ok(evaluate(net, ws, source, indices, transform)?);
+            return Ok(evaluate(net, ws, set)?);
         }
-        let all = indices.unwrap_or_else(|| (0..source.len()).collect());
+        let all = set
+            .indices
+            .unwrap_or_else(|| (0..set.source.len()).collect());
         let (first, end) = share_of(all.len(), self.share());
-        let mine = evaluate(net, ws, source, Some(all[first..end].to_vec()), transform)?;
+        let indices = Some(all[first..end].to_vec());
+        let mine = evaluate(net, ws, EvalSet { indices, ..set })?;
         let n = mine.images as f64;
         let mut sums = vec![n, mine.loss * n, mine.top5_accuracy * n];
         sums.extend(mine.confusion.iter().flatten().map(|&c| c as f64));
