@@ -453,9 +453,21 @@ fn worker_accumulate() {
 #[test]
 fn resuming_under_mpi_continues_exactly() {
     let (straight, resumed) = (tmp("straight"), tmp("resumed"));
-    let out = train_two(&straight, &["--epochs", "2"]);
+    // with the large-batch recipe and accumulation, whose warmup spans the resumption
+    let run = [
+        "--epochs",
+        "2",
+        "--accumulate",
+        "2",
+        "--warmup-epochs",
+        "2",
+        "--lr-scaling",
+        "linear",
+        "--no-bn-decay",
+    ];
+    let out = train_two(&straight, &run);
     assert!(out.status.success(), "{}", text(&out));
-    let out = train_two(&resumed, &["--epochs", "2", "--stop-after", "1"]);
+    let out = train_two(&resumed, &[&run[..], &["--stop-after", "1"]].concat());
     assert!(out.status.success(), "{}", text(&out));
     let mut c = mpirun(
         2,
@@ -465,6 +477,8 @@ fn resuming_under_mpi_continues_exactly() {
     let out = c.arg(&resumed).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(params(&resumed), params(&straight), "bit-identical weights");
+    let steps = |d: &Path| densenet::train::read_steps(&d.join("steps.csv")).unwrap();
+    assert_eq!(steps(&resumed), steps(&straight));
     for d in [straight, resumed] {
         let _ = std::fs::remove_dir_all(d);
     }
