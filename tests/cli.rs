@@ -1883,3 +1883,43 @@ fn messages_are_plain_text() {
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(out.contains(", efficient memory, 1 thread:"), "{out}");
 }
+
+/// The large-batch flags: the help says how batch norm treats accumulated passes, a batch
+/// the passes cannot split is refused before anything is created, and a resumed run keeps
+/// its own.
+#[test]
+fn large_batch_flags_are_explained_and_checked() {
+    let help = densenet(&["train", "--help"]);
+    let text = String::from_utf8_lossy(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for needle in [
+        "--accumulate",
+        "Batch norm normalises each pass with that pass's own statistics",
+        "--lr-scaling",
+        "--warmup-epochs",
+        "--no-bn-decay",
+    ] {
+        assert!(text.contains(needle), "help lacks {needle:?}:\n{text}");
+    }
+    let dir = tmp("accumulate-3");
+    let d = dir.to_str().unwrap();
+    assert_fails(
+        &[
+            "train",
+            "--batch-size",
+            "64",
+            "--accumulate",
+            "3",
+            "--out",
+            d,
+        ],
+        &["accumulate must divide batch_size 64"],
+    );
+    assert!(!dir.exists(), "nothing was created");
+    assert_fails(
+        &["train", "--resume", d, "--accumulate", "2"],
+        &["--accumulate"],
+    );
+}

@@ -202,6 +202,7 @@ fn finetune_run(model: ModelConfig, epochs: usize, finetune: FinetuneConfig) -> 
         svhn_extra: false,
         sync_bn: false,
         finetune,
+        large_batch: Default::default(),
     }
 }
 

@@ -362,6 +362,7 @@ fn preresnet_trains_on_digits() {
         svhn_extra: false,
         sync_bn: false,
         finetune: Default::default(),
+        large_batch: Default::default(),
     };
     let dir = tmp("digits");
     let opts = RunOptions::new(&dir);

@@ -416,7 +416,11 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     );
     // the step `train` runs, on this process's share of the batch
     let mut dp = DataParallel::new(comm.clone(), a.sync_bn);
-    let rates = [(0..net.num_params(), opt.config.lr)];
+    let groups = crate::optim::param_groups(
+        &[(0..net.num_params(), opt.config.lr)],
+        opt.config.weight_decay,
+        &[],
+    );
     let mut sync_times = Vec::new();
     let mut times = Vec::new();
     let mut on_times = Vec::new();
@@ -435,7 +439,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
             whole: a.batch,
             seed: &[step as u64],
             frozen: false,
-            rates: &rates,
+            groups: &groups,
+            passes: 1,
             stop: false,
         };
         let outcome = dp.step(&mut *net, &mut ws, &mut opt, &input);

@@ -1,7 +1,7 @@
 //! `densenet plot RUN_DIR`: learning curves (loss, train and test error, learning rate) of
-//! a run as `curves.png`, from its `metrics.csv`.
+//! a run as `curves.png`, from its `metrics.csv` (and `steps.csv`: the rate of every step).
 
-use crate::plot::{learning_curves, EpochPoint};
+use crate::plot::{learning_curves_with_lr, EpochPoint};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `densenet plot`.
@@ -28,7 +28,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Draws `RUN_DIR/curves.png` from `RUN_DIR/metrics.csv`; returns the PNG's path.
+/// Draws `RUN_DIR/curves.png` from `RUN_DIR/metrics.csv`, with the learning rate of every
+/// step from `RUN_DIR/steps.csv` where the run has one; returns the PNG's path.
 pub fn run_dir_curves(dir: &Path) -> anyhow::Result<PathBuf> {
     let rows = crate::train::read_metrics(&dir.join("metrics.csv"))?;
     anyhow::ensure!(
@@ -51,7 +52,28 @@ pub fn run_dir_curves(dir: &Path) -> anyhow::Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let steps_csv = dir.join("steps.csv");
+    let steps = if steps_csv.exists() {
+        crate::train::metrics::read_steps(&steps_csv)?
+    } else {
+        Vec::new()
+    };
+    // step b of an epoch of B steps at epoch − 1 + b/B: an epoch's last step is at its
+    // point on the other curves
+    let mut per_epoch = std::collections::HashMap::new();
+    for s in &steps {
+        let b = per_epoch.entry(s.epoch).or_insert(0);
+        *b = s.batch.max(*b);
+    }
+    let step_lr: Vec<(f64, f64)> = steps
+        .iter()
+        .map(|s| {
+            let batches = per_epoch.get(&s.epoch).copied().unwrap_or(1).max(1);
+            let x = s.epoch.saturating_sub(1) as f64 + s.batch as f64 / batches as f64;
+            (x, s.lr as f64)
+        })
+        .collect();
     let out = dir.join("curves.png");
-    learning_curves(&out, &title, &points)?;
+    learning_curves_with_lr(&out, &title, &points, &step_lr)?;
     Ok(out)
 }

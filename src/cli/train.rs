@@ -6,7 +6,10 @@ use super::model_args::ModelAdjust;
 use crate::model::ModelConfig;
 use crate::nn::MemoryMode;
 use crate::optim::SgdConfig;
-use crate::train::{self, EpochMetrics, Progress, RunOptions, Schedule, TrainConfig, TrainError};
+use crate::train::{
+    self, EpochMetrics, LargeBatch, LrScaling, Progress, RunOptions, Schedule, TrainConfig,
+    TrainError,
+};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use signal_hook::consts::SIGINT;
@@ -88,6 +91,27 @@ pub struct Args {
     /// process's share of it (synchronised batch norm: the same as one process).
     #[arg(long)]
     pub sync_bn: bool,
+    /// Scale --lr with the batch (Goyal et al. 2017's linear rule): --lr is the rate of the
+    /// paper's batch (64 on CIFAR, SVHN, MNIST and digits; 256 on ImageNet folders) and
+    /// the run uses --lr × batch/that; config.json states the reference batch.
+    #[arg(long, value_name = "RULE", value_enum)]
+    pub lr_scaling: Option<LrRule>,
+    /// Warm the learning rate up over the first E epochs: it rises linearly, step by
+    /// step, from base/N to base (step s of the warmup's N steps runs at (s+1)/N of the
+    /// scheduled rate), then the schedule runs as it would without. steps.csv records
+    /// the rate of every step.
+    #[arg(long, value_name = "E")]
+    pub warmup_epochs: Option<usize>,
+    /// No weight decay on BN parameters and biases (the large-batch recipe's rule).
+    #[arg(long)]
+    pub no_bn_decay: bool,
+    /// Accumulate gradients: each optimizer step sums the gradients of K passes of
+    /// --batch-size/K images (per process under mpirun, where they are summed over the
+    /// processes once a step), with the memory of one pass. Batch norm normalises each
+    /// pass with that pass's own statistics, as PyTorch does when it accumulates: with BN,
+    /// K passes of B/K images are close to a batch of B, not the same.
+    #[arg(long, value_name = "K", value_parser = super::values::at_least_one())]
+    pub accumulate: Option<usize>,
     /// Fine-tune: start from these weights (a run's checkpoint, a safetensors state dict or
     /// a torchvision .pth of the --model's family and architecture). Every tensor is kept
     /// but the classifier for another class count and the first convolution for another
@@ -130,7 +154,7 @@ pub struct Args {
 
 /// The flags that define a run: refused with `--resume`, which continues a run with the
 /// settings stored in its directory.
-const RUN_SETTINGS: [&str; 27] = [
+const RUN_SETTINGS: [&str; 31] = [
     "out",
     "model",
     "classes",
@@ -158,7 +182,20 @@ const RUN_SETTINGS: [&str; 27] = [
     "init",
     "freeze",
     "lr_features",
+    "lr_scaling",
+    "warmup_epochs",
+    "no_bn_decay",
+    "accumulate",
 ];
+
+/// How `--lr` follows the batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LrRule {
+    /// --lr as given, whatever the batch.
+    None,
+    /// --lr × batch / the paper's batch.
+    Linear,
+}
 
 /// Resolves recipe, defaults and overrides into a training configuration.
 pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
@@ -285,6 +322,15 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
             freeze: a.freeze,
             lr_features: a.lr_features,
         },
+        large_batch: LargeBatch {
+            // the paper's batch: 256 on ImageNet, 64 on the small images
+            lr_scaling: (a.lr_scaling == Some(LrRule::Linear)).then_some(LrScaling::Linear {
+                reference_batch: if folder { 256 } else { 64 },
+            }),
+            warmup_epochs: a.warmup_epochs.unwrap_or(0),
+            no_bn_decay: a.no_bn_decay,
+            accumulate: a.accumulate.unwrap_or(1),
+        },
     })
 }
 
@@ -364,6 +410,33 @@ fn check_flags(a: &Args, cfg: &TrainConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The learning rate and what shapes it: `0.8 (0.1 × 512/64), warmup 5 epochs, no BN
+/// decay, 4 passes of 128 a step`.
+fn lr_text(cfg: &TrainConfig) -> String {
+    let lb = &cfg.large_batch;
+    let mut s = cfg.base_lr().to_string();
+    if let Some(LrScaling::Linear { reference_batch }) = lb.lr_scaling {
+        s += &format!(
+            " ({} × {}/{reference_batch})",
+            cfg.optimizer.lr, cfg.batch_size
+        );
+    }
+    if lb.warmup_epochs > 0 {
+        s += &format!(", warmup {}", super::count(lb.warmup_epochs, "epoch"));
+    }
+    if lb.no_bn_decay {
+        s += ", no BN decay";
+    }
+    if lb.accumulate > 1 {
+        s += &format!(
+            ", {} passes of {} a step",
+            lb.accumulate,
+            cfg.batch_size / lb.accumulate
+        );
+    }
+    s
 }
 
 /// Epochs of the quick recipe: DenseNet-BC-40-12 on native 8×8 digits shifted by up to
@@ -539,7 +612,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             cfg.dataset,
             super::count(cfg.epochs, "epoch"),
             cfg.batch_size,
-            cfg.optimizer.lr,
+            lr_text(&cfg),
             cfg.schedule,
         );
     }

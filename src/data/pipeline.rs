@@ -204,10 +204,15 @@ pub struct LoaderConfig {
     /// augmentation it has in the whole batch). A last batch of fewer than `count` images
     /// is skipped. `(0, 1)`: the whole batch.
     pub share: (usize, usize),
+    /// The fewest images a share may hold: a last batch whose shares would hold fewer is
+    /// skipped (a run accumulating gradients over K passes asks for K, so that every
+    /// pass has an image). 1: only a last batch smaller than the shares' count is.
+    pub min_share: usize,
 }
 
 impl Default for LoaderConfig {
-    /// Batch 64, shuffled, last batch kept, seed 0, 1 worker, prefetch 2.
+    /// Batch 64, shuffled, last batch kept, seed 0, 1 worker, prefetch 2, the whole
+    /// batch.
     fn default() -> Self {
         LoaderConfig {
             batch_size: 64,
@@ -217,6 +222,7 @@ impl Default for LoaderConfig {
             workers: 1,
             prefetch: 2,
             share: (0, 1),
+            min_share: 1,
         }
     }
 }
@@ -303,7 +309,8 @@ impl Loader {
     pub fn batches_per_epoch(&self) -> usize {
         let (n, b) = (self.indices.len(), self.config.batch_size);
         let last = n % b;
-        if self.config.drop_last || last < self.config.share.1.max(1) {
+        let fewest = self.config.share.1.max(1) * self.config.min_share.max(1);
+        if self.config.drop_last || last < fewest {
             n / b
         } else {
             n / b + 1
@@ -494,6 +501,16 @@ mod tests {
         // 297 = 4·64 + 41: three shares keep the last batch, 64 would not
         assert_eq!(loader((2, 3)).batches_per_epoch(), 5);
         assert_eq!(loader((0, 42)).batches_per_epoch(), 4);
+        // shares of at least 13 images (passes of gradient accumulation): 41 < 3·14
+        let min_share = |m| LoaderConfig {
+            batch_size: 64,
+            share: (0, 3),
+            min_share: m,
+            ..Default::default()
+        };
+        let with = |m| Loader::new(src.clone(), None, tf.clone(), min_share(m)).unwrap();
+        assert_eq!(with(13).batches_per_epoch(), 5);
+        assert_eq!(with(14).batches_per_epoch(), 4);
         for b in [0, 4] {
             let want = whole.batch(1, b).unwrap();
             let parts: Vec<Batch> = (0..3)

@@ -256,6 +256,18 @@ pub fn plot_panels(
 /// Learning curves of a training run: three panels against epoch, loss (train/test),
 /// error % (train/test) and learning rate (log scale), under `title`; written as PNG.
 pub fn learning_curves(path: &Path, title: &str, points: &[EpochPoint]) -> Result<(), PlotError> {
+    learning_curves_with_lr(path, title, points, &[])
+}
+
+/// [`learning_curves`] with the learning rate of every step, as (fractional epoch, rate)
+/// points, in place of the epochs' rates when there are any (a warmup rises within
+/// epochs).
+pub fn learning_curves_with_lr(
+    path: &Path,
+    title: &str,
+    points: &[EpochPoint],
+    step_lr: &[(f64, f64)],
+) -> Result<(), PlotError> {
     let epochs = |f: &dyn Fn(&EpochPoint) -> Option<f64>| -> Vec<(f64, f64)> {
         points
             .iter()
@@ -297,7 +309,11 @@ pub fn learning_curves(path: &Path, title: &str, points: &[EpochPoint]) -> Resul
             y_label: "learning rate".into(),
             series: vec![Series {
                 label: String::new(),
-                points: epochs(&|p| Some(p.lr)),
+                points: if step_lr.is_empty() {
+                    epochs(&|p| Some(p.lr))
+                } else {
+                    step_lr.to_vec()
+                },
             }],
             log_y: true,
         },

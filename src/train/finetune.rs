@@ -12,13 +12,12 @@
 //!   (running statistics, which are not updated; no dropout), as Keras fine-tunes a frozen
 //!   base and as PyTorch does after `model.features.eval()`: the features are then one
 //!   fixed function, the same in training and at test time, and no backward pass runs
-//!   through them ([`crate::train::DataParallel::step`], [`backward`]). Their
+//!   through them ([`crate::train::DataParallel::step`]). Their
 //!   parameters, gradients (zero), running statistics and momentum stay as they are.
 //! - `lr_features`: the pretrained part learns at its own base rate, scheduled by the same
 //!   factor as the classifier's ([`rates`], [`crate::optim::Sgd::step_ranges`]).
 
-use crate::model::{Model, ModelConfig, Workspace};
-use crate::nn::TrainOptions;
+use crate::model::{Model, ModelConfig};
 use crate::weights::{canonical_name, read_checkpoint, NamedTensor, WeightsError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -358,19 +357,6 @@ pub fn rates(
         }
     }
     r
-}
-
-/// Zeroes the gradients and runs the backward pass of a step's forward pass: through the
-/// whole network, or through the classifier alone (the other gradients stay zero).
-pub fn backward(net: &mut dyn Model, ws: &mut Workspace, step: &TrainOptions, frozen: bool) {
-    if frozen {
-        let head = net.classifier_range();
-        net.buffers_mut().grads[head].fill(0.0);
-        net.backward_classifier(ws);
-    } else {
-        net.zero_grad();
-        net.backward(ws, step);
-    }
 }
 
 #[cfg(test)]

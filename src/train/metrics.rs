@@ -1,5 +1,6 @@
-//! A run's figures: one [`EpochMetrics`] row per epoch (`metrics.csv`) and the
-//! [`RunSummary`] of a finished run (`summary.json`).
+//! A run's figures: one [`EpochMetrics`] row per epoch (`metrics.csv`), one [`StepRow`]
+//! per optimizer step (`steps.csv`), and the [`RunSummary`] of a finished run
+//! (`summary.json`).
 
 use super::run_dir::io;
 use super::{TrainConfig, TrainError, TrainState};
@@ -115,6 +116,87 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>, TrainError> {
         });
     }
     Ok(rows)
+}
+
+/// One optimizer step's figures (a row of `steps.csv`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRow {
+    /// Step of the run, 1-based.
+    pub step: usize,
+    /// Its epoch, 1-based.
+    pub epoch: usize,
+    /// Its batch within the epoch, 1-based.
+    pub batch: usize,
+    /// Images of the batch, over all processes.
+    pub images: usize,
+    /// The learning rate of the step (the base rate; fine-tuned features have their own).
+    pub lr: f32,
+    /// The batch's mean training loss.
+    pub loss: f32,
+}
+
+const STEPS_HEADER: &str = "step,epoch,batch,images,lr,loss\n";
+
+/// Appends `rows` to the step log at `path` (started with its header when absent). Rows
+/// are appended an epoch at a time, before the epoch's checkpoint; a resumed run first
+/// keeps the rows of its checkpoint's epochs ([`keep_steps`]).
+pub fn append_steps(path: &Path, rows: &[StepRow]) -> Result<(), TrainError> {
+    use std::io::Write;
+    let text = steps_csv(rows, !path.exists());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(io(path))
+}
+
+/// `rows` as CSV lines, after the header when asked for.
+fn steps_csv(rows: &[StepRow], header: bool) -> String {
+    let mut s = String::new();
+    if header {
+        s.push_str(STEPS_HEADER);
+    }
+    for r in rows {
+        s.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            r.step, r.epoch, r.batch, r.images, r.lr, r.loss
+        ));
+    }
+    s
+}
+
+/// Reads a step log written by [`append_steps`]; a line that is not a whole row (the
+/// last one of an append cut short) is left out.
+pub fn read_steps(path: &Path) -> Result<Vec<StepRow>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let row = |line: &str| -> Option<StepRow> {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 6 {
+            return None;
+        }
+        Some(StepRow {
+            step: f[0].parse().ok()?,
+            epoch: f[1].parse().ok()?,
+            batch: f[2].parse().ok()?,
+            images: f[3].parse().ok()?,
+            lr: f[4].parse().ok()?,
+            loss: f[5].parse().ok()?,
+        })
+    };
+    Ok(text.lines().skip(1).filter_map(row).collect())
+}
+
+/// Keeps the step log's rows of the first `epochs` epochs (those of a resumed run's
+/// checkpoint), rewritten atomically; the steps of an epoch that has no checkpoint are
+/// run again.
+pub fn keep_steps(path: &Path, epochs: usize) -> Result<(), TrainError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut rows = read_steps(path)?;
+    rows.retain(|r| r.epoch <= epochs);
+    crate::util::atomic::write(path, steps_csv(&rows, true).as_bytes()).map_err(io(path))
 }
 
 impl RunSummary {

@@ -14,9 +14,10 @@
 //! - [`run`]: [`train`], the loop over epochs and batches;
 //! - [`step`]: one training step, and what the processes of a run do together;
 //! - [`setup`]: a run's data sets and transforms ([`DataSetup`]);
-//! - [`run_dir`]: the run directory (`config.json`, `metrics.csv`, `last.safetensors`,
-//!   `best.safetensors`, `summary.json`), created so that nothing is overwritten;
-//! - [`metrics`]: per-epoch figures and the run's summary;
+//! - [`run_dir`]: the run directory (`config.json`, `metrics.csv`, `steps.csv`,
+//!   `last.safetensors`, `best.safetensors`, `summary.json`), created so that nothing is
+//!   overwritten;
+//! - [`metrics`]: per-epoch and per-step figures and the run's summary;
 //! - [`checkpoint`]: writing checkpoints and reading them back to resume (the read side
 //!   for using a model is [`crate::checkpoint`]);
 //! - [`finetune`], [`schedule`], [`settings`]: starting from pretrained weights, the
@@ -38,9 +39,10 @@ use crate::model::ModelConfig;
 use crate::nn::MemoryMode;
 use crate::optim::SgdConfig;
 use crate::weights::WeightsError;
-pub use metrics::{read_metrics, write_metrics, EpochMetrics, RunSummary};
+pub use metrics::{read_metrics, read_steps, write_metrics, EpochMetrics, RunSummary, StepRow};
 pub use run::train;
 pub use run_dir::{is_run_dir, RunOptions, RUN_FILES};
+pub use schedule::warmup_factor;
 pub use schedule::Schedule;
 use serde::{Deserialize, Serialize};
 pub use setup::DataSetup;
@@ -157,6 +159,74 @@ pub struct TrainConfig {
     /// Fine-tuning: initial weights, frozen part, the features' learning rate.
     #[serde(default)]
     pub finetune: finetune::FinetuneConfig,
+    /// The large-batch recipe and gradient accumulation (absent in runs made before them,
+    /// which read as none of it).
+    #[serde(default)]
+    pub large_batch: LargeBatch,
+}
+
+/// The large-batch recipe of Goyal et al. (2017, "Accurate, Large Minibatch SGD"), and
+/// gradient accumulation (a large batch from several small passes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LargeBatch {
+    /// How the base rate (`optimizer.lr`, given for the reference batch) follows the
+    /// batch size; `None`: it is used as given.
+    pub lr_scaling: Option<LrScaling>,
+    /// Epochs over which the rate rises linearly, step by step, from base/N to base: step
+    /// s of the warmup's N steps runs at (s + 1)/N of the scheduled rate
+    /// ([`schedule::warmup_factor`]); after them the schedule runs as it would without
+    /// (0: none).
+    pub warmup_epochs: usize,
+    /// No weight decay on BN parameters and biases (the 1-D tensors of the parameter
+    /// table).
+    pub no_bn_decay: bool,
+    /// Passes per optimizer step: each process's share of a batch is split into this many
+    /// passes, whose gradients are summed before one update (1: no accumulation).
+    pub accumulate: usize,
+}
+
+impl Default for LargeBatch {
+    /// None of it: the rate as given, no warmup, weight decay everywhere, one pass a step.
+    fn default() -> Self {
+        LargeBatch {
+            lr_scaling: None,
+            warmup_epochs: 0,
+            no_bn_decay: false,
+            accumulate: 1,
+        }
+    }
+}
+
+/// How the base learning rate follows the batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "rule")]
+pub enum LrScaling {
+    /// Goyal et al.'s linear scaling rule: the rate is multiplied by
+    /// batch / `reference_batch`.
+    Linear {
+        /// The batch the given rate is meant for (the paper's: 64 on CIFAR and SVHN, 256
+        /// on ImageNet).
+        reference_batch: usize,
+    },
+}
+
+impl TrainConfig {
+    /// What the learning rates given (`optimizer.lr`, `finetune.lr_features`) are
+    /// multiplied by: batch / reference batch under linear scaling, else 1.
+    pub fn lr_factor(&self) -> f32 {
+        match self.large_batch.lr_scaling {
+            Some(LrScaling::Linear { reference_batch }) => {
+                self.batch_size as f32 / reference_batch.max(1) as f32
+            }
+            None => 1.0,
+        }
+    }
+
+    /// The base learning rate the run uses: `optimizer.lr` × [`lr_factor`](Self::lr_factor).
+    pub fn base_lr(&self) -> f32 {
+        self.optimizer.lr * self.lr_factor()
+    }
 }
 
 /// Where a run is (stored in checkpoints).

@@ -3,8 +3,9 @@
 
 use super::checkpoint;
 use super::finetune;
-use super::metrics::{write_metrics, EpochMetrics, RunSummary};
+use super::metrics::{append_steps, keep_steps, write_metrics, EpochMetrics, RunSummary, StepRow};
 use super::run_dir::{claim_run_dir, io, release_run_dir, RunOptions};
+use super::schedule::warmup_factor;
 use super::setup::DataSetup;
 use super::step::{DataParallel, StepInput};
 use super::{Progress, TrainConfig, TrainError, TrainState};
@@ -12,7 +13,7 @@ use crate::data::pipeline::{Loader, LoaderConfig};
 use crate::evaluate::EvalSet;
 use crate::model::{AnyModel, ModelConfig};
 use crate::nn::MemoryMode;
-use crate::optim::Sgd;
+use crate::optim::{one_d_ranges, param_groups, Sgd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -35,6 +36,16 @@ pub fn train(
             "--batch-size {} cannot be shared by {size} processes: each takes an equal \
              share of every batch, so the batch size must be a multiple of {size}",
             config.batch_size
+        )));
+    }
+    let k = config.large_batch.accumulate;
+    if !config.batch_size.is_multiple_of(size * k) {
+        return Err(TrainError::Config(format!(
+            "--batch-size {} cannot be split into {k} passes on each of {size} \
+             process(es): every pass has an equal part of the batch, so the batch size must \
+             be a multiple of {}",
+            config.batch_size,
+            size * k
         )));
     }
     let data = DataSetup::load(config)?;
@@ -107,10 +118,12 @@ fn train_in(
     }
     let pre = data.preprocess();
 
+    let passes = config.large_batch.accumulate;
     let loader_cfg = LoaderConfig {
         batch_size: config.batch_size,
         seed: config.seed,
         share: dp.share(),
+        min_share: passes,
         ..LoaderConfig::default()
     };
     let loader = Loader::new(
@@ -119,10 +132,23 @@ fn train_in(
         data.train_transform.clone(),
         loader_cfg,
     )?;
-    let mut ws = net.workspace(config.batch_size / dp.size(), config.memory, true);
+    // memory for one pass
+    let mut ws = net.workspace(config.batch_size / dp.size() / passes, config.memory, true);
     dp.check_same_weights(&*net, "at the start")?;
     let mut eval_ws = net.workspace(config.batch_size.max(100), MemoryMode::Efficient, false);
     let end = opts.stop_after.unwrap_or(config.epochs).min(config.epochs);
+    let steps_csv = dir.join("steps.csv");
+    if writes && opts.resume {
+        keep_steps(&steps_csv, state.epochs_done)?;
+    }
+    let no_decay = if config.large_batch.no_bn_decay {
+        one_d_ranges(net.param_table())
+    } else {
+        Vec::new()
+    };
+    let batches = loader.batches_per_epoch();
+    let warmup = config.large_batch.warmup_epochs * batches;
+    let (base, factor) = (config.base_lr(), config.lr_factor());
     let mut images_trained = 0usize;
     let mut train_seconds = 0f64;
     let interrupted = || opts.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
@@ -136,22 +162,25 @@ fn train_in(
             return Err(stop(&state));
         }
         let t0 = Instant::now();
-        let lr = config
-            .schedule
-            .lr(config.optimizer.lr, epoch, config.epochs);
-        opt.config.lr = lr;
-        let rates = finetune::rates(
-            &config.finetune,
-            net.classifier_range(),
-            net.num_params(),
-            lr,
-            |f| config.schedule.lr(f, epoch, config.epochs),
-        );
-        let batches = loader.batches_per_epoch();
+        let scheduled = config.schedule.lr(base, epoch, config.epochs);
+        let mut lr = scheduled;
         progress.epoch_start(epoch + 1, config.epochs, batches);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let mut step_rows = Vec::with_capacity(batches);
         for (b, batch) in loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
+            let step_no = epoch * batches + b;
+            let warm = warmup_factor(step_no, warmup);
+            lr = scheduled * warm;
+            opt.config.lr = lr;
+            let rates = finetune::rates(
+                &config.finetune,
+                net.classifier_range(),
+                net.num_params(),
+                lr,
+                |f| config.schedule.lr(f * factor, epoch, config.epochs) * warm,
+            );
+            let groups = param_groups(&rates, config.optimizer.weight_decay, &no_decay);
             let step = dp.step(
                 &mut *net,
                 &mut ws,
@@ -163,7 +192,8 @@ fn train_in(
                     whole: (loader.len() - b * config.batch_size).min(config.batch_size),
                     seed: &[config.seed, epoch as u64, b as u64],
                     frozen: config.finetune.frozen(),
-                    rates: &rates,
+                    groups: &groups,
+                    passes,
                     stop: interrupted(),
                 },
             );
@@ -185,6 +215,14 @@ fn train_in(
                     checkpoint,
                 });
             }
+            step_rows.push(StepRow {
+                step: step_no + 1,
+                epoch: epoch + 1,
+                batch: b + 1,
+                images: step.images,
+                lr,
+                loss: step.loss,
+            });
             correct += step.correct;
             loss_sum += step.loss as f64 * step.images as f64;
             seen += step.images;
@@ -253,6 +291,7 @@ fn train_in(
         }
         if writes {
             write_metrics(&dir.join("metrics.csv"), &state.metrics)?;
+            append_steps(&steps_csv, &step_rows)?;
             checkpoint::save(&last, &*net, &opt, &config, &state, &pre)?;
             if is_best {
                 let best = dir.join("best.safetensors");

@@ -47,9 +47,10 @@ impl<'a> RunOptions<'a> {
 }
 
 /// The files a run directory is made of (and their temporary files while being written).
-pub const RUN_FILES: [&str; 6] = [
+pub const RUN_FILES: [&str; 7] = [
     "config.json",
     "metrics.csv",
+    "steps.csv",
     "last.safetensors",
     "best.safetensors",
     "summary.json",

@@ -68,6 +68,18 @@ impl Schedule {
     }
 }
 
+/// The warmup's factor on the scheduled rate at step `step` of a run (0-based, counted
+/// over the epochs) whose first `warmup` steps warm up: `(step + 1) / warmup`, rising
+/// linearly from 1/warmup to 1 at the warmup's last step; 1 from there on (Goyal et al.'s
+/// gradual warmup).
+pub fn warmup_factor(step: usize, warmup: usize) -> f32 {
+    if step >= warmup {
+        1.0
+    } else {
+        (step + 1) as f32 / warmup as f32
+    }
+}
+
 impl std::str::FromStr for Schedule {
     type Err = String;
     /// `cosine`, `constant`, `step` (the paper's 50%/75%, resolved later) or
@@ -150,5 +162,12 @@ mod tests {
         assert!("step:0,100".parse::<Schedule>().is_err());
         assert!("step:20,10".parse::<Schedule>().is_err());
         assert!("step:10,10".parse::<Schedule>().is_err());
+    }
+
+    #[test]
+    fn warmup_rises_per_step_to_one() {
+        let f: Vec<f32> = (0..6).map(|s| warmup_factor(s, 4)).collect();
+        assert_eq!(f, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+        assert_eq!(warmup_factor(0, 0), 1.0);
     }
 }

@@ -3,7 +3,7 @@
 //! when a run is resumed. The model inside is checked as it is read
 //! ([`crate::model::ModelConfig`]'s deserialisation).
 
-use super::{Schedule, TrainConfig, TrainError};
+use super::{LrScaling, Schedule, TrainConfig, TrainError};
 
 /// Largest batch a run may ask for (the `--batch-size` bound).
 pub const MAX_BATCH: usize = 65_536;
@@ -13,7 +13,7 @@ pub const MAX_UPSCALE: usize = 64;
 impl TrainConfig {
     /// Checks every setting by value; the error names the setting and its allowed range.
     pub fn check(&self) -> Result<(), TrainError> {
-        let o = &self.optimizer;
+        let (o, lb) = (&self.optimizer, &self.large_batch);
         let rules = [
             (
                 self.epochs >= 1,
@@ -48,6 +48,27 @@ impl TrainConfig {
             (
                 (0.0..1.0).contains(&self.val_split),
                 format!("val_split must be in [0, 1), got {:?}", self.val_split),
+            ),
+            (
+                lb.accumulate >= 1 && self.batch_size.is_multiple_of(lb.accumulate.max(1)),
+                format!(
+                    "accumulate must divide batch_size {} into passes of equal size, got {}",
+                    self.batch_size, lb.accumulate
+                ),
+            ),
+            (
+                lb.warmup_epochs <= self.epochs,
+                format!(
+                    "warmup_epochs must be at most the run's {} epochs, got {}",
+                    self.epochs, lb.warmup_epochs
+                ),
+            ),
+            (
+                !matches!(
+                    lb.lr_scaling,
+                    Some(LrScaling::Linear { reference_batch: 0 })
+                ),
+                "lr_scaling's reference_batch must be at least 1".to_string(),
             ),
         ];
         if let Some((_, msg)) = rules.into_iter().find(|r| !r.0) {
@@ -92,6 +113,7 @@ mod tests {
             svhn_extra: false,
             sync_bn: false,
             finetune: Default::default(),
+            large_batch: Default::default(),
         }
     }
 
@@ -99,7 +121,15 @@ mod tests {
     fn stored_training_settings_are_checked_by_value() {
         assert!(config().check().is_ok());
         type Change = fn(&mut TrainConfig);
-        let cases: [(Change, &str); 6] = [
+        let cases: [(Change, &str); 8] = [
+            (
+                |c| c.large_batch.accumulate = 3,
+                "accumulate must divide batch_size 64 into passes of equal size, got 3",
+            ),
+            (
+                |c| c.large_batch.warmup_epochs = 4,
+                "warmup_epochs must be at most the run's 3 epochs, got 4",
+            ),
             (
                 |c| c.batch_size = 0,
                 "batch_size must be in 1..=65536, got 0",

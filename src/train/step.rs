@@ -4,17 +4,16 @@
 //! [`DataParallel::step`]. Where a sum over one process would only copy, it is skipped
 //! here, in one place, and the loop never asks how many processes there are.
 
-use super::{finetune, TrainError};
+use super::TrainError;
 use crate::data::pipeline::share_of;
 use crate::dist::{checksum, ranks_differing, BnSync, Collective, GradSync, Solo, SyncTimes};
 use crate::evaluate::{argmax, evaluate, EvalSet, Evaluation};
 use crate::model::{Model, Workspace};
 use crate::nn::TrainOptions;
 use crate::ops::norm::set_stats_sync;
-use crate::optim::Sgd;
+use crate::optim::{ParamGroup, Sgd};
 use crate::util::profile;
 use crate::util::rng::mix_seed;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -37,10 +36,14 @@ pub struct StepInput<'a> {
     /// What the dropout masks are drawn from: (seed, epoch, batch) in a run. Each process
     /// adds its rank when there are several.
     pub seed: &'a [u64],
-    /// Only the classifier trains (see [`finetune`]).
+    /// Only the classifier trains (see [`super::finetune`]).
     pub frozen: bool,
-    /// The learning rate of each range of the parameter buffer ([`finetune::rates`]).
-    pub rates: &'a [(Range<usize>, f32)],
+    /// The learning rate and weight decay of each part of the parameter buffer
+    /// ([`super::finetune::rates`], [`crate::optim::param_groups`]).
+    pub groups: &'a [ParamGroup],
+    /// Passes the share is split into, whose gradients are summed (gradient
+    /// accumulation); at least 1, and at most the share's images.
+    pub passes: usize,
     /// This process was asked to stop (Ctrl-C) during the step.
     pub stop: bool,
 }
@@ -104,6 +107,14 @@ impl DataParallel {
     /// Every process's gradient is its part of the whole batch's (the loss is the mean
     /// over the whole batch, see [`TrainOptions::batch_total`]), so their sum is the
     /// one-process gradient.
+    ///
+    /// With [`StepInput::passes`] K > 1 the share is split into K passes run one after
+    /// the other, forward and backward, into the same gradients (zeroed once); the same
+    /// rule makes the passes' gradients add up to the share's. Batch norm normalises each
+    /// pass with its own statistics (over the processes' passes k with synchronised BN),
+    /// as PyTorch does when it accumulates, and updates its running statistics once a
+    /// pass. The figures are summed after the last forward pass and the gradients during
+    /// the last backward pass: once a step, as DDP under `no_sync`.
     pub fn step(
         &mut self,
         net: &mut dyn Model,
@@ -112,43 +123,33 @@ impl DataParallel {
         input: &StepInput,
     ) -> StepOutcome {
         let n = input.labels.len();
+        let passes = input.passes.max(1);
+        assert!(
+            n >= passes,
+            "a share of {n} images cannot make {passes} passes"
+        );
         let many = self.size() > 1;
-        let mut seed = input.seed.to_vec();
-        seed.push(DROPOUT_TAG);
-        if many {
-            // each process draws its own dropout masks
-            seed.push(self.rank() as u64);
-        }
-        if let Some(bn) = &self.bn {
-            bn.set_share(n, input.whole);
-        }
-        let step = TrainOptions {
-            dropout_seed: mix_seed(&seed),
-            batch_total: Some(input.whole),
-            ..Default::default()
-        };
-        let mut loss = if input.frozen {
-            net.forward_train_frozen(ws, input.images, input.labels)
+        // the gradients of the passes add up (backward passes accumulate)
+        if input.frozen {
+            let head = net.classifier_range();
+            net.buffers_mut().grads[head].fill(0.0);
         } else {
-            net.forward_train(ws, input.images, input.labels, &step)
-        };
-        let classes = net.model_config().num_classes();
-        let logits = ws.logits();
-        let mut correct = (0..n)
-            .filter(|&i| {
-                argmax(&logits[i * classes..(i + 1) * classes]) == input.labels[i] as usize
-            })
-            .count();
+            net.zero_grad();
+        }
+        let (mut loss_sum, mut correct) = (0f64, 0);
+        for k in 0..passes - 1 {
+            let pass = self.forward_pass(net, ws, input, k);
+            (loss_sum, correct) = (loss_sum + pass.loss_sum, correct + pass.correct);
+            backward_pass(net, ws, &pass, input.frozen, None);
+        }
+        let last = self.forward_pass(net, ws, input, passes - 1);
+        (loss_sum, correct) = (loss_sum + last.loss_sum, correct + last.correct);
+        let mut loss = (loss_sum / n as f64) as f32;
         // every process's figures, and whether any was asked to stop, so that all take
         // the same decisions
         let (mut images, mut stop) = (n, input.stop);
         if many {
-            let mut figures = [
-                loss as f64 * n as f64,
-                correct as f64,
-                n as f64,
-                stop as u8 as f64,
-            ];
+            let mut figures = [loss_sum, correct as f64, n as f64, stop as u8 as f64];
             self.comm.sum_f64(&mut figures);
             (loss, correct, images) = (
                 (figures[0] / figures[2]) as f32,
@@ -168,51 +169,80 @@ impl DataParallel {
         if !loss.is_finite() {
             return outcome;
         }
-        outcome.sync = self.backward(net, ws, &step, input.frozen, n, input.whole);
+        if many {
+            let sync = GradSync::new(&*self.comm, net.grads().len(), GradSync::BUCKET);
+            backward_pass(net, ws, &last, input.frozen, Some(&sync));
+            outcome.sync = Some(sync.finish(net.buffers_mut().grads));
+        } else {
+            backward_pass(net, ws, &last, input.frozen, None);
+        }
         self.average_running_stats(net);
         {
             let _t = profile::scope(profile::Op::Optimizer);
             let bufs = net.buffers_mut();
-            opt.step_ranges(bufs.params, bufs.grads, input.rates);
+            opt.step_groups(bufs.params, bufs.grads, input.groups);
         }
         outcome.updated = true;
         outcome
     }
 
-    /// The backward pass of [`step`](Self::step), the gradients summed over processes.
-    /// With frozen features only the classifier's gradient is computed, from this share's
-    /// mean loss; it is weighted by the share's part of the batch before the sum.
-    fn backward(
-        &mut self,
+    /// The forward pass of pass `k` of a step, on its part of this process's share.
+    fn forward_pass(
+        &self,
         net: &mut dyn Model,
         ws: &mut Workspace,
-        step: &TrainOptions,
-        frozen: bool,
-        share: usize,
-        whole: usize,
-    ) -> Option<SyncTimes> {
-        if self.size() == 1 {
-            finetune::backward(net, ws, step, frozen);
-            return None;
+        input: &StepInput,
+        k: usize,
+    ) -> Pass {
+        let passes = input.passes.max(1);
+        let (first, end) = share_of(input.labels.len(), (k, passes));
+        let per_image = input.images.len() / input.labels.len().max(1);
+        let (images, labels) = (
+            &input.images[first * per_image..end * per_image],
+            &input.labels[first..end],
+        );
+        if let Some(bn) = &self.bn {
+            // the images of pass k over all processes
+            let total: usize = (0..self.size())
+                .map(|r| {
+                    let (a, b) = share_of(input.whole, (r, self.size()));
+                    let (c, d) = share_of(b - a, (k, passes));
+                    d - c
+                })
+                .sum();
+            bn.set_share(labels.len(), total);
         }
-        let comm = &*self.comm;
-        let sync = GradSync::new(comm, net.grads().len(), GradSync::BUCKET);
-        {
-            let ready = |offset: usize, tail: &[f32]| sync.ready(offset, tail);
-            let step = TrainOptions {
-                grads_ready: Some(&ready),
-                ..*step
-            };
-            finetune::backward(net, ws, &step, frozen);
+        let mut seed = input.seed.to_vec();
+        seed.push(DROPOUT_TAG);
+        if self.size() > 1 {
+            // each process draws its own dropout masks
+            seed.push(self.rank() as u64);
         }
-        if frozen {
-            let head = net.classifier_range();
-            let k = share as f32 / whole as f32;
-            net.buffers_mut().grads[head]
-                .iter_mut()
-                .for_each(|g| *g *= k);
+        if passes > 1 {
+            // and each pass
+            seed.push(k as u64);
         }
-        Some(sync.finish(net.buffers_mut().grads))
+        let opts = TrainOptions {
+            dropout_seed: mix_seed(&seed),
+            batch_total: Some(input.whole),
+            ..Default::default()
+        };
+        let loss = if input.frozen {
+            net.forward_train_frozen(ws, images, labels)
+        } else {
+            net.forward_train(ws, images, labels, &opts)
+        };
+        let classes = net.model_config().num_classes();
+        let logits = ws.logits();
+        let correct = (0..labels.len())
+            .filter(|&i| argmax(&logits[i * classes..(i + 1) * classes]) == labels[i] as usize)
+            .count();
+        Pass {
+            opts,
+            loss_sum: loss as f64 * labels.len() as f64,
+            correct,
+            part: labels.len() as f32 / input.whole as f32,
+        }
     }
 
     /// Without synchronised batch norm each process updates its running statistics from
@@ -299,6 +329,53 @@ impl DataParallel {
                 "rank 0 could not start the run: {}",
                 msg.strip_prefix("error ").unwrap_or(&msg)
             ))),
+        }
+    }
+}
+
+/// One pass of a step, forward done.
+struct Pass {
+    /// Its training options (dropout seed, the whole batch the loss is the mean over).
+    opts: TrainOptions<'static>,
+    /// Its images' summed loss.
+    loss_sum: f64,
+    /// Its images classified right.
+    correct: usize,
+    /// Its part of the whole batch: the weight of its gradient with frozen features.
+    part: f32,
+}
+
+/// The backward pass of a forward [`Pass`], added to the gradients, and summed over the
+/// processes by `sync` as it goes when given. With frozen features only the classifier's
+/// gradient is computed, from the pass's mean loss; it is weighted by the pass's part of
+/// the batch as it is added.
+fn backward_pass(
+    net: &mut dyn Model,
+    ws: &mut Workspace,
+    pass: &Pass,
+    frozen: bool,
+    sync: Option<&GradSync>,
+) {
+    if frozen {
+        let head = net.classifier_range();
+        let before = net.grads()[head.clone()].to_vec();
+        net.buffers_mut().grads[head.clone()].fill(0.0);
+        net.backward_classifier(ws);
+        let grads = &mut net.buffers_mut().grads[head];
+        for (g, b) in grads.iter_mut().zip(before) {
+            *g = b + pass.part * *g;
+        }
+        return;
+    }
+    match sync {
+        None => net.backward(ws, &pass.opts),
+        Some(sync) => {
+            let ready = |offset: usize, tail: &[f32]| sync.ready(offset, tail);
+            let opts = TrainOptions {
+                grads_ready: Some(&ready),
+                ..pass.opts
+            };
+            net.backward(ws, &opts);
         }
     }
 }
