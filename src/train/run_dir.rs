@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Options of one call to [`train`].
+/// Options of one call to [`train`](super::train).
 pub struct RunOptions<'a> {
     /// The run directory. A fresh run creates it; an existing directory is used only if
     /// it is empty (or, with `replace`, holds a run).
