@@ -81,3 +81,55 @@ fn eval_on_cifar_reads_only_the_test_batch() {
     assert_eq!(v["images"], 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run on a folder given by a relative path evaluates from any directory (the data
+/// directory is stored absolute), and with two classes `eval` shows no top-5 error (it
+/// would be 0% by definition).
+#[test]
+fn eval_of_a_two_class_run_from_another_directory() {
+    let root = tmp("relative");
+    for c in [
+        "train/cat/a.png",
+        "train/fish/a.png",
+        "val/cat/a.png",
+        "val/fish/a.png",
+    ] {
+        png(&root.join(c));
+    }
+    let run = |cwd: &Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_densenet"))
+            .current_dir(cwd)
+            .args(args)
+            .output()
+            .expect("run densenet")
+    };
+    let o = run(
+        &root,
+        &[
+            "--threads",
+            "1",
+            "train",
+            "--dataset",
+            "folder",
+            "--data",
+            ".",
+            "--model",
+            "densenet-bc-16-4",
+            "--epochs",
+            "1",
+            "--out",
+            "run",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let elsewhere = root.join("train");
+    let o = run(
+        &elsewhere,
+        &["eval", "--weights", "../run/best.safetensors"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("top-1 error"), "{text}");
+    assert!(!text.contains("top-5"), "{text}");
+    let _ = std::fs::remove_dir_all(&root);
+}

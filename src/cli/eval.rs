@@ -126,12 +126,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eval: &e,
         });
     }
+    // with five classes or fewer every label is among the top five
+    let top5 = match classes.len() > 5 {
+        true => format!(", top-5 error {:.2}%", 100.0 * (1.0 - e.top5_accuracy)),
+        false => String::new(),
+    };
     outln!(
-        "{} on {dataset} ({} images): top-1 error {:.2}%, top-5 error {:.2}%, loss {:.4}",
+        "{} on {dataset} ({} images): top-1 error {:.2}%{top5}, loss {:.4}",
         cfg.name(),
         e.images,
         100.0 * (1.0 - e.top1_accuracy),
-        100.0 * (1.0 - e.top5_accuracy),
         e.loss
     );
     if classes.len() <= 20 {

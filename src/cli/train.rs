@@ -142,7 +142,7 @@ pub struct Args {
     pub force: bool,
     /// Continue the run in DIR from its last checkpoint, with its own configuration (the
     /// flags that define a run are refused with it; --stop-after and --json apply).
-    #[arg(long, value_name = "DIR", conflicts_with_all = RUN_SETTINGS)]
+    #[arg(long, value_name = "DIR", conflicts_with_all = RUN_SETTINGS, conflicts_with = "force")]
     pub resume: Option<PathBuf>,
     /// Stop after this many epochs in total (with a checkpoint; --resume continues).
     #[arg(long, value_name = "N", value_parser = super::values::at_least_one())]
@@ -195,6 +195,11 @@ pub enum LrRule {
     None,
     /// --lr × batch / the paper's batch.
     Linear,
+}
+
+/// `p` as an absolute path (from the current directory; it need not exist).
+fn absolute(p: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("{}: cannot make it absolute", p.display()))
 }
 
 /// Resolves recipe, defaults and overrides into a training configuration.
@@ -305,7 +310,8 @@ pub fn resolve(a: &Args) -> anyhow::Result<TrainConfig> {
     Ok(TrainConfig {
         model,
         dataset: ds,
-        data_dir: a.data.clone(),
+        // absolute, so that `eval --weights RUN` finds the data from any directory
+        data_dir: a.data.as_deref().map(absolute).transpose()?,
         epochs,
         batch_size: a.batch_size.unwrap_or(64).max(1),
         optimizer,
@@ -692,6 +698,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// The data directory is stored absolute: a run's `eval --weights` from another
+    /// directory reads the same files.
+    #[test]
+    fn the_data_directory_is_stored_absolute() {
+        let a = Args {
+            dataset: "cifar10".into(),
+            data: Some(PathBuf::from("some/relative/dir")),
+            ..Args::default()
+        };
+        let dir = resolve(&a).unwrap().data_dir.unwrap();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert!(dir.ends_with("some/relative/dir"), "{}", dir.display());
+    }
+
+    /// `--resume DIR --force` is refused: a resumed run replaces nothing.
+    #[test]
+    fn resume_refuses_force() {
+        let parse = |args: &[&str]| crate::cli::Cli::try_parse_from(args);
+        let Err(e) = parse(&["densenet", "train", "--resume", "runs/x", "--force"]) else {
+            panic!("--resume with --force was accepted")
+        };
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert!(parse(&["densenet", "train", "--resume", "runs/x"]).is_ok());
+    }
 
     fn milestones(dataset: &str, epochs: Option<usize>) -> Vec<usize> {
         let a = Args {

@@ -12,9 +12,14 @@ pub fn memory_mode() -> impl TypedValueParser<Value = crate::nn::MemoryMode> {
     })
 }
 
-/// A count of at least 1 (epochs, steps, `--top`, …).
-pub fn at_least_one() -> RangedU64ValueParser<usize> {
-    RangedU64ValueParser::<usize>::new().range(1..)
+/// A count of at least 1 (epochs, steps, `--top`, …). Written out rather than a
+/// `RangedU64ValueParser` with `1..`, whose message quoted the range as
+/// `1..18446744073709551615`.
+pub fn at_least_one() -> impl TypedValueParser<Value = usize> {
+    clap::builder::StringValueParser::new().try_map(|s: String| match s.trim().parse::<usize>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(format!("'{s}' is not a whole number of at least 1")),
+    })
 }
 
 /// A count in `1..=max`.
@@ -118,5 +123,22 @@ mod tests {
         assert!(fraction_f32("0.2").is_ok() && fraction_f32("1").is_err());
         assert!(fraction("0.1").is_ok() && fraction("nan").is_err());
         assert!(in_channels("3").is_ok() && in_channels("2").is_err());
+    }
+
+    /// A count's error says what it must be, in words, not as a range up to u64::MAX.
+    #[test]
+    fn counts_say_at_least_one() {
+        let cmd =
+            clap::Command::new("t").arg(clap::Arg::new("n").long("n").value_parser(at_least_one()));
+        let n = |v: &str| cmd.clone().try_get_matches_from(["t", "--n", v]);
+        assert_eq!(n("3").unwrap().get_one::<usize>("n"), Some(&3));
+        for bad in ["0", "x", "1.5", "99999999999999999999999"] {
+            let e = n(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("is not a whole number of at least 1"),
+                "{bad}: {e}"
+            );
+            assert!(!e.contains("18446744073709551615"), "{e}");
+        }
     }
 }
