@@ -1923,3 +1923,54 @@ fn large_batch_flags_are_explained_and_checked() {
         &["--accumulate"],
     );
 }
+
+/// `bench scaling` runs the same work at each thread count in alternating rounds and
+/// reports every count against the first (issue 31's measuring tool).
+#[test]
+fn bench_scaling_reports_every_thread_count_against_the_first() {
+    let o = densenet(&[
+        "bench",
+        "scaling",
+        "--work",
+        "train",
+        "-m",
+        "densenet-bc-16-4",
+        "--batch-size",
+        "4",
+        "--thread-counts",
+        "1,2,3",
+        "--rounds",
+        "2",
+        "--steps",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["work"].as_str(), v["rounds"].as_u64()),
+        (Some("train"), Some(2))
+    );
+    let rows = v["rows"].as_array().unwrap();
+    let threads: Vec<u64> = rows
+        .iter()
+        .map(|r| r["threads"].as_u64().unwrap())
+        .collect();
+    assert_eq!(threads, [1, 2, 3]);
+    assert_eq!(rows[0]["speedup"].as_f64(), Some(1.0));
+    for r in rows {
+        let times = r["time"]["times_s"].as_array().unwrap();
+        assert_eq!(times.len(), 2, "one time per round: {r}");
+        assert!(times.iter().all(|t| t.as_f64().unwrap() > 0.0), "{r}");
+        let (s, e, t) = (
+            r["speedup"].as_f64().unwrap(),
+            r["efficiency"].as_f64().unwrap(),
+            r["threads"].as_f64().unwrap(),
+        );
+        assert!((e - s / t).abs() < 1e-12, "{r}");
+    }
+    // a bad work name is refused by the parser, naming the choices
+    let o = densenet(&["bench", "scaling", "--work", "fly"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("infer"), "{}", stderr(&o));
+}

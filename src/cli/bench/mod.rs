@@ -5,7 +5,10 @@
 //! - `bench infer`: evaluation-mode forward passes;
 //! - `bench memory`: peak memory of one training step at several depths, both memory
 //!   modes, each measured in a fresh child process (peak RSS is a process-wide high-water
-//!   mark), as a table and a PNG plot.
+//!   mark), as a table and a PNG plot;
+//! - `bench scaling` ([`scaling`]): the same work at each thread count.
+
+mod scaling;
 
 use super::model_args::{available_memory_bytes, ModelAdjust};
 use crate::densenet::config::DenseNetConfig;
@@ -43,6 +46,11 @@ pub enum What {
     /// Peak memory of one training step against depth, both memory modes (table + PNG).
     #[command(after_long_help = "Example:\n  densenet bench memory --out bench-out")]
     Memory(MemoryArgs),
+    /// The same work at each thread count, alternating: time, speed-up, efficiency.
+    #[command(
+        after_long_help = "Example:\n  densenet bench scaling -m densenet121 --batch-size 1 --thread-counts 1,2"
+    )]
+    Scaling(scaling::ScalingArgs),
 }
 
 /// `bench train` arguments.
@@ -387,6 +395,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         What::Train(t) => bench_train(t),
         What::Infer(i) => bench_infer(i),
         What::Memory(m) => bench_memory(m),
+        What::Scaling(s) => scaling::run(s),
     }
 }
 
