@@ -390,6 +390,20 @@ fn check_flags(a: &Args, cfg: &TrainConfig) -> anyhow::Result<()> {
             );
         }
     }
+    // fine-tuning flags on a fresh network would train on random features, unannounced
+    if a.init.is_none() {
+        let flag = match (a.freeze.is_some(), a.lr_features.is_some()) {
+            (true, _) => Some("--freeze"),
+            (_, true) => Some("--lr-features"),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            anyhow::bail!(
+                "{flag} fine-tunes pretrained features, but no --init FILE gives them: the \
+                 features would be the random initialisation; give --init"
+            );
+        }
+    }
     if let Some(n) = a.adjust.classes {
         match kind.num_classes() {
             Some(k) => anyhow::ensure!(
@@ -712,6 +726,38 @@ mod tests {
         let dir = resolve(&a).unwrap().data_dir.unwrap();
         assert!(dir.is_absolute(), "{}", dir.display());
         assert!(dir.ends_with("some/relative/dir"), "{}", dir.display());
+    }
+
+    /// `--freeze` and `--lr-features` without `--init` are refused before anything runs.
+    #[test]
+    fn fine_tuning_flags_need_init() {
+        use crate::train::finetune::Freeze;
+        let check = |a: &Args| check_flags(a, &resolve(a).unwrap());
+        let digits = || Args {
+            dataset: "digits".into(),
+            ..Args::default()
+        };
+        let frozen = Args {
+            freeze: Some(Freeze::Features),
+            ..digits()
+        };
+        let e = check(&frozen).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--freeze fine-tunes") && e.contains("--init"),
+            "{e}"
+        );
+        let features = Args {
+            lr_features: Some(0.01),
+            ..digits()
+        };
+        let e = check(&features).unwrap_err().to_string();
+        assert!(e.starts_with("--lr-features"), "{e}");
+        let with_init = Args {
+            init: Some(PathBuf::from("w.safetensors")),
+            ..frozen
+        };
+        assert!(check(&with_init).is_ok());
+        assert!(check(&digits()).is_ok());
     }
 
     /// `--resume DIR --force` is refused: a resumed run replaces nothing.
