@@ -618,3 +618,23 @@ fn no_bn_decay_leaves_bn_parameters_and_biases_undecayed() {
     }
     assert!(checked.iter().all(|&c| c >= 5), "{checked:?}");
 }
+
+/// Resuming a finished run trains nothing and leaves its summary.json as the session
+/// that finished it wrote it (it was rewritten with 0 images/s).
+#[test]
+fn resuming_a_finished_run_keeps_its_summary() {
+    let cfg = tiny(1);
+    let dir = tmp("finished");
+    train::train(&cfg, &RunOptions::new(&dir), &mut Quiet).unwrap();
+    let before = std::fs::read(dir.join("summary.json")).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    assert!(s["images_per_s"].as_f64().unwrap() > 0.0, "{s}");
+    let resume = RunOptions {
+        resume: true,
+        ..RunOptions::new(&dir)
+    };
+    let again = train::train(&cfg, &resume, &mut Quiet).unwrap();
+    assert_eq!(again.epochs, 1);
+    assert_eq!(std::fs::read(dir.join("summary.json")).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

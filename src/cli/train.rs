@@ -39,7 +39,7 @@ pub struct Args {
     /// Directory with the data set's files as its publisher distributes them.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Recipe: `paper` (DENSENET.md §4: batch 64, 300 epochs CIFAR / 40 SVHN / 90
+    /// Recipe: `paper` (the paper's: batch 64, 300 epochs CIFAR / 40 SVHN / 90
     /// ImageNet, lr 0.1 ÷10 at 50% and 75% of the epochs (ImageNet: at a third and two
     /// thirds), dropout 0.2 without augmentation) or `quick`
     /// (the digits default: 30 epochs, cosine schedule, weight decay 5e-4, native 8×8 inputs

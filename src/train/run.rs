@@ -301,7 +301,9 @@ fn train_in(
         progress.epoch_end(&m);
     }
     let summary = RunSummary::new(&config, &*net, &state, images_trained, train_seconds, dir);
-    if state.epochs_done == config.epochs && writes {
+    // a resumed run that had nothing left to train keeps the summary of the session that
+    // finished it (this one's rate would be 0 images/s)
+    if state.epochs_done == config.epochs && writes && images_trained > 0 {
         let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         crate::util::atomic::write(&dir.join("summary.json"), &json).map_err(io(dir))?;
     }
