@@ -1974,3 +1974,40 @@ fn bench_scaling_reports_every_thread_count_against_the_first() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("infer"), "{}", stderr(&o));
 }
+
+/// `predict DIR` and `heatmap --out FILE` say what they take, in one line, and
+/// `heatmap` makes no directory named like a file.
+#[test]
+fn predict_and_heatmap_say_what_they_take() {
+    let w = reference_dir().join("cifar_bc_L40_k12.weights.safetensors");
+    let w = w.to_str().unwrap();
+    let dir = tmp("predict-a-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = densenet(&[
+        "predict",
+        "--weights",
+        w,
+        "-m",
+        "densenet-bc-40-12",
+        dir.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("a directory; predict takes image files"), "{e}");
+    assert!(!e.contains("os error"), "{e}");
+    let png = dir.join("map.png");
+    let o = densenet(&[
+        "heatmap",
+        "--weights",
+        w,
+        "-m",
+        "densenet-bc-40-12",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("names the directory for heatmap.png"), "{e}");
+    assert!(!png.exists(), "no directory named map.png");
+    let _ = std::fs::remove_dir_all(&dir);
+}

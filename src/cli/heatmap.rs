@@ -32,6 +32,21 @@ pub struct Args {
 
 /// Runs `densenet heatmap`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    // --out is a directory: a file name there would become a directory of that name
+    let file_like = a
+        .out
+        .extension()
+        .is_some_and(|e| ["png", "svg", "csv"].contains(&e.to_string_lossy().as_ref()));
+    anyhow::ensure!(
+        if a.out.exists() {
+            a.out.is_dir()
+        } else {
+            !file_like
+        },
+        "--out {}: names the directory for heatmap.png, heatmap.svg and heatmap.csv, not a \
+         file; give a directory",
+        a.out.display()
+    );
     for name in ["heatmap.png", "heatmap.svg", "heatmap.csv"] {
         anyhow::ensure!(
             !crate::util::paths::same_file(&a.out.join(name), &a.weights),

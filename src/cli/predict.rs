@@ -42,6 +42,13 @@ struct Prediction {
 
 /// Runs `densenet predict`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(dir) = a.images.iter().find(|p| p.is_dir()) {
+        anyhow::bail!(
+            "{}: a directory; predict takes image files (a folder's images: {}/*.png)",
+            dir.display(),
+            dir.display()
+        );
+    }
     let mut m = read_model_config(&a.weights, a.model.resolve()?)?;
     let prep = InputPrep::new(&m.net.model_config(), m.preprocess.as_ref(), &a.weights)?;
     let names = m.preprocess.map(|p| p.classes).unwrap_or_default();
