@@ -21,19 +21,25 @@ fn png(path: &Path) {
         .unwrap();
 }
 
+/// One image at each of `paths` under `root`.
+fn pngs(root: &Path, paths: &[&str]) {
+    paths.iter().for_each(|p| png(&root.join(p)));
+}
+
 /// Item 5: a val/ class that train/ lacks stops `train` with an error naming it (it used to
 /// index out of bounds, or score val "bird" as train "fish").
 #[test]
 fn train_refuses_val_classes_the_training_split_lacks() {
     let root = tmp("valclass");
-    for c in [
-        "train/cat/a.png",
-        "train/fish/a.png",
-        "val/bird/a.png",
-        "val/cat/a.png",
-    ] {
-        png(&root.join(c));
-    }
+    pngs(
+        &root,
+        &[
+            "train/cat/a.png",
+            "train/fish/a.png",
+            "val/bird/a.png",
+            "val/cat/a.png",
+        ],
+    );
     let out = root.join("run");
     let o = densenet(&[
         "train",
@@ -88,14 +94,15 @@ fn eval_on_cifar_reads_only_the_test_batch() {
 #[test]
 fn eval_of_a_two_class_run_from_another_directory() {
     let root = tmp("relative");
-    for c in [
-        "train/cat/a.png",
-        "train/fish/a.png",
-        "val/cat/a.png",
-        "val/fish/a.png",
-    ] {
-        png(&root.join(c));
-    }
+    pngs(
+        &root,
+        &[
+            "train/cat/a.png",
+            "train/fish/a.png",
+            "val/cat/a.png",
+            "val/fish/a.png",
+        ],
+    );
     let run = |cwd: &Path, args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_densenet"))
             .current_dir(cwd)

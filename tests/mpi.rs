@@ -8,6 +8,8 @@
 //!   resuming, a batch size 2 does not divide, a last batch smaller than 8 processes, and
 //!   a process killed mid-run.
 
+mod common;
+use common::rel_l2;
 use densenet::data::pipeline::share_of;
 use densenet::dist::mpi::Mpi;
 use densenet::dist::{BnSync, Collective, GradSync, Numbers, Pending};
@@ -57,18 +59,6 @@ fn run_workers(worker: &str, np: usize) {
         .matches("1 passed")
         .count();
     assert_eq!(passed, np, "every process ran the worker:\n{}", text(&out));
-}
-
-/// `‖a−b‖ / ‖b‖`.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| ((x - y) as f64).powi(2))
-        .sum();
-    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (d / n.max(1e-300)).sqrt()
 }
 
 /// A small DenseNet-BC (two layers per block) with non-trivial BN parameters, and a batch

@@ -2,6 +2,8 @@
 //! interrupted checkpoint write leaves the previous checkpoint usable, a diverging loss
 //! stops with the last good checkpoint intact, and the run directory has what it promises.
 
+mod common;
+use common::rel_l2;
 use densenet::nn::TrainOptions;
 use densenet::optim::{param_groups, ParamGroup, Sgd, SgdConfig};
 use densenet::train::finetune::{FinetuneConfig, Freeze};
@@ -344,18 +346,6 @@ fn random_batch(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
         .map(|i| ((i as u64 * 7 + seed) % 10) as u32)
         .collect();
     (x, y)
-}
-
-/// `‖a−b‖ / ‖b‖`.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| ((x - y) as f64).powi(2))
-        .sum();
-    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (d / n.max(1e-300)).sqrt()
 }
 
 fn groups(net: &AnyModel) -> Vec<ParamGroup> {

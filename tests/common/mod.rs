@@ -82,6 +82,7 @@ pub fn check_act(name: &str, a: &[f32], b: &[f32], tol: f32) -> Result<f32, Stri
 
 /// Relative L2 error `‖a−b‖/‖b‖` (gradients).
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "relative L2 of two lengths");
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-300)).sqrt()
