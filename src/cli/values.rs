@@ -29,7 +29,7 @@ pub fn one_to(max: u64) -> RangedU64ValueParser<usize> {
 
 /// Images per batch: 1 to 65,536 (what a training configuration allows).
 pub fn batch_size() -> RangedU64ValueParser<usize> {
-    one_to(crate::train::settings::MAX_BATCH as u64)
+    one_to(crate::nn::limits::MAX_BATCH as u64)
 }
 
 fn number(s: &str) -> Result<f64, String> {

@@ -173,6 +173,8 @@ pub mod limits {
     pub const MAX_STAGES: usize = 8;
     /// Layers of one dense block, or units of one stage.
     pub const MAX_LAYERS_PER_STAGE: usize = 10_000;
+    /// Images per batch, in training and inference alike (the `--batch-size` bound).
+    pub const MAX_BATCH: usize = 65_536;
 }
 
 /// Called by a backward pass with `(offset, &grads[offset..])` each time the parameter

@@ -5,8 +5,7 @@
 
 use super::{LrScaling, Schedule, TrainConfig, TrainError};
 
-/// Largest batch a run may ask for (the `--batch-size` bound).
-pub const MAX_BATCH: usize = 65_536;
+use crate::nn::limits::MAX_BATCH;
 /// Largest upscaling factor (the `--upscale` bound).
 pub const MAX_UPSCALE: usize = 64;
 
