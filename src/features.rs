@@ -84,26 +84,16 @@ impl fmt::Display for Layer {
 /// The per-image shape of `layer`'s features in model `cfg`: `[C]` for [`Layer::Pool`],
 /// `[C, H, W]` for a block or stage; an error if the model has no such layer.
 pub fn feature_shape(cfg: &ModelConfig, layer: Layer) -> Result<Vec<usize>, FeatureError> {
-    // (channels, size) of every block or stage, in order
-    let stages: Vec<(usize, usize)> = match cfg {
-        ModelConfig::DenseNet(c) => crate::densenet::Architecture::new(c)
-            .blocks
-            .iter()
-            .map(|b| (b.c_out, b.size))
-            .collect(),
-        ModelConfig::PreActResNet(c) => crate::resnet::Architecture::new(c)
-            .stages
-            .iter()
-            .map(|s| (s.channels, s.size))
-            .collect(),
-    };
-    let dense = matches!(cfg, ModelConfig::DenseNet(_));
-    let i = match (layer, dense) {
-        (Layer::Pool, _) => {
+    let arch = cfg.architecture();
+    let stages = arch.stages();
+    let own = |word: &str| arch.stage_word() == word;
+    let i = match layer {
+        Layer::Pool => {
             let (c, _) = *stages.last().expect("at least one block or stage");
             return Ok(vec![c]);
         }
-        (Layer::Block(i), true) | (Layer::Stage(i), false) => i,
+        Layer::Block(i) if own("block") => i,
+        Layer::Stage(i) if own("stage") => i,
         _ => 0, // the other family's word: never a valid index
     };
     match stages.get(i.wrapping_sub(1)) {
@@ -118,10 +108,8 @@ pub fn feature_shape(cfg: &ModelConfig, layer: Layer) -> Result<Vec<usize>, Feat
 
 /// The layers model `cfg` offers, for messages and help: `pool, block1 … block3`.
 pub fn layer_names(cfg: &ModelConfig) -> String {
-    let (word, n) = match cfg {
-        ModelConfig::DenseNet(c) => ("block", c.block_config.len()),
-        ModelConfig::PreActResNet(c) => ("stage", c.units.len()),
-    };
+    let arch = cfg.architecture();
+    let (word, n) = (arch.stage_word(), arch.stages().len());
     match n {
         1 => format!("pool, {word}1"),
         2 => format!("pool, {word}1, {word}2"),

@@ -192,6 +192,14 @@ impl Family for Architecture {
     fn stats_table(&self) -> &TensorTable {
         &self.stats
     }
+
+    fn stages(&self) -> Vec<(usize, usize)> {
+        self.blocks.iter().map(|b| (b.c_out, b.size)).collect()
+    }
+
+    fn stage_word(&self) -> &'static str {
+        "block"
+    }
 }
 
 impl ModelWorkspace for DenseNetWorkspace {

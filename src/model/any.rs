@@ -2,7 +2,7 @@
 //! and what a configuration needs of its family's code (building it, sizing its memory).
 
 use super::config::ModelConfig;
-use super::interface::Model;
+use super::interface::{Family, Model};
 use crate::densenet::{Architecture as DenseArch, DenseNet, DenseNetPlan};
 use crate::nn::{ConfigError, MemoryMode};
 use crate::resnet::{Architecture as ResArch, PreActResNet, ResNetPlan};
@@ -49,6 +49,15 @@ impl DerefMut for AnyModel {
 }
 
 impl ModelConfig {
+    /// The family's architecture of this configuration (its layers and tensor layout),
+    /// without buffers.
+    pub fn architecture(&self) -> Box<dyn Family> {
+        match self {
+            ModelConfig::DenseNet(c) => Box::new(DenseArch::new(c)),
+            ModelConfig::PreActResNet(c) => Box::new(ResArch::new(c)),
+        }
+    }
+
     /// The memory plan's region table (name, offset, bytes) of this model's workspace for
     /// batches of up to `batch` images: what a workspace allocates, in one piece.
     pub fn memory_regions(

@@ -254,6 +254,11 @@ pub trait Family: Send + 'static {
     fn param_table(&self) -> &TensorTable;
     /// Names, shapes and offsets of the running statistics.
     fn stats_table(&self) -> &TensorTable;
+    /// `(channels, size)` of each dense block's or stage's output, in order: the layers
+    /// whose maps [`crate::features`] extracts.
+    fn stages(&self) -> Vec<(usize, usize)>;
+    /// What the family calls them: `block` or `stage`.
+    fn stage_word(&self) -> &'static str;
 }
 
 /// A network of family `A` with its parameters, gradients and running statistics, each

@@ -348,6 +348,14 @@ impl Family for Architecture {
     fn stats_table(&self) -> &TensorTable {
         &self.stats
     }
+
+    fn stages(&self) -> Vec<(usize, usize)> {
+        self.stages.iter().map(|s| (s.channels, s.size)).collect()
+    }
+
+    fn stage_word(&self) -> &'static str {
+        "stage"
+    }
 }
 
 impl ModelWorkspace for ResNetWorkspace {
