@@ -30,24 +30,7 @@ pub fn train(
 ) -> Result<RunSummary, TrainError> {
     config.check()?;
     let mut dp = DataParallel::new(opts.comm.clone(), config.sync_bn);
-    let size = dp.size();
-    if !config.batch_size.is_multiple_of(size) {
-        return Err(TrainError::Config(format!(
-            "--batch-size {} cannot be shared by {size} processes: each takes an equal \
-             share of every batch, so the batch size must be a multiple of {size}",
-            config.batch_size
-        )));
-    }
-    let k = config.large_batch.accumulate;
-    if !config.batch_size.is_multiple_of(size * k) {
-        return Err(TrainError::Config(format!(
-            "--batch-size {} cannot be split into {k} passes on each of {size} \
-             process(es): every pass has an equal part of the batch, so the batch size must \
-             be a multiple of {}",
-            config.batch_size,
-            size * k
-        )));
-    }
+    dp.check_batch(config.batch_size, config.large_batch.accumulate)?;
     let data = DataSetup::load(config)?;
     let model = data.fit_model(config.model.clone())?;
     if opts.resume {

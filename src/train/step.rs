@@ -94,6 +94,27 @@ impl DataParallel {
         self.rank() == 0
     }
 
+    /// Refuses a batch of `batch` images that the processes cannot share equally, or that
+    /// their shares cannot split into `passes` equal passes.
+    pub fn check_batch(&self, batch: usize, passes: usize) -> Result<(), TrainError> {
+        let size = self.size();
+        if !batch.is_multiple_of(size) {
+            return Err(TrainError::Config(format!(
+                "--batch-size {batch} cannot be shared by {size} processes: each takes an \
+                 equal share of every batch, so the batch size must be a multiple of {size}"
+            )));
+        }
+        if !batch.is_multiple_of(size * passes) {
+            return Err(TrainError::Config(format!(
+                "--batch-size {batch} cannot be split into {passes} passes on each of {size} \
+                 process(es): every pass has an equal part of the batch, so the batch size \
+                 must be a multiple of {}",
+                size * passes
+            )));
+        }
+        Ok(())
+    }
+
     /// This process's share of every batch, for the loader.
     pub fn share(&self) -> (usize, usize) {
         (self.rank(), self.size())
@@ -232,7 +253,7 @@ impl DataParallel {
         } else {
             net.forward_train(ws, images, labels, &opts)
         };
-        let classes = net.model_config().num_classes();
+        let (classes, _, _) = net.io();
         let logits = ws.logits();
         let correct = (0..labels.len())
             .filter(|&i| argmax(&logits[i * classes..(i + 1) * classes]) == labels[i] as usize)

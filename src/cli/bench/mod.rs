@@ -406,13 +406,10 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     );
     let cfg = resolve(&a.model, &a.adjust)?;
     // under mpirun: each process takes its share of the batch, as `train` does
-    let comm = crate::dist::connect()?.filter(|c| c.size() > 1);
-    let (rank, ranks) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
-    anyhow::ensure!(
-        a.batch.is_multiple_of(ranks),
-        "--batch-size {} cannot be shared by {ranks} processes",
-        a.batch
-    );
+    // the step `train` runs, on this process's share of the batch
+    let mut dp = DataParallel::new(crate::dist::connect()?, a.sync_bn);
+    dp.check_batch(a.batch, 1)?;
+    let (rank, ranks) = (dp.rank(), dp.size());
     let share = a.batch / ranks;
     super::model_args::check_memory(&cfg, share, a.memory, true)?;
     let mut net = AnyModel::try_new(&cfg, 0)?;
@@ -420,11 +417,9 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     let mut opt = Sgd::new(SgdConfig::default());
     let (x, y) = random_input(share, &cfg, 1 + rank as u64);
     anyhow::ensure!(
-        !(a.ab && comm.is_some()),
+        !(a.ab && ranks > 1),
         "--ab runs in one process: leave out mpirun"
     );
-    // the step `train` runs, on this process's share of the batch
-    let mut dp = DataParallel::new(comm.clone(), a.sync_bn);
     let groups = crate::optim::param_groups(
         &[(0..net.num_params(), opt.config.lr)],
         opt.config.weight_decay,
@@ -472,8 +467,8 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     drop(dp);
     let median =
         |f: &dyn Fn(&SyncTimes) -> f64| Stats::new(sync_times.iter().map(f).collect()).median_s;
-    let parallel = comm.as_ref().map(|c| ParallelReport {
-        processes: c.size(),
+    let parallel = (ranks > 1).then(|| ParallelReport {
+        processes: ranks,
         sync_bn: a.sync_bn,
         compute_s: Stats::new(
             times
