@@ -169,13 +169,15 @@ fn legacy_pth_checkpoint_loads() {
     assert_eq!(logits[0], logits[1]);
 }
 
-fn assert_fails(args: &[&str], needles: &[&str]) {
+/// Runs `args`, which must fail with every needle in its standard error; returns it.
+fn assert_fails(args: &[&str], needles: &[&str]) -> String {
     let o = densenet(args);
     assert!(!o.status.success(), "expected failure: {args:?}");
     let e = stderr(&o);
     for n in needles {
         assert!(e.contains(n), "stderr lacks {n:?}:\n{e}");
     }
+    e
 }
 
 #[test]
@@ -892,14 +894,6 @@ fn fresh_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn densenet_in(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_densenet"))
-        .current_dir(cwd)
-        .args(args)
-        .output()
-        .expect("run densenet")
 }
 
 const TINY_RUN: [&str; 5] = ["train", "--model", "densenet-bc-16-4", "--epochs", "1"];
@@ -1983,31 +1977,17 @@ fn predict_and_heatmap_say_what_they_take() {
     let w = w.to_str().unwrap();
     let dir = tmp("predict-a-dir");
     std::fs::create_dir_all(&dir).unwrap();
-    let o = densenet(&[
-        "predict",
-        "--weights",
-        w,
-        "-m",
-        "densenet-bc-40-12",
-        dir.to_str().unwrap(),
-    ]);
-    let e = stderr(&o);
-    assert!(!o.status.success(), "{e}");
-    assert!(e.contains("a directory; predict takes image files"), "{e}");
+    let model = ["--weights", w, "-m", "densenet-bc-40-12"];
+    let e = assert_fails(
+        &[&["predict"], &model[..], &[dir.to_str().unwrap()]].concat(),
+        &["a directory; predict takes image files"],
+    );
     assert!(!e.contains("os error"), "{e}");
     let png = dir.join("map.png");
-    let o = densenet(&[
-        "heatmap",
-        "--weights",
-        w,
-        "-m",
-        "densenet-bc-40-12",
-        "--out",
-        png.to_str().unwrap(),
-    ]);
-    let e = stderr(&o);
-    assert!(!o.status.success(), "{e}");
-    assert!(e.contains("names the directory for heatmap.png"), "{e}");
+    assert_fails(
+        &[&["heatmap"], &model[..], &["--out", png.to_str().unwrap()]].concat(),
+        &["names the directory for heatmap.png"],
+    );
     assert!(!png.exists(), "no directory named map.png");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -103,14 +103,7 @@ fn eval_of_a_two_class_run_from_another_directory() {
             "val/fish/a.png",
         ],
     );
-    let run = |cwd: &Path, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_densenet"))
-            .current_dir(cwd)
-            .args(args)
-            .output()
-            .expect("run densenet")
-    };
-    let o = run(
+    let o = densenet_in(
         &root,
         &[
             "--threads",
@@ -130,7 +123,7 @@ fn eval_of_a_two_class_run_from_another_directory() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let elsewhere = root.join("train");
-    let o = run(
+    let o = densenet_in(
         &elsewhere,
         &["eval", "--weights", "../run/best.safetensors"],
     );

@@ -25,6 +25,15 @@ pub fn densenet(args: &[&str]) -> Output {
         .expect("run densenet")
 }
 
+/// Runs the `densenet` binary with `args` in directory `cwd` (for relative paths).
+pub fn densenet_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("run densenet")
+}
+
 /// A command's standard error, as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
