@@ -23,7 +23,7 @@
 #   ONLY="densenet121 train" STEPS=1 bench/compare.sh   # only the rows whose name has ONLY
 #   ORT=1 WORK=infer ROUNDS=5 bench/compare.sh   # densenet vs ONNX Runtime
 #   ORT=1 ORT_EXPORT=torch WORK=infer bench/compare.sh   # on torch.onnx.export's file
-#   DENSENET_WINOGRAD=off bench/compare.sh   # densenet's 3×3 on the direct kernel only
+#   DENSENET_ROUTES=no-winograd bench/compare.sh   # densenet's 3×3 never through Winograd
 #   DENSENET_KERNELS=avx2 bench/compare.sh   # densenet on the AVX2 table (AVX-512 CPUs)
 #   ISA=avx2 bench/compare.sh            # both sides held to AVX2 on an AVX-512 CPU (below)
 #

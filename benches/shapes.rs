@@ -20,6 +20,7 @@ use densenet::kernels::conv1x1::{pointwise, pointwise_applies};
 use densenet::kernels::gemm::{raw, sgemm, Mat};
 use densenet::kernels::peak::peak;
 use densenet::kernels::{self, broadcast, conv3x3, BnRelu, ConvShape};
+use densenet::ops::route::{self, ConvRoute, Reads, Route};
 use densenet::ops::{conv, fused, norm};
 use std::time::Instant;
 
@@ -262,7 +263,7 @@ impl Conv3x3Case {
             w: vec![0.25f32; s.cout * s.col_rows()],
             y: vec![0f32; s.cout * s.n * s.h * s.w],
             dw: vec![0f32; s.cout * s.col_rows()],
-            col: vec![0f32; conv::col_len(&s, chunk)],
+            col: vec![0f32; conv3x3::scratch_per_sample(&s) * chunk.clamp(1, s.n)],
             scale_shift: bn.then(|| (vec![1.5f32; s.cin], vec![-0.25f32; s.cin])),
             s,
         }
@@ -281,33 +282,50 @@ impl Conv3x3Case {
             .map(|(scale, shift)| BnRelu { scale, shift })
     }
 
-    /// The direct kernel's forward, or with `routed` `conv3x3::forward` (Winograd where
-    /// preferred).
+    /// The routes `ops::route` takes for this case.
+    fn routes(&self) -> ConvRoute {
+        let reads = if self.scale_shift.is_some() {
+            Reads::BnRelu
+        } else {
+            Reads::Stored
+        };
+        route::choose(&self.s, reads, true)
+    }
+
+    /// The direct kernel's forward, or with `routed` the route `ops::route` takes
+    /// (Winograd or broadcast where they pay).
     fn forward(&mut self, routed: bool) {
         let bn = Self::bn(&self.scale_shift);
-        let f = if routed {
-            conv3x3::forward
+        let r = if routed {
+            self.routes().forward
         } else {
-            conv3x3::forward_direct
+            Route::Direct3x3
         };
-        f(&mut self.y, &self.x, bn, &self.w, &self.s, &mut self.col);
+        let (y, x, w, s) = (&mut self.y, &self.x, &self.w, &self.s);
+        assert!(conv::conv3x3_routed(y, x, bn, w, s, r, &mut self.col));
     }
 
     /// Input and weight gradients, from `y` as the output gradient: the direct kernels, or
-    /// with `routed` `conv3x3::backward`.
+    /// with `routed` the routes `ops::route` takes.
     fn backward(&mut self, routed: bool) {
         let bn = Self::bn(&self.scale_shift);
-        let (dx, dw, col) = (Some(&mut self.dx[..]), &mut self.dw, &mut self.col);
-        let f = if routed {
-            conv3x3::backward
+        let r = if routed {
+            self.routes()
         } else {
-            conv3x3::backward_direct
+            ConvRoute {
+                pooled_first: false,
+                forward: Route::Direct3x3,
+                input_grad: Some(Route::Direct3x3),
+                weight_grad: Some(Route::Direct3x3),
+            }
         };
-        f(dx, dw, &self.y, &self.x, bn, &self.w, &self.s, col);
+        let (dx, dw, col) = (Some(&mut self.dx[..]), &mut self.dw, &mut self.col);
+        let (y, x, w, s) = (&self.y, &self.x, &self.w, &self.s);
+        conv::conv3x3_backward_routed(dx, dw, y, x, bn, w, s, &r, col);
     }
 }
 
-/// The direct 3×3 kernel (`kernels::conv3x3::forward` / `backward`) on densenet121's and BC-100's
+/// The direct 3×3 kernel (`kernels::conv3x3::forward_direct` / `backward_direct`) on densenet121's and BC-100's
 /// dense-layer shapes, 1 and 2 threads.
 fn conv3x3_shapes() {
     for (what, s, chunk) in [
@@ -402,21 +420,29 @@ impl FusedCase {
         2.0 * (self.o * self.i * self.len) as f64
     }
 
-    /// `fused::forward`; `no_alloc` as in training (the direct kernel at every width).
-    fn forward(&mut self, no_alloc: bool) {
+    /// The 1×1's shape.
+    fn shape(&self) -> ConvShape {
+        ConvShape {
+            n: 1,
+            cin: self.i,
+            cout: self.o,
+            h: 1,
+            w: self.len,
+            k: 1,
+            stride: 1,
+            pad: 0,
+        }
+    }
+
+    /// `fused::forward` by the route of training (`training`: the direct kernel at every
+    /// width) or of evaluation.
+    fn forward(&mut self, training: bool) {
+        let route = route::choose(&self.shape(), Reads::BnRelu, training).forward;
         let bn = BnRelu {
             scale: &self.scale,
             shift: &self.shift,
         };
-        fused::forward(
-            &mut self.y,
-            &self.x,
-            &self.w,
-            bn,
-            self.o,
-            self.len,
-            no_alloc,
-        );
+        fused::forward(&mut self.y, &self.x, &self.w, bn, self.o, self.len, route);
     }
 
     /// `fused::backward` (dW, dA and the BN-ReLU backward) and its pending part of dX.
@@ -425,6 +451,8 @@ impl FusedCase {
             scale: &self.scale,
             shift: &self.shift,
         };
+        let r = route::choose(&self.shape(), Reads::BnRelu, true).weight_grad;
+        let r = r.expect("training routes");
         let g = fused::Grads {
             dx: &mut self.dx,
             dw: &mut self.dw,
@@ -437,7 +465,7 @@ impl FusedCase {
             rstd: &self.rstd,
             gamma: &self.gamma,
         };
-        fused::backward(g, &self.dy, &self.x, &self.w, bn, st, self.o, self.len);
+        fused::backward(g, &self.dy, &self.x, &self.w, bn, st, self.o, self.len, r);
         norm::apply_pending(
             &mut self.dx,
             &self.x,
@@ -481,7 +509,8 @@ fn fused_shapes() {
                                 stride: 1,
                                 pad: 0,
                             };
-                            conv::conv_forward(&mut c.y, &a, &c.w, &s, &mut []);
+                            let r = route::choose(&s, Reads::Stored, false).forward;
+                            conv::conv_forward(&mut c.y, &a, &c.w, &s, r, &mut []);
                         }
                         2 => c.backward(),
                         _ => {
@@ -776,8 +805,8 @@ fn efficiency() {
 /// `backward_direct`) against Winograd F(2×2, 3×3) and F(4×4, 3×3) for the forward and
 /// the input gradient (`kernels::winograd`; the weight gradient stays direct),
 /// alternating, 9 rounds. Prints each route's best time, the median per-round time ratio
-/// to direct, and the tile `winograd::tile` picks; the thresholds of
-/// `winograd::preferred` and `winograd::tile` come from these.
+/// to direct, and the tile the route takes (`ops::route`, whose Winograd thresholds come
+/// from these).
 fn winograd() {
     use densenet::kernels::winograd as wino;
     let p = pool(2);
@@ -824,7 +853,7 @@ fn winograd() {
                     time(&mut || {
                         if bwd {
                             let (dx, y, w) = (&mut case.dx, &case.y, &case.w);
-                            assert!(wino::backward_data_in_tiles(dx, y, w, &s, r, &mut dcol));
+                            assert!(wino::backward_data(dx, y, w, &s, r, &mut dcol));
                             // the weight gradient as the direct arm has it: of the BN-ReLU
                             let bn = Conv3x3Case::bn(&case.scale_shift);
                             let dw = &mut case.dw;
@@ -833,7 +862,7 @@ fn winograd() {
                         } else {
                             let bn = Conv3x3Case::bn(&case.scale_shift);
                             let (y, x, w) = (&mut case.y, &case.x, &case.w);
-                            assert!(wino::forward_in_tiles(y, x, bn, w, &s, r, &mut wcol));
+                            assert!(wino::forward(y, x, bn, w, &s, r, &mut wcol));
                         }
                     })
                 };
@@ -847,9 +876,13 @@ fn winograd() {
                 v[v.len() / 2]
             };
             let [r2, r4] = ratios.each_mut().map(median);
-            let picked = wino::tile(if bwd { &ds } else { &s });
+            let r = case.routes();
+            let picked = match if bwd { r.input_grad } else { Some(r.forward) } {
+                Some(Route::Winograd { tile }) => tile.to_string(),
+                other => format!("{other:?}"),
+            };
             rows.push(format!(
-                "{} direct {:8.1} us, F(2x2) {:8.1} us ({r2:.2}), F(4x4) {:8.1} us ({r4:.2}), tile() {picked}",
+                "{} direct {:8.1} us, F(2x2) {:8.1} us ({r2:.2}), F(4x4) {:8.1} us ({r4:.2}), route {picked}",
                 if bwd { "bwd" } else { "fwd" },
                 best[0] * 1e6,
                 best[1] * 1e6,
@@ -913,9 +946,6 @@ fn pointwise_routes() {
     }
 }
 
-/// A 3×3 forward route: `(y, x, bn, w, shape, col)`.
-type Conv3x3Fn = fn(&mut [f32], &[f32], Option<BnRelu>, &[f32], &ConvShape, &mut [f32]);
-
 /// The three routes of the 3×3 forward on densenet121's dense-layer shape (128 → 32, with
 /// its BN-ReLU input) at every plane size: the direct kernel (positions in the vector),
 /// [`densenet::kernels::broadcast`] (output channels in the vector) and what
@@ -933,19 +963,17 @@ fn conv3x3_routes() {
         let mut c = Conv3x3Case::new(conv3x3_shape(n, 128, 32, h), n, true);
         // about 20 M positions·calls per round
         let reps = (20_000_000 / (h * h * n)).clamp(2, 200);
-        let routes: [Conv3x3Fn; 3] = [
-            conv3x3::forward_direct,
-            conv3x3::forward_broadcast,
-            conv3x3::forward,
-        ];
+        let routed = c.routes().forward;
+        let routes = [Route::Direct3x3, Route::Broadcast3x3, routed];
         let mut ts = [vec![], vec![], vec![]];
         pool.install(|| {
             for _ in 0..9 {
-                for (f, t) in routes.iter().zip(ts.iter_mut()) {
+                for (&r, t) in routes.iter().zip(ts.iter_mut()) {
                     let start = Instant::now();
                     for _ in 0..reps {
                         let bn = Conv3x3Case::bn(&c.scale_shift);
-                        f(&mut c.y, &c.x, bn, &c.w, &c.s, &mut c.col);
+                        let (y, x, w, s) = (&mut c.y, &c.x, &c.w, &c.s);
+                        assert!(conv::conv3x3_routed(y, x, bn, w, s, r, &mut c.col));
                     }
                     t.push(start.elapsed().as_secs_f64() / reps as f64);
                 }
@@ -995,7 +1023,8 @@ fn stem_routes() {
         .collect();
     let w = vec![0.01f32; 64 * 147];
     let mut y = vec![0f32; 64 * n * 112 * 112];
-    let mut col = vec![0f32; conv::col_len(&s, 1)];
+    let padded = route::choose(&s, Reads::Stored, true);
+    let mut col = vec![0f32; conv::col_len(&s, &padded, 1)];
     let dy: Vec<f32> = (0..64 * n * 112 * 112)
         .map(|i| (i % 5) as f32 * 0.01)
         .collect();
@@ -1008,9 +1037,9 @@ fn stem_routes() {
             for (route, t) in ts.iter_mut().enumerate() {
                 let start = Instant::now();
                 match route {
-                    0 => conv::conv_forward(&mut y, &x, &w, &s, &mut []),
-                    1 => conv::conv_forward(&mut y, &x, &w, &s, &mut col),
-                    2 => conv::im2col_backward(None, &mut dw, &dy, &x, &w, &s, &mut big),
+                    0 => conv::conv_forward(&mut y, &x, &w, &s, Route::Im2colTiles, &mut []),
+                    1 => conv::conv_forward(&mut y, &x, &w, &s, Route::BroadcastPadded, &mut col),
+                    2 => conv::im2col_backward(None, Some(&mut dw), &dy, &x, &w, &s, &mut big),
                     _ => {
                         let ok = broadcast::weight_grad_padded(&mut dw, &dy, &x, &s, &mut col);
                         assert!(ok, "stem: col holds a padded sample");

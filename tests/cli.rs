@@ -878,14 +878,15 @@ fn bench_infer_reports_the_weights_it_packed_once() {
     assert!(packed >= 4 * (64 * 147 + 32 * 128 * 9), "{packed} bytes");
 }
 
-/// `DENSENET_WINOGRAD` turns the Winograd 3×3 route off (on by default; `bench --json`
-/// says which), and an unusable value is refused before any work.
+/// `DENSENET_ROUTES` sets the route policy (`auto` by default; `bench --json` says which),
+/// and an unusable value is refused before any work.
 #[test]
-fn densenet_winograd_switches_the_route() {
-    let run = |v| bench_infer_with_env("DENSENET_WINOGRAD", v);
-    assert_eq!(json(&run(None))["winograd"], true);
-    assert_eq!(json(&run(Some("off")))["winograd"], false);
-    refused(&run(Some("maybe")), "DENSENET_WINOGRAD=maybe");
+fn densenet_routes_sets_the_policy() {
+    let run = |v| bench_infer_with_env("DENSENET_ROUTES", v);
+    assert_eq!(json(&run(None))["routes"], "auto");
+    assert_eq!(json(&run(Some("no-winograd")))["routes"], "no-winograd");
+    assert_eq!(json(&run(Some("direct")))["routes"], "direct");
+    refused(&run(Some("maybe")), "DENSENET_ROUTES=maybe");
 }
 
 /// A fresh temporary directory for commands that write relative paths (`runs/…`).

@@ -13,6 +13,7 @@ mod common;
 use common::say;
 use densenet::kernels::{self, BnRelu, ConvShape, Kernels};
 use densenet::nn::TrainOptions;
+use densenet::ops::route::{self, Reads};
 use densenet::ops::{conv, fused};
 use densenet::util::rng::Rng;
 use densenet::{AnyModel, DenseNetConfig, MemoryMode, ModelConfig};
@@ -48,27 +49,30 @@ fn conv_outputs(k: &'static Kernels, s: &ConvShape, seed: u64) -> Vec<(String, V
     let x = data(s.cin * len_in, &mut rng);
     let w = data(s.cout * s.col_rows(), &mut rng);
     let dy = data(s.cout * len_out, &mut rng);
-    let mut col = vec![0.0; conv::col_len(s, s.n).max(s.col_per_sample() * s.n)];
+    // the routes this table takes (the plan's choice for a stored input)
+    let r = route::choose(s, Reads::Stored, true);
+    let mut col = vec![0.0; conv::col_len(s, &r, s.n)];
     let mut y = vec![f32::NAN; s.cout * len_out];
-    conv::conv_forward(&mut y, &x, &w, s, &mut col);
+    conv::conv_forward(&mut y, &x, &w, s, r.forward, &mut col);
     let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.25; w.len()]);
-    conv::conv_backward(Some(&mut dx), &mut dw, &dy, &x, &w, s, &mut col);
+    conv::conv_backward(Some(&mut dx), &mut dw, &dy, &x, &w, s, &r, &mut col);
     let mut out = vec![("y".into(), y), ("dx".into(), dx), ("dw".into(), dw)];
     // the weight gradient alone (the stem's: its own route where the table has one)
     let mut dw = vec![0.25; w.len()];
-    conv::conv_backward(None, &mut dw, &dy, &x, &w, s, &mut col);
+    conv::conv_backward(None, &mut dw, &dy, &x, &w, s, &r, &mut col);
     out.push(("dw alone".into(), dw));
     let scale: Vec<f32> = (0..s.cin).map(|i| 0.5 + (i % 5) as f32 * 0.2).collect();
     let shift: Vec<f32> = (0..s.cin).map(|i| (i % 3) as f32 * 0.1 - 0.1).collect();
     let bn = BnRelu::first(&scale, &shift, s.cin);
+    let r = route::choose(s, Reads::BnRelu, true);
     if s.is_pointwise() {
         let mut y = vec![f32::NAN; s.cout * len_out];
-        fused::forward(&mut y, &x, &w, bn, s.cout, len_in, true);
+        fused::forward(&mut y, &x, &w, bn, s.cout, len_in, r.forward);
         out.push(("fused 1×1 y".into(), y));
     } else if s.k == 3 && s.stride == 1 && s.pad == 1 {
         let mut tmp = vec![0.0; s.cin * len_in];
         let mut y = vec![f32::NAN; s.cout * len_out];
-        fused::conv3x3_forward(&mut y, &x, bn, &w, s, &mut col, &mut tmp);
+        fused::conv3x3_forward(&mut y, &x, bn, &w, s, r.forward, &mut col, &mut tmp);
         let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.0; w.len()]);
         fused::conv3x3_backward(
             Some(&mut dx),
@@ -78,6 +82,7 @@ fn conv_outputs(k: &'static Kernels, s: &ConvShape, seed: u64) -> Vec<(String, V
             bn,
             &w,
             s,
+            &r,
             &mut col,
             &mut tmp,
         );

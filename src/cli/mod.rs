@@ -88,10 +88,10 @@ pub fn command() -> clap::Command {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     // The kernels table is chosen once, before any work: an unusable DENSENET_KERNELS (or
-    // DENSENET_WINOGRAD) is an error here rather than a warning inside the library.
+    // DENSENET_ROUTES) is an error here rather than a warning inside the library.
     let kernels = crate::kernels::from_env()?;
     crate::kernels::force(kernels);
-    crate::kernels::winograd::set_enabled(crate::kernels::winograd::from_env()?);
+    crate::ops::route::set_policy(crate::ops::route::Policy::from_env()?);
     let t = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

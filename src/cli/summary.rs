@@ -38,7 +38,9 @@ pub struct Args {
     pub weights: Option<PathBuf>,
     /// Print the memory plan instead: every region of the workspace's one allocation
     /// (name, offset, bytes) and the total, which `bench train --json` reports as
-    /// `activation_bytes`.
+    /// `activation_bytes`; then every convolution's route, the algorithm that computes its
+    /// forward pass and its two gradients at this batch size and thread count
+    /// (`DENSENET_ROUTES` and `DENSENET_KERNELS` change them).
     #[arg(long)]
     pub plan: bool,
     /// With --plan: the batch size the workspace holds.
@@ -76,19 +78,57 @@ pub struct PlanReport {
     pub total_bytes: usize,
     /// Every region, in address order.
     pub regions: Vec<Region>,
+    /// Every convolution's routes (which algorithm computes each product), in the order
+    /// of the forward pass.
+    pub convolutions: Vec<ConvRow>,
+}
+
+/// One convolution of [`PlanReport`].
+#[derive(Debug, serde::Serialize)]
+pub struct ConvRow {
+    /// State-dict prefix of its weight.
+    pub name: String,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Input height and width.
+    pub size: [usize; 2],
+    /// Its routes: `pooled_first`, `forward`, `input_grad`, `weight_grad`.
+    #[serde(flatten)]
+    pub route: crate::ops::route::ConvRoute,
 }
 
 /// Prints the memory plan of `cfg`.
 fn plan(a: &Args, cfg: &ModelConfig) -> anyhow::Result<()> {
     let batch = a.batch as usize;
-    let regions = cfg.memory_regions(batch, a.memory, !a.eval);
+    let plan = cfg.architecture().memory_plan(batch, a.memory, !a.eval);
+    let convolutions = plan
+        .routes
+        .convs
+        .iter()
+        .map(|c| ConvRow {
+            name: c.name.clone(),
+            cin: c.shape.cin,
+            cout: c.shape.cout,
+            kernel: c.shape.k,
+            stride: c.shape.stride,
+            size: [c.shape.h, c.shape.w],
+            route: c.route,
+        })
+        .collect();
     let report = PlanReport {
         model: cfg.name().to_string(),
         batch,
         memory: a.memory,
         training: !a.eval,
-        total_bytes: total_bytes(&regions),
-        regions,
+        total_bytes: total_bytes(&plan.regions),
+        regions: plan.regions,
+        convolutions,
     };
     if a.json {
         return super::print_json(&report);
@@ -135,6 +175,33 @@ fn plan(a: &Args, cfg: &ModelConfig) -> anyhow::Result<()> {
         group(report.total_bytes),
         mib(report.total_bytes)
     )?;
+    writeln!(
+        out,
+        "\n{:<46} {:>18} {:<18} {:<14} {:<14}",
+        "convolution", "shape", "forward", "input grad", "weight grad"
+    )?;
+    for c in &report.convolutions {
+        let shape = format!(
+            "{}→{} {}×{}/{} {}²",
+            c.cin, c.cout, c.kernel, c.kernel, c.stride, c.size[0]
+        );
+        let r = &c.route;
+        let fwd = if r.pooled_first {
+            format!("pooled, {}", r.forward)
+        } else {
+            r.forward.to_string()
+        };
+        let opt = |x: Option<crate::ops::route::Route>| x.map_or("-".into(), |r| r.to_string());
+        writeln!(
+            out,
+            "{:<46} {:>18} {:<18} {:<14} {:<14}",
+            c.name,
+            shape,
+            fwd,
+            opt(r.input_grad),
+            opt(r.weight_grad)
+        )?;
+    }
     Ok(())
 }
 

@@ -48,6 +48,11 @@ impl DenseLayer {
         let len = n * size * size;
         let (m, k) = (self.c_in, self.growth());
         let drop = if training { self.drop_rate } else { 0.0 };
+        let r1 = ws.routes.of(self.conv1.weight);
+        let r2 = self
+            .bottleneck
+            .as_ref()
+            .map(|(_, c)| ws.routes.of(c.weight));
         let BlockMemory {
             feats,
             stats,
@@ -89,11 +94,12 @@ impl DenseLayer {
                 if naive {
                     let a = &mut ka[..m * len];
                     bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
-                    conv_forward(bb, a, self.conv1.w(p), &self.conv1.shape(n, size), col);
+                    let s1 = self.conv1.shape(n, size);
+                    conv_forward(bb, a, self.conv1.w(p), &s1, r1.forward, col);
                 } else {
                     // B = W1·relu(BN1(X)) with A formed tile by tile, never stored
                     let bn1 = BnRelu::first(scale, shift, m);
-                    fused::forward(bb, x, self.conv1.w(p), bn1, w, len, training);
+                    fused::forward(bb, x, self.conv1.w(p), bn1, w, len, r1.forward);
                 }
                 dropout::apply(bb, drop, seed, self.site(1));
                 if training {
@@ -102,13 +108,14 @@ impl DenseLayer {
                 let batch = training.then_some(&lm.bn2);
                 norm2.forward_affine(p, running, batch, len, scale, shift);
                 let s2 = conv2.shape(n, size);
+                let r2 = r2.expect("a bottleneck's 3×3 is planned");
                 if naive {
                     bn_relu_forward(cb, bb, &scale[..w], &shift[..w], len);
-                    conv_forward(y, cb, conv2.w(p), &s2, col);
+                    conv_forward(y, cb, conv2.w(p), &s2, r2.forward, col);
                 } else {
                     // C = relu(BN2(B)) only inside the 3×3's padded copy
                     let bn2 = BnRelu::first(scale, shift, w);
-                    fused::conv3x3_forward(y, bb, bn2, conv2.w(p), &s2, col, cb);
+                    fused::conv3x3_forward(y, bb, bn2, conv2.w(p), &s2, r2.forward, col, cb);
                 }
             }
             None => {
@@ -116,11 +123,11 @@ impl DenseLayer {
                 if naive {
                     let a = &mut ka[..m * len];
                     bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
-                    conv_forward(y, a, self.conv1.w(p), &s1, col)
+                    conv_forward(y, a, self.conv1.w(p), &s1, r1.forward, col)
                 } else {
                     let bn1 = BnRelu::first(scale, shift, m);
                     let a = &mut a[..m * len];
-                    fused::conv3x3_forward(y, x, bn1, self.conv1.w(p), &s1, col, a);
+                    fused::conv3x3_forward(y, x, bn1, self.conv1.w(p), &s1, r1.forward, col, a);
                 }
             }
         }
@@ -148,6 +155,11 @@ impl DenseLayer {
         let drop = self.drop_rate;
         // every reader of this layer's output channels is done: complete their gradient
         ws.blocks[b].complete_grads(m..m + k, len);
+        let r1 = ws.routes.of(self.conv1.weight);
+        let r2 = self
+            .bottleneck
+            .as_ref()
+            .map(|(_, c)| ws.routes.of(c.weight));
         let BlockMemory {
             feats,
             grads,
@@ -198,24 +210,27 @@ impl DenseLayer {
                     &mut sc[..w * len]
                 };
                 let s2 = conv2.shape(n, size);
+                let r2 = r2.expect("a bottleneck's 3×3 is planned");
                 let dcb = &mut dc[..w * len];
                 if naive {
                     // conv2: dW2 += dY·col(C)ᵀ, dC = col2im(W2ᵀ·dY)
                     norm2.batch_affine(p, &lm.bn2, scale, shift);
-                    conv_backward(Some(&mut *dcb), conv2.dw(g), dy, cb, conv2.w(p), &s2, col);
+                    let (dw2, w2) = (conv2.dw(g), conv2.w(p));
+                    conv_backward(Some(&mut *dcb), dw2, dy, cb, w2, &s2, &r2, col);
                 } else {
                     // recompute B unless kept (A formed tile by tile, as in forward); C
                     // again only inside the 3×3's padded copy
                     if !kept_b {
                         self.norm1.batch_affine(p, stats, scale, shift);
                         let bn1 = BnRelu::first(scale, shift, m);
-                        fused::forward(bb, x, self.conv1.w(p), bn1, w, len, true);
+                        fused::forward(bb, x, self.conv1.w(p), bn1, w, len, r1.forward);
                         dropout::apply(bb, drop, seed, self.site(1));
                     }
                     norm2.batch_affine(p, &lm.bn2, scale, shift);
                     let bn2 = BnRelu::first(scale, shift, w);
                     let (dw2, w2) = (conv2.dw(g), conv2.w(p));
-                    fused::conv3x3_backward(Some(&mut *dcb), dw2, dy, bb, bn2, w2, &s2, col, cb);
+                    let dcb = Some(&mut *dcb);
+                    fused::conv3x3_backward(dcb, dw2, dy, bb, bn2, w2, &s2, &r2, col, cb);
                 }
                 // BN2-ReLU: dB, written where C was (C is dead now)
                 let db = cb;
@@ -238,7 +253,8 @@ impl DenseLayer {
                 if !naive {
                     // conv1 and BN1-ReLU in one: A and dA only ever exist a tile at a time
                     let (n1, c1) = (&self.norm1, &self.conv1);
-                    let at = Conv1x1At::Positions(len);
+                    let route = r1.weight_grad.expect("a training plan's routes");
+                    let at = Conv1x1At::Positions(len, route);
                     n1.relu_conv1x1_backward(c1, p, g, stats, scale, shift, x, dx, pending, db, at);
                     return;
                 }
@@ -253,14 +269,15 @@ impl DenseLayer {
                 let s1 = self.conv1.shape(n, size);
                 let (dw1, w1) = (self.conv1.dw(g), self.conv1.w(p));
                 if naive {
-                    conv_backward(Some(&mut *da), dw1, dy, &ka[..m * len], w1, &s1, col);
+                    conv_backward(Some(&mut *da), dw1, dy, &ka[..m * len], w1, &s1, &r1, col);
                 } else {
                     // scratch for the fallback, where the direct kernel does not apply
                     let a = &mut a[..m * len];
                     // A = relu(BN1(X)) again only inside the 3×3's padded copy
                     self.norm1.batch_affine(p, stats, scale, shift);
                     let bn1 = BnRelu::first(scale, shift, m);
-                    fused::conv3x3_backward(Some(&mut *da), dw1, dy, x, bn1, w1, &s1, col, a);
+                    let da = Some(&mut *da);
+                    fused::conv3x3_backward(da, dw1, dy, x, bn1, w1, &s1, &r1, col, a);
                 }
                 da
             }

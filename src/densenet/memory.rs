@@ -29,7 +29,8 @@ use super::arch::Architecture;
 use crate::densenet::config::Stem;
 use crate::nn::arena::{self, carve, Allocation, Buf, Carver, Region};
 use crate::nn::{ChannelStats, HeadMemory, MemoryMode};
-use crate::ops::conv::{col_len, ConvShape};
+use crate::ops::conv::col_len;
+use crate::ops::route::{Reads, Routes};
 use serde::Serialize;
 
 /// im2col scratch budget in floats (16 MiB): big enough that the GEMMs stay efficient
@@ -52,7 +53,8 @@ pub struct KeptLayer {
     pub c: usize,
 }
 
-/// Sizes (in floats, unless named otherwise) of every activation buffer for one batch size.
+/// Sizes (in floats, unless named otherwise) of every activation buffer for one batch size,
+/// and the route of every convolution at that size.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DenseNetPlan {
     /// Largest batch the buffers hold.
@@ -101,6 +103,8 @@ pub struct DenseNetPlan {
     /// Where every buffer lives in the workspace's one allocation (what
     /// [`DenseNetWorkspace::new`] carves; `densenet summary MODEL --plan` prints it).
     pub regions: Vec<Region>,
+    /// Which algorithm runs each convolution at this batch size (`ops::route`).
+    pub routes: Routes,
 }
 
 impl DenseNetPlan {
@@ -137,12 +141,8 @@ impl DenseNetPlan {
             col: 0,
             small: 0,
             regions: vec![],
+            routes: Routes::new(n, training),
         };
-        let col_for = |sh: ConvShape| {
-            let per = sh.col_per_sample().max(1);
-            col_len(&sh, (COL_BUDGET / per).max(1))
-        };
-        let mut col = col_for(arch.conv0.shape(n, s));
         let mut small = 0;
         if cfg.stem == Stem::ImageNet {
             let z = arch.stem_conv_size(s);
@@ -191,12 +191,6 @@ impl DenseNetPlan {
                     }
                 }
                 small += 3 * width;
-                let conv3 = layer
-                    .bottleneck
-                    .as_ref()
-                    .map(|(_, c)| c)
-                    .unwrap_or(&layer.conv1);
-                col = col.max(col_for(conv3.shape(n, block.size)));
             }
             plan.kept_layers.push(kept);
             if let Some(t) = &block.transition {
@@ -208,13 +202,51 @@ impl DenseNetPlan {
         }
         let cf = cfg.final_channels();
         small += 2 * cf * n + 2 * n * cfg.num_classes + 2 * cf.max(width);
-        plan.col = col;
+        plan.routes = Self::routes(arch, n, naive, training, plan.scratch_tmp);
+        // the im2col matrix of as many samples as fit the budget, or the 3×3 kernels'
+        // padded copies
+        plan.col = plan
+            .routes
+            .convs
+            .iter()
+            .map(|c| {
+                let per = c.shape.col_per_sample().max(1);
+                col_len(&c.shape, &c.route, (COL_BUDGET / per).max(1))
+            })
+            .max()
+            .unwrap_or(0);
         plan.small = small;
         if training && !naive {
             plan.keep_bottlenecks(arch, n);
         }
         plan.regions = arena::layout(|c| DenseNetWorkspace::carve(arch, &plan, c));
         plan
+    }
+
+    /// Every convolution's routes for batches of `n` (`ops::route`): efficient mode reads
+    /// the BN-ReLU of its inputs on the fly, naive mode the BN-ReLU outputs it keeps;
+    /// transitions are asked with their dropout and the `tmp` scratch.
+    fn routes(arch: &Architecture, n: usize, naive: bool, training: bool, tmp: usize) -> Routes {
+        let reads = if naive { Reads::Stored } else { Reads::BnRelu };
+        let s = arch.config.input_size;
+        let mut r = Routes::new(n, training);
+        let c0 = &arch.conv0;
+        r.push(&c0.name, c0.weight, c0.shape(n, s), Reads::Stored);
+        for block in &arch.blocks {
+            for layer in &block.layers {
+                let c1 = &layer.conv1;
+                r.push(&c1.name, c1.weight, c1.shape(n, block.size), reads);
+                if let Some((_, c2)) = &layer.bottleneck {
+                    r.push(&c2.name, c2.weight, c2.shape(n, block.size), reads);
+                }
+            }
+            if let Some(t) = &block.transition {
+                let c = &t.conv;
+                let sh = c.shape(n, block.size);
+                r.push_transition(&c.name, c.weight, sh, t.drop_rate, tmp, naive);
+            }
+        }
+        r
     }
 
     /// Efficient mode: lets the bottleneck layers whose recomputation costs the most per
@@ -353,6 +385,9 @@ pub struct Scratch {
 pub struct DenseNetWorkspace {
     /// The plan it was allocated from.
     pub plan: DenseNetPlan,
+    /// The routes of the batch size in use: the plan's, chosen again for a shorter batch
+    /// ([`Routes::for_pass`]).
+    pub routes: Routes,
     /// Images in the current batch (≤ `plan.batch`).
     pub n: usize,
     /// Whether the last forward pass ran in training mode.
@@ -481,6 +516,7 @@ impl DenseNetWorkspace {
             scratch,
             head: HeadMemory::carve(c, cf, cfg.num_classes, n, plan.training),
             alloc: Allocation::default(),
+            routes: plan.routes.clone(),
             plan: plan.clone(),
         }
     }

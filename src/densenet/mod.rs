@@ -28,7 +28,7 @@ pub use memory::{DenseNetPlan, DenseNetWorkspace};
 
 use crate::model::config::ModelConfig;
 use crate::model::interface::{
-    own_workspace, Buffers, Family, Fan, ModelWorkspace, Net, Pass, Workspace,
+    own_workspace, Buffers, Family, Fan, MemoryPlan, ModelWorkspace, Net, Pass, Workspace,
 };
 use crate::nn::params::TensorTable;
 use crate::nn::{emit, HeadMemory, MemoryMode, Probe, TrainOptions};
@@ -62,6 +62,14 @@ impl Family for Architecture {
         (c.num_classes, c.in_channels, c.input_size)
     }
 
+    fn memory_plan(&self, batch: usize, mode: MemoryMode, training: bool) -> MemoryPlan {
+        let plan = DenseNetPlan::new(self, batch, mode, training);
+        MemoryPlan {
+            regions: plan.regions,
+            routes: plan.routes,
+        }
+    }
+
     fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace {
         let plan = DenseNetPlan::new(self, batch, mode, training);
         Box::new(DenseNetWorkspace::new(self, plan))
@@ -81,6 +89,7 @@ impl Family for Architecture {
         ws.n = n;
         ws.training = training;
         ws.dropout_seed = seed;
+        ws.routes.for_pass(n, training);
         nchw_to_cnhw(
             &mut ws.input[..n * cfg.in_channels * s * s],
             input,
@@ -220,6 +229,9 @@ impl ModelWorkspace for DenseNetWorkspace {
     }
     fn activation_bytes(&self) -> usize {
         self.plan.activation_bytes()
+    }
+    fn routes(&self) -> &crate::ops::route::Routes {
+        &self.routes
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self

@@ -22,6 +22,7 @@ pub(crate) fn forward(
     let (n, s, c0) = (ws.n, cfg.input_size, cfg.init_features);
     let conv = &arch.conv0;
     let shape = conv.shape(n, s);
+    let route = ws.routes.of(conv.weight);
     let size1 = arch.blocks[0].size;
     let len1 = n * size1 * size1;
     let Scratch {
@@ -35,14 +36,21 @@ pub(crate) fn forward(
     let blk = &mut ws.blocks[0];
     match cfg.stem {
         Stem::Cifar => {
-            conv_forward(&mut blk.feats[..c0 * len1], input, conv.w(p), &shape, col);
+            conv_forward(
+                &mut blk.feats[..c0 * len1],
+                input,
+                conv.w(p),
+                &shape,
+                route.forward,
+                col,
+            );
         }
         Stem::ImageNet => {
             let norm0 = arch.norm0.as_ref().expect("ImageNet stem has norm0");
             let zs = shape.ho();
             let len0 = n * zs * zs;
             let z = &mut ws.stem_z[..c0 * len0];
-            conv_forward(z, input, conv.w(p), &shape, col);
+            conv_forward(z, input, conv.w(p), &shape, route.forward, col);
             if ws.training {
                 ws.stem_stats.compute(z, 0, c0, len0);
             }
@@ -78,6 +86,7 @@ pub(crate) fn backward(
     let (n, s, c0) = (ws.n, cfg.input_size, cfg.init_features);
     let conv = &arch.conv0;
     let shape = conv.shape(n, s);
+    let route = ws.routes.of(conv.weight);
     let size1 = arch.blocks[0].size;
     let len1 = n * size1 * size1;
     let Scratch {
@@ -92,7 +101,7 @@ pub(crate) fn backward(
     let dx = input_grad.then(|| &mut ws.input_grad[..cfg.in_channels * n * s * s]);
     let dy1 = &ws.blocks[0].grads[..c0 * len1];
     match cfg.stem {
-        Stem::Cifar => conv_backward(dx, conv.dw(g), dy1, input, conv.w(p), &shape, col),
+        Stem::Cifar => conv_backward(dx, conv.dw(g), dy1, input, conv.w(p), &shape, &route, col),
         Stem::ImageNet => {
             let norm0 = arch.norm0.as_ref().expect("ImageNet stem has norm0");
             let zs = shape.ho();
@@ -117,7 +126,7 @@ pub(crate) fn backward(
                 norm0.gamma(p),
                 len0,
             );
-            conv_backward(dx, conv.dw(g), dz, input, conv.w(p), &shape, col);
+            conv_backward(dx, conv.dw(g), dz, input, conv.w(p), &shape, &route, col);
         }
     }
 }

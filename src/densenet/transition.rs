@@ -26,6 +26,7 @@ impl Transition {
         let (n, training, seed) = (ws.n, ws.training, ws.dropout_seed);
         let len = n * size * size;
         let (m, t) = (self.conv.cin, self.conv.cout);
+        let route = ws.routes.of(self.conv.weight);
         let (cur, next) = ws.blocks.split_at_mut(b + 1);
         let (blk, nxt) = (&mut cur[b], &mut next[0]);
         let Scratch {
@@ -41,22 +42,15 @@ impl Transition {
             .forward_affine(p, running, batch, len, scale, shift);
         let x = &blk.feats[..m * len];
         let pooled = n * (size / 2) * (size / 2);
-        // pooled first (see `bn_relu_avgpool2_forward`): in evaluation (densenet121
-        // at batch 1 and 16, alternating per pass in one process: 0.94 and 0.92 of the
-        // time, BC-100 at batch 64 0.955; `tmp` holds m·len/4 floats wherever θ ≥ ¼, as it
-        // is sized for t·len) in the efficient mode, in training where `pooled_first` says
-        let pooled_first = if training {
-            self.pooled_first(tmp.len(), n, size)
-        } else {
-            !naive && tmp.len() >= m * pooled
-        };
-        if pooled_first {
+        // pooled first where the route says (see `bn_relu_avgpool2_forward`)
+        if route.pooled_first {
             let bn = BnRelu {
                 scale: &scale[..m],
                 shift: &shift[..m],
             };
             let y = &mut nxt.feats[..t * pooled];
-            fused::pooled_forward(y, tmp, x, self.conv.w(p), bn, t, n, size, training);
+            let w = self.conv.w(p);
+            fused::pooled_forward(y, tmp, x, w, bn, t, n, size, route.forward);
             if training {
                 nxt.stats.compute(&nxt.feats, 0, t, pooled);
             }
@@ -66,13 +60,14 @@ impl Transition {
         if naive {
             let a = &mut blk.kept_transition[..m * len];
             bn_relu_forward(a, x, &scale[..m], &shift[..m], len);
-            conv_forward(z, a, self.conv.w(p), &self.conv.shape(n, size), col);
+            let s = self.conv.shape(n, size);
+            conv_forward(z, a, self.conv.w(p), &s, route.forward, col);
         } else {
             let bn = BnRelu {
                 scale: &scale[..m],
                 shift: &shift[..m],
             };
-            fused::forward(z, x, self.conv.w(p), bn, t, len, training);
+            fused::forward(z, x, self.conv.w(p), bn, t, len, route.forward);
         }
         if training {
             dropout::apply(z, self.drop_rate, seed, self.site);
@@ -82,21 +77,6 @@ impl Transition {
         if training {
             nxt.stats.compute(&nxt.feats, 0, t, pooled);
         }
-    }
-
-    /// Whether training takes this transition pooled first ([`fused::pooled_forward`]):
-    /// in both memory modes (so that they still compute the same sums in the same order),
-    /// with no dropout between the convolution and the pool (densenet121 at batch 16,
-    /// alternating per step: 0.933 and 1/1.079 of the step time; BC-100 at batch 64 0.950),
-    /// where `tmp` (`tmp_len` floats) holds the pooled BN-ReLU and its gradient, and the
-    /// direct kernels apply. Forward and backward ask the same question.
-    fn pooled_first(&self, tmp_len: usize, n: usize, size: usize) -> bool {
-        let pooled = n * (size / 2) * (size / 2);
-        let (m, t) = (self.conv.cin, self.conv.cout);
-        self.drop_rate == 0.0
-            && pooled > 0
-            && tmp_len >= 2 * m * pooled
-            && fused::pooled_applies(t, m)
     }
 
     /// Backward: from the gradient of block `b + 1`'s prefix to block `b`'s gradient buffer.
@@ -111,6 +91,7 @@ impl Transition {
         let (n, seed) = (ws.n, ws.dropout_seed);
         let len = n * size * size;
         let (m, t) = (self.conv.cin, self.conv.cout);
+        let route = ws.routes.of(self.conv.weight);
         let (cur, next) = ws.blocks.split_at_mut(b + 1);
         let (blk, nxt) = (&mut cur[b], &next[0]);
         let Scratch {
@@ -118,7 +99,7 @@ impl Transition {
         } = &mut ws.scratch;
         let naive = !blk.kept_transition.is_empty();
         let pooled = n * (size / 2) * (size / 2);
-        if self.pooled_first(tmp.len(), n, size) {
+        if route.pooled_first {
             let (x, dx) = (&blk.feats[..m * len], &mut blk.grads[..m * len]);
             let (st, pending) = (&blk.stats, &mut blk.pending);
             let (norm, conv) = (&self.norm, &self.conv);
@@ -135,7 +116,8 @@ impl Transition {
             let (x, dx) = (&blk.feats[..m * len], &mut blk.grads[..m * len]);
             let (st, pending) = (&blk.stats, &mut blk.pending);
             let (norm, conv) = (&self.norm, &self.conv);
-            let at = Conv1x1At::Positions(len);
+            let r = route.weight_grad.expect("a training plan's routes");
+            let at = Conv1x1At::Positions(len, r);
             norm.relu_conv1x1_backward(conv, p, g, st, scale, shift, x, dx, pending, dz, at);
             return;
         }

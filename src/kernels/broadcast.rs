@@ -1,6 +1,6 @@
 //! Direct convolution with **output channels in the vector** (ONNX Runtime's way, its
 //! NCHWc kernels) on our zero-padded channel-major input: the 3×3 of small planes
-//! (densenet121's 14×14 and 7×7; [`preferred`]) and the ImageNet stem's 7×7 stride 2
+//! (densenet121's 14×14 and 7×7, where `ops::route` takes it) and the ImageNet stem's 7×7 stride 2
 //! ([`forward_padded`], [`weight_grad_padded`]).
 //!
 //! **Why.** [`super::correlate`] puts positions in the vector: a 7×7 plane's 49 positions
@@ -40,26 +40,9 @@
 
 use super::conv1x1::transpose_padded;
 use super::simd::{simd_entries, F32x};
-use super::{active, active_direct, prepack, winograd, ConvShape};
+use super::{active, active_direct, prepack, ConvShape};
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
-
-/// Whether `conv3x3::forward` takes this route: densenet121's 128 → 32 shape (at least
-/// 64 inputs and 32 outputs), on planes of at most 16×16 with at least 128 positions in
-/// the batch, where Winograd does not apply or wastes work on an odd plane (its 2×2
-/// tiles cover 8×8 of a 7×7). Measured against both other routes (`cargo bench --bench
-/// shapes -- conv3x3_routes`, Zen 3, 2 threads; this route's time over the best other's):
-/// batch 1 at 14×14 0.88–0.94 (direct), batch 16 at 7×7 0.75 (Winograd); it lost at
-/// batch 1 on 7×7 (1.02–1.08: packing the weights is a fifth of such a call), and to
-/// Winograd at 28×28 and up, and at batch 16 on 14×14 (1.08–1.11).
-pub fn preferred(s: &ConvShape) -> bool {
-    s.cin >= 64
-        && s.cout >= 32
-        && s.h * s.w <= 256
-        && s.n * s.h * s.w >= 128
-        && (s.h % 2 == 1 || s.w % 2 == 1 || !winograd::preferred(s))
-        && active().direct.is_some()
-}
 
 /// Signature of [`task_avx2`] and [`task_avx512`] (an entry of [`super::Direct`]).
 pub type TaskFn = unsafe fn(*mut f32, *const f32, usize, *const f32, usize, Plane, usize, usize);
@@ -203,6 +186,12 @@ pub(crate) fn convolve(
             });
         });
     });
+}
+
+/// The scratch of one sample of [`forward_padded`] and [`weight_grad_padded`]: its
+/// zero-padded planes.
+pub fn padded_per_sample(s: &ConvShape) -> usize {
+    s.cin * (s.h + 2 * s.pad) * (s.w + 2 * s.pad)
 }
 
 /// Where [`forward_padded`] and [`weight_grad_padded`] apply (k 3 or 7, padding k/2, a

@@ -1,7 +1,7 @@
 //! Direct 3×3, stride 1, padding 1 convolution (every 3×3 convolution in a dense layer),
-//! forward and backward, on the register kernels of [`super::correlate`]. Selected by
-//! `ops::conv` when [`applies`] holds; everything else (and the `portable` kernels table)
-//! takes the im2col + GEMM path.
+//! forward and backward, on the register kernels of [`super::correlate`], where [`applies`]
+//! holds and the route (`ops::route`) takes it; everything else (and the `portable`
+//! kernels table) takes the im2col + GEMM path.
 //!
 //! **Why.** With few output channels (k = 12..48) the im2col + GEMM route is bound by
 //! memory traffic, not arithmetic: im2col writes a `Cin·9 × len` matrix (113 MB per BC-100
@@ -22,11 +22,11 @@
 //! - backward-weights: `dw[o][i][t] += Σ_p dy[o][p] · x[i][p + off_t]` ([`weight_grad`]);
 //!   `dY` is zero on the padding ring, so junk positions add nothing.
 //!
-//! Where it is faster ([`winograd::preferred`]: densenet121's 128 → 32 layers with enough
-//! 2×2 tiles), [`forward`] and the input gradient of [`backward`] take
-//! [`winograd`] instead, which does 16 multiply-adds per 2×2 outputs where this loop does
-//! 36 (36 per 4×4 where it does 144, with F(4×4)), and where F(4×4) applies the weight
-//! gradient too; [`forward_direct`] and [`backward_direct`] are this file's kernels alone.
+//! Where it is faster (densenet121's 128 → 32 layers with enough 2×2 tiles), the route
+//! takes [`super::winograd`] instead, which does 16 multiply-adds per 2×2 outputs where
+//! this loop does 36 (36 per 4×4 where it does 144, with F(4×4)), or on small planes
+//! [`forward_broadcast`]; [`forward_direct`] and [`backward_direct`] are this file's
+//! kernels.
 //!
 //! The batch is processed in chunks of samples that fit the `col` scratch
 //! ([`scratch_per_sample`] floats each). Register blocking: 6 or 4 output channels × 2
@@ -36,7 +36,7 @@
 
 use super::correlate::{for_tiles, part_rows4, tile_len, Span, Weights, OB, PB};
 use super::simd::{simd_entries, F32x};
-use super::{active, active_direct, broadcast, winograd, BnRelu, ConvShape};
+use super::{active, active_direct, broadcast, BnRelu, ConvShape};
 use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -343,25 +343,7 @@ simd_entries!(weight_grad_rows => weight_grad_avx2, weight_grad_avx512 (
 ));
 
 /// Forward: `y[Cout][N·H·W] = conv3×3(x)`, chunked over samples through `col`; with `bn`,
-/// of `relu(x·scale + shift)` instead (see [`pad`]). Through [`broadcast`]
-/// ([`forward_broadcast`]) where that is [`broadcast::preferred`], else [`winograd`]
-/// where that is [`winograd::preferred`], else [`forward_direct`].
-pub fn forward(
-    y: &mut [f32],
-    x: &[f32],
-    bn: Option<BnRelu>,
-    w: &[f32],
-    s: &ConvShape,
-    col: &mut [f32],
-) {
-    if broadcast::preferred(s) {
-        forward_broadcast(y, x, bn, w, s, col);
-    } else if !(winograd::preferred(s) && winograd::forward(y, x, bn, w, s, col)) {
-        forward_direct(y, x, bn, w, s, col);
-    }
-}
-
-/// [`forward`] through the direct kernel only.
+/// of `relu(x·scale + shift)` instead (see [`pad`]).
 pub fn forward_direct(
     y: &mut [f32],
     x: &[f32],
@@ -391,7 +373,7 @@ pub fn forward_direct(
     }
 }
 
-/// [`forward`] through [`broadcast`]: output channels in the vector, positions picked one
+/// [`forward_direct`] through [`broadcast`]: output channels in the vector, positions picked one
 /// by one (no work on the padding ring). Tasks are groups of output channels × runs of
 /// positions, at least as many as threads.
 pub fn forward_broadcast(
@@ -432,39 +414,7 @@ pub fn forward_broadcast(
 }
 
 /// Backward: `dw += dy ⋆ x` (of `relu(x·scale + shift)` with `bn`); `dx`, if given, is
-/// **overwritten** with the input gradient. The input gradient goes through
-/// [`winograd::backward_data`] where [`winograd::preferred`] holds for the forward shape,
-/// and then the weight gradient through [`winograd::backward_weights`] where F(4×4, 3×3)
-/// applies ([`winograd::weights_apply`]); else the direct kernels.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    dx: Option<&mut [f32]>,
-    dw: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    bn: Option<BnRelu>,
-    w: &[f32],
-    s: &ConvShape,
-    col: &mut [f32],
-) {
-    let mut dx = dx;
-    let wino = winograd::preferred(s);
-    if wino
-        && dx
-            .as_deref_mut()
-            .is_some_and(|dx| winograd::backward_data(dx, dy, w, s, col))
-    {
-        dx = None;
-    }
-    // the weight gradient too, where the input gradient is done (or not asked for) and
-    // F(4×4) applies
-    if dx.is_none() && wino && winograd::backward_weights(dw, dy, x, bn, s, col) {
-        return;
-    }
-    backward_direct(dx, dw, dy, x, bn, w, s, col);
-}
-
-/// [`backward`] through the direct kernels only.
+/// **overwritten** with the input gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_direct(
     dx: Option<&mut [f32]>,
@@ -509,7 +459,7 @@ mod tests {
     use super::*;
     use crate::kernels;
     use crate::kernels::testutil::{close, data, on_threads, shape3x3 as shape};
-    use crate::ops::conv::{col_len, im2col_backward, im2col_forward};
+    use crate::ops::conv::{im2col_backward, im2col_forward};
 
     /// The direct kernels against the im2col + GEMM path (itself tested against a naive
     /// convolution in `conv`), on odd sizes, 1-row and 1-column images, and scratch sizes
@@ -590,7 +540,7 @@ mod tests {
                     let mut big = vec![0.0; (s.cin * 9) * s.n * s.h * s.w];
                     im2col_forward(&mut want, &a, &w, &s, &mut big);
                     for samples in [1, s.n] {
-                        let mut col = vec![f32::NAN; col_len(&s, samples)];
+                        let mut col = vec![f32::NAN; scratch_per_sample(&s) * samples];
                         let mut y = vec![f32::NAN; want.len()];
                         forward_broadcast(&mut y, &x, Some(bn), &w, &s, &mut col);
                         close(&y, &want, &format!("{s:?} {threads} threads y"));
@@ -646,7 +596,7 @@ mod tests {
                     // the weight gradient, accumulated onto 0.5
                     let dy = data(out, 3);
                     let mut want_dw = vec![0.5; w.len()];
-                    im2col_backward(None, &mut want_dw, &dy, &x, &w, &s, &mut big);
+                    im2col_backward(None, Some(&mut want_dw), &dy, &x, &w, &s, &mut big);
                     for samples in [1, s.n] {
                         let mut col = vec![f32::NAN; s.cin * plane * samples];
                         let mut dw = vec![0.5; w.len()];
@@ -692,7 +642,7 @@ mod tests {
             let dy = data(s.cout * s.n * s.h * s.w, 3);
             let mut big = vec![0.0; (s.cin * 9) * s.n * s.h * s.w];
             for samples in [1, s.n] {
-                let mut col = vec![f32::NAN; col_len(&s, samples)];
+                let mut col = vec![f32::NAN; scratch_per_sample(&s) * samples];
                 let mut y = vec![f32::NAN; dy.len()];
                 forward_direct(&mut y, &x, None, &w, &s, &mut col);
                 let mut want = vec![0.0; dy.len()];
@@ -703,7 +653,7 @@ mod tests {
                 let dxo = data_grad.then_some(&mut dx[..]);
                 backward_direct(dxo, &mut dw, &dy, &x, None, &w, &s, &mut col);
                 let (mut wdx, mut wdw) = (vec![0.0; x.len()], vec![0.5; w.len()]);
-                im2col_backward(Some(&mut wdx), &mut wdw, &dy, &x, &w, &s, &mut big);
+                im2col_backward(Some(&mut wdx), Some(&mut wdw), &dy, &x, &w, &s, &mut big);
                 if data_grad {
                     close(&dx, &wdx, &format!("{s:?} dx"));
                 }

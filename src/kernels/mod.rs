@@ -178,14 +178,6 @@ pub(crate) fn prefetch(p: *const f32, n: usize) {
     }
 }
 
-/// Widest 1×1 convolution (in output channels) that the direct kernel takes in
-/// evaluation: a dense layer's bottleneck (4k = 48 outputs). `cargo bench --bench shapes`
-/// (`gemm_shapes`), 48×216·216×65536: direct 37.5 / 73.5 GFLOP/s (1 / 2 threads), gemm
-/// 18.9 / 33.9; but 128×512·512×12544 (densenet121): direct 52 / 68, gemm 56 / 108, so
-/// wider outputs keep the `gemm` crate. Training takes the direct kernel for every width
-/// (`gemm` allocates its packing buffers on every call).
-pub const DIRECT_1X1_MAX_OUTPUTS: usize = 48;
-
 /// The register-blocked direct convolution kernels of one instruction set (see
 /// [`correlate`]). Each may only be called as its own documentation says; the table that
 /// holds them is only handed out on a CPU that runs them.

@@ -3,9 +3,9 @@
 
 use super::config::ModelConfig;
 use super::interface::{Family, Model};
-use crate::densenet::{Architecture as DenseArch, DenseNet, DenseNetPlan};
+use crate::densenet::{Architecture as DenseArch, DenseNet};
 use crate::nn::{ConfigError, MemoryMode};
-use crate::resnet::{Architecture as ResArch, PreActResNet, ResNetPlan};
+use crate::resnet::{Architecture as ResArch, PreActResNet};
 use std::ops::{Deref, DerefMut};
 
 /// A network of either family, chosen at run time: a boxed [`Model`], used through it.
@@ -66,13 +66,8 @@ impl ModelConfig {
         mode: MemoryMode,
         training: bool,
     ) -> Vec<crate::nn::arena::Region> {
-        match self {
-            ModelConfig::DenseNet(c) => {
-                DenseNetPlan::new(&DenseArch::new(c), batch, mode, training).regions
-            }
-            ModelConfig::PreActResNet(c) => {
-                ResNetPlan::new(&ResArch::new(c), batch, mode, training).regions
-            }
-        }
+        self.architecture()
+            .memory_plan(batch, mode, training)
+            .regions
     }
 }

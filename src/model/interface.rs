@@ -5,6 +5,7 @@
 use super::config::ModelConfig;
 use crate::nn::params::TensorTable;
 use crate::nn::{check_input, HeadMemory, MemoryMode, Probe, TrainOptions};
+use crate::ops::route::Routes;
 use crate::util::rng::Rng;
 use crate::util::tensor::Tensor;
 use crate::weights::{canonical_name, NamedTensor, WeightsError};
@@ -35,6 +36,9 @@ pub trait ModelWorkspace: Any + Send {
     fn input_grad(&self) -> &[f32];
     /// Bytes of activation memory its plan allocated.
     fn activation_bytes(&self) -> usize;
+    /// The routes of its convolutions for the batch size and mode of its last pass (the
+    /// plan's before any).
+    fn routes(&self) -> &Routes;
     /// Itself, for [`own_workspace`].
     fn as_any_mut(&mut self) -> &mut dyn Any;
 
@@ -259,6 +263,19 @@ pub trait Family: Send + 'static {
     fn stages(&self) -> Vec<(usize, usize)>;
     /// What the family calls them: `block` or `stage`.
     fn stage_word(&self) -> &'static str;
+    /// The memory plan of a workspace for batches of up to `batch` images, as
+    /// `summary --plan` shows it: its regions and its convolutions' routes.
+    fn memory_plan(&self, batch: usize, mode: MemoryMode, training: bool) -> MemoryPlan;
+}
+
+/// What a family's memory plan decided, without allocating it: where every buffer lives
+/// in the workspace's one allocation, and which algorithm runs each convolution.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MemoryPlan {
+    /// The one allocation's regions (name, offset, bytes).
+    pub regions: Vec<crate::nn::arena::Region>,
+    /// Every convolution's routes at the plan's batch size.
+    pub routes: Routes,
 }
 
 /// A network of family `A` with its parameters, gradients and running statistics, each

@@ -24,8 +24,8 @@ pub struct BatchNorm {
 
 /// Where the 1×1 of a [`BatchNorm::relu_conv1x1_backward`] ran.
 pub(crate) enum Conv1x1At<'a> {
-    /// On all `len` positions of its input.
-    Positions(usize),
+    /// On all `len` positions of its input, by a route (`ops::route`).
+    Positions(usize, crate::ops::route::Route),
     /// On its input's BN-ReLU pooled 2×2 first (a transition, `n` samples of `size`²):
     /// `buf` is scratch for the pooled input and its gradient.
     Pooled {
@@ -107,7 +107,9 @@ impl BatchNorm {
         let bn = fused::BnRelu::first(scale, shift, m);
         let (w, o_n) = (conv.w(p), conv.cout);
         match at {
-            Conv1x1At::Positions(len) => fused::backward(grads, dy, x, w, bn, batch, o_n, len),
+            Conv1x1At::Positions(len, r) => {
+                fused::backward(grads, dy, x, w, bn, batch, o_n, len, r)
+            }
             Conv1x1At::Pooled { buf, n, size } => {
                 fused::pooled_backward(grads, dy, x, w, bn, batch, buf, o_n, n, size)
             }

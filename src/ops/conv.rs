@@ -7,28 +7,40 @@
 //! conv over 48 channels at 64×32×32 is 113 MB), so the batch is processed in chunks of
 //! samples that fit the `col` scratch the memory plan provides.
 //!
-//! 3×3 stride-1 padding-1 convolutions (every 3×3 in a dense layer) with channel counts
-//! divisible by 4 take the direct kernels of [`crate::kernels::conv3x3`] instead when the
-//! active kernels table has them ([`col_len`] then sizes the scratch for their padded copies). On
-//! DenseNet-BC-100 k=12 b64 (`densenet bench train --model densenet-bc-100-12 --batch 64
-//! --steps 3`, 2-core AMD EPYC, one session) the step went from 4.9 s with im2col + GEMM
-//! to 2.7 s. The im2col path stays for the rest and is tested against the direct kernels.
+//! Which algorithm computes each product is the convolution's route ([`super::route`],
+//! chosen once per convolution and batch size by the memory plan); [`conv_forward`] and
+//! [`conv_backward`] only dispatch on it. The direct 3×3 kernels
+//! ([`crate::kernels::conv3x3`]) took DenseNet-BC-100 k=12 b64 (`densenet bench train
+//! --model densenet-bc-100-12 --batch 64 --steps 3`, 2-core AMD EPYC, one session) from
+//! 4.9 s a step with im2col + GEMM to 2.7 s. The im2col path stays for the rest and is
+//! tested against the direct kernels.
 
+use super::route::{self, ConvRoute, Product, Route};
 use crate::kernels::gemm::{sgemm, Mat};
 pub use crate::kernels::ConvShape;
-use crate::kernels::{broadcast, conv1x1, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
+use crate::kernels::{broadcast, conv1x1, conv3x3, winograd};
 use crate::util::profile;
 use rayon::prelude::*;
 
-/// The im2col scratch (in floats) that a convolution wants to process `samples` at a time.
-pub fn col_len(s: &ConvShape, samples: usize) -> usize {
-    if s.is_pointwise() {
-        0
-    } else if conv3x3::applies(s) {
-        conv3x3::scratch_per_sample(s) * samples.clamp(1, s.n)
-    } else {
-        s.col_per_sample() * samples.clamp(1, s.n)
-    }
+/// The scratch (in floats) that convolution `s` wants on routes `r`, to process `samples`
+/// at a time: the im2col matrix, or the direct kernels' zero-padded copies.
+pub fn col_len(s: &ConvShape, r: &ConvRoute, samples: usize) -> usize {
+    let samples = samples.clamp(1, s.n.max(1));
+    [Some(r.forward), r.input_grad, r.weight_grad]
+        .into_iter()
+        .flatten()
+        .map(|route| match route {
+            Route::Pointwise | Route::Gemm => 0,
+            Route::Direct3x3 | Route::Broadcast3x3 | Route::Winograd { .. } => {
+                conv3x3::scratch_per_sample(s) * samples
+            }
+            Route::BroadcastPadded => {
+                broadcast::padded_per_sample(s).max(s.col_per_sample()) * samples
+            }
+            Route::Im2colTiles | Route::Im2col => s.col_per_sample() * samples,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The output columns `lo..hi` whose input column `ox·stride + kx − pad` lies inside the
@@ -163,18 +175,23 @@ pub(crate) fn conv_scope(s: &ConvShape, forward: bool, passes: usize) -> profile
     profile::scope_conv(kind(s, forward), key, products)
 }
 
-/// `y[Cout][N·Ho·Wo] = conv(x, w)`; `col` is scratch (may be empty for 1×1 stride 1).
-pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32]) {
+/// `y[Cout][N·Ho·Wo] = conv(x, w)` by `route` (its forward route); `col` is scratch of
+/// at least [`col_len`] for one sample (may be empty for a 1×1).
+pub fn conv_forward(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    s: &ConvShape,
+    route: Route,
+    col: &mut [f32],
+) {
     let _t = conv_scope(s, true, 1);
+    route::ran(s, Product::Forward, route);
     let (how, kr) = (s.ho() * s.wo(), s.col_rows());
     let ldy = s.n * how;
-    if s.is_pointwise() {
-        if s.cout <= DIRECT_1X1_MAX_OUTPUTS && conv1x1::pointwise_applies(s.cout) {
-            // a dense layer's bottleneck: the direct kernel beats the `gemm` crate here
-            conv1x1::pointwise(y, x, w, s.cout, s.cin, ldy, false);
-            return;
-        }
-        sgemm(
+    match route {
+        Route::Pointwise => conv1x1::pointwise(y, x, w, s.cout, s.cin, ldy, false),
+        Route::Gemm => sgemm(
             s.cout,
             ldy,
             s.cin,
@@ -183,27 +200,20 @@ pub fn conv_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mu
             false,
             Mat::n(w, kr),
             Mat::n(x, ldy),
-        );
-        return;
+        ),
+        Route::Direct3x3 | Route::Broadcast3x3 | Route::Winograd { .. } => {
+            conv3x3_routed(y, x, None, w, s, route, col);
+        }
+        Route::BroadcastPadded => {
+            route::expect(broadcast::forward_padded(y, x, w, s, col), route, s)
+        }
+        Route::Im2colTiles => {
+            conv1x1::pointwise_with(y, w, s.cout, kr, ldy, false, |buf, ld, a, b| {
+                im2col_tile(buf, ld, x, s, a, b)
+            })
+        }
+        Route::Im2col => im2col_forward(y, x, w, s, col),
     }
-    if conv3x3::applies(s) {
-        conv3x3::forward(y, x, None, w, s, col);
-        return;
-    }
-    // the ImageNet stem (7×7, stride 2): output channels in the vector, on a padded copy
-    // (`cargo bench --bench shapes -- stem_routes`: 0.74–0.90 of the route below)
-    if s.k == 7 && broadcast::forward_padded(y, x, w, s, col) {
-        return;
-    }
-    if conv1x1::pointwise_applies(s.cout) {
-        // other kernels and strides (and the stem where `col` holds no padded sample):
-        // the direct 1×1 kernel over im2col rows formed a tile at a time
-        conv1x1::pointwise_with(y, w, s.cout, kr, ldy, false, |buf, ld, a, b| {
-            im2col_tile(buf, ld, x, s, a, b)
-        });
-        return;
-    }
-    im2col_forward(y, x, w, s, col);
 }
 
 /// Positions `a..b` (of `N·Ho·Wo`) of every im2col row `(ci, ky, kx)` into
@@ -254,8 +264,33 @@ pub(crate) fn im2col_forward(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape,
     }
 }
 
-/// Backward of [`conv_forward`]: `dw += dy·colᵀ`; if `dx` is given it is **overwritten**
-/// with `col2im(wᵀ·dy)`.
+/// The forward of a 3×3 on one of the 3×3 kernels' routes, of `relu(x·scale + shift)`
+/// where `bn` is given (they form it in their padded copies). Returns false, doing
+/// nothing, on another route.
+#[allow(clippy::too_many_arguments)]
+pub fn conv3x3_routed(
+    y: &mut [f32],
+    x: &[f32],
+    bn: Option<crate::kernels::BnRelu>,
+    w: &[f32],
+    s: &ConvShape,
+    route: Route,
+    col: &mut [f32],
+) -> bool {
+    match route {
+        Route::Direct3x3 => conv3x3::forward_direct(y, x, bn, w, s, col),
+        Route::Broadcast3x3 => conv3x3::forward_broadcast(y, x, bn, w, s, col),
+        Route::Winograd { tile } => {
+            route::expect(winograd::forward(y, x, bn, w, s, tile, col), route, s)
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Backward of [`conv_forward`] by routes `r` (its gradient routes): `dw += dy ⋆ x`; if
+/// `dx` is given it is **overwritten** with the input gradient.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     dx: Option<&mut [f32]>,
     dw: &mut [f32],
@@ -263,33 +298,82 @@ pub fn conv_backward(
     x: &[f32],
     w: &[f32],
     s: &ConvShape,
+    r: &ConvRoute,
     col: &mut [f32],
 ) {
     let _t = conv_scope(s, false, 1 + dx.is_some() as usize);
-    if s.is_pointwise() {
-        pointwise_dw(dw, dy, x, s);
-        if let Some(dx) = dx {
-            pointwise_dx(dx, dy, w, s);
+    conv3x3_backward_routed(dx, dw, dy, x, None, w, s, r, col);
+}
+
+/// [`conv_backward`] (without its profile scope) of `relu(x·scale + shift)` where `bn` is
+/// given and the routes are 3×3 kernels that form it in their padded copies (the fused
+/// 3×3 of `ops::fused`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv3x3_backward_routed(
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    bn: Option<crate::kernels::BnRelu>,
+    w: &[f32],
+    s: &ConvShape,
+    r: &ConvRoute,
+    col: &mut [f32],
+) {
+    let weights = r.weight_grad.expect("a training plan's routes");
+    let data = dx
+        .as_ref()
+        .map(|_| r.input_grad.expect("a training plan's routes"));
+    if let Some(d) = data {
+        route::ran(s, Product::InputGrad, d);
+    }
+    route::ran(s, Product::WeightGrad, weights);
+    let mut dx = dx;
+    // the input gradient first where it has a route of its own
+    match data {
+        Some(Route::Winograd { tile }) => {
+            let dx = dx.take().expect("asked");
+            route::expect(
+                winograd::backward_data(dx, dy, w, s, tile, col),
+                Route::Winograd { tile },
+                s,
+            );
         }
-        return;
+        Some(Route::Im2col) if weights != Route::Im2col => {
+            // (a stem whose input gradient is asked for: its weight gradient by its own route)
+            im2col_backward(dx.take(), None, dy, x, w, s, col);
+        }
+        _ => {}
     }
-    if conv3x3::applies(s) && (dx.is_none() || conv3x3::applies_data(s)) {
-        conv3x3::backward(dx, dw, dy, x, None, w, s, col);
-        return;
+    match weights {
+        Route::Pointwise | Route::Gemm => {
+            pointwise_dw(dw, dy, x, s);
+            if let Some(dx) = dx {
+                pointwise_dx(dx, dy, w, s);
+            }
+        }
+        // (with the input gradient, where it is the direct kernels' too: one pass)
+        Route::Direct3x3 => conv3x3::backward_direct(dx, dw, dy, x, bn, w, s, col),
+        Route::Winograd { .. } => {
+            debug_assert!(dx.is_none());
+            let taken = winograd::backward_weights(dw, dy, x, bn, s, col);
+            route::expect(taken, weights, s)
+        }
+        Route::BroadcastPadded => {
+            let taken = broadcast::weight_grad_padded(dw, dy, x, s, col);
+            route::expect(taken, weights, s)
+        }
+        Route::Broadcast3x3 | Route::Im2colTiles | Route::Im2col => {
+            im2col_backward(dx, Some(dw), dy, x, w, s, col)
+        }
     }
-    // the ImageNet stem's weight gradient (its input needs none): output channels in the
-    // vector, on a padded copy (`stem_routes`: 0.58–0.81 of im2col + GEMM)
-    if s.k == 7 && dx.is_none() && broadcast::weight_grad_padded(dw, dy, x, s, col) {
-        return;
-    }
-    im2col_backward(dx, dw, dy, x, w, s, col);
 }
 
 /// [`conv_backward`] through im2col + GEMM + col2im (any kernel, stride and padding):
 /// the route every table shares, which benchmarks compare the others against.
 pub fn im2col_backward(
     dx: Option<&mut [f32]>,
-    dw: &mut [f32],
+    dw: Option<&mut [f32]>,
     dy: &[f32],
     x: &[f32],
     w: &[f32],
@@ -299,7 +383,7 @@ pub fn im2col_backward(
     let (how, kr, hw) = (s.ho() * s.wo(), s.col_rows(), s.h * s.w);
     let ldy = s.n * how;
     let chunk = s.chunk(col.len());
-    let mut dx = dx;
+    let (mut dx, mut dw) = (dx, dw);
     if let Some(dx) = dx.as_deref_mut() {
         dx[..s.cin * s.n * hw].fill(0.0);
     }
@@ -308,17 +392,19 @@ pub fn im2col_backward(
         let n1 = (n0 + chunk).min(s.n);
         let cols = (n1 - n0) * how;
         let dyc = &dy[n0 * how..];
-        im2col(col, x, s, n0, n1);
-        sgemm(
-            s.cout,
-            kr,
-            cols,
-            dw,
-            kr,
-            true,
-            Mat::n(dyc, ldy),
-            Mat::t(col, cols),
-        );
+        if let Some(dw) = dw.as_deref_mut() {
+            im2col(col, x, s, n0, n1);
+            sgemm(
+                s.cout,
+                kr,
+                cols,
+                dw,
+                kr,
+                true,
+                Mat::n(dyc, ldy),
+                Mat::t(col, cols),
+            );
+        }
         if let Some(dx) = dx.as_deref_mut() {
             sgemm(
                 kr,
@@ -380,6 +466,8 @@ pub fn pointwise_backward_in_place(
 ) {
     let _t = conv_scope(s, false, 2);
     assert!(s.is_pointwise());
+    route::ran(s, Product::WeightGrad, Route::Gemm);
+    route::ran(s, Product::InputGrad, Route::Gemm);
     pointwise_dw(dw, dy, buf, s);
     pointwise_dx(buf, dy, w, s);
 }
@@ -455,17 +543,34 @@ mod tests {
         ]
     }
 
+    /// The routes [`route::choose`] takes for `s`, and im2col + GEMM, which takes any.
+    fn routes(s: &ConvShape) -> [ConvRoute; 2] {
+        let chosen = route::choose(s, route::Reads::Stored, true);
+        let im2col = ConvRoute {
+            pooled_first: false,
+            forward: Route::Im2col,
+            input_grad: Some(Route::Im2col),
+            weight_grad: Some(Route::Im2col),
+        };
+        [chosen, im2col]
+    }
+
     #[test]
     fn forward_matches_direct_convolution() {
         for s in shapes() {
             let x = data(s.cin * s.n * s.h * s.w, 1);
             let w = data(s.cout * s.col_rows(), 2);
-            let mut y = vec![0.0; s.cout * s.n * s.ho() * s.wo()];
-            // a scratch for one sample forces the chunked path
-            let mut col = vec![0.0; col_len(&s, 1)];
-            conv_forward(&mut y, &x, &w, &s, &mut col);
-            for (a, b) in y.iter().zip(reference(&x, &w, &s)) {
-                assert!((*a as f64 - b).abs() < 1e-4, "{s:?}: {a} vs {b}");
+            for r in routes(&s) {
+                let mut y = vec![0.0; s.cout * s.n * s.ho() * s.wo()];
+                // a scratch for one sample forces the chunked path
+                let mut col = vec![0.0; col_len(&s, &r, 1)];
+                let ((), ran) =
+                    route::trace(|| conv_forward(&mut y, &x, &w, &s, r.forward, &mut col));
+                assert_eq!(ran.len(), 1);
+                assert_eq!(ran[0].route, r.forward);
+                for (a, b) in y.iter().zip(reference(&x, &w, &s)) {
+                    assert!((*a as f64 - b).abs() < 1e-4, "{s:?} {r:?}: {a} vs {b}");
+                }
             }
         }
     }
@@ -477,29 +582,31 @@ mod tests {
             let x = data(s.cin * s.n * s.h * s.w, 3);
             let w = data(s.cout * s.col_rows(), 4);
             let dy = data(s.cout * s.n * s.ho() * s.wo(), 5);
-            let mut col = vec![0.0; col_len(&s, 1)];
-            let mut dx = vec![7.0; x.len()];
-            let mut dw = vec![0.0; w.len()];
-            conv_backward(Some(&mut dx), &mut dw, &dy, &x, &w, &s, &mut col);
-            let f = |x: &[f32], w: &[f32]| -> f64 {
-                reference(x, w, &s)
-                    .iter()
-                    .zip(&dy)
-                    .map(|(a, &b)| a * b as f64)
-                    .sum()
-            };
-            // the objective is linear in each argument: a unit step is an exact difference
-            for i in (0..x.len()).step_by(7) {
-                let mut xp = x.clone();
-                xp[i] += 1.0;
-                let fd = f(&xp, &w) - f(&x, &w);
-                assert!((fd - dx[i] as f64).abs() < 1e-3, "{s:?} dx[{i}]");
-            }
-            for i in (0..w.len()).step_by(5) {
-                let mut wp = w.clone();
-                wp[i] += 1.0;
-                let fd = f(&x, &wp) - f(&x, &w);
-                assert!((fd - dw[i] as f64).abs() < 1e-3, "{s:?} dw[{i}]");
+            for r in routes(&s) {
+                let mut col = vec![0.0; col_len(&s, &r, 1)];
+                let mut dx = vec![7.0; x.len()];
+                let mut dw = vec![0.0; w.len()];
+                conv_backward(Some(&mut dx), &mut dw, &dy, &x, &w, &s, &r, &mut col);
+                let f = |x: &[f32], w: &[f32]| -> f64 {
+                    reference(x, w, &s)
+                        .iter()
+                        .zip(&dy)
+                        .map(|(a, &b)| a * b as f64)
+                        .sum()
+                };
+                // the objective is linear in each argument: a unit step is an exact difference
+                for i in (0..x.len()).step_by(7) {
+                    let mut xp = x.clone();
+                    xp[i] += 1.0;
+                    let fd = f(&xp, &w) - f(&x, &w);
+                    assert!((fd - dx[i] as f64).abs() < 1e-3, "{s:?} {r:?} dx[{i}]");
+                }
+                for i in (0..w.len()).step_by(5) {
+                    let mut wp = w.clone();
+                    wp[i] += 1.0;
+                    let fd = f(&x, &wp) - f(&x, &w);
+                    assert!((fd - dw[i] as f64).abs() < 1e-3, "{s:?} {r:?} dw[{i}]");
+                }
             }
         }
     }

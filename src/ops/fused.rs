@@ -15,15 +15,18 @@
 //! so they are bit-identical to a materialised A, and the backward's ReLU mask
 //! (recomputed from X) agrees with them.
 
-use super::conv::{conv_backward, conv_forward, conv_scope, ConvShape};
+use super::conv::{
+    conv3x3_backward_routed, conv3x3_routed, conv_backward, conv_forward, conv_scope, ConvShape,
+};
 use super::norm::{self, bn_relu_forward};
 use super::pool::bn_relu_avgpool2_forward;
+use super::route::{self, ConvRoute, Product, Route};
+use crate::kernels;
 use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
 use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::gemm::{raw_ptr, raw_ptr_row_split, row_split_pays, Mat};
 pub use crate::kernels::BnRelu;
-use crate::kernels::{self, conv3x3, DIRECT_1X1_MAX_OUTPUTS};
 use crate::util::par::{with_scratch, SyncPtr};
 use crate::util::profile;
 use rayon::prelude::*;
@@ -73,10 +76,9 @@ fn scope_1x1(forward: bool, o_n: usize, i_n: usize, len: usize, passes: usize) -
 /// `y[o][p] = Σ_i w[o][i]·relu(x[i][p]·scale[i] + shift[i])` for `x: [I][len]`,
 /// `w: [O][I]`, `y: [O][len]` (overwritten).
 ///
-/// Up to [`DIRECT_1X1_MAX_OUTPUTS`] outputs, the direct kernel; wider, the `gemm` crate on each tile, which is up
-/// to ~20% faster there (`fused_shapes`, o108 and o128) but allocates its packing buffers
-/// on every call. With `no_alloc` (training: a step allocates nothing after its first)
-/// the direct kernel takes every output count it handles.
+/// By `route`: [`Route::Pointwise`], the direct kernel; [`Route::Gemm`], the `gemm` crate
+/// on each tile, which is up to ~20% faster for wide outputs (`fused_shapes`, o108 and
+/// o128) but allocates its packing buffers on every call.
 pub fn forward(
     y: &mut [f32],
     x: &[f32],
@@ -84,14 +86,14 @@ pub fn forward(
     bn: BnRelu,
     o_n: usize,
     len: usize,
-    no_alloc: bool,
+    route: Route,
 ) {
     let i_n = bn.scale.len();
     let _t = scope_1x1(true, o_n, i_n, len, 1);
+    route::ran(&shape_1x1(o_n, i_n, len), Product::Forward, route);
     assert!(bn.shift.len() == i_n && x.len() >= i_n * len && w.len() == o_n * i_n);
     assert!(y.len() >= o_n * len);
-    if (o_n <= DIRECT_1X1_MAX_OUTPUTS || no_alloc) && conv1x1::pointwise_applies(o_n) {
-        // the direct kernel (see `conv::conv_forward` for when it beats the GEMM)
+    if route == Route::Pointwise {
         conv1x1::pointwise_with(y, w, o_n, i_n, len, false, |buf, ld, a, b| {
             bn.fill(buf, ld, x, len, a, b)
         });
@@ -213,8 +215,12 @@ pub fn backward(
     stats: BatchStats,
     o_n: usize,
     len: usize,
+    route: Route,
 ) {
     let i_n = bn.scale.len();
+    let s1 = shape_1x1(o_n, i_n, len);
+    route::ran(&s1, Product::WeightGrad, route);
+    route::ran(&s1, Product::InputGrad, route);
     assert!(bn.shift.len() == i_n && x.len() >= i_n * len && dy.len() >= o_n * len);
     assert!(stats.mean.len() >= i_n && stats.rstd.len() >= i_n && stats.gamma.len() >= i_n);
     assert!(g.dx.len() >= i_n * len && g.dgamma.len() >= i_n && g.dbeta.len() >= i_n);
@@ -224,9 +230,10 @@ pub fn backward(
     if len == 0 || i_n == 0 {
         return;
     }
-    // The direct kernels: dW by `grad_tile` (or `dot_tile`), dA by the 1×1 kernel over
-    // rows with slack for its last register block; elsewhere the `gemm` crate on each tile.
-    let direct = conv1x1::pointwise_applies(i_n);
+    // [`Route::Pointwise`], the direct kernels: dW by `grad_tile` (or `dot_tile` where it
+    // does not take the output count), dA by the 1×1 kernel over rows with slack for its
+    // last register block; [`Route::Gemm`], the `gemm` crate on each tile.
+    let direct = route == Route::Pointwise;
     // dW as an outer product over positions (`grad_tile`): each part sums its dWᵀ
     // (`[I][O]`) into its own partial, added transposed into `dw` at the end
     let outer = direct && conv1x1::grad_tile_applies(o_n);
@@ -396,19 +403,11 @@ pub fn backward(
     });
 }
 
-/// Whether [`pooled_forward`] and [`pooled_backward`] take a transition of `i_n` → `o_n`
-/// channels with the active table (direct kernels both ways, and an even `i_n`).
-pub fn pooled_applies(o_n: usize, i_n: usize) -> bool {
-    conv1x1::pointwise_applies(o_n) && conv1x1::pointwise_applies(i_n) && i_n.is_multiple_of(2)
-}
-
 /// A transition pooled first: `y = W·P` with `P = avgpool2(relu(x·scale + shift))`
 /// (`x: [I][N·h·w]`, `y: [O][N·(h/2)·(w/2)]`) written into `p` (`I·N·(h/2)·(w/2)`
 /// floats). The pool and the 1×1 commute (see `pool::bn_relu_avgpool2_forward`), so the
 /// convolution runs on a quarter of the positions; only where no dropout sits between
-/// them. With `no_alloc` (training) the direct kernel, which allocates nothing after its
-/// first call; else the 1×1 of [`conv_forward`] (the `gemm` crate above
-/// [`DIRECT_1X1_MAX_OUTPUTS`] outputs, as in [`forward`]).
+/// them. The 1×1 by `route`, as [`conv_forward`]'s.
 #[allow(clippy::too_many_arguments)]
 pub fn pooled_forward(
     y: &mut [f32],
@@ -419,18 +418,13 @@ pub fn pooled_forward(
     o_n: usize,
     n: usize,
     size: usize,
-    no_alloc: bool,
+    route: Route,
 ) {
     let i_n = bn.scale.len();
     let pooled = n * (size / 2) * (size / 2);
     let p = &mut p[..i_n * pooled];
     bn_relu_avgpool2_forward(p, x, bn.scale, bn.shift, n, size, size);
-    if no_alloc {
-        let _t = scope_1x1(true, o_n, i_n, pooled, 1);
-        conv1x1::pointwise(y, p, w, o_n, i_n, pooled, false);
-    } else {
-        conv_forward(y, p, w, &shape_1x1(o_n, i_n, pooled), &mut []);
-    }
+    conv_forward(y, p, w, &shape_1x1(o_n, i_n, pooled), route, &mut []);
 }
 
 /// Backward of [`pooled_forward`] from `dy: [O][N·(h/2)·(w/2)]`: `dW += dY·Pᵀ` and
@@ -454,7 +448,10 @@ pub fn pooled_backward(
     let i_n = bn.scale.len();
     let (ho, len) = (size / 2, n * size * size);
     let pooled = n * ho * ho;
-    assert!(pooled_applies(o_n, i_n) && buf.len() >= 2 * i_n * pooled);
+    let s1 = shape_1x1(o_n, i_n, pooled);
+    route::ran(&s1, Product::WeightGrad, Route::Pointwise);
+    route::ran(&s1, Product::InputGrad, Route::Pointwise);
+    assert!(buf.len() >= 2 * i_n * pooled);
     assert!(dy.len() >= o_n * pooled && x.len() >= i_n * len && g.dx.len() >= i_n * len);
     assert!(g.dw.len() == o_n * i_n && g.pending.len() >= i_n);
     let (pb, dpb) = buf.split_at_mut(i_n * pooled);
@@ -617,9 +614,9 @@ fn written_out<'t>(tmp: &'t mut [f32], x: &[f32], bn: BnRelu, s: &ConvShape) -> 
     a
 }
 
-/// `y = conv3×3(relu(x·scale + shift))` (stride 1, padding 1; `y` overwritten). The
-/// direct kernel applies the BN-ReLU while it makes its zero-padded copy of the input;
-/// where it does not apply, the BN-ReLU output is written to `tmp` first.
+/// `y = conv3×3(relu(x·scale + shift))` (stride 1, padding 1; `y` overwritten) by
+/// `route`. The 3×3 kernels apply the BN-ReLU while they make their zero-padded copy of
+/// the input; on other routes the BN-ReLU output is written to `tmp` first.
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3_forward(
     y: &mut [f32],
@@ -627,20 +624,24 @@ pub fn conv3x3_forward(
     bn: BnRelu,
     w: &[f32],
     s: &ConvShape,
+    route: Route,
     col: &mut [f32],
     tmp: &mut [f32],
 ) {
     assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
-    if conv3x3::applies(s) {
+    let done = {
         let _t = conv_scope(s, true, 1);
-        conv3x3::forward(y, x, Some(bn), w, s, col);
+        conv3x3_routed(y, x, Some(bn), w, s, route, col)
+    };
+    if done {
+        route::ran(s, Product::Forward, route);
     } else {
-        conv_forward(y, written_out(tmp, x, bn, s), w, s, col);
+        conv_forward(y, written_out(tmp, x, bn, s), w, s, route, col);
     }
 }
 
-/// Backward of [`conv3x3_forward`]: `dw += dy ⋆ relu(x·scale + shift)`; `dx`, if given, is
-/// **overwritten** with the gradient of the BN-ReLU output (not of x).
+/// Backward of [`conv3x3_forward`] by routes `r`: `dw += dy ⋆ relu(x·scale + shift)`;
+/// `dx`, if given, is **overwritten** with the gradient of the BN-ReLU output (not of x).
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3_backward(
     dx: Option<&mut [f32]>,
@@ -650,15 +651,25 @@ pub fn conv3x3_backward(
     bn: BnRelu,
     w: &[f32],
     s: &ConvShape,
+    r: &ConvRoute,
     col: &mut [f32],
     tmp: &mut [f32],
 ) {
     assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
-    if conv3x3::applies(s) && (dx.is_none() || conv3x3::applies_data(s)) {
+    // the 3×3 kernels form the BN-ReLU in their padded copies (Winograd's input gradient
+    // reads only dY and the weights)
+    let forms = |route: Option<Route>| {
+        matches!(
+            route,
+            None | Some(Route::Direct3x3 | Route::Winograd { .. })
+        )
+    };
+    let data = dx.as_ref().and(r.input_grad);
+    if forms(data) && forms(r.weight_grad) {
         let _t = conv_scope(s, false, 1 + dx.is_some() as usize);
-        conv3x3::backward(dx, dw, dy, x, Some(bn), w, s, col);
+        conv3x3_backward_routed(dx, dw, dy, x, Some(bn), w, s, r, col);
     } else {
-        conv_backward(dx, dw, dy, written_out(tmp, x, bn, s), w, s, col);
+        conv_backward(dx, dw, dy, written_out(tmp, x, bn, s), w, s, r, col);
     }
 }
 
@@ -693,11 +704,12 @@ mod tests {
             };
             let mut a = vec![0.0; x.len()];
             bn_relu_forward(&mut a, &x, &scale, &shift, len);
-            let mut col = vec![0.0; crate::ops::conv::col_len(&s, 1)];
+            let r = route::choose(&s, route::Reads::BnRelu, true);
+            let mut col = vec![0.0; crate::ops::conv::col_len(&s, &r, 1)];
             let mut tmp = vec![f32::NAN; x.len()];
             let (mut y, mut want) = (vec![f32::NAN; dy.len()], vec![0.0; dy.len()]);
-            conv3x3_forward(&mut y, &x, bn, &w, &s, &mut col, &mut tmp);
-            conv_forward(&mut want, &a, &w, &s, &mut col);
+            conv3x3_forward(&mut y, &x, bn, &w, &s, r.forward, &mut col, &mut tmp);
+            conv_forward(&mut want, &a, &w, &s, r.forward, &mut col);
             assert_eq!(y, want, "{s:?} forward");
             let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.5; w.len()]);
             let (mut wdx, mut wdw) = (vec![0.0; x.len()], vec![0.5; w.len()]);
@@ -709,10 +721,11 @@ mod tests {
                 bn,
                 &w,
                 &s,
+                &r,
                 &mut col,
                 &mut tmp,
             );
-            conv_backward(Some(&mut wdx), &mut wdw, &dy, &a, &w, &s, &mut col);
+            conv_backward(Some(&mut wdx), &mut wdw, &dy, &a, &w, &s, &r, &mut col);
             assert_eq!((dx, dw), (wdx, wdw), "{s:?} backward");
         }
     }
@@ -729,10 +742,17 @@ mod tests {
             (16, 32, 1, 32),
             (16, 512, 2, 40),
         ] {
-            if !pooled_applies(o_n, i_n) {
+            let (len, pooled) = (n * size * size, n * (size / 2) * (size / 2));
+            let full = ConvShape {
+                n,
+                h: size,
+                w: size,
+                ..shape_1x1(o_n, i_n, 1)
+            };
+            if !route::transition(&full, 0.0, 2 * i_n * pooled, false, true).pooled_first {
                 return;
             }
-            let (len, pooled) = (n * size * size, n * (size / 2) * (size / 2));
+            let r = route::choose(&shape_1x1(o_n, i_n, len), route::Reads::BnRelu, true);
             let x = data(i_n * len, 1);
             let w = data(o_n * i_n, 2);
             let dyp = data(o_n * pooled, 3);
@@ -751,9 +771,9 @@ mod tests {
             let mut buf = vec![0.0; 2 * i_n * pooled];
             // forward
             let mut y = vec![f32::NAN; o_n * pooled];
-            pooled_forward(&mut y, &mut buf, &x, &w, bn, o_n, n, size, true);
+            pooled_forward(&mut y, &mut buf, &x, &w, bn, o_n, n, size, Route::Pointwise);
             let mut z = vec![0.0; o_n * len];
-            forward(&mut z, &x, &w, bn, o_n, len, true);
+            forward(&mut z, &x, &w, bn, o_n, len, r.forward);
             let mut y2 = vec![0.0; o_n * pooled];
             crate::ops::pool::avgpool2_forward(&mut y2, &z, o_n * n, size, size);
             for (a, b) in y.iter().zip(&y2) {
@@ -781,7 +801,7 @@ mod tests {
                 } else {
                     let mut dz = vec![0.0; o_n * len];
                     crate::ops::pool::avgpool2_backward(&mut dz, &dyp, o_n * n, size, size);
-                    backward(g, &dz, &x, &w, bn, st, o_n, len);
+                    backward(g, &dz, &x, &w, bn, st, o_n, len, r.weight_grad.unwrap());
                 }
                 norm::apply_pending(&mut dx, &x, &mean, &mut pending, len);
                 (dx, dw, dgamma, dbeta)
@@ -844,10 +864,14 @@ mod tests {
                 let (mut dgamma, mut dbeta) = (vec![0.25f32; i_n], vec![-0.25f32; i_n]);
                 let mut pending = vec![(0.5f64, -0.5f64); i_n];
                 on_threads(threads, || {
-                    // both routes for more than 48 outputs: gemm, and the direct kernel
+                    // both routes for more than 48 outputs: gemm (evaluation), and the
+                    // direct kernel (training)
+                    let s1 = shape_1x1(o_n, i_n, len);
+                    let train = route::choose(&s1, route::Reads::BnRelu, true);
+                    let eval = route::choose(&s1, route::Reads::BnRelu, false);
                     let mut y2 = vec![f32::NAN; o_n * len];
-                    forward(&mut y2, &x, &w, bn, o_n, len, true);
-                    forward(&mut y, &x, &w, bn, o_n, len, false);
+                    forward(&mut y2, &x, &w, bn, o_n, len, train.forward);
+                    forward(&mut y, &x, &w, bn, o_n, len, eval.forward);
                     for (a, b) in y.iter().zip(&y2) {
                         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "no_alloc route");
                     }
@@ -863,7 +887,7 @@ mod tests {
                         rstd: &rstd,
                         gamma: &gamma,
                     };
-                    backward(g, &dy, &x, &w, bn, st, o_n, len);
+                    backward(g, &dy, &x, &w, bn, st, o_n, len, train.weight_grad.unwrap());
                     // the pending (0.5, −0.5) of an earlier reader is applied too
                     norm::apply_pending(&mut dx, &x, &mean, &mut pending, len);
                 });

@@ -23,6 +23,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+pub mod route;
 
 /// Converts `[N][C][HW]` to `[C][N][HW]`.
 pub fn nchw_to_cnhw(out: &mut [f32], x: &[f32], n: usize, c: usize, hw: usize) {

@@ -29,6 +29,7 @@ use crate::nn::ChannelStats;
 use crate::nn::{BatchNorm, Conv};
 use crate::ops::conv::{conv_backward, conv_forward, pointwise_backward_in_place};
 use crate::ops::norm::{bn_relu_backward, bn_relu_forward, OutGrad};
+use crate::ops::route::Routes;
 
 /// One residual unit: its BN-ReLU-Conv layers and its shortcut.
 #[derive(Clone, Debug)]
@@ -67,6 +68,8 @@ pub(crate) struct Forward<'a> {
     pub proj: &'a mut [f32],
     /// im2col scratch.
     pub col: &'a mut [f32],
+    /// Every convolution's routes (`ops::route`).
+    pub routes: &'a Routes,
     /// BN scale scratch.
     pub scale: &'a mut [f32],
     /// BN shift scratch.
@@ -98,6 +101,8 @@ pub(crate) struct Backward<'a> {
     pub dproj: &'a mut [f32],
     /// im2col scratch.
     pub col: &'a mut [f32],
+    /// Every convolution's routes (`ops::route`).
+    pub routes: &'a Routes,
     /// BN scale scratch.
     pub scale: &'a mut [f32],
     /// BN shift scratch.
@@ -183,6 +188,7 @@ impl ResidualUnit {
             mut stats,
             proj,
             col,
+            routes,
             scale,
             shift,
         } = b;
@@ -207,7 +213,8 @@ impl ResidualUnit {
             let hj = &mut h[j][..c * len];
             bn_relu_forward(hj, input, &scale[..c], &shift[..c], len);
             let out: &mut [f32] = if j + 1 == k { &mut *y } else { &mut *next[0] };
-            conv_forward(&mut out[..out_len], hj, conv.w(p), &shape, col);
+            let route = routes.of(conv.weight).forward;
+            conv_forward(&mut out[..out_len], hj, conv.w(p), &shape, route, col);
         }
         let len_out = n * self.size_out * self.size_out;
         let y = &mut y[..self.c_out * len_out];
@@ -220,6 +227,7 @@ impl ResidualUnit {
                     &h[0][..self.c_in * len_in],
                     sc.w(p),
                     &sc.shape(n, self.size_in),
+                    routes.of(sc.weight).forward,
                     col,
                 );
                 y.iter_mut().zip(&*proj).for_each(|(y, v)| *y += v);
@@ -249,6 +257,7 @@ impl ResidualUnit {
             du,
             dproj,
             col,
+            routes,
             scale,
             shift,
         } = b;
@@ -290,6 +299,7 @@ impl ResidualUnit {
                     &h[0][..self.c_in * len_in],
                     sc.w(p),
                     &sc.shape(n, self.size_in),
+                    &routes.of(sc.weight),
                     col,
                 );
                 dx.fill(0.0);
@@ -316,6 +326,7 @@ impl ResidualUnit {
                     &h[j][..c * len],
                     conv.w(p),
                     &shape,
+                    &routes.of(conv.weight),
                     col,
                 );
                 d

@@ -29,7 +29,8 @@
 use super::arch::Architecture;
 use crate::nn::arena::{self, carve, Allocation, Buf, Carver, Region};
 use crate::nn::{ChannelStats, HeadMemory, MemoryMode};
-use crate::ops::conv::{col_len, ConvShape};
+use crate::ops::conv::col_len;
+use crate::ops::route::{Reads, Routes};
 use serde::Serialize;
 
 /// im2col scratch budget in floats (16 MiB), as for the DenseNet plan.
@@ -75,6 +76,8 @@ pub struct ResNetPlan {
     /// Where every buffer lives in the workspace's one allocation (what
     /// [`ResNetWorkspace::new`] carves; `densenet summary MODEL --plan` prints it).
     pub regions: Vec<Region>,
+    /// Which algorithm runs each convolution at this batch size (`ops::route`).
+    pub routes: Routes,
 }
 
 impl ResNetPlan {
@@ -84,10 +87,6 @@ impl ResNetPlan {
         let n = batch.max(1);
         let s = cfg.input_size;
         let naive = training && mode == MemoryMode::Naive;
-        let col_for = |sh: ConvShape| {
-            let per = sh.col_per_sample().max(1);
-            col_len(&sh, (COL_BUDGET / per).max(1))
-        };
         let input = cfg.in_channels * n * s * s;
         let mut plan = ResNetPlan {
             batch: n,
@@ -104,10 +103,15 @@ impl ResNetPlan {
             scratch_dh: 0,
             scratch_du: 0,
             scratch_proj: 0,
-            col: col_for(arch.conv1.shape(n, s)),
+            col: 0,
             small: 0,
             regions: vec![],
+            routes: Routes::new(n, training),
         };
+        // every convolution reads its stored BN-ReLU output h
+        let c1 = &arch.conv1;
+        plan.routes
+            .push(&c1.name, c1.weight, c1.shape(n, s), Reads::Stored);
         let stem_out = cfg.stem_channels * n * s * s;
         let mut streams = vec![stem_out];
         let mut small = 0;
@@ -131,7 +135,7 @@ impl ResNetPlan {
             }
             for (j, ((bn, conv), &size)) in unit.layers.iter().zip(&unit.sizes).enumerate() {
                 let sh = conv.shape(n, size);
-                plan.col = plan.col.max(col_for(sh));
+                plan.routes.push(&conv.name, conv.weight, sh, Reads::Stored);
                 small += 3 * bn.c;
                 if training {
                     if !sh.is_pointwise() {
@@ -143,7 +147,8 @@ impl ResNetPlan {
                 }
             }
             if let Some(sc) = &unit.shortcut {
-                plan.col = plan.col.max(col_for(sc.shape(n, unit.size_in)));
+                let sh = sc.shape(n, unit.size_in);
+                plan.routes.push(&sc.name, sc.weight, sh, Reads::Stored);
                 let out = unit.c_out * n * unit.size_out * unit.size_out;
                 let back = if training { inputs[0] } else { 0 };
                 plan.scratch_proj = plan.scratch_proj.max(out).max(back);
@@ -160,6 +165,18 @@ impl ResNetPlan {
         let widest = arch.widest_channels();
         small += 3 * cf + 2 * cf * n + 2 * n * cfg.num_classes + 2 * widest;
         plan.small = small;
+        // the im2col matrix of as many samples as fit the budget, or the 3×3 kernels'
+        // padded copies
+        plan.col = plan
+            .routes
+            .convs
+            .iter()
+            .map(|c| {
+                let per = c.shape.col_per_sample().max(1);
+                col_len(&c.shape, &c.route, (COL_BUDGET / per).max(1))
+            })
+            .max()
+            .unwrap_or(0);
         plan.regions = arena::layout(|c| ResNetWorkspace::carve(arch, &plan, c));
         plan
     }
@@ -231,6 +248,8 @@ pub struct ResNetScratch {
 pub struct ResNetWorkspace {
     /// The plan it was allocated from.
     pub plan: ResNetPlan,
+    /// The routes of the batch size in use (see `DenseNetWorkspace::routes`).
+    pub routes: Routes,
     /// Images in the current batch (≤ `plan.batch`).
     pub n: usize,
     /// Whether the last forward pass ran in training mode.
@@ -324,6 +343,7 @@ impl ResNetWorkspace {
             final_stats: ChannelStats::carve(c, "final.stats", cf),
             head: HeadMemory::carve(c, cf, cfg.num_classes, n, plan.training),
             alloc: Allocation::default(),
+            routes: plan.routes.clone(),
             plan: plan.clone(),
         }
     }

@@ -30,7 +30,7 @@ pub mod memory;
 
 use crate::model::config::ModelConfig;
 use crate::model::interface::{
-    own_workspace, Buffers, Family, Fan, ModelWorkspace, Net, Pass, Workspace,
+    own_workspace, Buffers, Family, Fan, MemoryPlan, ModelWorkspace, Net, Pass, Workspace,
 };
 use crate::nn::arena::Buf;
 use crate::nn::params::TensorTable;
@@ -95,6 +95,14 @@ impl Family for Architecture {
         (c.num_classes, c.in_channels, c.input_size)
     }
 
+    fn memory_plan(&self, batch: usize, mode: MemoryMode, training: bool) -> MemoryPlan {
+        let plan = ResNetPlan::new(self, batch, mode, training);
+        MemoryPlan {
+            regions: plan.regions,
+            routes: plan.routes,
+        }
+    }
+
     fn workspace(&self, batch: usize, mode: MemoryMode, training: bool) -> Workspace {
         let plan = ResNetPlan::new(self, batch, mode, training);
         Box::new(ResNetWorkspace::new(self, plan))
@@ -113,6 +121,7 @@ impl Family for Architecture {
         let (s, cin) = (cfg.input_size, cfg.in_channels);
         ws.n = n;
         ws.training = training;
+        ws.routes.for_pass(n, training);
         let keep_all = ws.plan.training;
         let idx = |t: usize| if keep_all { t } else { t % 2 };
         let ResNetWorkspace {
@@ -122,8 +131,10 @@ impl Family for Architecture {
             scratch: sc,
             final_stats,
             head: HeadMemory { pooled, logits, .. },
+            routes,
             ..
         } = ws;
+        let routes = &*routes;
         nchw_to_cnhw(&mut x_in[..n * cin * s * s], input, n, cin, s * s);
         let p = params;
         let running = stats;
@@ -136,6 +147,7 @@ impl Family for Architecture {
             &x_in[..cin * n * s * s],
             arch.conv1.w(p),
             &arch.conv1.shape(n, s),
+            routes.of(arch.conv1.weight).forward,
             &mut sc.col,
         );
         emit(probe, "conv1", out0, c0, n, s);
@@ -163,6 +175,7 @@ impl Family for Architecture {
                     stats: training.then_some(&mut um.stats[..]),
                     proj: &mut sc.proj,
                     col: &mut sc.col,
+                    routes,
                     scale: &mut sc.scale,
                     shift: &mut sc.shift,
                 };
@@ -215,6 +228,7 @@ impl Family for Architecture {
             units,
             scratch: sc,
             final_stats,
+            routes,
             head:
                 HeadMemory {
                     pooled,
@@ -289,6 +303,7 @@ impl Family for Architecture {
                 du: &mut sc.du,
                 dproj: &mut sc.proj,
                 col: &mut sc.col,
+                routes,
                 scale: &mut sc.scale,
                 shift: &mut sc.shift,
             };
@@ -308,6 +323,7 @@ impl Family for Architecture {
             &input[..len],
             arch.conv1.w(p),
             &arch.conv1.shape(n, s),
+            &routes.of(arch.conv1.weight),
             &mut sc.col,
         );
         opts.grads_final(0, g);
@@ -376,6 +392,9 @@ impl ModelWorkspace for ResNetWorkspace {
     }
     fn activation_bytes(&self) -> usize {
         self.plan.activation_bytes()
+    }
+    fn routes(&self) -> &crate::ops::route::Routes {
+        &self.routes
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self

@@ -277,8 +277,8 @@ pub struct TrainReport {
     /// The `gemm` crate's micro-kernels (`avx512`, `fma`, `scalar`): it picks them from
     /// cpuid, apart from `DENSENET_KERNELS`; only a build without `gemm-avx512` drops AVX-512.
     pub gemm: &'static str,
-    /// Whether the 3×3 may take the Winograd route (`DENSENET_WINOGRAD`).
-    pub winograd: bool,
+    /// The route policy (`auto`, `no-winograd`, `direct`; see `DENSENET_ROUTES`).
+    pub routes: &'static str,
     /// The CPU's model name.
     pub cpu: String,
     /// Median step time.
@@ -322,8 +322,8 @@ pub struct InferReport {
     /// The `gemm` crate's micro-kernels (`avx512`, `fma`, `scalar`): it picks them from
     /// cpuid, apart from `DENSENET_KERNELS`; only a build without `gemm-avx512` drops AVX-512.
     pub gemm: &'static str,
-    /// Whether the 3×3 may take the Winograd route (`DENSENET_WINOGRAD`).
-    pub winograd: bool,
+    /// The route policy (`auto`, `no-winograd`, `direct`; see `DENSENET_ROUTES`).
+    pub routes: &'static str,
     /// The CPU's model name.
     pub cpu: String,
     /// Median time per batch.
@@ -494,7 +494,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         threads: rayon::current_num_threads(),
         kernels: crate::kernels::active().name,
         gemm: crate::kernels::gemm::micro_kernels(),
-        winograd: crate::kernels::winograd::enabled(),
+        routes: crate::ops::route::policy().name(),
         cpu: cpu_model(),
         median_step_s: step.median_s,
         images_per_s: a.batch as f64 / step.median_s,
@@ -709,7 +709,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         threads: rayon::current_num_threads(),
         kernels: crate::kernels::active().name,
         gemm: crate::kernels::gemm::micro_kernels(),
-        winograd: crate::kernels::winograd::enabled(),
+        routes: crate::ops::route::policy().name(),
         cpu: cpu_model(),
         median_s: pass.median_s,
         images_per_s: a.batch as f64 / pass.median_s,

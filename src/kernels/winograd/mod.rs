@@ -8,7 +8,7 @@
 //! `M_ξ = U_ξ·V_ξ` (`[Cout][Cin]·[Cin][tiles]`), which the one-tap register kernel
 //! (`correlate1`) computes. Per output, input and output channel that is 4 multiply-adds
 //! with F(2×2) (16 per 4 outputs) and 2.25 with F(4×4) (36 per 16), where the direct
-//! kernel does 9; [`tile`] picks r. Where it picks 4, the weight gradient takes F(4×4)
+//! kernel does 9; the route (`ops::route`) picks r. Where it picks 4, the weight gradient takes F(4×4)
 //! too ([`backward_weights`]: the same `V`, the output gradient transformed by
 //! [`grad_rows`], and per ξ an outer product over the tiles).
 //!
@@ -32,7 +32,6 @@ use super::simd::{simd_entries, F32x};
 use super::{active, prepack, BnRelu, ConvShape};
 use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 mod layout;
 mod transforms;
@@ -46,6 +45,9 @@ pub(crate) use transforms::{
 /// Tiles per task: a multiple of every table's register block (16 and 32 positions).
 const T: usize = 32;
 
+/// [`T`], for the route's rule (`ops::route`: two tasks per thread).
+pub const TILES_PER_TASK: usize = T;
+
 /// Signature of [`input_avx2`] and [`input_avx512`].
 pub type InputFn = unsafe fn(*mut f32, usize, *const f32, &Segment);
 /// Signature of [`output_avx2`] and [`output_avx512`].
@@ -56,92 +58,6 @@ pub type OutputFn = unsafe fn(*mut f32, *const f32, usize, &Segment);
 /// direct kernels).
 pub fn applies(s: &ConvShape) -> bool {
     s.k == 3 && s.stride == 1 && s.pad == 1 && super::conv1x1::pointwise_applies(s.cout)
-}
-
-/// A `DENSENET_WINOGRAD` value that is neither on nor off.
-#[derive(Debug, thiserror::Error)]
-#[error("DENSENET_WINOGRAD={0}: expected on or off (or 1, 0, true, false)")]
-pub struct WinogradEnvError(String);
-
-/// Whether a `DENSENET_WINOGRAD` value turns the route on (`None` or empty: on).
-pub fn parse_env(value: Option<&str>) -> Result<bool, WinogradEnvError> {
-    match value.map(str::trim) {
-        None | Some("") | Some("on") | Some("1") | Some("true") => Ok(true),
-        Some("off") | Some("0") | Some("false") => Ok(false),
-        Some(other) => Err(WinogradEnvError(other.to_string())),
-    }
-}
-
-/// [`parse_env`] of the environment's `DENSENET_WINOGRAD`.
-pub fn from_env() -> Result<bool, WinogradEnvError> {
-    parse_env(std::env::var("DENSENET_WINOGRAD").ok().as_deref())
-}
-
-/// 0: not yet decided; 1: off; 2: on.
-static ENABLED: AtomicU8 = AtomicU8::new(0);
-
-/// Turns the route on or off for the whole process (the command line does, from
-/// `DENSENET_WINOGRAD`, before any work).
-pub fn set_enabled(on: bool) {
-    ENABLED.store(if on { 2 } else { 1 }, Ordering::Release);
-}
-
-/// Whether the route may be taken: `DENSENET_WINOGRAD=off` sends every 3×3 through the
-/// direct kernel (another summation order: to compare results or times with it). Read
-/// once; an unusable value leaves it on with a warning.
-pub fn enabled() -> bool {
-    match ENABLED.load(Ordering::Acquire) {
-        0 => {
-            let on = from_env().unwrap_or_else(|e| {
-                eprintln!("warning: {e}; Winograd stays on");
-                true
-            });
-            let _ = ENABLED.compare_exchange(
-                0,
-                if on { 2 } else { 1 },
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-            ENABLED.load(Ordering::Acquire) == 2
-        }
-        v => v == 2,
-    }
-}
-
-/// Whether [`forward`] is the faster route for this convolution (where it [`applies`]).
-/// Measured in-process against the direct kernel (`cargo bench --bench shapes --
-/// winograd`, Zen 3, 2 threads, several runs on a busy machine): densenet121's 128 → 32
-/// forward took 0.66–0.95 of the direct time at batch 16 (every block) and 0.64–0.83 at
-/// batch 1 on 56×56 and 28×28 (28×28 1.05–1.12 in the busiest hour); at batch 1 on 14×14
-/// (49 tiles: two tasks) 1.14–1.56, on 7×7 1.9–3. With 12 outputs (BC-100) it was about
-/// even (0.87–1.26), and the CIFAR stem (3 inputs) 1.3–2.8: the transforms are then as
-/// much work as the products. So: at least 64 inputs, 32 outputs and two tasks of [`T`]
-/// tiles per thread, and the route [`enabled`].
-pub fn preferred(s: &ConvShape) -> bool {
-    let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
-    s.cin >= 64 && s.cout >= 32 && tiles >= 2 * T * rayon::current_num_threads() && enabled()
-}
-
-/// Outputs per tile side for this convolution: 4 (F(4×4, 3×3)) where its tiles of 4×4
-/// still make two tasks of [`T`] per thread and cover at most 9/8 of the image, else 2.
-///
-/// F(4×4) does 36 multiply-adds per 16 outputs, input and output channel, where F(2×2)
-/// does 64 (16 per 4 outputs); its transforms cost more per tile but about the same per
-/// output. Measured with `bench … --ab` (Zen 4, 2 threads, F(4×4) against F(2×2) where
-/// this rule takes it): densenet121 training step at batch 16 0.966 (`avx512`) and 0.938
-/// (`avx2`), evaluation 0.916 at batch 16 and 0.964 at batch 1. By shape (`bench train
-/// --profile`, batch 16): the 3×3 at 56×56 and 28×28 13–19% faster forward and backward;
-/// at 14×14, whose 4×4 tiles cover 16×16 (1.31 of the image), even or slower, hence the
-/// 9/8 bound.
-pub fn tile(s: &ConvShape) -> usize {
-    let (th, tw) = (s.h.div_ceil(4), s.w.div_ceil(4));
-    let enough = s.n * th * tw >= 2 * T * rayon::current_num_threads();
-    let covered = 16 * th * tw;
-    if enough && 8 * covered <= 9 * s.h * s.w {
-        4
-    } else {
-        2
-    }
 }
 
 /// A transform `f` ([`InputFn`]: `V` or `M'`) of every channel `c < channels` over the
@@ -166,39 +82,11 @@ unsafe fn each_channel<I: Iterator<Item = Segment>>(
     }
 }
 
-/// Forward: `y[Cout][N·H·W] = conv3×3(x)` (of `relu(x·scale + shift)` with `bn`), through
-/// `col` (at least [`scratch_len`] of one sample; samples are taken as many at a time as
-/// fit). Returns `false`, having done nothing, where [`applies`] does
-/// not hold or `col` is too small for one sample.
+/// Forward: `y[Cout][N·H·W] = conv3×3(x)` (of `relu(x·scale + shift)` with `bn`) in tiles
+/// of `r`×`r` outputs (2 or 4), through `col` (at least [`scratch_len`] of one sample;
+/// samples are taken as many at a time as fit). Returns `false`, having done nothing,
+/// where [`applies`] does not hold or `col` is too small for one sample.
 pub fn forward(
-    y: &mut [f32],
-    x: &[f32],
-    bn: Option<BnRelu>,
-    w: &[f32],
-    s: &ConvShape,
-    col: &mut [f32],
-) -> bool {
-    convolve(y, x, bn, w, false, s, tile(s), col)
-}
-
-/// The input gradient of the 3×3 convolution `s` (forward weights `w: [Cout][Cin][9]`):
-/// `dx[Cin][N·H·W]` (overwritten) from `dy[Cout][N·H·W]`, a convolution of `dy` with the
-/// weights transposed and flipped. As [`forward`] (of the shape with `cin` and `cout`
-/// swapped) for the scratch and the result.
-pub fn backward_data(
-    dx: &mut [f32],
-    dy: &[f32],
-    w: &[f32],
-    s: &ConvShape,
-    col: &mut [f32],
-) -> bool {
-    let ds = data_shape(s);
-    convolve(dx, dy, None, w, true, &ds, tile(&ds), col)
-}
-
-/// [`forward`] in tiles of `r`×`r` outputs (2 or 4) whatever [`tile`] says: to compare the
-/// two on a CPU (`cargo bench --bench shapes -- winograd`).
-pub fn forward_in_tiles(
     y: &mut [f32],
     x: &[f32],
     bn: Option<BnRelu>,
@@ -211,8 +99,11 @@ pub fn forward_in_tiles(
     convolve(y, x, bn, w, false, s, r, col)
 }
 
-/// [`backward_data`] in tiles of `r`×`r` outputs (2 or 4), as [`forward_in_tiles`].
-pub fn backward_data_in_tiles(
+/// The input gradient of the 3×3 convolution `s` (forward weights `w: [Cout][Cin][9]`):
+/// `dx[Cin][N·H·W]` (overwritten) from `dy[Cout][N·H·W]`, a convolution of `dy` with the
+/// weights transposed and flipped, in tiles of `r`×`r`. As [`forward`] (of the shape with
+/// `cin` and `cout` swapped, [`data_shape`]) for the scratch and the result.
+pub fn backward_data(
     dx: &mut [f32],
     dy: &[f32],
     w: &[f32],
@@ -224,16 +115,9 @@ pub fn backward_data_in_tiles(
     convolve(dx, dy, None, w, true, &data_shape(s), r, col)
 }
 
-/// Whether [`backward_weights`] takes the weight gradient of `s` on this CPU: where the
-/// forward takes F(4×4, 3×3) ([`tile`]) and the one-tap and outer-product kernels take
-/// its channel counts.
-pub fn weights_apply(s: &ConvShape) -> bool {
-    tile(s) == 4 && weights_f4_fit(s)
-}
-
-/// Whether the kernels take `s`'s weight gradient as F(4×4), whatever [`tile`] says: the
-/// one-tap kernel's transforms and `grad_tile`'s output count.
-fn weights_f4_fit(s: &ConvShape) -> bool {
+/// Whether [`backward_weights`] takes `s`'s weight gradient on this CPU: the one-tap
+/// kernel's transforms and `grad_tile`'s output count.
+pub fn weights_fit(s: &ConvShape) -> bool {
     applies(s) && super::conv1x1::grad_tile_applies(s.cout)
 }
 
@@ -247,7 +131,7 @@ fn weights_f4_fit(s: &ConvShape) -> bool {
 /// `[ξ][I][O]`; then `dW = Gᵀ·dU·G` once per call. 36 multiply-adds per 16 outputs,
 /// input and output channel, where the direct kernel does 144.
 ///
-/// Returns `false`, having done nothing, where [`weights_apply`] does not hold or `col` is
+/// Returns `false`, having done nothing, where [`weights_fit`] does not hold or `col` is
 /// too small for one sample (as [`forward`]).
 pub fn backward_weights(
     dw: &mut [f32],
@@ -257,7 +141,7 @@ pub fn backward_weights(
     s: &ConvShape,
     col: &mut [f32],
 ) -> bool {
-    weights_apply(s) && weights_f4(dw, dy, x, bn, s, col)
+    weights_fit(s) && weights_f4(dw, dy, x, bn, s, col)
 }
 
 /// [`backward_weights`] wherever the kernels take the shape, whatever [`tile`] says.
@@ -273,7 +157,7 @@ fn weights_f4(
     const XIS: usize = (R + 2) * (R + 2);
     let sp = Split::new(s, R);
     let ns = col.len().saturating_sub(s.cin * PB) / (s.cin * sp.plane);
-    if !weights_f4_fit(s) || ns == 0 {
+    if !weights_fit(s) || ns == 0 {
         return false;
     }
     let direct = active().direct.expect("applies");
@@ -321,7 +205,7 @@ fn weights_f4(
                             super::conv1x1::transpose_panels(panel, mx, T, co, n);
                             // SAFETY: acc's ξ block is this part's own ci×co matrix; V's ξ
                             // rows hold ci rows of T ≥ n; panel holds M'ᵀ's panels;
-                            // grad_tile_applies(co) (weights_apply).
+                            // grad_tile_applies(co) (weights_fit).
                             unsafe {
                                 super::conv1x1::grad_tile(
                                     acc.as_mut_ptr().add(xi * ci * co),
@@ -609,7 +493,7 @@ mod tests {
                 });
                 let input = bn_relu(&x, bn, len);
                 let mut want = start.clone();
-                im2col_backward(None, &mut want, &dy, &input, &w, &s, &mut big);
+                im2col_backward(None, Some(&mut want), &dy, &input, &w, &s, &mut big);
                 for samples in [1, s.n] {
                     let mut col = vec![f32::NAN; s.cin * Split::new(&s, 4).chan(samples)];
                     let mut dw = start.clone();
@@ -622,21 +506,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn env_values() {
-        for on in [None, Some(""), Some("on"), Some(" 1 "), Some("true")] {
-            assert!(parse_env(on).unwrap(), "{on:?}");
-        }
-        for off in ["off", "0", "false"] {
-            assert!(!parse_env(Some(off)).unwrap(), "{off}");
-        }
-        let e = parse_env(Some("fast")).unwrap_err().to_string();
-        assert!(
-            e.contains("DENSENET_WINOGRAD=fast") && e.contains("on or off"),
-            "{e}"
-        );
     }
 
     /// Against im2col + GEMM (itself tested against a naive convolution in `conv`): odd
@@ -679,7 +548,7 @@ mod tests {
                 for (samples, r) in [1, s.n].into_iter().flat_map(|n| [(n, 2), (n, 4)]) {
                     let mut col = vec![f32::NAN; s.cin * Split::new(&s, r).chan(samples)];
                     let mut y = vec![f32::NAN; want.len()];
-                    assert!(forward_in_tiles(&mut y, &x, bn, &w, &s, r, &mut col));
+                    assert!(forward(&mut y, &x, bn, &w, &s, r, &mut col));
                     let what = format!("{s:?} F({r}×{r}) bn {with_bn} samples {samples}");
                     close(&y, &want, &what);
                 }
@@ -694,22 +563,17 @@ mod tests {
             let dy = data(s.cout * s.n * s.h * s.w, 3);
             let mut want = vec![0.0; x.len()];
             let mut dw = vec![0.0; w.len()];
-            im2col_backward(Some(&mut want), &mut dw, &dy, &x, &w, &s, &mut big);
+            im2col_backward(Some(&mut want), Some(&mut dw), &dy, &x, &w, &s, &mut big);
             for (samples, r) in [1, s.n].into_iter().flat_map(|n| [(n, 2), (n, 4)]) {
                 let mut col = vec![f32::NAN; ds.cin * Split::new(&ds, r).chan(samples)];
                 let mut dx = vec![f32::NAN; x.len()];
-                assert!(backward_data_in_tiles(&mut dx, &dy, &w, &s, r, &mut col));
+                assert!(backward_data(&mut dx, &dy, &w, &s, r, &mut col));
                 close(
                     &dx,
                     &want,
                     &format!("{s:?} F({r}×{r}) dx samples {samples}"),
                 );
             }
-            // and through the public entry, on the tile it picks
-            let mut col = vec![f32::NAN; scratch_len(&ds, s.n)];
-            let mut dx = vec![f32::NAN; x.len()];
-            assert!(backward_data(&mut dx, &dy, &w, &s, &mut col));
-            close(&dx, &want, &format!("{s:?} dx"));
         }
         // too little scratch for one sample: nothing done (and in backward_weights)
         let s4 = shape(1, 4, 16, 6, 6);
@@ -719,16 +583,10 @@ mod tests {
         assert!(!weights_f4(&mut dw, &dy, &x, None, &s4, &mut col));
         assert!(dw.iter().all(|&v| v == 1.0));
         let s = shape(1, 4, 4, 6, 6);
-        let mut col = vec![0.0; s.cin * Split::new(&s, tile(&s)).chan(1) - 1];
+        let mut col = vec![0.0; s.cin * Split::new(&s, 2).chan(1) - 1];
         let mut y = vec![1.0; 4 * 36];
-        assert!(!forward(
-            &mut y,
-            &data(4 * 36, 1),
-            None,
-            &data(144, 2),
-            &s,
-            &mut col
-        ));
+        let (x, w) = (data(4 * 36, 1), data(144, 2));
+        assert!(!forward(&mut y, &x, None, &w, &s, 2, &mut col));
         assert!(y.iter().all(|&v| v == 1.0));
     }
 }
