@@ -29,7 +29,7 @@ use super::arch::Architecture;
 use crate::densenet::config::Stem;
 use crate::nn::arena::{self, carve, Allocation, Buf, Carver, Region};
 use crate::nn::{ChannelStats, HeadMemory, MemoryMode};
-use crate::ops::conv::col_len;
+use crate::ops::conv::plan_col_len;
 use crate::ops::route::{Reads, Routes};
 use serde::Serialize;
 
@@ -203,18 +203,7 @@ impl DenseNetPlan {
         let cf = cfg.final_channels();
         small += 2 * cf * n + 2 * n * cfg.num_classes + 2 * cf.max(width);
         plan.routes = Self::routes(arch, n, naive, training, plan.scratch_tmp);
-        // the im2col matrix of as many samples as fit the budget, or the 3×3 kernels'
-        // padded copies
-        plan.col = plan
-            .routes
-            .convs
-            .iter()
-            .map(|c| {
-                let per = c.shape.col_per_sample().max(1);
-                col_len(&c.shape, &c.route, (COL_BUDGET / per).max(1))
-            })
-            .max()
-            .unwrap_or(0);
+        plan.col = plan_col_len(&plan.routes, COL_BUDGET);
         plan.small = small;
         if training && !naive {
             plan.keep_bottlenecks(arch, n);

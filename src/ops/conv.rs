@@ -43,6 +43,22 @@ pub fn col_len(s: &ConvShape, r: &ConvRoute, samples: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// The scratch a plan gives the convolutions of `routes`: the most any of them wants
+/// with as many samples as fit `budget` floats of im2col matrix (at least one), so that
+/// the GEMMs stay efficient (thousands of columns) and the scratch small next to the
+/// activations.
+pub fn plan_col_len(routes: &route::Routes, budget: usize) -> usize {
+    routes
+        .convs
+        .iter()
+        .map(|c| {
+            let per = c.shape.col_per_sample().max(1);
+            col_len(&c.shape, &c.route, (budget / per).max(1))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// The output columns `lo..hi` whose input column `ox·stride + kx − pad` lies inside the
 /// image (the others read the zero padding).
 #[inline]
