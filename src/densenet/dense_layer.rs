@@ -48,11 +48,11 @@ impl DenseLayer {
         let len = n * size * size;
         let (m, k) = (self.c_in, self.growth());
         let drop = if training { self.drop_rate } else { 0.0 };
-        let r1 = ws.routes.of(self.conv1.weight);
+        let r1 = ws.core.routes.of(self.conv1.weight);
         let r2 = self
             .bottleneck
             .as_ref()
-            .map(|(_, c)| ws.routes.of(c.weight));
+            .map(|(_, c)| ws.core.routes.of(c.weight));
         let BlockMemory {
             feats,
             stats,
@@ -155,11 +155,11 @@ impl DenseLayer {
         let drop = self.drop_rate;
         // every reader of this layer's output channels is done: complete their gradient
         ws.blocks[b].complete_grads(m..m + k, len);
-        let r1 = ws.routes.of(self.conv1.weight);
+        let r1 = ws.core.routes.of(self.conv1.weight);
         let r2 = self
             .bottleneck
             .as_ref()
-            .map(|(_, c)| ws.routes.of(c.weight));
+            .map(|(_, c)| ws.core.routes.of(c.weight));
         let BlockMemory {
             feats,
             grads,

@@ -7,7 +7,7 @@ use crate::ops::linear::{linear_backward, linear_forward};
 use crate::ops::norm::{bn_relu_avgpool_forward, bn_relu_backward, OutGrad};
 use crate::util::tensor::Tensor;
 
-/// Forward: pooled features `ws.head.pooled [C][N]`, then `ws.head.logits [N][classes]`.
+/// Forward: pooled features `ws.core.head.pooled [C][N]`, then `ws.core.head.logits [N][classes]`.
 pub(crate) fn forward(
     arch: &Architecture,
     p: &[f32],
@@ -23,23 +23,26 @@ pub(crate) fn forward(
     let batch = ws.training.then_some(&blk.stats);
     arch.norm_final
         .forward_affine(p, running, batch, n * hw, scale, shift);
-    let pooled = &mut ws.head.pooled[..c * n];
+    let pooled = &mut ws.core.head.pooled[..c * n];
     bn_relu_avgpool_forward(pooled, &blk.feats, &scale[..c], &shift[..c], n, hw);
     let (w, bias) = p[arch.classifier..arch.classifier + j * c + j].split_at(j * c);
-    linear_forward(&mut ws.head.logits, pooled, w, bias, n, c, j);
+    linear_forward(&mut ws.core.head.logits, pooled, w, bias, n, c, j);
 }
 
-/// Backward from `ws.head.dlogits` into the last block's gradient buffer (accumulating).
+/// Backward from `ws.core.head.dlogits` into the last block's gradient buffer (accumulating).
 pub(crate) fn backward(arch: &Architecture, p: &[f32], g: &mut [f32], ws: &mut DenseNetWorkspace) {
     let cfg = &arch.config;
     let (n, j) = (ws.n, cfg.num_classes);
     let last = arch.blocks.last().expect("at least one block");
     let (c, hw) = (last.c_out, last.size * last.size);
-    let (dl, pooled) = (&ws.head.dlogits[..n * j], &ws.head.pooled[..c * n]);
+    let (dl, pooled) = (
+        &ws.core.head.dlogits[..n * j],
+        &ws.core.head.pooled[..c * n],
+    );
     let off = arch.classifier;
     let (dw, db) = g[off..off + j * c + j].split_at_mut(j * c);
     let w = &p[off..off + j * c];
-    let dpooled = &mut ws.head.dpooled[..c * n];
+    let dpooled = &mut ws.core.head.dpooled[..c * n];
     linear_backward(dpooled, dw, db, dl, pooled, w, n, c, j);
     let blk = ws.blocks.last_mut().expect("at least one block");
     let (scale, shift) = (&mut ws.scratch.scale, &mut ws.scratch.shift);
@@ -65,7 +68,7 @@ pub(crate) fn backward(arch: &Architecture, p: &[f32], g: &mut [f32], ws: &mut D
     );
 }
 
-/// Backward from `ws.head.dlogits` through the classifier alone (fine-tuning with frozen
+/// Backward from `ws.core.head.dlogits` through the classifier alone (fine-tuning with frozen
 /// features): accumulates the classifier's gradients, nothing else.
 pub(crate) fn backward_classifier(
     arch: &Architecture,
@@ -77,10 +80,13 @@ pub(crate) fn backward_classifier(
     let c = arch.blocks.last().expect("at least one block").c_out;
     let off = arch.classifier;
     let (dw, db) = g[off..off + j * c + j].split_at_mut(j * c);
-    let (dl, pooled) = (&ws.head.dlogits[..n * j], &ws.head.pooled[..c * n]);
+    let (dl, pooled) = (
+        &ws.core.head.dlogits[..n * j],
+        &ws.core.head.pooled[..c * n],
+    );
     // the pooled features' gradient is computed too (a j·c·n product, next to nothing)
     // and not used
-    let dpooled = &mut ws.head.dpooled[..c * n];
+    let dpooled = &mut ws.core.head.dpooled[..c * n];
     linear_backward(dpooled, dw, db, dl, pooled, &p[off..off + j * c], n, c, j);
 }
 

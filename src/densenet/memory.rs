@@ -27,6 +27,7 @@
 
 use super::arch::Architecture;
 use crate::densenet::config::Stem;
+use crate::model::interface::WorkspaceCore;
 use crate::nn::arena::{self, carve, Allocation, Buf, Carver, Region};
 use crate::nn::{ChannelStats, HeadMemory, MemoryMode};
 use crate::ops::conv::plan_col_len;
@@ -374,9 +375,6 @@ pub struct Scratch {
 pub struct DenseNetWorkspace {
     /// The plan it was allocated from.
     pub plan: DenseNetPlan,
-    /// The routes of the batch size in use: the plan's, chosen again for a shorter batch
-    /// ([`Routes::for_pass`]).
-    pub routes: Routes,
     /// Images in the current batch (≤ `plan.batch`).
     pub n: usize,
     /// Whether the last forward pass ran in training mode.
@@ -385,8 +383,6 @@ pub struct DenseNetWorkspace {
     pub dropout_seed: u64,
     /// The input, channel-major.
     pub input: Buf<f32>,
-    /// Gradient of the input (NCHW after backward).
-    pub input_grad: Buf<f32>,
     /// ImageNet stem convolution output.
     pub stem_z: Buf<f32>,
     /// ImageNet stem BN0 batch statistics.
@@ -397,8 +393,9 @@ pub struct DenseNetWorkspace {
     pub blocks: Vec<BlockMemory>,
     /// Shared scratch.
     pub scratch: Scratch,
-    /// Pooled features, logits and their gradients.
-    pub head: HeadMemory,
+    /// What every family's workspace holds: its batch and mode, the input gradient, the
+    /// classifier's memory, the routes of the pass in use.
+    pub core: WorkspaceCore,
     /// The one allocation behind every buffer above and its region table (declared last:
     /// dropped after them).
     pub alloc: Allocation,
@@ -497,15 +494,20 @@ impl DenseNetWorkspace {
             training: false,
             dropout_seed: 0,
             input,
-            input_grad,
             stem_z,
             stem_stats,
             stem_argmax,
             blocks,
             scratch,
-            head: HeadMemory::carve(c, cf, cfg.num_classes, n, plan.training),
+            core: WorkspaceCore {
+                batch: plan.batch,
+                training: plan.training,
+                activation_bytes: plan.activation_bytes(),
+                input_grad,
+                head: HeadMemory::carve(c, cf, cfg.num_classes, n, plan.training),
+                routes: plan.routes.clone(),
+            },
             alloc: Allocation::default(),
-            routes: plan.routes.clone(),
             plan: plan.clone(),
         }
     }

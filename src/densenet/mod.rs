@@ -29,9 +29,10 @@ pub use memory::{DenseNetPlan, DenseNetWorkspace};
 use crate::model::config::ModelConfig;
 use crate::model::interface::{
     own_workspace, Buffers, Family, Fan, MemoryPlan, ModelWorkspace, Net, Pass, Workspace,
+    WorkspaceCore,
 };
 use crate::nn::params::TensorTable;
-use crate::nn::{emit, HeadMemory, MemoryMode, Probe, TrainOptions};
+use crate::nn::{emit, MemoryMode, Probe, TrainOptions};
 use crate::ops::{cnhw_to_nchw_in_place, nchw_to_cnhw};
 use std::any::Any;
 
@@ -89,7 +90,7 @@ impl Family for Architecture {
         ws.n = n;
         ws.training = training;
         ws.dropout_seed = seed;
-        ws.routes.for_pass(n, training);
+        ws.core.routes.for_pass(n, training);
         nchw_to_cnhw(
             &mut ws.input[..n * cfg.in_channels * s * s],
             input,
@@ -178,7 +179,7 @@ impl Family for Architecture {
         if opts.input_grad {
             let cfg = &self.config;
             let hw = cfg.input_size * cfg.input_size;
-            cnhw_to_nchw_in_place(&mut ws.input_grad, n, cfg.in_channels, hw);
+            cnhw_to_nchw_in_place(&mut ws.core.input_grad, n, cfg.in_channels, hw);
         }
     }
 
@@ -212,26 +213,11 @@ impl Family for Architecture {
 }
 
 impl ModelWorkspace for DenseNetWorkspace {
-    fn batch(&self) -> usize {
-        self.plan.batch
+    fn core(&self) -> &WorkspaceCore {
+        &self.core
     }
-    fn training(&self) -> bool {
-        self.plan.training
-    }
-    fn head(&self) -> &HeadMemory {
-        &self.head
-    }
-    fn head_mut(&mut self) -> &mut HeadMemory {
-        &mut self.head
-    }
-    fn input_grad(&self) -> &[f32] {
-        &self.input_grad
-    }
-    fn activation_bytes(&self) -> usize {
-        self.plan.activation_bytes()
-    }
-    fn routes(&self) -> &crate::ops::route::Routes {
-        &self.routes
+    fn core_mut(&mut self) -> &mut WorkspaceCore {
+        &mut self.core
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self

@@ -22,7 +22,7 @@ pub(crate) fn forward(
     let (n, s, c0) = (ws.n, cfg.input_size, cfg.init_features);
     let conv = &arch.conv0;
     let shape = conv.shape(n, s);
-    let route = ws.routes.of(conv.weight);
+    let route = ws.core.routes.of(conv.weight);
     let size1 = arch.blocks[0].size;
     let len1 = n * size1 * size1;
     let Scratch {
@@ -74,7 +74,7 @@ pub(crate) fn forward(
 }
 
 /// Backward from the gradient of block 1's prefix; writes the input gradient
-/// (channel-major) into `ws.input_grad` when `input_grad` is set.
+/// (channel-major) into `ws.core.input_grad` when `input_grad` is set.
 pub(crate) fn backward(
     arch: &Architecture,
     p: &[f32],
@@ -86,7 +86,7 @@ pub(crate) fn backward(
     let (n, s, c0) = (ws.n, cfg.input_size, cfg.init_features);
     let conv = &arch.conv0;
     let shape = conv.shape(n, s);
-    let route = ws.routes.of(conv.weight);
+    let route = ws.core.routes.of(conv.weight);
     let size1 = arch.blocks[0].size;
     let len1 = n * size1 * size1;
     let Scratch {
@@ -98,7 +98,7 @@ pub(crate) fn backward(
         ..
     } = &mut ws.scratch;
     let input = &ws.input[..cfg.in_channels * n * s * s];
-    let dx = input_grad.then(|| &mut ws.input_grad[..cfg.in_channels * n * s * s]);
+    let dx = input_grad.then(|| &mut ws.core.input_grad[..cfg.in_channels * n * s * s]);
     let dy1 = &ws.blocks[0].grads[..c0 * len1];
     match cfg.stem {
         Stem::Cifar => conv_backward(dx, conv.dw(g), dy1, input, conv.w(p), &shape, &route, col),

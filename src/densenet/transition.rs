@@ -26,7 +26,7 @@ impl Transition {
         let (n, training, seed) = (ws.n, ws.training, ws.dropout_seed);
         let len = n * size * size;
         let (m, t) = (self.conv.cin, self.conv.cout);
-        let route = ws.routes.of(self.conv.weight);
+        let route = ws.core.routes.of(self.conv.weight);
         let (cur, next) = ws.blocks.split_at_mut(b + 1);
         let (blk, nxt) = (&mut cur[b], &mut next[0]);
         let Scratch {
@@ -91,7 +91,7 @@ impl Transition {
         let (n, seed) = (ws.n, ws.dropout_seed);
         let len = n * size * size;
         let (m, t) = (self.conv.cin, self.conv.cout);
-        let route = ws.routes.of(self.conv.weight);
+        let route = ws.core.routes.of(self.conv.weight);
         let (cur, next) = ws.blocks.split_at_mut(b + 1);
         let (blk, nxt) = (&mut cur[b], &next[0]);
         let Scratch {

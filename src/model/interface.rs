@@ -3,6 +3,7 @@
 //! [`AnyModel`](super::AnyModel) builds them).
 
 use super::config::ModelConfig;
+use crate::nn::arena::Buf;
 use crate::nn::params::TensorTable;
 use crate::nn::{check_input, HeadMemory, MemoryMode, Probe, TrainOptions};
 use crate::ops::route::Routes;
@@ -22,25 +23,63 @@ pub struct Buffers<'a> {
     pub stats: &'a mut [f32],
 }
 
-/// What a model's workspace exposes to the code that drives it.
-pub trait ModelWorkspace: Any + Send {
+/// What every family's workspace holds beside its own buffers: what the code that drives
+/// a model reads of it through [`ModelWorkspace`].
+#[derive(Debug)]
+pub struct WorkspaceCore {
     /// Largest batch the workspace holds.
-    fn batch(&self) -> usize;
+    pub batch: usize,
     /// It holds what a backward pass needs.
-    fn training(&self) -> bool;
-    /// The classifier's memory: pooled features, logits and their gradients.
-    fn head(&self) -> &HeadMemory;
-    /// The same, mutably.
-    fn head_mut(&mut self) -> &mut HeadMemory;
-    /// Input gradient (NCHW) of the last backward pass that asked for it.
-    fn input_grad(&self) -> &[f32];
+    pub training: bool,
     /// Bytes of activation memory its plan allocated.
-    fn activation_bytes(&self) -> usize;
+    pub activation_bytes: usize,
+    /// Input gradient (NCHW after a backward pass that asked for it).
+    pub input_grad: Buf<f32>,
+    /// The classifier's memory: pooled features, logits and their gradients.
+    pub head: HeadMemory,
     /// The routes of its convolutions for the batch size and mode of its last pass (the
-    /// plan's before any).
-    fn routes(&self) -> &Routes;
+    /// plan's before any; see `Routes::for_pass`).
+    pub routes: Routes,
+}
+
+/// What a model's workspace exposes to the code that drives it: its [`WorkspaceCore`].
+pub trait ModelWorkspace: Any + Send {
+    /// What every workspace holds.
+    fn core(&self) -> &WorkspaceCore;
+    /// The same, mutably.
+    fn core_mut(&mut self) -> &mut WorkspaceCore;
     /// Itself, for [`own_workspace`].
     fn as_any_mut(&mut self) -> &mut dyn Any;
+
+    /// Largest batch the workspace holds.
+    fn batch(&self) -> usize {
+        self.core().batch
+    }
+    /// It holds what a backward pass needs.
+    fn training(&self) -> bool {
+        self.core().training
+    }
+    /// The classifier's memory: pooled features, logits and their gradients.
+    fn head(&self) -> &HeadMemory {
+        &self.core().head
+    }
+    /// The same, mutably.
+    fn head_mut(&mut self) -> &mut HeadMemory {
+        &mut self.core_mut().head
+    }
+    /// Input gradient (NCHW) of the last backward pass that asked for it.
+    fn input_grad(&self) -> &[f32] {
+        &self.core().input_grad
+    }
+    /// Bytes of activation memory its plan allocated.
+    fn activation_bytes(&self) -> usize {
+        self.core().activation_bytes
+    }
+    /// The routes of its convolutions for the batch size and mode of its last pass (the
+    /// plan's before any).
+    fn routes(&self) -> &Routes {
+        &self.core().routes
+    }
 
     /// Logits `[N][classes]` of the last forward pass (first `N·classes` entries).
     fn logits(&self) -> &[f32] {

@@ -27,6 +27,7 @@
 //! Evaluation needs none of this: two stream buffers used in turn and shared scratch.
 
 use super::arch::Architecture;
+use crate::model::interface::WorkspaceCore;
 use crate::nn::arena::{self, carve, Allocation, Buf, Carver, Region};
 use crate::nn::{ChannelStats, HeadMemory, MemoryMode};
 use crate::ops::conv::plan_col_len;
@@ -237,16 +238,12 @@ pub struct ResNetScratch {
 pub struct ResNetWorkspace {
     /// The plan it was allocated from.
     pub plan: ResNetPlan,
-    /// The routes of the batch size in use (see `DenseNetWorkspace::routes`).
-    pub routes: Routes,
     /// Images in the current batch (≤ `plan.batch`).
     pub n: usize,
     /// Whether the last forward pass ran in training mode.
     pub training: bool,
     /// The input, channel-major.
     pub input: Buf<f32>,
-    /// Gradient of the input (NCHW after backward).
-    pub input_grad: Buf<f32>,
     /// Residual stream buffers (see [`ResNetPlan::stream`]).
     pub stream: Vec<Buf<f32>>,
     /// Per unit.
@@ -255,8 +252,9 @@ pub struct ResNetWorkspace {
     pub scratch: ResNetScratch,
     /// Batch statistics of the final BN's input.
     pub final_stats: ChannelStats,
-    /// Pooled features, logits and their gradients.
-    pub head: HeadMemory,
+    /// What every family's workspace holds: its batch and mode, the input gradient, the
+    /// classifier's memory, the routes of the pass in use.
+    pub core: WorkspaceCore,
     /// The one allocation behind every buffer above and its region table (declared last:
     /// dropped after them).
     pub alloc: Allocation,
@@ -325,14 +323,19 @@ impl ResNetWorkspace {
             n,
             training: false,
             input,
-            input_grad,
             stream,
             units,
             scratch,
             final_stats: ChannelStats::carve(c, "final.stats", cf),
-            head: HeadMemory::carve(c, cf, cfg.num_classes, n, plan.training),
+            core: WorkspaceCore {
+                batch: plan.batch,
+                training: plan.training,
+                activation_bytes: plan.activation_bytes(),
+                input_grad,
+                head: HeadMemory::carve(c, cf, cfg.num_classes, n, plan.training),
+                routes: plan.routes.clone(),
+            },
             alloc: Allocation::default(),
-            routes: plan.routes.clone(),
             plan: plan.clone(),
         }
     }

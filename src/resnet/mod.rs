@@ -31,6 +31,7 @@ pub mod memory;
 use crate::model::config::ModelConfig;
 use crate::model::interface::{
     own_workspace, Buffers, Family, Fan, MemoryPlan, ModelWorkspace, Net, Pass, Workspace,
+    WorkspaceCore,
 };
 use crate::nn::arena::Buf;
 use crate::nn::params::TensorTable;
@@ -121,7 +122,7 @@ impl Family for Architecture {
         let (s, cin) = (cfg.input_size, cfg.in_channels);
         ws.n = n;
         ws.training = training;
-        ws.routes.for_pass(n, training);
+        ws.core.routes.for_pass(n, training);
         let keep_all = ws.plan.training;
         let idx = |t: usize| if keep_all { t } else { t % 2 };
         let ResNetWorkspace {
@@ -130,8 +131,12 @@ impl Family for Architecture {
             units,
             scratch: sc,
             final_stats,
-            head: HeadMemory { pooled, logits, .. },
-            routes,
+            core:
+                WorkspaceCore {
+                    head: HeadMemory { pooled, logits, .. },
+                    routes,
+                    ..
+                },
             ..
         } = ws;
         let routes = &*routes;
@@ -223,17 +228,21 @@ impl Family for Architecture {
         let g = grads;
         let ResNetWorkspace {
             input,
-            input_grad,
             stream,
             units,
             scratch: sc,
             final_stats,
-            routes,
-            head:
-                HeadMemory {
-                    pooled,
-                    dpooled,
-                    dlogits,
+            core:
+                WorkspaceCore {
+                    input_grad,
+                    routes,
+                    head:
+                        HeadMemory {
+                            pooled,
+                            dpooled,
+                            dlogits,
+                            ..
+                        },
                     ..
                 },
             ..
@@ -344,7 +353,7 @@ impl Family for Architecture {
             dpooled,
             dlogits,
             ..
-        } = &mut ws.head;
+        } = &mut ws.core.head;
         let w = &params[arch.fc..arch.fc + j * c];
         // the pooled features' gradient is computed too (next to nothing) and not used
         linear_backward(dpooled, dw, db, dlogits, pooled, w, n, c, j);
@@ -375,26 +384,11 @@ impl Family for Architecture {
 }
 
 impl ModelWorkspace for ResNetWorkspace {
-    fn batch(&self) -> usize {
-        self.plan.batch
+    fn core(&self) -> &WorkspaceCore {
+        &self.core
     }
-    fn training(&self) -> bool {
-        self.plan.training
-    }
-    fn head(&self) -> &HeadMemory {
-        &self.head
-    }
-    fn head_mut(&mut self) -> &mut HeadMemory {
-        &mut self.head
-    }
-    fn input_grad(&self) -> &[f32] {
-        &self.input_grad
-    }
-    fn activation_bytes(&self) -> usize {
-        self.plan.activation_bytes()
-    }
-    fn routes(&self) -> &crate::ops::route::Routes {
-        &self.routes
+    fn core_mut(&mut self) -> &mut WorkspaceCore {
+        &mut self.core
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
