@@ -380,11 +380,11 @@ fn preresnet_trains_on_digits() {
     assert_eq!(summary["family"], "preact_resnet");
     assert_eq!(summary["model"], "preresnet-8");
     // fitted to the data: 1 input channel, 10 classes
-    let fitted = densenet::summary::summarize_model(&{
+    let fitted = {
         let mut m = cfg.model.clone();
         m.set_io(10, 1, 8);
-        m
-    });
+        m.architecture().summary()
+    };
     assert_eq!(
         summary["parameters"].as_u64(),
         Some(fitted.parameters as u64)

@@ -8,7 +8,6 @@ use crate::model::ModelConfig;
 use crate::nn::arena::{total_bytes, Region};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
-use crate::summary::summarize_model;
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -233,7 +232,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.plan {
         return plan(&a, &cfg);
     }
-    let s = summarize_model(&cfg);
+    let s = cfg.architecture().summary();
     if a.json {
         #[derive(serde::Serialize)]
         struct WithPreprocess<'a> {

@@ -7,6 +7,7 @@
 //!   [`DenseNetWorkspace`]);
 //! - [`stem`], [`dense_layer`], [`transition`], [`head`]: forward and backward of each
 //!   part; the dense layer's are in [`dense_layer`];
+//! - [`summary`]: per-stage shapes, parameters and multiply-accumulates (Table 1);
 //! - [`analysis`]: feature reuse (the paper's Fig. 5).
 //!
 //! [`DenseNet`] owns the parameter, gradient and statistics buffers and strings the parts
@@ -20,6 +21,7 @@ pub mod dense_layer;
 pub mod head;
 pub mod memory;
 pub mod stem;
+pub mod summary;
 pub mod transition;
 
 pub use arch::{Architecture, DenseBlock, DenseLayer, Transition};
@@ -209,6 +211,10 @@ impl Family for Architecture {
 
     fn stage_word(&self) -> &'static str {
         "block"
+    }
+
+    fn summary(&self) -> crate::summary::Summary {
+        summary::summarize(self)
     }
 }
 

@@ -70,6 +70,14 @@ impl ModelConfig {
         }
     }
 
+    /// The family as a message names it: `DenseNet` or `ResNet`.
+    pub fn family_title(&self) -> &'static str {
+        match self {
+            ModelConfig::DenseNet(_) => "DenseNet",
+            ModelConfig::PreActResNet(_) => "ResNet",
+        }
+    }
+
     /// Classifier outputs.
     pub fn num_classes(&self) -> usize {
         match self {

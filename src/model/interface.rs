@@ -302,6 +302,8 @@ pub trait Family: Send + 'static {
     fn stages(&self) -> Vec<(usize, usize)>;
     /// What the family calls them: `block` or `stage`.
     fn stage_word(&self) -> &'static str;
+    /// Per-stage shapes, parameters and multiply-accumulates (`densenet summary`).
+    fn summary(&self) -> crate::summary::Summary;
     /// The memory plan of a workspace for batches of up to `batch` images, as
     /// `summary --plan` shows it: its regions and its convolutions' routes.
     fn memory_plan(&self, batch: usize, mode: MemoryMode, training: bool) -> MemoryPlan;

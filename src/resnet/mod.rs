@@ -27,6 +27,7 @@ pub mod arch;
 pub mod block;
 pub mod config;
 pub mod memory;
+pub mod summary;
 
 use crate::model::config::ModelConfig;
 use crate::model::interface::{
@@ -380,6 +381,10 @@ impl Family for Architecture {
 
     fn stage_word(&self) -> &'static str {
         "stage"
+    }
+
+    fn summary(&self) -> crate::summary::Summary {
+        summary::summarize(self)
     }
 }
 

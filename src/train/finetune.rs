@@ -17,7 +17,7 @@
 //! - `lr_features`: the pretrained part learns at its own base rate, scheduled by the same
 //!   factor as the classifier's ([`rates`], [`crate::optim::Sgd::step_ranges`]).
 
-use crate::model::{Model, ModelConfig};
+use crate::model::Model;
 use crate::weights::{canonical_name, read_checkpoint, NamedTensor, WeightsError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -208,13 +208,6 @@ fn family_of<'a>(mut names: impl Iterator<Item = &'a str>) -> Option<(&'static s
     })
 }
 
-fn model_family(config: &ModelConfig) -> &'static str {
-    match config {
-        ModelConfig::DenseNet(_) => "DenseNet",
-        ModelConfig::PreActResNet(_) => "ResNet",
-    }
-}
-
 /// Initialises `model` from `tensors` as far as they fit (see the module documentation):
 /// on success every tensor but the classifier and (for another input channel count) the
 /// first convolution comes from the file; on error nothing is changed.
@@ -237,13 +230,13 @@ pub fn init_from(
     let mut file_names: Vec<&str> = by_name.keys().map(String::as_str).collect();
     file_names.sort_unstable();
     if let Some((file_family, example)) = family_of(file_names.iter().copied()) {
-        if file_family != model_family(&cfg) {
+        if file_family != cfg.family_title() {
             return Err(InitError::OtherFamily {
                 source_name: source.to_string(),
                 file_family,
                 example,
                 model: name,
-                model_family: model_family(&cfg),
+                model_family: cfg.family_title(),
             });
         }
     }
