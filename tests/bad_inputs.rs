@@ -9,7 +9,8 @@ mod common;
 
 use common::files::*;
 use common::*;
-use densenet::data::folder;
+use densenet::data::folder::{self, ImageFolder};
+use densenet::data::Split;
 use densenet::weights::read_safetensors;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,7 +41,10 @@ fn one_line(e: &str, needles: &[&str]) {
 /// Runs `densenet args` for at most `limit`, with stdout and stderr in files: the output,
 /// or `None` (the process killed) when it did not end in time.
 fn densenet_within(args: &[&str], limit: Duration) -> Option<(bool, String, String)> {
-    let (out, err) = (tmp("child.out"), tmp("child.err"));
+    // tests run side by side: each child its own files
+    static CHILDREN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CHILDREN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (out, err) = (tmp(&format!("child{n}.out")), tmp(&format!("child{n}.err")));
     let mut child = Command::new(env!("CARGO_BIN_EXE_densenet"))
         .args(args)
         .stdin(Stdio::null())
@@ -218,4 +222,114 @@ fn png_with_a_bad_zlib_checksum_is_refused() {
         .unwrap_err()
         .to_string();
     one_line(&e, &["flipped.png"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// item 6: image folders are listed once
+
+/// Two classes of one image each, and a link from class a to the folder: 82 images
+/// were listed (b's image under class a, 40 levels deep); now 2, each under its class.
+#[test]
+fn a_link_to_the_parent_lists_every_image_once() {
+    let root = fresh("link-up");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        write_png(&root.join(format!("{class}/x.png")), 4, 4);
+    }
+    std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
+    let f = ImageFolder::open(&root).unwrap();
+    assert_eq!(f.paths, [root.join("a/x.png"), root.join("b/x.png")]);
+    assert_eq!(f.labels, [0, 1]);
+    let train = folder::open_split(&root, Split::Train).unwrap();
+    assert_eq!(train.len(), 2);
+    assert_eq!(folder::image_files(&root.join("a")).unwrap().len(), 2);
+
+    // a link elsewhere is followed, once: a directory outside the folder, linked twice
+    let outside = fresh("link-outside");
+    write_png(&outside.join("o.png"), 4, 4);
+    std::os::unix::fs::symlink(&outside, root.join("b/more")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("b/again")).unwrap();
+    // and a link from a to b's directory lists nothing more: b's images stay b's
+    std::os::unix::fs::symlink("../b", root.join("a/to-b")).unwrap();
+    let f = ImageFolder::open(&root).unwrap();
+    let names: Vec<String> = f
+        .paths
+        .iter()
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["a/x.png", "b/again/o.png", "b/x.png"]);
+    assert_eq!(f.labels, [0, 1, 1]);
+}
+
+/// Two links to the parent made the listing never end: `train` and `embed` hung. Now
+/// both finish, on each image once.
+#[test]
+fn symlink_loops_do_not_hang_train_or_embed() {
+    let root = fresh("loops");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..2 {
+            write_png(&root.join(format!("{class}/{i}.png")), 12, 10);
+        }
+    }
+    std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("a/up2")).unwrap();
+    std::os::unix::fs::symlink(".", root.join("b/here")).unwrap();
+    let r = root.to_str().unwrap();
+    let limit = Duration::from_secs(60);
+
+    let (w, model) = small_weights();
+    let npy = tmp("loops.npy");
+    let n = npy.to_str().unwrap();
+    let (ok, out, e) = densenet_within(
+        &[
+            "embed",
+            "--weights",
+            &w,
+            "--model",
+            &model,
+            r,
+            "--out",
+            n,
+            "--json",
+        ],
+        limit,
+    )
+    .expect("embed on a folder with symlink loops did not end within 60 s");
+    assert!(ok, "{e}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["images"], 4, "{out}");
+
+    let run = tmp("loops-run");
+    let _ = std::fs::remove_dir_all(&run);
+    let (ok, _, e) = densenet_within(
+        &[
+            "train",
+            "--dataset",
+            "folder",
+            "--data",
+            r,
+            "--model",
+            "densenet-bc-16-4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        limit,
+    )
+    .expect("train on a folder with symlink loops did not end within 60 s");
+    assert!(ok, "{e}");
+    // one image of each class held out, the other trained on: 2 images in the epoch
+    let steps = std::fs::read_to_string(run.join("steps.csv")).unwrap();
+    let header: Vec<&str> = steps.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "images").unwrap();
+    let images: usize = steps
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(col).unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(images, 2, "{steps}");
 }

@@ -3,10 +3,13 @@
 //! [`open_split`]). Classes are the sorted names of the subdirectories
 //! of `root`; images are listed (sorted, recursively, hidden entries skipped) when the folder is
 //! opened and decoded only when asked for, since a set like ImageNet does not fit in memory.
-//! Decoding uses the `png` crate and the `image` crate's JPEG decoder, strictly (see
-//! [`decode_bytes`]); every image becomes 8-bit RGB.
+//! Symbolic links are followed, and each directory is listed once however many paths lead
+//! to it (see `Walk`). Decoding uses the `png` crate and the `image` crate's JPEG decoder,
+//! strictly (see [`decode_bytes`]); every image becomes 8-bit RGB.
 
 use std::cell::Cell;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -35,7 +38,7 @@ impl ImageFolder {
     /// a class directory without images is allowed (its class keeps its index).
     pub fn open(root: &Path) -> Result<Self, DataError> {
         let mut classes: Vec<(String, PathBuf)> = Vec::new();
-        for entry in read_dir_sorted(root)? {
+        for (entry, _) in read_dir_sorted(root)? {
             let name = file_name(&entry);
             if name.starts_with('.') || !entry.is_dir() {
                 continue;
@@ -51,11 +54,18 @@ impl ImageFolder {
             )
             .with_hint("an image folder is laid out as root/<class>/<image>.jpg"));
         }
+        // the root and the class directories count as visited before anything is listed:
+        // a link from inside a class back to the root or to another class lists nothing
+        // more (a class directory that is another one under a second name lists nothing)
+        let mut walk = Walk::default();
+        walk.first_visit(root);
+        let groups: Vec<Option<&Path>> = classes
+            .iter()
+            .map(|(_, dir)| walk.first_visit(dir).then_some(dir.as_path()))
+            .collect();
         let mut paths = Vec::new();
         let mut labels = Vec::new();
-        for (label, (_, dir)) in classes.iter().enumerate() {
-            let mut files = Vec::new();
-            walk(dir, &mut files)?;
+        for (label, files) in walk.list(&groups)?.into_iter().enumerate() {
             labels.extend(std::iter::repeat_n(label as u32, files.len()));
             paths.extend(files);
         }
@@ -282,7 +292,7 @@ pub fn decode_file(path: &Path) -> Result<Image, DataError> {
 /// run to its end-of-image marker ([`check_jpeg_complete`]; a truncated one decodes with
 /// its missing rows filled in). A decoder that panics on malformed data (png 0.18 does on a
 /// PLTE that is not a whole number of entries) gives an error naming the file like any
-/// other, and nothing on stderr ([`catch_quietly`]).
+/// other, and nothing on stderr (`catch_quietly`).
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<Image, DataError> {
     match catch_quietly(|| decode_any(path, bytes).map(|img| Image::from_rgb(&img.to_rgb8()))) {
         Ok(decoded) => decoded,
@@ -517,12 +527,15 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// The entries of `dir`, sorted by path, with their types (a link's own type).
+fn read_dir_sorted(dir: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>, DataError> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
-        v.push(e.map_err(|e| DataError::io(dir, e))?.path());
+        let e = e.map_err(|e| DataError::io(dir, e))?;
+        let kind = e.file_type().map_err(|err| DataError::io(&e.path(), err))?;
+        v.push((e.path(), kind));
     }
-    v.sort();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(v)
 }
 
@@ -532,27 +545,81 @@ fn is_image(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The image files (by extension) under `dir`, sorted, recursing into subdirectories and
-/// skipping hidden entries.
+/// The image files (by extension) under `dir`, sorted, recursing into subdirectories
+/// (through links too, each directory once) and skipping hidden entries.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let mut out = Vec::new();
-    walk(dir, &mut out)?;
-    Ok(out)
+    let mut walk = Walk::default();
+    walk.first_visit(dir);
+    Ok(walk.list(&[Some(dir)])?.pop().unwrap_or_default())
 }
 
-/// Appends the image files under `dir`, sorted, recursing into subdirectories.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    for p in read_dir_sorted(dir)? {
-        if file_name(&p).starts_with('.') {
-            continue;
-        }
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_image(&p) {
-            out.push(p);
+/// A listing of directory trees that follows symbolic links but enters each directory
+/// once. Directories are known by device and inode, which every path to one shares, so a
+/// link to a parent (a loop: the listing never ended, or went 40 links deep until the OS
+/// refused, listing every image once per level) or a second link to the same place adds
+/// nothing. Real subdirectories are listed before any link is followed, so a link from
+/// one class to another class's subdirectory cannot take its images away from it.
+#[derive(Default)]
+struct Walk {
+    /// The directories entered or about to be, as (device, inode).
+    seen: HashSet<(u64, u64)>,
+    /// Links to directories, with the group (class) they were found in, in the order
+    /// found.
+    links: Vec<(usize, PathBuf)>,
+}
+
+impl Walk {
+    /// Marks `dir` as visited; false when it was already. A directory that cannot be
+    /// read counts as new (listing it then reports the error).
+    fn first_visit(&mut self, dir: &Path) -> bool {
+        match std::fs::metadata(dir) {
+            Ok(m) => self.seen.insert((m.dev(), m.ino())),
+            Err(_) => true,
         }
     }
-    Ok(())
+
+    /// The image files of each group (a directory already marked visited, or none), each
+    /// sorted by path: the real subdirectories first, then the links found, in the order
+    /// found (following one may find more).
+    fn list(mut self, groups: &[Option<&Path>]) -> Result<Vec<Vec<PathBuf>>, DataError> {
+        let mut out = vec![Vec::new(); groups.len()];
+        for (g, dir) in groups.iter().enumerate() {
+            if let Some(dir) = dir {
+                self.walk(dir, g, &mut out[g])?;
+            }
+        }
+        let mut next = 0;
+        while let Some((g, link)) = self.links.get(next).cloned() {
+            next += 1;
+            if self.first_visit(&link) {
+                self.walk(&link, g, &mut out[g])?;
+            }
+        }
+        for files in &mut out {
+            files.sort();
+        }
+        Ok(out)
+    }
+
+    /// Appends the image files under `dir` to `out`, entering real subdirectories not
+    /// seen before and setting links to directories aside for [`Walk::list`].
+    fn walk(&mut self, dir: &Path, group: usize, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+        for (p, kind) in read_dir_sorted(dir)? {
+            if file_name(&p).starts_with('.') {
+                continue;
+            }
+            if kind.is_dir() {
+                if self.first_visit(&p) {
+                    self.walk(&p, group, out)?;
+                }
+            } else if kind.is_symlink() && p.is_dir() {
+                self.links.push((group, p));
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
