@@ -11,7 +11,7 @@ use common::files::*;
 use common::*;
 use densenet::data::folder::{self, ImageFolder};
 use densenet::data::Split;
-use densenet::weights::read_safetensors;
+use densenet::weights::{read_checkpoint, read_safetensors, write_safetensors};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -222,6 +222,64 @@ fn png_with_a_bad_zlib_checksum_is_refused() {
         .unwrap_err()
         .to_string();
     one_line(&e, &["flipped.png"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// item 3: non-finite numbers are refused
+
+/// One NaN (or infinity) in a safetensors checkpoint is refused when it is read, naming
+/// the file, the tensor and the element; `predict` fails in one line.
+#[test]
+fn non_finite_safetensors_tensor_is_named() {
+    let (w, _) = small_weights();
+    let file = read_safetensors(Path::new(&w)).unwrap();
+    let k = file
+        .tensors
+        .iter()
+        .position(|t| t.dtype == "float32" && t.tensor.data.len() > 7)
+        .unwrap();
+    let name = file.tensors[k].name.clone();
+    for (value, word) in [(f32::NAN, "NaN"), (f32::NEG_INFINITY, "-inf")] {
+        let tensors: Vec<(String, densenet::util::tensor::Tensor)> = file
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut tensor = t.tensor.clone();
+                if i == k {
+                    tensor.data[7] = value;
+                }
+                (t.name.clone(), tensor)
+            })
+            .collect();
+        let p = tmp(&format!("bad-{word}.safetensors"));
+        write_safetensors(&p, &tensors, &[], file.metadata.clone()).unwrap();
+        let e = read_checkpoint(&p).map(|_| ()).unwrap_err().to_string();
+        one_line(&e, &[p.to_str().unwrap(), &name, "element 7", word]);
+        let o = densenet(&["predict", "--weights", p.to_str().unwrap(), "/no/image.png"]);
+        assert_eq!(o.status.code(), Some(2));
+        one_line(&stderr(&o), &[p.to_str().unwrap(), &name, word]);
+    }
+}
+
+/// One NaN in a `.pth` storage is refused, naming the file, the tensor and the element.
+#[test]
+fn non_finite_pth_tensor_is_named() {
+    let p = tmp("nan.pth");
+    std::fs::write(&p, pth_with(f32::NAN, 5)).unwrap();
+    let e = read_checkpoint(&p).map(|_| ()).unwrap_err().to_string();
+    one_line(
+        &e,
+        &[
+            p.to_str().unwrap(),
+            "features.conv0.weight",
+            "element 5",
+            "NaN",
+        ],
+    );
+    // the fixture itself is fine
+    std::fs::write(&p, fixture_bytes("legacy_tiny_densenet.pth")).unwrap();
+    read_checkpoint(&p).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
