@@ -391,3 +391,100 @@ fn symlink_loops_do_not_hang_train_or_embed() {
         .sum();
     assert_eq!(images, 2, "{steps}");
 }
+
+/// DenseNet-BC L=16 k=4 trains an epoch on the digits at a sane rate, then its rate is
+/// raised 1000× (in the checkpoint's own configuration, so that the run resumes with it):
+/// in the second epoch the weights turned NaN while the loss, through batch norm and
+/// ReLU, stayed finite, and the run ended "successfully" with NaN checkpoints. Now it
+/// stops with an error at the first gradient that is not finite, and the first epoch's
+/// checkpoint stays as it was.
+#[test]
+fn training_that_turns_non_finite_stops_and_keeps_the_last_good_checkpoint() {
+    use densenet::train::{self, Quiet, RunOptions, TrainConfig};
+    let mut cfg: TrainConfig = serde_json::from_value(serde_json::json!({
+        "model": densenet::ModelConfig::from_name("densenet-bc-16-4").unwrap(),
+        "dataset": "digits", "epochs": 3, "batch_size": 64,
+        "optimizer": densenet::optim::SgdConfig::default(),
+        "schedule": {"kind": "constant"}, "augment": false, "upscale": 1,
+        "val_split": 0.0, "seed": 0, "memory": "efficient", "svhn_extra": false
+    }))
+    .unwrap();
+    let dir = tmp("non-finite-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = RunOptions {
+        stop_after: Some(1),
+        ..RunOptions::new(&dir)
+    };
+    train::train(&cfg, &first, &mut Quiet).unwrap();
+    let last = dir.join("last.safetensors");
+    let mut file = read_safetensors(&last).unwrap();
+    // the run's configuration as resolved (the model fitted to the data)
+    cfg = serde_json::from_str(&file.metadata["train_config"]).unwrap();
+    cfg.optimizer.lr *= 1000.0;
+    file.metadata
+        .insert("train_config".into(), serde_json::to_string(&cfg).unwrap());
+    let tensors: Vec<_> = file
+        .tensors
+        .into_iter()
+        .map(|t| (t.name, t.tensor))
+        .collect();
+    write_safetensors(&last, &tensors, &[], file.metadata).unwrap();
+    let good = std::fs::read(&last).unwrap();
+
+    let resume = RunOptions {
+        resume: true,
+        ..RunOptions::new(&dir)
+    };
+    let err = train::train(&cfg, &resume, &mut Quiet)
+        .map(|s| s.test_accuracy)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("at epoch 2") && err.contains("not a finite number"),
+        "{err}"
+    );
+    assert!(
+        err.contains("The last good checkpoint, after epoch 1"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        good,
+        "the checkpoint is kept"
+    );
+    let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(
+        metrics.lines().count(),
+        2,
+        "a header and epoch 1: {metrics}"
+    );
+}
+
+/// The same through the command line with `--lr 100`: the weights turned NaN in the first
+/// epochs, and `train` exited 0. Now it exits 2, says which number stopped being finite,
+/// and leaves no checkpoint that is not finite.
+#[test]
+fn train_with_an_absurd_rate_exits_nonzero() {
+    let out = tmp("lr100");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = densenet(&[
+        "train",
+        "--lr",
+        "100",
+        "--epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("not a finite number") && e.contains("lower --lr"),
+        "{e}"
+    );
+    for f in ["last.safetensors", "best.safetensors"] {
+        if out.join(f).exists() {
+            read_checkpoint(&out.join(f)).unwrap();
+        }
+    }
+}
