@@ -289,7 +289,7 @@ pub fn decode_file(path: &Path) -> Result<Image, DataError> {
 ///
 /// Stricter than the decoders' defaults, as PIL is: a PNG's compressed pixels must match
 /// their zlib (Adler-32) checksum, which the `png` crate skips unless asked, and a JPEG must
-/// run to its end-of-image marker ([`check_jpeg_complete`]; a truncated one decodes with
+/// run to its end-of-image marker (`check_jpeg_complete`; a truncated one decodes with
 /// its missing rows filled in). A decoder that panics on malformed data (png 0.18 does on a
 /// PLTE that is not a whole number of entries) gives an error naming the file like any
 /// other, and nothing on stderr (`catch_quietly`).
@@ -423,7 +423,7 @@ fn decode_png(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage, DataErro
 /// EXIF thumbnail inside APP1 is skipped) and scans a scan's entropy-coded data for the
 /// next marker (`FF 00` is a data byte, `FF D0`…`FF D7` restart markers, `FF FF` fill).
 /// Bytes after EOI are allowed, and stray bytes between segments skipped, as decoders do.
-pub fn check_jpeg_complete(path: &Path, b: &[u8]) -> Result<(), DataError> {
+fn check_jpeg_complete(path: &Path, b: &[u8]) -> Result<(), DataError> {
     let truncated = |inside: String| {
         Err(DataError::format(
             path,
