@@ -3,8 +3,14 @@
 //! [`open_split`]). Classes are the sorted names of the subdirectories
 //! of `root`; images are listed (sorted, recursively, hidden entries skipped) when the folder is
 //! opened and decoded only when asked for, since a set like ImageNet does not fit in memory.
-//! Decoding uses the `image` crate (PNG and JPEG); every image becomes 8-bit RGB.
+//! Symbolic links are followed, and each directory is listed once however many paths lead
+//! to it (see `Walk`). Decoding uses the `png` crate and the `image` crate's JPEG decoder,
+//! strictly (see [`decode_bytes`]); every image becomes 8-bit RGB.
 
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use super::{DataError, Image, Split};
@@ -32,7 +38,7 @@ impl ImageFolder {
     /// a class directory without images is allowed (its class keeps its index).
     pub fn open(root: &Path) -> Result<Self, DataError> {
         let mut classes: Vec<(String, PathBuf)> = Vec::new();
-        for entry in read_dir_sorted(root)? {
+        for (entry, _) in read_dir_sorted(root)? {
             let name = file_name(&entry);
             if name.starts_with('.') || !entry.is_dir() {
                 continue;
@@ -48,11 +54,18 @@ impl ImageFolder {
             )
             .with_hint("an image folder is laid out as root/<class>/<image>.jpg"));
         }
+        // the root and the class directories count as visited before anything is listed:
+        // a link from inside a class back to the root or to another class lists nothing
+        // more (a class directory that is another one under a second name lists nothing)
+        let mut walk = Walk::default();
+        walk.first_visit(root);
+        let groups: Vec<Option<&Path>> = classes
+            .iter()
+            .map(|(_, dir)| walk.first_visit(dir).then_some(dir.as_path()))
+            .collect();
         let mut paths = Vec::new();
         let mut labels = Vec::new();
-        for (label, (_, dir)) in classes.iter().enumerate() {
-            let mut files = Vec::new();
-            walk(dir, &mut files)?;
+        for (label, files) in walk.list(&groups)?.into_iter().enumerate() {
             labels.extend(std::iter::repeat_n(label as u32, files.len()));
             paths.extend(files);
         }
@@ -273,7 +286,40 @@ pub fn decode_file(path: &Path) -> Result<Image, DataError> {
 }
 
 /// Decodes the PNG or JPEG `bytes` of file `path` (used in errors), like [`decode_file`].
+///
+/// Stricter than the decoders' defaults, as PIL is: a PNG's compressed pixels must match
+/// their zlib (Adler-32) checksum, which the `png` crate skips unless asked, and a JPEG must
+/// run to its end-of-image marker (`check_jpeg_complete`; a truncated one decodes with
+/// its missing rows filled in). A decoder that panics on malformed data (png 0.18 does on a
+/// PLTE that is not a whole number of entries) gives an error naming the file like any
+/// other, and nothing on stderr (`catch_quietly`).
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<Image, DataError> {
+    match catch_quietly(|| decode_any(path, bytes).map(|img| Image::from_rgb(&img.to_rgb8()))) {
+        Ok(decoded) => decoded,
+        Err(panic) => Err(DataError::format(
+            path,
+            "image data",
+            "a well-formed PNG or JPEG file",
+            format!("data its decoder cannot handle (it failed with \"{panic}\")"),
+        )),
+    }
+}
+
+/// The PNG signature.
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// The bytes a decoder may allocate for a `w`×`h` image: 8 per pixel (16-bit RGBA), plus
+/// slack.
+fn decoder_budget(w: u32, h: u32) -> u64 {
+    u64::from(w) * u64::from(h) * 8 + (1 << 20)
+}
+
+/// Decodes a PNG with [`decode_png`], anything else with the `image` crate (which knows
+/// JPEG only, as built here).
+fn decode_any(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage, DataError> {
+    if bytes.starts_with(PNG_SIGNATURE) {
+        return decode_png(path, bytes);
+    }
     let decode_err = |e| DataError::Decode {
         path: path.to_path_buf(),
         source: e,
@@ -283,17 +329,196 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<Image, DataError> {
             .with_guessed_format()
             .map_err(|e| DataError::io(path, e))
     };
-    let (w, h) = reader()?.into_dimensions().map_err(decode_err)?;
+    let r = reader()?;
+    let jpeg = r.format() == Some(image::ImageFormat::Jpeg);
+    let (w, h) = r.into_dimensions().map_err(decode_err)?;
     check_dimensions(path, w, h, bytes.len() as u64)?;
+    if jpeg {
+        check_jpeg_complete(path, bytes)?;
+    }
     let mut r = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
-    // the decoder's buffers: at most 8 bytes per pixel (16-bit RGBA), plus slack
-    limits.max_alloc = Some(u64::from(w) * u64::from(h) * 8 + (1 << 20));
+    limits.max_alloc = Some(decoder_budget(w, h));
     r.limits(limits);
-    let img = r.decode().map_err(decode_err)?;
-    Ok(Image::from_rgb(&img.to_rgb8()))
+    r.decode().map_err(decode_err)
+}
+
+/// Decodes a PNG with the `png` crate itself, as the `image` crate does (the same
+/// expansion of palettes and small bit depths, the same 8- and 16-bit buffers), but with
+/// the zlib checksum checked, which `image` gives no way to ask for.
+fn decode_png(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage, DataError> {
+    use image::{DynamicImage as D, ImageBuffer};
+    use png::{BitDepth::*, ColorType::*};
+    let err = |e: png::DecodingError| {
+        // the checksum's failure reads "Corrupt deflate stream. WrongChecksum"
+        if e.to_string().contains("WrongChecksum") {
+            return DataError::format(
+                path,
+                "compressed pixel data (IDAT)",
+                "data that matches its zlib checksum (Adler-32)",
+                "a mismatch: the file is damaged",
+            );
+        }
+        DataError::Decode {
+            path: path.to_path_buf(),
+            source: image::ImageError::Decoding(image::error::DecodingError::new(
+                image::ImageFormat::Png.into(),
+                e,
+            )),
+        }
+    };
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.ignore_checksums(false);
+    let info = decoder.read_header_info().map_err(err)?;
+    let (w, h) = (info.width, info.height);
+    check_dimensions(path, w, h, bytes.len() as u64)?;
+    let budget = usize::try_from(decoder_budget(w, h)).unwrap_or(usize::MAX);
+    decoder.set_limits(png::Limits { bytes: budget });
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().map_err(err)?;
+    let size = reader
+        .output_buffer_size()
+        .filter(|&n| n <= budget)
+        .ok_or_else(|| err(png::DecodingError::LimitsExceeded))?;
+    let mut buf = vec![0u8; size];
+    let frame = reader.next_frame(&mut buf).map_err(err)?;
+    buf.truncate(frame.buffer_size());
+    let (w, h) = (frame.width, frame.height);
+    // 16-bit samples are big-endian in the file
+    let wide = |b: Vec<u8>| -> Vec<u16> {
+        b.chunks_exact(2)
+            .map(|s| u16::from_be_bytes([s[0], s[1]]))
+            .collect()
+    };
+    let img = match (frame.color_type, frame.bit_depth) {
+        (Grayscale, Eight) => ImageBuffer::from_raw(w, h, buf).map(D::ImageLuma8),
+        (GrayscaleAlpha, Eight) => ImageBuffer::from_raw(w, h, buf).map(D::ImageLumaA8),
+        (Rgb, Eight) => ImageBuffer::from_raw(w, h, buf).map(D::ImageRgb8),
+        (Rgba, Eight) => ImageBuffer::from_raw(w, h, buf).map(D::ImageRgba8),
+        (Grayscale, Sixteen) => ImageBuffer::from_raw(w, h, wide(buf)).map(D::ImageLuma16),
+        (GrayscaleAlpha, Sixteen) => ImageBuffer::from_raw(w, h, wide(buf)).map(D::ImageLumaA16),
+        (Rgb, Sixteen) => ImageBuffer::from_raw(w, h, wide(buf)).map(D::ImageRgb16),
+        (Rgba, Sixteen) => ImageBuffer::from_raw(w, h, wide(buf)).map(D::ImageRgba16),
+        _ => None,
+    };
+    img.ok_or_else(|| {
+        DataError::format(
+            path,
+            "image data",
+            format!("{w}×{h} pixels of 8 or 16 bits"),
+            format!(
+                "{:?} pixels of {} bits in {} bytes",
+                frame.color_type, frame.bit_depth as u8, frame.line_size
+            ),
+        )
+    })
+}
+
+/// Checks that a JPEG's markers run to its end-of-image marker (EOI, `FF D9`). A file cut
+/// short decodes without complaint, the missing rows filled in (zune-jpeg outside its
+/// strict mode, which would also refuse files that are merely unusual); PIL refuses it as
+/// truncated, and so does this. The walk follows each segment's length (so the EOI of an
+/// EXIF thumbnail inside APP1 is skipped) and scans a scan's entropy-coded data for the
+/// next marker (`FF 00` is a data byte, `FF D0`…`FF D7` restart markers, `FF FF` fill).
+/// Bytes after EOI are allowed, and stray bytes between segments skipped, as decoders do.
+fn check_jpeg_complete(path: &Path, b: &[u8]) -> Result<(), DataError> {
+    let truncated = |inside: String| {
+        Err(DataError::format(
+            path,
+            format!("offset {}", b.len()),
+            "a JPEG that runs to its end-of-image marker (FF D9)",
+            format!("the end of the file inside {inside} (the file is truncated)"),
+        ))
+    };
+    // after SOI
+    let mut i = 2;
+    loop {
+        while b.get(i).is_some_and(|&x| x != 0xff) {
+            i += 1;
+        }
+        while b.get(i) == Some(&0xff) {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else {
+            return truncated("the marker segments".into());
+        };
+        i += 1;
+        match marker {
+            0xd9 => return Ok(()),
+            // markers without a segment
+            0x00 | 0x01 | 0xd0..=0xd7 => continue,
+            _ => {}
+        }
+        let segment = format!("the segment of marker FF {marker:02X}");
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return truncated(segment);
+        };
+        if len < 2 {
+            return Err(DataError::format(
+                path,
+                format!("offset {i}"),
+                format!("the length of {segment}, at least 2"),
+                len.to_string(),
+            ));
+        }
+        i += len;
+        if i > b.len() {
+            return truncated(segment);
+        }
+        if marker != 0xda {
+            continue;
+        }
+        // a scan: entropy-coded data up to the next marker
+        loop {
+            let Some(k) = b[i..].iter().position(|&x| x == 0xff) else {
+                return truncated("the compressed image data".into());
+            };
+            i += k;
+            match b.get(i + 1) {
+                None => return truncated("the compressed image data".into()),
+                Some(0x00 | 0xd0..=0xd7) => i += 2,
+                Some(0xff) => i += 1,
+                Some(_) => break,
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside [`catch_quietly`].
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into its message, without the panic hook's report. The
+/// default hook prints "thread … panicked at …" and a note on backtraces to stderr before
+/// `catch_unwind` sees the panic, from whichever thread decodes (the loader's threads would
+/// print across the progress bar), when the error that names the file says it all. So a
+/// hook, installed once, keeps quiet for a thread inside this function and passes every
+/// other panic on to the hook it replaced.
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.get() {
+                previous(info)
+            }
+        }));
+    });
+    let outer = QUIET.replace(true);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    QUIET.set(outer);
+    result.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
 }
 
 fn file_name(p: &Path) -> String {
@@ -302,12 +527,15 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// The entries of `dir`, sorted by path, with their types (a link's own type).
+fn read_dir_sorted(dir: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>, DataError> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
-        v.push(e.map_err(|e| DataError::io(dir, e))?.path());
+        let e = e.map_err(|e| DataError::io(dir, e))?;
+        let kind = e.file_type().map_err(|err| DataError::io(&e.path(), err))?;
+        v.push((e.path(), kind));
     }
-    v.sort();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(v)
 }
 
@@ -317,27 +545,81 @@ fn is_image(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The image files (by extension) under `dir`, sorted, recursing into subdirectories and
-/// skipping hidden entries.
+/// The image files (by extension) under `dir`, sorted, recursing into subdirectories
+/// (through links too, each directory once) and skipping hidden entries.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let mut out = Vec::new();
-    walk(dir, &mut out)?;
-    Ok(out)
+    let mut walk = Walk::default();
+    walk.first_visit(dir);
+    Ok(walk.list(&[Some(dir)])?.pop().unwrap_or_default())
 }
 
-/// Appends the image files under `dir`, sorted, recursing into subdirectories.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    for p in read_dir_sorted(dir)? {
-        if file_name(&p).starts_with('.') {
-            continue;
-        }
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_image(&p) {
-            out.push(p);
+/// A listing of directory trees that follows symbolic links but enters each directory
+/// once. Directories are known by device and inode, which every path to one shares, so a
+/// link to a parent (a loop: the listing never ended, or went 40 links deep until the OS
+/// refused, listing every image once per level) or a second link to the same place adds
+/// nothing. Real subdirectories are listed before any link is followed, so a link from
+/// one class to another class's subdirectory cannot take its images away from it.
+#[derive(Default)]
+struct Walk {
+    /// The directories entered or about to be, as (device, inode).
+    seen: HashSet<(u64, u64)>,
+    /// Links to directories, with the group (class) they were found in, in the order
+    /// found.
+    links: Vec<(usize, PathBuf)>,
+}
+
+impl Walk {
+    /// Marks `dir` as visited; false when it was already. A directory that cannot be
+    /// read counts as new (listing it then reports the error).
+    fn first_visit(&mut self, dir: &Path) -> bool {
+        match std::fs::metadata(dir) {
+            Ok(m) => self.seen.insert((m.dev(), m.ino())),
+            Err(_) => true,
         }
     }
-    Ok(())
+
+    /// The image files of each group (a directory already marked visited, or none), each
+    /// sorted by path: the real subdirectories first, then the links found, in the order
+    /// found (following one may find more).
+    fn list(mut self, groups: &[Option<&Path>]) -> Result<Vec<Vec<PathBuf>>, DataError> {
+        let mut out = vec![Vec::new(); groups.len()];
+        for (g, dir) in groups.iter().enumerate() {
+            if let Some(dir) = dir {
+                self.walk(dir, g, &mut out[g])?;
+            }
+        }
+        let mut next = 0;
+        while let Some((g, link)) = self.links.get(next).cloned() {
+            next += 1;
+            if self.first_visit(&link) {
+                self.walk(&link, g, &mut out[g])?;
+            }
+        }
+        for files in &mut out {
+            files.sort();
+        }
+        Ok(out)
+    }
+
+    /// Appends the image files under `dir` to `out`, entering real subdirectories not
+    /// seen before and setting links to directories aside for [`Walk::list`].
+    fn walk(&mut self, dir: &Path, group: usize, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+        for (p, kind) in read_dir_sorted(dir)? {
+            if file_name(&p).starts_with('.') {
+                continue;
+            }
+            if kind.is_dir() {
+                if self.first_visit(&p) {
+                    self.walk(&p, group, out)?;
+                }
+            } else if kind.is_symlink() && p.is_dir() {
+                self.links.push((group, p));
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub use schedule::Schedule;
 use serde::{Deserialize, Serialize};
 pub use setup::DataSetup;
 use std::path::PathBuf;
-pub use step::{DataParallel, StepInput, StepOutcome};
+pub use step::{DataParallel, NonFinite, StepInput, StepOutcome};
 
 /// Why training stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -72,18 +72,23 @@ pub enum TrainError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The loss stopped being a finite number.
+    /// A number of the run stopped being finite (Keras' `TerminateOnNaN`): the loss or a
+    /// gradient of a step, which then changed nothing, or at the end of an epoch a
+    /// parameter or running statistic, before anything of the epoch was written.
     #[error(
-        "the loss became {loss} at epoch {epoch}, batch {batch} (learning rate {lr}); \
-         training stopped. {checkpoint}\nhint: lower --lr, or check the input data"
+        "{what} became {value}, not a finite number, at epoch {epoch}{} (learning rate \
+         {lr}); training stopped. {checkpoint}\nhint: lower --lr, or check the input data",
+        batch.map_or(", at its end".to_string(), |b| format!(", batch {b}"))
     )]
     Diverged {
+        /// What: `the loss`, `the gradient of 'features.conv0.weight'`, ….
+        what: String,
+        /// Its value (NaN, inf or -inf).
+        value: f32,
         /// Epoch (1-based).
         epoch: usize,
-        /// Batch within the epoch (0-based).
-        batch: usize,
-        /// The loss value.
-        loss: f32,
+        /// Batch within the epoch (1-based, as in `steps.csv`); `None` at the epoch's end.
+        batch: Option<usize>,
         /// Learning rate at the time.
         lr: f32,
         /// Where the last good checkpoint is.

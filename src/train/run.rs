@@ -7,12 +7,12 @@ use super::metrics::{append_steps, keep_steps, write_metrics, EpochMetrics, RunS
 use super::run_dir::{claim_run_dir, io, release_run_dir, RunOptions};
 use super::schedule::warmup_factor;
 use super::setup::DataSetup;
-use super::step::{DataParallel, StepInput};
+use super::step::{DataParallel, NonFinite, StepInput};
 use super::{Progress, TrainConfig, TrainError, TrainState};
 use crate::data::pipeline::{Loader, LoaderConfig};
 use crate::evaluate::EvalSet;
 use crate::model::{AnyModel, ModelConfig};
-use crate::nn::MemoryMode;
+use crate::nn::{MemoryMode, TensorTable};
 use crate::optim::{one_d_ranges, param_groups, Sgd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -180,23 +180,16 @@ fn train_in(
                     stop: interrupted(),
                 },
             );
-            if !step.updated {
-                let checkpoint = if state.epochs_done > 0 {
-                    format!(
-                        "The last good checkpoint, after epoch {}, is {}",
-                        state.epochs_done,
-                        last.display()
-                    )
-                } else {
-                    "No checkpoint was written yet.".to_string()
+            if let Some(bad) = step.non_finite {
+                let (what, value) = match bad {
+                    NonFinite::Loss(v) => ("the loss".to_string(), v),
+                    NonFinite::Gradient(i, v) => (
+                        format!("the gradient of {}", element(net.param_table(), i)),
+                        v,
+                    ),
                 };
-                return Err(TrainError::Diverged {
-                    epoch: epoch + 1,
-                    batch: b,
-                    loss: step.loss,
-                    lr,
-                    checkpoint,
-                });
+                let at = (epoch + 1, Some(b + 1), lr);
+                return Err(diverged(what, value, at, &state, &last));
             }
             step_rows.push(StepRow {
                 step: step_no + 1,
@@ -220,6 +213,19 @@ fn train_in(
             // checkpoint): a resumed run repeats it exactly
             if step.stop {
                 return Err(stop(&state));
+            }
+        }
+        // the update can overflow what a finite gradient did not, and the forward pass can
+        // fill a running statistic with NaN that ReLU then hides from the loss: nothing that
+        // is not finite reaches a checkpoint (one pass over each buffer, once an epoch)
+        for (table, values, kind) in [
+            (net.param_table(), net.params(), "parameter"),
+            (net.stats_table(), net.stats(), "running statistic"),
+        ] {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                let what = format!("{kind} {}", element(table, i));
+                let at = (epoch + 1, None, lr);
+                return Err(diverged(what, values[i], at, &state, &last));
             }
         }
         let train_time = t0.elapsed().as_secs_f64();
@@ -291,4 +297,41 @@ fn train_in(
         crate::util::atomic::write(&dir.join("summary.json"), &json).map_err(io(dir))?;
     }
     Ok(summary)
+}
+
+/// Element `i` of a flat buffer, by the name of its tensor in `table`:
+/// `'features.conv0.weight' (element 17)`.
+fn element(table: &TensorTable, i: usize) -> String {
+    match table.entries().iter().find(|e| e.range().contains(&i)) {
+        Some(e) => format!("'{}' (element {})", e.name, i - e.offset),
+        None => format!("element {i}"),
+    }
+}
+
+/// [`TrainError::Diverged`]: `what` became `value` at `(epoch, batch, learning rate)`;
+/// the last good checkpoint is `last` after the epochs `state` has done.
+fn diverged(
+    what: String,
+    value: f32,
+    (epoch, batch, lr): (usize, Option<usize>, f32),
+    state: &TrainState,
+    last: &Path,
+) -> TrainError {
+    let checkpoint = if state.epochs_done > 0 {
+        format!(
+            "The last good checkpoint, after epoch {}, is {}",
+            state.epochs_done,
+            last.display()
+        )
+    } else {
+        "No checkpoint was written yet.".to_string()
+    };
+    TrainError::Diverged {
+        what,
+        value,
+        epoch,
+        batch,
+        lr,
+        checkpoint,
+    }
 }

@@ -59,10 +59,24 @@ pub struct StepOutcome {
     pub images: usize,
     /// Some process was asked to stop: the run stops after this step.
     pub stop: bool,
-    /// The weights were updated; false when the loss was not finite (then nothing changed).
+    /// The weights were updated; false when the loss or a gradient was not finite (then
+    /// the parameters did not change; see [`StepOutcome::non_finite`]).
     pub updated: bool,
+    /// What was not a finite number, when the weights were not updated.
+    pub non_finite: Option<NonFinite>,
     /// The gradient sums' time, with more than one process.
     pub sync: Option<SyncTimes>,
+}
+
+/// The number of a step that was not finite, which kept the step from updating the weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NonFinite {
+    /// The batch's mean loss.
+    Loss(f32),
+    /// A gradient (summed over the processes): its index in the flat gradient buffer, and
+    /// its value. The loss can stay finite while the gradient overflows: batch norm makes
+    /// the loss blind to the scale of huge weights that its backward pass multiplies by.
+    Gradient(usize, f32),
 }
 
 /// Distinguishes the dropout seeds from the data pipeline's seeds of the same batch.
@@ -122,8 +136,9 @@ impl DataParallel {
 
     /// One optimizer step on this process's share of a batch: the forward pass, the
     /// figures summed over processes, and unless the loss is not finite the backward
-    /// pass (gradients summed over processes in buckets started while it runs), the
-    /// running statistics made the same everywhere, and the update.
+    /// pass (gradients summed over processes in buckets started while it runs), then
+    /// unless a gradient is not finite the running statistics made the same everywhere,
+    /// and the update.
     ///
     /// Every process's gradient is its part of the whole batch's (the loss is the mean
     /// over the whole batch, see [`TrainOptions::batch_total`]), so their sum is the
@@ -185,9 +200,11 @@ impl DataParallel {
             images,
             stop,
             updated: false,
+            non_finite: None,
             sync: None,
         };
         if !loss.is_finite() {
+            outcome.non_finite = Some(NonFinite::Loss(loss));
             return outcome;
         }
         if many {
@@ -196,6 +213,12 @@ impl DataParallel {
             outcome.sync = Some(sync.finish(net.buffers_mut().grads));
         } else {
             backward_pass(net, ws, &last, input.frozen, None);
+        }
+        // the summed gradients are the same on every process, and so is this decision
+        let grads = net.grads();
+        if let Some(i) = grads.iter().position(|g| !g.is_finite()) {
+            outcome.non_finite = Some(NonFinite::Gradient(i, grads[i]));
+            return outcome;
         }
         self.average_running_stats(net);
         {

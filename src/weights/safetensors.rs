@@ -34,12 +34,6 @@ impl TensorFile {
     }
 }
 
-/// Reads every tensor of a safetensors file, converting floating and integer dtypes to f32.
-pub fn read_safetensors(path: &Path) -> Result<TensorFile, WeightsError> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    parse_safetensors(&bytes, path)
-}
-
 /// Parses safetensors bytes; `path` names the source in errors.
 pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<TensorFile, WeightsError> {
     let fmt = |message: String| WeightsError::Format {

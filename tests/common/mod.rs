@@ -3,6 +3,8 @@
 //! (so negative controls can assert that a wrong result is caught).
 #![allow(dead_code)]
 
+pub mod files;
+
 use densenet::model::Model;
 use densenet::nn::TrainOptions;
 use densenet::weights::{read_safetensors, TensorFile};
