@@ -20,6 +20,7 @@ pub mod config;
 pub mod dense_layer;
 pub mod head;
 pub mod memory;
+pub mod onnx;
 pub mod stem;
 pub mod summary;
 pub mod transition;
@@ -215,6 +216,10 @@ impl Family for Architecture {
 
     fn summary(&self) -> crate::summary::Summary {
         summary::summarize(self)
+    }
+
+    fn onnx_graph(&self, g: &mut crate::onnx::graph::Builder) -> String {
+        onnx::graph(g, self)
     }
 }
 

@@ -304,6 +304,9 @@ pub trait Family: Send + 'static {
     fn stage_word(&self) -> &'static str;
     /// Per-stage shapes, parameters and multiply-accumulates (`densenet summary`).
     fn summary(&self) -> crate::summary::Summary;
+    /// Its evaluation pass as ONNX nodes appended to `g`, reading the graph input and
+    /// the state dict's tensors by name; returns the output's name (`crate::onnx`).
+    fn onnx_graph(&self, g: &mut crate::onnx::graph::Builder) -> String;
     /// The memory plan of a workspace for batches of up to `batch` images, as
     /// `summary --plan` shows it: its regions and its convolutions' routes.
     fn memory_plan(&self, batch: usize, mode: MemoryMode, training: bool) -> MemoryPlan;

@@ -24,20 +24,19 @@
 //! configuration, the class names when known, and the input preprocessing
 //! ([`Preprocessing`]).
 
+pub mod graph;
 pub mod proto;
+
+pub use graph::{INPUT, OUTPUT};
 
 use crate::checkpoint::Preprocess;
 use crate::data::augment::{Geometry, IMAGENET_MEAN, IMAGENET_STD};
-use crate::densenet::{self, Stem};
-use crate::model::{Model, ModelConfig};
-use crate::nn::{BatchNorm, Conv};
-use crate::ops::norm::BN_EPS;
-use crate::resnet;
+use crate::model::Model;
+use graph::Builder;
 use proto::tensor_shape_proto::{dimension, Dimension};
 use proto::{
-    attribute_type, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    type_proto, GraphProto, ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use std::collections::HashSet;
 
@@ -49,10 +48,6 @@ pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
 /// The default opset (ONNX 1.12, read by every current runtime).
 pub const DEFAULT_OPSET: i64 = 17;
 
-/// Name of the graph input.
-pub const INPUT: &str = "input";
-/// Name of the graph output.
-pub const OUTPUT: &str = "logits";
 /// The symbolic batch dimension of a dynamic-batch export.
 pub const BATCH_SYMBOL: &str = "batch";
 
@@ -207,10 +202,7 @@ pub fn export(model: &dyn Model, opts: &ExportOptions) -> Result<Exported, Expor
     let cfg = model.model_config();
     let mut g = Builder::default();
     // the graph of the configuration's architecture, whose tensors are the model's
-    let logits = match &cfg {
-        ModelConfig::DenseNet(c) => densenet_graph(&mut g, &densenet::Architecture::new(c)),
-        ModelConfig::PreActResNet(c) => resnet_graph(&mut g, &resnet::Architecture::new(c)),
-    };
+    let logits = cfg.architecture().onnx_graph(&mut g);
     debug_assert_eq!(logits, OUTPUT);
 
     let initializer: Vec<TensorProto> = model
@@ -327,158 +319,6 @@ pub fn export(model: &dyn Model, opts: &ExportOptions) -> Result<Exported, Expor
     })
 }
 
-/// The DenseNet: stem, dense blocks with their transitions, head. Returns the output name.
-fn densenet_graph(g: &mut Builder, arch: &densenet::Architecture) -> String {
-    let mut x = g.conv(INPUT, &arch.conv0);
-    if arch.config.stem == Stem::ImageNet {
-        let norm0 = arch.norm0.as_ref().expect("ImageNet stem has norm0");
-        let r = g.bn_relu(&x, norm0);
-        // torchvision's pool0: MaxPool2d(3, stride 2, padding 1)
-        x = g.node(
-            "MaxPool",
-            &[&r],
-            "features.pool0".into(),
-            vec![
-                ints("kernel_shape", &[3, 3]),
-                ints("strides", &[2, 2]),
-                pads(1),
-            ],
-        );
-    }
-    for block in &arch.blocks {
-        for layer in &block.layers {
-            let name = layer.norm1.name.trim_end_matches(".norm1");
-            let h = g.bn_relu(&x, &layer.norm1);
-            let mut new = g.conv(&h, &layer.conv1);
-            if let Some((norm2, conv2)) = &layer.bottleneck {
-                let h = g.bn_relu(&new, norm2);
-                new = g.conv(&h, conv2);
-            }
-            // the block's features so far, then the new ones (torchvision's cat order)
-            x = g.node(
-                "Concat",
-                &[&x, &new],
-                format!("{name}.concat"),
-                vec![int("axis", 1)],
-            );
-        }
-        if let Some(t) = &block.transition {
-            let name = t.norm.name.trim_end_matches(".norm");
-            let h = g.bn_relu(&x, &t.norm);
-            let c = g.conv(&h, &t.conv);
-            x = g.node(
-                "AveragePool",
-                &[&c],
-                format!("{name}.pool"),
-                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
-            );
-        }
-    }
-    g.head(&x, &arch.norm_final, "classifier")
-}
-
-/// The pre-activation ResNet: stem, residual units, head. Returns the output name.
-fn resnet_graph(g: &mut Builder, arch: &resnet::Architecture) -> String {
-    let mut x = g.conv(INPUT, &arch.conv1);
-    for unit in arch.units() {
-        let (bn1, conv1) = &unit.layers[0];
-        let h0 = g.bn_relu(&x, bn1);
-        let mut u = g.conv(&h0, conv1);
-        for (bn, conv) in &unit.layers[1..] {
-            let h = g.bn_relu(&u, bn);
-            u = g.conv(&h, conv);
-        }
-        // the projection reads the pre-activated input h0 (see resnet::block)
-        let shortcut = match &unit.shortcut {
-            Some(sc) => g.conv(&h0, sc),
-            None => x.clone(),
-        };
-        x = g.node(
-            "Add",
-            &[&u, &shortcut],
-            format!("{}.add", unit.name),
-            vec![],
-        );
-    }
-    g.head(&x, &arch.norm, "fc")
-}
-
-/// The graph's nodes, in order.
-#[derive(Default)]
-struct Builder {
-    nodes: Vec<NodeProto>,
-}
-
-impl Builder {
-    /// Appends a node with one output, named `output`; returns that name.
-    fn node(
-        &mut self,
-        op: &str,
-        inputs: &[&str],
-        output: String,
-        attribute: Vec<AttributeProto>,
-    ) -> String {
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.clone()],
-            name: Some(output.clone()),
-            op_type: Some(op.into()),
-            attribute,
-        });
-        output
-    }
-
-    /// A convolution without bias, its output named as the layer (`….conv1`).
-    fn conv(&mut self, x: &str, c: &Conv) -> String {
-        let (k, s) = (c.k as i64, c.stride as i64);
-        self.node(
-            "Conv",
-            &[x, &format!("{}.weight", c.name)],
-            c.name.clone(),
-            vec![
-                ints("kernel_shape", &[k, k]),
-                ints("strides", &[s, s]),
-                pads(c.pad as i64),
-            ],
-        )
-    }
-
-    /// Batch norm with the running statistics, then ReLU; returns the ReLU's output.
-    fn bn_relu(&mut self, x: &str, bn: &BatchNorm) -> String {
-        let p = &bn.name;
-        let tensors = ["weight", "bias", "running_mean", "running_var"].map(|t| format!("{p}.{t}"));
-        let mut inputs = vec![x];
-        inputs.extend(tensors.iter().map(String::as_str));
-        let y = self.node(
-            "BatchNormalization",
-            &inputs,
-            p.clone(),
-            vec![float("epsilon", BN_EPS)],
-        );
-        self.node("Relu", &[&y], format!("{p}.relu"), vec![])
-    }
-
-    /// Final BN-ReLU, global average pool, flatten, and the linear classifier `linear`
-    /// (`classifier` or `fc`: weight `[classes, C]`, bias) as Gemm with Bᵀ.
-    fn head(&mut self, x: &str, norm: &BatchNorm, linear: &str) -> String {
-        let h = self.bn_relu(x, norm);
-        let pooled = self.node("GlobalAveragePool", &[&h], "pool".into(), vec![]);
-        let flat = self.node(
-            "Flatten",
-            &[&pooled],
-            "flatten".into(),
-            vec![int("axis", 1)],
-        );
-        let (w, b) = (format!("{linear}.weight"), format!("{linear}.bias"));
-        self.node(
-            "Gemm",
-            &[&flat, &w, &b],
-            OUTPUT.into(),
-            vec![int("transB", 1)],
-        )
-    }
-}
-
 /// A fixed dimension.
 fn dim(v: i64) -> dimension::Value {
     dimension::Value::DimValue(v)
@@ -505,45 +345,10 @@ fn value_info(name: &str, dims: &[dimension::Value], doc: &str) -> ValueInfoProt
     }
 }
 
-/// An integer attribute.
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::INT),
-        i: Some(v),
-        ..Default::default()
-    }
-}
-
-/// A float attribute.
-fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::FLOAT),
-        f: Some(v),
-        ..Default::default()
-    }
-}
-
-/// A list-of-integers attribute.
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::INTS),
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-/// `pads` of a 2-D window: `p` on every side (begin H, begin W, end H, end W).
-fn pads(p: i64) -> AttributeProto {
-    ints("pads", &[p, p, p, p])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AnyModel;
+    use crate::model::{AnyModel, ModelConfig};
     use prost::Message;
 
     fn decode(e: &Exported) -> ModelProto {

@@ -27,6 +27,7 @@ pub mod arch;
 pub mod block;
 pub mod config;
 pub mod memory;
+pub mod onnx;
 pub mod summary;
 
 use crate::model::config::ModelConfig;
@@ -385,6 +386,10 @@ impl Family for Architecture {
 
     fn summary(&self) -> crate::summary::Summary {
         summary::summarize(self)
+    }
+
+    fn onnx_graph(&self, g: &mut crate::onnx::graph::Builder) -> String {
+        onnx::graph(g, self)
     }
 }
 
