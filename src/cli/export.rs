@@ -4,6 +4,7 @@
 use super::model_args::OptModelArgs;
 use crate::checkpoint::{self, CheckpointError};
 use crate::model::ModelConfig;
+use crate::nn::limits::MAX_BATCH;
 use crate::onnx::{self, Batch, ExportOptions, Preprocessing};
 use crate::weights::{read_checkpoint, WeightsError};
 use anyhow::Context;
@@ -52,9 +53,9 @@ fn batch(s: &str) -> Result<Batch, String> {
         return Ok(Batch::Dynamic);
     }
     match s.parse::<usize>() {
-        Ok(n @ 1..=65536) => Ok(Batch::Fixed(n)),
+        Ok(n @ 1..=MAX_BATCH) => Ok(Batch::Fixed(n)),
         _ => Err(format!(
-            "expected a number of images from 1 to 65536, or `dynamic`; got '{s}'"
+            "expected a number of images from 1 to {MAX_BATCH}, or `dynamic`; got '{s}'"
         )),
     }
 }

@@ -6,6 +6,7 @@
 //! how a port of weights is checked.
 
 use super::ModelArgs;
+use crate::model::memory::{self, Use};
 use crate::model::AnyModel;
 use crate::nn::MemoryMode;
 use crate::nn::TrainOptions;
@@ -83,7 +84,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let n = input.shape[0];
-    super::model_args::check_memory(&cfg, n, a.memory, a.train)?;
+    let uses = if a.train {
+        Use::train(n, a.memory)
+    } else {
+        Use::eval(n)
+    };
+    memory::check(&cfg, &[uses], 0, "").with_context(|| a.input.display().to_string())?;
     let classes = cfg.num_classes();
     let mut out: Vec<(String, Tensor)> = Vec::new();
     if !a.train {

@@ -568,6 +568,15 @@ pub struct Interrupted(pub String);
 /// interrupted run.
 fn explain(e: train::TrainError) -> anyhow::Error {
     match e {
+        // what a run killed before its first checkpoint left (before config.json came
+        // with the first checkpoint): nothing to continue
+        TrainError::RunExists { ref dir } if !dir.join("last.safetensors").exists() => {
+            anyhow::anyhow!(
+                "{e}, stopped before its first checkpoint (nothing to resume)\nhint: replace \
+                 it with `--out {0} --force`, or choose another --out",
+                dir.display()
+            )
+        }
         TrainError::RunExists { ref dir } => {
             anyhow::anyhow!(
                 "{e}\nhint: continue it with `densenet train --resume {0}`, replace it with \
@@ -606,6 +615,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (cfg, dir, resume, unique) = match &a.resume {
         Some(dir) => {
             let path = dir.join("config.json");
+            // a run writes both with its first checkpoint
+            for file in [&path, &dir.join("last.safetensors")] {
+                anyhow::ensure!(
+                    file.exists(),
+                    "{}: not found, so no run to resume (a run writes it with its first \
+                     checkpoint); start one there with --out {}",
+                    file.display(),
+                    dir.display()
+                );
+            }
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("{}: cannot read the run's configuration", path.display())
             })?;

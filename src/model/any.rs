@@ -1,11 +1,12 @@
 //! [`AnyModel`]: a network of either family, chosen at run time from a [`ModelConfig`],
-//! and what a configuration needs of its family's code (building it, sizing its memory).
+//! and what a configuration needs of its family's code to be built (its memory is
+//! [`super::memory`]'s).
 
 use super::config::ModelConfig;
 use super::interface::{Family, Model};
-use crate::densenet::{Architecture as DenseArch, DenseNet, DenseNetPlan};
-use crate::nn::{ConfigError, MemoryMode};
-use crate::resnet::{Architecture as ResArch, PreActResNet, ResNetPlan};
+use crate::densenet::{Architecture as DenseArch, DenseNet};
+use crate::nn::ConfigError;
+use crate::resnet::{Architecture as ResArch, PreActResNet};
 use std::ops::{Deref, DerefMut};
 
 /// A network of either family, chosen at run time: a boxed [`Model`], used through it.
@@ -55,24 +56,6 @@ impl ModelConfig {
         match self {
             ModelConfig::DenseNet(c) => Box::new(DenseArch::new(c)),
             ModelConfig::PreActResNet(c) => Box::new(ResArch::new(c)),
-        }
-    }
-
-    /// The memory plan's region table (name, offset, bytes) of this model's workspace for
-    /// batches of up to `batch` images: what a workspace allocates, in one piece.
-    pub fn memory_regions(
-        &self,
-        batch: usize,
-        mode: MemoryMode,
-        training: bool,
-    ) -> Vec<crate::nn::arena::Region> {
-        match self {
-            ModelConfig::DenseNet(c) => {
-                DenseNetPlan::new(&DenseArch::new(c), batch, mode, training).regions
-            }
-            ModelConfig::PreActResNet(c) => {
-                ResNetPlan::new(&ResArch::new(c), batch, mode, training).regions
-            }
         }
     }
 }

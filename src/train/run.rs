@@ -11,6 +11,7 @@ use super::step::{DataParallel, StepInput};
 use super::{Progress, TrainConfig, TrainError, TrainState};
 use crate::data::pipeline::{Loader, LoaderConfig};
 use crate::evaluate::EvalSet;
+use crate::model::memory::{self, Use};
 use crate::model::{AnyModel, ModelConfig};
 use crate::nn::MemoryMode;
 use crate::optim::{one_d_ranges, param_groups, Sgd};
@@ -33,6 +34,17 @@ pub fn train(
     dp.check_batch(config.batch_size, config.large_batch.accumulate)?;
     let data = DataSetup::load(config)?;
     let model = data.fit_model(config.model.clone())?;
+    // before the run directory exists: a run that cannot have its memory leaves nothing
+    let passes = config.large_batch.accumulate;
+    memory::check(
+        &model,
+        &[
+            Use::train(config.batch_size / dp.size() / passes, config.memory),
+            Use::eval(eval_batch(config.batch_size)),
+        ],
+        0,
+        "",
+    )?;
     if opts.resume {
         return train_in(config, opts.dir, opts, data, model, progress, &mut dp);
     }
@@ -45,6 +57,11 @@ pub fn train(
         }
     }
     result
+}
+
+/// Images per evaluation pass of a run with batches of `batch`.
+fn eval_batch(batch: usize) -> usize {
+    batch.max(100)
 }
 
 fn train_in(
@@ -95,10 +112,9 @@ fn train_in(
             "note: without --val-split, best.safetensors is the epoch with the best test accuracy",
         );
     }
-    if writes {
-        let config_json = serde_json::to_vec_pretty(&config).unwrap_or_default();
-        crate::util::atomic::write(&dir.join("config.json"), &config_json).map_err(io(dir))?;
-    }
+    // written with the first checkpoint, so that a run that dies before it (killed, out
+    // of memory) leaves at most an empty directory, which a fresh run may take
+    let mut config_json = writes.then(|| serde_json::to_vec_pretty(&config).unwrap_or_default());
     let pre = data.preprocess();
 
     let passes = config.large_batch.accumulate;
@@ -118,7 +134,7 @@ fn train_in(
     // memory for one pass
     let mut ws = net.workspace(config.batch_size / dp.size() / passes, config.memory, true);
     dp.check_same_weights(&*net, "at the start")?;
-    let mut eval_ws = net.workspace(config.batch_size.max(100), MemoryMode::Efficient, false);
+    let mut eval_ws = net.workspace(eval_batch(config.batch_size), MemoryMode::Efficient, false);
     let end = opts.stop_after.unwrap_or(config.epochs).min(config.epochs);
     let steps_csv = dir.join("steps.csv");
     if writes && opts.resume {
@@ -273,6 +289,9 @@ fn train_in(
             state.best_epoch = epoch + 1;
         }
         if writes {
+            if let Some(json) = config_json.take() {
+                crate::util::atomic::write(&dir.join("config.json"), &json).map_err(io(dir))?;
+            }
             write_metrics(&dir.join("metrics.csv"), &state.metrics)?;
             append_steps(&steps_csv, &step_rows)?;
             checkpoint::save(&last, &*net, &opt, &config, &state, &pre)?;

@@ -1,0 +1,218 @@
+//! Issue 33, the output side: memory is checked against what the process may really use
+//! before it is taken (a limit set with `setrlimit` in the child gives a one-line error,
+//! never an abort, and leaves no run directory), and an output never destroys an input
+//! or a special file.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("densenet-outputs-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// A fresh, empty temporary directory.
+fn fresh_dir(name: &str) -> PathBuf {
+    let d = tmp(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the binary with `args` in `cwd`, its address space limited to `bytes`
+/// (`RLIMIT_AS`, what `ulimit -v` sets), as a user's shell or a batch system would.
+fn densenet_limited(cwd: &Path, bytes: u64, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_densenet"));
+    c.current_dir(cwd).args(args);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.output().expect("run densenet")
+}
+
+/// The command failed with an error of its own (exit status 2, not a signal, not a
+/// panic) whose last line is `error: …` and contains every needle; returns that line.
+fn fails_cleanly(o: &Output, needles: &[&str]) -> String {
+    let e = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "expected a clean error, got {}:\n{e}",
+        o.status
+    );
+    assert!(!e.contains("panicked"), "panicked:\n{e}");
+    let line = e.lines().last().unwrap_or_default().to_string();
+    assert!(
+        line.starts_with("error: "),
+        "last line is not the error:\n{e}"
+    );
+    for n in needles {
+        assert!(line.contains(n), "the error lacks {n:?}:\n{e}");
+    }
+    line
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Weights of a small DenseNet for 1-channel images of `size`×`size`, its model in the
+/// metadata: a 27 KB file whose model may ask for gigabytes.
+fn small_weights(name: &str, size: usize) -> PathBuf {
+    let mut cfg = densenet::DenseNetConfig::from_name("densenet-bc-16-4").unwrap();
+    (cfg.in_channels, cfg.input_size) = (1, size);
+    let cfg = densenet::ModelConfig::from(cfg);
+    let net = densenet::AnyModel::new(&cfg, 0);
+    let path = tmp(name);
+    let meta = std::collections::HashMap::from([(
+        "config".to_string(),
+        serde_json::to_string(&cfg).unwrap(),
+    )]);
+    densenet::weights::write_safetensors(&path, &net.state_dict(), &[], meta).unwrap();
+    path
+}
+
+/// Item 4: a training run whose workspace does not fit the process's address-space limit
+/// is refused before its run directory exists (it used to abort in the allocator and
+/// leave a directory holding only config.json).
+#[test]
+fn train_under_a_memory_limit_fails_cleanly_and_leaves_no_run() {
+    let cwd = fresh_dir("limited-train");
+    // digits at 32×32, batch 1024: 3.5 GiB of activations, under a 2 GiB limit
+    let args = [
+        "train",
+        "--model",
+        "densenet-bc-40-12",
+        "--upscale",
+        "4",
+        "--batch-size",
+        "1024",
+        "--epochs",
+        "1",
+        "--out",
+        "run",
+    ];
+    let o = densenet_limited(&cwd, 2 * GIB, &args);
+    fails_cleanly(
+        &o,
+        &[
+            "densenet-bc-40-12",
+            "batches of 1024",
+            "RLIMIT_AS",
+            "lower the batch size",
+        ],
+    );
+    let left: Vec<_> = std::fs::read_dir(&cwd).unwrap().collect();
+    assert!(left.is_empty(), "the failed run left {left:?}");
+}
+
+/// Item 4: what a run killed before its first checkpoint leaves is not offered for
+/// resuming: an empty directory (config.json now comes with the first checkpoint) has
+/// nothing to resume, and the config.json alone of older runs is called what it is.
+#[test]
+fn a_run_without_a_checkpoint_is_not_offered_for_resuming() {
+    let cwd = fresh_dir("no-checkpoint");
+    std::fs::create_dir(cwd.join("empty")).unwrap();
+    let o = densenet_in(&cwd, &["train", "--resume", "empty"]);
+    fails_cleanly(
+        &o,
+        &[
+            "empty/config.json: not found, so no run to resume",
+            "--out empty",
+        ],
+    );
+    std::fs::create_dir(cwd.join("killed")).unwrap();
+    std::fs::write(cwd.join("killed/config.json"), "{}").unwrap();
+    let o = densenet_in(
+        &cwd,
+        &[
+            "train",
+            "--model",
+            "densenet-bc-16-4",
+            "--epochs",
+            "1",
+            "--out",
+            "killed",
+        ],
+    );
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("stopped before its first checkpoint"), "{e}");
+    assert!(
+        !e.contains("--resume"),
+        "offers to resume what cannot be:\n{e}"
+    );
+}
+
+/// Item 4: a 27 KB checkpoint whose model takes 4096×4096 inputs (within the bounds)
+/// makes `predict` and `embed` refuse, naming the file, instead of aborting while
+/// allocating 6 GB.
+#[test]
+fn a_checkpoint_for_huge_inputs_is_refused_before_allocating() {
+    let w = small_weights("input-4096.safetensors", 4096);
+    assert!(std::fs::metadata(&w).unwrap().len() < 100_000);
+    let png = tmp("digit.png");
+    image::GrayImage::new(8, 8).save(&png).unwrap();
+    let npy = tmp("features.npy");
+    let (w, png, npy) = (
+        w.to_str().unwrap(),
+        png.to_str().unwrap(),
+        npy.to_str().unwrap(),
+    );
+    for args in [
+        vec!["predict", "--weights", w, png],
+        vec!["embed", "--weights", w, png, "--out", npy],
+    ] {
+        let o = densenet_limited(&std::env::temp_dir(), 2 * GIB, &args);
+        fails_cleanly(
+            &o,
+            &["input-4096.safetensors", "4096×4096 inputs", "RLIMIT_AS"],
+        );
+    }
+}
+
+/// Item 4: `summary --plan` sizes are checked, not overflowed: a batch beyond the bound
+/// of every command and a workspace beyond any machine are one-line errors (the first
+/// panicked with "region size overflows").
+#[test]
+fn summary_plan_with_a_huge_batch_errors_cleanly() {
+    let o = densenet(&[
+        "summary",
+        "densenet-bc-100-12",
+        "--plan",
+        "--batch-size",
+        "18446744073709551615",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("not in 1..=65536") && !e.contains("panicked"),
+        "{e}"
+    );
+    let o = densenet(&[
+        "summary",
+        "densenet264",
+        "--input-size",
+        "4096",
+        "--plan",
+        "--batch-size",
+        "65536",
+    ]);
+    fails_cleanly(
+        &o,
+        &["densenet264", "batches of 65536", "more than 256 TiB"],
+    );
+}
