@@ -216,3 +216,112 @@ fn summary_plan_with_a_huge_batch_errors_cleanly() {
         &["densenet264", "batches of 65536", "more than 256 TiB"],
     );
 }
+
+/// `mkfifo PATH`.
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {path:?}"
+    );
+}
+
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// Item 5: `embed --out` naming its own `--weights` (directly or through a link) is
+/// refused before any work, and the weights are unchanged (it used to replace them).
+#[test]
+fn embed_onto_its_own_weights_is_refused() {
+    let dir = fresh_dir("embed-self");
+    let w = small_weights("embed-self/w.safetensors", 8);
+    let before = std::fs::read(&w).unwrap();
+    let png = dir.join("digit.png");
+    image::GrayImage::new(8, 8).save(&png).unwrap();
+    let link = dir.join("link.safetensors");
+    std::os::unix::fs::symlink("w.safetensors", &link).unwrap();
+    let (w, png, link) = (
+        w.to_str().unwrap(),
+        png.to_str().unwrap(),
+        link.to_str().unwrap(),
+    );
+    for (weights, out) in [(w, w), (link, w), (w, link)] {
+        let o = densenet(&["embed", "--weights", weights, png, "--out", out]);
+        fails_cleanly(&o, &["--out", "the --weights file", "choose another path"]);
+        assert_eq!(
+            std::fs::read(w).unwrap(),
+            before,
+            "embed changed its weights"
+        );
+    }
+    // and an image given as input is no output either
+    let o = densenet(&["embed", "--weights", w, png, "--out", png]);
+    assert!(!o.status.success(), "embed wrote over its image");
+}
+
+/// Item 5: a symbolic link given as `--out` is written through (the link stays, its
+/// target gets the file), and a FIFO is refused and left a FIFO (both used to be
+/// replaced by a regular file).
+#[test]
+fn export_writes_through_links_and_refuses_special_files() {
+    let dir = fresh_dir("export-out");
+    let w = small_weights("export-out/w.safetensors", 8);
+    let w = w.to_str().unwrap();
+    let link = dir.join("model.onnx");
+    std::os::unix::fs::symlink("models/real.onnx", &link).unwrap();
+    std::fs::create_dir(dir.join("models")).unwrap();
+    let o = densenet(&["export", "--weights", w, "--out", link.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let meta = std::fs::symlink_metadata(&link).unwrap();
+    assert!(
+        meta.file_type().is_symlink(),
+        "--out's link was replaced by a file"
+    );
+    let target = std::fs::read(dir.join("models/real.onnx")).unwrap();
+    assert!(
+        target.len() > 1000,
+        "the link's target holds {} bytes",
+        target.len()
+    );
+    let fifo = dir.join("fifo.onnx");
+    mkfifo(&fifo);
+    let o = densenet(&["export", "--weights", w, "--out", fifo.to_str().unwrap()]);
+    fails_cleanly(&o, &["fifo.onnx", "it is a FIFO, not a regular file"]);
+    assert!(is_fifo(&fifo), "the FIFO was replaced");
+    // a link to a FIFO is refused as the FIFO is
+    let to_fifo = dir.join("to-fifo.onnx");
+    std::os::unix::fs::symlink("fifo.onnx", &to_fifo).unwrap();
+    let o = densenet(&["export", "--weights", w, "--out", to_fifo.to_str().unwrap()]);
+    fails_cleanly(&o, &["which is a FIFO"]);
+    assert!(is_fifo(&fifo));
+}
+
+/// Item 5: `train --force` replaces a run's files, but not the checkpoint it is told
+/// to start from (`--init` inside the replaced run used to be deleted before it was read).
+#[test]
+fn train_force_spares_its_init_checkpoint() {
+    let cwd = fresh_dir("force-init");
+    let tiny = [
+        "train",
+        "--model",
+        "densenet-bc-16-4",
+        "--epochs",
+        "1",
+        "--out",
+        "run",
+    ];
+    let o = densenet_in(&cwd, &tiny);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let best = cwd.join("run/best.safetensors");
+    let before = std::fs::read(&best).unwrap();
+    let o = densenet_in(
+        &cwd,
+        &[&tiny[..], &["--force", "--init", "run/best.safetensors"]].concat(),
+    );
+    fails_cleanly(&o, &["--init run/best.safetensors", "--force replaces"]);
+    assert_eq!(std::fs::read(&best).unwrap(), before);
+}

@@ -34,17 +34,20 @@ struct Row {
 
 /// Runs `densenet compare`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    for dir in &a.runs {
-        let files = crate::train::RUN_FILES.iter().map(|f| dir.join(f));
-        for input in std::iter::once(dir.clone()).chain(files) {
-            anyhow::ensure!(
-                !crate::util::paths::same_file(&a.out, &input),
-                "--out {} is {}, one of the compared runs' files: choose another path",
-                a.out.display(),
-                input.display()
-            );
-        }
-    }
+    let inputs: Vec<PathBuf> = a
+        .runs
+        .iter()
+        .flat_map(|dir| {
+            let files = crate::train::RUN_FILES.iter().map(|f| dir.join(f));
+            std::iter::once(dir.clone()).chain(files)
+        })
+        .collect();
+    let inputs: Vec<_> = inputs
+        .iter()
+        .map(|p| ("a compared run's file", p.as_path()))
+        .collect();
+    crate::util::atomic::check_output(&a.out, &inputs)
+        .with_context(|| format!("--out {}", a.out.display()))?;
     crate::plot::Format::of(&a.out)?;
     let mut rows = Vec::new();
     for dir in &a.runs {

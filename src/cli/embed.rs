@@ -9,6 +9,7 @@ use crate::features::{extract, feature_shape, Layer};
 use crate::model::memory::{self, Use};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
+use crate::util::atomic::{check_output, write_output};
 use crate::util::tensor::Tensor;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -105,6 +106,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let shape = feature_shape(&cfg, layer)?;
     let prep = InputPrep::new(&cfg, m.preprocess.as_ref(), &a.weights)?;
     let images = list_images(&a.images)?;
+    // before any work: the output is none of the inputs, nor a special file
+    let inputs: Vec<(&str, &Path)> = std::iter::once(("the --weights file", a.weights.as_path()))
+        .chain(images.iter().map(|p| ("the image", p.as_path())))
+        .collect();
+    let out_err = || format!("--out {}", a.out.display());
+    check_output(&a.out, &inputs).with_context(out_err)?;
     let (n, d) = (images.len(), shape.iter().product::<usize>());
     let batch = a.batch_size.min(n);
     // the features are gathered, then written (and copied once more for safetensors)
@@ -159,8 +166,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Format::Csv => Some(csv(&names, &features, d)),
     };
     if let Some(bytes) = bytes {
-        crate::util::atomic::write(&a.out, &bytes)
-            .with_context(|| format!("{}: cannot write", a.out.display()))?;
+        write_output(&a.out, &bytes, &inputs).with_context(out_err)?;
     }
     let report = Report {
         out: a.out.clone(),

@@ -6,6 +6,7 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::model::ModelConfig;
 use crate::nn::limits::MAX_BATCH;
 use crate::onnx::{self, Batch, ExportOptions, Preprocessing};
+use crate::util::atomic::{check_output, write_output};
 use crate::weights::{read_checkpoint, WeightsError};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -79,11 +80,8 @@ struct Report {
 
 /// Runs `densenet export`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !crate::util::paths::same_file(&a.out, &a.weights),
-        "--out {} is the --weights file: choose another output path",
-        a.out.display()
-    );
+    let out_err = || format!("--out {}", a.out.display());
+    check_output(&a.out, &[("the --weights file", &a.weights)]).with_context(out_err)?;
     // the opset first: a typo there should not wait for the weights to load
     anyhow::ensure!(
         onnx::OPSETS.contains(&a.opset),
@@ -125,8 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         preprocessing,
     };
     let e = onnx::export(&*m.net, &opts)?;
-    crate::util::atomic::write(&a.out, &e.bytes)
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    write_output(&a.out, &e.bytes, &[("the --weights file", &a.weights)]).with_context(out_err)?;
     let n = match a.batch {
         Batch::Fixed(n) => n.to_string(),
         Batch::Dynamic => onnx::BATCH_SYMBOL.to_string(),

@@ -54,13 +54,14 @@ pub struct Args {
 
 /// Runs `densenet forward`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    for (flag, input) in [("--weights", &a.weights), ("--input", &a.input)] {
-        anyhow::ensure!(
-            !crate::util::paths::same_file(&a.output, input),
-            "--out {} is the {flag} file: choose another output path",
-            a.output.display()
-        );
-    }
+    crate::util::atomic::check_output(
+        &a.output,
+        &[
+            ("the --weights file", &a.weights),
+            ("the --input file", &a.input),
+        ],
+    )
+    .with_context(|| format!("--out {}", a.output.display()))?;
     let cfg = a.model.resolve()?;
     let mut net = AnyModel::try_new(&cfg, 0)?;
     let weights = read_checkpoint(&a.weights)?;

@@ -4,7 +4,7 @@
 use super::checkpoint;
 use super::finetune;
 use super::metrics::{append_steps, keep_steps, write_metrics, EpochMetrics, RunSummary, StepRow};
-use super::run_dir::{claim_run_dir, io, release_run_dir, RunOptions};
+use super::run_dir::{claim_run_dir, io, release_run_dir, RunOptions, RUN_FILES};
 use super::schedule::warmup_factor;
 use super::setup::DataSetup;
 use super::step::{DataParallel, StepInput};
@@ -47,6 +47,20 @@ pub fn train(
     )?;
     if opts.resume {
         return train_in(config, opts.dir, opts, data, model, progress, &mut dp);
+    }
+    // --force replaces the run's files: never the checkpoint this run starts from
+    if let (Some(init), true) = (&config.finetune.init, opts.replace) {
+        if let Some(f) = RUN_FILES
+            .iter()
+            .find(|f| crate::util::paths::same_file(init, &opts.dir.join(f)))
+        {
+            return Err(TrainError::Config(format!(
+                "--init {}: it is {f} of the run in {} that --force replaces; copy it \
+                 elsewhere first, or choose another --out",
+                init.display(),
+                opts.dir.display()
+            )));
+        }
     }
     let (claimed, dir) = dp.agree_on_dir(|| claim_run_dir(opts).map(|c| (c.dir.clone(), c)))?;
     progress.message(&format!("run directory {}", dir.display()));
