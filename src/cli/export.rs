@@ -6,6 +6,7 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::model::ModelConfig;
 use crate::nn::limits::MAX_BATCH;
 use crate::onnx::{self, Batch, ExportOptions, Preprocessing};
+use crate::prepare::InputPrep;
 use crate::util::atomic::{check_output, write_output};
 use crate::weights::{read_checkpoint, WeightsError};
 use anyhow::Context;
@@ -94,24 +95,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Err(e) => return Err(family_mismatch(&a.weights, requested.as_ref(), e)),
     };
     let cfg = m.net.model_config();
-    let preprocessing = match (&m.preprocess, cfg.as_densenet()) {
-        (Some(p), _) => Some(Preprocessing::from_checkpoint(
-            p,
-            m.dataset.as_deref() == Some("folder"),
-            cfg.input_size(),
-        )),
-        // torchvision's weights (ImageNet stem) expect torchvision's preprocessing
-        (None, Some(d)) if d.stem == crate::densenet::Stem::ImageNet => {
-            Some(Preprocessing::torchvision_imagenet(cfg.input_size()))
-        }
-        (None, _) => {
-            eprintln!(
-                "note: {} records no preprocessing; the ONNX metadata has none",
-                a.weights.display()
-            );
-            None
-        }
+    // what `predict` does to an image file, from the same settings
+    let preprocessing = match InputPrep::new(&cfg, m.preprocess.as_ref(), &a.weights) {
+        Ok(p) => Preprocessing::of(&p),
+        // a stored preprocessing that `predict` refuses is refused here too
+        Err(e) if m.preprocess.is_some() => return Err(e.into()),
+        Err(_) => None,
     };
+    if preprocessing.is_none() {
+        eprintln!(
+            "note: {} records no preprocessing; the ONNX metadata has none",
+            a.weights.display()
+        );
+    }
     let opts = ExportOptions {
         opset: a.opset,
         batch: a.batch,
