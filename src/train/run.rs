@@ -171,7 +171,9 @@ fn train_in(
         epochs: config.epochs,
     };
     for epoch in state.epochs_done..end {
-        if interrupted() {
+        // agreed: a rank that stopped here alone would leave the others waiting in the
+        // epoch's first step (a signal reaches the ranks of mpirun at different moments)
+        if dp.any(interrupted()) {
             return Err(stop(&state));
         }
         let t0 = Instant::now();
