@@ -1,7 +1,7 @@
 //! Issue 33, the output side: memory is checked against what the process may really use
 //! before it is taken (a limit set with `setrlimit` in the child gives a one-line error,
 //! never an abort, and leaves no run directory), and an output never destroys an input
-//! or a special file.
+//! or a special file; and the `compare` table tells its runs apart.
 
 mod common;
 
@@ -324,4 +324,42 @@ fn train_force_spares_its_init_checkpoint() {
     );
     fails_cleanly(&o, &["--init run/best.safetensors", "--force replaces"]);
     assert_eq!(std::fs::read(&best).unwrap(), before);
+}
+
+/// Writes a fake finished run (only what `compare` reads).
+fn fake_run(dir: &Path, model: &str, parameters: u64, error: f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let s = serde_json::json!({"model": model, "family": "densenet", "dataset": "digits",
+        "parameters": parameters, "test_error_percent": error, "epochs": 1});
+    std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
+}
+
+/// Item 9: `compare` rows of one model on one data set (two seeds) are told apart by
+/// their run directories, in the table and in the figure's legend.
+#[test]
+fn compare_rows_name_their_runs() {
+    let root = fresh_dir("compare-names");
+    let (a, b) = (root.join("seed-0"), root.join("seed-1"));
+    fake_run(&a, "densenet-bc-16-4", 1000, 5.0);
+    fake_run(&b, "densenet-bc-16-4", 1000, 6.0);
+    let svg = root.join("compare.svg");
+    let o = densenet(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert!(
+        rows.len() == 2 && rows[0].starts_with("seed-0 ") && rows[1].starts_with("seed-1 "),
+        "{table}"
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("seed-0") && svg.contains("seed-1"),
+        "the legend names no run"
+    );
 }

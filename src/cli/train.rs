@@ -62,7 +62,7 @@ pub struct Args {
     /// Weight decay (≥ 0).
     #[arg(long, value_parser = super::values::weight_decay)]
     pub weight_decay: Option<f32>,
-    /// Schedule: step (÷10 at 50% and 75%), step:E1,E2 (÷10 at those epochs), cosine,
+    /// Schedule: step (÷10 at 50% and 75%), step:E1,E2 (÷10 after those epochs), cosine,
     /// constant.
     #[arg(long)]
     pub schedule: Option<Schedule>,
@@ -423,7 +423,7 @@ fn check_flags(a: &Args, cfg: &TrainConfig) -> anyhow::Result<()> {
         if let Some(m) = milestones.iter().find(|&&m| m >= cfg.epochs) {
             anyhow::bail!(
                 "--schedule: milestone {m} is never reached in {} (milestones are \
-                 epochs 1 to {} from which the rate falls ÷10)",
+                 epochs 1 to {} after which the rate falls ÷10)",
                 super::count(cfg.epochs, "epoch"),
                 cfg.epochs.saturating_sub(1)
             );
