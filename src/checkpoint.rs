@@ -121,8 +121,13 @@ pub fn read_model_config(
     };
     // from a name, already checked; from the metadata, checked as it was read: checked
     // again here, where the network is built, so that no path can skip the rules
-    let mut net = AnyModel::try_new(&cfg, 0)
-        .map_err(|e| CheckpointError::Invalid(format!("{}: model: {e}", weights.display())))?;
+    let invalid = |e: &dyn std::fmt::Display| {
+        CheckpointError::Invalid(format!("{}: model: {e}", weights.display()))
+    };
+    cfg.validate().map_err(|e| invalid(&e))?;
+    // the weights alone may be more than the process can have (2^30 parameters: 8 GiB)
+    crate::model::memory::check(&cfg, &[], 0, "").map_err(|e| invalid(&e))?;
+    let mut net = AnyModel::try_new(&cfg, 0).map_err(|e| invalid(&e))?;
     net.load_tensors(&file.tensors, &weights.display().to_string())?;
     Ok(LoadedModel {
         net,

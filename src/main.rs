@@ -23,7 +23,10 @@ fn main() -> ExitCode {
             // Ctrl-C during training: what was kept and how to continue, with the exit
             // status a shell gives an interrupted command
             if let Some(i) = err.downcast_ref::<densenet::cli::Interrupted>() {
-                eprintln!("{i}");
+                // empty on the ranks of a data-parallel run other than 0
+                if !i.0.is_empty() {
+                    eprintln!("{i}");
+                }
                 return ExitCode::from(densenet::cli::INTERRUPTED as u8);
             }
             eprintln!("error: {}", densenet::cli::error_text(&err));

@@ -1178,7 +1178,7 @@ fn paper_recipe_milestones_follow_epochs() {
         "--epochs",
         "4",
         "--stop-after",
-        "1",
+        "3",
         "--out",
         dir.to_str().unwrap(),
     ]);
@@ -1188,7 +1188,21 @@ fn paper_recipe_milestones_follow_epochs() {
     assert_eq!(cfg["schedule"]["milestones"], serde_json::json!([2, 3]));
     // issue 12, item 15: the schedule as a user would write it, not Rust's Debug text
     let e = stderr(&o);
-    assert!(e.contains("step ÷10 at epochs 2, 3)"), "{e}");
+    assert!(e.contains("step ÷10 after epochs 2, 3)"), "{e}");
+    // issue 33, item 9: the header counts epochs as the log does (epoch 2 the last at the
+    // first rate, epoch 3 at the next)
+    let lr_of = |epoch: &str| {
+        let line = e
+            .lines()
+            .find(|l| l.starts_with(&format!("epoch {epoch:>3}:")))
+            .unwrap();
+        line.split_whitespace().nth(3).unwrap().to_string()
+    };
+    assert_eq!(
+        (lr_of("2"), lr_of("3")),
+        ("0.1000".into(), "0.0100".into()),
+        "{e}"
+    );
     assert!(!e.contains("Step {"), "{e}");
 }
 

@@ -543,3 +543,59 @@ fn find_rank(rank: usize, dir: &Path) -> Option<u32> {
     }
     None
 }
+
+/// Issue 33, items 8 and 9: SIGUSR1 to mpirun (which forwards it to every rank; Ctrl-C
+/// reaches mpirun alone, which ends the job at once) stops every rank after the same
+/// step, as Ctrl-C stops one process: rank 0 alone says what was kept and how to
+/// continue, the exit status is 130, and the run resumes. Rank 0 alone prints notes.
+#[test]
+fn sigusr1_to_mpirun_stops_every_rank_after_the_same_step() {
+    let dir = tmp("usr1");
+    let mut run = mpirun(2, &exe(), &RUN[..RUN.len() - 1]);
+    run.arg("--out")
+        .arg(&dir)
+        .args(["--epochs", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = run.spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !dir.join("last.safetensors").exists() {
+        assert!(t.elapsed().as_secs() < 120, "no checkpoint after 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status();
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            panic!("the ranks did not stop within 60 s of SIGUSR1");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let once = |s: &str| err.matches(s).count() == 1;
+    assert!(
+        once("interrupted after epoch") && once("densenet train --resume") && once("run directory"),
+        "rank 0 alone tells:\n{}",
+        text(&out)
+    );
+    assert!(!err.contains("error: rank"), "{}", text(&out));
+    let done = densenet::train::read_metrics(&dir.join("metrics.csv"))
+        .unwrap()
+        .len();
+    assert!(
+        err.contains(&format!("interrupted after epoch {done} of 50")),
+        "{err}"
+    );
+    let out = mpirun(2, &exe(), &["--threads", "1", "train", "--resume"])
+        .arg(&dir)
+        .args(["--stop-after", &(done + 1).to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}

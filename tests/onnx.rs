@@ -324,8 +324,14 @@ fn cli_records_the_preprocessing() {
     let p: serde_json::Value = serde_json::from_str(&meta["preprocess"]).unwrap();
     assert_eq!(p["source"], "checkpoint");
     assert_eq!(p["mean"][1].as_f64().unwrap() as f32, 0.4);
-    assert_eq!(p["upscale"], 2);
+    // what `predict` does to an image file: resized to the input, never upscaled by the
+    // stored factor (issue 33, item 7)
+    assert!(p.get("upscale").is_none(), "{p}");
     assert!(p["resize"].is_null() && p["crop"].is_null());
+    assert_eq!(
+        (p["input_size"].as_u64(), p["max_value"].as_f64()),
+        (Some(64), Some(255.0))
+    );
     assert_eq!(meta["class_names"], r#"["cat","dog","fox"]"#);
 }
 
@@ -387,4 +393,226 @@ fn cli_errors_are_one_line() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("or `dynamic`"));
     assert!(!out.exists(), "a failed export wrote {}", out.display());
+}
+
+/// Writes `n` IDX images of 28×28 (a smooth pattern per class, plus noise) and their
+/// labels as MNIST's `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte`.
+fn write_mnist(dir: &Path, prefix: &str, n: usize) {
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, n as u8, 0, 0, 0, 28, 0, 0, 0, 28];
+    let mut labels = vec![0, 0, 8, 1, 0, 0, 0, n as u8];
+    for i in 0..n {
+        let class = i % 10;
+        labels.push(class as u8);
+        images.extend((0..28 * 28).map(|p| {
+            let (y, x) = (p / 28, p % 28);
+            ((x * (class + 1) + y * 3 + i * 7) % 256) as u8
+        }));
+    }
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+/// An RGB image of `w`×`h` whose colours vary with `seed`: gradients, not noise, so that
+/// resizing matters but does not decide everything.
+fn pattern(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let v = |k: u32| ((x * (seed + k) + y * (3 + k * seed) + seed * 37 * k) % 256) as u8;
+        image::Rgb([v(1), v(2), v(3)])
+    })
+}
+
+/// An image file prepared from the ONNX metadata's `preprocess` alone (its documented
+/// steps: RGB, grey as the mean of R, G and B, the resize, the centre crop, then
+/// `(pixel / max_value − mean) / std`), `[C, S, S]`.
+fn prepare_from_metadata(p: &serde_json::Value, file: &Path) -> Vec<f32> {
+    use image::imageops::FilterType;
+    assert_eq!(p["resample"], "bilinear", "{p}");
+    let rgb = image::open(file).unwrap().to_rgb8();
+    let grey = p["channels"] == "grey";
+    let img = if grey {
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(
+            rgb.width(),
+            rgb.height(),
+            |x, y| {
+                let [r, g, b] = rgb.get_pixel(x, y).0;
+                image::Luma([((r as u32 + g as u32 + b as u32) / 3) as u8])
+            },
+        ))
+    } else {
+        image::DynamicImage::ImageRgb8(rgb)
+    };
+    let s = p["input_size"].as_u64().unwrap() as u32;
+    let img = match (p["resize"].as_u64(), p["crop"].as_u64()) {
+        (Some(r), Some(c)) => {
+            let (r, c, w, h) = (r as f64, c as u32, img.width() as f64, img.height() as f64);
+            let (nw, nh) = if h <= w {
+                ((r * w / h) as u32, r as u32)
+            } else {
+                (r as u32, (r * h / w) as u32)
+            };
+            let resized = img.resize_exact(nw, nh, FilterType::Triangle);
+            resized.crop_imm((nw - c) / 2, (nh - c) / 2, c, c)
+        }
+        _ => img.resize_exact(s, s, FilterType::Triangle),
+    };
+    let (channels, raw) = if grey {
+        (1, img.to_luma8().into_raw())
+    } else {
+        (3, img.to_rgb8().into_raw())
+    };
+    let f = |k: &str, c: usize| {
+        let v = p[k].as_array().unwrap();
+        v[if v.len() == 1 { 0 } else { c }].as_f64().unwrap() as f32
+    };
+    let max = p["max_value"].as_f64().unwrap() as f32;
+    let plane = (s * s) as usize;
+    let mut x = vec![0f32; channels * plane];
+    for (i, &v) in raw.iter().enumerate() {
+        let (pixel, c) = (i / channels, i % channels);
+        x[c * plane + pixel] = (v as f32 / max - f("mean", c)) / f("std", c);
+    }
+    x
+}
+
+/// Probabilities of `logits`.
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v));
+    let exp: Vec<f64> = logits.iter().map(|&v| ((v - max) as f64).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+/// Issue 33, item 7: the preprocessing an exported model's metadata describes is what
+/// `predict` does to an image file, for a digits run, a folder run and an MNIST run:
+/// tract on inputs prepared from the metadata alone gives `predict`'s top-1 class and
+/// every class's probability. (A digits model's metadata said `max_value` 16 and no resize, and
+/// `predict` divides by 255 and resizes: following it, 20% of predictions agreed.)
+#[test]
+fn exported_preprocessing_reproduces_predict() {
+    let root = tmp("prep-vs-predict");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    // the images predicted: grey and RGB, square and not, smaller and larger than inputs
+    let mut images = Vec::new();
+    for (i, (w, h, grey)) in [
+        (8, 8, true),
+        (28, 28, true),
+        (40, 30, false),
+        (30, 45, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = root.join(format!("image{i}.png"));
+        let img = pattern(w, h, i as u32 + 1);
+        if grey {
+            image::DynamicImage::ImageRgb8(img)
+                .to_luma8()
+                .save(&file)
+                .unwrap();
+        } else {
+            img.save(&file).unwrap();
+        }
+        images.push(file);
+    }
+    // an MNIST set and an image folder (held-out images in val/)
+    let mnist = root.join("mnist");
+    std::fs::create_dir_all(&mnist).unwrap();
+    write_mnist(&mnist, "train", 40);
+    write_mnist(&mnist, "t10k", 10);
+    let folder = root.join("folder");
+    for (split, n) in [("train", 2), ("val", 1)] {
+        for (c, class) in ["cat", "dog"].iter().enumerate() {
+            let dir = folder.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let seed = 10 + 5 * c as u32 + i;
+                pattern(48 + 4 * i, 36, seed)
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let runs: [(&str, Vec<&str>); 3] = [
+        ("digits", vec![]),
+        ("mnist", vec!["--dataset", "mnist", "--data", path(&mnist)]),
+        (
+            "folder",
+            vec!["--dataset", "folder", "--data", path(&folder)],
+        ),
+    ];
+    for (name, data) in runs {
+        let run = root.join(format!("run-{name}"));
+        let mut args = vec!["train", "--model", "densenet-bc-16-4", "--epochs", "2"];
+        args.extend(&data);
+        args.extend(["--out", path(&run)]);
+        let o = densenet(&args);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let weights = run.join("best.safetensors");
+        let onnx = root.join(format!("{name}.onnx"));
+        let o = densenet(&["export", "--weights", path(&weights), "--out", path(&onnx)]);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let meta = metadata(&onnx);
+        let p: serde_json::Value = serde_json::from_str(&meta["preprocess"]).unwrap();
+        let names: Vec<String> = serde_json::from_str(&meta["class_names"]).unwrap();
+        let model = tract_model(&std::fs::read(&onnx).unwrap());
+        let (c, s) = (
+            if p["channels"] == "grey" { 1 } else { 3 },
+            p["input_size"].as_u64().unwrap() as usize,
+        );
+
+        let mut args = vec![
+            "predict",
+            "--weights",
+            path(&weights),
+            "--top",
+            "10",
+            "--json",
+        ];
+        args.extend(images.iter().map(|f| path(f)));
+        let o = densenet(&args);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let predicted: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for (file, pred) in images.iter().zip(predicted.as_array().unwrap()) {
+            let logits = run_tract(&model, &prepare_from_metadata(&p, file), 1, c, s);
+            let probs = softmax(&logits);
+            let top = (0..probs.len())
+                .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+                .unwrap();
+            let shown = pred["top"].as_array().unwrap();
+            assert_eq!(
+                names[top],
+                shown[0][0].as_str().unwrap(),
+                "{name}, {}: the top-1 class of the metadata's preprocessing {p} is not \
+                 predict's ({pred})",
+                file.display()
+            );
+            // every class's probability, so that a preprocessing that only leaves the
+            // top-1 class alone is caught too (a wrong crop moved them by 1e-3 here)
+            for (class, prob) in shown
+                .iter()
+                .map(|t| (t[0].as_str().unwrap(), t[1].as_f64().unwrap()))
+            {
+                let ours = probs[names.iter().position(|n| n == class).unwrap()];
+                assert!(
+                    (ours - prob).abs() < 1e-5,
+                    "{name}, {}: class {class} has probability {ours:.6} with the metadata's \
+                     preprocessing {p}, {prob:.6} in predict",
+                    file.display()
+                );
+            }
+        }
+    }
 }

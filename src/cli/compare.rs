@@ -34,17 +34,20 @@ struct Row {
 
 /// Runs `densenet compare`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    for dir in &a.runs {
-        let files = crate::train::RUN_FILES.iter().map(|f| dir.join(f));
-        for input in std::iter::once(dir.clone()).chain(files) {
-            anyhow::ensure!(
-                !crate::util::paths::same_file(&a.out, &input),
-                "--out {} is {}, one of the compared runs' files: choose another path",
-                a.out.display(),
-                input.display()
-            );
-        }
-    }
+    let inputs: Vec<PathBuf> = a
+        .runs
+        .iter()
+        .flat_map(|dir| {
+            let files = crate::train::RUN_FILES.iter().map(|f| dir.join(f));
+            std::iter::once(dir.clone()).chain(files)
+        })
+        .collect();
+    let inputs: Vec<_> = inputs
+        .iter()
+        .map(|p| ("a compared run's file", p.as_path()))
+        .collect();
+    crate::util::atomic::check_output(&a.out, &inputs)
+        .with_context(|| format!("--out {}", a.out.display()))?;
     crate::plot::Format::of(&a.out)?;
     let mut rows = Vec::new();
     for dir in &a.runs {
@@ -86,10 +89,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.runs.len()
     );
     rows.sort_by_key(|r| r.parameters);
+    // runs of one model on one data set (other seeds, epochs, settings) are told apart
+    // by their directories' names
+    let name = |r: &Row| {
+        r.run.file_name().map_or_else(
+            || r.run.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    let same = |r: &Row| {
+        rows.iter()
+            .filter(|o| (&o.model, &o.dataset) == (&r.model, &r.dataset))
+            .count()
+            > 1
+    };
     let series = rows
         .iter()
         .map(|r| crate::plot::Series {
-            label: format!("{} ({})", r.model, r.dataset),
+            label: if same(r) {
+                format!("{} ({}, {})", r.model, r.dataset, name(r))
+            } else {
+                format!("{} ({})", r.model, r.dataset)
+            },
             points: vec![(r.parameters as f64 / 1e6, r.test_error_percent)],
         })
         .collect();
@@ -104,8 +125,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.json {
         return super::print_json(&rows);
     }
+    let w = rows
+        .iter()
+        .map(|r| name(r).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
     outln!(
-        "{:<28} {:<14} {:<10} {:>12} {:>8} {:>12}",
+        "{:<w$} {:<28} {:<14} {:<10} {:>12} {:>8} {:>12}",
+        "run",
         "model",
         "family",
         "dataset",
@@ -115,7 +143,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     for r in &rows {
         outln!(
-            "{:<28} {:<14} {:<10} {:>12} {:>8} {:>11.2}%",
+            "{:<w$} {:<28} {:<14} {:<10} {:>12} {:>8} {:>11.2}%",
+            name(r),
             r.model,
             r.family,
             r.dataset,

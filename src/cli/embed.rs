@@ -6,8 +6,10 @@ use super::model_args::OptModelArgs;
 use crate::checkpoint::read_model_config;
 use crate::data::folder::image_files;
 use crate::features::{extract, feature_shape, Layer};
+use crate::model::memory::{self, Use};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
+use crate::util::atomic::{check_output, write_output};
 use crate::util::tensor::Tensor;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -104,21 +106,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let shape = feature_shape(&cfg, layer)?;
     let prep = InputPrep::new(&cfg, m.preprocess.as_ref(), &a.weights)?;
     let images = list_images(&a.images)?;
+    // before any work: the output is none of the inputs, nor a special file
+    let inputs: Vec<(&str, &Path)> = std::iter::once(("the --weights file", a.weights.as_path()))
+        .chain(images.iter().map(|p| ("the image", p.as_path())))
+        .collect();
+    let out_err = || format!("--out {}", a.out.display());
+    check_output(&a.out, &inputs).with_context(out_err)?;
     let (n, d) = (images.len(), shape.iter().product::<usize>());
-    if let Some(avail) = super::model_args::available_memory_bytes() {
-        // the features are gathered, then written (and copied once more for safetensors)
-        let need = 2 * (n as u128) * (d as u128) * 4;
-        anyhow::ensure!(
-            need <= avail as u128,
-            "{n} images × {d} features of {} need {:.1} GiB, more than the {:.1} GiB this \
-             machine has available; use --layer pool, an earlier block, or fewer images",
-            layer,
-            need as f64 / (1u64 << 30) as f64,
-            avail as f64 / (1u64 << 30) as f64
-        );
-    }
     let batch = a.batch_size.min(n);
-    super::model_args::check_memory(&cfg, batch, MemoryMode::Efficient, false)?;
+    // the features are gathered, then written (and copied once more for safetensors)
+    let gathered = 2 * (n as u128) * (d as u128) * 4;
+    memory::check(
+        &cfg,
+        &[Use::eval(batch)],
+        gathered,
+        &format!("{n} × {d} features gathered"),
+    )
+    .with_context(|| a.weights.display().to_string())?;
     let mut ws = m.net.workspace(batch, MemoryMode::Efficient, false);
 
     let bar = ProgressBar::new(n as u64);
@@ -162,8 +166,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Format::Csv => Some(csv(&names, &features, d)),
     };
     if let Some(bytes) = bytes {
-        crate::util::atomic::write(&a.out, &bytes)
-            .with_context(|| format!("{}: cannot write", a.out.display()))?;
+        write_output(&a.out, &bytes, &inputs).with_context(out_err)?;
     }
     let report = Report {
         out: a.out.clone(),

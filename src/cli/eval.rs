@@ -5,6 +5,7 @@ use super::model_args::OptModelArgs;
 use crate::checkpoint;
 use crate::data::{self, DatasetKind, Split};
 use crate::evaluate::{evaluate, EvalSet, Evaluation};
+use crate::model::memory::{self, Use};
 use crate::nn::MemoryMode;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -104,10 +105,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cfg.num_classes(),
         test.num_classes()
     );
-    super::model_args::check_memory(&cfg, a.batch_size, MemoryMode::Efficient, false)?;
-    let mut ws = m
-        .net
-        .workspace(a.batch_size.max(1), MemoryMode::Efficient, false);
+    memory::check(&cfg, &[Use::eval(a.batch_size)], 0, "")
+        .with_context(|| a.weights.display().to_string())?;
+    let mut ws = m.net.workspace(a.batch_size, MemoryMode::Efficient, false);
     let set = EvalSet {
         source: &test,
         indices: None,

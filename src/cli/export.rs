@@ -4,7 +4,10 @@
 use super::model_args::OptModelArgs;
 use crate::checkpoint::{self, CheckpointError};
 use crate::model::ModelConfig;
+use crate::nn::limits::MAX_BATCH;
 use crate::onnx::{self, Batch, ExportOptions, Preprocessing};
+use crate::prepare::InputPrep;
+use crate::util::atomic::{check_output, write_output};
 use crate::weights::{read_checkpoint, WeightsError};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -52,9 +55,9 @@ fn batch(s: &str) -> Result<Batch, String> {
         return Ok(Batch::Dynamic);
     }
     match s.parse::<usize>() {
-        Ok(n @ 1..=65536) => Ok(Batch::Fixed(n)),
+        Ok(n @ 1..=MAX_BATCH) => Ok(Batch::Fixed(n)),
         _ => Err(format!(
-            "expected a number of images from 1 to 65536, or `dynamic`; got '{s}'"
+            "expected a number of images from 1 to {MAX_BATCH}, or `dynamic`; got '{s}'"
         )),
     }
 }
@@ -78,11 +81,8 @@ struct Report {
 
 /// Runs `densenet export`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !crate::util::paths::same_file(&a.out, &a.weights),
-        "--out {} is the --weights file: choose another output path",
-        a.out.display()
-    );
+    let out_err = || format!("--out {}", a.out.display());
+    check_output(&a.out, &[("the --weights file", &a.weights)]).with_context(out_err)?;
     // the opset first: a typo there should not wait for the weights to load
     anyhow::ensure!(
         onnx::OPSETS.contains(&a.opset),
@@ -95,24 +95,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Err(e) => return Err(family_mismatch(&a.weights, requested.as_ref(), e)),
     };
     let cfg = m.net.model_config();
-    let preprocessing = match (&m.preprocess, cfg.as_densenet()) {
-        (Some(p), _) => Some(Preprocessing::from_checkpoint(
-            p,
-            m.dataset.as_deref() == Some("folder"),
-            cfg.input_size(),
-        )),
-        // torchvision's weights (ImageNet stem) expect torchvision's preprocessing
-        (None, Some(d)) if d.stem == crate::densenet::Stem::ImageNet => {
-            Some(Preprocessing::torchvision_imagenet(cfg.input_size()))
-        }
-        (None, _) => {
-            eprintln!(
-                "note: {} records no preprocessing; the ONNX metadata has none",
-                a.weights.display()
-            );
-            None
-        }
+    // what `predict` does to an image file, from the same settings
+    let preprocessing = match InputPrep::new(&cfg, m.preprocess.as_ref(), &a.weights) {
+        Ok(p) => Preprocessing::of(&p),
+        // a stored preprocessing that `predict` refuses is refused here too
+        Err(e) if m.preprocess.is_some() => return Err(e.into()),
+        Err(_) => None,
     };
+    if preprocessing.is_none() {
+        eprintln!(
+            "note: {} records no preprocessing; the ONNX metadata has none",
+            a.weights.display()
+        );
+    }
     let opts = ExportOptions {
         opset: a.opset,
         batch: a.batch,
@@ -124,8 +119,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         preprocessing,
     };
     let e = onnx::export(&*m.net, &opts)?;
-    crate::util::atomic::write(&a.out, &e.bytes)
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    write_output(&a.out, &e.bytes, &[("the --weights file", &a.weights)]).with_context(out_err)?;
     let n = match a.batch {
         Batch::Fixed(n) => n.to_string(),
         Batch::Dynamic => onnx::BATCH_SYMBOL.to_string(),

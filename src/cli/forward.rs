@@ -6,6 +6,7 @@
 //! how a port of weights is checked.
 
 use super::ModelArgs;
+use crate::model::memory::{self, Use};
 use crate::model::AnyModel;
 use crate::nn::MemoryMode;
 use crate::nn::TrainOptions;
@@ -53,13 +54,14 @@ pub struct Args {
 
 /// Runs `densenet forward`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    for (flag, input) in [("--weights", &a.weights), ("--input", &a.input)] {
-        anyhow::ensure!(
-            !crate::util::paths::same_file(&a.output, input),
-            "--out {} is the {flag} file: choose another output path",
-            a.output.display()
-        );
-    }
+    crate::util::atomic::check_output(
+        &a.output,
+        &[
+            ("the --weights file", &a.weights),
+            ("the --input file", &a.input),
+        ],
+    )
+    .with_context(|| format!("--out {}", a.output.display()))?;
     let cfg = a.model.resolve()?;
     let mut net = AnyModel::try_new(&cfg, 0)?;
     let weights = read_checkpoint(&a.weights)?;
@@ -83,7 +85,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let n = input.shape[0];
-    super::model_args::check_memory(&cfg, n, a.memory, a.train)?;
+    let uses = if a.train {
+        Use::train(n, a.memory)
+    } else {
+        Use::eval(n)
+    };
+    memory::check(&cfg, &[uses], 0, "").with_context(|| a.input.display().to_string())?;
     let classes = cfg.num_classes();
     let mut out: Vec<(String, Tensor)> = Vec::new();
     if !a.train {

@@ -48,11 +48,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.out.display()
     );
     for name in ["heatmap.png", "heatmap.svg", "heatmap.csv"] {
-        anyhow::ensure!(
-            !crate::util::paths::same_file(&a.out.join(name), &a.weights),
-            "--out {}: {name} there is the --weights file: choose another directory",
-            a.out.display()
-        );
+        let out = a.out.join(name);
+        crate::util::atomic::check_output(&out, &[("the --weights file", &a.weights)])
+            .with_context(|| format!("--out {}: {name}", a.out.display()))?;
     }
     let m = read_model_config(&a.weights, a.model.resolve()?)?;
     let Some(net) = m.net.downcast_ref::<crate::densenet::DenseNet>() else {

@@ -115,51 +115,6 @@ impl ModelAdjust {
     }
 }
 
-/// Memory the OS can still give (Linux: `MemAvailable` in /proc/meminfo).
-pub(crate) fn available_memory_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Refuses to build `cfg` with a workspace for `batch` images when the weights and the
-/// workspace together would need more memory than the machine has available (Linux:
-/// `MemAvailable`; no check where that is unknown), before anything is allocated.
-pub fn check_memory(
-    cfg: &ModelConfig,
-    batch: usize,
-    mode: crate::nn::MemoryMode,
-    training: bool,
-) -> anyhow::Result<()> {
-    let Some(avail) = available_memory_bytes() else {
-        return Ok(());
-    };
-    let workspace = cfg
-        .memory_regions(batch, mode, training)
-        .iter()
-        .map(|r| r.offset as u128 + r.bytes as u128)
-        .max()
-        .unwrap_or(0);
-    let params = match cfg {
-        ModelConfig::DenseNet(c) => c.num_params_checked(),
-        ModelConfig::PreActResNet(c) => c.num_params_checked(),
-    }
-    .unwrap_or(u128::MAX / 16);
-    // parameters, gradients and (training) momentum, f32
-    let need = workspace.saturating_add(params * 4 * if training { 3 } else { 2 });
-    let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
-    anyhow::ensure!(
-        need <= avail as u128,
-        "{} with batches of {batch} needs {:.1} GiB (weights and activations), more than the \
-         {:.1} GiB this machine has available; lower the batch size or the input size",
-        cfg.name(),
-        gib(need),
-        gib(avail as u128)
-    );
-    Ok(())
-}
-
 /// `--model` for commands whose weights usually carry their model (a training
 /// checkpoint): optional, with the same adjustments as everywhere.
 #[derive(clap::Args, Debug, Clone)]

@@ -2,9 +2,11 @@
 
 use super::model_args::OptModelArgs;
 use crate::checkpoint::read_model_config;
+use crate::model::memory::{self, Use};
 use crate::model::Frozen;
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
+use anyhow::Context;
 use std::path::PathBuf;
 
 /// Arguments of `densenet predict`.
@@ -52,6 +54,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut m = read_model_config(&a.weights, a.model.resolve()?)?;
     let prep = InputPrep::new(&m.net.model_config(), m.preprocess.as_ref(), &a.weights)?;
     let names = m.preprocess.map(|p| p.classes).unwrap_or_default();
+    memory::check(&m.net.model_config(), &[Use::eval(1)], 0, "")
+        .with_context(|| a.weights.display().to_string())?;
     let mut ws = m.net.workspace(1, MemoryMode::Efficient, false);
     let mut out = Vec::new();
     let mut net = Frozen::new(&mut *m.net);

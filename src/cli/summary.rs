@@ -42,14 +42,14 @@ pub struct Args {
     /// (`DENSENET_ROUTES` and `DENSENET_KERNELS` change them).
     #[arg(long)]
     pub plan: bool,
-    /// With --plan: the batch size the workspace holds.
+    /// With --plan: the batch size the workspace holds, 1 to 65536.
     #[arg(
         long = "batch-size",
         visible_alias = "batch",
         default_value_t = 64,
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = super::values::batch_size()
     )]
-    pub batch: u64,
+    pub batch: usize,
     /// With --plan: memory mode.
     #[arg(long, default_value = "efficient", value_parser = super::values::memory_mode())]
     pub memory: MemoryMode,
@@ -104,8 +104,8 @@ pub struct ConvRow {
 
 /// Prints the memory plan of `cfg`.
 fn plan(a: &Args, cfg: &ModelConfig) -> anyhow::Result<()> {
-    let batch = a.batch as usize;
-    let plan = cfg.architecture().memory_plan(batch, a.memory, !a.eval);
+    let batch = a.batch;
+    let plan = cfg.checked_plan(batch, a.memory, !a.eval)?;
     let convolutions = plan
         .routes
         .convs

@@ -12,7 +12,7 @@ use crate::train::{
 };
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use signal_hook::consts::SIGINT;
+use signal_hook::consts::{SIGINT, SIGUSR1};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub struct Args {
     /// Weight decay (≥ 0).
     #[arg(long, value_parser = super::values::weight_decay)]
     pub weight_decay: Option<f32>,
-    /// Schedule: step (÷10 at 50% and 75%), step:E1,E2 (÷10 at those epochs), cosine,
+    /// Schedule: step (÷10 at 50% and 75%), step:E1,E2 (÷10 after those epochs), cosine,
     /// constant.
     #[arg(long)]
     pub schedule: Option<Schedule>,
@@ -423,7 +423,7 @@ fn check_flags(a: &Args, cfg: &TrainConfig) -> anyhow::Result<()> {
         if let Some(m) = milestones.iter().find(|&&m| m >= cfg.epochs) {
             anyhow::bail!(
                 "--schedule: milestone {m} is never reached in {} (milestones are \
-                 epochs 1 to {} from which the rate falls ÷10)",
+                 epochs 1 to {} after which the rate falls ÷10)",
                 super::count(cfg.epochs, "epoch"),
                 cfg.epochs.saturating_sub(1)
             );
@@ -470,7 +470,11 @@ pub const QUICK_WEIGHT_DECAY: f32 = 5e-4;
 /// A progress bar on stderr (hidden when stderr is not a terminal) plus one line per epoch.
 struct Bar {
     bar: Option<ProgressBar>,
+    /// No epoch lines (`--json`, or a process other than rank 0).
     quiet: bool,
+    /// Notes (the run directory, what `--init` loaded, …): rank 0 only, so that a
+    /// data-parallel run says each once.
+    notes: bool,
 }
 
 impl Drop for Bar {
@@ -484,6 +488,10 @@ impl Drop for Bar {
 
 impl Progress for Bar {
     fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize) {
+        // one bar for the run: rank 0's
+        if !self.notes {
+            return;
+        }
         let bar = ProgressBar::new(batches as u64);
         bar.set_style(
             ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -524,7 +532,9 @@ impl Progress for Bar {
         }
     }
     fn message(&mut self, text: &str) {
-        eprintln!("{text}");
+        if self.notes {
+            eprintln!("{text}");
+        }
     }
 }
 
@@ -558,8 +568,8 @@ fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
 /// Exit status of a run stopped by Ctrl-C (128 + SIGINT, what a shell reports).
 pub const INTERRUPTED: i32 = 130;
 
-/// An interrupted run: what was kept, and how to continue (the binary exits with
-/// [`INTERRUPTED`]).
+/// An interrupted run: what was kept, and how to continue (the binary prints it, unless
+/// empty, and exits with [`INTERRUPTED`]).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Interrupted(pub String);
@@ -568,6 +578,15 @@ pub struct Interrupted(pub String);
 /// interrupted run.
 fn explain(e: train::TrainError) -> anyhow::Error {
     match e {
+        // what a run killed before its first checkpoint left (before config.json came
+        // with the first checkpoint): nothing to continue
+        TrainError::RunExists { ref dir } if !dir.join("last.safetensors").exists() => {
+            anyhow::anyhow!(
+                "{e}, stopped before its first checkpoint (nothing to resume)\nhint: replace \
+                 it with `--out {0} --force`, or choose another --out",
+                dir.display()
+            )
+        }
         TrainError::RunExists { ref dir } => {
             anyhow::anyhow!(
                 "{e}\nhint: continue it with `densenet train --resume {0}`, replace it with \
@@ -606,6 +625,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (cfg, dir, resume, unique) = match &a.resume {
         Some(dir) => {
             let path = dir.join("config.json");
+            // a run writes both with its first checkpoint
+            for file in [&path, &dir.join("last.safetensors")] {
+                anyhow::ensure!(
+                    file.exists(),
+                    "{}: not found, so no run to resume (a run writes it with its first \
+                     checkpoint); start one there with --out {}",
+                    file.display(),
+                    dir.display()
+                );
+            }
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("{}: cannot read the run's configuration", path.display())
             })?;
@@ -639,12 +668,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut bar = Bar {
         bar: None,
         quiet: a.json || rank > 0,
+        notes: rank == 0,
     };
     // Ctrl-C raises the flag and training stops after the current step; a second Ctrl-C
     // (the flag already raised) ends the process at once, as the default action would
     let interrupt = Arc::new(AtomicBool::new(false));
+    // Under mpirun, Ctrl-C reaches mpirun alone (the ranks run in process groups of their
+    // own), which kills the job at once; mpirun forwards SIGUSR1 to every rank, and that
+    // stops them all after the same step, as Ctrl-C stops one process (README, MPI).
     signal_hook::flag::register_conditional_shutdown(SIGINT, INTERRUPTED, interrupt.clone())
         .and_then(|_| signal_hook::flag::register(SIGINT, interrupt.clone()))
+        .and_then(|_| signal_hook::flag::register(SIGUSR1, interrupt.clone()))
         .context("cannot install the Ctrl-C handler")?;
     let opts = RunOptions {
         dir: &dir,
@@ -659,8 +693,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             drop(bar);
-            // every process stops at the same step when one is interrupted
+            // every process stops at the same step when one is interrupted; rank 0 says
+            // how to continue
             let all_stop = matches!(e, TrainError::Interrupted { .. });
+            if all_stop && rank > 0 {
+                return Err(Interrupted(String::new()).into());
+            }
             let e = explain(e);
             if let Some(c) = comm.as_ref().filter(|c| c.size() > 1 && !all_stop) {
                 // the other processes may be waiting for this one in a collective: end

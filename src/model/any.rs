@@ -1,10 +1,11 @@
 //! [`AnyModel`]: a network of either family, chosen at run time from a [`ModelConfig`],
-//! and what a configuration needs of its family's code (building it, sizing its memory).
+//! and what a configuration needs of its family's code to be built (its memory is
+//! [`super::memory`]'s).
 
 use super::config::ModelConfig;
 use super::interface::{Family, Model};
 use crate::densenet::{Architecture as DenseArch, DenseNet};
-use crate::nn::{ConfigError, MemoryMode};
+use crate::nn::ConfigError;
 use crate::resnet::{Architecture as ResArch, PreActResNet};
 use std::ops::{Deref, DerefMut};
 
@@ -56,18 +57,5 @@ impl ModelConfig {
             ModelConfig::DenseNet(c) => Box::new(DenseArch::new(c)),
             ModelConfig::PreActResNet(c) => Box::new(ResArch::new(c)),
         }
-    }
-
-    /// The memory plan's region table (name, offset, bytes) of this model's workspace for
-    /// batches of up to `batch` images: what a workspace allocates, in one piece.
-    pub fn memory_regions(
-        &self,
-        batch: usize,
-        mode: MemoryMode,
-        training: bool,
-    ) -> Vec<crate::nn::arena::Region> {
-        self.architecture()
-            .memory_plan(batch, mode, training)
-            .regions
     }
 }

@@ -33,8 +33,10 @@ impl From<PreActResNetConfig> for ModelConfig {
 
 impl ModelConfig {
     /// Parses a preset name of either family (`densenet-bc-100-12`, `densenet121`,
-    /// `preresnet-164`, …) or a JSON object: a DenseNet in the reference files' format, or a
-    /// serialised [`PreActResNetConfig`] with `"family": "preact_resnet"`.
+    /// `preresnet-164`, …) or a JSON object: a configuration as the tool writes it (a
+    /// run's config.json `model`, a checkpoint's `config`: a bare [`DenseNetConfig`], or a
+    /// [`PreActResNetConfig`] with `"family": "preact_resnet"`), or a DenseNet in the
+    /// reference files' format (`"family": "cifar_densenet"` or `"imagenet_densenet"`).
     pub fn from_name(name: &str) -> Result<Self, ConfigError> {
         if let Some(r) = PreActResNetConfig::from_name(name) {
             return r.map(ModelConfig::PreActResNet);
@@ -44,8 +46,15 @@ impl ModelConfig {
             let json_err =
                 |e: serde_json::Error| ConfigError::Rule(format!("model config JSON: {e}"));
             let v: serde_json::Value = serde_json::from_str(t).map_err(json_err)?;
-            if v.get("family").and_then(|f| f.as_str()) == Some(PREACT_RESNET) {
-                let cfg: ModelConfig = serde_json::from_value(v).map_err(json_err)?;
+            let family = v.get("family").and_then(|f| f.as_str());
+            // the tool's own schema, what it writes: a run's config.json `model`, a
+            // checkpoint's `config` (validated as it is read)
+            if family.is_none() || family == Some(PREACT_RESNET) {
+                let cfg = match family {
+                    None => serde_json::from_value(v).map(ModelConfig::DenseNet),
+                    Some(_) => serde_json::from_value(v).map(ModelConfig::PreActResNet),
+                }
+                .map_err(json_err)?;
                 cfg.validate()?;
                 return Ok(cfg);
             }

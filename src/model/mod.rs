@@ -14,11 +14,14 @@
 //!   checkpoint.
 //! - [`Frozen`] ([`frozen`]): a model borrowed for inference, its kernels' packed
 //!   weights kept from one pass to the next.
+//! - [`memory`]: what a model's weights and workspaces take, checked against what the
+//!   process may still use before anything is allocated.
 
 pub mod any;
 pub mod config;
 pub mod frozen;
 pub mod interface;
+pub mod memory;
 #[cfg(test)]
 mod tests;
 

@@ -63,6 +63,38 @@ fn densenet_configs_serialise_bare_and_old_ones_load() {
     assert_eq!(back, m);
 }
 
+/// Issue 33, item 9: `--model` takes what the tool writes (a run's config.json `model`,
+/// pretty-printed as there, or a checkpoint's `config`), for both families, adjusted
+/// presets included; a bad value is named as the tool's own rules name it.
+#[test]
+fn model_json_is_the_schema_the_tool_writes() {
+    for name in [
+        "densenet-bc-16-4",
+        "densenet121",
+        "densenet-40-12",
+        "preresnet-110",
+    ] {
+        let mut cfg = ModelConfig::from_name(name).unwrap();
+        cfg.set_io(7, 1, 64);
+        for json in [
+            serde_json::to_string(&cfg).unwrap(),
+            serde_json::to_string_pretty(&cfg).unwrap(),
+        ] {
+            let back = ModelConfig::from_name(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(back, cfg, "{json}");
+        }
+    }
+    let mut v = serde_json::to_value(ModelConfig::from_name("densenet-bc-16-4").unwrap()).unwrap();
+    v["growth_rate"] = serde_json::json!(0);
+    let e = ModelConfig::from_name(&v.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("growth_rate"), "{e}");
+    // the reference files' format still reads
+    let r = r#"{"family":"cifar_densenet","depth":40,"growth_rate":12,"bottleneck":true}"#;
+    assert!(ModelConfig::from_name(r).is_ok());
+}
+
 #[test]
 fn resnet_configs_round_trip_with_their_family() {
     let m = ModelConfig::from_name("preresnet-164").unwrap();

@@ -29,9 +29,8 @@ pub mod proto;
 
 pub use graph::{INPUT, OUTPUT};
 
-use crate::checkpoint::Preprocess;
-use crate::data::augment::{Geometry, IMAGENET_MEAN, IMAGENET_STD};
 use crate::model::Model;
+use crate::prepare::{InputPrep, PrepSource};
 use graph::Builder;
 use proto::tensor_shape_proto::{dimension, Dimension};
 use proto::{
@@ -73,23 +72,28 @@ pub enum Batch {
     Dynamic,
 }
 
-/// How an image becomes the network's input, recorded in the model's metadata as the JSON
-/// object `preprocess` (so a user of the `.onnx` file alone can prepare inputs):
-/// `x = (pixel / max_value − mean[c]) / std[c]`, after upscaling (nearest neighbour), or
-/// resizing the shorter side to `resize` and taking the centre `crop`×`crop` window.
+/// How an image file becomes the network's input, recorded in the model's metadata as the
+/// JSON object `preprocess`, so that a user of the `.onnx` file alone prepares inputs as
+/// `densenet predict` does ([`crate::prepare::InputPrep`], whatever the data set):
+/// 1. decode to RGB; for `channels` `grey`, the mean of R, G and B (rounded down);
+/// 2. with `resize`: the shorter side resized to `resize` (the longer one scaled and
+///    rounded down), then the centre `crop`×`crop` window; without: resized to
+///    `input_size`×`input_size`, whatever the aspect ratio; `resample` `bilinear`
+///    (antialiased when shrinking, as PIL's `Image.BILINEAR`);
+/// 3. `x = (pixel / max_value − mean[c]) / std[c]` (one mean and std may serve every
+///    channel), laid out `[C, H, W]`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Preprocessing {
-    /// Where it comes from: `checkpoint` (the training run's) or `torchvision-imagenet`.
+    /// Where it comes from: `checkpoint` (the training run's) or `torchvision-imagenet`
+    /// (weights without a record on an ImageNet stem).
     pub source: String,
-    /// Pixel value that maps to 1.0 before normalisation.
+    /// Pixel value that maps to 1.0 before normalisation: 255, as image files hold.
     pub max_value: f32,
-    /// Per-channel mean subtracted after scaling.
+    /// Mean subtracted after scaling, per channel (or one for all).
     pub mean: Vec<f32>,
-    /// Per-channel standard deviation divided by.
+    /// Standard deviation divided by, per channel (or one for all).
     pub std: Vec<f32>,
-    /// Nearest-neighbour integer upscaling of the stored image (1: none).
-    pub upscale: usize,
-    /// Shorter side after resizing, if images are resized.
+    /// Shorter side after resizing, if images are resized and centre-cropped.
     pub resize: Option<usize>,
     /// Centre crop size, if images are cropped.
     pub crop: Option<usize>,
@@ -97,45 +101,30 @@ pub struct Preprocessing {
     pub input_size: usize,
     /// Channel order of the input (`RGB`, or `grey` for one channel).
     pub channels: String,
+    /// The resampling filter of the resize.
+    pub resample: String,
 }
 
 impl Preprocessing {
-    /// torchvision's ImageNet evaluation preprocessing (resize 256, centre crop 224, ImageNet
-    /// mean and std, pixels / 255), with the resize scaled as 256/224 of a different input
-    /// size: what torchvision weights (`.pth`) and weights without a record expect.
-    pub fn torchvision_imagenet(input_size: usize) -> Self {
-        Preprocessing {
-            source: "torchvision-imagenet".into(),
-            max_value: 255.0,
-            mean: IMAGENET_MEAN.to_vec(),
-            std: IMAGENET_STD.to_vec(),
-            upscale: 1,
-            resize: Some((input_size * 256 + 112) / 224),
-            crop: Some(input_size),
-            input_size,
-            channels: "RGB".into(),
-        }
-    }
-
-    /// A training run's preprocessing (a checkpoint's `preprocess`); `folder`: the run
-    /// trained on an image folder, whose evaluation images are resized and centre-cropped
-    /// as [`Geometry::imagenet_eval`].
-    pub fn from_checkpoint(p: &Preprocess, folder: bool, input_size: usize) -> Self {
-        let (resize, crop) = match (folder, Geometry::imagenet_eval()) {
-            (true, Geometry::ResizeCenterCrop { resize, crop }) => (Some(resize), Some(crop)),
-            _ => (None, None),
+    /// What [`InputPrep`] `p` does to an image file; `None` when it only guesses
+    /// (weights without a record, not on an ImageNet stem: nothing is invented).
+    pub fn of(p: &InputPrep) -> Option<Self> {
+        let source = match p.source {
+            PrepSource::Checkpoint => "checkpoint",
+            PrepSource::ImagenetDefault => "torchvision-imagenet",
+            PrepSource::Plain => return None,
         };
-        Preprocessing {
-            source: "checkpoint".into(),
-            max_value: p.max_value,
+        Some(Preprocessing {
+            source: source.into(),
+            max_value: 255.0,
             mean: p.mean.clone(),
             std: p.std.clone(),
-            upscale: p.upscale,
-            resize,
-            crop,
-            input_size,
-            channels: if p.mean.len() == 1 { "grey" } else { "RGB" }.into(),
-        }
+            resize: p.center_crop.map(|c| c.resize),
+            crop: p.center_crop.map(|c| c.crop),
+            input_size: p.size,
+            channels: if p.channels == 1 { "grey" } else { "RGB" }.into(),
+            resample: "bilinear".into(),
+        })
     }
 }
 

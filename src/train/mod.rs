@@ -97,6 +97,10 @@ pub enum TrainError {
     /// An inconsistent configuration.
     #[error("{0}")]
     Config(String),
+    /// The model's weights and workspaces need more memory than the process may take;
+    /// found before anything was allocated or created.
+    #[error(transparent)]
+    Memory(#[from] crate::model::memory::MemoryError),
     /// A fresh run was asked for in a directory that holds a run; nothing was changed
     /// there.
     #[error("{}: holds a run already", dir.display())]

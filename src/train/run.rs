@@ -4,13 +4,14 @@
 use super::checkpoint;
 use super::finetune;
 use super::metrics::{append_steps, keep_steps, write_metrics, EpochMetrics, RunSummary, StepRow};
-use super::run_dir::{claim_run_dir, io, release_run_dir, RunOptions};
+use super::run_dir::{claim_run_dir, io, release_run_dir, RunOptions, RUN_FILES};
 use super::schedule::warmup_factor;
 use super::setup::DataSetup;
 use super::step::{DataParallel, NonFinite, StepInput};
 use super::{Progress, TrainConfig, TrainError, TrainState};
 use crate::data::pipeline::{Loader, LoaderConfig};
 use crate::evaluate::EvalSet;
+use crate::model::memory::{self, Use};
 use crate::model::{AnyModel, ModelConfig};
 use crate::nn::{MemoryMode, TensorTable};
 use crate::optim::{one_d_ranges, param_groups, Sgd};
@@ -33,8 +34,33 @@ pub fn train(
     dp.check_batch(config.batch_size, config.large_batch.accumulate)?;
     let data = DataSetup::load(config)?;
     let model = data.fit_model(config.model.clone())?;
+    // before the run directory exists: a run that cannot have its memory leaves nothing
+    let passes = config.large_batch.accumulate;
+    memory::check(
+        &model,
+        &[
+            Use::train(config.batch_size / dp.size() / passes, config.memory),
+            Use::eval(eval_batch(config.batch_size)),
+        ],
+        0,
+        "",
+    )?;
     if opts.resume {
         return train_in(config, opts.dir, opts, data, model, progress, &mut dp);
+    }
+    // --force replaces the run's files: never the checkpoint this run starts from
+    if let (Some(init), true) = (&config.finetune.init, opts.replace) {
+        if let Some(f) = RUN_FILES
+            .iter()
+            .find(|f| crate::util::paths::same_file(init, &opts.dir.join(f)))
+        {
+            return Err(TrainError::Config(format!(
+                "--init {}: it is {f} of the run in {} that --force replaces; copy it \
+                 elsewhere first, or choose another --out",
+                init.display(),
+                opts.dir.display()
+            )));
+        }
     }
     let (claimed, dir) = dp.agree_on_dir(|| claim_run_dir(opts).map(|c| (c.dir.clone(), c)))?;
     progress.message(&format!("run directory {}", dir.display()));
@@ -45,6 +71,11 @@ pub fn train(
         }
     }
     result
+}
+
+/// Images per evaluation pass of a run with batches of `batch`.
+fn eval_batch(batch: usize) -> usize {
+    batch.max(100)
 }
 
 fn train_in(
@@ -95,10 +126,9 @@ fn train_in(
             "note: without --val-split, best.safetensors is the epoch with the best test accuracy",
         );
     }
-    if writes {
-        let config_json = serde_json::to_vec_pretty(&config).unwrap_or_default();
-        crate::util::atomic::write(&dir.join("config.json"), &config_json).map_err(io(dir))?;
-    }
+    // written with the first checkpoint, so that a run that dies before it (killed, out
+    // of memory) leaves at most an empty directory, which a fresh run may take
+    let mut config_json = writes.then(|| serde_json::to_vec_pretty(&config).unwrap_or_default());
     let pre = data.preprocess();
 
     let passes = config.large_batch.accumulate;
@@ -118,7 +148,7 @@ fn train_in(
     // memory for one pass
     let mut ws = net.workspace(config.batch_size / dp.size() / passes, config.memory, true);
     dp.check_same_weights(&*net, "at the start")?;
-    let mut eval_ws = net.workspace(config.batch_size.max(100), MemoryMode::Efficient, false);
+    let mut eval_ws = net.workspace(eval_batch(config.batch_size), MemoryMode::Efficient, false);
     let end = opts.stop_after.unwrap_or(config.epochs).min(config.epochs);
     let steps_csv = dir.join("steps.csv");
     if writes && opts.resume {
@@ -141,7 +171,9 @@ fn train_in(
         epochs: config.epochs,
     };
     for epoch in state.epochs_done..end {
-        if interrupted() {
+        // agreed: a rank that stopped here alone would leave the others waiting in the
+        // epoch's first step (a signal reaches the ranks of mpirun at different moments)
+        if dp.any(interrupted()) {
             return Err(stop(&state));
         }
         let t0 = Instant::now();
@@ -279,6 +311,9 @@ fn train_in(
             state.best_epoch = epoch + 1;
         }
         if writes {
+            if let Some(json) = config_json.take() {
+                crate::util::atomic::write(&dir.join("config.json"), &json).map_err(io(dir))?;
+            }
             write_metrics(&dir.join("metrics.csv"), &state.metrics)?;
             append_steps(&steps_csv, &step_rows)?;
             checkpoint::save(&last, &*net, &opt, &config, &state, &pre)?;

@@ -20,7 +20,9 @@ pub enum Schedule {
     Constant,
 }
 
-/// `step ÷10 at epochs 150, 225`, `cosine`, `constant`: as a user would write it.
+/// `step ÷10 after epochs 150, 225`, `cosine`, `constant`: as a user would write it, and
+/// counting epochs as the log does (from 1: epoch 150 runs at the first rate, epoch 151
+/// at the next; a milestone is the number of epochs done before the rate falls).
 impl std::fmt::Display for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -35,7 +37,7 @@ impl std::fmt::Display for Schedule {
                 };
                 let at: Vec<String> = milestones.iter().map(|m| m.to_string()).collect();
                 let epochs = if at.len() == 1 { "epoch" } else { "epochs" };
-                write!(f, "step {by} at {epochs} {}", at.join(", "))
+                write!(f, "step {by} after {epochs} {}", at.join(", "))
             }
             Schedule::Cosine => f.write_str("cosine"),
             Schedule::Constant => f.write_str("constant"),
@@ -108,7 +110,7 @@ impl std::str::FromStr for Schedule {
                 if milestones.first() == Some(&0) || milestones.windows(2).any(|w| w[0] >= w[1]) {
                     return Err(format!(
                         "schedule '{s}': milestones must be increasing epoch numbers of at \
-                         least 1 (the learning rate falls ÷10 from each)"
+                         least 1 (the learning rate falls ÷10 after each)"
                     ));
                 }
                 Ok(Schedule::Step {
@@ -127,9 +129,12 @@ mod tests {
     /// Schedules print as words, not Rust's Debug form (issue 12, item 15).
     #[test]
     fn schedules_print_as_words() {
+        // the log's epoch 150 is the last at the first rate, 151 the first at the next
+        let paper = Schedule::paper(300);
+        assert_eq!(paper.to_string(), "step ÷10 after epochs 150, 225");
         assert_eq!(
-            Schedule::paper(300).to_string(),
-            "step ÷10 at epochs 150, 225"
+            (paper.lr(1.0, 149, 300), paper.lr(1.0, 150, 300)),
+            (1.0, 0.1)
         );
         let none = Schedule::Step {
             milestones: vec![],

@@ -303,6 +303,16 @@ impl DataParallel {
         stats.iter_mut().for_each(|v| *v *= k);
     }
 
+    /// Whether `flag` is raised on any process (a collective: every process must ask).
+    pub fn any(&self, flag: bool) -> bool {
+        if self.size() == 1 {
+            return flag;
+        }
+        let mut v = [flag as u8 as f64];
+        self.comm.sum_f64(&mut v);
+        v[0] > 0.0
+    }
+
     /// Fails unless every process holds rank 0's parameters and statistics, bit for bit.
     pub fn check_same_weights(&self, net: &dyn Model, when: &str) -> Result<(), TrainError> {
         if self.size() == 1 {

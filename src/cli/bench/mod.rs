@@ -10,9 +10,10 @@
 
 mod scaling;
 
-use super::model_args::{available_memory_bytes, ModelAdjust};
+use super::model_args::ModelAdjust;
 use crate::densenet::config::DenseNetConfig;
 use crate::dist::SyncTimes;
+use crate::model::memory::{self, Use};
 use crate::model::{AnyModel, Frozen, ModelConfig};
 use crate::nn::MemoryMode;
 use crate::optim::{Sgd, SgdConfig};
@@ -411,7 +412,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
     dp.check_batch(a.batch, 1)?;
     let (rank, ranks) = (dp.rank(), dp.size());
     let share = a.batch / ranks;
-    super::model_args::check_memory(&cfg, share, a.memory, true)?;
+    memory::check(&cfg, &[Use::train(share, a.memory)], 0, "")?;
     let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(share, a.memory, true);
     let mut opt = Sgd::new(SgdConfig::default());
@@ -678,7 +679,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         "--batch-size and --steps must be at least 1"
     );
     let cfg = resolve(&a.model, &a.adjust)?;
-    super::model_args::check_memory(&cfg, a.batch, MemoryMode::Efficient, false)?;
+    memory::check(&cfg, &[Use::eval(a.batch)], 0, "")?;
     let mut net = AnyModel::try_new(&cfg, 0)?;
     let mut ws = net.workspace(a.batch, MemoryMode::Efficient, false);
     let (x, _) = random_input(a.batch, &cfg, 1);
@@ -794,12 +795,13 @@ fn bench_memory(a: MemoryArgs) -> anyhow::Result<()> {
                 error: None,
             };
             // never start a step that cannot fit: the OOM killer could take anything down
-            if let Some(avail) = available_memory_bytes() {
-                if plan.activation_bytes() as f64 > 0.8 * avail as f64 {
+            if let Some(room) = crate::util::memory::headroom() {
+                if plan.activation_bytes() as f64 > 0.8 * room.bytes as f64 {
                     p.error = Some(format!(
-                        "not run: its activations alone need {:.1} GiB, {:.1} GiB are available",
+                        "not run: its activations alone need {:.1} GiB, {:.1} GiB is what {}",
                         p.activation_bytes as f64 / (1u64 << 30) as f64,
-                        avail as f64 / (1u64 << 30) as f64
+                        room.bytes as f64 / (1u64 << 30) as f64,
+                        room.bound
                     ));
                     points.push(p);
                     continue;
