@@ -60,45 +60,6 @@ pub fn applies(s: &ConvShape) -> bool {
     s.k == 3 && s.stride == 1 && s.pad == 1 && super::conv1x1::pointwise_applies(s.cout)
 }
 
-/// The tiles of a forward pass dealt to tasks: every thread an equal share (its tiles
-/// contiguous), in tasks of at most [`T`] tiles. Tasks of `T` from the first tile left a
-/// thread idle for the last task: densenet121 at batch 1 has 196 tiles at 56×56 (F(4×4))
-/// and at 28×28 (F(2×2)), 7 tasks, 4 on one of 2 threads (128 tiles' time against 98).
-/// Each output tile comes from one task whatever the split, so the result does not
-/// depend on it.
-#[derive(Clone, Copy, Debug)]
-struct Tasks {
-    /// Tiles in all.
-    tiles: usize,
-    /// Tiles per thread.
-    per: usize,
-    /// Tasks per thread.
-    each: usize,
-    /// Tasks in all (some may be empty).
-    count: usize,
-}
-
-impl Tasks {
-    fn new(tiles: usize, threads: usize) -> Self {
-        let per = tiles.div_ceil(threads.max(1)).max(1);
-        let each = per.div_ceil(T);
-        Tasks {
-            tiles,
-            per,
-            each,
-            count: tiles.div_ceil(per) * each,
-        }
-    }
-
-    /// Tiles `k0..k1` of task `task` (empty where a thread's share ends early).
-    fn range(&self, task: usize) -> (usize, usize) {
-        let (thread, j) = (task / self.each, task % self.each);
-        let end = ((thread + 1) * self.per).min(self.tiles);
-        let k0 = (thread * self.per + j * T).min(end);
-        (k0, (k0 + T).min(end))
-    }
-}
-
 /// A transform `f` ([`InputFn`]: `V` or `M'`) of every channel `c < channels` over the
 /// segments `segs` of one task: channel c read from `src + c·src_ld`, its rows written at
 /// `dst + c·T`, `ld` apart per ξ.
@@ -423,12 +384,9 @@ fn convolve(
             let chan = sp.chan(n1 - n0);
             split(col, x, bn, s, sp, n0, n1);
             let src = &col[..ci * chan];
-            let tiles = Tasks::new((n1 - n0) * sp.th * sp.tw, rayon::current_num_threads());
-            (0..tiles.count).into_par_iter().for_each(|task| {
-                let (k0, k1) = tiles.range(task);
-                if k0 == k1 {
-                    return;
-                }
+            let tiles = (n1 - n0) * sp.th * sp.tw;
+            (0..tiles.div_ceil(T)).into_par_iter().for_each(|task| {
+                let (k0, k1) = (task * T, ((task + 1) * T).min(tiles));
                 let segs = || segments(&sp, s, n0, k0, k1);
                 with_scratch(&VM, xis * (vs + ms), |vm| {
                     let (v, m) = vm.split_at_mut(xis * vs);
@@ -470,28 +428,6 @@ fn convolve(
 
 #[cfg(test)]
 mod tests {
-    /// Every tile in exactly one task, tasks of at most T, shares within one tile of
-    /// each other.
-    #[test]
-    fn tasks_cover_every_tile_once() {
-        for tiles in [1, 5, 31, 32, 33, 49, 196, 1000, 3136] {
-            for threads in [1, 2, 3, 7, 16] {
-                let t = super::Tasks::new(tiles, threads);
-                let mut seen = vec![0u8; tiles];
-                let mut share = vec![0usize; threads];
-                for task in 0..t.count {
-                    let (k0, k1) = t.range(task);
-                    assert!(k1 - k0 <= super::T && k0 <= k1);
-                    seen[k0..k1].iter_mut().for_each(|s| *s += 1);
-                    share[task / t.each] += k1 - k0;
-                }
-                assert!(seen.iter().all(|&s| s == 1), "{tiles} {threads}");
-                let (lo, hi) = (share.iter().min().unwrap(), share.iter().max().unwrap());
-                assert!(hi - lo <= t.per, "{tiles} {threads}: {share:?}");
-            }
-        }
-    }
-
     use super::*;
     use crate::kernels;
     use crate::kernels::testutil::{close, data, say, shape3x3 as shape};
