@@ -17,17 +17,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("densenet-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    tmp_in("bad", name)
 }
 
 /// A fresh empty directory.
-fn fresh(name: &str) -> PathBuf {
-    let d = tmp(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn fresh_tmp(name: &str) -> PathBuf {
+    fresh(tmp(name))
 }
 
 /// `e` is one line holding every needle.
@@ -136,7 +131,7 @@ fn palette_png_fails_predict_embed_and_training_in_one_line() {
     assert!(!never.exists());
 
     // a training folder holding it: the run stops naming the file (the loader's thread)
-    let root = fresh("palette-folder");
+    let root = fresh_tmp("palette-folder");
     for class in ["a", "b"] {
         std::fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..3 {
@@ -289,7 +284,7 @@ fn non_finite_pth_tensor_is_named() {
 /// were listed (b's image under class a, 40 levels deep); now 2, each under its class.
 #[test]
 fn a_link_to_the_parent_lists_every_image_once() {
-    let root = fresh("link-up");
+    let root = fresh_tmp("link-up");
     for class in ["a", "b"] {
         std::fs::create_dir_all(root.join(class)).unwrap();
         write_png(&root.join(format!("{class}/x.png")), 4, 4);
@@ -303,7 +298,7 @@ fn a_link_to_the_parent_lists_every_image_once() {
     assert_eq!(folder::image_files(&root.join("a")).unwrap().len(), 2);
 
     // a link elsewhere is followed, once: a directory outside the folder, linked twice
-    let outside = fresh("link-outside");
+    let outside = fresh_tmp("link-outside");
     write_png(&outside.join("o.png"), 4, 4);
     std::os::unix::fs::symlink(&outside, root.join("b/more")).unwrap();
     std::os::unix::fs::symlink(&outside, root.join("b/again")).unwrap();
@@ -323,7 +318,7 @@ fn a_link_to_the_parent_lists_every_image_once() {
 /// both finish, on each image once.
 #[test]
 fn symlink_loops_do_not_hang_train_or_embed() {
-    let root = fresh("loops");
+    let root = fresh_tmp("loops");
     for class in ["a", "b"] {
         std::fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..2 {

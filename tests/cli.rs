@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("densenet-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    tmp_in("cli", name)
 }
 
 fn ref_path(name: &str) -> String {
@@ -891,10 +889,7 @@ fn densenet_routes_sets_the_policy() {
 
 /// A fresh temporary directory for commands that write relative paths (`runs/…`).
 fn fresh_dir(name: &str) -> PathBuf {
-    let d = tmp(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    fresh(tmp(name))
 }
 
 const TINY_RUN: [&str; 5] = ["train", "--model", "densenet-bc-16-4", "--epochs", "1"];
@@ -1285,16 +1280,8 @@ fn tiny_mnist(dir: &Path) {
 
 /// Weights of a small DenseNet for 1×8×8 digits (10 classes), its model in the metadata.
 fn digits_weights(name: &str) -> PathBuf {
-    let mut cfg = densenet::DenseNetConfig::from_name("densenet-bc-16-4").unwrap();
-    (cfg.in_channels, cfg.input_size) = (1, 8);
-    let cfg = densenet::ModelConfig::from(cfg);
-    let net = densenet::AnyModel::new(&cfg, 0);
     let path = tmp(name);
-    let meta = std::collections::HashMap::from([(
-        "config".to_string(),
-        serde_json::to_string(&cfg).unwrap(),
-    )]);
-    densenet::weights::write_safetensors(&path, &net.state_dict(), &[], meta).unwrap();
+    small_weights(&path, 8);
     path
 }
 

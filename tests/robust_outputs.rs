@@ -10,17 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("densenet-outputs-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    tmp_in("outputs", name)
 }
 
 /// A fresh, empty temporary directory.
 fn fresh_dir(name: &str) -> PathBuf {
-    let d = tmp(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    fresh(tmp(name))
 }
 
 /// Runs the binary with `args` in `cwd`, its address space limited to `bytes`
@@ -72,16 +67,8 @@ const GIB: u64 = 1 << 30;
 /// Weights of a small DenseNet for 1-channel images of `size`×`size`, its model in the
 /// metadata: a 27 KB file whose model may ask for gigabytes.
 fn small_weights(name: &str, size: usize) -> PathBuf {
-    let mut cfg = densenet::DenseNetConfig::from_name("densenet-bc-16-4").unwrap();
-    (cfg.in_channels, cfg.input_size) = (1, size);
-    let cfg = densenet::ModelConfig::from(cfg);
-    let net = densenet::AnyModel::new(&cfg, 0);
     let path = tmp(name);
-    let meta = std::collections::HashMap::from([(
-        "config".to_string(),
-        serde_json::to_string(&cfg).unwrap(),
-    )]);
-    densenet::weights::write_safetensors(&path, &net.state_dict(), &[], meta).unwrap();
+    common::small_weights(&path, size);
     path
 }
 

@@ -12,6 +12,34 @@ use densenet::MemoryMode;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// `name` in this test process's own temporary folder `densenet-{prefix}-{pid}`.
+pub fn tmp_in(prefix: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("densenet-{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// A fresh, empty directory `path` (whatever was there is removed).
+pub fn fresh(path: PathBuf) -> PathBuf {
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// Writes at `path` the weights of a small DenseNet (BC-16-4, seed 0) for 1-channel
+/// images of `size`×`size`, its model in the metadata (as a checkpoint has it).
+pub fn small_weights(path: &Path, size: usize) {
+    let mut cfg = densenet::DenseNetConfig::from_name("densenet-bc-16-4").unwrap();
+    (cfg.in_channels, cfg.input_size) = (1, size);
+    let cfg = densenet::ModelConfig::from(cfg);
+    let net = densenet::AnyModel::new(&cfg, 0);
+    let meta = std::collections::HashMap::from([(
+        "config".to_string(),
+        serde_json::to_string(&cfg).unwrap(),
+    )]);
+    densenet::weights::write_safetensors(path, &net.state_dict(), &[], meta).unwrap();
+}
+
 /// Writes `line` to the test process's stderr handle itself: the harness captures the
 /// `eprintln!` of a passing test, and a SKIPPED line must reach CI's log.
 pub fn say(line: &str) {
