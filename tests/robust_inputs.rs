@@ -13,6 +13,9 @@
 //! `BOUND_MULTIPLE` × the file's size + `BOUND_SLACK` (images: the decoder's budget for the
 //! pixels the header may claim, see `densenet::data::folder::check_dimensions`).
 
+mod common;
+
+use common::files::{fixture_bytes as fixture, unzip, zip};
 use densenet::data::{cifar, folder, idx, mat5};
 use densenet::weights;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -232,38 +235,6 @@ fn tmp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("densenet-robust-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// The members of a zip archive, in order.
-fn unzip(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut a = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
-    (0..a.len())
-        .map(|i| {
-            let mut f = a.by_index(i).unwrap();
-            let name = f.name().unwrap().to_string();
-            let mut d = Vec::new();
-            f.read_to_end(&mut d).unwrap();
-            (name, d)
-        })
-        .collect()
-}
-
-fn zip(members: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in members {
-        w.start_file(name.as_str(), opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
