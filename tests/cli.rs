@@ -988,14 +988,6 @@ fn failed_train_leaves_nothing_behind() {
     }
 }
 
-/// Writes a fake finished run (only what `compare` reads).
-fn fake_run(dir: &Path, model: &str, parameters: u64, error: f64) {
-    std::fs::create_dir_all(dir).unwrap();
-    let s = serde_json::json!({"model": model, "family": "densenet", "dataset": "digits",
-        "parameters": parameters, "test_error_percent": error, "epochs": 1});
-    std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
-}
-
 /// Issue 12, items 2 and 3: `compare` skips unfinished runs with a warning, writes the
 /// format the extension names, and never writes over a run's files.
 #[test]

@@ -313,14 +313,6 @@ fn train_force_spares_its_init_checkpoint() {
     assert_eq!(std::fs::read(&best).unwrap(), before);
 }
 
-/// Writes a fake finished run (only what `compare` reads).
-fn fake_run(dir: &Path, model: &str, parameters: u64, error: f64) {
-    std::fs::create_dir_all(dir).unwrap();
-    let s = serde_json::json!({"model": model, "family": "densenet", "dataset": "digits",
-        "parameters": parameters, "test_error_percent": error, "epochs": 1});
-    std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
-}
-
 /// Item 9: `compare` rows of one model on one data set (two seeds) are told apart by
 /// their run directories, in the table and in the figure's legend.
 #[test]

@@ -40,6 +40,14 @@ pub fn small_weights(path: &Path, size: usize) {
     densenet::weights::write_safetensors(path, &net.state_dict(), &[], meta).unwrap();
 }
 
+/// Writes a fake finished run (only what `compare` reads).
+pub fn fake_run(dir: &Path, model: &str, parameters: u64, error: f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let s = serde_json::json!({"model": model, "family": "densenet", "dataset": "digits",
+        "parameters": parameters, "test_error_percent": error, "epochs": 1});
+    std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
+}
+
 /// Writes `line` to the test process's stderr handle itself: the harness captures the
 /// `eprintln!` of a passing test, and a SKIPPED line must reach CI's log.
 pub fn say(line: &str) {
