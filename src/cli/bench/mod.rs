@@ -260,17 +260,9 @@ impl Stats {
     }
 }
 
-/// Result of `bench train`.
+/// What a benchmark's figures were measured with (flattened into its JSON report).
 #[derive(Debug, Serialize)]
-pub struct TrainReport {
-    /// Format version.
-    pub version: u32,
-    /// Model.
-    pub model: String,
-    /// Batch size.
-    pub batch: usize,
-    /// Memory mode.
-    pub memory: MemoryMode,
+pub struct Machine {
     /// Worker threads.
     pub threads: usize,
     /// The kernels table in use (`portable`, `avx2`, `avx512`; see `DENSENET_KERNELS`).
@@ -282,6 +274,36 @@ pub struct TrainReport {
     pub routes: &'static str,
     /// The CPU's model name.
     pub cpu: String,
+}
+
+impl Machine {
+    /// This process's: the thread pool, the kernels table and route policy chosen at
+    /// start-up, the `gemm` crate's micro-kernels, the CPU.
+    pub fn now() -> Self {
+        Machine {
+            threads: rayon::current_num_threads(),
+            kernels: crate::kernels::active().name,
+            gemm: crate::kernels::gemm::micro_kernels(),
+            routes: crate::ops::route::policy().name(),
+            cpu: cpu_model(),
+        }
+    }
+}
+
+/// Result of `bench train`.
+#[derive(Debug, Serialize)]
+pub struct TrainReport {
+    /// Format version.
+    pub version: u32,
+    /// Model.
+    pub model: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Memory mode.
+    pub memory: MemoryMode,
+    /// Threads, kernels, routes and CPU the figures were measured with.
+    #[serde(flatten)]
+    pub machine: Machine,
     /// Median step time.
     pub median_step_s: f64,
     /// Images per second at the median step time.
@@ -316,17 +338,9 @@ pub struct InferReport {
     pub model: String,
     /// Batch size.
     pub batch: usize,
-    /// Worker threads.
-    pub threads: usize,
-    /// The kernels table in use (`portable`, `avx2`, `avx512`; see `DENSENET_KERNELS`).
-    pub kernels: &'static str,
-    /// The `gemm` crate's micro-kernels (`avx512`, `fma`, `scalar`): it picks them from
-    /// cpuid, apart from `DENSENET_KERNELS`; only a build without `gemm-avx512` drops AVX-512.
-    pub gemm: &'static str,
-    /// The route policy (`auto`, `no-winograd`, `direct`; see `DENSENET_ROUTES`).
-    pub routes: &'static str,
-    /// The CPU's model name.
-    pub cpu: String,
+    /// Threads, kernels, routes and CPU the figures were measured with.
+    #[serde(flatten)]
+    pub machine: Machine,
     /// Median time per batch.
     pub median_s: f64,
     /// Images per second at the median.
@@ -492,11 +506,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         model: cfg.name().to_string(),
         batch: a.batch,
         memory: a.memory,
-        threads: rayon::current_num_threads(),
-        kernels: crate::kernels::active().name,
-        gemm: crate::kernels::gemm::micro_kernels(),
-        routes: crate::ops::route::policy().name(),
-        cpu: cpu_model(),
+        machine: Machine::now(),
         median_step_s: step.median_s,
         images_per_s: a.batch as f64 / step.median_s,
         activation_bytes: ws.activation_bytes(),
@@ -515,7 +525,7 @@ fn bench_train(a: TrainArgs) -> anyhow::Result<()> {
         r.model,
         r.batch,
         r.memory,
-        super::count(r.threads, "thread"),
+        super::count(r.machine.threads, "thread"),
         r.step.describe(),
         r.images_per_s,
         super::mib(r.activation_bytes as u64),
@@ -707,11 +717,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
         version: 1,
         model: cfg.name().to_string(),
         batch: a.batch,
-        threads: rayon::current_num_threads(),
-        kernels: crate::kernels::active().name,
-        gemm: crate::kernels::gemm::micro_kernels(),
-        routes: crate::ops::route::policy().name(),
-        cpu: cpu_model(),
+        machine: Machine::now(),
         median_s: pass.median_s,
         images_per_s: a.batch as f64 / pass.median_s,
         activation_bytes: ws.activation_bytes(),
@@ -730,7 +736,7 @@ fn bench_infer(a: InferArgs) -> anyhow::Result<()> {
          once {:.1} MiB",
         r.model,
         r.batch,
-        super::count(r.threads, "thread"),
+        super::count(r.machine.threads, "thread"),
         r.pass.describe(),
         r.images_per_s,
         super::mib(r.activation_bytes as u64),
