@@ -321,7 +321,7 @@ impl Conv3x3Case {
         };
         let (dx, dw, col) = (Some(&mut self.dx[..]), &mut self.dw, &mut self.col);
         let (y, x, w, s) = (&self.y, &self.x, &self.w, &self.s);
-        conv::conv3x3_backward_routed(dx, dw, y, x, bn, w, s, &r, col);
+        conv::backward_routed(dx, dw, y, x, bn, w, s, &r, col);
     }
 }
 

@@ -318,14 +318,14 @@ pub fn conv_backward(
     col: &mut [f32],
 ) {
     let _t = conv_scope(s, false, 1 + dx.is_some() as usize);
-    conv3x3_backward_routed(dx, dw, dy, x, None, w, s, r, col);
+    backward_routed(dx, dw, dy, x, None, w, s, r, col);
 }
 
-/// [`conv_backward`] (without its profile scope) of `relu(x·scale + shift)` where `bn` is
-/// given and the routes are 3×3 kernels that form it in their padded copies (the fused
-/// 3×3 of `ops::fused`).
+/// [`conv_backward`] by routes `r`, without its profile scope; with `bn`, of
+/// `relu(x·scale + shift)`, which only the 3×3 kernels' routes (`direct3x3`, Winograd)
+/// form in their padded copies: the fused 3×3 of `ops::fused` passes `bn` only there.
 #[allow(clippy::too_many_arguments)]
-pub fn conv3x3_backward_routed(
+pub fn backward_routed(
     dx: Option<&mut [f32]>,
     dw: &mut [f32],
     dy: &[f32],
@@ -340,6 +340,11 @@ pub fn conv3x3_backward_routed(
     let data = dx
         .as_ref()
         .map(|_| r.input_grad.expect("a training plan's routes"));
+    debug_assert!(
+        bn.is_none()
+            || (weights.forms_bn_relu_backward() && data.is_none_or(Route::forms_bn_relu_backward)),
+        "{r:?} cannot form a BN-ReLU input"
+    );
     if let Some(d) = data {
         route::ran(s, Product::InputGrad, d);
     }

@@ -16,7 +16,7 @@
 //! (recomputed from X) agrees with them.
 
 use super::conv::{
-    conv3x3_backward_routed, conv3x3_routed, conv_backward, conv_forward, conv_scope, ConvShape,
+    backward_routed, conv3x3_routed, conv_backward, conv_forward, conv_scope, ConvShape,
 };
 use super::norm::{self, bn_relu_forward};
 use super::pool::bn_relu_avgpool2_forward;
@@ -656,18 +656,12 @@ pub fn conv3x3_backward(
     tmp: &mut [f32],
 ) {
     assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
-    // the 3×3 kernels form the BN-ReLU in their padded copies (Winograd's input gradient
-    // reads only dY and the weights)
-    let forms = |route: Option<Route>| {
-        matches!(
-            route,
-            None | Some(Route::Direct3x3 | Route::Winograd { .. })
-        )
-    };
+    // the 3×3 kernels' routes form the BN-ReLU in their padded copies
+    let forms = |route: Option<Route>| route.is_none_or(Route::forms_bn_relu_backward);
     let data = dx.as_ref().and(r.input_grad);
     if forms(data) && forms(r.weight_grad) {
         let _t = conv_scope(s, false, 1 + dx.is_some() as usize);
-        conv3x3_backward_routed(dx, dw, dy, x, Some(bn), w, s, r, col);
+        backward_routed(dx, dw, dy, x, Some(bn), w, s, r, col);
     } else {
         conv_backward(dx, dw, dy, written_out(tmp, x, bn, s), w, s, r, col);
     }

@@ -68,6 +68,16 @@ impl Route {
     }
 }
 
+impl Route {
+    /// Whether this gradient route takes a BN-ReLU input as it is stored and forms the
+    /// BN-ReLU in its padded copies, as the fused 3×3 needs (the direct 3×3 kernels and
+    /// Winograd, whose input gradient reads only dY and the weights); the others need it
+    /// written out.
+    pub fn forms_bn_relu_backward(self) -> bool {
+        matches!(self, Route::Direct3x3 | Route::Winograd { .. })
+    }
+}
+
 impl Serialize for Route {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
