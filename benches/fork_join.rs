@@ -1,88 +1,17 @@
-//! Issue 31's question: what would a persistent team of threads with a spinning barrier
-//! (the OpenMP model of ONNX Runtime and oneDNN) save over rayon's fork-join, per parallel
-//! region, on the engine's hot path? `cargo bench --bench fork_join` prints the cost of
-//! one 2-thread region both ways, for halves of 0 to 50 µs of work.
+//! What the engine's persistent team (`util::team`, the OpenMP model of ONNX Runtime and
+//! oneDNN) saves over rayon's fork-join per parallel region: `cargo bench --bench
+//! fork_join` prints the cost of one 2-thread region both ways, for halves of 0 to 50 µs
+//! of work.
 
 use std::time::Instant;
-
-/// A job for every thread of a [`Team`]: `job(thread)`.
-type Job = std::sync::Arc<dyn Fn(usize) + Send + Sync>;
 
 fn main() {
     fork_join();
 }
 
-/// A team of persistent threads that run one job at a time and meet at a spinning barrier
-/// (the OpenMP model of ONNX Runtime and oneDNN), for [`fork_join`] to set against
-/// rayon's fork-join: thread 0 is the caller, the others spin (then yield) waiting for the
-/// next job.
-struct Team {
-    /// Job number: bumped by the caller to start one.
-    epoch: std::sync::atomic::AtomicUsize,
-    /// Threads done with the current job.
-    done: std::sync::atomic::AtomicUsize,
-    /// The current job, `job(thread)` (set before each bump).
-    job: std::sync::Mutex<Option<Job>>,
-    stop: std::sync::atomic::AtomicBool,
-}
-
-impl Team {
-    fn start(threads: usize) -> (std::sync::Arc<Team>, Vec<std::thread::JoinHandle<()>>) {
-        use std::sync::atomic::Ordering::*;
-        let team = std::sync::Arc::new(Team {
-            epoch: 0.into(),
-            done: 0.into(),
-            job: std::sync::Mutex::new(None),
-            stop: false.into(),
-        });
-        let workers = (1..threads)
-            .map(|id| {
-                let team = team.clone();
-                std::thread::spawn(move || {
-                    let mut seen = 0;
-                    loop {
-                        let mut spins = 0u32;
-                        while team.epoch.load(Acquire) == seen {
-                            if team.stop.load(Relaxed) {
-                                return;
-                            }
-                            spins += 1;
-                            if spins < 20_000 {
-                                std::hint::spin_loop();
-                            } else {
-                                std::thread::yield_now();
-                            }
-                        }
-                        seen = team.epoch.load(Acquire);
-                        let job = team.job.lock().unwrap().clone();
-                        if let Some(job) = job {
-                            job(id);
-                        }
-                        team.done.fetch_add(1, Release);
-                    }
-                })
-            })
-            .collect();
-        (team, workers)
-    }
-
-    /// Runs `job(t)` on every thread `t` of the team (`threads` of them), and returns when
-    /// all are done.
-    fn run(&self, threads: usize, job: Job) {
-        use std::sync::atomic::Ordering::*;
-        *self.job.lock().unwrap() = Some(job.clone());
-        self.done.store(0, Relaxed);
-        self.epoch.fetch_add(1, Release);
-        job(0);
-        while self.done.load(Acquire) < threads - 1 {
-            std::hint::spin_loop();
-        }
-    }
-}
-
 /// The cost of one parallel region on 2 threads, rayon's fork-join (a 2-item `par_iter`
-/// on the pool the engine uses, the caller as worker 0) against a persistent team with a
-/// spinning barrier, for halves of 0 to 50 µs of arithmetic: each region's wall time
+/// on the pool the engine uses, the caller as worker 0) against `util::team::run` (members
+/// that wait spinning), for halves of 0 to 50 µs of arithmetic: each region's wall time
 /// minus one half's time alone, medians of 9 rounds of 2,000 regions. `bench infer
 /// --profile` and a count of regions per pass say how much of a batch-1 pass that is.
 fn fork_join() {
@@ -107,7 +36,6 @@ fn fork_join() {
         .use_current_thread()
         .build()
         .unwrap();
-    let (team, workers) = Team::start(2);
     let regions = 2_000;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -140,13 +68,14 @@ fn fork_join() {
             });
             rayon_t.push(t.elapsed().as_secs_f64() / regions as f64);
             let s = sink.clone();
-            let job: Job = Arc::new(move |_| {
-                s.fetch_add(spin_work(iters).to_bits() as u64 & 1, Ordering::Relaxed);
-            });
             let t = Instant::now();
-            for _ in 0..regions {
-                team.run(2, job.clone());
-            }
+            pool.install(|| {
+                for _ in 0..regions {
+                    densenet::util::team::run(2, |_| {
+                        s.fetch_add(spin_work(iters).to_bits() as u64 & 1, Ordering::Relaxed);
+                    });
+                }
+            });
             team_t.push(t.elapsed().as_secs_f64() / regions as f64);
         }
         let (r, m) = (median(rayon_t), median(team_t));
@@ -158,10 +87,6 @@ fn fork_join() {
             m * 1e6,
             (m - alone) * 1e6
         );
-    }
-    team.stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
     }
     println!("(sink {})", sink.load(Ordering::Relaxed) % 2);
 }

@@ -41,6 +41,7 @@
 use super::conv1x1::transpose_padded;
 use super::simd::{simd_entries, F32x};
 use super::{active, active_direct, prepack, ConvShape};
+use crate::util::par::OnTeam;
 use crate::util::par::{with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -131,10 +132,10 @@ pub(crate) fn convolve(
         |all| {
             all.par_chunks_mut(per_group)
                 .enumerate()
-                .for_each(|(grp, wp)| pack(wp, w, o_n, i_n, taps, g, grp))
+                .team_for_each(|(grp, wp)| pack(wp, w, o_n, i_n, taps, g, grp))
         },
     );
-    (0..groups * runs).into_par_iter().for_each(|task| {
+    (0..groups * runs).into_par_iter().team_for_each(|task| {
         let (grp, run) = (task / runs, task % runs);
         let p0 = (blocks * run / runs * pb).min(m);
         let p1 = (blocks * (run + 1) / runs * pb).min(m);
@@ -251,7 +252,7 @@ fn pad_planes(buf: &mut [f32], x: &[f32], s: &ConvShape, n0: usize, n1: usize) {
     buf[..s.cin * ld]
         .par_chunks_mut(ld)
         .enumerate()
-        .for_each(|(ci, row)| {
+        .team_for_each(|(ci, row)| {
             for (ni, dst) in (n0..n1).zip(row.chunks_exact_mut(plane)) {
                 let src = &x[ci * len + ni * hw..][..hw];
                 dst[..s.pad * wp].fill(0.0);
@@ -337,7 +338,7 @@ pub fn weight_grad_padded(
                 parts[..used * part]
                     .par_chunks_mut(part)
                     .enumerate()
-                    .for_each(|(k, acc)| {
+                    .team_for_each(|(k, acc)| {
                         with_scratch(&TILE, DW_TILE * o_pad, |dyt| {
                             with_scratch(&WIN, DW_TILE, |win| {
                                 for t in (k..tiles).step_by(used) {

@@ -37,6 +37,7 @@
 use super::correlate::{for_tiles, part_rows4, tile_len, Span, Weights, OB, PB};
 use super::simd::{simd_entries, F32x};
 use super::{active, active_direct, broadcast, BnRelu, ConvShape};
+use crate::util::par::OnTeam;
 use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -273,11 +274,13 @@ fn weight_grad_into(
 ) {
     let row = p.row();
     let direct = active_direct("conv3x3");
-    cols.par_chunks_mut(o_n).enumerate().for_each(|(i, col)| {
-        // SAFETY: the table that holds the kernel runs on this CPU; reads stay in the rows
-        // (see `weight_grad_avx2`).
-        unsafe { (direct.weight_grad3x3)(col, dy, &x[i * row..][..row], o_n, p, offs) }
-    });
+    cols.par_chunks_mut(o_n)
+        .enumerate()
+        .team_for_each(|(i, col)| {
+            // SAFETY: the table that holds the kernel runs on this CPU; reads stay in the rows
+            // (see `weight_grad_avx2`).
+            unsafe { (direct.weight_grad3x3)(col, dy, &x[i * row..][..row], o_n, p, offs) }
+        });
     for (i, col) in cols.chunks(o_n).enumerate() {
         for (o, taps) in col.iter().enumerate() {
             for (t, v) in taps.iter().enumerate() {

@@ -11,6 +11,7 @@
 //! convolutions then take im2col + GEMM.
 
 use super::simd::{simd_entries, F32x};
+use crate::util::par::OnTeam;
 use crate::util::par::{per_channel, with_scratch};
 use rayon::prelude::*;
 
@@ -106,7 +107,7 @@ pub(crate) fn for_tiles<F>(
         work(a, (a + tile).min(p1), r0, r1)
     };
     if tiles * parts > 1 && big {
-        (0..tiles * parts).into_par_iter().for_each(task);
+        (0..tiles * parts).into_par_iter().team_for_each(task);
     } else {
         (0..tiles * parts).for_each(task);
     }

@@ -194,13 +194,14 @@ fn for_row_parts(
     threads: usize,
     part: impl Fn(usize, usize, *mut f32) + Sync,
 ) {
+    use crate::util::par::OnTeam;
     use rayon::prelude::*;
     a.check(m, k, "A");
     let parts = threads.min(m / ROW_PART).max(1);
     let c = crate::util::par::SyncPtr(c);
     (0..parts)
         .into_par_iter()
-        .for_each(|j| part(j, parts, c.get()));
+        .team_for_each(|j| part(j, parts, c.get()));
 }
 
 /// [`raw_ptr_row_split`] where every part first fills its own copy of B (`k` rows of

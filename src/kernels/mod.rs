@@ -42,6 +42,7 @@ pub(crate) mod simd;
 pub(crate) mod testutil;
 pub mod winograd;
 
+use crate::util::par::OnTeam;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// The geometry of one convolution applied to a batch.
@@ -139,7 +140,7 @@ impl<'a> BnRelu<'a> {
             .par_chunks_mut(ld)
             .with_min_len(i_n.div_ceil(2 * rayon::current_num_threads()).max(1))
             .enumerate()
-            .for_each(|(i, row)| self.fill_row(row, x, len, i, a, b));
+            .team_for_each(|(i, row)| self.fill_row(row, x, len, i, a, b));
     }
 
     /// Positions `a..b` of row `i` of `A` into `row[..b − a]`.

@@ -19,6 +19,7 @@ use super::route::{self, ConvRoute, Product, Route};
 use crate::kernels::gemm::{sgemm, Mat};
 pub use crate::kernels::ConvShape;
 use crate::kernels::{broadcast, conv1x1, conv3x3, winograd};
+use crate::util::par::OnTeam;
 use crate::util::profile;
 use rayon::prelude::*;
 
@@ -119,7 +120,7 @@ fn im2col(col: &mut [f32], x: &[f32], s: &ConvShape, n0: usize, n1: usize) {
     col[..s.col_rows() * cols]
         .par_chunks_mut(cols)
         .enumerate()
-        .for_each(|(r, row)| {
+        .team_for_each(|(r, row)| {
             let ci = r / (s.k * s.k);
             let (ky, kx) = ((r / s.k) % s.k, r % s.k);
             for ni in n0..n1 {
@@ -140,7 +141,7 @@ fn col2im(dx: &mut [f32], col: &[f32], s: &ConvShape, n0: usize, n1: usize) {
     dx[..s.cin * s.n * hw]
         .par_chunks_mut(s.n * hw)
         .enumerate()
-        .for_each(|(ci, dxc)| {
+        .team_for_each(|(ci, dxc)| {
             for r in 0..kk {
                 let (ky, kx) = (r / s.k, r % s.k);
                 let row = &col[(ci * kk + r) * cols..][..cols];

@@ -27,6 +27,7 @@ use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::gemm::{raw_ptr, raw_ptr_row_split, row_split_pays, Mat};
 pub use crate::kernels::BnRelu;
+use crate::util::par::OnTeam;
 use crate::util::par::{with_scratch, SyncPtr};
 use crate::util::profile;
 use rayon::prelude::*;
@@ -155,7 +156,7 @@ pub fn forward(
         })
     };
     if tiles > 1 && o_n * i_n * len >= 1 << 18 {
-        (0..tiles).into_par_iter().for_each(work);
+        (0..tiles).into_par_iter().team_for_each(work);
     } else {
         (0..tiles).for_each(work);
     }
@@ -363,7 +364,7 @@ pub fn backward(
                         };
                         slice(p, acc, sums, wt)
                     };
-                    sums.par_chunks_mut(i_n).enumerate().for_each(work);
+                    sums.par_chunks_mut(i_n).enumerate().team_for_each(work);
                 });
                 // the partials added in order, 16 rows of dw at a time over the threads (on
                 // one, with the other idle, this took ~6 ms of a densenet121 step)
@@ -472,7 +473,7 @@ pub fn pooled_backward(
             let p = &*pb;
             for a in (0..pooled).step_by(tile) {
                 let nn = tile.min(pooled - a);
-                (0..threads).into_par_iter().for_each(|k| {
+                (0..threads).into_par_iter().team_for_each(|k| {
                     let (o0, o1) = (o_n * k / threads, o_n * (k + 1) / threads);
                     if o0 == o1 {
                         return;
@@ -505,7 +506,7 @@ pub fn pooled_backward(
     let dxp = SyncPtr(g.dx.as_mut_ptr());
     let dp = &*dpb;
     with_scratch(&SUMS, i_n, |sums| {
-        sums.par_iter_mut().enumerate().for_each(|(c, sum)| {
+        sums.par_iter_mut().enumerate().team_for_each(|(c, sum)| {
             *sum = (0.0, 0.0);
             let k = stats.gamma[c] * stats.rstd[c];
             with_scratch(&ROW, size, |row| {
@@ -580,7 +581,7 @@ fn pooled_weight_grad(
                 let pan = &mut panels[..o_n * nn];
                 conv1x1::transpose_panels(pan, &dy[a..], pooled, o_n, nn);
                 let pan = &*pan;
-                (0..threads).into_par_iter().for_each(|k| {
+                (0..threads).into_par_iter().team_for_each(|k| {
                     let (i0, i1) = (i_n * k / threads, i_n * (k + 1) / threads);
                     if i0 == i1 {
                         return;

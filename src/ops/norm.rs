@@ -10,6 +10,7 @@
 
 use crate::kernels::{self, norm::Grad};
 use crate::util::par::per_channel;
+use crate::util::par::OnTeam;
 use crate::util::profile;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -436,7 +437,7 @@ pub fn bn_relu_avgpool_forward(
     pooled[..c * n]
         .par_chunks_mut(n)
         .enumerate()
-        .for_each(|(ci, out)| {
+        .team_for_each(|(ci, out)| {
             let (s, t) = (scale[ci], shift[ci]);
             for (i, o) in out.iter_mut().enumerate() {
                 let plane = &x[(ci * n + i) * hw..][..hw];

@@ -2,6 +2,7 @@
 //! `[C][N·H·W]` tensor is simply `C·N` planes in a row.
 
 use crate::util::par::with_scratch;
+use crate::util::par::OnTeam;
 use rayon::prelude::*;
 
 /// Output size of a pooling window: `⌊(size + 2·pad − k)/stride⌋ + 1` (PyTorch's floor mode).
@@ -19,7 +20,7 @@ pub fn avgpool2_forward(y: &mut [f32], x: &[f32], planes: usize, h: usize, w: us
     y[..planes * ho * wo]
         .par_chunks_mut(ho * wo)
         .enumerate()
-        .for_each(|(p, out)| {
+        .team_for_each(|(p, out)| {
             let plane = &x[p * h * w..][..h * w];
             for oy in 0..ho {
                 let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
@@ -59,7 +60,7 @@ pub fn bn_relu_avgpool2_forward(
     y[..planes * ho * wo]
         .par_chunks_mut(ho * wo)
         .enumerate()
-        .for_each(|(p, out)| {
+        .team_for_each(|(p, out)| {
             let c = p / n;
             body(out, &x[p * h * w..][..h * w], h, w, scale[c], shift[c])
         });
@@ -73,7 +74,7 @@ pub fn avgpool2_backward(dx: &mut [f32], dy: &[f32], planes: usize, h: usize, w:
     dx[..planes * h * w]
         .par_chunks_mut(h * w)
         .enumerate()
-        .for_each(|(p, plane)| {
+        .team_for_each(|(p, plane)| {
             plane.fill(0.0);
             let g = &dy[p * ho * wo..][..ho * wo];
             for oy in 0..ho {
@@ -107,7 +108,7 @@ pub fn maxpool3s2_forward(
         y[..planes * ho * wo]
             .par_chunks_mut(ho * wo)
             .enumerate()
-            .for_each(|(p, out)| {
+            .team_for_each(|(p, out)| {
                 with_scratch(
                     &COLUMNS,
                     crate::kernels::pool::max_pool3s2_scratch(w),
@@ -120,7 +121,7 @@ pub fn maxpool3s2_forward(
         .par_chunks_mut(ho * wo)
         .zip(argmax[..planes * ho * wo].par_chunks_mut(ho * wo))
         .enumerate()
-        .for_each(|(p, (out, arg))| {
+        .team_for_each(|(p, (out, arg))| {
             let plane = &x[p * h * w..][..h * w];
             with_scratch(&COLUMNS, 2 * w.div_ceil(2), |cols| {
                 let (even, odd) = cols.split_at_mut(w.div_ceil(2));
@@ -218,7 +219,7 @@ pub fn maxpool3s2_backward(
     dx[..planes * h * w]
         .par_chunks_mut(h * w)
         .enumerate()
-        .for_each(|(p, plane)| {
+        .team_for_each(|(p, plane)| {
             plane.fill(0.0);
             let (g, a) = (
                 &dy[p * ho * wo..][..ho * wo],

@@ -1,5 +1,7 @@
 //! Small helpers for the parallel loops of the kernels and operations.
 
+use super::team;
+use rayon::iter::plumbing::{Producer, ProducerCallback};
 use rayon::iter::{IndexedParallelIterator, ParallelIterator};
 
 /// Work below this many floats runs on the calling thread: rayon's fork-join costs a few
@@ -19,18 +21,85 @@ pub fn fill<T: Copy + Send + Sync>(buf: &mut [T], v: T) {
     }
 }
 
-/// Runs `work` on every channel (row) of `it`: in parallel from [`PAR_MIN`] floats of
-/// work on, else as one piece on the calling thread.
+/// Runs `work` on every channel (row) of `it`: on the team ([`for_each`]) from
+/// [`PAR_MIN`] floats of work on, else on the calling thread.
 pub fn per_channel<I: IndexedParallelIterator>(
     it: I,
     floats: usize,
     work: impl Fn(I::Item) + Sync + Send,
 ) {
     if floats >= PAR_MIN {
-        it.for_each(work);
+        for_each(it, work);
     } else {
-        let c = it.len().max(1);
-        it.with_min_len(c).for_each(work);
+        on_caller(it, work);
+    }
+}
+
+/// The most parts [`for_each`] splits into; more threads than this run on rayon.
+const MAX_PARTS: usize = 64;
+
+/// Runs `work` on every item of `it` on the team of [`team::run`]: member `m` of `T`
+/// ([`team::threads`]) takes the items `m·len/T .. (m+1)·len/T`, one contiguous run, so
+/// which thread computes an item depends on the thread count only. The hot path's
+/// regions go through here rather than rayon's `for_each`, whose idle worker takes
+/// 5–20 µs to steal its half (`util::team`).
+pub fn for_each<I: IndexedParallelIterator>(it: I, work: impl Fn(I::Item) + Sync + Send) {
+    let len = it.len();
+    let parts = team::threads().min(len);
+    if parts <= 1 {
+        return on_caller(it, work);
+    }
+    if parts > MAX_PARTS {
+        return it.for_each(work);
+    }
+    it.with_producer(Runs { parts, len, work });
+}
+
+/// Runs `work` on every item of `it`, in order, on the calling thread.
+pub fn on_caller<I: IndexedParallelIterator>(it: I, work: impl Fn(I::Item) + Sync + Send) {
+    it.with_producer(Runs {
+        parts: 1,
+        len: 0,
+        work,
+    });
+}
+
+/// [`for_each`]'s split of a rayon producer into `parts` contiguous runs.
+struct Runs<F> {
+    parts: usize,
+    len: usize,
+    work: F,
+}
+
+impl<T, F: Fn(T) + Sync> ProducerCallback<T> for Runs<F> {
+    type Output = ();
+    fn callback<P: Producer<Item = T>>(self, producer: P) {
+        if self.parts <= 1 {
+            return producer.into_iter().for_each(self.work);
+        }
+        // the runs, on the stack (a region allocates nothing: `tests/alloc.rs`)
+        let runs: [std::sync::Mutex<Option<P>>; MAX_PARTS] =
+            std::array::from_fn(|_| std::sync::Mutex::new(None));
+        let (mut rest, mut at) = (Some(producer), 0);
+        for (m, run) in runs.iter().enumerate().take(self.parts) {
+            let end = (m + 1) * self.len / self.parts;
+            let p = rest.take().expect("the rest of the items");
+            let (mine, after) = if m + 1 == self.parts {
+                (p, None)
+            } else {
+                let (a, b) = p.split_at(end - at);
+                (a, Some(b))
+            };
+            *run.lock().unwrap_or_else(|e| e.into_inner()) = Some(mine);
+            rest = after;
+            at = end;
+        }
+        team::run(self.parts, |m| {
+            let mine = runs[m].lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(p) = mine {
+                p.into_iter().for_each(&self.work);
+            }
+        });
     }
 }
 
@@ -72,3 +141,14 @@ impl SyncPtr {
         self.0
     }
 }
+
+/// [`for_each`] as a method, so a rayon chain moves to the team by its last call:
+/// `rows.par_chunks_mut(len).enumerate().team_for_each(|(c, row)| …)`.
+pub trait OnTeam: IndexedParallelIterator {
+    /// Runs `work` on every item on the team ([`for_each`]).
+    fn team_for_each(self, work: impl Fn(Self::Item) + Sync + Send) {
+        for_each(self, work)
+    }
+}
+
+impl<I: IndexedParallelIterator> OnTeam for I {}

@@ -30,6 +30,7 @@ use super::conv1x1::pointwise_tile;
 use super::correlate::{pack_into, Weights, PB};
 use super::simd::{simd_entries, F32x};
 use super::{active, prepack, BnRelu, ConvShape};
+use crate::util::par::OnTeam;
 use crate::util::par::{per_channel, with_scratch, SyncPtr};
 use rayon::prelude::*;
 
@@ -221,7 +222,10 @@ fn weights_f4(
                     }
                 })
             };
-            partials.par_chunks_mut(acc_len).enumerate().for_each(work);
+            partials
+                .par_chunks_mut(acc_len)
+                .enumerate()
+                .team_for_each(work);
             n0 = n1;
         }
         // dW[o][i] += Gᵀ·dU·G, dU summed over the parts in order; OC outputs a task, so
@@ -232,7 +236,7 @@ fn weights_f4(
         let (partials, g) = (&*partials, &G6);
         dw.par_chunks_mut(OC * ci * 9)
             .enumerate()
-            .for_each(|(k, dwk)| {
+            .team_for_each(|(k, dwk)| {
                 let (o0, oc) = (k * OC, dwk.len() / (ci * 9));
                 for i in 0..ci {
                     let mut u = [[0f64; XIS]; OC];
@@ -301,7 +305,7 @@ fn transform(
     let xis = (r + 2) * (r + 2);
     raw.par_chunks_mut(xis * ci)
         .enumerate()
-        .for_each(|(o, row)| {
+        .team_for_each(|(o, row)| {
             for (i, u) in row.chunks_exact_mut(xis).enumerate() {
                 let g: [f32; 9] = if flip {
                     std::array::from_fn(|t| w[(i * co + o) * 9 + 8 - t])
@@ -315,7 +319,7 @@ fn transform(
     packed
         .par_chunks_mut(co * ci)
         .enumerate()
-        .for_each(|(xi, p)| {
+        .team_for_each(|(xi, p)| {
             pack_into(p, co, ci, |o, i| raw[(o * ci + i) * xis + xi]);
         });
 }
@@ -385,41 +389,43 @@ fn convolve(
             split(col, x, bn, s, sp, n0, n1);
             let src = &col[..ci * chan];
             let tiles = (n1 - n0) * sp.th * sp.tw;
-            (0..tiles.div_ceil(T)).into_par_iter().for_each(|task| {
-                let (k0, k1) = (task * T, ((task + 1) * T).min(tiles));
-                let segs = || segments(&sp, s, n0, k0, k1);
-                with_scratch(&VM, xis * (vs + ms), |vm| {
-                    let (v, m) = vm.split_at_mut(xis * vs);
-                    // SAFETY: the split layout holds PB floats past each channel;
-                    // V's rows (T entries, PB slack per ξ) take a whole vector past
-                    // k1 - k0; the table's entry runs on this CPU.
-                    unsafe {
-                        let (v, src) = (v.as_mut_ptr(), src.as_ptr());
-                        each_channel(direct.wino_input, v, vs, src, chan, ci, segs)
-                    }
-                    let n = k1 - k0;
-                    for xi in 0..xis {
-                        let wq = Weights::packed(&packed[xi * co * ci..][..co * ci], ci);
-                        let (mo, vi) = (&mut m[xi * ms..][..ms], &v[xi * vs..][..vs]);
-                        pointwise_tile(mo, T, vi, T, wq, co, ci, n);
-                    }
-                    for o in 0..co {
-                        for g in segs() {
-                            // SAFETY: M's rows have PB slack per ξ; the segment's outputs lie
-                            // in output row o (asserted above), and only this task writes
-                            // its tiles' outputs.
-                            unsafe {
-                                (direct.wino_output)(
-                                    yp.get().add(o * len),
-                                    m.as_ptr().add(o * T),
-                                    ms,
-                                    &g,
-                                )
+            (0..tiles.div_ceil(T))
+                .into_par_iter()
+                .team_for_each(|task| {
+                    let (k0, k1) = (task * T, ((task + 1) * T).min(tiles));
+                    let segs = || segments(&sp, s, n0, k0, k1);
+                    with_scratch(&VM, xis * (vs + ms), |vm| {
+                        let (v, m) = vm.split_at_mut(xis * vs);
+                        // SAFETY: the split layout holds PB floats past each channel;
+                        // V's rows (T entries, PB slack per ξ) take a whole vector past
+                        // k1 - k0; the table's entry runs on this CPU.
+                        unsafe {
+                            let (v, src) = (v.as_mut_ptr(), src.as_ptr());
+                            each_channel(direct.wino_input, v, vs, src, chan, ci, segs)
+                        }
+                        let n = k1 - k0;
+                        for xi in 0..xis {
+                            let wq = Weights::packed(&packed[xi * co * ci..][..co * ci], ci);
+                            let (mo, vi) = (&mut m[xi * ms..][..ms], &v[xi * vs..][..vs]);
+                            pointwise_tile(mo, T, vi, T, wq, co, ci, n);
+                        }
+                        for o in 0..co {
+                            for g in segs() {
+                                // SAFETY: M's rows have PB slack per ξ; the segment's outputs lie
+                                // in output row o (asserted above), and only this task writes
+                                // its tiles' outputs.
+                                unsafe {
+                                    (direct.wino_output)(
+                                        yp.get().add(o * len),
+                                        m.as_ptr().add(o * T),
+                                        ms,
+                                        &g,
+                                    )
+                                }
                             }
                         }
-                    }
+                    });
                 });
-            });
             n0 = n1;
         }
     });
