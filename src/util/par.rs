@@ -38,11 +38,10 @@ pub fn per_channel<I: IndexedParallelIterator>(
 /// The most parts [`for_each`] splits into; more threads than this run on rayon.
 const MAX_PARTS: usize = 64;
 
-/// Runs `work` on every item of `it` on the team of [`team::run`]: member `m` of `T`
-/// ([`team::threads`]) takes the items `m·len/T .. (m+1)·len/T`, one contiguous run, so
-/// which thread computes an item depends on the thread count only. The hot path's
-/// regions go through here rather than rayon's `for_each`, whose idle worker takes
-/// 5–20 µs to steal its half (`util::team`).
+/// Runs `work` on every item of `it` on the team of [`team::run`], in `T` contiguous
+/// runs of equal count (`T` = [`team::threads`]), one part each. The hot path's regions
+/// go through here rather than rayon's `for_each`, which costs more per region
+/// (`util::team`).
 pub fn for_each<I: IndexedParallelIterator>(it: I, work: impl Fn(I::Item) + Sync + Send) {
     let len = it.len();
     let parts = team::threads().min(len);
