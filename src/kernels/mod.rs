@@ -28,6 +28,7 @@
 //! The `gemm` crate picks its own micro-kernels at run time (AVX-512 ones too: it is built
 //! with its `x86-v4` feature); it is the same in every table.
 
+pub mod bf16;
 pub mod broadcast;
 pub mod conv1x1;
 pub mod conv3x3;

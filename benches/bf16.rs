@@ -1,0 +1,95 @@
+//! The bf16 1×1 product (`kernels::bf16`) against the f32 kernels the engine runs today,
+//! one thread, on densenet121's 1×1 shapes at batch 1 and 16:
+//!
+//! ```text
+//! cargo bench --bench bf16
+//! ```
+//!
+//! Prints per shape the f32 direct kernel's and the `gemm` crate's time, the bf16
+//! kernel's with and without the conversion of X into the pair layout, and the ratio of
+//! the bf16 time (conversion included) to the faster f32 one. Not a correctness test
+//! (`kernels::bf16`'s tests are); the CPU comes first, since every figure depends on it.
+
+use densenet::kernels::bf16;
+use densenet::kernels::conv1x1::pointwise;
+use densenet::kernels::gemm::{sgemm, Mat};
+use std::time::Instant;
+
+/// Median seconds of `reps` calls of `f`, over 7 rounds.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..7)
+        .map(|_| {
+            let s = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            s.elapsed().as_secs_f64() / reps as f64
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[3]
+}
+
+fn main() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.to_string())
+        })
+        .unwrap_or_default();
+    println!("{cpu}; AVX512-BF16: {}", bf16::avx512bf16());
+    if !bf16::avx512bf16() {
+        println!("SKIPPED: the bf16 kernel would be the portable reference");
+        return;
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    println!("   O    I     len   f32 direct     f32 gemm   bf16+pack  bf16 alone  bf16÷f32  GFLOP/s bf16");
+    pool.install(|| {
+        for (i_n, len) in [
+            (64, 3136),
+            (256, 3136),
+            (128, 784),
+            (512, 784),
+            (256, 196),
+            (1024, 196),
+            (512, 49),
+            (1024, 49),
+            (256, 16 * 784),
+            (512, 16 * 196),
+        ] {
+            let o_n = 128;
+            let w: Vec<f32> = (0..o_n * i_n).map(|k| (k % 13) as f32 * 0.01 - 0.06).collect();
+            let x: Vec<f32> = (0..i_n * len).map(|k| (k % 17) as f32 * 0.1 - 0.8).collect();
+            let mut y = vec![0f32; o_n * len];
+            let ip = bf16::pairs(i_n);
+            let (mut w2, mut x2) = (vec![0u32; o_n * ip], vec![0u32; ip * len]);
+            bf16::pack_weight_pairs(&mut w2, &w, o_n, i_n);
+            let flops = 2.0 * (o_n * i_n * len) as f64;
+            let reps = (2e8 / flops).ceil() as usize;
+            let direct = time(reps, || pointwise(&mut y, &x, &w, o_n, i_n, len, false));
+            let gemm = time(reps, || {
+                sgemm(o_n, len, i_n, &mut y, len, false, Mat::n(&w, i_n), Mat::n(&x, len))
+            });
+            let packed = time(reps, || {
+                bf16::pack_pairs(&mut x2, &x, i_n, len);
+                bf16::pointwise(&mut y, &w2, &x2, o_n, ip, len);
+            });
+            let alone = time(reps, || bf16::pointwise(&mut y, &w2, &x2, o_n, ip, len));
+            println!(
+                "{o_n:>4} {i_n:>4} {len:>7} {:>9.1} us {:>9.1} us {:>9.1} us {:>9.1} us {:>8.2}× {:>8.0}",
+                direct * 1e6,
+                gemm * 1e6,
+                packed * 1e6,
+                alone * 1e6,
+                packed / direct.min(gemm),
+                flops / alone / 1e9
+            );
+        }
+    });
+}

@@ -1,0 +1,338 @@
+//! bfloat16 products, the first piece of the reduced-precision tables (issue 32): the
+//! conversions, the pair layout that `vdpbf16ps` reads, a 1×1 convolution (`Y = W·X`)
+//! in that layout on AVX512-BF16, and a portable reference for its tests.
+//!
+//! **The arithmetic** is PyTorch's CPU autocast: both operands rounded to bf16 (round to
+//! nearest even), products and sums in f32. A product of two bf16 values is exact in
+//! f32 (8 + 8 significant bits), so the result differs from the reference only by the
+//! order and rounding of the f32 sums.
+//!
+//! **The layout.** `vdpbf16ps` multiplies the two bf16 halves of each 32-bit lane of one
+//! operand by those of the other and adds both products to the f32 lane. Input channels
+//! therefore come in pairs: a pair of rows `2j, 2j + 1` of `X: [I][len]` becomes one row
+//! of `len` 32-bit words, `(x[2j][p], x[2j+1][p])` in word `p` ([`pack_pairs`]), and a
+//! weight row the same over its input channels ([`pack_weight_pairs`]). An odd channel
+//! count gets a zero channel.
+//!
+//! Not yet wired into the engine: no route chooses it, and `--precision` does not exist
+//! yet. `cargo bench --bench bf16` sets its speed against the f32 pointwise kernel.
+
+/// `v` rounded to bfloat16, to nearest even (NaN stays NaN, quiet), as PyTorch's
+/// `tensor.to(torch.bfloat16)` and `vcvtne2ps2bf16` round.
+pub fn to_bf16(v: f32) -> u16 {
+    let b = v.to_bits();
+    if v.is_nan() {
+        return ((b >> 16) as u16) | 0x40;
+    }
+    // add half an ulp of bf16, plus one where the kept part is odd (ties to even)
+    let round = 0x7fff + ((b >> 16) & 1);
+    (b.wrapping_add(round) >> 16) as u16
+}
+
+/// The f32 value of the bfloat16 `h` (exact).
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// Pairs of channels: `ceil(channels / 2)`.
+pub fn pairs(channels: usize) -> usize {
+    channels.div_ceil(2)
+}
+
+/// One 32-bit word of the pair layout: `lo` in the low half (the even channel).
+fn word(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
+}
+
+/// `x: [I][len]` (f32) into the pair layout `dst: [ceil(I/2)][len]` of 32-bit words, bf16
+/// channel `2j` in the low half of row `j`'s words and `2j + 1` in the high half (zero
+/// where `I` is odd).
+pub fn pack_pairs(dst: &mut [u32], x: &[f32], i_n: usize, len: usize) {
+    assert!(x.len() >= i_n * len && dst.len() >= pairs(i_n) * len);
+    for (j, row) in dst.chunks_exact_mut(len).take(pairs(i_n)).enumerate() {
+        let lo = &x[2 * j * len..][..len];
+        if 2 * j + 1 < i_n {
+            let hi = &x[(2 * j + 1) * len..][..len];
+            for ((d, &a), &b) in row.iter_mut().zip(lo).zip(hi) {
+                *d = word(a, b);
+            }
+        } else {
+            for (d, &a) in row.iter_mut().zip(lo) {
+                *d = word(a, 0.0);
+            }
+        }
+    }
+}
+
+/// `w: [O][I]` (f32) into `dst: [O][ceil(I/2)]` words, input channels paired as
+/// [`pack_pairs`] pairs them.
+pub fn pack_weight_pairs(dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize) {
+    let ip = pairs(i_n);
+    assert!(w.len() >= o_n * i_n && dst.len() >= o_n * ip);
+    for (o, row) in dst.chunks_exact_mut(ip).take(o_n).enumerate() {
+        let src = &w[o * i_n..][..i_n];
+        for (j, d) in row.iter_mut().enumerate() {
+            *d = word(src[2 * j], src.get(2 * j + 1).copied().unwrap_or(0.0));
+        }
+    }
+}
+
+/// The portable reference: `y[o][p] = Σ_j w2[o][j]·x2[j][p]` over the pairs `j` (each
+/// pair's two exact products added in f32, low half first), `y: [O][len]` overwritten,
+/// `w2: [O][ip]`, `x2: [ip][len]` in the pair layout.
+pub fn pointwise_reference(
+    y: &mut [f32],
+    w2: &[u32],
+    x2: &[u32],
+    o_n: usize,
+    ip: usize,
+    len: usize,
+) {
+    assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
+    let half = |v: u32, hi: bool| from_bf16(if hi { (v >> 16) as u16 } else { v as u16 });
+    for o in 0..o_n {
+        let out = &mut y[o * len..][..len];
+        out.fill(0.0);
+        for j in 0..ip {
+            let wv = w2[o * ip + j];
+            let (w0, w1) = (half(wv, false), half(wv, true));
+            for (d, &xv) in out.iter_mut().zip(&x2[j * len..][..len]) {
+                *d += w0 * half(xv, false) + w1 * half(xv, true);
+            }
+        }
+    }
+}
+
+/// Whether this CPU runs [`pointwise`]'s AVX512-BF16 kernel.
+pub fn avx512bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `Y = W·X` in bf16 with f32 sums, as [`pointwise_reference`]: on AVX512-BF16
+/// (`vdpbf16ps`) where the CPU has it, else the reference.
+pub fn pointwise(y: &mut [f32], w2: &[u32], x2: &[u32], o_n: usize, ip: usize, len: usize) {
+    assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
+    #[cfg(target_arch = "x86_64")]
+    if avx512bf16() {
+        // SAFETY: the CPU has the features (checked above); the sizes are asserted above.
+        unsafe { avx512::pointwise(y.as_mut_ptr(), w2.as_ptr(), x2.as_ptr(), o_n, ip, len) };
+        return;
+    }
+    pointwise_reference(y, w2, x2, o_n, ip, len)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Output rows per register block: 4 rows × 4 vectors of 16 positions are 16
+    /// accumulators, with 4 loads of X and 4 broadcasts of W per 16 `vdpbf16ps`.
+    const RB: usize = 4;
+    /// Vectors of positions per register block.
+    const CB: usize = 4;
+
+    /// [`super::pointwise`]: row blocks of [`RB`], positions in blocks of `CB` vectors,
+    /// then single vectors, the last one masked.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn pointwise(
+        y: *mut f32,
+        w2: *const u32,
+        x2: *const u32,
+        o_n: usize,
+        ip: usize,
+        len: usize,
+    ) {
+        let mut o = 0;
+        while o + RB <= o_n {
+            rows::<RB>(y.add(o * len), w2.add(o * ip), x2, ip, len);
+            o += RB;
+        }
+        while o < o_n {
+            rows::<1>(y.add(o * len), w2.add(o * ip), x2, ip, len);
+            o += 1;
+        }
+    }
+
+    /// `R` output rows over every position.
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(
+        y: *mut f32,
+        w2: *const u32,
+        x2: *const u32,
+        ip: usize,
+        len: usize,
+    ) {
+        let mut p = 0;
+        while p + 16 * CB <= len {
+            block::<R, CB>(y, w2, x2, ip, len, p, 0xffff);
+            p += 16 * CB;
+        }
+        while p < len {
+            let left = len - p;
+            let mask = if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            block::<R, 1>(y, w2, x2, ip, len, p, mask);
+            p += 16;
+        }
+    }
+
+    /// One register block: rows `0..R` of `y` at positions `p..p + 16·C` (the last vector
+    /// masked by `mask` where `C` is 1).
+    #[inline(always)]
+    unsafe fn block<const R: usize, const C: usize>(
+        y: *mut f32,
+        w2: *const u32,
+        x2: *const u32,
+        ip: usize,
+        len: usize,
+        p: usize,
+        mask: u16,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for j in 0..ip {
+            let row = x2.add(j * len + p) as *const i32;
+            let mut xv = [_mm512_setzero_si512(); C];
+            for (c, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_epi32(mask, row.add(16 * c));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let wv: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*w2.add(r * ip + j) as i32));
+                for (a, &v) in acc.iter_mut().zip(&xv) {
+                    *a = _mm512_dpbf16_ps(*a, wv, std::mem::transmute::<__m512i, __m512bh>(v));
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (c, &a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(y.add(r * len + p + 16 * c), mask, a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and the next bf16 (1 + 2^-7): ties go to even (1)
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), to_bf16(1.0));
+        // just above halfway rounds up
+        let up = f32::from_bits((1.0f32 + 1.0 / 256.0).to_bits() + 1);
+        assert_eq!(from_bf16(to_bf16(up)), 1.0 + 1.0 / 128.0);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): up
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 1.0 / 64.0);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        // the largest finite f32 rounds to infinity in bf16, as PyTorch's does
+        assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+    }
+
+    #[test]
+    fn packing_pairs_channels_and_pads_an_odd_one() {
+        let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // 3 channels of 2 positions
+        let mut d = [0u32; 4];
+        pack_pairs(&mut d, &x, 3, 2);
+        let halves: Vec<(f32, f32)> = d
+            .iter()
+            .map(|&v| (from_bf16(v as u16), from_bf16((v >> 16) as u16)))
+            .collect();
+        assert_eq!(halves, [(1.0, 3.0), (2.0, 4.0), (5.0, 0.0), (6.0, 0.0)]);
+    }
+
+    /// The reference against f64 sums of the bf16-rounded operands.
+    #[test]
+    fn reference_is_the_product_of_rounded_operands() {
+        let (o_n, i_n, len) = (3, 5, 7);
+        let w: Vec<f32> = (0..o_n * i_n)
+            .map(|k| ((k * 37 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let x: Vec<f32> = (0..i_n * len)
+            .map(|k| ((k * 13 % 17) as f32 - 8.0) / 7.0)
+            .collect();
+        let (mut w2, mut x2) = (vec![0; o_n * pairs(i_n)], vec![0; pairs(i_n) * len]);
+        pack_weight_pairs(&mut w2, &w, o_n, i_n);
+        pack_pairs(&mut x2, &x, i_n, len);
+        let mut y = vec![0f32; o_n * len];
+        pointwise_reference(&mut y, &w2, &x2, o_n, pairs(i_n), len);
+        let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+        for o in 0..o_n {
+            for p in 0..len {
+                let want: f64 = (0..i_n)
+                    .map(|i| r(w[o * i_n + i]) * r(x[i * len + p]))
+                    .sum();
+                let got = y[o * len + p] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{o},{p}: {got} vs {want}"
+                );
+                // and it is not the f32 product: bf16 rounding shows
+            }
+        }
+        let exact: f64 = (0..i_n).map(|i| w[i] as f64 * x[i * len] as f64).sum();
+        assert!(
+            (y[0] as f64 - exact).abs() > 1e-6,
+            "the operands were not rounded"
+        );
+    }
+
+    /// The AVX512-BF16 kernel against the reference on shapes with odd channel counts,
+    /// row counts off the register block and position counts off the vector.
+    #[test]
+    fn avx512bf16_matches_the_reference() {
+        if !avx512bf16() {
+            eprintln!("SKIPPED: this CPU has no AVX512-BF16");
+            return;
+        }
+        for (o_n, i_n, len) in [
+            (1, 1, 1),
+            (4, 2, 16),
+            (5, 3, 17),
+            (32, 128, 49),
+            (7, 63, 196),
+            (128, 64, 65),
+        ] {
+            let w: Vec<f32> = (0..o_n * i_n)
+                .map(|k| ((k * 37 % 101) as f32 - 50.0) / 61.0)
+                .collect();
+            let x: Vec<f32> = (0..i_n * len)
+                .map(|k| ((k * 53 % 97) as f32 - 40.0) / 29.0)
+                .collect();
+            let ip = pairs(i_n);
+            let (mut w2, mut x2) = (vec![0; o_n * ip], vec![0; ip * len]);
+            pack_weight_pairs(&mut w2, &w, o_n, i_n);
+            pack_pairs(&mut x2, &x, i_n, len);
+            let (mut want, mut got) = (vec![0f32; o_n * len], vec![f32::NAN; o_n * len + 3]);
+            pointwise_reference(&mut want, &w2, &x2, o_n, ip, len);
+            pointwise(&mut got, &w2, &x2, o_n, ip, len);
+            // the bound: the f32 sums' rounding, over the sum of |products|
+            for o in 0..o_n {
+                for p in 0..len {
+                    let mag: f32 = (0..i_n)
+                        .map(|i| (w[o * i_n + i] * x[i * len + p]).abs())
+                        .sum();
+                    let (g, r) = (got[o * len + p], want[o * len + p]);
+                    assert!(
+                        (g - r).abs() <= 1e-5 * (mag + 1e-3),
+                        "{o_n}×{i_n}×{len} at {o},{p}: {g} vs {r}"
+                    );
+                }
+            }
+            // nothing written past the rows
+            assert!(got[o_n * len..].iter().all(|v| v.is_nan()));
+        }
+    }
+}
