@@ -39,6 +39,13 @@ pub struct Cli {
     /// Worker threads, 1 to 1024 (default: all cores).
     #[arg(long, global = true, value_parser = values::one_to(1024))]
     pub threads: Option<usize>,
+    /// Arithmetic of the products: f32 (default; parity with PyTorch) or bf16 (bfloat16
+    /// operands, f32 sums, as PyTorch's CPU autocast). bf16 so far covers evaluation's
+    /// fused BN-ReLU → 1×1 convolutions (forward, predict, eval, embed, heatmap, bench
+    /// infer); the rest stays f32, and training refuses it. Without AVX512-BF16 it runs
+    /// a slow portable reference.
+    #[arg(long, global = true, default_value = "f32", value_parser = crate::ops::route::Precision::parse)]
+    pub precision: crate::ops::route::Precision,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -92,6 +99,7 @@ pub fn run() -> anyhow::Result<()> {
     let kernels = crate::kernels::from_env()?;
     crate::kernels::force(kernels);
     crate::ops::route::set_policy(crate::ops::route::Policy::from_env()?);
+    set_precision(&cli)?;
     let t = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -116,6 +124,29 @@ pub fn run() -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::Export(a) => export::run(a),
     }
+}
+
+/// Sets `--precision` for the process, before any plan is made: refused where the
+/// command trains (no bf16 training routes yet), with a warning where this CPU lacks
+/// AVX512-BF16.
+fn set_precision(cli: &Cli) -> anyhow::Result<()> {
+    use crate::ops::route::Precision;
+    if cli.precision == Precision::Bf16 {
+        let trains = matches!(cli.command, Command::Train(_))
+            || matches!(&cli.command, Command::Bench(b) if b.trains());
+        anyhow::ensure!(
+            !trains,
+            "--precision bf16: training in bf16 is not built yet (evaluation only)"
+        );
+        if !crate::kernels::bf16::avx512bf16() {
+            eprintln!(
+                "warning: this CPU has no AVX512-BF16: --precision bf16 runs the portable \
+                 bf16 reference, which is slow"
+            );
+        }
+    }
+    crate::ops::route::set_precision(cli.precision);
+    Ok(())
 }
 
 /// An error and its causes on one line, `: `-separated, each cause once: a cause whose

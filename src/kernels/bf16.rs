@@ -14,8 +14,9 @@
 //! weight row the same over its input channels ([`pack_weight_pairs`]). An odd channel
 //! count gets a zero channel.
 //!
-//! Not yet wired into the engine: no route chooses it, and `--precision` does not exist
-//! yet. `cargo bench --bench bf16` sets its speed against the f32 pointwise kernel.
+//! [`crate::ops::route`] sends evaluation's fused BN-ReLU → 1×1 convolutions here at
+//! `--precision bf16` (`Route::PointwiseBf16`); `cargo bench --bench bf16` sets the
+//! kernel's speed against the f32 pointwise kernel.
 
 /// `v` rounded to bfloat16, to nearest even (NaN stays NaN, quiet), as PyTorch's
 /// `tensor.to(torch.bfloat16)` and `vcvtne2ps2bf16` round.
@@ -89,14 +90,34 @@ pub fn pointwise_reference(
     len: usize,
 ) {
     assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
+    // SAFETY: the sizes are asserted above
+    unsafe { reference_ptr(y.as_mut_ptr(), len, w2, x2, len, o_n, ip, len) }
+}
+
+/// [`pointwise_reference`] with leading dimensions, as [`pointwise_ptr`].
+///
+/// # Safety
+/// As [`pointwise_ptr`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn reference_ptr(
+    y: *mut f32,
+    ldy: usize,
+    w2: &[u32],
+    x2: &[u32],
+    ldx: usize,
+    o_n: usize,
+    ip: usize,
+    n: usize,
+) {
     let half = |v: u32, hi: bool| from_bf16(if hi { (v >> 16) as u16 } else { v as u16 });
     for o in 0..o_n {
-        let out = &mut y[o * len..][..len];
+        // SAFETY: row o of y holds n floats (the caller's contract)
+        let out = unsafe { std::slice::from_raw_parts_mut(y.add(o * ldy), n) };
         out.fill(0.0);
         for j in 0..ip {
             let wv = w2[o * ip + j];
             let (w0, w1) = (half(wv, false), half(wv, true));
-            for (d, &xv) in out.iter_mut().zip(&x2[j * len..][..len]) {
+            for (d, &xv) in out.iter_mut().zip(&x2[j * ldx..][..n]) {
                 *d += w0 * half(xv, false) + w1 * half(xv, true);
             }
         }
@@ -116,16 +137,75 @@ pub fn avx512bf16() -> bool {
 }
 
 /// `Y = W·X` in bf16 with f32 sums, as [`pointwise_reference`]: on AVX512-BF16
-/// (`vdpbf16ps`) where the CPU has it, else the reference.
+/// (`vdpbf16ps`) where the CPU has it and the `avx512` table is active, else the
+/// reference.
 pub fn pointwise(y: &mut [f32], w2: &[u32], x2: &[u32], o_n: usize, ip: usize, len: usize) {
     assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
+    // SAFETY: the sizes are asserted above
+    unsafe { pointwise_ptr(y.as_mut_ptr(), len, w2, x2, len, o_n, ip, len) }
+}
+
+/// [`pointwise`] on `n` positions of rows `ldy` (Y) and `ldx` (X) floats apart.
+///
+/// # Safety
+/// `y` must hold `o_n` rows of `ldy ≥ n` floats that nobody else touches meanwhile,
+/// `x2` `ip` rows of `ldx ≥ n` words, `w2` `o_n·ip` words.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pointwise_ptr(
+    y: *mut f32,
+    ldy: usize,
+    w2: &[u32],
+    x2: &[u32],
+    ldx: usize,
+    o_n: usize,
+    ip: usize,
+    n: usize,
+) {
+    assert!(w2.len() >= o_n * ip && (ip == 0 || x2.len() >= (ip - 1) * ldx + n));
+    // the AVX512-BF16 kernel extends the `avx512` table: `DENSENET_KERNELS=avx2` or
+    // `portable` leave the bf16 products to the reference too
     #[cfg(target_arch = "x86_64")]
-    if avx512bf16() {
-        // SAFETY: the CPU has the features (checked above); the sizes are asserted above.
-        unsafe { avx512::pointwise(y.as_mut_ptr(), w2.as_ptr(), x2.as_ptr(), o_n, ip, len) };
+    if avx512bf16() && super::active().name == "avx512" {
+        // SAFETY: the CPU has the features (checked above); the caller's contract
+        unsafe { avx512::pointwise(y, ldy, w2.as_ptr(), x2.as_ptr(), ldx, o_n, ip, n) };
         return;
     }
-    pointwise_reference(y, w2, x2, o_n, ip, len)
+    // SAFETY: the caller's contract
+    unsafe { reference_ptr(y, ldy, w2, x2, ldx, o_n, ip, n) }
+}
+
+/// The pair layout of `relu(x·scale + shift)` at positions `a..b` of `x: [I][len]`
+/// (`scale`, `shift`: `[I]`), into `dst: [ceil(I/2)][ld]` words, `ld ≥ b − a`: the fused
+/// BN-ReLU's tile, formed and rounded in one pass.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_pairs(
+    dst: &mut [u32],
+    ld: usize,
+    x: &[f32],
+    len: usize,
+    scale: &[f32],
+    shift: &[f32],
+    a: usize,
+    b: usize,
+) {
+    let (i_n, n) = (scale.len(), b - a);
+    assert!(shift.len() == i_n && x.len() >= i_n * len && b <= len && ld >= n);
+    assert!(dst.len() >= pairs(i_n) * ld);
+    let f = |i: usize, v: f32| (v * scale[i] + shift[i]).max(0.0);
+    for j in 0..pairs(i_n) {
+        let row = &mut dst[j * ld..][..n];
+        let lo = &x[2 * j * len + a..][..n];
+        if 2 * j + 1 < i_n {
+            let hi = &x[(2 * j + 1) * len + a..][..n];
+            for ((d, &u), &v) in row.iter_mut().zip(lo).zip(hi) {
+                *d = word(f(2 * j, u), f(2 * j + 1, v));
+            }
+        } else {
+            for (d, &u) in row.iter_mut().zip(lo) {
+                *d = word(f(2 * j, u), 0.0);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -141,21 +221,25 @@ mod avx512 {
     /// [`super::pointwise`]: row blocks of [`RB`], positions in blocks of `CB` vectors,
     /// then single vectors, the last one masked.
     #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn pointwise(
         y: *mut f32,
+        ldy: usize,
         w2: *const u32,
         x2: *const u32,
+        ldx: usize,
         o_n: usize,
         ip: usize,
-        len: usize,
+        n: usize,
     ) {
+        let ld = (ldy, ldx);
         let mut o = 0;
         while o + RB <= o_n {
-            rows::<RB>(y.add(o * len), w2.add(o * ip), x2, ip, len);
+            rows::<RB>(y.add(o * ldy), ld, w2.add(o * ip), x2, ip, n);
             o += RB;
         }
         while o < o_n {
-            rows::<1>(y.add(o * len), w2.add(o * ip), x2, ip, len);
+            rows::<1>(y.add(o * ldy), ld, w2.add(o * ip), x2, ip, n);
             o += 1;
         }
     }
@@ -164,24 +248,25 @@ mod avx512 {
     #[inline(always)]
     unsafe fn rows<const R: usize>(
         y: *mut f32,
+        ld: (usize, usize),
         w2: *const u32,
         x2: *const u32,
         ip: usize,
-        len: usize,
+        n: usize,
     ) {
         let mut p = 0;
-        while p + 16 * CB <= len {
-            block::<R, CB>(y, w2, x2, ip, len, p, 0xffff);
+        while p + 16 * CB <= n {
+            block::<R, CB>(y, ld, w2, x2, ip, p, 0xffff);
             p += 16 * CB;
         }
-        while p < len {
-            let left = len - p;
+        while p < n {
+            let left = n - p;
             let mask = if left >= 16 {
                 0xffff
             } else {
                 (1u16 << left) - 1
             };
-            block::<R, 1>(y, w2, x2, ip, len, p, mask);
+            block::<R, 1>(y, ld, w2, x2, ip, p, mask);
             p += 16;
         }
     }
@@ -191,16 +276,16 @@ mod avx512 {
     #[inline(always)]
     unsafe fn block<const R: usize, const C: usize>(
         y: *mut f32,
+        (ldy, ldx): (usize, usize),
         w2: *const u32,
         x2: *const u32,
         ip: usize,
-        len: usize,
         p: usize,
         mask: u16,
     ) {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for j in 0..ip {
-            let row = x2.add(j * len + p) as *const i32;
+            let row = x2.add(j * ldx + p) as *const i32;
             let mut xv = [_mm512_setzero_si512(); C];
             for (c, v) in xv.iter_mut().enumerate() {
                 *v = _mm512_maskz_loadu_epi32(mask, row.add(16 * c));
@@ -215,7 +300,7 @@ mod avx512 {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (c, &a) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(y.add(r * len + p + 16 * c), mask, a);
+                _mm512_mask_storeu_ps(y.add(r * ldy + p + 16 * c), mask, a);
             }
         }
     }

@@ -31,7 +31,7 @@ pub fn col_len(s: &ConvShape, r: &ConvRoute, samples: usize) -> usize {
         .into_iter()
         .flatten()
         .map(|route| match route {
-            Route::Pointwise | Route::Gemm => 0,
+            Route::Pointwise | Route::Gemm | Route::PointwiseBf16 => 0,
             Route::Direct3x3 | Route::Broadcast3x3 | Route::Winograd { .. } => {
                 conv3x3::scratch_per_sample(s) * samples
             }
@@ -230,6 +230,7 @@ pub fn conv_forward(
             })
         }
         Route::Im2col => im2col_forward(y, x, w, s, col),
+        Route::PointwiseBf16 => panic!("{route} is planned only for a fused BN-ReLU → 1×1"),
     }
 }
 
@@ -388,6 +389,7 @@ pub fn backward_routed(
         Route::Broadcast3x3 | Route::Im2colTiles | Route::Im2col => {
             im2col_backward(dx, Some(dw), dy, x, w, s, col)
         }
+        Route::PointwiseBf16 => panic!("{weights}: training has no bf16 route"),
     }
 }
 

@@ -31,6 +31,17 @@ pub struct Args {
     pub what: What,
 }
 
+impl Args {
+    /// Whether this benchmark trains (`train`, `memory`, `scaling --work train`).
+    pub fn trains(&self) -> bool {
+        match &self.what {
+            What::Train(_) | What::Memory(_) => true,
+            What::Infer(_) => false,
+            What::Scaling(s) => s.work == "train",
+        }
+    }
+}
+
 /// What to measure.
 #[derive(clap::Subcommand, Debug)]
 pub enum What {
@@ -272,6 +283,8 @@ pub struct Machine {
     pub gemm: &'static str,
     /// The route policy (`auto`, `no-winograd`, `direct`; see `DENSENET_ROUTES`).
     pub routes: &'static str,
+    /// The arithmetic (`f32`, `bf16`; see `--precision`).
+    pub precision: &'static str,
     /// The CPU's model name.
     pub cpu: String,
 }
@@ -285,6 +298,7 @@ impl Machine {
             kernels: crate::kernels::active().name,
             gemm: crate::kernels::gemm::micro_kernels(),
             routes: crate::ops::route::policy().name(),
+            precision: crate::ops::route::precision().name(),
             cpu: cpu_model(),
         }
     }

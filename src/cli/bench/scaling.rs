@@ -85,6 +85,8 @@ fn time_once(a: &ScalingArgs, threads: usize) -> anyhow::Result<f64> {
         .args([
             "--threads",
             &threads.to_string(),
+            "--precision",
+            crate::ops::route::precision().name(),
             "bench",
             &a.work,
             "--model",

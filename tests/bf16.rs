@@ -1,0 +1,128 @@
+//! Evaluation at `--precision bf16` (issue 32): torchvision densenet121's logits on the
+//! reference inputs against f32, and the bf16 route really running. A test binary of its
+//! own, because the precision is a process-wide setting that plans read when they are
+//! made.
+
+mod common;
+
+use common::*;
+use densenet::ops::route::{self, Precision, Route};
+use densenet::{DenseNet, DenseNetConfig, MemoryMode, Model};
+
+fn logits(net: &mut DenseNet, input: &[f32], n: usize) -> Vec<f32> {
+    let mut ws = net.workspace(n, MemoryMode::Efficient, false);
+    net.forward_eval(&mut ws, input, n, None)
+}
+
+/// PyTorch's bf16 autocast puts densenet169's logits 4.5e-3 from f32 (relative L2);
+/// the issue asks for at most 1e-2 and the same top-1.
+#[test]
+fn densenet121_logits_in_bf16_stay_within_1e_2_of_f32() {
+    let Some(dir) = shared_reference_dir() else {
+        say("SKIPPED densenet121_logits_in_bf16: ../shared/reference is not present");
+        return;
+    };
+    let w = densenet::weights::read_safetensors(
+        &dir.join("torchvision_densenet121.weights.safetensors"),
+    )
+    .unwrap();
+    let r =
+        densenet::weights::read_safetensors(&dir.join("torchvision_densenet121.eval.safetensors"))
+            .unwrap();
+    let input = &r.get("input").unwrap().tensor;
+    let n = input.shape[0];
+    let mut net = DenseNet::new(&DenseNetConfig::from_name("densenet121").unwrap(), 0);
+    net.load_tensors(&w.tensors, "densenet121 weights").unwrap();
+
+    route::set_precision(Precision::F32);
+    let f32_logits = logits(&mut net, &input.data, n);
+    route::set_precision(Precision::Bf16);
+    let (bf16_logits, ran) = route::trace(|| logits(&mut net, &input.data, n));
+    route::set_precision(Precision::F32);
+
+    let bf16_runs = ran
+        .iter()
+        .filter(|r| r.route == Route::PointwiseBf16)
+        .count();
+    assert_eq!(bf16_runs, 58, "densenet121's 58 bottleneck 1×1s in bf16");
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in bf16_logits.iter().zip(&f32_logits) {
+        num += ((a - b) as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    let rel = (num / den).sqrt();
+    let classes = f32_logits.len() / n;
+    for i in 0..n {
+        let top = |l: &[f32]| {
+            (0..classes).max_by(|&a, &b| l[i * classes + a].total_cmp(&l[i * classes + b]))
+        };
+        assert_eq!(
+            top(&bf16_logits),
+            top(&f32_logits),
+            "sample {i}: top-1 moved"
+        );
+    }
+    say(&format!(
+        "densenet121 bf16 logits: relative L2 {rel:.2e} from f32"
+    ));
+    assert!(rel <= 1e-2, "relative L2 {rel:.2e} > 1e-2");
+    assert!(
+        rel > 1e-6,
+        "bf16 logits equal f32's: the operands were not rounded"
+    );
+}
+
+/// `fused::forward` on the bf16 route against the portable reference of the same
+/// BN-ReLU'd, bf16-rounded operands: odd channel counts, outputs off the register block,
+/// positions off the vector, one tile (rows split between threads) and many, on 1 and 2
+/// threads.
+#[test]
+fn fused_bf16_forward_matches_the_reference() {
+    use densenet::kernels::{bf16, BnRelu};
+    for (o_n, i_n, len) in [(4, 3, 17), (13, 65, 49), (128, 256, 196), (32, 129, 3137)] {
+        let w: Vec<f32> = (0..o_n * i_n)
+            .map(|k| ((k * 37 % 101) as f32 - 50.0) / 97.0)
+            .collect();
+        let x: Vec<f32> = (0..i_n * len)
+            .map(|k| ((k * 53 % 89) as f32 - 40.0) / 31.0)
+            .collect();
+        let scale: Vec<f32> = (0..i_n).map(|i| 0.5 + (i % 5) as f32 * 0.25).collect();
+        let shift: Vec<f32> = (0..i_n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        // the reference: BN-ReLU in f32, then both operands rounded to bf16
+        let a: Vec<f32> = (0..i_n * len)
+            .map(|k| (x[k] * scale[k / len] + shift[k / len]).max(0.0))
+            .collect();
+        let ip = bf16::pairs(i_n);
+        let (mut w2, mut a2) = (vec![0; o_n * ip], vec![0; ip * len]);
+        bf16::pack_weight_pairs(&mut w2, &w, o_n, i_n);
+        bf16::pack_pairs(&mut a2, &a, i_n, len);
+        let mut want = vec![0f32; o_n * len];
+        bf16::pointwise_reference(&mut want, &w2, &a2, o_n, ip, len);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut got = vec![f32::NAN; o_n * len];
+            pool.install(|| {
+                let bn = BnRelu {
+                    scale: &scale,
+                    shift: &shift,
+                };
+                densenet::ops::fused::forward(&mut got, &x, &w, bn, o_n, len, Route::PointwiseBf16)
+            });
+            for k in 0..o_n * len {
+                let (o, p) = (k / len, k % len);
+                let mag: f32 = (0..i_n)
+                    .map(|i| (w[o * i_n + i] * a[i * len + p]).abs())
+                    .sum();
+                assert!(
+                    (got[k] - want[k]).abs() <= 1e-5 * (mag + 1e-3),
+                    "{o_n}×{i_n}×{len} on {threads} threads at ({o}, {p}): {} vs {}",
+                    got[k],
+                    want[k]
+                );
+            }
+        }
+    }
+}
