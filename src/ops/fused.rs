@@ -22,12 +22,12 @@ use super::norm::{self, bn_relu_forward};
 use super::pool::bn_relu_avgpool2_forward;
 use super::route::{self, ConvRoute, Product, Route};
 use crate::kernels;
+use crate::kernels::bf16;
 use crate::kernels::conv1x1::{self, dot_tile, grad_tile};
 use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::gemm::{raw_ptr, raw_ptr_row_split, row_split_pays, Mat};
 pub use crate::kernels::BnRelu;
-use crate::kernels::{bf16, prepack};
 use crate::util::par::OnTeam;
 use crate::util::par::{with_scratch, SyncPtr};
 use crate::util::profile;
@@ -102,7 +102,10 @@ pub fn forward(
         return;
     }
     if route == Route::PointwiseBf16 {
-        return forward_bf16(y, x, w, bn, o_n, len);
+        // the BN-ReLU formed directly as bf16 channel pairs, a tile at a time
+        return super::bf16::product(y, w, o_n, i_n, len, |x2, ld, a, b| {
+            bf16::bn_relu_pairs(x2, ld, x, len, bn.scale, bn.shift, a, b)
+        });
     }
     let threads = rayon::current_num_threads();
     let tile = balanced_tile(len, tile_len(i_n), 16, threads);
@@ -163,75 +166,6 @@ pub fn forward(
         (0..tiles).into_par_iter().team_for_each(work);
     } else {
         (0..tiles).for_each(work);
-    }
-}
-
-/// [`forward`] on [`Route::PointwiseBf16`]: tiles of positions, each formed as the
-/// BN-ReLU's bf16 channel pairs in a per-thread buffer ([`bf16::bn_relu_pairs`]) and
-/// multiplied by the weights' pairs (packed once per frozen model, else per call). Fewer
-/// tiles than threads (batch 1 at 14×14 and 7×7): every part forms the tile and takes
-/// its share of the output rows, as the f32 GEMM path's row split.
-fn forward_bf16(y: &mut [f32], x: &[f32], w: &[f32], bn: BnRelu, o_n: usize, len: usize) {
-    thread_local! {
-        static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let i_n = bn.scale.len();
-    let ip = bf16::pairs(i_n);
-    let pack = |v: &mut [f32]| {
-        let mut words = vec![0u32; o_n * ip];
-        bf16::pack_weight_pairs(&mut words, w, o_n, i_n);
-        for (d, s) in v.iter_mut().zip(words) {
-            *d = f32::from_bits(s);
-        }
-    };
-    let frozen = prepack::packed(prepack::Layout::Bf16Pairs, w, o_n * ip, pack);
-    let own: Vec<u32>;
-    let w2: &[u32] = match &frozen {
-        // SAFETY: u32 and f32 have one size and alignment; the packing holds the words'
-        // bits
-        Some(p) => unsafe { std::slice::from_raw_parts(p.as_ptr() as *const u32, p.len()) },
-        None => {
-            own = {
-                let mut v = vec![0u32; o_n * ip];
-                bf16::pack_weight_pairs(&mut v, w, o_n, i_n);
-                v
-            };
-            &own
-        }
-    };
-    let threads = crate::util::team::threads();
-    let tile = balanced_tile(len, tile_len(i_n), 16, threads);
-    let tiles = len.div_ceil(tile);
-    // output rows split in parts of whole register blocks (4 rows) where tiles are few
-    let row_parts = if tiles < threads && o_n * i_n * len >= 1 << 18 {
-        (threads / tiles).clamp(1, o_n.div_ceil(4))
-    } else {
-        1
-    };
-    let yp = SyncPtr(y.as_mut_ptr());
-    let work = |task: usize| {
-        let (t, part) = (task / row_parts, task % row_parts);
-        let (a, b) = (t * tile, ((t + 1) * tile).min(len));
-        let blocks = o_n.div_ceil(4);
-        let (r0, r1) = (
-            (part * blocks / row_parts * 4).min(o_n),
-            ((part + 1) * blocks / row_parts * 4).min(o_n),
-        );
-        with_scratch(&PAIRS, ip * (b - a), |x2| {
-            bf16::bn_relu_pairs(x2, b - a, x, len, bn.scale, bn.shift, a, b);
-            // SAFETY: rows r0..r1, columns a..b of y (o_n rows of len, asserted by the
-            // caller) are this task's only; x2 holds ip rows of b − a words
-            unsafe {
-                let (yo, wo) = (yp.get().add(r0 * len + a), &w2[r0 * ip..]);
-                bf16::pointwise_ptr(yo, len, wo, x2, b - a, r1 - r0, ip, b - a)
-            }
-        })
-    };
-    let tasks = tiles * row_parts;
-    if tasks > 1 && o_n * i_n * len >= 1 << 18 {
-        (0..tasks).into_par_iter().team_for_each(work);
-    } else {
-        (0..tasks).for_each(work);
     }
 }
 

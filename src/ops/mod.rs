@@ -16,6 +16,7 @@
 //! zeroing per step clears everything; where they write an activation gradient, the doc
 //! says whether they overwrite or accumulate.
 
+pub mod bf16;
 pub mod conv;
 pub mod dropout;
 pub mod fused;
