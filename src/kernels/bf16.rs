@@ -128,7 +128,9 @@ unsafe fn reference_ptr(
 pub fn avx512bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -192,8 +194,26 @@ pub fn bn_relu_pairs(
     assert!(shift.len() == i_n && x.len() >= i_n * len && b <= len && ld >= n);
     assert!(dst.len() >= pairs(i_n) * ld);
     let f = |i: usize, v: f32| (v * scale[i] + shift[i]).max(0.0);
+    #[cfg(target_arch = "x86_64")]
+    let vector = avx512bf16() && super::active().name == "avx512";
     for j in 0..pairs(i_n) {
         let row = &mut dst[j * ld..][..n];
+        #[cfg(target_arch = "x86_64")]
+        if vector {
+            let (c0, c1) = (2 * j, (2 * j + 1).min(i_n - 1));
+            let lo = &x[c0 * len + a..][..n];
+            let hi = &x[c1 * len + a..][..n];
+            // the odd channel of an odd count is a zero channel: scale and shift 0
+            let (s1, t1) = if 2 * j + 1 < i_n {
+                (scale[c1], shift[c1])
+            } else {
+                (0.0, 0.0)
+            };
+            let affine = [scale[c0], shift[c0], s1, t1];
+            // SAFETY: the CPU has the features (checked above); lo, hi and row hold n
+            unsafe { avx512::bn_relu_pairs(row.as_mut_ptr(), lo.as_ptr(), hi.as_ptr(), affine, n) };
+            continue;
+        }
         let lo = &x[2 * j * len + a..][..n];
         if 2 * j + 1 < i_n {
             let hi = &x[(2 * j + 1) * len + a..][..n];
@@ -267,6 +287,43 @@ mod avx512 {
                 (1u16 << left) - 1
             };
             block::<R, 1>(y, ld, w2, x2, ip, p, mask);
+            p += 16;
+        }
+    }
+
+    /// One row of [`super::bn_relu_pairs`]: `n` words from channels `lo` and `hi` with
+    /// `affine = [scale_lo, shift_lo, scale_hi, shift_hi]`, 16 positions at a time:
+    /// both vectors rounded to bf16 by one `vcvtne2ps2bf16` (lo in words 0–15, hi in
+    /// 16–31), then interleaved into pairs by one `vpermw`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn bn_relu_pairs(
+        dst: *mut u32,
+        lo: *const f32,
+        hi: *const f32,
+        affine: [f32; 4],
+        n: usize,
+    ) {
+        let (s0, t0) = (_mm512_set1_ps(affine[0]), _mm512_set1_ps(affine[1]));
+        let (s1, t1) = (_mm512_set1_ps(affine[2]), _mm512_set1_ps(affine[3]));
+        let zero = _mm512_setzero_ps();
+        // word 2k ← lo's k (bf16 word k), word 2k + 1 ← hi's k (bf16 word 16 + k)
+        let idx: [i16; 32] = std::array::from_fn(|w| ((w / 2) + 16 * (w % 2)) as i16);
+        let idx = _mm512_loadu_si512(idx.as_ptr() as *const _);
+        let mut p = 0;
+        while p < n {
+            let left = n - p;
+            let mask: u16 = if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let a = _mm512_maskz_loadu_ps(mask, lo.add(p));
+            let b = _mm512_maskz_loadu_ps(mask, hi.add(p));
+            let a = _mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(a, s0), t0), zero);
+            let b = _mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(b, s1), t1), zero);
+            let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+            let v = _mm512_permutexvar_epi16(idx, h);
+            _mm512_mask_storeu_epi32(dst.add(p) as *mut i32, mask, v);
             p += 16;
         }
     }
@@ -372,6 +429,34 @@ mod tests {
             (y[0] as f64 - exact).abs() > 1e-6,
             "the operands were not rounded"
         );
+    }
+
+    /// The fused tile against the BN-ReLU and rounding done one value at a time, bit for
+    /// bit: odd channel counts (a zero channel), a window `a..b` off the vector, ties.
+    #[test]
+    fn bn_relu_pairs_round_each_value_as_to_bf16() {
+        let (i_n, len, a, b) = (5, 41, 3, 38);
+        // values with ties at bf16 precision (1 + 2^-8 scaled) and negatives for the ReLU
+        let x: Vec<f32> = (0..i_n * len)
+            .map(|k| (1.0 + (k % 3) as f32 / 256.0) * ((k % 11) as f32 - 4.0))
+            .collect();
+        let scale = [1.0f32, 0.5, 2.0, 1.5, 0.25];
+        let shift = [0.0f32, 0.125, -1.0, 0.5, 0.0];
+        let n = b - a;
+        let mut got = vec![0u32; pairs(i_n) * n];
+        bn_relu_pairs(&mut got, n, &x, len, &scale, &shift, a, b);
+        let f = |i: usize, p: usize| (x[i * len + p] * scale[i] + shift[i]).max(0.0);
+        for j in 0..pairs(i_n) {
+            for p in a..b {
+                let hi = if 2 * j + 1 < i_n {
+                    f(2 * j + 1, p)
+                } else {
+                    0.0
+                };
+                let want = to_bf16(f(2 * j, p)) as u32 | (to_bf16(hi) as u32) << 16;
+                assert_eq!(got[j * n + p - a], want, "pair {j}, position {p}");
+            }
+        }
     }
 
     /// The AVX512-BF16 kernel against the reference on shapes with odd channel counts,
