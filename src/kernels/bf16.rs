@@ -193,7 +193,42 @@ pub fn bn_relu_pairs(
     let (i_n, n) = (scale.len(), b - a);
     assert!(shift.len() == i_n && x.len() >= i_n * len && b <= len && ld >= n);
     assert!(dst.len() >= pairs(i_n) * ld);
-    let f = |i: usize, v: f32| (v * scale[i] + shift[i]).max(0.0);
+    affine_pairs(dst, ld, x, len, i_n, Some((scale, shift)), a, b)
+}
+
+/// [`bn_relu_pairs`] of a stored input as it is (no BN-ReLU): positions `a..b` of
+/// `x: [i_n][len]` as bf16 channel pairs in `dst: [ceil(i_n/2)][ld]`.
+pub fn stored_pairs(
+    dst: &mut [u32],
+    ld: usize,
+    x: &[f32],
+    i_n: usize,
+    len: usize,
+    a: usize,
+    b: usize,
+) {
+    let n = b - a;
+    assert!(x.len() >= i_n * len && b <= len && ld >= n && dst.len() >= pairs(i_n) * ld);
+    affine_pairs(dst, ld, x, len, i_n, None, a, b)
+}
+
+/// [`bn_relu_pairs`] (`bn` given) or [`stored_pairs`] (`None`) of `i_n` channels.
+#[allow(clippy::too_many_arguments)]
+fn affine_pairs(
+    dst: &mut [u32],
+    ld: usize,
+    x: &[f32],
+    len: usize,
+    i_n: usize,
+    bn: Option<(&[f32], &[f32])>,
+    a: usize,
+    b: usize,
+) {
+    let n = b - a;
+    let f = |i: usize, v: f32| match bn {
+        Some((scale, shift)) => (v * scale[i] + shift[i]).max(0.0),
+        None => v,
+    };
     #[cfg(target_arch = "x86_64")]
     let vector = avx512bf16() && super::active().name == "avx512";
     for j in 0..pairs(i_n) {
@@ -204,14 +239,29 @@ pub fn bn_relu_pairs(
             let lo = &x[c0 * len + a..][..n];
             let hi = &x[c1 * len + a..][..n];
             // the odd channel of an odd count is a zero channel: scale and shift 0
-            let (s1, t1) = if 2 * j + 1 < i_n {
-                (scale[c1], shift[c1])
-            } else {
-                (0.0, 0.0)
+            let odd = 2 * j + 1 < i_n;
+            let affine = match bn {
+                Some((scale, shift)) => {
+                    let (s1, t1) = if odd {
+                        (scale[c1], shift[c1])
+                    } else {
+                        (0.0, 0.0)
+                    };
+                    Some([scale[c0], shift[c0], s1, t1])
+                }
+                None => (!odd).then_some([1.0, 0.0, 0.0, 0.0]),
             };
-            let affine = [scale[c0], shift[c0], s1, t1];
             // SAFETY: the CPU has the features (checked above); lo, hi and row hold n
-            unsafe { avx512::bn_relu_pairs(row.as_mut_ptr(), lo.as_ptr(), hi.as_ptr(), affine, n) };
+            unsafe {
+                avx512::pairs(
+                    row.as_mut_ptr(),
+                    lo.as_ptr(),
+                    hi.as_ptr(),
+                    affine,
+                    bn.is_some(),
+                    n,
+                )
+            };
             continue;
         }
         let lo = &x[2 * j * len + a..][..n];
@@ -291,20 +341,23 @@ mod avx512 {
         }
     }
 
-    /// One row of [`super::bn_relu_pairs`]: `n` words from channels `lo` and `hi` with
-    /// `affine = [scale_lo, shift_lo, scale_hi, shift_hi]`, 16 positions at a time:
-    /// both vectors rounded to bf16 by one `vcvtne2ps2bf16` (lo in words 0–15, hi in
-    /// 16–31), then interleaved into pairs by one `vpermw`.
+    /// One row of [`super::affine_pairs`]: `n` words from channels `lo` and `hi`, each
+    /// value `v·scale + shift` (`affine = [scale_lo, shift_lo, scale_hi, shift_hi]`, none:
+    /// `v`) then, where `relu`, the ReLU; 16 positions at a time: both vectors rounded to
+    /// bf16 by one `vcvtne2ps2bf16` (lo in words 0–15, hi in 16–31), then interleaved into
+    /// pairs by one `vpermw`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn bn_relu_pairs(
+    pub(super) unsafe fn pairs(
         dst: *mut u32,
         lo: *const f32,
         hi: *const f32,
-        affine: [f32; 4],
+        affine: Option<[f32; 4]>,
+        relu: bool,
         n: usize,
     ) {
-        let (s0, t0) = (_mm512_set1_ps(affine[0]), _mm512_set1_ps(affine[1]));
-        let (s1, t1) = (_mm512_set1_ps(affine[2]), _mm512_set1_ps(affine[3]));
+        let c = affine.unwrap_or([1.0, 0.0, 1.0, 0.0]);
+        let (s0, t0) = (_mm512_set1_ps(c[0]), _mm512_set1_ps(c[1]));
+        let (s1, t1) = (_mm512_set1_ps(c[2]), _mm512_set1_ps(c[3]));
         let zero = _mm512_setzero_ps();
         // word 2k ← lo's k (bf16 word k), word 2k + 1 ← hi's k (bf16 word 16 + k)
         let idx: [i16; 32] = std::array::from_fn(|w| ((w / 2) + 16 * (w % 2)) as i16);
@@ -319,8 +372,14 @@ mod avx512 {
             };
             let a = _mm512_maskz_loadu_ps(mask, lo.add(p));
             let b = _mm512_maskz_loadu_ps(mask, hi.add(p));
-            let a = _mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(a, s0), t0), zero);
-            let b = _mm512_max_ps(_mm512_add_ps(_mm512_mul_ps(b, s1), t1), zero);
+            let (mut a, mut b) = (a, b);
+            if affine.is_some() {
+                a = _mm512_add_ps(_mm512_mul_ps(a, s0), t0);
+                b = _mm512_add_ps(_mm512_mul_ps(b, s1), t1);
+            }
+            if relu {
+                (a, b) = (_mm512_max_ps(a, zero), _mm512_max_ps(b, zero));
+            }
             let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
             let v = _mm512_permutexvar_epi16(idx, h);
             _mm512_mask_storeu_epi32(dst.add(p) as *mut i32, mask, v);
@@ -455,6 +514,20 @@ mod tests {
                 };
                 let want = to_bf16(f(2 * j, p)) as u32 | (to_bf16(hi) as u32) << 16;
                 assert_eq!(got[j * n + p - a], want, "pair {j}, position {p}");
+            }
+        }
+        // a stored input as it is: negatives kept, the odd channel's partner zero
+        bn_relu_pairs(&mut got, n, &x, len, &scale, &shift, a, b);
+        stored_pairs(&mut got, n, &x, i_n, len, a, b);
+        for j in 0..pairs(i_n) {
+            for p in a..b {
+                let hi = if 2 * j + 1 < i_n {
+                    x[(2 * j + 1) * len + p]
+                } else {
+                    0.0
+                };
+                let want = to_bf16(x[2 * j * len + p]) as u32 | (to_bf16(hi) as u32) << 16;
+                assert_eq!(got[j * n + p - a], want, "stored: pair {j}, position {p}");
             }
         }
     }

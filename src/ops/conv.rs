@@ -230,7 +230,12 @@ pub fn conv_forward(
             })
         }
         Route::Im2col => im2col_forward(y, x, w, s, col),
-        Route::PointwiseBf16 => panic!("{route} is planned only for a fused BN-ReLU → 1×1"),
+        Route::PointwiseBf16 => {
+            assert!(s.is_pointwise(), "{route} takes a 1×1, not {s:?}");
+            super::bf16::product(y, w, s.cout, s.cin, ldy, |a2, ld, a, b| {
+                crate::kernels::bf16::stored_pairs(a2, ld, x, s.cin, ldy, a, b)
+            })
+        }
     }
 }
 

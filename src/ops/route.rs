@@ -49,8 +49,9 @@ pub enum Route {
     /// im2col of as many samples as the scratch holds, then the `gemm` crate (and col2im
     /// for the input gradient): any kernel, stride and padding.
     Im2col,
-    /// A fused BN-ReLU → 1×1 in bfloat16 with f32 sums ([`crate::kernels::bf16`]):
-    /// evaluation at `--precision bf16`.
+    /// A 1×1 in bfloat16 with f32 sums ([`crate::kernels::bf16`]), its input rounded a
+    /// tile at a time: a fused BN-ReLU's, or a transition's pooled BN-ReLU; evaluation at
+    /// `--precision bf16`.
     PointwiseBf16,
 }
 
@@ -207,7 +208,7 @@ pub enum Precision {
     /// f32 throughout (the default; parity with PyTorch).
     F32,
     /// bfloat16 operands with f32 sums where a bf16 route exists (PyTorch's CPU autocast):
-    /// so far the fused BN-ReLU → 1×1 convolutions of evaluation
+    /// so far evaluation's fused BN-ReLU → 1×1 convolutions and pooled-first transitions
     /// ([`Route::PointwiseBf16`]); everything else stays f32.
     Bf16,
 }
@@ -455,6 +456,10 @@ pub fn transition(
         ..*s
     };
     let mut r = choose_in(&ps, Reads::Stored, false, Precision::F32);
+    if !training && precision() == Precision::Bf16 {
+        // the pooled BN-ReLU, stored, in bf16 pairs: densenet121's three transitions
+        r.forward = Route::PointwiseBf16;
+    }
     if training {
         r.forward = Route::Pointwise;
         r.input_grad = Some(Route::Pointwise);
