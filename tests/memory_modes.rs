@@ -2,9 +2,11 @@
 //! keeps every intermediate: identical results, and activation memory linear in depth
 //! (quadratic for naive), computed from the memory plan.
 
-use densenet::model::Model;
+mod common;
+
+use common::train_step;
+use densenet::densenet::Architecture;
 use densenet::util::rng::Rng;
-use densenet::{densenet::Architecture, nn::TrainOptions};
 use densenet::{densenet::DenseNetPlan, MemoryMode};
 use densenet::{DenseNet, DenseNetConfig};
 
@@ -29,15 +31,7 @@ fn step(
         .map(|_| rng.normal() as f32)
         .collect();
     let y: Vec<u32> = (0..n).map(|i| (i % cfg.num_classes) as u32).collect();
-    let mut ws = net.workspace(n, mode, true);
-    let opts = TrainOptions {
-        dropout_seed: 42,
-        input_grad: true,
-        ..Default::default()
-    };
-    let loss = net.forward_train(&mut ws, &x, &y, &opts);
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
+    let (ws, loss) = train_step(&mut net, &x, &y, mode, 42, 1.0);
     let logits = ws.logits()[..n * cfg.num_classes].to_vec();
     let ig = ws.input_grad()[..x.len()].to_vec();
     (loss, logits, net.grads.clone(), net.stats.clone(), ig)

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use densenet::nn::TrainOptions;
 use densenet::weights::TensorFile;
 use densenet::{DenseNet, DenseNetConfig};
 use densenet::{MemoryMode, Model};
@@ -98,17 +97,7 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
         .map(|&v| v as u32)
         .collect();
     let n = labels.len();
-    let mut ws = net.workspace(n, mode, true);
-    let opts = TrainOptions {
-        dropout_seed: 0,
-        input_grad: true,
-        ..Default::default()
-    };
-    let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
-    ws.head_mut()
-        .dlogits
-        .iter_mut()
-        .for_each(|d| *d *= scale_dlogits);
+    let (ws, loss) = train_step(net, &input.data, &labels, mode, 0, scale_dlogits);
     check_close(
         "train logits",
         &ws.logits()[..n * 10],
@@ -120,8 +109,6 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
     if (loss - want).abs() > 1e-5 {
         return Err(format!("loss {loss} vs {want}"));
     }
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
     let (mut all_ours, mut all_ref) = (vec![], vec![]);
     let mut count = 0;
     for e in net.arch.params.entries() {

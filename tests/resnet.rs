@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use densenet::model::{Model, ModelConfig};
-use densenet::nn::TrainOptions;
 use densenet::optim::SgdConfig;
 use densenet::resnet::{Architecture, ResNetPlan};
 use densenet::train::{self, Quiet, RunOptions, Schedule, TrainConfig};
@@ -81,17 +80,7 @@ fn check_train(
     let labels: Vec<u32> = data(&r, "labels").iter().map(|&v| v as u32).collect();
     let n = labels.len();
     let classes = net.config().num_classes;
-    let mut ws = net.workspace(n, mode, true);
-    let opts = TrainOptions {
-        dropout_seed: 0,
-        input_grad: true,
-        ..Default::default()
-    };
-    let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
-    ws.head_mut()
-        .dlogits
-        .iter_mut()
-        .for_each(|d| *d *= scale_dlogits);
+    let (ws, loss) = train_step(net, &input.data, &labels, mode, 0, scale_dlogits);
     check_close(
         "train logits",
         &ws.logits()[..n * classes],
@@ -103,8 +92,6 @@ fn check_train(
     if (loss - want).abs() > 1e-5 * want.abs().max(1.0) {
         return Err(format!("loss {loss} vs {want}"));
     }
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
     let (mut all_ours, mut all_ref, mut worst) = (vec![], vec![], 0f64);
     for e in net.arch.params.entries() {
         let want = data(&r, &format!("grad.{}", e.name));
@@ -271,15 +258,7 @@ fn memory_modes_agree() {
         let cfg = small(name, 8);
         let run = |mode| {
             let (mut net, x, y) = setup(&cfg, 3);
-            let mut ws = net.workspace(3, mode, true);
-            let opts = TrainOptions {
-                dropout_seed: 0,
-                input_grad: true,
-                ..Default::default()
-            };
-            let loss = net.forward_train(&mut ws, &x, &y, &opts);
-            net.zero_grad();
-            net.backward(&mut ws, &opts);
+            let (ws, loss) = train_step(&mut net, &x, &y, mode, 0, 1.0);
             (
                 loss,
                 net.grads.clone(),

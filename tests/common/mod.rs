@@ -5,7 +5,7 @@
 
 pub mod files;
 
-use densenet::model::Model;
+use densenet::model::{Model, Workspace};
 use densenet::nn::TrainOptions;
 use densenet::weights::{read_safetensors, TensorFile};
 use densenet::MemoryMode;
@@ -148,6 +148,41 @@ pub fn check_rel_l2(name: &str, a: &[f32], b: &[f32], tol: f64) -> Result<f64, S
     }
 }
 
+/// A training step's options with the input gradient asked for, the dropout masks drawn
+/// from `dropout_seed`.
+pub fn with_input_grad(dropout_seed: u64) -> TrainOptions<'static> {
+    TrainOptions {
+        dropout_seed,
+        input_grad: true,
+        ..Default::default()
+    }
+}
+
+/// One training step's passes of `net` on the batch `x`, `y`, over a fresh workspace of
+/// `mode`: a train-mode forward ([`with_input_grad`]`(dropout_seed)`), the logits'
+/// gradients multiplied by `scale_dlogits` (1: as the loss left them; else a simulated
+/// wrongly reduced loss), and a backward into zeroed gradients. Returns the workspace
+/// (logits, input gradient) and the loss; the gradients are `net`'s.
+pub fn train_step(
+    net: &mut dyn Model,
+    x: &[f32],
+    y: &[u32],
+    mode: MemoryMode,
+    dropout_seed: u64,
+    scale_dlogits: f32,
+) -> (Workspace, f32) {
+    let mut ws = net.workspace(y.len(), mode, true);
+    let opts = with_input_grad(dropout_seed);
+    let loss = net.forward_train(&mut ws, x, y, &opts);
+    ws.head_mut()
+        .dlogits
+        .iter_mut()
+        .for_each(|d| *d *= scale_dlogits);
+    net.zero_grad();
+    net.backward(&mut ws, &opts);
+    (ws, loss)
+}
+
 /// Checks every parameter tensor's largest gradient entry, and the input gradient's,
 /// against central finite differences of the training loss of `net` on the batch `x`, `y`
 /// (efficient memory, no dropout); panics naming the first that differs, else returns the
@@ -157,15 +192,8 @@ pub fn check_rel_l2(name: &str, a: &[f32], b: &[f32], tol: f64) -> Result<f64, S
 /// time, the largest (where rounding matters least), at three step sizes of which one must
 /// agree within a tolerance that still catches any missing or doubled term.
 pub fn check_finite_differences(name: &str, net: &mut dyn Model, x: &[f32], y: &[u32]) -> f64 {
-    let mut ws = net.workspace(y.len(), MemoryMode::Efficient, true);
-    let opts = TrainOptions {
-        dropout_seed: 0,
-        input_grad: true,
-        ..Default::default()
-    };
-    net.forward_train(&mut ws, x, y, &opts);
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
+    let (mut ws, _) = train_step(net, x, y, MemoryMode::Efficient, 0, 1.0);
+    let opts = with_input_grad(0);
     let (grads, dx) = (net.grads().to_vec(), ws.input_grad()[..x.len()].to_vec());
     let largest = |g: &[f32]| {
         (0..g.len())
