@@ -25,12 +25,7 @@ fn eval(
     input: &densenet::util::tensor::Tensor,
 ) -> (Vec<f32>, Vec<f32>, HashMap<String, Vec<f32>>) {
     let n = input.shape[0];
-    let mut ws = net.workspace(n, MemoryMode::Efficient, false);
-    let mut acts = HashMap::new();
-    let mut probe = |name: &str, t: densenet::util::tensor::Tensor| {
-        acts.insert(format!("act.{name}"), t.data);
-    };
-    let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));
+    let (logits, ws, acts) = eval_probed(net, input);
     let c = ws.pooled().len() / ws.batch();
     let mut pooled = vec![0.0; n * c];
     for ci in 0..c {
@@ -132,23 +127,7 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
         &r.get("input_grad").unwrap().tensor.data,
         5e-2,
     )?;
-    let mut posts = 0;
-    for e in net.arch.stats.entries() {
-        let want = &r
-            .get(&format!("post.{}", e.name))
-            .ok_or(format!("no post.{}", e.name))?
-            .tensor
-            .data;
-        check_close(
-            &format!("post.{}", e.name),
-            &net.stats[e.range()],
-            want,
-            1e-5,
-            1e-5,
-        )?;
-        posts += 1;
-    }
-    assert_eq!(posts, 78);
+    assert_eq!(check_running_stats(net, &r)?, 78);
     Ok(())
 }
 

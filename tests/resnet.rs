@@ -16,7 +16,6 @@ use densenet::util::rng::Rng;
 use densenet::weights::{read_safetensors, TensorFile};
 use densenet::MemoryMode;
 use densenet::{PreActResNet, PreActResNetConfig};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 const CASES: [&str; 2] = ["preresnet_basic_w8", "preresnet_bottleneck_w8"];
@@ -49,13 +48,7 @@ fn network(case: &str) -> PreActResNet {
 fn check_eval(net: &mut PreActResNet, case: &str) -> Result<(), String> {
     let r = fixture(case, "eval");
     let input = &r.get("input").unwrap().tensor;
-    let n = input.shape[0];
-    let mut ws = net.workspace(n, MemoryMode::Efficient, false);
-    let mut acts = HashMap::new();
-    let mut probe = |name: &str, t: densenet::util::tensor::Tensor| {
-        acts.insert(format!("act.{name}"), t.data);
-    };
-    let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));
+    let (logits, _, acts) = eval_probed(net, input);
     let worst = check_close("logits", &logits, data(&r, "logits"), 1e-4, 1e-4)?;
     println!("{case}: eval logits max |diff| {worst:.2e}");
     for name in ["act.conv1", "act.layer1", "act.layer2", "act.layer3"] {
@@ -111,16 +104,7 @@ fn check_train(
         data(&r, "input_grad"),
         1e-3,
     )?;
-    for e in net.arch.stats.entries() {
-        let want = data(&r, &format!("post.{}", e.name));
-        check_close(
-            &format!("post.{}", e.name),
-            &net.stats[e.range()],
-            want,
-            1e-5,
-            1e-5,
-        )?;
-    }
+    check_running_stats(net, &r)?;
     let grads = r
         .tensors
         .iter()

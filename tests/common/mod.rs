@@ -7,8 +7,10 @@ pub mod files;
 
 use densenet::model::{Model, Workspace};
 use densenet::nn::TrainOptions;
+use densenet::util::tensor::Tensor;
 use densenet::weights::{read_safetensors, TensorFile};
 use densenet::MemoryMode;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -146,6 +148,44 @@ pub fn check_rel_l2(name: &str, a: &[f32], b: &[f32], tol: f64) -> Result<f64, S
     } else {
         Err(format!("{name}: relative L2 error {r:.3e} > {tol:.0e}"))
     }
+}
+
+/// An evaluation-mode forward of `input` (NCHW; the batch is its first dimension) over a
+/// fresh efficient workspace: the logits, the workspace (pooled features) and every
+/// probed activation, named `act.{module}` as the reference files name them.
+pub fn eval_probed(
+    net: &mut dyn Model,
+    input: &Tensor,
+) -> (Vec<f32>, Workspace, HashMap<String, Vec<f32>>) {
+    let n = input.shape[0];
+    let mut ws = net.workspace(n, MemoryMode::Efficient, false);
+    let mut acts = HashMap::new();
+    let mut probe = |name: &str, t: Tensor| {
+        acts.insert(format!("act.{name}"), t.data);
+    };
+    let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));
+    (logits, ws, acts)
+}
+
+/// Checks every running statistic of `net` against `post.{name}` of the reference file
+/// `r` (within 1e-5); returns how many tensors it checked.
+pub fn check_running_stats(net: &dyn Model, r: &TensorFile) -> Result<usize, String> {
+    let entries = net.stats_table().entries();
+    for e in entries {
+        let want = &r
+            .get(&format!("post.{}", e.name))
+            .ok_or(format!("no post.{}", e.name))?
+            .tensor
+            .data;
+        check_close(
+            &format!("post.{}", e.name),
+            &net.stats()[e.range()],
+            want,
+            1e-5,
+            1e-5,
+        )?;
+    }
+    Ok(entries.len())
 }
 
 /// A training step's options with the input gradient asked for, the dropout masks drawn
