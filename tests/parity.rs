@@ -19,11 +19,10 @@ fn network(weights: &TensorFile) -> DenseNet {
     net
 }
 
-/// Eval forward with probes; returns logits, pooled features `[N][C]` and activations.
-fn eval(
-    net: &mut DenseNet,
-    input: &densenet::util::tensor::Tensor,
-) -> (Vec<f32>, Vec<f32>, HashMap<String, Vec<f32>>) {
+/// Eval forward with probes of the reference file `r`'s input; returns logits, pooled
+/// features `[N][C]` and activations.
+fn eval(net: &mut DenseNet, r: &TensorFile) -> (Vec<f32>, Vec<f32>, HashMap<String, Vec<f32>>) {
+    let input = &r.get("input").unwrap().tensor;
     let n = input.shape[0];
     let (logits, ws, acts) = eval_probed(net, input);
     let c = ws.pooled().len() / ws.batch();
@@ -36,26 +35,20 @@ fn eval(
     (logits, pooled, acts)
 }
 
+/// `ours` against the tensor `name` of the reference file `r`, within the README's 1e-4
+/// (absolute and relative).
+fn check_reference(ours: &[f32], r: &TensorFile, name: &str) -> Result<f32, String> {
+    check_close(name, ours, &r.get(name).unwrap().tensor.data, 1e-4, 1e-4)
+}
+
 fn check_eval_case(case: &str) -> Result<(), String> {
     let w = reference(case, "weights");
     let r = reference(case, "eval");
     let mut net = network(&w);
-    let (logits, pooled, acts) = eval(&mut net, &r.get("input").unwrap().tensor);
-    let worst = check_close(
-        "logits",
-        &logits,
-        &r.get("logits").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    )?;
+    let (logits, pooled, acts) = eval(&mut net, &r);
+    let worst = check_reference(&logits, &r, "logits")?;
     println!("{case}: eval logits max |diff| {worst:.2e}");
-    check_close(
-        "pooled_features",
-        &pooled,
-        &r.get("pooled_features").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    )?;
+    check_reference(&pooled, &r, "pooled_features")?;
     let mut checked = 0;
     for t in r.tensors.iter().filter(|t| t.name.starts_with("act.")) {
         let ours = acts
@@ -159,24 +152,10 @@ fn eval_torchvision_densenet121() {
             .unwrap();
     let mut net = DenseNet::new(&DenseNetConfig::from_name("densenet121").unwrap(), 0);
     net.load_tensors(&w.tensors, "densenet121 weights").unwrap();
-    let (logits, pooled, acts) = eval(&mut net, &r.get("input").unwrap().tensor);
-    let worst = check_close(
-        "logits",
-        &logits,
-        &r.get("logits").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    )
-    .unwrap();
+    let (logits, pooled, acts) = eval(&mut net, &r);
+    let worst = check_reference(&logits, &r, "logits").unwrap();
     println!("densenet121 logits max |diff| {worst:.2e}");
-    check_close(
-        "pooled",
-        &pooled,
-        &r.get("pooled_features").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    )
-    .unwrap();
+    check_reference(&pooled, &r, "pooled_features").unwrap();
     for t in r.tensors.iter().filter(|t| t.name.starts_with("act.")) {
         check_act(&t.name, &acts[&t.name], &t.tensor.data, 1e-4).unwrap();
     }
@@ -199,14 +178,8 @@ fn control_wrong_bn_epsilon_is_caught() {
                 .for_each(|v| *v += 1e-3 - 1e-5);
         }
     }
-    let (logits, _, _) = eval(&mut net, &r.get("input").unwrap().tensor);
-    let res = check_close(
-        "logits",
-        &logits,
-        &r.get("logits").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    );
+    let (logits, _, _) = eval(&mut net, &r);
+    let res = check_reference(&logits, &r, "logits");
     assert!(res.is_err(), "a wrong BN epsilon must be detected");
 }
 
@@ -258,14 +231,8 @@ fn control_newest_first_concatenation_is_caught() {
             );
         }
     }
-    let (logits, _, _) = eval(&mut net, &r.get("input").unwrap().tensor);
-    let res = check_close(
-        "logits",
-        &logits,
-        &r.get("logits").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    );
+    let (logits, _, _) = eval(&mut net, &r);
+    let res = check_reference(&logits, &r, "logits");
     assert!(res.is_err(), "newest-first concatenation must be detected");
 }
 
