@@ -263,19 +263,11 @@ fn bytes(depth: usize, mode: MemoryMode) -> f64 {
     ResNetPlan::new(&Architecture::new(&cfg), 64, mode, true).activation_bytes() as f64
 }
 
-/// Fits `f(L) = a·L² + b·L + c` through L = 164, 443, 1001 (9n+2 with n = 18, 49, 111)
-/// and returns the share of the quadratic term in f(1001): 0 for memory linear in depth.
-fn quadratic_share(mode: MemoryMode) -> f64 {
-    let (x1, x2, x3) = (164.0, 443.0, 1001.0);
-    let (f1, f2, f3) = (bytes(164, mode), bytes(443, mode), bytes(1001, mode));
-    let a = ((f3 - f2) / (x3 - x2) - (f2 - f1) / (x2 - x1)) / (x3 - x1);
-    a * x3 * x3 / f3
-}
-
 #[test]
 fn training_memory_is_linear_in_depth() {
     for mode in [MemoryMode::Efficient, MemoryMode::Naive] {
-        let q = quadratic_share(mode);
+        // 9n+2 with n = 18, 49, 111
+        let q = quadratic_share([164, 443, 1001], |l| bytes(l, mode));
         assert!(q.abs() < 1e-3, "{mode:?}: quadratic share {q}");
     }
     for depth in [164, 1001] {

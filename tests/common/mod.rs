@@ -150,6 +150,15 @@ pub fn check_rel_l2(name: &str, a: &[f32], b: &[f32], tol: f64) -> Result<f64, S
     }
 }
 
+/// Fits `f(L) = a·L² + b·L + c` through the three depths `ls` and returns the share of the
+/// quadratic term in f at the last of them: 0 for memory linear in depth.
+pub fn quadratic_share(ls: [usize; 3], f: impl Fn(usize) -> f64) -> f64 {
+    let [x1, x2, x3] = ls.map(|l| l as f64);
+    let [f1, f2, f3] = ls.map(f);
+    let a = ((f3 - f2) / (x3 - x2) - (f2 - f1) / (x2 - x1)) / (x3 - x1);
+    a * x3 * x3 / f3
+}
+
 /// An evaluation-mode forward of `input` (NCHW; the batch is its first dimension) over a
 /// fresh efficient workspace: the logits, the workspace (pooled features) and every
 /// probed activation, named `act.{module}` as the reference files name them.
