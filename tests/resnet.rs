@@ -9,9 +9,8 @@ mod common;
 
 use common::*;
 use densenet::model::{Model, ModelConfig};
-use densenet::optim::SgdConfig;
 use densenet::resnet::{Architecture, ResNetPlan};
-use densenet::train::{self, Quiet, RunOptions, Schedule, TrainConfig};
+use densenet::train::{self, Quiet, RunOptions, TrainConfig};
 use densenet::util::rng::Rng;
 use densenet::weights::{read_safetensors, TensorFile};
 use densenet::MemoryMode;
@@ -302,22 +301,9 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn preresnet_trains_on_digits() {
     let cfg = TrainConfig {
-        model: ModelConfig::from_name("preresnet-8").unwrap(),
-        dataset: "digits".into(),
-        data_dir: None,
-        epochs: 3,
         batch_size: 64,
-        optimizer: SgdConfig::default(),
-        schedule: Schedule::Cosine,
-        augment: false,
-        upscale: 1,
-        val_split: 0.0,
         seed: 1,
-        memory: MemoryMode::Efficient,
-        svhn_extra: false,
-        sync_bn: false,
-        finetune: Default::default(),
-        large_batch: Default::default(),
+        ..digits_run(ModelConfig::from_name("preresnet-8").unwrap(), 3)
     };
     let dir = tmp("digits");
     let opts = RunOptions::new(&dir);

@@ -3,7 +3,7 @@
 //! stops with the last good checkpoint intact, and the run directory has what it promises.
 
 mod common;
-use common::rel_l2;
+use common::{digits_run, rel_l2};
 use densenet::nn::TrainOptions;
 use densenet::optim::{param_groups, ParamGroup, Sgd, SgdConfig};
 use densenet::train::finetune::{FinetuneConfig, Freeze};
@@ -22,24 +22,10 @@ fn tmp(name: &str) -> PathBuf {
 
 /// DenseNet-BC L=16 k=4 (2 layers per block) on 8×8 digits: a few seconds an epoch… less.
 fn tiny(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        model: DenseNetConfig::cifar(16, 4, true, 0.5).unwrap().into(),
-        dataset: "digits".into(),
-        data_dir: None,
+    digits_run(
+        DenseNetConfig::cifar(16, 4, true, 0.5).unwrap().into(),
         epochs,
-        batch_size: 100,
-        optimizer: SgdConfig::default(),
-        schedule: Schedule::Cosine,
-        augment: false,
-        upscale: 1,
-        val_split: 0.0,
-        seed: 7,
-        memory: MemoryMode::Efficient,
-        svhn_extra: false,
-        sync_bn: false,
-        finetune: Default::default(),
-        large_batch: Default::default(),
-    }
+    )
 }
 
 fn weights(dir: &std::path::Path) -> Vec<f32> {

@@ -5,8 +5,10 @@
 
 pub mod files;
 
-use densenet::model::{Model, Workspace};
+use densenet::model::{Model, ModelConfig, Workspace};
 use densenet::nn::TrainOptions;
+use densenet::optim::SgdConfig;
+use densenet::train::{Schedule, TrainConfig};
 use densenet::util::tensor::Tensor;
 use densenet::weights::{read_safetensors, TensorFile};
 use densenet::MemoryMode;
@@ -40,6 +42,30 @@ pub fn small_weights(path: &Path, size: usize) {
         serde_json::to_string(&cfg).unwrap(),
     )]);
     densenet::weights::write_safetensors(path, &net.state_dict(), &[], meta).unwrap();
+}
+
+/// A training run of `model` on the built-in digits: `epochs` epochs at batch 100, SGD
+/// with its defaults on the cosine schedule, no augmentation and no validation split,
+/// seed 7, efficient memory, neither fine-tuning nor the large-batch recipe.
+pub fn digits_run(model: ModelConfig, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        model,
+        dataset: "digits".into(),
+        data_dir: None,
+        epochs,
+        batch_size: 100,
+        optimizer: SgdConfig::default(),
+        schedule: Schedule::Cosine,
+        augment: false,
+        upscale: 1,
+        val_split: 0.0,
+        seed: 7,
+        memory: MemoryMode::Efficient,
+        svhn_extra: false,
+        sync_bn: false,
+        finetune: Default::default(),
+        large_batch: Default::default(),
+    }
 }
 
 /// Writes a fake finished run (only what `compare` reads).
