@@ -10,6 +10,7 @@ use crate::model::memory::{self, Use};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
 use crate::util::atomic::{check_output, write_output};
+use crate::util::paths::extension_lowercase;
 use crate::util::tensor::Tensor;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -65,10 +66,7 @@ enum Format {
 
 impl Format {
     fn of(path: &Path) -> anyhow::Result<Self> {
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        match ext.as_deref() {
+        match extension_lowercase(path).as_deref() {
             Some("safetensors") => Ok(Format::Safetensors),
             Some("npy") => Ok(Format::Npy),
             Some("csv") => Ok(Format::Csv),

@@ -13,6 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::util::paths::extension_lowercase;
+
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -235,10 +237,7 @@ impl Format {
     /// The format named by `path`'s extension (`.png` or `.svg`, any case); anything else
     /// is an error rather than, say, PNG bytes in a file called `.svg`.
     pub fn of(path: &Path) -> Result<Format, PlotError> {
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        match ext.as_deref() {
+        match extension_lowercase(path).as_deref() {
             Some("png") => Ok(Format::Png),
             Some("svg") => Ok(Format::Svg),
             _ => Err(invalid(
