@@ -892,8 +892,6 @@ fn fresh_dir(name: &str) -> PathBuf {
     fresh(tmp(name))
 }
 
-const TINY_RUN: [&str; 5] = ["train", "--model", "densenet-bc-16-4", "--epochs", "1"];
-
 /// Issue 12, item 1: `train --out` on an existing run is refused (pointing to --resume
 /// and --force) and leaves it as it was; --force replaces it.
 #[test]

@@ -106,20 +106,11 @@ fn eval_of_a_two_class_run_from_another_directory() {
     let o = densenet_in(
         &root,
         &[
-            "--threads",
-            "1",
-            "train",
-            "--dataset",
-            "folder",
-            "--data",
-            ".",
-            "--model",
-            "densenet-bc-16-4",
-            "--epochs",
-            "1",
-            "--out",
-            "run",
-        ],
+            &["--threads", "1"][..],
+            &TINY_RUN,
+            &["--dataset", "folder", "--data", ".", "--out", "run"],
+        ]
+        .concat(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let elsewhere = root.join("train");

@@ -100,6 +100,10 @@ pub fn densenet_in(cwd: &Path, args: &[&str]) -> Output {
         .expect("run densenet")
 }
 
+/// `densenet train` of one epoch of the smallest DenseNet-BC (L = 16, k = 4), on the
+/// built-in digits unless more arguments say otherwise.
+pub const TINY_RUN: [&str; 5] = ["train", "--model", "densenet-bc-16-4", "--epochs", "1"];
+
 /// A command's standard error, as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
