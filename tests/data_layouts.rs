@@ -82,8 +82,7 @@ fn eval_on_cifar_reads_only_the_test_batch() {
         dir.to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json(&o);
     assert_eq!(v["images"], 4);
     let _ = std::fs::remove_dir_all(&dir);
 }

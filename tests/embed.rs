@@ -341,8 +341,7 @@ fn stored_preprocessing_is_shown_and_applied() {
     let c = ckpt.to_str().unwrap();
 
     let o = densenet(&["summary", "--weights", c, "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = json(&o);
     assert_eq!(s["preprocess"]["center_crop"]["resize"], 16);
     assert_eq!(s["preprocess"]["mean"], serde_json::json!([0.5]));
     assert_eq!(s["preprocess"]["source"], "checkpoint");

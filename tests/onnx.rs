@@ -213,8 +213,7 @@ fn cli_writes_the_file_its_json_describes() {
         "13",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report = json(&o);
     assert_eq!(report["bytes"], std::fs::metadata(&out).unwrap().len());
     assert_eq!(report["opset"], 13);
     assert_eq!(report["ir_version"], 7);
