@@ -1,9 +1,12 @@
 //! `--model` and the options that adjust a preset (classes, input channels, dropout, the
-//! B and C choices), shared by every subcommand that builds a network.
+//! B and C choices), shared by every subcommand that builds a network, and `--weights`
+//! with its optional `--model`, shared by those that load one.
 
+use crate::checkpoint::{read_model_config, LoadedModel};
 use crate::densenet::config::{DenseNetConfig, Stem};
 use crate::model::ModelConfig;
 use anyhow::Context;
+use std::path::PathBuf;
 
 /// Which model to build.
 #[derive(clap::Args, Debug, Clone)]
@@ -137,6 +140,24 @@ impl OptModelArgs {
                 Ok(None)
             }
         }
+    }
+}
+
+/// `--weights` with `--model` for a state dict: the network `predict`, `embed` and
+/// `heatmap` run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WeightsArgs {
+    /// Weights: a training checkpoint, or a state dict with --model.
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    #[command(flatten)]
+    pub model: OptModelArgs,
+}
+
+impl WeightsArgs {
+    /// The network these weights hold, with its model and preprocessing.
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        Ok(read_model_config(&self.weights, self.model.resolve()?)?)
     }
 }
 
