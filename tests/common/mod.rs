@@ -1,6 +1,8 @@
-//! Helpers shared by the integration tests: where the reference files are, and
-//! `check_*` functions with the tolerances of `reference/README.md` that return an error
-//! (so negative controls can assert that a wrong result is caught).
+//! Helpers shared by the integration tests: temporary folders, the runs and the command
+//! lines they train with (`digits_run`, `TINY_RUN`), running the binary and reading its
+//! JSON, where the reference files are, `check_*` functions with the tolerances of
+//! `reference/README.md` that return an error (so negative controls can assert that a
+//! wrong result is caught), and the passes those checks run (`eval_probed`, `train_step`).
 #![allow(dead_code)]
 
 pub mod files;
