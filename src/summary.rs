@@ -55,3 +55,62 @@ pub struct Summary {
     /// Multiply-accumulates per image in all.
     pub macs: usize,
 }
+
+impl Stage {
+    /// A stage with its output shape, parameters and multiply-accumulates; the layers and
+    /// connections of a block are left for a block to set.
+    pub fn new(
+        name: impl Into<String>,
+        output: [usize; 3],
+        parameters: usize,
+        macs: usize,
+    ) -> Self {
+        Stage {
+            name: name.into(),
+            output,
+            parameters,
+            macs,
+            layers: None,
+            connections: None,
+        }
+    }
+
+    /// The classifier: the final BN-ReLU, the global average pool and the linear layer
+    /// from `features` channels to `classes` outputs, with `parameters` in all.
+    pub fn classifier(classes: usize, features: usize, parameters: usize) -> Self {
+        Stage::new(
+            "classifier",
+            [classes, 1, 1],
+            parameters,
+            features * classes,
+        )
+    }
+}
+
+impl Summary {
+    /// The summary of a network of `depth` made of `stages`, which its totals add up:
+    /// without bottlenecks, growth rate or compression (a DenseNet sets them after).
+    pub fn new(
+        model: &str,
+        family: &str,
+        input: [usize; 3],
+        classes: usize,
+        depth: usize,
+        stages: Vec<Stage>,
+    ) -> Self {
+        Summary {
+            version: 1,
+            model: model.into(),
+            family: family.into(),
+            input,
+            classes,
+            growth_rate: None,
+            bottleneck: false,
+            compression: None,
+            depth,
+            parameters: stages.iter().map(|s| s.parameters).sum(),
+            macs: stages.iter().map(|s| s.macs).sum(),
+            stages,
+        }
+    }
+}

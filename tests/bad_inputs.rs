@@ -144,20 +144,11 @@ fn palette_png_fails_predict_embed_and_training_in_one_line() {
     let _ = std::fs::remove_dir_all(&out);
     let (ok, _, e) = densenet_within(
         &[
-            "train",
-            "--dataset",
-            "folder",
-            "--data",
-            root.to_str().unwrap(),
-            "--model",
-            "densenet-bc-16-4",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--out",
-            out.to_str().unwrap(),
-        ],
+            &TINY_RUN[..],
+            &["--dataset", "folder", "--data", root.to_str().unwrap()],
+            &["--batch-size", "4", "--out", out.to_str().unwrap()],
+        ]
+        .concat(),
         Duration::from_secs(120),
     )
     .expect("train ended");
@@ -357,20 +348,11 @@ fn symlink_loops_do_not_hang_train_or_embed() {
     let _ = std::fs::remove_dir_all(&run);
     let (ok, _, e) = densenet_within(
         &[
-            "train",
-            "--dataset",
-            "folder",
-            "--data",
-            r,
-            "--model",
-            "densenet-bc-16-4",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--out",
-            run.to_str().unwrap(),
-        ],
+            &TINY_RUN[..],
+            &["--dataset", "folder", "--data", r],
+            &["--batch-size", "2", "--out", run.to_str().unwrap()],
+        ]
+        .concat(),
         limit,
     )
     .expect("train on a folder with symlink loops did not end within 60 s");

@@ -26,8 +26,7 @@ fn summary_json_gives_the_paper_counts() {
         ("densenet264", "1000", 33_337_704),
     ] {
         let o = densenet(&["summary", model, "--classes", classes, "--json"]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = json(&o);
         assert_eq!(v["parameters"].as_u64(), Some(params), "{model}");
         assert!(v["macs"].as_u64().unwrap() > 0);
     }
@@ -339,8 +338,7 @@ fn train_eval_predict_plot_pipeline() {
         d,
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = json(&o);
     assert_eq!(s["epochs"].as_u64(), Some(2));
     assert!(
         dir.join("curves.png").exists(),
@@ -348,8 +346,7 @@ fn train_eval_predict_plot_pipeline() {
     );
     let best = dir.join("best.safetensors");
     let o = densenet(&["eval", "--weights", best.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = json(&o);
     assert_eq!(e["images"].as_u64(), Some(297));
     let confusion: u64 = e["confusion"]
         .as_array()
@@ -377,8 +374,7 @@ fn train_eval_predict_plot_pipeline() {
         "--json",
         png.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = json(&o);
     let top = p[0]["top"].as_array().unwrap();
     assert_eq!(top.len(), 5);
     let total: f64 = top.iter().map(|t| t[1].as_f64().unwrap()).sum();
@@ -445,8 +441,7 @@ fn preresnet_summary_forward_train_eval_compare() {
         ("preresnet-1001", 10_327_706),
     ] {
         let o = densenet(&["summary", model, "--json"]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = json(&o);
         assert_eq!(v["parameters"].as_u64(), Some(params), "{model}");
         assert_eq!(v["family"], "preact_resnet");
     }
@@ -515,8 +510,7 @@ fn preresnet_summary_forward_train_eval_compare() {
     }
     let best = runs.join("preresnet-8/best.safetensors");
     let o = densenet(&["eval", "--weights", best.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = json(&o);
     assert_eq!(
         (e["images"].as_u64(), e["model"].as_str()),
         (Some(297), Some("preresnet-8"))
@@ -545,8 +539,7 @@ fn preresnet_summary_forward_train_eval_compare() {
         plot.to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = json(&o);
     let families: Vec<&str> = rows
         .as_array()
         .unwrap()
@@ -597,11 +590,6 @@ fn closed_stdout_is_not_an_error() {
         stderr(&out)
     );
     assert!(stderr(&out).is_empty(), "stderr: {}", stderr(&out));
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_slice(&o.stdout).expect("one JSON object")
 }
 
 /// `summary --plan` lists every region of the workspace's one allocation: disjoint, in
@@ -892,8 +880,6 @@ fn fresh_dir(name: &str) -> PathBuf {
     fresh(tmp(name))
 }
 
-const TINY_RUN: [&str; 5] = ["train", "--model", "densenet-bc-16-4", "--epochs", "1"];
-
 /// Issue 12, item 1: `train --out` on an existing run is refused (pointing to --resume
 /// and --force) and leaves it as it was; --force replaces it.
 #[test]
@@ -948,8 +934,7 @@ fn default_run_names_are_unique() {
         taken.push(dir);
     }
     let o = densenet_in(&cwd, &[&TINY_RUN[..], &["--json"]].concat());
-    assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = json(&o);
     let run_dir = s["run_dir"].as_str().unwrap().to_string();
     assert!(run_dir.ends_with("-digits-densenet-bc-16-4-2"), "{run_dir}");
     assert!(cwd.join(&run_dir).join("summary.json").exists());
@@ -1798,8 +1783,7 @@ fn one_command_line() {
         ]
         .concat(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let h = json(&o);
     assert_eq!(h["blocks"].as_array().unwrap().len(), 3);
     assert_eq!(h["blocks"][0]["layers"], 12);
     assert!(dir.join("heatmap.png").exists() && stderr(&o).contains("wrote"));
@@ -1933,8 +1917,7 @@ fn bench_scaling_reports_every_thread_count_against_the_first() {
         "1",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json(&o);
     assert_eq!(
         (v["work"].as_str(), v["rounds"].as_u64()),
         (Some("train"), Some(2))

@@ -82,8 +82,7 @@ fn eval_on_cifar_reads_only_the_test_batch() {
         dir.to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json(&o);
     assert_eq!(v["images"], 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -106,20 +105,11 @@ fn eval_of_a_two_class_run_from_another_directory() {
     let o = densenet_in(
         &root,
         &[
-            "--threads",
-            "1",
-            "train",
-            "--dataset",
-            "folder",
-            "--data",
-            ".",
-            "--model",
-            "densenet-bc-16-4",
-            "--epochs",
-            "1",
-            "--out",
-            "run",
-        ],
+            &["--threads", "1"][..],
+            &TINY_RUN,
+            &["--dataset", "folder", "--data", ".", "--out", "run"],
+        ]
+        .concat(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let elsewhere = root.join("train");

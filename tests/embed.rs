@@ -216,24 +216,20 @@ fn embed_writes_three_formats_that_match_the_library() {
     png(&images[2], 9, 30, |x, y| [(x * y) as u8, 90, 30]);
     let (wp, d) = (wpath.to_str().unwrap(), dir.to_str().unwrap());
     let img2 = images[2].to_str().unwrap();
+    // the weights and model of every call below
+    let embed = ["embed", "--weights", wp, "--model", &model];
     let run = |out: &Path, layer: &str| {
-        let args = [
-            "embed",
-            "--weights",
-            wp,
-            "--model",
-            &model,
-            d,
-            img2,
+        let out = out.to_str().unwrap();
+        let options = [
             "--batch-size",
             "2",
             "--layer",
             layer,
             "--out",
-            out.to_str().unwrap(),
+            out,
             "--json",
         ];
-        let o = densenet(&args);
+        let o = densenet(&[&embed[..], &[d, img2], &options].concat());
         assert!(o.status.success(), "{}", stderr(&o));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
@@ -297,15 +293,7 @@ fn embed_writes_three_formats_that_match_the_library() {
     std::fs::write(&bad, b"not a png").unwrap();
     let never = tmp("never.npy");
     let never_s = never.to_str().unwrap();
-    let base = [
-        "embed",
-        "--weights",
-        wp,
-        "--model",
-        &model,
-        "--out",
-        never_s,
-    ];
+    let base = [&embed[..], &["--out", never_s]].concat();
     let bad_s = bad.to_str().unwrap();
     let cases: [(Vec<&str>, &[&str]); 4] = [
         (vec![img2, bad_s], &["bad.png", "cannot decode"]),
@@ -323,16 +311,7 @@ fn embed_writes_three_formats_that_match_the_library() {
         assert!(!never.exists(), "{args:?} wrote {never_s}");
     }
     fails_in_one_line(
-        &[
-            "embed",
-            "--weights",
-            wp,
-            "--model",
-            &model,
-            img2,
-            "--out",
-            "f.txt",
-        ],
+        &[&embed[..], &[img2, "--out", "f.txt"]].concat(),
         &["f.txt", ".safetensors, .npy or .csv"],
     );
 }
@@ -362,8 +341,7 @@ fn stored_preprocessing_is_shown_and_applied() {
     let c = ckpt.to_str().unwrap();
 
     let o = densenet(&["summary", "--weights", c, "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = json(&o);
     assert_eq!(s["preprocess"]["center_crop"]["resize"], 16);
     assert_eq!(s["preprocess"]["mean"], serde_json::json!([0.5]));
     assert_eq!(s["preprocess"]["source"], "checkpoint");

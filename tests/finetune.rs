@@ -3,13 +3,15 @@
 //! resumed fine-tuning run continues exactly, and one-line errors for weights that do not
 //! fit.
 
+mod common;
+
+use common::digits_run;
 use densenet::model::{AnyModel, ModelConfig};
-use densenet::optim::SgdConfig;
 use densenet::train::finetune::{init_from, FinetuneConfig, Freeze, InitError};
-use densenet::train::{self, Quiet, RunOptions, Schedule, TrainConfig};
+use densenet::train::{self, Quiet, RunOptions, TrainConfig};
 use densenet::util::tensor::Tensor;
 use densenet::weights::{read_safetensors, write_safetensors, NamedTensor};
-use densenet::{DenseNetConfig, MemoryMode};
+use densenet::DenseNetConfig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -187,22 +189,8 @@ fn weights_that_do_not_fit_are_refused_in_one_line() {
 
 fn finetune_run(model: ModelConfig, epochs: usize, finetune: FinetuneConfig) -> TrainConfig {
     TrainConfig {
-        model,
-        dataset: "digits".into(),
-        data_dir: None,
-        epochs,
-        batch_size: 100,
-        optimizer: SgdConfig::default(),
-        schedule: Schedule::Cosine,
-        augment: false,
-        upscale: 1,
-        val_split: 0.0,
-        seed: 7,
-        memory: MemoryMode::Efficient,
-        svhn_extra: false,
-        sync_bn: false,
         finetune,
-        large_batch: Default::default(),
+        ..digits_run(model, epochs)
     }
 }
 

@@ -10,9 +10,8 @@
 
 mod common;
 
-use common::say;
+use common::{say, train_step};
 use densenet::kernels::{self, BnRelu, ConvShape, Kernels};
-use densenet::nn::TrainOptions;
 use densenet::ops::route::{self, Reads};
 use densenet::ops::{conv, fused};
 use densenet::util::rng::Rng;
@@ -116,15 +115,7 @@ fn step_outputs(k: &'static Kernels, cfg: &ModelConfig, n: usize) -> Vec<(String
     let s = cfg.input_size();
     let x = data(n * cfg.in_channels() * s * s, &mut rng);
     let y: Vec<u32> = (0..n).map(|i| (i % cfg.num_classes()) as u32).collect();
-    let mut ws = net.workspace(n, MemoryMode::Efficient, true);
-    let opts = TrainOptions {
-        dropout_seed: 3,
-        input_grad: true,
-        ..Default::default()
-    };
-    let loss = net.forward_train(&mut ws, &x, &y, &opts);
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
+    let (ws, loss) = train_step(&mut *net, &x, &y, MemoryMode::Efficient, 3, 1.0);
     vec![
         ("loss".into(), vec![loss]),
         (

@@ -2,9 +2,11 @@
 //! keeps every intermediate: identical results, and activation memory linear in depth
 //! (quadratic for naive), computed from the memory plan.
 
-use densenet::model::Model;
+mod common;
+
+use common::{quadratic_share, train_step};
+use densenet::densenet::Architecture;
 use densenet::util::rng::Rng;
-use densenet::{densenet::Architecture, nn::TrainOptions};
 use densenet::{densenet::DenseNetPlan, MemoryMode};
 use densenet::{DenseNet, DenseNetConfig};
 
@@ -29,15 +31,7 @@ fn step(
         .map(|_| rng.normal() as f32)
         .collect();
     let y: Vec<u32> = (0..n).map(|i| (i % cfg.num_classes) as u32).collect();
-    let mut ws = net.workspace(n, mode, true);
-    let opts = TrainOptions {
-        dropout_seed: 42,
-        input_grad: true,
-        ..Default::default()
-    };
-    let loss = net.forward_train(&mut ws, &x, &y, &opts);
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
+    let (ws, loss) = train_step(&mut net, &x, &y, mode, 42, 1.0);
     let logits = ws.logits()[..n * cfg.num_classes].to_vec();
     let ig = ws.input_grad()[..x.len()].to_vec();
     (loss, logits, net.grads.clone(), net.stats.clone(), ig)
@@ -130,18 +124,12 @@ fn modes_agree_on_imagenet_stem() {
     compare(&cfg, 2);
 }
 
+/// The depths through which `common::quadratic_share` fits the activation memory.
+const DEPTHS: [usize; 3] = [100, 190, 250];
+
 fn bytes(depth: usize, mode: MemoryMode) -> f64 {
     let cfg = DenseNetConfig::cifar(depth, 12, true, 0.5).unwrap();
     DenseNetPlan::new(&Architecture::new(&cfg), 64, mode, true).activation_bytes() as f64
-}
-
-/// Fits `f(L) = a·L² + b·L + c` through L = 100, 190, 250 and returns the share of the
-/// quadratic term in f(250): 0 for memory linear in depth.
-fn quadratic_share(mode: MemoryMode) -> f64 {
-    let (x1, x2, x3) = (100.0, 190.0, 250.0);
-    let (f1, f2, f3) = (bytes(100, mode), bytes(190, mode), bytes(250, mode));
-    let a = ((f3 - f2) / (x3 - x2) - (f2 - f1) / (x2 - x1)) / (x3 - x1);
-    a * x3 * x3 / f3
 }
 
 /// Efficient mode keeps B only within its budget, most input channels first.
@@ -172,7 +160,7 @@ fn efficient_mode_keeps_b_within_budget() {
 
 #[test]
 fn efficient_memory_is_linear_in_depth() {
-    let q = quadratic_share(MemoryMode::Efficient);
+    let q = quadratic_share(DEPTHS, |l| bytes(l, MemoryMode::Efficient));
     // ⌊θ·m⌋ in the transitions makes it piecewise, not perfectly, linear
     assert!(q.abs() < 0.01, "quadratic share {q}");
     assert!(bytes(250, MemoryMode::Efficient) * 5.0 < bytes(250, MemoryMode::Naive));
@@ -180,6 +168,6 @@ fn efficient_memory_is_linear_in_depth() {
 
 #[test]
 fn naive_memory_is_quadratic_in_depth() {
-    let q = quadratic_share(MemoryMode::Naive);
+    let q = quadratic_share(DEPTHS, |l| bytes(l, MemoryMode::Naive));
     assert!(q > 0.5, "quadratic share {q}");
 }

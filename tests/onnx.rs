@@ -15,7 +15,7 @@ use densenet::weights::{read_safetensors, write_safetensors, TensorFile};
 use densenet::MemoryMode;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use tract_onnx::prelude::*;
 
 /// The model of a reference or fixture weights file (its `config` metadata), loaded.
@@ -68,37 +68,26 @@ fn export(net: &AnyModel, batch: Batch) -> Vec<u8> {
     onnx::export(&**net, &opts).unwrap().bytes
 }
 
-/// Exports `net`, runs it in tract on the reference input, and checks the logits against
-/// ours and, when given, PyTorch's.
-fn check_case(
-    name: &str,
-    mut net: AnyModel,
-    input: &densenet::util::tensor::Tensor,
-    torch: Option<&[f32]>,
-) {
+/// Exports `net`, runs it in tract on the input of the reference file `r`, and checks
+/// the logits against ours and against PyTorch's in `r`.
+fn check_case(name: &str, mut net: AnyModel, r: &TensorFile) {
+    let input = &r.get("input").unwrap().tensor;
+    let torch = &r.get("logits").unwrap().tensor.data;
     let (n, c, s) = (input.shape[0], input.shape[1], input.shape[2]);
     let bytes = export(&net, Batch::Fixed(n));
     let theirs = run_tract(&tract_model(&bytes), &input.data, n, c, s);
     let mine = ours(&mut net, &input.data, n);
     let d = check_close(name, &theirs, &mine, 1e-4, 1e-4).unwrap();
     println!("{name}: tract against ours, logits max |diff| {d:.2e}");
-    if let Some(t) = torch {
-        let d = check_close(name, &theirs, t, 1e-4, 1e-4).unwrap();
-        println!("{name}: tract against PyTorch, logits max |diff| {d:.2e}");
-    }
+    let d = check_close(name, &theirs, torch, 1e-4, 1e-4).unwrap();
+    println!("{name}: tract against PyTorch, logits max |diff| {d:.2e}");
 }
 
 #[test]
 fn densenet_bc_40_12_runs_in_tract_as_in_pytorch() {
     let w = reference("cifar_bc_L40_k12", "weights");
     let r = reference("cifar_bc_L40_k12", "eval");
-    let torch = &r.get("logits").unwrap().tensor.data;
-    check_case(
-        "densenet-bc-40-12",
-        model(&w),
-        &r.get("input").unwrap().tensor,
-        Some(torch),
-    );
+    check_case("densenet-bc-40-12", model(&w), &r);
 }
 
 #[test]
@@ -106,13 +95,7 @@ fn plain_densenet_40_12_runs_in_tract_as_in_pytorch() {
     // no bottleneck: each layer is BN-ReLU-Conv3×3
     let w = reference("cifar_densenet_L40_k12", "weights");
     let r = reference("cifar_densenet_L40_k12", "eval");
-    let torch = &r.get("logits").unwrap().tensor.data;
-    check_case(
-        "densenet-40-12",
-        model(&w),
-        &r.get("input").unwrap().tensor,
-        Some(torch),
-    );
+    check_case("densenet-40-12", model(&w), &r);
 }
 
 /// torchvision densenet121 at 224×224 (2 images), from `../shared/reference`.
@@ -126,13 +109,7 @@ fn densenet121_runs_in_tract_as_in_pytorch() {
     let r = read_safetensors(&dir.join("torchvision_densenet121.eval.safetensors")).unwrap();
     let mut net = AnyModel::new(&ModelConfig::from_name("densenet121").unwrap(), 0);
     net.load_tensors(&w.tensors, "densenet121").unwrap();
-    let torch = &r.get("logits").unwrap().tensor.data;
-    check_case(
-        "densenet121",
-        net,
-        &r.get("input").unwrap().tensor,
-        Some(torch),
-    );
+    check_case("densenet121", net, &r);
 }
 
 #[test]
@@ -141,13 +118,7 @@ fn preact_resnets_run_in_tract_as_in_pytorch() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let w = read_safetensors(&dir.join(format!("{case}.weights.safetensors"))).unwrap();
         let r = read_safetensors(&dir.join(format!("{case}.eval.safetensors"))).unwrap();
-        let torch = &r.get("logits").unwrap().tensor.data;
-        check_case(
-            case,
-            model(&w),
-            &r.get("input").unwrap().tensor,
-            Some(torch),
-        );
+        check_case(case, model(&w), &r);
     }
 }
 
@@ -191,13 +162,6 @@ fn control_other_weights_are_caught() {
 
 // ---------------------------------------------------------------------------------------
 // The command line: the file, its metadata, its errors.
-
-fn densenet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_densenet"))
-        .args(args)
-        .output()
-        .expect("run densenet")
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("densenet-onnx-{}", std::process::id()));
@@ -249,8 +213,7 @@ fn cli_writes_the_file_its_json_describes() {
         "13",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report = json(&o);
     assert_eq!(report["bytes"], std::fs::metadata(&out).unwrap().len());
     assert_eq!(report["opset"], 13);
     assert_eq!(report["ir_version"], 7);

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use densenet::nn::TrainOptions;
 use densenet::weights::TensorFile;
 use densenet::{DenseNet, DenseNetConfig};
 use densenet::{MemoryMode, Model};
@@ -20,18 +19,12 @@ fn network(weights: &TensorFile) -> DenseNet {
     net
 }
 
-/// Eval forward with probes; returns logits, pooled features `[N][C]` and activations.
-fn eval(
-    net: &mut DenseNet,
-    input: &densenet::util::tensor::Tensor,
-) -> (Vec<f32>, Vec<f32>, HashMap<String, Vec<f32>>) {
+/// Eval forward with probes of the reference file `r`'s input; returns logits, pooled
+/// features `[N][C]` and activations.
+fn eval(net: &mut DenseNet, r: &TensorFile) -> (Vec<f32>, Vec<f32>, HashMap<String, Vec<f32>>) {
+    let input = &r.get("input").unwrap().tensor;
     let n = input.shape[0];
-    let mut ws = net.workspace(n, MemoryMode::Efficient, false);
-    let mut acts = HashMap::new();
-    let mut probe = |name: &str, t: densenet::util::tensor::Tensor| {
-        acts.insert(format!("act.{name}"), t.data);
-    };
-    let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));
+    let (logits, ws, acts) = eval_probed(net, input);
     let c = ws.pooled().len() / ws.batch();
     let mut pooled = vec![0.0; n * c];
     for ci in 0..c {
@@ -42,26 +35,20 @@ fn eval(
     (logits, pooled, acts)
 }
 
+/// `ours` against the tensor `name` of the reference file `r`, within the README's 1e-4
+/// (absolute and relative).
+fn check_reference(ours: &[f32], r: &TensorFile, name: &str) -> Result<f32, String> {
+    check_close(name, ours, &r.get(name).unwrap().tensor.data, 1e-4, 1e-4)
+}
+
 fn check_eval_case(case: &str) -> Result<(), String> {
     let w = reference(case, "weights");
     let r = reference(case, "eval");
     let mut net = network(&w);
-    let (logits, pooled, acts) = eval(&mut net, &r.get("input").unwrap().tensor);
-    let worst = check_close(
-        "logits",
-        &logits,
-        &r.get("logits").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    )?;
+    let (logits, pooled, acts) = eval(&mut net, &r);
+    let worst = check_reference(&logits, &r, "logits")?;
     println!("{case}: eval logits max |diff| {worst:.2e}");
-    check_close(
-        "pooled_features",
-        &pooled,
-        &r.get("pooled_features").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    )?;
+    check_reference(&pooled, &r, "pooled_features")?;
     let mut checked = 0;
     for t in r.tensors.iter().filter(|t| t.name.starts_with("act.")) {
         let ours = acts
@@ -98,17 +85,7 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
         .map(|&v| v as u32)
         .collect();
     let n = labels.len();
-    let mut ws = net.workspace(n, mode, true);
-    let opts = TrainOptions {
-        dropout_seed: 0,
-        input_grad: true,
-        ..Default::default()
-    };
-    let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
-    ws.head_mut()
-        .dlogits
-        .iter_mut()
-        .for_each(|d| *d *= scale_dlogits);
+    let (ws, loss) = train_step(net, &input.data, &labels, mode, 0, scale_dlogits);
     check_close(
         "train logits",
         &ws.logits()[..n * 10],
@@ -120,8 +97,6 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
     if (loss - want).abs() > 1e-5 {
         return Err(format!("loss {loss} vs {want}"));
     }
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
     let (mut all_ours, mut all_ref) = (vec![], vec![]);
     let mut count = 0;
     for e in net.arch.params.entries() {
@@ -145,23 +120,7 @@ fn check_train(net: &mut DenseNet, mode: MemoryMode, scale_dlogits: f32) -> Resu
         &r.get("input_grad").unwrap().tensor.data,
         5e-2,
     )?;
-    let mut posts = 0;
-    for e in net.arch.stats.entries() {
-        let want = &r
-            .get(&format!("post.{}", e.name))
-            .ok_or(format!("no post.{}", e.name))?
-            .tensor
-            .data;
-        check_close(
-            &format!("post.{}", e.name),
-            &net.stats[e.range()],
-            want,
-            1e-5,
-            1e-5,
-        )?;
-        posts += 1;
-    }
-    assert_eq!(posts, 78);
+    assert_eq!(check_running_stats(net, &r)?, 78);
     Ok(())
 }
 
@@ -193,24 +152,10 @@ fn eval_torchvision_densenet121() {
             .unwrap();
     let mut net = DenseNet::new(&DenseNetConfig::from_name("densenet121").unwrap(), 0);
     net.load_tensors(&w.tensors, "densenet121 weights").unwrap();
-    let (logits, pooled, acts) = eval(&mut net, &r.get("input").unwrap().tensor);
-    let worst = check_close(
-        "logits",
-        &logits,
-        &r.get("logits").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    )
-    .unwrap();
+    let (logits, pooled, acts) = eval(&mut net, &r);
+    let worst = check_reference(&logits, &r, "logits").unwrap();
     println!("densenet121 logits max |diff| {worst:.2e}");
-    check_close(
-        "pooled",
-        &pooled,
-        &r.get("pooled_features").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    )
-    .unwrap();
+    check_reference(&pooled, &r, "pooled_features").unwrap();
     for t in r.tensors.iter().filter(|t| t.name.starts_with("act.")) {
         check_act(&t.name, &acts[&t.name], &t.tensor.data, 1e-4).unwrap();
     }
@@ -233,14 +178,8 @@ fn control_wrong_bn_epsilon_is_caught() {
                 .for_each(|v| *v += 1e-3 - 1e-5);
         }
     }
-    let (logits, _, _) = eval(&mut net, &r.get("input").unwrap().tensor);
-    let res = check_close(
-        "logits",
-        &logits,
-        &r.get("logits").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    );
+    let (logits, _, _) = eval(&mut net, &r);
+    let res = check_reference(&logits, &r, "logits");
     assert!(res.is_err(), "a wrong BN epsilon must be detected");
 }
 
@@ -292,14 +231,8 @@ fn control_newest_first_concatenation_is_caught() {
             );
         }
     }
-    let (logits, _, _) = eval(&mut net, &r.get("input").unwrap().tensor);
-    let res = check_close(
-        "logits",
-        &logits,
-        &r.get("logits").unwrap().tensor.data,
-        1e-4,
-        1e-4,
-    );
+    let (logits, _, _) = eval(&mut net, &r);
+    let res = check_reference(&logits, &r, "logits");
     assert!(res.is_err(), "newest-first concatenation must be detected");
 }
 

@@ -9,15 +9,12 @@ mod common;
 
 use common::*;
 use densenet::model::{Model, ModelConfig};
-use densenet::nn::TrainOptions;
-use densenet::optim::SgdConfig;
 use densenet::resnet::{Architecture, ResNetPlan};
-use densenet::train::{self, Quiet, RunOptions, Schedule, TrainConfig};
+use densenet::train::{self, Quiet, RunOptions, TrainConfig};
 use densenet::util::rng::Rng;
 use densenet::weights::{read_safetensors, TensorFile};
 use densenet::MemoryMode;
 use densenet::{PreActResNet, PreActResNetConfig};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 const CASES: [&str; 2] = ["preresnet_basic_w8", "preresnet_bottleneck_w8"];
@@ -50,13 +47,7 @@ fn network(case: &str) -> PreActResNet {
 fn check_eval(net: &mut PreActResNet, case: &str) -> Result<(), String> {
     let r = fixture(case, "eval");
     let input = &r.get("input").unwrap().tensor;
-    let n = input.shape[0];
-    let mut ws = net.workspace(n, MemoryMode::Efficient, false);
-    let mut acts = HashMap::new();
-    let mut probe = |name: &str, t: densenet::util::tensor::Tensor| {
-        acts.insert(format!("act.{name}"), t.data);
-    };
-    let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));
+    let (logits, _, acts) = eval_probed(net, input);
     let worst = check_close("logits", &logits, data(&r, "logits"), 1e-4, 1e-4)?;
     println!("{case}: eval logits max |diff| {worst:.2e}");
     for name in ["act.conv1", "act.layer1", "act.layer2", "act.layer3"] {
@@ -81,17 +72,7 @@ fn check_train(
     let labels: Vec<u32> = data(&r, "labels").iter().map(|&v| v as u32).collect();
     let n = labels.len();
     let classes = net.config().num_classes;
-    let mut ws = net.workspace(n, mode, true);
-    let opts = TrainOptions {
-        dropout_seed: 0,
-        input_grad: true,
-        ..Default::default()
-    };
-    let loss = net.forward_train(&mut ws, &input.data, &labels, &opts);
-    ws.head_mut()
-        .dlogits
-        .iter_mut()
-        .for_each(|d| *d *= scale_dlogits);
+    let (ws, loss) = train_step(net, &input.data, &labels, mode, 0, scale_dlogits);
     check_close(
         "train logits",
         &ws.logits()[..n * classes],
@@ -103,8 +84,6 @@ fn check_train(
     if (loss - want).abs() > 1e-5 * want.abs().max(1.0) {
         return Err(format!("loss {loss} vs {want}"));
     }
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
     let (mut all_ours, mut all_ref, mut worst) = (vec![], vec![], 0f64);
     for e in net.arch.params.entries() {
         let want = data(&r, &format!("grad.{}", e.name));
@@ -124,16 +103,7 @@ fn check_train(
         data(&r, "input_grad"),
         1e-3,
     )?;
-    for e in net.arch.stats.entries() {
-        let want = data(&r, &format!("post.{}", e.name));
-        check_close(
-            &format!("post.{}", e.name),
-            &net.stats[e.range()],
-            want,
-            1e-5,
-            1e-5,
-        )?;
-    }
+    check_running_stats(net, &r)?;
     let grads = r
         .tensors
         .iter()
@@ -271,15 +241,7 @@ fn memory_modes_agree() {
         let cfg = small(name, 8);
         let run = |mode| {
             let (mut net, x, y) = setup(&cfg, 3);
-            let mut ws = net.workspace(3, mode, true);
-            let opts = TrainOptions {
-                dropout_seed: 0,
-                input_grad: true,
-                ..Default::default()
-            };
-            let loss = net.forward_train(&mut ws, &x, &y, &opts);
-            net.zero_grad();
-            net.backward(&mut ws, &opts);
+            let (ws, loss) = train_step(&mut net, &x, &y, mode, 0, 1.0);
             (
                 loss,
                 net.grads.clone(),
@@ -300,19 +262,11 @@ fn bytes(depth: usize, mode: MemoryMode) -> f64 {
     ResNetPlan::new(&Architecture::new(&cfg), 64, mode, true).activation_bytes() as f64
 }
 
-/// Fits `f(L) = a·L² + b·L + c` through L = 164, 443, 1001 (9n+2 with n = 18, 49, 111)
-/// and returns the share of the quadratic term in f(1001): 0 for memory linear in depth.
-fn quadratic_share(mode: MemoryMode) -> f64 {
-    let (x1, x2, x3) = (164.0, 443.0, 1001.0);
-    let (f1, f2, f3) = (bytes(164, mode), bytes(443, mode), bytes(1001, mode));
-    let a = ((f3 - f2) / (x3 - x2) - (f2 - f1) / (x2 - x1)) / (x3 - x1);
-    a * x3 * x3 / f3
-}
-
 #[test]
 fn training_memory_is_linear_in_depth() {
     for mode in [MemoryMode::Efficient, MemoryMode::Naive] {
-        let q = quadratic_share(mode);
+        // 9n+2 with n = 18, 49, 111
+        let q = quadratic_share([164, 443, 1001], |l| bytes(l, mode));
         assert!(q.abs() < 1e-3, "{mode:?}: quadratic share {q}");
     }
     for depth in [164, 1001] {
@@ -347,22 +301,9 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn preresnet_trains_on_digits() {
     let cfg = TrainConfig {
-        model: ModelConfig::from_name("preresnet-8").unwrap(),
-        dataset: "digits".into(),
-        data_dir: None,
-        epochs: 3,
         batch_size: 64,
-        optimizer: SgdConfig::default(),
-        schedule: Schedule::Cosine,
-        augment: false,
-        upscale: 1,
-        val_split: 0.0,
         seed: 1,
-        memory: MemoryMode::Efficient,
-        svhn_extra: false,
-        sync_bn: false,
-        finetune: Default::default(),
-        large_batch: Default::default(),
+        ..digits_run(ModelConfig::from_name("preresnet-8").unwrap(), 3)
     };
     let dir = tmp("digits");
     let opts = RunOptions::new(&dir);

@@ -123,18 +123,7 @@ fn a_run_without_a_checkpoint_is_not_offered_for_resuming() {
     );
     std::fs::create_dir(cwd.join("killed")).unwrap();
     std::fs::write(cwd.join("killed/config.json"), "{}").unwrap();
-    let o = densenet_in(
-        &cwd,
-        &[
-            "train",
-            "--model",
-            "densenet-bc-16-4",
-            "--epochs",
-            "1",
-            "--out",
-            "killed",
-        ],
-    );
+    let o = densenet_in(&cwd, &[&TINY_RUN[..], &["--out", "killed"]].concat());
     let e = stderr(&o);
     assert!(!o.status.success(), "{e}");
     assert!(e.contains("stopped before its first checkpoint"), "{e}");
@@ -292,15 +281,7 @@ fn export_writes_through_links_and_refuses_special_files() {
 #[test]
 fn train_force_spares_its_init_checkpoint() {
     let cwd = fresh_dir("force-init");
-    let tiny = [
-        "train",
-        "--model",
-        "densenet-bc-16-4",
-        "--epochs",
-        "1",
-        "--out",
-        "run",
-    ];
+    let tiny = [&TINY_RUN[..], &["--out", "run"]].concat();
     let o = densenet_in(&cwd, &tiny);
     assert!(o.status.success(), "{}", stderr(&o));
     let best = cwd.join("run/best.safetensors");

@@ -3,11 +3,13 @@
 //! stops with the last good checkpoint intact, and the run directory has what it promises.
 
 mod common;
-use common::rel_l2;
+use common::{digits_run, rel_l2};
 use densenet::nn::TrainOptions;
 use densenet::optim::{param_groups, ParamGroup, Sgd, SgdConfig};
 use densenet::train::finetune::{FinetuneConfig, Freeze};
-use densenet::train::{self, checkpoint, Quiet, RunOptions, Schedule, TrainConfig, TrainError};
+use densenet::train::{
+    self, checkpoint, Quiet, RunOptions, RunSummary, Schedule, TrainConfig, TrainError,
+};
 use densenet::train::{DataParallel, LargeBatch, LrScaling, StepInput};
 use densenet::MemoryMode;
 use densenet::{AnyModel, ModelConfig};
@@ -22,24 +24,23 @@ fn tmp(name: &str) -> PathBuf {
 
 /// DenseNet-BC L=16 k=4 (2 layers per block) on 8×8 digits: a few seconds an epoch… less.
 fn tiny(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        model: DenseNetConfig::cifar(16, 4, true, 0.5).unwrap().into(),
-        dataset: "digits".into(),
-        data_dir: None,
+    digits_run(
+        DenseNetConfig::cifar(16, 4, true, 0.5).unwrap().into(),
         epochs,
-        batch_size: 100,
-        optimizer: SgdConfig::default(),
-        schedule: Schedule::Cosine,
-        augment: false,
-        upscale: 1,
-        val_split: 0.0,
-        seed: 7,
-        memory: MemoryMode::Efficient,
-        svhn_extra: false,
-        sync_bn: false,
-        finetune: Default::default(),
-        large_batch: Default::default(),
-    }
+    )
+}
+
+/// Trains `cfg` in `dir` quietly: a fresh run, or the run there resumed; stopped after
+/// `stop_after` epochs if given.
+fn run(
+    cfg: &TrainConfig,
+    dir: &std::path::Path,
+    stop_after: Option<usize>,
+    resume: bool,
+) -> RunSummary {
+    let mut opts = RunOptions::new(dir);
+    (opts.stop_after, opts.resume) = (stop_after, resume);
+    train::train(cfg, &opts, &mut Quiet).unwrap()
 }
 
 fn weights(dir: &std::path::Path) -> Vec<f32> {
@@ -55,19 +56,11 @@ fn resume_continues_exactly() {
     let mut cfg = tiny(2);
     cfg.model.as_densenet_mut().unwrap().drop_rate = 0.1; // dropout masks must resume exactly too
     let straight = tmp("straight");
-    let s = train::train(&cfg, &RunOptions::new(&straight), &mut Quiet).unwrap();
+    let s = run(&cfg, &straight, None, false);
     assert_eq!(s.epochs, 2);
 
     let split = tmp("split");
-    let first = train::train(
-        &cfg,
-        &RunOptions {
-            stop_after: Some(1),
-            ..RunOptions::new(&split)
-        },
-        &mut Quiet,
-    )
-    .unwrap();
+    let first = run(&cfg, &split, Some(1), false);
     assert_eq!(first.epochs, 1);
     assert!(
         !split.join("summary.json").exists(),
@@ -75,15 +68,7 @@ fn resume_continues_exactly() {
     );
     // a checkpoint write interrupted before its rename leaves a partial temporary file
     std::fs::write(split.join(".last.safetensors.tmp"), b"half a checkpoi").unwrap();
-    let second = train::train(
-        &cfg,
-        &RunOptions {
-            resume: true,
-            ..RunOptions::new(&split)
-        },
-        &mut Quiet,
-    )
-    .unwrap();
+    let second = run(&cfg, &split, None, true);
     assert_eq!(second.epochs, 2);
     assert_eq!(
         weights(&straight),
@@ -136,15 +121,7 @@ fn interrupted_checkpoint_write_keeps_the_previous_checkpoint() {
 fn diverging_loss_stops_with_the_last_good_checkpoint() {
     let mut cfg = tiny(3);
     let dir = tmp("diverge");
-    train::train(
-        &cfg,
-        &RunOptions {
-            stop_after: Some(1),
-            ..RunOptions::new(&dir)
-        },
-        &mut Quiet,
-    )
-    .unwrap();
+    run(&cfg, &dir, Some(1), false);
     let good = std::fs::read(dir.join("last.safetensors")).unwrap();
     // an absurd learning rate from epoch 2 on: continue the run with it
     cfg.optimizer.lr = 1e30;
@@ -295,18 +272,10 @@ fn interrupt_drops_the_unfinished_epoch() {
         1
     );
     assert!(!dir.join("summary.json").exists());
-    let resumed = train::train(
-        &cfg,
-        &RunOptions {
-            resume: true,
-            ..RunOptions::new(&dir)
-        },
-        &mut Quiet,
-    )
-    .unwrap();
+    let resumed = run(&cfg, &dir, None, true);
     assert_eq!(resumed.epochs, 2);
     let straight = tmp("interrupt-straight");
-    train::train(&cfg, &RunOptions::new(&straight), &mut Quiet).unwrap();
+    run(&cfg, &straight, None, false);
     assert_eq!(weights(&dir), weights(&straight));
 
     // during the first epoch of a fresh run: nothing is kept
@@ -444,12 +413,6 @@ fn small_run(epochs: usize) -> TrainConfig {
         val_split: 0.872,
         ..tiny(epochs)
     }
-}
-
-fn run(cfg: &TrainConfig, dir: &std::path::Path, stop_after: Option<usize>, resume: bool) {
-    let mut opts = RunOptions::new(dir);
-    (opts.stop_after, opts.resume) = (stop_after, resume);
-    train::train(cfg, &opts, &mut Quiet).unwrap();
 }
 
 /// Evaluation-mode batch norm (frozen features, only the classifier trains) has no batch

@@ -2,14 +2,14 @@
 //! features, or a dense block's maps), prepared as in training, run in batches and written
 //! as safetensors, NumPy `.npy` or CSV. The library call is [`crate::features::extract`].
 
-use super::model_args::OptModelArgs;
-use crate::checkpoint::read_model_config;
+use super::model_args::WeightsArgs;
 use crate::data::folder::image_files;
 use crate::features::{extract, feature_shape, Layer};
 use crate::model::memory::{self, Use};
 use crate::nn::MemoryMode;
 use crate::prepare::InputPrep;
 use crate::util::atomic::{check_output, write_output};
+use crate::util::paths::extension_lowercase;
 use crate::util::tensor::Tensor;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -33,11 +33,8 @@ pub struct Args {
     /// Image files (PNG or JPEG), or folders of them (searched recursively).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
-    /// Weights: a training checkpoint, or a state dict with --model.
-    #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
     #[command(flatten)]
-    pub model: OptModelArgs,
+    pub source: WeightsArgs,
     /// Which features: pool (after the final BN-ReLU, globally average-pooled: the
     /// classifier's input), blockN (DenseNets: dense block N's output, C×H×W per image) or
     /// stageN (pre-activation ResNets: stage N's output).
@@ -65,10 +62,7 @@ enum Format {
 
 impl Format {
     fn of(path: &Path) -> anyhow::Result<Self> {
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        match ext.as_deref() {
+        match extension_lowercase(path).as_deref() {
             Some("safetensors") => Ok(Format::Safetensors),
             Some("npy") => Ok(Format::Npy),
             Some("csv") => Ok(Format::Csv),
@@ -101,15 +95,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // parsed here rather than by clap: a bad name is one line, as the model's missing
     // layers are
     let layer: Layer = a.layer.parse()?;
-    let mut m = read_model_config(&a.weights, a.model.resolve()?)?;
+    let mut m = a.source.load()?;
     let cfg = m.net.model_config();
     let shape = feature_shape(&cfg, layer)?;
-    let prep = InputPrep::new(&cfg, m.preprocess.as_ref(), &a.weights)?;
+    let prep = InputPrep::new(&cfg, m.preprocess.as_ref(), &a.source.weights)?;
     let images = list_images(&a.images)?;
     // before any work: the output is none of the inputs, nor a special file
-    let inputs: Vec<(&str, &Path)> = std::iter::once(("the --weights file", a.weights.as_path()))
-        .chain(images.iter().map(|p| ("the image", p.as_path())))
-        .collect();
+    let inputs: Vec<(&str, &Path)> =
+        std::iter::once(("the --weights file", a.source.weights.as_path()))
+            .chain(images.iter().map(|p| ("the image", p.as_path())))
+            .collect();
     let out_err = || format!("--out {}", a.out.display());
     check_output(&a.out, &inputs).with_context(out_err)?;
     let (n, d) = (images.len(), shape.iter().product::<usize>());
@@ -122,7 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         gathered,
         &format!("{n} × {d} features gathered"),
     )
-    .with_context(|| a.weights.display().to_string())?;
+    .with_context(|| a.source.weights.display().to_string())?;
     let mut ws = m.net.workspace(batch, MemoryMode::Efficient, false);
 
     let bar = ProgressBar::new(n as u64);

@@ -1,7 +1,6 @@
 //! `densenet heatmap`: the paper's Fig. 5 for a trained DenseNet.
 
-use super::model_args::OptModelArgs;
-use crate::checkpoint::read_model_config;
+use super::model_args::WeightsArgs;
 use crate::densenet::analysis::{feature_reuse, to_csv};
 use crate::plot::{heatmaps, HeatMatrix};
 use anyhow::Context;
@@ -17,11 +16,8 @@ use std::path::PathBuf;
     after the last block (outlined).\n\nExample:\n  densenet heatmap --weights runs/<run>/best.safetensors --out heatmap"
 )]
 pub struct Args {
-    /// Weights: a training checkpoint, or a state dict with --model.
-    #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
     #[command(flatten)]
-    pub model: OptModelArgs,
+    pub source: WeightsArgs,
     /// Output directory for heatmap.png, heatmap.svg and heatmap.csv.
     #[arg(long, default_value = "heatmap")]
     pub out: PathBuf,
@@ -49,15 +45,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     for name in ["heatmap.png", "heatmap.svg", "heatmap.csv"] {
         let out = a.out.join(name);
-        crate::util::atomic::check_output(&out, &[("the --weights file", &a.weights)])
+        crate::util::atomic::check_output(&out, &[("the --weights file", &a.source.weights)])
             .with_context(|| format!("--out {}: {name}", a.out.display()))?;
     }
-    let m = read_model_config(&a.weights, a.model.resolve()?)?;
+    let m = a.source.load()?;
     let Some(net) = m.net.downcast_ref::<crate::densenet::DenseNet>() else {
         anyhow::bail!(
             "{}: the feature-reuse heat map reads the weights a dense layer gives each earlier \
              layer; {} is a pre-activation ResNet, whose units read only their input",
-            a.weights.display(),
+            a.source.weights.display(),
             crate::model::Model::name(&*m.net)
         );
     };

@@ -1,9 +1,12 @@
 //! `--model` and the options that adjust a preset (classes, input channels, dropout, the
-//! B and C choices), shared by every subcommand that builds a network.
+//! B and C choices), shared by every subcommand that builds a network, and `--weights`
+//! with its optional `--model`, shared by those that load one.
 
+use crate::checkpoint::{read_model_config, LoadedModel};
 use crate::densenet::config::{DenseNetConfig, Stem};
 use crate::model::ModelConfig;
 use anyhow::Context;
+use std::path::PathBuf;
 
 /// Which model to build.
 #[derive(clap::Args, Debug, Clone)]
@@ -47,9 +50,9 @@ pub struct ModelAdjust {
 impl ModelAdjust {
     /// Applies the adjustments to a parsed preset of either family.
     pub fn apply(&self, cfg: ModelConfig) -> anyhow::Result<ModelConfig> {
-        match cfg {
-            ModelConfig::DenseNet(c) => Ok(ModelConfig::DenseNet(self.apply_densenet(c)?)),
-            ModelConfig::PreActResNet(mut c) => {
+        let mut cfg = match cfg {
+            ModelConfig::DenseNet(c) => ModelConfig::DenseNet(self.apply_densenet(c)?),
+            ModelConfig::PreActResNet(c) => {
                 let densenet_only = [
                     ("--drop-rate", self.drop_rate.is_some()),
                     ("--bottleneck", self.bottleneck.is_some()),
@@ -62,23 +65,24 @@ impl ModelAdjust {
                         c.name
                     );
                 }
-                if let Some(n) = self.classes {
-                    c.num_classes = n;
-                }
-                if let Some(ch) = self.in_channels {
-                    anyhow::ensure!(ch == 1 || ch == 3, "--in-channels must be 1 or 3, got {ch}");
-                    c.in_channels = ch;
-                }
-                if let Some(s) = self.input_size {
-                    c.input_size = s;
-                }
-                c.validate()?;
-                Ok(ModelConfig::PreActResNet(c))
+                ModelConfig::PreActResNet(c)
             }
+        };
+        // what every family has: classes, input channels and size
+        if let Some(c) = self.in_channels {
+            anyhow::ensure!(c == 1 || c == 3, "--in-channels must be 1 or 3, got {c}");
         }
+        cfg.set_io(
+            self.classes.unwrap_or(cfg.num_classes()),
+            self.in_channels.unwrap_or(cfg.in_channels()),
+            self.input_size.unwrap_or(cfg.input_size()),
+        );
+        cfg.validate()?;
+        Ok(cfg)
     }
 
-    /// Applies the adjustments to a DenseNet preset.
+    /// Applies the DenseNet-only adjustments (B, C, dropout) to a DenseNet preset; the
+    /// caller validates.
     fn apply_densenet(&self, mut cfg: DenseNetConfig) -> anyhow::Result<DenseNetConfig> {
         if self.bottleneck.is_some() || self.compression.is_some() {
             let b = self.bottleneck.unwrap_or(cfg.bottleneck);
@@ -97,20 +101,9 @@ impl ModelAdjust {
                 cfg.compression = theta;
             }
         }
-        if let Some(n) = self.classes {
-            cfg.num_classes = n;
-        }
-        if let Some(c) = self.in_channels {
-            anyhow::ensure!(c == 1 || c == 3, "--in-channels must be 1 or 3, got {c}");
-            cfg.in_channels = c;
-        }
-        if let Some(s) = self.input_size {
-            cfg.input_size = s;
-        }
         if let Some(p) = self.drop_rate {
             cfg.drop_rate = p;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 }
@@ -147,6 +140,24 @@ impl OptModelArgs {
                 Ok(None)
             }
         }
+    }
+}
+
+/// `--weights` with `--model` for a state dict: the network `predict`, `embed` and
+/// `heatmap` run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WeightsArgs {
+    /// Weights: a training checkpoint, or a state dict with --model.
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    #[command(flatten)]
+    pub model: OptModelArgs,
+}
+
+impl WeightsArgs {
+    /// The network these weights hold, with its model and preprocessing.
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        Ok(read_model_config(&self.weights, self.model.resolve()?)?)
     }
 }
 

@@ -1,7 +1,6 @@
 //! `densenet predict`: the top classes of images, with probabilities and class names.
 
-use super::model_args::OptModelArgs;
-use crate::checkpoint::read_model_config;
+use super::model_args::WeightsArgs;
 use crate::model::memory::{self, Use};
 use crate::model::Frozen;
 use crate::nn::MemoryMode;
@@ -23,11 +22,8 @@ pub struct Args {
     /// Image files (PNG or JPEG).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
-    /// Weights: a training checkpoint, or a state dict with --model.
-    #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
     #[command(flatten)]
-    pub model: OptModelArgs,
+    pub source: WeightsArgs,
     /// How many classes to show (at least 1).
     #[arg(long, default_value_t = 5, value_parser = super::values::at_least_one())]
     pub top: usize,
@@ -51,11 +47,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let mut m = read_model_config(&a.weights, a.model.resolve()?)?;
-    let prep = InputPrep::new(&m.net.model_config(), m.preprocess.as_ref(), &a.weights)?;
+    let mut m = a.source.load()?;
+    let prep = InputPrep::new(
+        &m.net.model_config(),
+        m.preprocess.as_ref(),
+        &a.source.weights,
+    )?;
     let names = m.preprocess.map(|p| p.classes).unwrap_or_default();
     memory::check(&m.net.model_config(), &[Use::eval(1)], 0, "")
-        .with_context(|| a.weights.display().to_string())?;
+        .with_context(|| a.source.weights.display().to_string())?;
     let mut ws = m.net.workspace(1, MemoryMode::Efficient, false);
     let mut out = Vec::new();
     let mut net = Frozen::new(&mut *m.net);

@@ -188,7 +188,7 @@ pub fn read_names(path: &Path, expected: usize) -> Result<Vec<String>, DataError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::testutil::TempDir;
+    use crate::data::testutil::{assert_mentions, TempDir};
 
     /// A record whose pixels encode (record, plane) so layout can be checked.
     fn record(labels: &[u8], seed: u8) -> Vec<u8> {
@@ -225,6 +225,18 @@ mod tests {
         .unwrap();
     }
 
+    /// The error of loading CIFAR-10's `split` from `dir`, as text.
+    fn cifar10_error(dir: &Path, split: Split) -> String {
+        load_cifar10(dir, split).unwrap_err().to_string()
+    }
+
+    /// Rewrites the file at `path` through `change`.
+    fn edit(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
+        let mut bytes = std::fs::read(path).unwrap();
+        change(&mut bytes);
+        std::fs::write(path, bytes).unwrap();
+    }
+
     #[test]
     fn cifar10_reads_all_batches() {
         let t = TempDir::new("c10");
@@ -255,31 +267,31 @@ mod tests {
     fn cifar10_truncated_names_file_and_record() {
         let t = TempDir::new("c10trunc");
         write_cifar10(t.path(), 2);
-        let p = t.path().join("data_batch_3.bin");
-        let mut bytes = std::fs::read(&p).unwrap();
-        bytes.truncate(3073 + 100);
-        std::fs::write(&p, bytes).unwrap();
-        let e = load_cifar10(t.path(), Split::Train)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("data_batch_3.bin"), "{e}");
-        assert!(e.contains("record 1 (offset 3073)"), "{e}");
-        assert!(e.contains("found 100 bytes"), "{e}");
-        assert!(e.contains("hint"), "{e}");
+        edit(&t.path().join("data_batch_3.bin"), |b| {
+            b.truncate(3073 + 100)
+        });
+        let e = cifar10_error(t.path(), Split::Train);
+        let parts = [
+            "data_batch_3.bin",
+            "record 1 (offset 3073)",
+            "found 100 bytes",
+            "hint",
+        ];
+        assert_mentions(&e, &parts);
     }
 
     #[test]
     fn cifar10_label_out_of_range() {
         let t = TempDir::new("c10label");
         write_cifar10(t.path(), 2);
-        let p = t.path().join("test_batch.bin");
-        let mut bytes = std::fs::read(&p).unwrap();
-        bytes[2 * 3073] = 10;
-        std::fs::write(&p, bytes).unwrap();
-        let e = load_cifar10(t.path(), Split::Test).unwrap_err().to_string();
-        assert!(e.contains("test_batch.bin"), "{e}");
-        assert!(e.contains("record 2 (offset 6146)"), "{e}");
-        assert!(e.contains("label 10 is out of range"), "{e}");
+        edit(&t.path().join("test_batch.bin"), |b| b[2 * 3073] = 10);
+        let e = cifar10_error(t.path(), Split::Test);
+        let parts = [
+            "test_batch.bin",
+            "record 2 (offset 6146)",
+            "label 10 is out of range",
+        ];
+        assert_mentions(&e, &parts);
     }
 
     #[test]
@@ -287,20 +299,16 @@ mod tests {
         let t = TempDir::new("c10missing");
         write_cifar10(t.path(), 1);
         std::fs::write(t.path().join("batches.meta.txt"), "a\nb\n").unwrap();
-        let e = load_cifar10(t.path(), Split::Test).unwrap_err().to_string();
+        let e = cifar10_error(t.path(), Split::Test);
         assert!(
             e.contains("batches.meta.txt") && e.contains("expected 10 class names"),
             "{e}"
         );
         std::fs::remove_file(t.path().join("data_batch_4.bin")).unwrap();
-        let e = load_cifar10(t.path(), Split::Train)
-            .unwrap_err()
-            .to_string();
+        let e = cifar10_error(t.path(), Split::Train);
         assert!(e.contains("data_batch_4.bin: not found"), "{e}");
         std::fs::write(t.path().join("data_batch_4.bin"), b"").unwrap();
-        let e = load_cifar10(t.path(), Split::Train)
-            .unwrap_err()
-            .to_string();
+        let e = cifar10_error(t.path(), Split::Train);
         assert!(
             e.contains("data_batch_4.bin: offset 0") && e.contains("empty file"),
             "{e}"

@@ -14,6 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use super::{DataError, Image, Split};
+use crate::util::paths::extension_lowercase;
 
 /// File extensions (lower-case) that are treated as images.
 pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
@@ -540,9 +541,7 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>, Data
 }
 
 fn is_image(p: &Path) -> bool {
-    p.extension()
-        .map(|e| EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
-        .unwrap_or(false)
+    extension_lowercase(p).is_some_and(|e| EXTENSIONS.contains(&e.as_str()))
 }
 
 /// The image files (by extension) under `dir`, sorted, recursing into subdirectories

@@ -774,7 +774,8 @@ pub(crate) fn find_file(
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    //! Helpers for the readers' tests: unique temporary directories.
+    //! Helpers for the readers' tests: unique temporary directories, and checking what an
+    //! error message names.
 
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -804,6 +805,13 @@ pub(crate) mod testutil {
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Asserts that the error message `e` holds each of `parts`.
+    pub fn assert_mentions(e: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(e.contains(part), "{e}");
         }
     }
 }

@@ -329,14 +329,8 @@ impl DenseNetConfig {
             Stem::Cifar => 1 << (self.block_config.len() - 1),
             Stem::ImageNet => 4 << (self.block_config.len() - 1),
         };
-        rule(
-            self.input_size >= min_size,
-            format!(
-                "input size {} is too small for {} blocks (needs at least {min_size})",
-                self.input_size,
-                self.block_config.len()
-            ),
-        )?;
+        let blocks = self.block_config.len();
+        ConfigError::check_input_size(self.input_size, min_size, blocks, "blocks")?;
         ConfigError::check_params(self.num_params_checked())
     }
 

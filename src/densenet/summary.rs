@@ -12,14 +12,9 @@ pub(super) fn summarize(arch: &Architecture) -> Summary {
     let mut stages = Vec::new();
     let conv0 = arch.conv0.shape(1, s);
     let stem_params = count("features.conv0.") + count("features.norm0.");
-    stages.push(Stage {
-        name: "stem".into(),
-        output: [cfg.init_features, arch.blocks[0].size, arch.blocks[0].size],
-        parameters: stem_params,
-        macs: conv0.macs(),
-        layers: None,
-        connections: None,
-    });
+    let size1 = arch.blocks[0].size;
+    let stem_output = [cfg.init_features, size1, size1];
+    stages.push(Stage::new("stem", stem_output, stem_params, conv0.macs()));
     let mut depth = 2; // stem conv + classifier
     for (b, block) in arch.blocks.iter().enumerate() {
         let macs = block
@@ -37,48 +32,35 @@ pub(super) fn summarize(arch: &Architecture) -> Summary {
             .sum();
         let nl = block.layers.len();
         depth += nl * if cfg.bottleneck { 2 } else { 1 };
+        let output = [block.c_out, block.size, block.size];
+        let parameters = count(&format!("features.denseblock{}.", b + 1));
         stages.push(Stage {
-            name: format!("denseblock{}", b + 1),
-            output: [block.c_out, block.size, block.size],
-            parameters: count(&format!("features.denseblock{}.", b + 1)),
-            macs,
             layers: Some(nl),
             connections: Some(nl * (nl + 1) / 2),
+            ..Stage::new(format!("denseblock{}", b + 1), output, parameters, macs)
         });
         if let Some(t) = &block.transition {
             depth += 1;
-            stages.push(Stage {
-                name: format!("transition{}", b + 1),
-                output: [t.conv.cout, block.size / 2, block.size / 2],
-                parameters: count(&format!("features.transition{}.", b + 1)),
-                macs: t.conv.shape(1, block.size).macs(),
-                layers: None,
-                connections: None,
-            });
+            stages.push(Stage::new(
+                format!("transition{}", b + 1),
+                [t.conv.cout, block.size / 2, block.size / 2],
+                count(&format!("features.transition{}.", b + 1)),
+                t.conv.shape(1, block.size).macs(),
+            ));
         }
     }
-    let cf = cfg.final_channels();
-    stages.push(Stage {
-        name: "classifier".into(),
-        output: [cfg.num_classes, 1, 1],
-        parameters: count(cfg.final_norm_name()) + count("classifier."),
-        macs: cf * cfg.num_classes,
-        layers: None,
-        connections: None,
-    });
+    let head = count(cfg.final_norm_name()) + count("classifier.");
+    stages.push(Stage::classifier(
+        cfg.num_classes,
+        cfg.final_channels(),
+        head,
+    ));
+    let input = [cfg.in_channels, s, s];
     Summary {
-        version: 1,
-        model: cfg.name.clone(),
-        family: "densenet".into(),
-        input: [cfg.in_channels, s, s],
-        classes: cfg.num_classes,
         growth_rate: Some(cfg.growth_rate),
         bottleneck: cfg.bottleneck,
         compression: Some(cfg.compression),
-        depth,
-        parameters: stages.iter().map(|s| s.parameters).sum(),
-        macs: stages.iter().map(|s| s.macs).sum(),
-        stages,
+        ..Summary::new(&cfg.name, "densenet", input, cfg.num_classes, depth, stages)
     }
 }
 

@@ -136,6 +136,24 @@ impl ConfigError {
         )
     }
 
+    /// `Ok` if `input_size` is at least `min_size`, what the network's `parts` (its dense
+    /// blocks or residual stages, as `what` names them) need to keep a map of at least one
+    /// pixel; else an error naming all three.
+    pub fn check_input_size(
+        input_size: usize,
+        min_size: usize,
+        parts: usize,
+        what: &str,
+    ) -> Result<(), ConfigError> {
+        Self::check(
+            input_size >= min_size,
+            format!(
+                "input size {input_size} is too small for {parts} {what} \
+                 (needs at least {min_size})"
+            ),
+        )
+    }
+
     /// `Ok` if a model of `params` parameters (`None`: more than `u128` holds) is within
     /// [`limits::MAX_PARAMS`].
     pub fn check_params(params: Option<u128>) -> Result<(), ConfigError> {

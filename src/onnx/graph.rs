@@ -88,33 +88,36 @@ impl Builder {
     }
 }
 
+/// An attribute named `name` of type `kind` (`attribute_type`), its value yet to set.
+fn attribute(name: &str, kind: i32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(kind),
+        ..Default::default()
+    }
+}
+
 /// An integer attribute.
 pub fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::INT),
         i: Some(v),
-        ..Default::default()
+        ..attribute(name, attribute_type::INT)
     }
 }
 
 /// A float attribute.
 pub fn float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::FLOAT),
         f: Some(v),
-        ..Default::default()
+        ..attribute(name, attribute_type::FLOAT)
     }
 }
 
 /// A list-of-integers attribute.
 pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::INTS),
         ints: v.to_vec(),
-        ..Default::default()
+        ..attribute(name, attribute_type::INTS)
     }
 }
 

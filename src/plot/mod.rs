@@ -13,6 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::util::paths::extension_lowercase;
+
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -155,23 +157,43 @@ fn check_size(path: &Path, width: u32, height: u32) -> Result<(), PlotError> {
     Ok(())
 }
 
+/// Draws on `backend` with `draw` in the embedded font and presents the result; a
+/// failure of either is a [`PlotError::Draw`] on `path`.
+fn render<DB, F>(path: &Path, backend: DB, draw: F) -> Result<(), PlotError>
+where
+    DB: DrawingBackend,
+    F: FnOnce(&DrawingArea<DB, Shift>) -> Result<(), String>,
+{
+    ensure_font(path)?;
+    let root = backend.into_drawing_area();
+    draw(&root)
+        .and_then(|()| root.present().map_err(draw_err))
+        .map_err(|message| PlotError::Draw {
+            path: path.to_path_buf(),
+            message,
+        })
+}
+
+/// Writes a figure's `bytes` to `path` atomically.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), PlotError> {
+    crate::util::atomic::write(path, bytes).map_err(|source| PlotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Renders a `width` x `height` RGB figure with `draw` and writes it to `path` as PNG.
 fn write_png<F>(path: &Path, width: u32, height: u32, draw: F) -> Result<(), PlotError>
 where
     F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
 {
     check_size(path, width, height)?;
-    ensure_font(path)?;
     let mut pixels = vec![255u8; width as usize * height as usize * 3];
-    {
-        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
-        draw(&root)
-            .and_then(|()| root.present().map_err(draw_err))
-            .map_err(|message| PlotError::Draw {
-                path: path.to_path_buf(),
-                message,
-            })?;
-    }
+    render(
+        path,
+        BitMapBackend::with_buffer(&mut pixels, (width, height)),
+        draw,
+    )?;
     let mut png = Vec::new();
     image::ImageEncoder::write_image(
         image::codecs::png::PngEncoder::new(&mut png),
@@ -184,10 +206,7 @@ where
         path: path.to_path_buf(),
         source,
     })?;
-    crate::util::atomic::write(path, &png).map_err(|source| PlotError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    write_file(path, &png)
 }
 
 /// Renders a `width` x `height` figure with `draw` and writes it to `path` as SVG.
@@ -196,21 +215,13 @@ where
     F: FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>,
 {
     check_size(path, width, height)?;
-    ensure_font(path)?;
     let mut text = String::new();
-    {
-        let root = SVGBackend::with_string(&mut text, (width, height)).into_drawing_area();
-        draw(&root)
-            .and_then(|()| root.present().map_err(draw_err))
-            .map_err(|message| PlotError::Draw {
-                path: path.to_path_buf(),
-                message,
-            })?;
-    }
-    crate::util::atomic::write(path, text.as_bytes()).map_err(|source| PlotError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    render(
+        path,
+        SVGBackend::with_string(&mut text, (width, height)),
+        draw,
+    )?;
+    write_file(path, text.as_bytes())
 }
 
 /// The formats a figure can be written in.
@@ -226,10 +237,7 @@ impl Format {
     /// The format named by `path`'s extension (`.png` or `.svg`, any case); anything else
     /// is an error rather than, say, PNG bytes in a file called `.svg`.
     pub fn of(path: &Path) -> Result<Format, PlotError> {
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        match ext.as_deref() {
+        match extension_lowercase(path).as_deref() {
             Some("png") => Ok(Format::Png),
             Some("svg") => Ok(Format::Svg),
             _ => Err(invalid(

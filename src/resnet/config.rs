@@ -164,14 +164,8 @@ impl PreActResNetConfig {
         )?;
         ConfigError::check_io(self.num_classes, self.in_channels, self.input_size)?;
         let min_size = 1 << (self.units.len() - 1);
-        rule(
-            self.input_size >= min_size,
-            format!(
-                "input size {} is too small for {} stages (needs at least {min_size})",
-                self.input_size,
-                self.units.len()
-            ),
-        )?;
+        let stages = self.units.len();
+        ConfigError::check_input_size(self.input_size, min_size, stages, "stages")?;
         ConfigError::check_params(self.num_params_checked())
     }
 

@@ -9,14 +9,14 @@ pub(super) fn summarize(arch: &Architecture) -> Summary {
     let cfg = &arch.config;
     let s = cfg.input_size;
     let count = |prefix: &str| arch.params.numel_with_prefix(prefix);
-    let mut stages = vec![Stage {
-        name: "stem".into(),
-        output: [cfg.stem_channels, s, s],
-        parameters: count("conv1."),
-        macs: arch.conv1.shape(1, s).macs(),
-        layers: None,
-        connections: None,
-    }];
+    let stem_macs = arch.conv1.shape(1, s).macs();
+    let stem = Stage::new(
+        "stem",
+        [cfg.stem_channels, s, s],
+        count("conv1."),
+        stem_macs,
+    );
+    let mut stages = vec![stem];
     for (i, stage) in arch.stages.iter().enumerate() {
         let macs = stage
             .units
@@ -35,37 +35,32 @@ pub(super) fn summarize(arch: &Architecture) -> Summary {
             })
             .sum();
         let n = stage.units.len();
+        let output = [stage.channels, stage.size, stage.size];
+        let parameters = count(&format!("layer{}.", i + 1));
         stages.push(Stage {
-            name: format!("layer{}", i + 1),
-            output: [stage.channels, stage.size, stage.size],
-            parameters: count(&format!("layer{}.", i + 1)),
-            macs,
             layers: Some(n),
             connections: Some(n),
+            ..Stage::new(format!("layer{}", i + 1), output, parameters, macs)
         });
     }
-    let cf = cfg.final_channels();
-    stages.push(Stage {
-        name: "classifier".into(),
-        output: [cfg.num_classes, 1, 1],
-        parameters: count("bn.") + count("fc."),
-        macs: cf * cfg.num_classes,
-        layers: None,
-        connections: None,
-    });
+    let head = count("bn.") + count("fc.");
+    stages.push(Stage::classifier(
+        cfg.num_classes,
+        cfg.final_channels(),
+        head,
+    ));
+    let family = crate::model::config::PREACT_RESNET;
+    let input = [cfg.in_channels, s, s];
     Summary {
-        version: 1,
-        model: cfg.name.clone(),
-        family: crate::model::config::PREACT_RESNET.into(),
-        input: [cfg.in_channels, s, s],
-        classes: cfg.num_classes,
-        growth_rate: None,
         bottleneck: cfg.block == BlockKind::Bottleneck,
-        compression: None,
-        depth: cfg.depth(),
-        parameters: stages.iter().map(|s| s.parameters).sum(),
-        macs: stages.iter().map(|s| s.macs).sum(),
-        stages,
+        ..Summary::new(
+            &cfg.name,
+            family,
+            input,
+            cfg.num_classes,
+            cfg.depth(),
+            stages,
+        )
     }
 }
 

@@ -1,4 +1,5 @@
-//! Path identity, so a command can refuse to write over one of its own inputs.
+//! Path identity, so a command can refuse to write over one of its own inputs, and the
+//! extension that names a file's format.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,12 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
     }
+}
+
+/// `path`'s extension in lower case (`a.PNG`: `png`), the way a file's format is told.
+pub fn extension_lowercase(path: &Path) -> Option<String> {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
 #[cfg(test)]

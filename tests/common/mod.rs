@@ -1,14 +1,20 @@
-//! Helpers shared by the integration tests: where the reference files are, and
-//! `check_*` functions with the tolerances of `reference/README.md` that return an error
-//! (so negative controls can assert that a wrong result is caught).
+//! Helpers shared by the integration tests: temporary folders, the runs and the command
+//! lines they train with (`digits_run`, `TINY_RUN`), running the binary and reading its
+//! JSON, where the reference files are, `check_*` functions with the tolerances of
+//! `reference/README.md` that return an error (so negative controls can assert that a
+//! wrong result is caught), and the passes those checks run (`eval_probed`, `train_step`).
 #![allow(dead_code)]
 
 pub mod files;
 
-use densenet::model::Model;
+use densenet::model::{Model, ModelConfig, Workspace};
 use densenet::nn::TrainOptions;
+use densenet::optim::SgdConfig;
+use densenet::train::{Schedule, TrainConfig};
+use densenet::util::tensor::Tensor;
 use densenet::weights::{read_safetensors, TensorFile};
 use densenet::MemoryMode;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -38,6 +44,30 @@ pub fn small_weights(path: &Path, size: usize) {
         serde_json::to_string(&cfg).unwrap(),
     )]);
     densenet::weights::write_safetensors(path, &net.state_dict(), &[], meta).unwrap();
+}
+
+/// A training run of `model` on the built-in digits: `epochs` epochs at batch 100, SGD
+/// with its defaults on the cosine schedule, no augmentation and no validation split,
+/// seed 7, efficient memory, neither fine-tuning nor the large-batch recipe.
+pub fn digits_run(model: ModelConfig, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        model,
+        dataset: "digits".into(),
+        data_dir: None,
+        epochs,
+        batch_size: 100,
+        optimizer: SgdConfig::default(),
+        schedule: Schedule::Cosine,
+        augment: false,
+        upscale: 1,
+        val_split: 0.0,
+        seed: 7,
+        memory: MemoryMode::Efficient,
+        svhn_extra: false,
+        sync_bn: false,
+        finetune: Default::default(),
+        large_batch: Default::default(),
+    }
 }
 
 /// Writes a fake finished run (only what `compare` reads).
@@ -72,9 +102,19 @@ pub fn densenet_in(cwd: &Path, args: &[&str]) -> Output {
         .expect("run densenet")
 }
 
+/// `densenet train` of one epoch of the smallest DenseNet-BC (L = 16, k = 4), on the
+/// built-in digits unless more arguments say otherwise.
+pub const TINY_RUN: [&str; 5] = ["train", "--model", "densenet-bc-16-4", "--epochs", "1"];
+
 /// A command's standard error, as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The standard output of a command that succeeded, as the one JSON value it printed.
+pub fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
 }
 
 /// The reference files committed with the repository.
@@ -148,6 +188,88 @@ pub fn check_rel_l2(name: &str, a: &[f32], b: &[f32], tol: f64) -> Result<f64, S
     }
 }
 
+/// Fits `f(L) = a·L² + b·L + c` through the three depths `ls` and returns the share of the
+/// quadratic term in f at the last of them: 0 for memory linear in depth.
+pub fn quadratic_share(ls: [usize; 3], f: impl Fn(usize) -> f64) -> f64 {
+    let [x1, x2, x3] = ls.map(|l| l as f64);
+    let [f1, f2, f3] = ls.map(f);
+    let a = ((f3 - f2) / (x3 - x2) - (f2 - f1) / (x2 - x1)) / (x3 - x1);
+    a * x3 * x3 / f3
+}
+
+/// An evaluation-mode forward of `input` (NCHW; the batch is its first dimension) over a
+/// fresh efficient workspace: the logits, the workspace (pooled features) and every
+/// probed activation, named `act.{module}` as the reference files name them.
+pub fn eval_probed(
+    net: &mut dyn Model,
+    input: &Tensor,
+) -> (Vec<f32>, Workspace, HashMap<String, Vec<f32>>) {
+    let n = input.shape[0];
+    let mut ws = net.workspace(n, MemoryMode::Efficient, false);
+    let mut acts = HashMap::new();
+    let mut probe = |name: &str, t: Tensor| {
+        acts.insert(format!("act.{name}"), t.data);
+    };
+    let logits = net.forward_eval(&mut ws, &input.data, n, Some(&mut probe));
+    (logits, ws, acts)
+}
+
+/// Checks every running statistic of `net` against `post.{name}` of the reference file
+/// `r` (within 1e-5); returns how many tensors it checked.
+pub fn check_running_stats(net: &dyn Model, r: &TensorFile) -> Result<usize, String> {
+    let entries = net.stats_table().entries();
+    for e in entries {
+        let want = &r
+            .get(&format!("post.{}", e.name))
+            .ok_or(format!("no post.{}", e.name))?
+            .tensor
+            .data;
+        check_close(
+            &format!("post.{}", e.name),
+            &net.stats()[e.range()],
+            want,
+            1e-5,
+            1e-5,
+        )?;
+    }
+    Ok(entries.len())
+}
+
+/// A training step's options with the input gradient asked for, the dropout masks drawn
+/// from `dropout_seed`.
+pub fn with_input_grad(dropout_seed: u64) -> TrainOptions<'static> {
+    TrainOptions {
+        dropout_seed,
+        input_grad: true,
+        ..Default::default()
+    }
+}
+
+/// One training step's passes of `net` on the batch `x`, `y`, over a fresh workspace of
+/// `mode`: a train-mode forward ([`with_input_grad`]`(dropout_seed)`), the logits'
+/// gradients multiplied by `scale_dlogits` (1: as the loss left them; else a simulated
+/// wrongly reduced loss), and a backward into zeroed gradients. Returns the workspace
+/// (logits, input gradient) and the loss; the gradients are `net`'s.
+pub fn train_step(
+    net: &mut dyn Model,
+    x: &[f32],
+    y: &[u32],
+    mode: MemoryMode,
+    dropout_seed: u64,
+    scale_dlogits: f32,
+) -> (Workspace, f32) {
+    let mut ws = net.workspace(y.len(), mode, true);
+    let opts = with_input_grad(dropout_seed);
+    let loss = net.forward_train(&mut ws, x, y, &opts);
+    ws.head_mut()
+        .dlogits
+        .iter_mut()
+        .for_each(|d| *d *= scale_dlogits);
+    net.zero_grad();
+    net.backward(&mut ws, &opts);
+    (ws, loss)
+}
+
 /// Checks every parameter tensor's largest gradient entry, and the input gradient's,
 /// against central finite differences of the training loss of `net` on the batch `x`, `y`
 /// (efficient memory, no dropout); panics naming the first that differs, else returns the
@@ -157,15 +279,8 @@ pub fn check_rel_l2(name: &str, a: &[f32], b: &[f32], tol: f64) -> Result<f64, S
 /// time, the largest (where rounding matters least), at three step sizes of which one must
 /// agree within a tolerance that still catches any missing or doubled term.
 pub fn check_finite_differences(name: &str, net: &mut dyn Model, x: &[f32], y: &[u32]) -> f64 {
-    let mut ws = net.workspace(y.len(), MemoryMode::Efficient, true);
-    let opts = TrainOptions {
-        dropout_seed: 0,
-        input_grad: true,
-        ..Default::default()
-    };
-    net.forward_train(&mut ws, x, y, &opts);
-    net.zero_grad();
-    net.backward(&mut ws, &opts);
+    let (mut ws, _) = train_step(net, x, y, MemoryMode::Efficient, 0, 1.0);
+    let opts = with_input_grad(0);
     let (grads, dx) = (net.grads().to_vec(), ws.input_grad()[..x.len()].to_vec());
     let largest = |g: &[f32]| {
         (0..g.len())

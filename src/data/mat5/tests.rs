@@ -1,4 +1,4 @@
-use super::write::{file, Var};
+use super::write::{file, header, Var};
 use super::*;
 use crate::data::testutil::TempDir;
 
@@ -98,13 +98,7 @@ fn corrupted_files_never_panic() {
 #[test]
 fn big_endian_file() {
     // header "MI" and big-endian tags/data
-    let mut out = Vec::new();
-    let mut text = b"MATLAB 5.0 MAT-file".to_vec();
-    text.resize(116, b' ');
-    out.extend_from_slice(&text);
-    out.extend_from_slice(&[0u8; 8]);
-    out.extend_from_slice(&0x0100u16.to_be_bytes());
-    out.extend_from_slice(b"MI");
+    let mut out = header(b"MATLAB 5.0 MAT-file", true);
     let mut body = Vec::new();
     for (ty, data) in [
         (MI_UINT32, [6u32.to_be_bytes(), 0u32.to_be_bytes()].concat()),

@@ -49,15 +49,29 @@ pub fn matrix(v: &Var) -> Vec<u8> {
     out
 }
 
+/// The 128-byte header: `text` padded to 116 bytes, no subsystem data, then version
+/// 0x0100 and the endian indicator as a little-endian file writes them (`IM`), or with
+/// `big_endian` as a big-endian one does (`MI`).
+pub fn header(text: &[u8], big_endian: bool) -> Vec<u8> {
+    let mut out = text.to_vec();
+    out.resize(116, b' ');
+    out.extend_from_slice(&[0u8; 8]);
+    if big_endian {
+        out.extend_from_slice(&0x0100u16.to_be_bytes());
+        out.extend_from_slice(b"MI");
+    } else {
+        out.extend_from_slice(&0x0100u16.to_le_bytes());
+        out.extend_from_slice(b"IM");
+    }
+    out
+}
+
 /// A whole MAT5 file; each variable compressed (miCOMPRESSED) or not.
 pub fn file(vars: &[Var], compress: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut text = b"MATLAB 5.0 MAT-file, written by the densenet data tests".to_vec();
-    text.resize(116, b' ');
-    out.extend_from_slice(&text);
-    out.extend_from_slice(&[0u8; 8]);
-    out.extend_from_slice(&0x0100u16.to_le_bytes());
-    out.extend_from_slice(b"IM");
+    let mut out = header(
+        b"MATLAB 5.0 MAT-file, written by the densenet data tests",
+        false,
+    );
     for v in vars {
         let m = matrix(v);
         if compress {
