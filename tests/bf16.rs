@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use densenet::ops::route::{self, Precision, Route};
-use densenet::{DenseNet, DenseNetConfig, MemoryMode, Model};
+use densenet::{DenseNet, MemoryMode, Model};
 
 fn logits(net: &mut DenseNet, input: &[f32], n: usize) -> Vec<f32> {
     let mut ws = net.workspace(n, MemoryMode::Efficient, false);
@@ -18,21 +18,12 @@ fn logits(net: &mut DenseNet, input: &[f32], n: usize) -> Vec<f32> {
 /// the issue asks for at most 1e-2 and the same top-1.
 #[test]
 fn densenet121_logits_in_bf16_stay_within_1e_2_of_f32() {
-    let Some(dir) = shared_reference_dir() else {
-        say("SKIPPED densenet121_logits_in_bf16: ../shared/reference is not present");
+    let test = "densenet121_logits_in_bf16";
+    let Some((mut net, r)) = torchvision_densenet121(test) else {
         return;
     };
-    let w = densenet::weights::read_safetensors(
-        &dir.join("torchvision_densenet121.weights.safetensors"),
-    )
-    .unwrap();
-    let r =
-        densenet::weights::read_safetensors(&dir.join("torchvision_densenet121.eval.safetensors"))
-            .unwrap();
     let input = &r.get("input").unwrap().tensor;
     let n = input.shape[0];
-    let mut net = DenseNet::new(&DenseNetConfig::from_name("densenet121").unwrap(), 0);
-    net.load_tensors(&w.tensors, "densenet121 weights").unwrap();
 
     route::set_precision(Precision::F32);
     let f32_logits = logits(&mut net, &input.data, n);
@@ -48,12 +39,7 @@ fn densenet121_logits_in_bf16_stay_within_1e_2_of_f32() {
         bf16_runs, 61,
         "densenet121's 58 bottleneck 1×1s and 3 transitions in bf16"
     );
-    let (mut num, mut den) = (0f64, 0f64);
-    for (a, b) in bf16_logits.iter().zip(&f32_logits) {
-        num += ((a - b) as f64).powi(2);
-        den += (*b as f64).powi(2);
-    }
-    let rel = (num / den).sqrt();
+    let rel = rel_l2(&bf16_logits, &f32_logits);
     let classes = f32_logits.len() / n;
     for i in 0..n {
         let top = |l: &[f32]| {

@@ -139,19 +139,9 @@ fn train_step_bc_l40_k12_naive() {
 /// torchvision densenet121 (42 MB of reference data, kept outside the repository).
 #[test]
 fn eval_torchvision_densenet121() {
-    let Some(dir) = shared_reference_dir() else {
-        say("SKIPPED eval_torchvision_densenet121: ../shared/reference is not present");
+    let Some((mut net, r)) = torchvision_densenet121("eval_torchvision_densenet121") else {
         return;
     };
-    let w = densenet::weights::read_safetensors(
-        &dir.join("torchvision_densenet121.weights.safetensors"),
-    )
-    .unwrap();
-    let r =
-        densenet::weights::read_safetensors(&dir.join("torchvision_densenet121.eval.safetensors"))
-            .unwrap();
-    let mut net = DenseNet::new(&DenseNetConfig::from_name("densenet121").unwrap(), 0);
-    net.load_tensors(&w.tensors, "densenet121 weights").unwrap();
     let (logits, pooled, acts) = eval(&mut net, &r);
     let worst = check_reference(&logits, &r, "logits").unwrap();
     println!("densenet121 logits max |diff| {worst:.2e}");

@@ -91,23 +91,19 @@ pub fn pointwise_reference(
 ) {
     assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
     // SAFETY: the sizes are asserted above
-    unsafe { reference_ptr(y.as_mut_ptr(), len, w2, x2, len, o_n, ip, len) }
+    unsafe { reference_ptr(y.as_mut_ptr(), (len, len), (w2, x2), (o_n, ip, len)) }
 }
 
 /// [`pointwise_reference`] with leading dimensions, as [`pointwise_ptr`].
 ///
 /// # Safety
 /// As [`pointwise_ptr`].
-#[allow(clippy::too_many_arguments)]
+/// `(ldy, ldx)` and `(o_n, ip, n)` as [`pointwise_ptr`]'s arguments of those names.
 unsafe fn reference_ptr(
     y: *mut f32,
-    ldy: usize,
-    w2: &[u32],
-    x2: &[u32],
-    ldx: usize,
-    o_n: usize,
-    ip: usize,
-    n: usize,
+    (ldy, ldx): (usize, usize),
+    (w2, x2): (&[u32], &[u32]),
+    (o_n, ip, n): (usize, usize, usize),
 ) {
     let half = |v: u32, hi: bool| from_bf16(if hi { (v >> 16) as u16 } else { v as u16 });
     for o in 0..o_n {
@@ -173,7 +169,7 @@ pub unsafe fn pointwise_ptr(
         return;
     }
     // SAFETY: the caller's contract
-    unsafe { reference_ptr(y, ldy, w2, x2, ldx, o_n, ip, n) }
+    unsafe { reference_ptr(y, (ldy, ldx), (w2, x2), (o_n, ip, n)) }
 }
 
 /// The pair layout of `relu(x·scale + shift)` at positions `a..b` of `x: [I][len]`
@@ -425,6 +421,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testutil::data;
 
     #[test]
     fn rounding_is_to_nearest_even() {
@@ -458,12 +455,8 @@ mod tests {
     #[test]
     fn reference_is_the_product_of_rounded_operands() {
         let (o_n, i_n, len) = (3, 5, 7);
-        let w: Vec<f32> = (0..o_n * i_n)
-            .map(|k| ((k * 37 % 11) as f32 - 5.0) / 3.0)
-            .collect();
-        let x: Vec<f32> = (0..i_n * len)
-            .map(|k| ((k * 13 % 17) as f32 - 8.0) / 7.0)
-            .collect();
+        let w = data(o_n * i_n, 1);
+        let x = data(i_n * len, 2);
         let (mut w2, mut x2) = (vec![0; o_n * pairs(i_n)], vec![0; pairs(i_n) * len]);
         pack_weight_pairs(&mut w2, &w, o_n, i_n);
         pack_pairs(&mut x2, &x, i_n, len);
@@ -548,12 +541,8 @@ mod tests {
             (7, 63, 196),
             (128, 64, 65),
         ] {
-            let w: Vec<f32> = (0..o_n * i_n)
-                .map(|k| ((k * 37 % 101) as f32 - 50.0) / 61.0)
-                .collect();
-            let x: Vec<f32> = (0..i_n * len)
-                .map(|k| ((k * 53 % 97) as f32 - 40.0) / 29.0)
-                .collect();
+            let w = data(o_n * i_n, 3);
+            let x = data(i_n * len, 4);
             let ip = pairs(i_n);
             let (mut w2, mut x2) = (vec![0; o_n * ip], vec![0; ip * len]);
             pack_weight_pairs(&mut w2, &w, o_n, i_n);

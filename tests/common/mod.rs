@@ -128,6 +128,24 @@ pub fn shared_reference_dir() -> Option<PathBuf> {
     d.is_dir().then_some(d)
 }
 
+/// torchvision's densenet121 with the weights of `../shared/reference` and its eval
+/// reference (input, logits, activations); `None`, having said SKIPPED for `test`, where
+/// the checkout does not have them.
+pub fn torchvision_densenet121(test: &str) -> Option<(densenet::DenseNet, TensorFile)> {
+    let Some(dir) = shared_reference_dir() else {
+        say(&format!(
+            "SKIPPED {test}: ../shared/reference is not present"
+        ));
+        return None;
+    };
+    let read = |name: &str| read_safetensors(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+    let w = read("torchvision_densenet121.weights.safetensors");
+    let config = densenet::DenseNetConfig::from_name("densenet121").unwrap();
+    let mut net = densenet::DenseNet::new(&config, 0);
+    net.load_tensors(&w.tensors, "densenet121 weights").unwrap();
+    Some((net, read("torchvision_densenet121.eval.safetensors")))
+}
+
 /// Reads a committed reference file by case and kind (`weights`, `eval`, `train`).
 pub fn reference(case: &str, kind: &str) -> TensorFile {
     let p = reference_dir().join(format!("{case}.{kind}.safetensors"));
