@@ -115,3 +115,72 @@ fn fused_bf16_forward_matches_the_reference() {
         }
     }
 }
+
+/// The command line: `--precision bf16` plans the bf16 routes and says so in `--json`,
+/// training refuses it in one line, and an unknown precision names the choices.
+#[test]
+fn the_precision_flag_plans_reports_and_refuses() {
+    let plan = json(&densenet(&[
+        "--precision",
+        "bf16",
+        "summary",
+        "densenet-bc-40-12",
+        "--plan",
+        "--eval",
+        "--batch-size",
+        "2",
+        "--json",
+    ]));
+    let routes: Vec<&str> = plan["convolutions"]
+        .as_array()
+        .expect("a list of convolutions")
+        .iter()
+        .map(|c| c["forward"].as_str().unwrap_or(""))
+        .collect();
+    // BC-40-12: 18 bottleneck 1×1s, and the 2 transitions pooled first
+    assert_eq!(
+        routes.iter().filter(|r| **r == "pointwise-bf16").count(),
+        20,
+        "{routes:?}"
+    );
+    let f32_plan = json(&densenet(&[
+        "summary",
+        "densenet-bc-40-12",
+        "--plan",
+        "--eval",
+        "--batch-size",
+        "2",
+        "--json",
+    ]));
+    assert!(!f32_plan.to_string().contains("bf16"), "f32 is the default");
+
+    let bench = json(&densenet(&[
+        "bench",
+        "infer",
+        "-m",
+        "densenet-bc-40-12",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--precision",
+        "bf16",
+        "--json",
+    ]));
+    assert_eq!(bench["precision"], "bf16");
+
+    let train = densenet(&["--precision", "bf16", "train", "--epochs", "1"]);
+    assert!(!train.status.success());
+    assert!(
+        stderr(&train).contains("training in bf16 is not built yet"),
+        "{}",
+        stderr(&train)
+    );
+    let bad = densenet(&["--precision", "f16", "summary", "densenet121"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("expected f32 or bf16"),
+        "{}",
+        stderr(&bad)
+    );
+}
