@@ -120,38 +120,30 @@ fn fused_bf16_forward_matches_the_reference() {
 /// training refuses it in one line, and an unknown precision names the choices.
 #[test]
 fn the_precision_flag_plans_reports_and_refuses() {
-    let plan = json(&densenet(&[
-        "--precision",
-        "bf16",
-        "summary",
-        "densenet-bc-40-12",
-        "--plan",
-        "--eval",
-        "--batch-size",
-        "2",
-        "--json",
-    ]));
-    let routes: Vec<&str> = plan["convolutions"]
+    // BC-40-12's evaluation plan at batch 2, with the flags given
+    let plan = |flags: &[&str]| {
+        let mut args = flags.to_vec();
+        args.extend([
+            "summary",
+            "densenet-bc-40-12",
+            "--plan",
+            "--eval",
+            "--batch-size",
+            "2",
+        ]);
+        json(&densenet(&[args.as_slice(), &["--json"]].concat()))
+    };
+    let bf16_plan = plan(&["--precision", "bf16"]);
+    let routes: Vec<&str> = bf16_plan["convolutions"]
         .as_array()
         .expect("a list of convolutions")
         .iter()
         .map(|c| c["forward"].as_str().unwrap_or(""))
         .collect();
     // BC-40-12: 18 bottleneck 1×1s, and the 2 transitions pooled first
-    assert_eq!(
-        routes.iter().filter(|r| **r == "pointwise-bf16").count(),
-        20,
-        "{routes:?}"
-    );
-    let f32_plan = json(&densenet(&[
-        "summary",
-        "densenet-bc-40-12",
-        "--plan",
-        "--eval",
-        "--batch-size",
-        "2",
-        "--json",
-    ]));
+    let bf16_routes = routes.iter().filter(|r| **r == "pointwise-bf16").count();
+    assert_eq!(bf16_routes, 20, "{routes:?}");
+    let f32_plan = plan(&[]);
     assert!(!f32_plan.to_string().contains("bf16"), "f32 is the default");
 
     let bench = json(&densenet(&[
