@@ -1,13 +1,17 @@
 //! Evaluation at `--precision bf16` (issue 32): torchvision densenet121's logits on the
 //! reference inputs against f32, and the bf16 route really running. A test binary of its
 //! own, because the precision is a process-wide setting that plans read when they are
-//! made.
+//! made; its tests that set it hold one lock.
 
 mod common;
 
 use common::*;
 use densenet::ops::route::{self, Precision, Route};
 use densenet::{DenseNet, MemoryMode, Model};
+
+/// Held by each test that sets the process-wide precision, so that no other one plans a
+/// workspace meanwhile.
+static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn logits(net: &mut DenseNet, input: &[f32], n: usize) -> Vec<f32> {
     let mut ws = net.workspace(n, MemoryMode::Efficient, false);
@@ -24,6 +28,7 @@ fn densenet121_logits_in_bf16_stay_within_1e_2_of_f32() {
     };
     let input = &r.get("input").unwrap().tensor;
     let n = input.shape[0];
+    let _held = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
 
     route::set_precision(Precision::F32);
     let f32_logits = logits(&mut net, &input.data, n);
@@ -175,4 +180,41 @@ fn the_precision_flag_plans_reports_and_refuses() {
         "{}",
         stderr(&bad)
     );
+}
+
+/// The 1×1s that read a stored input (the pre-activation ResNet's, a DenseNet's in the
+/// naive memory mode) take the bf16 route too, and stay as close to f32 as the fused ones.
+#[test]
+fn stored_input_1x1s_in_bf16_stay_close_to_f32() {
+    use densenet::model::{AnyModel, ModelConfig};
+    use densenet::util::rng::Rng;
+    let _held = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, mode, ones) in [
+        ("preresnet-164", MemoryMode::Efficient, 109),
+        ("densenet-bc-40-12", MemoryMode::Naive, 20),
+    ] {
+        let mut net = AnyModel::new(&ModelConfig::from_name(name).unwrap(), 1);
+        let (_, c, s) = net.io();
+        let mut rng = Rng::new(3);
+        let x: Vec<f32> = (0..2 * c * s * s).map(|_| rng.normal() as f32).collect();
+        let mut pass = |p: Precision| {
+            route::set_precision(p);
+            let mut ws = net.workspace(2, mode, false);
+            let out = route::trace(|| net.forward_eval(&mut ws, &x, 2, None));
+            route::set_precision(Precision::F32);
+            out
+        };
+        let (f32_logits, _) = pass(Precision::F32);
+        let (bf16_logits, ran) = pass(Precision::Bf16);
+        let bf16_runs = ran
+            .iter()
+            .filter(|r| r.route == Route::PointwiseBf16)
+            .count();
+        assert_eq!(bf16_runs, ones, "{name}: 1×1s on the bf16 route");
+        let rel = rel_l2(&bf16_logits, &f32_logits);
+        say(&format!(
+            "{name} {mode:?}: bf16 logits relative L2 {rel:.2e} from f32"
+        ));
+        assert!(rel <= 1e-2 && rel > 1e-6, "{name}: relative L2 {rel:.2e}");
+    }
 }

@@ -41,9 +41,8 @@ pub struct Cli {
     pub threads: Option<usize>,
     /// Arithmetic of the products: f32 (default; parity with PyTorch) or bf16 (bfloat16
     /// operands, f32 sums, as PyTorch's CPU autocast). bf16 so far covers evaluation's
-    /// fused BN-ReLU → 1×1 convolutions (forward, predict, eval, embed, heatmap, bench
-    /// infer); the rest stays f32, and training refuses it. Without AVX512-BF16 it runs
-    /// a slow portable reference.
+    /// 1×1 convolutions (forward, predict, eval, embed, bench infer); the rest stays f32,
+    /// and training refuses it. Without AVX512-BF16 it runs a slow portable reference.
     #[arg(long, global = true, default_value = "f32", value_parser = crate::ops::route::Precision::parse)]
     pub precision: crate::ops::route::Precision,
     #[command(subcommand)]

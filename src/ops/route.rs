@@ -49,8 +49,8 @@ pub enum Route {
     /// im2col of as many samples as the scratch holds, then the `gemm` crate (and col2im
     /// for the input gradient): any kernel, stride and padding.
     Im2col,
-    /// A 1×1 in bfloat16 with f32 sums ([`crate::kernels::bf16`]), its input rounded a
-    /// tile at a time: a fused BN-ReLU's, or a transition's pooled BN-ReLU; evaluation at
+    /// A 1×1 in bfloat16 with f32 sums ([`crate::kernels::bf16`]), its input (a fused
+    /// BN-ReLU's or a stored one) rounded a tile at a time: evaluation at
     /// `--precision bf16`.
     PointwiseBf16,
 }
@@ -208,8 +208,8 @@ pub enum Precision {
     /// f32 throughout (the default; parity with PyTorch).
     F32,
     /// bfloat16 operands with f32 sums where a bf16 route exists (PyTorch's CPU autocast):
-    /// so far evaluation's fused BN-ReLU → 1×1 convolutions and pooled-first transitions
-    /// ([`Route::PointwiseBf16`]); everything else stays f32.
+    /// so far evaluation's 1×1 convolutions ([`Route::PointwiseBf16`]); everything else
+    /// stays f32.
     Bf16,
 }
 
@@ -356,21 +356,16 @@ fn backward_3x3(s: &ConvShape, data: bool) -> (Option<Route>, Route) {
 /// routes too (the input gradient's: the route it takes where a pass asks for it; a
 /// stem's image needs none unless asked).
 pub fn choose(s: &ConvShape, reads: Reads, training: bool) -> ConvRoute {
-    choose_in(s, reads, training, precision())
-}
-
-/// [`choose`] at precision `p`.
-fn choose_in(s: &ConvShape, reads: Reads, training: bool, p: Precision) -> ConvRoute {
     let direct = kernels::active().direct.is_some();
     let (forward, input_grad, weight_grad) = if s.is_pointwise() {
         // training allocates nothing after its first step: the direct kernel, which packs
         // into scratch of its own, takes every output count it can
         let fused = reads == Reads::BnRelu;
         let narrow = s.cout <= DIRECT_1X1_MAX_OUTPUTS || (fused && training);
-        let fwd = if fused && !training && p == Precision::Bf16 {
-            // bf16 wherever it applies: `cargo bench --bench bf16` (Zen 4, one thread)
-            // put densenet121's 1×1s at 0.56–0.60 of the faster f32 kernel's time, 0.81
-            // at 7×7
+        let fwd = if !training && precision() == Precision::Bf16 {
+            // bf16 for every 1×1 of evaluation, a fused BN-ReLU's or a stored input's:
+            // `cargo bench --bench bf16` (Zen 4, one thread) put densenet121's 1×1s at
+            // 0.56–0.60 of the faster f32 kernel's time, 0.81 at 7×7
             Route::PointwiseBf16
         } else if narrow && conv1x1::pointwise_applies(s.cout) {
             Route::Pointwise
@@ -444,8 +439,7 @@ pub fn transition(
     };
     let reads = if naive { Reads::Stored } else { Reads::BnRelu };
     if !pooled_first {
-        // (f32: the transitions have no bf16 route yet)
-        return choose_in(s, reads, training, Precision::F32);
+        return choose(s, reads, training);
     }
     // the 1×1 on the pooled positions: the direct kernel in training (it allocates
     // nothing after its first call), else as any stored 1×1
@@ -455,11 +449,7 @@ pub fn transition(
         w: pooled,
         ..*s
     };
-    let mut r = choose_in(&ps, Reads::Stored, false, Precision::F32);
-    if !training && precision() == Precision::Bf16 {
-        // the pooled BN-ReLU, stored, in bf16 pairs: densenet121's three transitions
-        r.forward = Route::PointwiseBf16;
-    }
+    let mut r = choose(&ps, Reads::Stored, false);
     if training {
         r.forward = Route::Pointwise;
         r.input_grad = Some(Route::Pointwise);
