@@ -135,10 +135,20 @@ pub fn sgemm(
         // evaluation at batch 1 0.988–0.992, at batch 16 1.002, BC-100 training 0.990)
         // SAFETY: as above
         return unsafe {
-            raw_ptr_col_split(m, n, k, c.as_mut_ptr(), ldc, accumulate, a, b, threads)
+            raw_ptr_col_split((m, n, k), c.as_mut_ptr(), ldc, accumulate, a, b, threads)
         };
     }
     raw(m, n, k, c, ldc, accumulate, a, b, Parallelism::None);
+}
+
+/// Where part `j` of `parts` of `total` rows or columns starts: cut at a multiple of
+/// `unit`, the last part ending at `total`.
+fn cut(total: usize, j: usize, parts: usize, unit: usize) -> usize {
+    if j == parts {
+        total
+    } else {
+        total * j / parts / unit * unit
+    }
 }
 
 /// [`raw_ptr`] with C's columns split over the team: part j takes columns
@@ -147,11 +157,8 @@ pub fn sgemm(
 ///
 /// # Safety
 /// As [`raw_ptr`].
-#[allow(clippy::too_many_arguments)]
 unsafe fn raw_ptr_col_split(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -161,13 +168,7 @@ unsafe fn raw_ptr_col_split(
 ) {
     b.check(k, n, "B");
     let parts = threads.min(n.div_ceil(16)).max(1);
-    let cut = |j: usize| {
-        if j == parts {
-            n
-        } else {
-            n * j / parts / 16 * 16
-        }
-    };
+    let cut = |j| cut(n, j, parts, 16);
     let (_, bcs) = b.strides();
     let cp = crate::util::par::SyncPtr(c);
     crate::util::team::run(parts, |j| {
@@ -196,8 +197,9 @@ unsafe fn raw_ptr_col_split(
 }
 
 /// Whether a parallel product should be split by rows ([`raw_ptr_row_split`]) rather
-/// than by the `gemm` crate's own threading: few columns (positions), and rows enough
-/// for a part per thread. At batch 1, densenet121's 1×1 convolutions at 14×14 and 7×7
+/// than by columns (measured against the `gemm` crate's own threading, which the column
+/// split replaced): few columns (positions), and rows enough for a part per thread. At
+/// batch 1, densenet121's 1×1 convolutions at 14×14 and 7×7
 /// are 128 × 196 and 128 × 49 products over 256–1024 inputs; the crate's threads ran
 /// them 1.09× faster than one thread (Zen 4, 2 threads), where two single-threaded
 /// halves nearly double it (`bench infer --ab` at batch 1: 0.949 of a pass's time). At
@@ -314,13 +316,7 @@ unsafe fn row_part(
         /// Per-thread C of a part's padded columns.
         static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let cut = |j: usize| {
-        if j == parts {
-            m
-        } else {
-            m * j / parts / ROW_PART * ROW_PART
-        }
-    };
+    let cut = |j| cut(m, j, parts, ROW_PART);
     let n16 = n.next_multiple_of(16);
     let padded =
         n16 != n && k > 0 && !b.trans && b.ld >= n16 && b.data.len() >= (k - 1) * b.ld + n16;
