@@ -126,8 +126,8 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Sets `--precision` for the process, before any plan is made: refused where the
-/// command trains (no bf16 training routes yet), with a warning where this CPU lacks
-/// AVX512-BF16.
+/// command trains (no bf16 training routes yet), with a warning where the bf16 kernels
+/// would be the portable reference.
 fn set_precision(cli: &Cli) -> anyhow::Result<()> {
     use crate::ops::route::Precision;
     if cli.precision == Precision::Bf16 {
@@ -137,10 +137,10 @@ fn set_precision(cli: &Cli) -> anyhow::Result<()> {
             !trains,
             "--precision bf16: training in bf16 is not built yet (evaluation only)"
         );
-        if !crate::kernels::bf16::avx512bf16() {
+        if !crate::kernels::bf16::vector_kernels() {
             eprintln!(
-                "warning: this CPU has no AVX512-BF16: --precision bf16 runs the portable \
-                 bf16 reference, which is slow"
+                "warning: no AVX512-BF16 (this CPU, or DENSENET_KERNELS): --precision bf16 \
+                 runs the portable bf16 reference, which is slow"
             );
         }
     }

@@ -120,7 +120,14 @@ unsafe fn reference_ptr(
     }
 }
 
-/// Whether this CPU runs [`pointwise`]'s AVX512-BF16 kernel.
+/// Whether the bf16 products run on the AVX512-BF16 kernels: the CPU has them and the
+/// `avx512` table is active (they extend it; `DENSENET_KERNELS=avx2` or `portable` leave
+/// the bf16 products to the reference too).
+pub fn vector_kernels() -> bool {
+    avx512bf16() && super::active().name == "avx512"
+}
+
+/// Whether this CPU has the instructions of [`pointwise`]'s AVX512-BF16 kernel.
 pub fn avx512bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -135,8 +142,7 @@ pub fn avx512bf16() -> bool {
 }
 
 /// `Y = W·X` in bf16 with f32 sums, as [`pointwise_reference`]: on AVX512-BF16
-/// (`vdpbf16ps`) where the CPU has it and the `avx512` table is active, else the
-/// reference.
+/// (`vdpbf16ps`) where [`vector_kernels`] holds, else the reference.
 pub fn pointwise(y: &mut [f32], w2: &[u32], x2: &[u32], o_n: usize, ip: usize, len: usize) {
     assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
     // SAFETY: the sizes are asserted above
@@ -160,10 +166,8 @@ pub unsafe fn pointwise_ptr(
     n: usize,
 ) {
     assert!(w2.len() >= o_n * ip && (ip == 0 || x2.len() >= (ip - 1) * ldx + n));
-    // the AVX512-BF16 kernel extends the `avx512` table: `DENSENET_KERNELS=avx2` or
-    // `portable` leave the bf16 products to the reference too
     #[cfg(target_arch = "x86_64")]
-    if avx512bf16() && super::active().name == "avx512" {
+    if vector_kernels() {
         // SAFETY: the CPU has the features (checked above); the caller's contract
         unsafe { avx512::pointwise(y, ldy, w2.as_ptr(), x2.as_ptr(), ldx, o_n, ip, n) };
         return;
@@ -226,7 +230,7 @@ fn affine_pairs(
         None => v,
     };
     #[cfg(target_arch = "x86_64")]
-    let vector = avx512bf16() && super::active().name == "avx512";
+    let vector = vector_kernels();
     for j in 0..pairs(i_n) {
         let row = &mut dst[j * ld..][..n];
         #[cfg(target_arch = "x86_64")]

@@ -11,8 +11,8 @@ use crate::util::par::{with_scratch, OnTeam, SyncPtr};
 use crate::util::team;
 use rayon::prelude::*;
 
-/// Positions per tile: `i_n` rows of A's pairs (4 bytes per pair and position) within
-/// 256 KiB, between 256 and 4096 positions.
+/// Positions per tile: `ceil(i_n/2)` rows of A's pair words (4 bytes each) within
+/// 512 KiB, between 256 and 4096 positions.
 fn tile_len(i_n: usize) -> usize {
     ((128 << 10) / bf16::pairs(i_n).max(1)).clamp(256, 4096) / 16 * 16
 }
@@ -37,23 +37,23 @@ pub fn product(
     }
     assert!(y.len() >= o_n * len && w.len() >= o_n * i_n);
     let ip = bf16::pairs(i_n);
-    let pack = |v: &mut [f32]| {
-        let mut words = vec![0u32; o_n * ip];
-        bf16::pack_weight_pairs(&mut words, w, o_n, i_n);
-        for (d, s) in v.iter_mut().zip(words) {
+    let words = || {
+        let mut v = vec![0u32; o_n * ip];
+        bf16::pack_weight_pairs(&mut v, w, o_n, i_n);
+        v
+    };
+    let frozen = prepack::packed(prepack::Layout::Bf16Pairs, w, o_n * ip, |v| {
+        for (d, s) in v.iter_mut().zip(words()) {
             *d = f32::from_bits(s);
         }
-    };
-    let frozen = prepack::packed(prepack::Layout::Bf16Pairs, w, o_n * ip, pack);
+    });
     let own: Vec<u32>;
     let w2: &[u32] = match &frozen {
         // SAFETY: u32 and f32 have one size and alignment; the packing holds the words'
         // bits
         Some(p) => unsafe { std::slice::from_raw_parts(p.as_ptr() as *const u32, p.len()) },
         None => {
-            let mut v = vec![0u32; o_n * ip];
-            bf16::pack_weight_pairs(&mut v, w, o_n, i_n);
-            own = v;
+            own = words();
             &own
         }
     };
