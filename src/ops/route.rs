@@ -2,8 +2,8 @@
 //!
 //! A convolution's route is a pure function ([`choose`]) of its shape (batch included),
 //! what it reads ([`Reads`]: its input as stored, or a BN-ReLU of it formed on the fly),
-//! whether it trains, the active kernels table, the thread count and the
-//! `DENSENET_ROUTES` policy ([`Policy`]). Each family's memory plan calls it once per
+//! whether it trains, the active kernels table, the thread count, the `DENSENET_ROUTES`
+//! policy ([`Policy`]) and the `--precision` ([`Precision`]). Each family's memory plan calls it once per
 //! convolution and batch size and keeps the answer ([`Routes`]); the layers pass that
 //! answer to the ops in [`super::conv`] and [`super::fused`], which only dispatch on it,
 //! and the kernels only compute. `densenet summary MODEL --plan` prints the routes, and
