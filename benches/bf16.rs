@@ -5,7 +5,7 @@
 //! cargo bench --bench bf16
 //! ```
 //!
-//! Prints per shape the f32 direct kernel's and the `gemm` crate's time, the bf16
+//! Prints per shape the f32 direct kernel's and the `gemm` crate's time, each bf16
 //! kernel's with and without the conversion of X into the pair layout, and the ratio of
 //! the bf16 time (conversion included) to the faster f32 one. Not a correctness test
 //! (`kernels::bf16`'s tests are); the CPU comes first, since every figure depends on it.
@@ -40,8 +40,16 @@ fn main() {
                 .map(|l| l.to_string())
         })
         .unwrap_or_default();
-    println!("{cpu}; AVX512-BF16: {}", bf16::avx512bf16());
-    if !bf16::avx512bf16() {
+    use bf16::Products;
+    let kernels: Vec<Products> = [
+        (Products::Avx512Bf16, bf16::avx512bf16()),
+        (Products::Amx, bf16::amx::available()),
+    ]
+    .into_iter()
+    .filter_map(|(p, runs)| runs.then_some(p))
+    .collect();
+    println!("{cpu}; bf16 kernels: {kernels:?}");
+    if kernels.is_empty() {
         println!("SKIPPED: the bf16 kernel would be the portable reference");
         return;
     }
@@ -49,7 +57,7 @@ fn main() {
         .num_threads(1)
         .build()
         .unwrap();
-    println!("   O    I     len   f32 direct     f32 gemm   bf16+pack  bf16 alone  bf16÷f32  GFLOP/s bf16");
+    println!("kernel          O    I     len   f32 direct     f32 gemm   bf16+form  bf16 alone  bf16÷f32  GFLOP/s bf16");
     pool.install(|| {
         for (i_n, len) in [
             (64, 3136),
@@ -67,29 +75,38 @@ fn main() {
             let w: Vec<f32> = (0..o_n * i_n).map(|k| (k % 13) as f32 * 0.01 - 0.06).collect();
             let x: Vec<f32> = (0..i_n * len).map(|k| (k % 17) as f32 * 0.1 - 0.8).collect();
             let mut y = vec![0f32; o_n * len];
-            let ip = bf16::pairs(i_n);
-            let (mut w2, mut x2) = (vec![0u32; o_n * ip], vec![0u32; ip * len]);
-            bf16::pack_weight_pairs(&mut w2, &w, o_n, i_n);
             let flops = 2.0 * (o_n * i_n * len) as f64;
             let reps = (2e8 / flops).ceil() as usize;
             let direct = time(reps, || pointwise(&mut y, &x, &w, o_n, i_n, len, false));
             let gemm = time(reps, || {
                 sgemm(o_n, len, i_n, &mut y, len, false, Mat::n(&w, i_n), Mat::n(&x, len))
             });
-            let packed = time(reps, || {
-                bf16::pack_pairs(&mut x2, &x, i_n, len);
-                bf16::pointwise(&mut y, &w2, &x2, o_n, ip, len);
-            });
-            let alone = time(reps, || bf16::pointwise(&mut y, &w2, &x2, o_n, ip, len));
-            println!(
-                "{o_n:>4} {i_n:>4} {len:>7} {:>9.1} us {:>9.1} us {:>9.1} us {:>9.1} us {:>8.2}× {:>8.0}",
-                direct * 1e6,
-                gemm * 1e6,
-                packed * 1e6,
-                alone * 1e6,
-                packed / direct.min(gemm),
-                flops / alone / 1e9
-            );
+            for &p in &kernels {
+                let mut wp = vec![0u32; p.weight_len(o_n, i_n)];
+                p.pack_weights(&mut wp, &w, o_n, i_n);
+                let ld = p.tile_ld(len);
+                let mut x2 = vec![0u32; p.tile_rows(i_n) * ld];
+                // SAFETY: y holds o_n rows of len; x2 and wp are packed for these shapes
+                let run = |y: &mut [f32], x2: &[u32]| unsafe {
+                    p.product(y.as_mut_ptr(), len, &wp, x2, ld, (0, o_n), i_n, len)
+                };
+                let formed = time(reps, || {
+                    bf16::stored_pairs(&mut x2, ld, &x, i_n, len, 0, len);
+                    p.pad_tile(&mut x2, ld, i_n, len);
+                    run(&mut y, &x2);
+                });
+                let alone = time(reps, || run(&mut y, &x2));
+                println!(
+                    "{:<12} {o_n:>4} {i_n:>4} {len:>7} {:>9.1} us {:>9.1} us {:>9.1} us {:>9.1} us {:>8.2}× {:>8.0}",
+                    format!("{p:?}"),
+                    direct * 1e6,
+                    gemm * 1e6,
+                    formed * 1e6,
+                    alone * 1e6,
+                    formed / direct.min(gemm),
+                    flops / alone / 1e9
+                );
+            }
         }
     });
 }

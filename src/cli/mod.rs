@@ -137,7 +137,7 @@ fn set_precision(cli: &Cli) -> anyhow::Result<()> {
             !trains,
             "--precision bf16: training in bf16 is not built yet (evaluation only)"
         );
-        if !crate::kernels::bf16::vector_kernels() {
+        if !crate::kernels::bf16::Products::active().is_vector() {
             eprintln!(
                 "warning: no AVX512-BF16 (this CPU, or DENSENET_KERNELS): --precision bf16 \
                  runs the portable bf16 reference, which is slow"

@@ -24,6 +24,9 @@
 //! - `avx512`: the same again with AVX-512F enabled. The direct kernels are the AVX2
 //!   ones' source ([`simd`]: one generic source per kernel over the vector type),
 //!   instantiated with 16-lane vectors, so a register block covers 32 positions.
+//! - `avx512bf16` and `amx`: the `avx512` table (the same f32 kernels, so the same f32
+//!   bits), with the bf16 products of `--precision bf16` ([`bf16`]) on `vdpbf16ps` or on
+//!   AMX tiles; in the other tables those products run the portable bf16 reference.
 //!
 //! The `gemm` crate picks its own micro-kernels at run time (AVX-512 ones too: it is built
 //! with its `x86-v4` feature); it is the same in every table.
@@ -224,8 +227,8 @@ pub struct Direct {
 /// with any slices (they stop at the shorter one, as the portable loops do).
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    /// `portable`, `avx2` or `avx512`: what `DENSENET_KERNELS` takes and `bench --json`
-    /// reports.
+    /// `portable`, `avx2`, `avx512`, `avx512bf16` or `amx`: what `DENSENET_KERNELS` takes
+    /// and `bench --json` reports.
     pub name: &'static str,
     /// Mean and biased variance of one channel ([`norm::row_stats`]).
     pub row_stats: fn(&[f32]) -> (f64, f64),
@@ -248,6 +251,8 @@ pub struct Kernels {
     /// The direct convolution kernels, where this instruction set has them; without,
     /// every convolution takes im2col + GEMM.
     pub direct: Option<Direct>,
+    /// What runs the bf16 products of `--precision bf16` ([`bf16::Products`]).
+    pub bf16: bf16::Products,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -269,6 +274,7 @@ static PORTABLE: Kernels = Kernels {
     max_pool3s2: pool::max_pool3s2,
     bn_relu_avg_pool2: pool::bn_relu_avg_pool2,
     direct: None,
+    bf16: bf16::Products::Reference,
 };
 
 /// AVX2 and FMA (x86-64 from Haswell and Zen on); only handed out where the CPU has both.
@@ -301,12 +307,35 @@ static AVX2: Kernels = Kernels {
         broadcast_group: broadcast::GROUP_AVX2,
         broadcast_block: 6,
     }),
+    bf16: bf16::Products::Reference,
 };
 
 /// AVX-512F (with AVX2 and FMA: Skylake-SP and later Xeons, Zen 4); only handed out where
-/// the CPU has all three.
+/// the CPU has all three. Its bf16 products are the reference's.
 #[cfg(target_arch = "x86_64")]
-static AVX512: Kernels = Kernels {
+static AVX512: Kernels = AVX512_F32;
+
+/// The `avx512` table with the bf16 products on `vdpbf16ps` (Zen 4, Cooper Lake and
+/// later Xeons); its f32 kernels are `avx512`'s, so f32 results are the same bits.
+#[cfg(target_arch = "x86_64")]
+static AVX512BF16: Kernels = Kernels {
+    name: "avx512bf16",
+    bf16: bf16::Products::Avx512Bf16,
+    ..AVX512_F32
+};
+
+/// The `avx512` table with the bf16 products on AMX tiles (Sapphire Rapids and later
+/// Xeons), its bf16 tile former on AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+static AMX: Kernels = Kernels {
+    name: "amx",
+    bf16: bf16::Products::Amx,
+    ..AVX512_F32
+};
+
+/// The AVX-512 f32 kernels, shared by the three AVX-512 tables.
+#[cfg(target_arch = "x86_64")]
+const AVX512_F32: Kernels = Kernels {
     name: "avx512",
     row_stats: norm::avx512::row_stats,
     affine_relu: norm::avx512::affine_relu,
@@ -335,6 +364,7 @@ static AVX512: Kernels = Kernels {
         broadcast_group: broadcast::GROUP_AVX512,
         broadcast_block: 12,
     }),
+    bf16: bf16::Products::Reference,
 };
 
 /// The portable table.
@@ -360,17 +390,38 @@ pub fn avx512() -> Option<&'static Kernels> {
     None
 }
 
+/// The AVX-512 table with AVX512-BF16 products, if this CPU runs it.
+pub fn avx512bf16() -> Option<&'static Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    if bf16::avx512bf16() && avx512().is_some() {
+        return Some(&AVX512BF16);
+    }
+    None
+}
+
+/// The AVX-512 table with AMX bf16 products, if this CPU runs it and Linux granted the
+/// tile state ([`bf16::amx::available`]).
+pub fn amx() -> Option<&'static Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    if avx512bf16().is_some() && bf16::amx::available() {
+        return Some(&AMX);
+    }
+    None
+}
+
 /// Every table this CPU runs, fastest first.
 pub fn available() -> Vec<&'static Kernels> {
-    avx512()
+    amx()
         .into_iter()
+        .chain(avx512bf16())
+        .chain(avx512())
         .chain(avx2())
         .chain([portable()])
         .collect()
 }
 
 /// Names every table knows, whether or not this CPU runs it.
-pub const NAMES: &[&str] = &["portable", "avx2", "avx512"];
+pub const NAMES: &[&str] = &["portable", "avx2", "avx512", "avx512bf16", "amx"];
 
 /// The table named `name`, if this CPU runs it (`None` for an unknown name too).
 pub fn by_name(name: &str) -> Option<&'static Kernels> {
@@ -378,6 +429,8 @@ pub fn by_name(name: &str) -> Option<&'static Kernels> {
         "portable" => Some(portable()),
         "avx2" => avx2(),
         "avx512" => avx512(),
+        "avx512bf16" => avx512bf16(),
+        "amx" => amx(),
         _ => None,
     }
 }
@@ -386,7 +439,7 @@ pub fn by_name(name: &str) -> Option<&'static Kernels> {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelsError {
     /// Not a table name.
-    #[error("DENSENET_KERNELS={0}: unknown kernels (expected auto, portable, avx2 or avx512)")]
+    #[error("DENSENET_KERNELS={0}: unknown kernels (expected auto, portable, avx2, avx512, avx512bf16 or amx)")]
     Unknown(String),
     /// A table this CPU cannot run.
     #[error("DENSENET_KERNELS={0}: this CPU lacks the instructions (it runs: {1})")]

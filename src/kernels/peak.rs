@@ -114,7 +114,7 @@ impl Peak {
 /// AVX-512 micro-kernels itself, so they can show more than 100% of that peak.
 pub fn lanes_of(table_name: &str) -> usize {
     match table_name {
-        "avx512" => 16,
+        "avx512" | "avx512bf16" | "amx" => 16,
         "avx2" => 8,
         _ => 4,
     }
@@ -128,8 +128,8 @@ pub fn lanes_of(table_name: &str) -> usize {
 /// both halves at once: one `avx512` FMA per cycle there, the same FLOPs as two AVX2 ones.
 fn fma_units_of(table_name: &str, cpuinfo: &str) -> usize {
     match table_name {
-        "avx512" if is_amd_family_25(cpuinfo) => 1,
-        "avx2" | "avx512" => 2,
+        "avx512" | "avx512bf16" if is_amd_family_25(cpuinfo) => 1,
+        "avx2" | "avx512" | "avx512bf16" | "amx" => 2,
         _ => 1,
     }
 }

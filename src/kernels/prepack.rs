@@ -39,9 +39,10 @@ pub(crate) enum Layout {
         /// Outputs per tile side (2: F(2×2, 3×3), 4: F(4×4, 3×3)).
         tile: usize,
     },
-    /// [`super::bf16`]'s weight pairs, `[O][ceil(I/2)]` 32-bit words (kept as the f32
-    /// of the same bits).
-    Bf16Pairs,
+    /// [`super::bf16`]'s weights packed for its products' kernel
+    /// ([`super::bf16::Products::pack_weights`]), 32-bit words kept as the f32 of the
+    /// same bits.
+    Bf16(super::bf16::Products),
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]

@@ -36,19 +36,20 @@ pub fn product(
         static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     assert!(y.len() >= o_n * len && w.len() >= o_n * i_n);
-    let ip = bf16::pairs(i_n);
+    let products = bf16::Products::active();
     let words = || {
-        let mut v = vec![0u32; o_n * ip];
-        bf16::pack_weight_pairs(&mut v, w, o_n, i_n);
+        let mut v = vec![0u32; products.weight_len(o_n, i_n)];
+        products.pack_weights(&mut v, w, o_n, i_n);
         v
     };
-    let frozen = prepack::packed(prepack::Layout::Bf16Pairs, w, o_n * ip, |v| {
+    let layout = prepack::Layout::Bf16(products);
+    let frozen = prepack::packed(layout, w, products.weight_len(o_n, i_n), |v| {
         for (d, s) in v.iter_mut().zip(words()) {
             *d = f32::from_bits(s);
         }
     });
     let own: Vec<u32>;
-    let w2: &[u32] = match &frozen {
+    let wp: &[u32] = match &frozen {
         // SAFETY: u32 and f32 have one size and alignment; the packing holds the words'
         // bits
         Some(p) => unsafe { std::slice::from_raw_parts(p.as_ptr() as *const u32, p.len()) },
@@ -61,29 +62,31 @@ pub fn product(
     let tile = balanced_tile(len, tile_len(i_n), 16, threads);
     let tiles = len.div_ceil(tile);
     let big = o_n * i_n * len >= 1 << 18;
-    // output rows split in parts of whole register blocks (4 rows) where tiles are few
+    // output rows split in parts of whole row blocks (a register block, an AMX tile)
+    // where tiles are few
+    let unit = products.row_block();
+    let blocks = o_n.div_ceil(unit);
     let row_parts = if tiles < threads && big {
-        (threads / tiles).clamp(1, o_n.div_ceil(4))
+        (threads / tiles).clamp(1, blocks)
     } else {
         1
     };
+    let rows = products.tile_rows(i_n);
     let yp = SyncPtr(y.as_mut_ptr());
     let work = |task: usize| {
         let (t, part) = (task / row_parts, task % row_parts);
         let (a, b) = (t * tile, ((t + 1) * tile).min(len));
-        let blocks = o_n.div_ceil(4);
         let (r0, r1) = (
-            (part * blocks / row_parts * 4).min(o_n),
-            ((part + 1) * blocks / row_parts * 4).min(o_n),
+            (part * blocks / row_parts * unit).min(o_n),
+            ((part + 1) * blocks / row_parts * unit).min(o_n),
         );
-        with_scratch(&PAIRS, ip * (b - a), |a2| {
-            fill(a2, b - a, a, b);
+        let ld = products.tile_ld(b - a);
+        with_scratch(&PAIRS, rows * ld, |a2| {
+            fill(a2, ld, a, b);
+            products.pad_tile(a2, ld, i_n, b - a);
             // SAFETY: rows r0..r1, columns a..b of y (o_n rows of len, asserted above)
-            // are this task's only; a2 holds ip rows of b − a words
-            unsafe {
-                let (yo, wo) = (yp.get().add(r0 * len + a), &w2[r0 * ip..]);
-                bf16::pointwise_ptr(yo, len, wo, a2, b - a, r1 - r0, ip, b - a)
-            }
+            // are this task's only; a2 is a padded tile of b − a positions
+            unsafe { products.product(yp.get().add(a), len, wp, a2, ld, (r0, r1), i_n, b - a) }
         })
     };
     let tasks = tiles * row_parts;

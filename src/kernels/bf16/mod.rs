@@ -1,6 +1,8 @@
-//! bfloat16 products, the first piece of the reduced-precision tables (issue 32): the
-//! conversions, the pair layout that `vdpbf16ps` reads, a 1×1 convolution (`Y = W·X`)
-//! in that layout on AVX512-BF16, and a portable reference for its tests.
+//! bfloat16 products (`--precision bf16`): the conversions, the pair layout that
+//! `vdpbf16ps` and AMX's `tdpbf16ps` read, a 1×1 convolution (`Y = W·X`) in that layout
+//! on AVX512-BF16 or AMX ([`amx`]), and a portable reference. Which one runs is the
+//! kernels table's [`Products`] entry (`avx512bf16`, `amx`; the other tables run the
+//! reference).
 //!
 //! **The arithmetic** is PyTorch's CPU autocast: both operands rounded to bf16 (round to
 //! nearest even), products and sums in f32. A product of two bf16 values is exact in
@@ -12,11 +14,14 @@
 //! therefore come in pairs: a pair of rows `2j, 2j + 1` of `X: [I][len]` becomes one row
 //! of `len` 32-bit words, `(x[2j][p], x[2j+1][p])` in word `p` ([`pack_pairs`]), and a
 //! weight row the same over its input channels ([`pack_weight_pairs`]). An odd channel
-//! count gets a zero channel.
+//! count gets a zero channel. AMX reads the same input rows as whole tiles of 16 pairs ×
+//! 16 positions, and W packed into tiles ([`Products::pack_weights`]).
 //!
 //! [`crate::ops::route`] sends evaluation's fused BN-ReLU → 1×1 convolutions here at
 //! `--precision bf16` (`Route::PointwiseBf16`); `cargo bench --bench bf16` sets the
 //! kernel's speed against the f32 pointwise kernel.
+
+pub mod amx;
 
 /// `v` rounded to bfloat16, to nearest even (NaN stays NaN, quiet), as PyTorch's
 /// `tensor.to(torch.bfloat16)` and `vcvtne2ps2bf16` round.
@@ -94,18 +99,17 @@ pub fn pointwise_reference(
     unsafe { reference_ptr(y.as_mut_ptr(), (len, len), (w2, x2), (o_n, ip, len)) }
 }
 
-/// [`pointwise_reference`] with leading dimensions, as [`pointwise_ptr`].
+/// [`pointwise_reference`] on `n` positions of rows `ldy` (Y) and `ldx` (X) floats apart.
 ///
 /// # Safety
-/// As [`pointwise_ptr`].
-/// `(ldy, ldx)` and `(o_n, ip, n)` as [`pointwise_ptr`]'s arguments of those names.
+/// `y` must hold `o_n` rows of `ldy ≥ n` floats that nobody else touches meanwhile,
+/// `x2` `ip` rows of `ldx ≥ n` words, `w2` `o_n·ip` words.
 unsafe fn reference_ptr(
     y: *mut f32,
     (ldy, ldx): (usize, usize),
     (w2, x2): (&[u32], &[u32]),
     (o_n, ip, n): (usize, usize, usize),
 ) {
-    let half = |v: u32, hi: bool| from_bf16(if hi { (v >> 16) as u16 } else { v as u16 });
     for o in 0..o_n {
         // SAFETY: row o of y holds n floats (the caller's contract)
         let out = unsafe { std::slice::from_raw_parts_mut(y.add(o * ldy), n) };
@@ -120,14 +124,135 @@ unsafe fn reference_ptr(
     }
 }
 
-/// Whether the bf16 products run on the AVX512-BF16 kernels: the CPU has them and the
-/// `avx512` table is active (they extend it; `DENSENET_KERNELS=avx2` or `portable` leave
-/// the bf16 products to the reference too).
-pub fn vector_kernels() -> bool {
-    avx512bf16() && super::active().name == "avx512"
+/// What runs the bf16 products: one entry of the kernels table ([`super::Kernels::bf16`]),
+/// with the weight packing and the tile shape its kernel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Products {
+    /// [`pointwise_reference`]: f32 arithmetic on bf16 operands, any CPU (slow).
+    Reference,
+    /// The `vdpbf16ps` register-blocked kernel (this file's `avx512` module).
+    Avx512Bf16,
+    /// AMX `tdpbf16ps` tiles ([`amx`]).
+    Amx,
 }
 
-/// Whether this CPU has the instructions of [`pointwise`]'s AVX512-BF16 kernel.
+impl Products {
+    /// The active table's ([`super::active`]).
+    pub fn active() -> Products {
+        super::active().bf16
+    }
+
+    /// Whether these run on the CPU's bf16 instructions (not the slow reference).
+    pub fn is_vector(self) -> bool {
+        self != Products::Reference
+    }
+
+    /// Words of `W: [O][I]` packed for this kernel ([`Products::pack_weights`]).
+    pub fn weight_len(self, o_n: usize, i_n: usize) -> usize {
+        match self {
+            Products::Amx => amx::weight_tiles_len(o_n, i_n),
+            _ => o_n * pairs(i_n),
+        }
+    }
+
+    /// `w: [O][I]` packed for this kernel: [`pack_weight_pairs`]' `[O][ceil(I/2)]`, or
+    /// whole AMX tiles ([`amx::pack_weight_tiles`]).
+    pub fn pack_weights(self, dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize) {
+        match self {
+            Products::Amx => amx::pack_weight_tiles(dst, w, o_n, i_n),
+            _ => pack_weight_pairs(dst, w, o_n, i_n),
+        }
+    }
+
+    /// Pair rows of an input tile of `i_n` channels: its pairs, rounded up to whole AMX
+    /// tiles (16) for AMX.
+    pub fn tile_rows(self, i_n: usize) -> usize {
+        match self {
+            Products::Amx => amx::k_pairs(i_n),
+            _ => pairs(i_n),
+        }
+    }
+
+    /// Words per pair row of an input tile of `n` positions (a multiple of 16 for AMX).
+    pub fn tile_ld(self, n: usize) -> usize {
+        match self {
+            Products::Amx => n.div_ceil(16) * 16,
+            _ => n,
+        }
+    }
+
+    /// Output rows that a split of the rows keeps together (a register block, an AMX tile).
+    pub fn row_block(self) -> usize {
+        match self {
+            Products::Amx => 16,
+            _ => 4,
+        }
+    }
+
+    /// Zeros in an input tile `x2` (`tile_rows(i_n)` rows of `ld` words) where its former
+    /// wrote nothing: past position `n` of its pair rows and the rows past the pairs,
+    /// which the AMX kernel reads (0 · a finite weight; an uninitialised NaN would spread).
+    pub fn pad_tile(self, x2: &mut [u32], ld: usize, i_n: usize, n: usize) {
+        if self != Products::Amx {
+            return;
+        }
+        let (ip, rows) = (pairs(i_n), self.tile_rows(i_n));
+        for (j, row) in x2.chunks_exact_mut(ld).take(rows).enumerate() {
+            let from = if j < ip { n } else { 0 };
+            row[from..].fill(0);
+        }
+    }
+
+    /// Rows `o0..o1` (`o0` a multiple of [`Products::row_block`]) of `y = W·X` in bf16
+    /// with f32 sums over `n` positions: `wp` is W packed by [`Products::pack_weights`]
+    /// for `i_n` inputs, `x2` an input tile of [`Products::tile_rows`] rows of `ldx` words
+    /// (padded by [`Products::pad_tile`]), `y` rows of `ldy` floats (row 0 at `y`).
+    ///
+    /// # Safety
+    /// `y`'s rows `o0..o1` hold `n` floats that nobody else touches meanwhile;
+    /// `ldx ≥ tile_ld(n)`; `wp` and `x2` are at least as long as those shapes say.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn product(
+        self,
+        y: *mut f32,
+        ldy: usize,
+        wp: &[u32],
+        x2: &[u32],
+        ldx: usize,
+        (o0, o1): (usize, usize),
+        i_n: usize,
+        n: usize,
+    ) {
+        let rows = self.tile_rows(i_n);
+        assert!(o0 <= o1 && o0 % self.row_block() == 0 && ldx >= self.tile_ld(n));
+        assert!(rows == 0 || x2.len() >= (rows - 1) * ldx + self.tile_ld(n));
+        let ip = pairs(i_n);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Products::Amx => {
+                assert!(amx::available() && wp.len() >= o1.div_ceil(16) * rows * 16);
+                // SAFETY: checked above; the caller's contract
+                unsafe { amx::pointwise(y, ldy, wp.as_ptr(), x2.as_ptr(), ldx, (o0, o1), rows, n) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Products::Avx512Bf16 => {
+                assert!(avx512bf16() && wp.len() >= o1 * ip);
+                // SAFETY: checked above; the caller's contract
+                unsafe {
+                    let (y, w) = (y.add(o0 * ldy), wp.as_ptr().add(o0 * ip));
+                    avx512::pointwise(y, ldy, w, x2.as_ptr(), ldx, o1 - o0, ip, n)
+                }
+            }
+            _ => {
+                assert!(wp.len() >= o1 * ip);
+                // SAFETY: the caller's contract
+                unsafe { reference_ptr(y.add(o0 * ldy), (ldy, ldx), (&wp[o0 * ip..], x2), (o1 - o0, ip, n)) }
+            }
+        }
+    }
+}
+
+/// Whether this CPU has the instructions of the AVX512-BF16 kernel and tile former.
 pub fn avx512bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -141,39 +266,33 @@ pub fn avx512bf16() -> bool {
     }
 }
 
-/// `Y = W·X` in bf16 with f32 sums, as [`pointwise_reference`]: on AVX512-BF16
-/// (`vdpbf16ps`) where [`vector_kernels`] holds, else the reference.
+/// `Y = W·X` in bf16 with f32 sums, as [`pointwise_reference`], on the active table's
+/// products (`w2`, `x2` in the pair layout; packed again for AMX, for tests).
 pub fn pointwise(y: &mut [f32], w2: &[u32], x2: &[u32], o_n: usize, ip: usize, len: usize) {
     assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
-    // SAFETY: the sizes are asserted above
-    unsafe { pointwise_ptr(y.as_mut_ptr(), len, w2, x2, len, o_n, ip, len) }
+    let p = Products::active();
+    if p != Products::Amx {
+        // SAFETY: the sizes are asserted above; y holds o_n rows of len
+        return unsafe { p.product(y.as_mut_ptr(), len, w2, x2, len, (0, o_n), 2 * ip, len) };
+    }
+    // unpack to f32 (exact) and repack as tiles
+    let w: Vec<f32> = (0..o_n * 2 * ip)
+        .map(|k| half(w2[k / 2], k % 2 == 1))
+        .collect();
+    let mut wp = vec![0; p.weight_len(o_n, 2 * ip)];
+    p.pack_weights(&mut wp, &w, o_n, 2 * ip);
+    let ld = p.tile_ld(len);
+    let mut xt = vec![0; p.tile_rows(2 * ip) * ld];
+    for (d, s) in xt.chunks_exact_mut(ld).zip(x2.chunks_exact(len)) {
+        d[..len].copy_from_slice(s);
+    }
+    // SAFETY: as above, with the tile shapes made here
+    unsafe { p.product(y.as_mut_ptr(), len, &wp, &xt, ld, (0, o_n), 2 * ip, len) }
 }
 
-/// [`pointwise`] on `n` positions of rows `ldy` (Y) and `ldx` (X) floats apart.
-///
-/// # Safety
-/// `y` must hold `o_n` rows of `ldy ≥ n` floats that nobody else touches meanwhile,
-/// `x2` `ip` rows of `ldx ≥ n` words, `w2` `o_n·ip` words.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn pointwise_ptr(
-    y: *mut f32,
-    ldy: usize,
-    w2: &[u32],
-    x2: &[u32],
-    ldx: usize,
-    o_n: usize,
-    ip: usize,
-    n: usize,
-) {
-    assert!(w2.len() >= o_n * ip && (ip == 0 || x2.len() >= (ip - 1) * ldx + n));
-    #[cfg(target_arch = "x86_64")]
-    if vector_kernels() {
-        // SAFETY: the CPU has the features (checked above); the caller's contract
-        unsafe { avx512::pointwise(y, ldy, w2.as_ptr(), x2.as_ptr(), ldx, o_n, ip, n) };
-        return;
-    }
-    // SAFETY: the caller's contract
-    unsafe { reference_ptr(y, (ldy, ldx), (w2, x2), (o_n, ip, n)) }
+/// The bf16 half of a pair word `v` as f32: the high (odd channel) or low one.
+fn half(v: u32, hi: bool) -> f32 {
+    from_bf16(if hi { (v >> 16) as u16 } else { v as u16 })
 }
 
 /// The pair layout of `relu(x·scale + shift)` at positions `a..b` of `x: [I][len]`
@@ -230,7 +349,7 @@ fn affine_pairs(
         None => v,
     };
     #[cfg(target_arch = "x86_64")]
-    let vector = vector_kernels();
+    let vector = Products::active().is_vector();
     for j in 0..pairs(i_n) {
         let row = &mut dst[j * ld..][..n];
         #[cfg(target_arch = "x86_64")]
@@ -529,41 +648,76 @@ mod tests {
         }
     }
 
-    /// The AVX512-BF16 kernel against the reference on shapes with odd channel counts,
-    /// row counts off the register block and position counts off the vector.
+    /// Each bf16 kernel this CPU runs against the reference, through the packing and the
+    /// padded tile it reads: odd channel counts, rows off the register block and the
+    /// tile, positions off the vector, a window of output rows, a tile wider than its
+    /// positions.
     #[test]
-    fn avx512bf16_matches_the_reference() {
-        if !avx512bf16() {
-            eprintln!("SKIPPED: this CPU has no AVX512-BF16");
-            return;
+    fn each_kernel_matches_the_reference() {
+        let kernels = [
+            (Products::Avx512Bf16, avx512bf16(), "AVX512-BF16"),
+            (Products::Amx, amx::available(), "AMX"),
+        ];
+        for (p, runs, name) in kernels {
+            if !runs {
+                eprintln!("SKIPPED: this CPU has no {name}");
+                continue;
+            }
+            for (o_n, i_n, len) in [
+                (1, 1, 1),
+                (4, 2, 16),
+                (5, 3, 17),
+                (32, 128, 49),
+                (7, 63, 196),
+                (128, 64, 65),
+                (48, 40, 33),
+                (40, 96, 64),
+            ] {
+                check_kernel(p, o_n, i_n, len);
+            }
         }
-        for (o_n, i_n, len) in [
-            (1, 1, 1),
-            (4, 2, 16),
-            (5, 3, 17),
-            (32, 128, 49),
-            (7, 63, 196),
-            (128, 64, 65),
-        ] {
-            let w = data(o_n * i_n, 3);
-            let x = data(i_n * len, 4);
-            let ip = pairs(i_n);
-            let (mut w2, mut x2) = (vec![0; o_n * ip], vec![0; ip * len]);
-            pack_weight_pairs(&mut w2, &w, o_n, i_n);
-            pack_pairs(&mut x2, &x, i_n, len);
-            let (mut want, mut got) = (vec![0f32; o_n * len], vec![f32::NAN; o_n * len + 3]);
-            pointwise_reference(&mut want, &w2, &x2, o_n, ip, len);
-            pointwise(&mut got, &w2, &x2, o_n, ip, len);
+    }
+
+    /// [`Products::product`] of `p` against the reference on one shape: all rows, then the
+    /// rows from the second row block on.
+    fn check_kernel(p: Products, o_n: usize, i_n: usize, len: usize) {
+        let w = data(o_n * i_n, 3);
+        let x = data(i_n * len, 4);
+        let ip = pairs(i_n);
+        let (mut w2, mut x2) = (vec![0; o_n * ip], vec![0; ip * len]);
+        pack_weight_pairs(&mut w2, &w, o_n, i_n);
+        pack_pairs(&mut x2, &x, i_n, len);
+        let mut want = vec![0f32; o_n * len];
+        pointwise_reference(&mut want, &w2, &x2, o_n, ip, len);
+        let mut wp = vec![0; p.weight_len(o_n, i_n)];
+        p.pack_weights(&mut wp, &w, o_n, i_n);
+        // a tile 16 words wider than it must be, its padding garbage until pad_tile
+        let ld = p.tile_ld(len) + 16;
+        let mut xt = vec![u32::MAX; p.tile_rows(i_n) * ld];
+        for (d, s) in xt.chunks_exact_mut(ld).zip(x2.chunks_exact(len)) {
+            d[..len].copy_from_slice(s);
+        }
+        p.pad_tile(&mut xt, ld, i_n, len);
+        let second = (o_n > p.row_block()).then_some(p.row_block());
+        for o0 in [0].into_iter().chain(second) {
+            let mut got = vec![f32::NAN; o_n * len + 3];
+            // SAFETY: got holds o_n rows of len; the tile and packing are of these shapes
+            unsafe { p.product(got.as_mut_ptr(), len, &wp, &xt, ld, (o0, o_n), i_n, len) };
             // the bound: the f32 sums' rounding, over the sum of |products|
             for o in 0..o_n {
-                for p in 0..len {
+                for q in 0..len {
+                    let g = got[o * len + q];
+                    if o < o0 {
+                        assert!(g.is_nan(), "{p:?} {o_n}×{i_n}×{len}: row {o} written");
+                        continue;
+                    }
                     let mag: f32 = (0..i_n)
-                        .map(|i| (w[o * i_n + i] * x[i * len + p]).abs())
+                        .map(|i| (w[o * i_n + i] * x[i * len + q]).abs())
                         .sum();
-                    let (g, r) = (got[o * len + p], want[o * len + p]);
+                    let r = want[o * len + q];
                     assert!(
                         (g - r).abs() <= 1e-5 * (mag + 1e-3),
-                        "{o_n}×{i_n}×{len} at {o},{p}: {g} vs {r}"
+                        "{p:?} {o_n}×{i_n}×{len} from row {o0} at {o},{q}: {g} vs {r}"
                     );
                 }
             }
