@@ -52,7 +52,13 @@ fn request_permission() -> bool {
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: a system call with integer arguments; it only changes what this process
         // may use
-        let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
         rc == 0
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
@@ -78,8 +84,18 @@ pub fn k_pairs(i_n: usize) -> usize {
 pub fn pack_weight_tiles(dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize) {
     let kp = k_pairs(i_n);
     assert!(w.len() >= o_n * i_n && dst.len() >= weight_tiles_len(o_n, i_n));
-    let at = |o: usize, i: usize| if o < o_n && i < i_n { w[o * i_n + i] } else { 0.0 };
-    for (t, tile) in dst.chunks_exact_mut(256).take(weight_tiles_len(o_n, i_n) / 256).enumerate() {
+    let at = |o: usize, i: usize| {
+        if o < o_n && i < i_n {
+            w[o * i_n + i]
+        } else {
+            0.0
+        }
+    };
+    for (t, tile) in dst
+        .chunks_exact_mut(256)
+        .take(weight_tiles_len(o_n, i_n) / 256)
+        .enumerate()
+    {
         let (ob, kb) = (t / (kp / 16), t % (kp / 16));
         for (r, row) in tile.chunks_exact_mut(16).enumerate() {
             let o = ob * 16 + r;
@@ -180,7 +196,12 @@ pub unsafe fn pointwise(
 /// words on).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block<const R2: bool, const C2: bool>(a: *const u32, b: *const u32, ldx: usize, kb: usize) {
+unsafe fn block<const R2: bool, const C2: bool>(
+    a: *const u32,
+    b: *const u32,
+    ldx: usize,
+    kb: usize,
+) {
     use std::arch::asm;
     let (a_stride, b_stride) = (64usize, ldx * 4);
     // SAFETY (all blocks below): tile instructions on the configured tiles; the loads stay
@@ -246,16 +267,26 @@ unsafe fn store<const T: usize>(y: *mut f32, ldy: usize, rows: usize, cols: usiz
     // SAFETY: dst holds 16 rows of `stride` bytes (the caller's rows, or the buffer)
     unsafe {
         match T {
-            0 => std::arch::asm!("tilestored [{d} + {s}*1], tmm0", d = in(reg) dst, s = in(reg) stride, options(nostack)),
-            1 => std::arch::asm!("tilestored [{d} + {s}*1], tmm1", d = in(reg) dst, s = in(reg) stride, options(nostack)),
-            2 => std::arch::asm!("tilestored [{d} + {s}*1], tmm2", d = in(reg) dst, s = in(reg) stride, options(nostack)),
-            _ => std::arch::asm!("tilestored [{d} + {s}*1], tmm3", d = in(reg) dst, s = in(reg) stride, options(nostack)),
+            0 => {
+                std::arch::asm!("tilestored [{d} + {s}*1], tmm0", d = in(reg) dst, s = in(reg) stride, options(nostack))
+            }
+            1 => {
+                std::arch::asm!("tilestored [{d} + {s}*1], tmm1", d = in(reg) dst, s = in(reg) stride, options(nostack))
+            }
+            2 => {
+                std::arch::asm!("tilestored [{d} + {s}*1], tmm2", d = in(reg) dst, s = in(reg) stride, options(nostack))
+            }
+            _ => {
+                std::arch::asm!("tilestored [{d} + {s}*1], tmm3", d = in(reg) dst, s = in(reg) stride, options(nostack))
+            }
         }
     }
     if !whole {
         for r in 0..rows {
             // SAFETY: row r of y holds `cols` floats here (the caller's contract)
-            unsafe { std::ptr::copy_nonoverlapping(buf.0.as_ptr().add(r * 16), y.add(r * ldy), cols) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(buf.0.as_ptr().add(r * 16), y.add(r * ldy), cols)
+            };
         }
     }
 }

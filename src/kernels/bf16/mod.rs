@@ -246,7 +246,14 @@ impl Products {
             _ => {
                 assert!(wp.len() >= o1 * ip);
                 // SAFETY: the caller's contract
-                unsafe { reference_ptr(y.add(o0 * ldy), (ldy, ldx), (&wp[o0 * ip..], x2), (o1 - o0, ip, n)) }
+                unsafe {
+                    reference_ptr(
+                        y.add(o0 * ldy),
+                        (ldy, ldx),
+                        (&wp[o0 * ip..], x2),
+                        (o1 - o0, ip, n),
+                    )
+                }
             }
         }
     }
