@@ -82,13 +82,13 @@ fn main() {
                 sgemm(o_n, len, i_n, &mut y, len, false, Mat::n(&w, i_n), Mat::n(&x, len))
             });
             for &p in &kernels {
-                let mut wp = vec![0u32; p.weight_len(o_n, i_n)];
-                p.pack_weights(&mut wp, &w, o_n, i_n);
+                let mut wp = vec![0u32; p.weight_len(o_n, i_n, 1)];
+                p.pack_weights(&mut wp, &w, o_n, i_n, 1);
                 let ld = p.tile_ld(len);
                 let mut x2 = vec![0u32; p.tile_rows(i_n) * ld];
                 // SAFETY: y holds o_n rows of len; x2 and wp are packed for these shapes
                 let run = |y: &mut [f32], x2: &[u32]| unsafe {
-                    p.product(y.as_mut_ptr(), len, &wp, x2, ld, (0, o_n), i_n, len)
+                    p.product(y.as_mut_ptr(), len, &wp, (x2, 0, ld), &[0], (0, o_n), i_n, len)
                 };
                 let formed = time(reps, || {
                     bf16::stored_pairs(&mut x2, ld, &x, i_n, len, 0, len);

@@ -39,6 +39,7 @@ pub fn col_len(s: &ConvShape, r: &ConvRoute, samples: usize) -> usize {
                 broadcast::padded_per_sample(s).max(s.col_per_sample()) * samples
             }
             Route::Im2colTiles | Route::Im2col => s.col_per_sample() * samples,
+            Route::Conv3x3Bf16 => super::bf16::conv3x3_per_sample(s) * samples,
         })
         .max()
         .unwrap_or(0)
@@ -218,7 +219,7 @@ pub fn conv_forward(
             Mat::n(w, kr),
             Mat::n(x, ldy),
         ),
-        Route::Direct3x3 | Route::Broadcast3x3 | Route::Winograd { .. } => {
+        Route::Direct3x3 | Route::Broadcast3x3 | Route::Winograd { .. } | Route::Conv3x3Bf16 => {
             conv3x3_routed(y, x, None, w, s, route, col);
         }
         Route::BroadcastPadded => {
@@ -306,6 +307,7 @@ pub fn conv3x3_routed(
         Route::Winograd { tile } => {
             route::expect(winograd::forward(y, x, bn, w, s, tile, col), route, s)
         }
+        Route::Conv3x3Bf16 => super::bf16::conv3x3(y, x, bn, w, s, col),
         _ => return false,
     }
     true
@@ -394,7 +396,9 @@ pub fn backward_routed(
         Route::Broadcast3x3 | Route::Im2colTiles | Route::Im2col => {
             im2col_backward(dx, Some(dw), dy, x, w, s, col)
         }
-        Route::PointwiseBf16 => panic!("{weights}: training has no bf16 route"),
+        Route::PointwiseBf16 | Route::Conv3x3Bf16 => {
+            panic!("{weights}: training has no bf16 route")
+        }
     }
 }
 

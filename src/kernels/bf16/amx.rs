@@ -67,10 +67,10 @@ fn request_permission() -> bool {
     }
 }
 
-/// Words of W packed as whole A tiles: `ceil(O/16)·(K/16)` tiles of 256 words, where `K`
-/// is [`k_pairs`]`(i_n)`.
-pub fn weight_tiles_len(o_n: usize, i_n: usize) -> usize {
-    o_n.div_ceil(16) * k_pairs(i_n) * 16
+/// Words of W (`taps` taps) packed as whole A tiles: `ceil(O/16)·taps·(K/16)` tiles of
+/// 256 words, where `K` is [`k_pairs`]`(i_n)`.
+pub fn weight_tiles_len(o_n: usize, i_n: usize, taps: usize) -> usize {
+    o_n.div_ceil(16) * taps * k_pairs(i_n) * 16
 }
 
 /// Pair rows of the B tile: the pairs of `i_n` channels rounded up to 16.
@@ -78,30 +78,28 @@ pub fn k_pairs(i_n: usize) -> usize {
     super::pairs(i_n).div_ceil(16) * 16
 }
 
-/// `w: [O][I]` (f32) into whole A tiles, `dst: [ceil(O/16)][K/16][16][16]` words, each
-/// word the bf16 pair `(w[o][2j], w[o][2j+1])` as [`super::pack_weight_pairs`] pairs them;
-/// zeros past `O` and past `I`.
-pub fn pack_weight_tiles(dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize) {
-    let kp = k_pairs(i_n);
-    assert!(w.len() >= o_n * i_n && dst.len() >= weight_tiles_len(o_n, i_n));
-    let at = |o: usize, i: usize| {
+/// `w: [O][I][taps]` (f32, PyTorch's OIHW) into whole A tiles,
+/// `dst: [ceil(O/16)][taps][K/16][16][16]` words, each word the bf16 pair
+/// `(w[o][2j][t], w[o][2j+1][t])` as [`super::pack_weight_pairs`] pairs them; zeros past
+/// `O` and past `I`.
+pub fn pack_weight_tiles(dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize, taps: usize) {
+    let kb = k_pairs(i_n) / 16;
+    let len = weight_tiles_len(o_n, i_n, taps);
+    assert!(w.len() >= o_n * i_n * taps && dst.len() >= len);
+    let at = |o: usize, i: usize, t: usize| {
         if o < o_n && i < i_n {
-            w[o * i_n + i]
+            w[(o * i_n + i) * taps + t]
         } else {
             0.0
         }
     };
-    for (t, tile) in dst
-        .chunks_exact_mut(256)
-        .take(weight_tiles_len(o_n, i_n) / 256)
-        .enumerate()
-    {
-        let (ob, kb) = (t / (kp / 16), t % (kp / 16));
+    for (n, tile) in dst[..len].chunks_exact_mut(256).enumerate() {
+        let (ob, t, k) = (n / (taps * kb), n / kb % taps, n % kb);
         for (r, row) in tile.chunks_exact_mut(16).enumerate() {
             let o = ob * 16 + r;
             for (c, d) in row.iter_mut().enumerate() {
-                let j = kb * 16 + c;
-                *d = super::word(at(o, 2 * j), at(o, 2 * j + 1));
+                let j = k * 16 + c;
+                *d = super::word(at(o, 2 * j, t), at(o, 2 * j + 1, t));
             }
         }
     }
@@ -126,28 +124,30 @@ static CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// Rows `o0..o1` of `y = W·X` over `n` positions: `y` holds rows of `ldy` floats (row 0
-/// at `y`), `wt` is [`pack_weight_tiles`]' packing of W (`K = kp` pairs), `x2` the B
-/// tile, `kp` rows of `ldx` words.
+/// Rows `o0..o1` of `y[o][p] = Σ_t Σ_j W_t[o][j]·x2[j][p + taps[t]]` over `n`
+/// positions: `y` holds rows of `ldy` floats (row 0 at `y`), `wt` is
+/// [`pack_weight_tiles`]' packing of W (`K = kp` pairs, `taps.len()` taps), `x2` the B
+/// tile, `kp` rows of `ldx` words, read from `x2 + taps[t]`.
 ///
 /// # Safety
 /// [`available`] must hold; `o0` is a multiple of 16; rows `o0..o1` of `y` hold `n`
 /// floats that nobody else touches meanwhile; `wt` holds the tiles of every 16-row block
-/// that meets `o0..o1`; `x2` holds `kp` rows of `ldx ≥ ceil(n/16)·16` words, all of them
-/// finite bf16 pairs.
+/// that meets `o0..o1`; for every tap, `x2 + taps[t]` starts `kp` rows of `ldx` words
+/// with `ceil(n/16)·16` finite bf16 pairs each.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn pointwise(
+pub unsafe fn product(
     y: *mut f32,
     ldy: usize,
     wt: *const u32,
     x2: *const u32,
     ldx: usize,
+    taps: &[isize],
     (o0, o1): (usize, usize),
     kp: usize,
     n: usize,
 ) {
-    debug_assert!(o0 % 16 == 0 && kp % 16 == 0);
+    debug_assert!(o0.is_multiple_of(16) && kp.is_multiple_of(16));
     let (kb, pb) = (kp / 16, n.div_ceil(16));
     // SAFETY: the operand is a valid palette-1 configuration
     unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack)) };
@@ -160,13 +160,13 @@ pub unsafe fn pointwise(
             let two_cols = p + 1 < pb;
             // SAFETY: the caller's contract; the block's tiles lie within wt and x2
             unsafe {
-                let a = wt.add(o * kb * 256);
+                let a = wt.add(o * taps.len() * kb * 256);
                 let b = x2.add(p * 16);
                 match (two_rows, two_cols) {
-                    (true, true) => block::<true, true>(a, b, ldx, kb),
-                    (true, false) => block::<true, false>(a, b, ldx, kb),
-                    (false, true) => block::<false, true>(a, b, ldx, kb),
-                    (false, false) => block::<false, false>(a, b, ldx, kb),
+                    (true, true) => block::<true, true>(a, b, ldx, taps, kb),
+                    (true, false) => block::<true, false>(a, b, ldx, taps, kb),
+                    (false, true) => block::<false, true>(a, b, ldx, taps, kb),
+                    (false, false) => block::<false, false>(a, b, ldx, taps, kb),
                 }
                 let rows = |r: usize| (o1 - (o + r) * 16).min(16);
                 let cols = |c: usize| (n - (p + c) * 16).min(16);
@@ -190,16 +190,17 @@ pub unsafe fn pointwise(
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// tmm0 (tmm1 where `C2`, tmm2 where `R2`, tmm3 where both) ← the sums over `kb` blocks
-/// of 16 pairs of `A·B`: A tiles from `a` (1 KiB each, the next output block's
-/// `kb·256` words on), B tiles from `b` (rows `ldx` words apart, the next 16 positions 16
-/// words on).
+/// tmm0 (tmm1 where `C2`, tmm2 where `R2`, tmm3 where both) ← the sums over the taps and
+/// `kb` blocks of 16 pairs of `A·B`: A tiles from `a` (1 KiB each, tap-major, the next
+/// output block's `taps·kb·256` words on), B tiles from `b + tap` (rows `ldx` words
+/// apart, the next 16 positions 16 words on).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn block<const R2: bool, const C2: bool>(
     a: *const u32,
     b: *const u32,
     ldx: usize,
+    taps: &[isize],
     kb: usize,
 ) {
     use std::arch::asm;
@@ -217,9 +218,11 @@ unsafe fn block<const R2: bool, const C2: bool>(
                 asm!("tilezero tmm3", options(nostack, nomem));
             }
         }
-        for k in 0..kb {
-            let a0 = a.add(k * 256);
-            let b0 = b.add(k * 16 * ldx);
+        let next = taps.len() * kb * 256;
+        for k in 0..taps.len() * kb {
+            let (t, k) = (k / kb, k % kb);
+            let a0 = a.add((t * kb + k) * 256);
+            let b0 = b.offset(taps[t]).add(k * 16 * ldx);
             asm!(
                 "tileloadd tmm4, [{a} + {sa}*1]",
                 "tileloadd tmm6, [{b} + {sb}*1]",
@@ -239,7 +242,7 @@ unsafe fn block<const R2: bool, const C2: bool>(
                 asm!(
                     "tileloadd tmm5, [{a} + {sa}*1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
-                    a = in(reg) a0.add(kb * 256), sa = in(reg) a_stride,
+                    a = in(reg) a0.add(next), sa = in(reg) a_stride,
                     options(nostack, readonly)
                 );
                 if C2 {

@@ -22,6 +22,8 @@
 //! kernel's speed against the f32 pointwise kernel.
 
 pub mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// `v` rounded to bfloat16, to nearest even (NaN stays NaN, quiet), as PyTorch's
 /// `tensor.to(torch.bfloat16)` and `vcvtne2ps2bf16` round.
@@ -96,29 +98,47 @@ pub fn pointwise_reference(
 ) {
     assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
     // SAFETY: the sizes are asserted above
-    unsafe { reference_ptr(y.as_mut_ptr(), (len, len), (w2, x2), (o_n, ip, len)) }
+    unsafe {
+        reference_ptr(
+            y.as_mut_ptr(),
+            (len, len),
+            w2,
+            x2.as_ptr(),
+            &[0],
+            (o_n, ip, len),
+        )
+    }
 }
 
-/// [`pointwise_reference`] on `n` positions of rows `ldy` (Y) and `ldx` (X) floats apart.
+/// [`pointwise_reference`] over `taps` (offsets of X, in words) on `n` positions of rows
+/// `ldy` (Y) and `ldx` (X) floats apart; W's rows `taps.len()·ip` words, tap-major.
 ///
 /// # Safety
-/// `y` must hold `o_n` rows of `ldy ≥ n` floats that nobody else touches meanwhile,
-/// `x2` `ip` rows of `ldx ≥ n` words, `w2` `o_n·ip` words.
+/// `y` must hold `o_n` rows of `ldy ≥ n` floats that nobody else touches meanwhile;
+/// for every tap, `x2 + taps[t]` starts `ip` rows of `ldx ≥ n` words; `w2` holds
+/// `o_n·taps.len()·ip` words.
 unsafe fn reference_ptr(
     y: *mut f32,
     (ldy, ldx): (usize, usize),
-    (w2, x2): (&[u32], &[u32]),
+    w2: &[u32],
+    x2: *const u32,
+    taps: &[isize],
     (o_n, ip, n): (usize, usize, usize),
 ) {
+    let kw = taps.len() * ip;
     for o in 0..o_n {
         // SAFETY: row o of y holds n floats (the caller's contract)
         let out = unsafe { std::slice::from_raw_parts_mut(y.add(o * ldy), n) };
         out.fill(0.0);
-        for j in 0..ip {
-            let wv = w2[o * ip + j];
-            let (w0, w1) = (half(wv, false), half(wv, true));
-            for (d, &xv) in out.iter_mut().zip(&x2[j * ldx..][..n]) {
-                *d += w0 * half(xv, false) + w1 * half(xv, true);
+        for (t, &off) in taps.iter().enumerate() {
+            for j in 0..ip {
+                let wv = w2[o * kw + t * ip + j];
+                let (w0, w1) = (half(wv, false), half(wv, true));
+                // SAFETY: the caller's contract
+                let row = unsafe { std::slice::from_raw_parts(x2.offset(off).add(j * ldx), n) };
+                for (d, &xv) in out.iter_mut().zip(row) {
+                    *d += w0 * half(xv, false) + w1 * half(xv, true);
+                }
             }
         }
     }
@@ -147,20 +167,33 @@ impl Products {
         self != Products::Reference
     }
 
-    /// Words of `W: [O][I]` packed for this kernel ([`Products::pack_weights`]).
-    pub fn weight_len(self, o_n: usize, i_n: usize) -> usize {
+    /// Words of `W: [O][I][taps]` packed for this kernel ([`Products::pack_weights`]).
+    pub fn weight_len(self, o_n: usize, i_n: usize, taps: usize) -> usize {
         match self {
-            Products::Amx => amx::weight_tiles_len(o_n, i_n),
-            _ => o_n * pairs(i_n),
+            Products::Amx => amx::weight_tiles_len(o_n, i_n, taps),
+            _ => o_n * taps * pairs(i_n),
         }
     }
 
-    /// `w: [O][I]` packed for this kernel: [`pack_weight_pairs`]' `[O][ceil(I/2)]`, or
-    /// whole AMX tiles ([`amx::pack_weight_tiles`]).
-    pub fn pack_weights(self, dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize) {
-        match self {
-            Products::Amx => amx::pack_weight_tiles(dst, w, o_n, i_n),
-            _ => pack_weight_pairs(dst, w, o_n, i_n),
+    /// `w: [O][I][taps]` (PyTorch's OIHW) packed for this kernel: `[O][taps][ceil(I/2)]`
+    /// pair words ([`pack_weight_pairs`]' pairs, tap-major), or whole AMX tiles
+    /// ([`amx::pack_weight_tiles`]).
+    pub fn pack_weights(self, dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize, taps: usize) {
+        if self == Products::Amx {
+            return amx::pack_weight_tiles(dst, w, o_n, i_n, taps);
+        }
+        let ip = pairs(i_n);
+        assert!(w.len() >= o_n * i_n * taps && dst.len() >= o_n * taps * ip);
+        let at = |o: usize, i: usize, t: usize| {
+            if i < i_n {
+                w[(o * i_n + i) * taps + t]
+            } else {
+                0.0
+            }
+        };
+        for (k, d) in dst[..o_n * taps * ip].iter_mut().enumerate() {
+            let (o, t, j) = (k / (taps * ip), k / ip % taps, k % ip);
+            *d = word(at(o, 2 * j, t), at(o, 2 * j + 1, t));
         }
     }
 
@@ -173,7 +206,8 @@ impl Products {
         }
     }
 
-    /// Words per pair row of an input tile of `n` positions (a multiple of 16 for AMX).
+    /// Words that a row of an input tile of `n` positions must hold from each tap's start
+    /// (a multiple of 16 for AMX, which reads whole tiles).
     pub fn tile_ld(self, n: usize) -> usize {
         match self {
             Products::Amx => n.div_ceil(16) * 16,
@@ -203,57 +237,61 @@ impl Products {
         }
     }
 
-    /// Rows `o0..o1` (`o0` a multiple of [`Products::row_block`]) of `y = W·X` in bf16
-    /// with f32 sums over `n` positions: `wp` is W packed by [`Products::pack_weights`]
-    /// for `i_n` inputs, `x2` an input tile of [`Products::tile_rows`] rows of `ldx` words
-    /// (padded by [`Products::pad_tile`]), `y` rows of `ldy` floats (row 0 at `y`).
+    /// Rows `o0..o1` (`o0` a multiple of [`Products::row_block`]) of
+    /// `y[o][p] = Σ_t Σ_i W[o][i][t]·X[i][x0 + p + taps[t]]` in bf16 with f32 sums, over
+    /// `n` positions: `wp` is W packed by [`Products::pack_weights`] for `i_n` inputs and
+    /// `taps.len()` taps, `x2` input pairs in [`Products::tile_rows`] rows of `ldx` words
+    /// (padded as [`Products::pad_tile`] pads), `y` rows of `ldy` floats (row 0 at `y`).
+    /// A 1×1 has the one tap 0; a 3×3 on a zero-padded plane the 9 offsets of its window.
     ///
     /// # Safety
-    /// `y`'s rows `o0..o1` hold `n` floats that nobody else touches meanwhile;
-    /// `ldx ≥ tile_ld(n)`; `wp` and `x2` are at least as long as those shapes say.
+    /// `y`'s rows `o0..o1` hold `n` floats that nobody else touches meanwhile.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn product(
         self,
         y: *mut f32,
         ldy: usize,
         wp: &[u32],
-        x2: &[u32],
-        ldx: usize,
+        (x2, x0, ldx): (&[u32], usize, usize),
+        taps: &[isize],
         (o0, o1): (usize, usize),
         i_n: usize,
         n: usize,
     ) {
-        let rows = self.tile_rows(i_n);
-        assert!(o0 <= o1 && o0 % self.row_block() == 0 && ldx >= self.tile_ld(n));
-        assert!(rows == 0 || x2.len() >= (rows - 1) * ldx + self.tile_ld(n));
-        let ip = pairs(i_n);
+        let (rows, ip) = (self.tile_rows(i_n), pairs(i_n));
+        assert!(o0 <= o1 && o0.is_multiple_of(self.row_block()) && ldx >= n);
+        assert!(wp.len() >= self.weight_len(o1, i_n, taps.len()));
+        // every word read lies inside x2
+        for &t in taps {
+            let start = x0 as isize + t;
+            let end = start + (rows.max(1) as isize - 1) * ldx as isize + self.tile_ld(n) as isize;
+            assert!(
+                start >= 0 && end <= x2.len() as isize,
+                "bf16 product: tap {t} reads outside X"
+            );
+        }
+        // SAFETY: x0 lies inside x2 (asserted above)
+        let xp = unsafe { x2.as_ptr().add(x0) };
         match self {
             #[cfg(target_arch = "x86_64")]
             Products::Amx => {
-                assert!(amx::available() && wp.len() >= o1.div_ceil(16) * rows * 16);
+                assert!(amx::available());
                 // SAFETY: checked above; the caller's contract
-                unsafe { amx::pointwise(y, ldy, wp.as_ptr(), x2.as_ptr(), ldx, (o0, o1), rows, n) }
+                unsafe { amx::product(y, ldy, wp.as_ptr(), xp, ldx, taps, (o0, o1), rows, n) }
             }
             #[cfg(target_arch = "x86_64")]
             Products::Avx512Bf16 => {
-                assert!(avx512bf16() && wp.len() >= o1 * ip);
+                assert!(avx512bf16());
                 // SAFETY: checked above; the caller's contract
                 unsafe {
-                    let (y, w) = (y.add(o0 * ldy), wp.as_ptr().add(o0 * ip));
-                    avx512::pointwise(y, ldy, w, x2.as_ptr(), ldx, o1 - o0, ip, n)
+                    let (y, w) = (y.add(o0 * ldy), wp.as_ptr().add(o0 * taps.len() * ip));
+                    avx512::product(y, ldy, w, xp, ldx, taps, o1 - o0, ip, n)
                 }
             }
             _ => {
-                assert!(wp.len() >= o1 * ip);
-                // SAFETY: the caller's contract
-                unsafe {
-                    reference_ptr(
-                        y.add(o0 * ldy),
-                        (ldy, ldx),
-                        (&wp[o0 * ip..], x2),
-                        (o1 - o0, ip, n),
-                    )
-                }
+                let w = &wp[o0 * taps.len() * ip..];
+                // SAFETY: checked above; the caller's contract
+                unsafe { reference_ptr(y.add(o0 * ldy), (ldy, ldx), w, xp, taps, (o1 - o0, ip, n)) }
             }
         }
     }
@@ -278,23 +316,31 @@ pub fn avx512bf16() -> bool {
 pub fn pointwise(y: &mut [f32], w2: &[u32], x2: &[u32], o_n: usize, ip: usize, len: usize) {
     assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
     let p = Products::active();
-    if p != Products::Amx {
-        // SAFETY: the sizes are asserted above; y holds o_n rows of len
-        return unsafe { p.product(y.as_mut_ptr(), len, w2, x2, len, (0, o_n), 2 * ip, len) };
-    }
-    // unpack to f32 (exact) and repack as tiles
-    let w: Vec<f32> = (0..o_n * 2 * ip)
+    let i_n = 2 * ip;
+    // unpack W to f32 (exact) and pack it for p; X into a padded tile
+    let w: Vec<f32> = (0..o_n * i_n)
         .map(|k| half(w2[k / 2], k % 2 == 1))
         .collect();
-    let mut wp = vec![0; p.weight_len(o_n, 2 * ip)];
-    p.pack_weights(&mut wp, &w, o_n, 2 * ip);
+    let mut wp = vec![0; p.weight_len(o_n, i_n, 1)];
+    p.pack_weights(&mut wp, &w, o_n, i_n, 1);
     let ld = p.tile_ld(len);
-    let mut xt = vec![0; p.tile_rows(2 * ip) * ld];
+    let mut xt = vec![0; p.tile_rows(i_n) * ld];
     for (d, s) in xt.chunks_exact_mut(ld).zip(x2.chunks_exact(len)) {
         d[..len].copy_from_slice(s);
     }
-    // SAFETY: as above, with the tile shapes made here
-    unsafe { p.product(y.as_mut_ptr(), len, &wp, &xt, ld, (0, o_n), 2 * ip, len) }
+    // SAFETY: y holds o_n rows of len (asserted above)
+    unsafe {
+        p.product(
+            y.as_mut_ptr(),
+            len,
+            &wp,
+            (&xt, 0, ld),
+            &[0],
+            (0, o_n),
+            i_n,
+            len,
+        )
+    }
 }
 
 /// The bf16 half of a pair word `v` as f32: the high (odd channel) or low one.
@@ -351,198 +397,90 @@ fn affine_pairs(
     b: usize,
 ) {
     let n = b - a;
-    let f = |i: usize, v: f32| match bn {
-        Some((scale, shift)) => (v * scale[i] + shift[i]).max(0.0),
-        None => v,
-    };
-    #[cfg(target_arch = "x86_64")]
-    let vector = Products::active().is_vector();
     for j in 0..pairs(i_n) {
-        let row = &mut dst[j * ld..][..n];
-        #[cfg(target_arch = "x86_64")]
-        if vector {
-            let (c0, c1) = (2 * j, (2 * j + 1).min(i_n - 1));
-            let lo = &x[c0 * len + a..][..n];
-            let hi = &x[c1 * len + a..][..n];
-            // the odd channel of an odd count is a zero channel: scale and shift 0
-            let odd = 2 * j + 1 < i_n;
-            let affine = match bn {
-                Some((scale, shift)) => {
-                    let (s1, t1) = if odd {
-                        (scale[c1], shift[c1])
-                    } else {
-                        (0.0, 0.0)
-                    };
-                    Some([scale[c0], shift[c0], s1, t1])
-                }
-                None => (!odd).then_some([1.0, 0.0, 0.0, 0.0]),
-            };
-            // SAFETY: the CPU has the features (checked above); lo, hi and row hold n
-            unsafe {
-                avx512::pairs(
-                    row.as_mut_ptr(),
-                    lo.as_ptr(),
-                    hi.as_ptr(),
-                    affine,
-                    bn.is_some(),
-                    n,
-                )
-            };
-            continue;
-        }
-        let lo = &x[2 * j * len + a..][..n];
-        if 2 * j + 1 < i_n {
-            let hi = &x[(2 * j + 1) * len + a..][..n];
-            for ((d, &u), &v) in row.iter_mut().zip(lo).zip(hi) {
-                *d = word(f(2 * j, u), f(2 * j + 1, v));
-            }
-        } else {
-            for (d, &u) in row.iter_mut().zip(lo) {
-                *d = word(f(2 * j, u), 0.0);
-            }
-        }
+        let pair = Pair::of(j, i_n, bn);
+        let row = |c: usize| &x[c * len + a..][..n];
+        pair.form(
+            &mut dst[j * ld..][..n],
+            row(2 * j),
+            pair.odd.then(|| row(2 * j + 1)),
+        );
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
+/// One pair of channels `2j, 2j + 1` and their BN-ReLU (or none: a stored input), as a
+/// tile former rounds them ([`Pair::form`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Pair {
+    /// Whether the odd channel exists (not the zero channel of an odd count).
+    odd: bool,
+    /// `[scale, shift]` of the even and the odd channel, where a BN-ReLU applies.
+    bn: Option<[f32; 4]>,
+}
 
-    /// Output rows per register block: 4 rows × 4 vectors of 16 positions are 16
-    /// accumulators, with 4 loads of X and 4 broadcasts of W per 16 `vdpbf16ps`.
-    const RB: usize = 4;
-    /// Vectors of positions per register block.
-    const CB: usize = 4;
-
-    /// [`super::pointwise`]: row blocks of [`RB`], positions in blocks of `CB` vectors,
-    /// then single vectors, the last one masked.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn pointwise(
-        y: *mut f32,
-        ldy: usize,
-        w2: *const u32,
-        x2: *const u32,
-        ldx: usize,
-        o_n: usize,
-        ip: usize,
-        n: usize,
-    ) {
-        let ld = (ldy, ldx);
-        let mut o = 0;
-        while o + RB <= o_n {
-            rows::<RB>(y.add(o * ldy), ld, w2.add(o * ip), x2, ip, n);
-            o += RB;
-        }
-        while o < o_n {
-            rows::<1>(y.add(o * ldy), ld, w2.add(o * ip), x2, ip, n);
-            o += 1;
-        }
-    }
-
-    /// `R` output rows over every position.
-    #[inline(always)]
-    unsafe fn rows<const R: usize>(
-        y: *mut f32,
-        ld: (usize, usize),
-        w2: *const u32,
-        x2: *const u32,
-        ip: usize,
-        n: usize,
-    ) {
-        let mut p = 0;
-        while p + 16 * CB <= n {
-            block::<R, CB>(y, ld, w2, x2, ip, p, 0xffff);
-            p += 16 * CB;
-        }
-        while p < n {
-            let left = n - p;
-            let mask = if left >= 16 {
-                0xffff
+impl Pair {
+    /// Pair `j` of `i_n` channels, with the BN-ReLU of `bn = (scale, shift)` where given.
+    pub fn of(j: usize, i_n: usize, bn: Option<(&[f32], &[f32])>) -> Pair {
+        let (c0, c1) = (2 * j, 2 * j + 1);
+        let odd = c1 < i_n;
+        let bn = bn.map(|(scale, shift)| {
+            // the odd channel of an odd count is a zero channel: scale and shift 0
+            let (s1, t1) = if odd {
+                (scale[c1], shift[c1])
             } else {
-                (1u16 << left) - 1
+                (0.0, 0.0)
             };
-            block::<R, 1>(y, ld, w2, x2, ip, p, mask);
-            p += 16;
-        }
+            [scale[c0], shift[c0], s1, t1]
+        });
+        Pair { odd, bn }
     }
 
-    /// One row of [`super::affine_pairs`]: `n` words from channels `lo` and `hi`, each
-    /// value `v·scale + shift` (`affine = [scale_lo, shift_lo, scale_hi, shift_hi]`, none:
-    /// `v`) then, where `relu`, the ReLU; 16 positions at a time: both vectors rounded to
-    /// bf16 by one `vcvtne2ps2bf16` (lo in words 0–15, hi in 16–31), then interleaved into
-    /// pairs by one `vpermw`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pairs(
-        dst: *mut u32,
-        lo: *const f32,
-        hi: *const f32,
-        affine: Option<[f32; 4]>,
-        relu: bool,
-        n: usize,
-    ) {
-        let c = affine.unwrap_or([1.0, 0.0, 1.0, 0.0]);
-        let (s0, t0) = (_mm512_set1_ps(c[0]), _mm512_set1_ps(c[1]));
-        let (s1, t1) = (_mm512_set1_ps(c[2]), _mm512_set1_ps(c[3]));
-        let zero = _mm512_setzero_ps();
-        // word 2k ← lo's k (bf16 word k), word 2k + 1 ← hi's k (bf16 word 16 + k)
-        let idx: [i16; 32] = std::array::from_fn(|w| ((w / 2) + 16 * (w % 2)) as i16);
-        let idx = _mm512_loadu_si512(idx.as_ptr() as *const _);
-        let mut p = 0;
-        while p < n {
-            let left = n - p;
-            let mask: u16 = if left >= 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
-            let a = _mm512_maskz_loadu_ps(mask, lo.add(p));
-            let b = _mm512_maskz_loadu_ps(mask, hi.add(p));
-            let (mut a, mut b) = (a, b);
-            if affine.is_some() {
-                a = _mm512_add_ps(_mm512_mul_ps(a, s0), t0);
-                b = _mm512_add_ps(_mm512_mul_ps(b, s1), t1);
-            }
-            if relu {
-                (a, b) = (_mm512_max_ps(a, zero), _mm512_max_ps(b, zero));
-            }
-            let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
-            let v = _mm512_permutexvar_epi16(idx, h);
-            _mm512_mask_storeu_epi32(dst.add(p) as *mut i32, mask, v);
-            p += 16;
-        }
+    /// Whether this is a pair of channels (not one and the zero channel).
+    pub fn has_odd(&self) -> bool {
+        self.odd
     }
 
-    /// One register block: rows `0..R` of `y` at positions `p..p + 16·C` (the last vector
-    /// masked by `mask` where `C` is 1).
-    #[inline(always)]
-    unsafe fn block<const R: usize, const C: usize>(
-        y: *mut f32,
-        (ldy, ldx): (usize, usize),
-        w2: *const u32,
-        x2: *const u32,
-        ip: usize,
-        p: usize,
-        mask: u16,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        for j in 0..ip {
-            let row = x2.add(j * ldx + p) as *const i32;
-            let mut xv = [_mm512_setzero_si512(); C];
-            for (c, v) in xv.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_epi32(mask, row.add(16 * c));
-            }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let wv: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*w2.add(r * ip + j) as i32));
-                for (a, &v) in acc.iter_mut().zip(&xv) {
-                    *a = _mm512_dpbf16_ps(*a, wv, std::mem::transmute::<__m512i, __m512bh>(v));
+    /// `dst[p] = (f(lo[p]), f(hi[p]))` rounded to bf16 pair words, `f` the BN-ReLU (or
+    /// nothing), `hi` `None` for the zero channel; on AVX512-BF16 where the active table's
+    /// products are vector ones.
+    pub fn form(&self, dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
+        let n = dst.len();
+        assert!(lo.len() >= n && hi.is_none_or(|h| h.len() >= n) && hi.is_some() == self.odd);
+        #[cfg(target_arch = "x86_64")]
+        if Products::active().is_vector() {
+            let affine = match self.bn {
+                Some(c) => Some(c),
+                None => (!self.odd).then_some([1.0, 0.0, 0.0, 0.0]),
+            };
+            // SAFETY: the vector tables are only active where the CPU has AVX512-BF16;
+            // lo, hi (lo itself for the zero channel, scaled by 0) and dst hold n
+            unsafe {
+                avx512::pairs(
+                    dst.as_mut_ptr(),
+                    lo.as_ptr(),
+                    hi.unwrap_or(lo).as_ptr(),
+                    affine,
+                    self.bn.is_some(),
+                    n,
+                )
+            };
+            return;
+        }
+        let f = |v: f32, s: f32, t: f32| match self.bn {
+            Some(_) => (v * s + t).max(0.0),
+            None => v,
+        };
+        let c = self.bn.unwrap_or([1.0, 0.0, 1.0, 0.0]);
+        match hi {
+            Some(hi) => {
+                for ((d, &u), &v) in dst.iter_mut().zip(lo).zip(hi) {
+                    *d = word(f(u, c[0], c[1]), f(v, c[2], c[3]));
                 }
             }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (c, &a) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(y.add(r * ldy + p + 16 * c), mask, a);
+            None => {
+                for (d, &u) in dst.iter_mut().zip(lo) {
+                    *d = word(f(u, c[0], c[1]), 0.0);
+                }
             }
         }
     }
@@ -696,8 +634,8 @@ mod tests {
         pack_pairs(&mut x2, &x, i_n, len);
         let mut want = vec![0f32; o_n * len];
         pointwise_reference(&mut want, &w2, &x2, o_n, ip, len);
-        let mut wp = vec![0; p.weight_len(o_n, i_n)];
-        p.pack_weights(&mut wp, &w, o_n, i_n);
+        let mut wp = vec![0; p.weight_len(o_n, i_n, 1)];
+        p.pack_weights(&mut wp, &w, o_n, i_n, 1);
         // a tile 16 words wider than it must be, its padding garbage until pad_tile
         let ld = p.tile_ld(len) + 16;
         let mut xt = vec![u32::MAX; p.tile_rows(i_n) * ld];
@@ -709,7 +647,18 @@ mod tests {
         for o0 in [0].into_iter().chain(second) {
             let mut got = vec![f32::NAN; o_n * len + 3];
             // SAFETY: got holds o_n rows of len; the tile and packing are of these shapes
-            unsafe { p.product(got.as_mut_ptr(), len, &wp, &xt, ld, (o0, o_n), i_n, len) };
+            unsafe {
+                p.product(
+                    got.as_mut_ptr(),
+                    len,
+                    &wp,
+                    (&xt, 0, ld),
+                    &[0],
+                    (o0, o_n),
+                    i_n,
+                    len,
+                )
+            };
             // the bound: the f32 sums' rounding, over the sum of |products|
             for o in 0..o_n {
                 for q in 0..len {
