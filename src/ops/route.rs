@@ -56,6 +56,10 @@ pub enum Route {
     /// A 3×3 stride-1 convolution in bfloat16 with f32 sums on zero-padded pair planes
     /// ([`super::bf16::conv3x3`]): evaluation at `--precision bf16` on AMX.
     Conv3x3Bf16,
+    /// Any other convolution (the ImageNet stem) in bfloat16 with f32 sums: im2col a tile
+    /// of positions at a time, rounded into pairs, into the bf16 product: evaluation at
+    /// `--precision bf16` on AMX.
+    Im2colBf16,
 }
 
 impl Route {
@@ -73,6 +77,7 @@ impl Route {
             Route::Im2col => "im2col",
             Route::PointwiseBf16 => "pointwise-bf16",
             Route::Conv3x3Bf16 => "conv3x3-bf16",
+            Route::Im2colBf16 => "im2col-bf16",
         }
     }
 }
@@ -316,17 +321,15 @@ fn broadcast_pays(s: &ConvShape) -> bool {
         && policy() != Policy::Direct
 }
 
-/// Whether an evaluation 3×3 (stride 1, padding 1) takes [`Route::Conv3x3Bf16`]: at
-/// `--precision bf16` where the products run on AMX. densenet121 at batch 1 (Xeon with
-/// AMX, 2 threads): the 3×3s were 57% of a pass with the 1×1s in bf16 and the 3×3s in
-/// f32. On AVX512-BF16 alone (Zen 4) a bf16 3×3 through im2col was slower than the f32
-/// routes, and this route is not measured there yet: they keep f32.
-fn bf16_3x3(s: &ConvShape) -> bool {
-    s.k == 3
-        && s.stride == 1
-        && s.pad == 1
-        && precision() == Precision::Bf16
-        && kernels::active().bf16 == kernels::bf16::Products::Amx
+/// Whether evaluation's convolutions other than the 1×1s take bf16 routes
+/// ([`Route::Conv3x3Bf16`], [`Route::Im2colBf16`]): at `--precision bf16` where the
+/// products run on AMX. densenet121 at batch 1 (Xeon with AMX, 2 threads): with the 1×1s
+/// in bf16 and the rest in f32 the 3×3s were 57% of a pass and the stem 8.5%; with the
+/// 3×3s in bf16 a pass took 9.6 ms against 14.4. On AVX512-BF16 alone (Zen 4) a bf16 3×3
+/// through im2col was slower than the f32 routes, and these routes are not measured
+/// there yet: they keep f32.
+fn on_amx() -> bool {
+    precision() == Precision::Bf16 && kernels::active().bf16 == kernels::bf16::Products::Amx
 }
 
 /// The forward route of a 3×3 stride-1 padding-1 convolution the direct kernels take.
@@ -397,8 +400,13 @@ pub fn choose(s: &ConvShape, reads: Reads, training: bool) -> ConvRoute {
             Route::Gemm
         };
         (fwd, bwd, bwd)
-    } else if !training && bf16_3x3(s) {
-        (Route::Conv3x3Bf16, Route::Im2col, Route::Im2col)
+    } else if !training && on_amx() {
+        let fwd = if s.k == 3 && s.stride == 1 && s.pad == 1 {
+            Route::Conv3x3Bf16
+        } else {
+            Route::Im2colBf16
+        };
+        (fwd, Route::Im2col, Route::Im2col)
     } else if conv3x3::applies(s) && direct {
         if conv3x3::applies_data(s) {
             let (data, weights) = backward_3x3(s, true);

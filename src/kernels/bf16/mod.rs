@@ -398,6 +398,14 @@ fn affine_pairs(
 ) {
     let n = b - a;
     for j in 0..pairs(i_n) {
+        // the next pair's rows, as [`super::BnRelu::fill`] asks for the rows two channels
+        // on (densenet121 at --precision bf16, Xeon with AMX, 2 threads, alternating runs:
+        // batch 16 0.95–0.97 of the time without, batch 1 0.95–0.98)
+        for c in [2 * j + 2, 2 * j + 3] {
+            if c < i_n {
+                super::prefetch(x[c * len + a..].as_ptr(), n);
+            }
+        }
         let pair = Pair::of(j, i_n, bn);
         let row = |c: usize| &x[c * len + a..][..n];
         pair.form(
