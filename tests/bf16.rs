@@ -121,6 +121,108 @@ fn fused_bf16_forward_matches_the_reference() {
     }
 }
 
+/// The bf16 3×3 ([`Route::Conv3x3Bf16`], with a BN-ReLU formed on the way and on a stored
+/// input) and the bf16 im2col route ([`Route::Im2colBf16`], the stem's 7×7 stride 2 and a
+/// 3×3 stride 2) against f64 sums of the bf16-rounded operands: odd channel counts,
+/// outputs off the tile, planes off the tile and not square, batches of 1 to 3, 1 and 2
+/// threads. Whatever the table's products (AMX, AVX512-BF16 or the reference).
+#[test]
+fn bf16_convolutions_match_the_reference() {
+    use densenet::kernels::{bf16, BnRelu, ConvShape};
+    let r = |v: f32| bf16::from_bf16(bf16::to_bf16(v)) as f64;
+    let shapes = [
+        // (n, cin, cout, h, w, k, stride, pad, with a BN-ReLU)
+        (1, 128, 32, 7, 7, 3, 1, 1, true),
+        (2, 33, 13, 9, 5, 3, 1, 1, true),
+        (3, 5, 40, 4, 6, 3, 1, 1, false),
+        (1, 3, 20, 23, 17, 7, 2, 3, false),
+        (2, 7, 17, 8, 9, 3, 2, 1, false),
+    ];
+    for (n, cin, cout, h, w, k, stride, pad, fused) in shapes {
+        let s = ConvShape {
+            n,
+            cin,
+            cout,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+        };
+        let (hw, ohw) = (h * w, s.ho() * s.wo());
+        let wt: Vec<f32> = (0..cout * cin * k * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 97.0)
+            .collect();
+        let x: Vec<f32> = (0..cin * n * hw)
+            .map(|i| ((i * 53 % 89) as f32 - 40.0) / 31.0)
+            .collect();
+        let scale: Vec<f32> = (0..cin).map(|i| 0.5 + (i % 5) as f32 * 0.25).collect();
+        let shift: Vec<f32> = (0..cin).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let a = |c: usize, ni: usize, iy: usize, ix: usize| {
+            let v = x[c * n * hw + ni * hw + iy * w + ix];
+            if fused {
+                (v * scale[c] + shift[c]).max(0.0)
+            } else {
+                v
+            }
+        };
+        // the reference in f64 over rounded operands, and the sum of |products|
+        let mut want = vec![(0f64, 0f64); cout * n * ohw];
+        for (q, out) in want.iter_mut().enumerate() {
+            let (o, ni, p) = (q / (n * ohw), q / ohw % n, q % ohw);
+            let (oy, ox) = (p / s.wo(), p % s.wo());
+            for c in 0..cin {
+                for t in 0..k * k {
+                    let iy = (oy * stride + t / k) as isize - pad as isize;
+                    let ix = (ox * stride + t % k) as isize - pad as isize;
+                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                        continue;
+                    }
+                    let prod =
+                        r(wt[(o * cin + c) * k * k + t]) * r(a(c, ni, iy as usize, ix as usize));
+                    out.0 += prod;
+                    out.1 += prod.abs();
+                }
+            }
+        }
+        let route = if k == 3 && stride == 1 {
+            Route::Conv3x3Bf16
+        } else {
+            Route::Im2colBf16
+        };
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut got = vec![f32::NAN; cout * n * ohw];
+            let mut col = vec![f32::NAN; densenet::ops::bf16::conv3x3_per_sample(&s) * n];
+            pool.install(|| {
+                if fused {
+                    let bn = BnRelu {
+                        scale: &scale,
+                        shift: &shift,
+                    };
+                    let mut tmp = vec![0f32; cin * n * hw];
+                    densenet::ops::fused::conv3x3_forward(
+                        &mut got, &x, bn, &wt, &s, route, &mut col, &mut tmp,
+                    )
+                } else {
+                    densenet::ops::conv::conv_forward(&mut got, &x, &wt, &s, route, &mut col)
+                }
+            });
+            for (q, (&g, &(v, mag))) in got.iter().zip(&want).enumerate() {
+                // f32 sums of exact products: far inside bf16's rounding of the operands
+                // (2^-9 of each product), which this bound catches
+                assert!(
+                    (g as f64 - v).abs() <= 3e-5 * (mag + 1e-3),
+                    "{s:?} {route} on {threads} threads at {q}: {g} vs {v}"
+                );
+            }
+        }
+    }
+}
+
 /// The command line: `--precision bf16` plans the bf16 routes and says so in `--json`,
 /// training refuses it in one line, and an unknown precision names the choices.
 #[test]
