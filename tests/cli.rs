@@ -832,6 +832,19 @@ fn densenet_kernels_selects_the_table() {
         "the portable kernels pack nothing"
     );
     refused(&run("sse9"), "DENSENET_KERNELS=sse9");
+    // the bf16 tables: chosen where the CPU runs them, else refused in one line that
+    // names them
+    for name in ["avx512bf16", "amx"] {
+        let out = run(name);
+        if densenet::kernels::by_name(name).is_some() {
+            assert_eq!(json(&out)["kernels"], name);
+        } else {
+            refused(&out, &format!("DENSENET_KERNELS={name}: this CPU lacks"));
+            say(&format!(
+                "SKIPPED: the {name} table (this CPU lacks its instructions)"
+            ));
+        }
+    }
 }
 
 /// `bench infer` runs the model as a deployment does (`model::Frozen`): the kernels keep
