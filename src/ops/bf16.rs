@@ -35,8 +35,9 @@ pub fn product(
 ) {
     assert!(y.len() >= o_n * len && w.len() >= o_n * i_n);
     let products = bf16::Products::active();
+    let yp = SyncPtr(y.as_mut_ptr());
     with_weights(products, w, (o_n, i_n, 1), |wp| {
-        product_packed(y, wp, products, (o_n, i_n, len), fill)
+        product_packed(yp, wp, products, (o_n, i_n, len), fill)
     })
 }
 
@@ -67,9 +68,9 @@ fn with_weights<R>(
     }
 }
 
-/// [`product`] with W packed (`wp`).
+/// [`product`] with W packed (`wp`), `y` its output.
 fn product_packed(
-    y: &mut [f32],
+    y: SyncPtr,
     wp: &[u32],
     products: bf16::Products,
     (o_n, i_n, len): (usize, usize, usize),
@@ -92,7 +93,6 @@ fn product_packed(
         1
     };
     let rows = products.tile_rows(i_n);
-    let yp = SyncPtr(y.as_mut_ptr());
     let work = |task: usize| {
         let (t, part) = (task / row_parts, task % row_parts);
         let (a, b) = (t * tile, ((t + 1) * tile).min(len));
@@ -100,23 +100,15 @@ fn product_packed(
             (part * blocks / row_parts * unit).min(o_n),
             ((part + 1) * blocks / row_parts * unit).min(o_n),
         );
-        let ld = products.tile_ld(b - a);
+        let (n, ld) = (b - a, products.tile_ld(b - a));
         with_scratch(&PAIRS, rows * ld, |a2| {
             fill(a2, ld, a, b);
-            products.pad_tile(a2, ld, i_n, b - a);
-            // SAFETY: rows r0..r1, columns a..b of y (o_n rows of len, asserted above)
-            // are this task's only; a2 is a padded tile of b − a positions
+            products.pad_tile(a2, ld, i_n, n);
+            // SAFETY: rows r0..r1, columns a..b of y (o_n rows of len: the caller's) are
+            // this task's only; a2 is a padded tile of n positions
             unsafe {
-                products.product(
-                    yp.get().add(a),
-                    len,
-                    wp,
-                    (a2, 0, ld),
-                    &[0],
-                    (r0, r1),
-                    i_n,
-                    b - a,
-                )
+                let x2 = (&*a2, 0, ld);
+                products.product(y.get().add(a), len, wp, x2, &[0], (r0, r1), i_n, n)
             }
         })
     };
@@ -175,11 +167,7 @@ pub fn conv3x3_per_sample(s: &ConvShape) -> usize {
 /// `[O][I][3][3]`, `col` scratch of [`conv3x3_per_sample`] floats per sample of a chunk.
 ///
 /// The input is formed once per chunk of samples as zero-padded pair planes
-/// ([`PairPlanes`]), and the output computed on the padded grid: position `q` of the
-/// planes is `Σ_t W_t·X[q + tap_t]`, one product over the 9 taps ([`bf16::Products::product`]).
-/// The ring's positions are computed too and dropped (7% at 56×56, 29% at 14×14, 65% at
-/// 7×7 of the positions computed, against a kernel that would stop at each row's end).
-/// Runs of positions run on the team, each through its own output buffer.
+/// ([`PairPlanes`]), and the output computed on the padded grid ([`planes_conv3x3`]).
 pub fn conv3x3(
     y: &mut [f32],
     x: &[f32],
@@ -188,90 +176,88 @@ pub fn conv3x3(
     s: &ConvShape,
     col: &mut [f32],
 ) {
-    thread_local! {
-        static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
     assert!(
         s.k == 3 && s.stride == 1 && s.pad == 1,
         "conv3x3 bf16: {s:?}"
     );
-    let (o_n, i_n, hw) = (s.cout, s.cin, s.h * s.w);
-    let len = s.n * hw;
+    let (o_n, i_n, len) = (s.cout, s.cin, s.n * s.h * s.w);
     assert!(x.len() >= i_n * len && y.len() >= o_n * len && w.len() == o_n * i_n * 9);
     let products = bf16::Products::active();
-    let rows = products.tile_rows(i_n);
-    let ns = (col.len() / conv3x3_per_sample(s).max(1)).clamp(1, s.n);
     let bn = bn.map(|b| (b.scale, b.shift));
     with_weights(products, w, (o_n, i_n, 9), |wp| {
-        let mut n0 = 0;
-        while n0 < s.n {
-            let n1 = (n0 + ns).min(s.n);
-            let pp = PairPlanes::new(s, n1 - n0);
-            assert!(
-                col.len() >= rows * pp.ld,
-                "conv3x3 bf16: col scratch too small"
-            );
-            // SAFETY: u32 and f32 have one size and alignment; col is only read as words
-            // until it is next borrowed
-            let planes: &mut [u32] = unsafe {
-                std::slice::from_raw_parts_mut(col.as_mut_ptr() as *mut u32, rows * pp.ld)
-            };
-            form_planes(planes, x, bn, s, (n0, n1), pp, rows);
-            // positions from the first image row's start to the last one's end (the
-            // ring between planes included)
-            let (q0, q1) = (
-                pp.margin + pp.wp + 1,
-                pp.margin + (n1 - n0) * pp.plane - pp.wp - 1,
-            );
-            let span = q1 - q0;
-            let threads = team::threads();
-            let chunk = balanced_tile(span, 1024, 16, threads);
-            let tasks = span.div_ceil(chunk);
-            let yp = SyncPtr(y.as_mut_ptr());
-            let planes: &[u32] = planes;
-            let taps = pp.taps();
-            let work = |task: usize| {
-                let (a, b) = (q0 + task * chunk, (q0 + (task + 1) * chunk).min(q1));
-                with_scratch(&OUT, o_n * (b - a), |out| {
-                    // SAFETY: out holds o_n rows of b − a floats
-                    unsafe {
-                        products.product(
-                            out.as_mut_ptr(),
-                            b - a,
-                            wp,
-                            (planes, a, pp.ld),
-                            &taps,
-                            (0, o_n),
-                            i_n,
-                            b - a,
-                        )
-                    };
-                    // SAFETY: the image positions of a..b are this task's only
-                    unsafe {
-                        unpad(
-                            yp.get(),
-                            out,
-                            (o_n, len, hw),
-                            s,
-                            (n0, a - pp.margin, b - a),
-                            pp,
-                        )
-                    };
-                })
-            };
-            if tasks > 1 && o_n * i_n * 9 * span >= 1 << 18 {
-                (0..tasks).into_par_iter().team_for_each(work);
-            } else {
-                (0..tasks).for_each(work);
-            }
-            n0 = n1;
-        }
+        for_chunks(s, col, |planes, pp, (n0, n1)| {
+            form_planes(planes, x, bn, s, (n0, n1), pp);
+            planes_conv3x3(y, planes, pp, wp, s, n0, n1);
+        })
     })
 }
 
-/// Pair rows `0..rows` of `planes` (`pp.ld` words each) for samples `n0..n1` of
-/// `x: [I][N·H·W]`: zero margins and rings, the BN-ReLU (where `bn`) of each image row
-/// rounded into pairs, zero rows past the pairs.
+/// `f(planes, layout, (n0, n1))` for the chunks of samples that `col` holds as pair
+/// planes of `s`'s input ([`conv3x3_per_sample`]).
+fn for_chunks(
+    s: &ConvShape,
+    col: &mut [f32],
+    mut f: impl FnMut(&mut [u32], PairPlanes, (usize, usize)),
+) {
+    let rows = bf16::Products::active().tile_rows(s.cin);
+    let ns = (col.len() / conv3x3_per_sample(s).max(1)).clamp(1, s.n);
+    let mut n0 = 0;
+    while n0 < s.n {
+        let n1 = (n0 + ns).min(s.n);
+        let pp = PairPlanes::new(s, n1 - n0);
+        assert!(
+            col.len() >= rows * pp.ld,
+            "conv3x3 bf16: col scratch too small"
+        );
+        // SAFETY: u32 and f32 have one size and alignment; col is only used as words
+        // until the borrow ends
+        let planes =
+            unsafe { std::slice::from_raw_parts_mut(col.as_mut_ptr() as *mut u32, rows * pp.ld) };
+        f(planes, pp, (n0, n1));
+        n0 = n1;
+    }
+}
+
+/// The runs of image positions among chunk positions `a..b` (`N·H·W` order from the
+/// chunk's first sample): `f(q, p, n)` for each run of `n` positions from `p`, whose
+/// word in a pair row of the planes is `q`.
+fn for_image_runs(
+    s: &ConvShape,
+    pp: PairPlanes,
+    a: usize,
+    b: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let hw = s.h * s.w;
+    let mut p = a;
+    while p < b {
+        let (ni, r) = (p / hw, p % hw);
+        let (yy, xx) = (r / s.w, r % s.w);
+        let n = (s.w - xx).min(b - p);
+        f(pp.margin + ni * pp.plane + (yy + 1) * pp.wp + 1 + xx, p, n);
+        p += n;
+    }
+}
+
+/// The zeros of one pair row of the planes of `ns` samples: margins and rings.
+fn ring_row(row: &mut [u32], s: &ConvShape, ns: usize, pp: PairPlanes) {
+    row[..pp.margin].fill(0);
+    row[pp.margin + ns * pp.plane..].fill(0);
+    for ni in 0..ns {
+        let dp = &mut row[pp.margin + ni * pp.plane..][..pp.plane];
+        // top ring row and the left ring word of the first image row
+        dp[..pp.wp + 1].fill(0);
+        for yy in 0..s.h {
+            // right ring word of this row, left ring word of the next
+            dp[(yy + 2) * pp.wp - 1..][..2].fill(0);
+        }
+        dp[(s.h + 1) * pp.wp + 1..].fill(0);
+    }
+}
+
+/// Pair rows of `planes` (`pp.ld` words each) for samples `n0..n1` of `x: [I][N·H·W]`:
+/// zero margins and rings, the BN-ReLU (where `bn`) of each image row rounded into pairs,
+/// zero rows past the pairs.
 fn form_planes(
     planes: &mut [u32],
     x: &[f32],
@@ -279,36 +265,96 @@ fn form_planes(
     s: &ConvShape,
     (n0, n1): (usize, usize),
     pp: PairPlanes,
-    rows: usize,
 ) {
     let (i_n, hw) = (s.cin, s.h * s.w);
     let len = s.n * hw;
     let ip = bf16::pairs(i_n);
+    let rows = bf16::Products::active().tile_rows(i_n);
     let it = planes[..rows * pp.ld].par_chunks_mut(pp.ld).enumerate();
     crate::util::par::per_channel(it, rows * pp.ld, |(j, row)| {
         if j >= ip {
             row.fill(0);
             return;
         }
+        ring_row(row, s, n1 - n0, pp);
         let pair = bf16::Pair::of(j, i_n, bn);
-        row[..pp.margin].fill(0);
-        row[pp.margin + (n1 - n0) * pp.plane..].fill(0);
-        for ni in n0..n1 {
-            let dp = &mut row[pp.margin + (ni - n0) * pp.plane..][..pp.plane];
-            // top ring row and the left ring word of the first image row
-            dp[..pp.wp + 1].fill(0);
-            for yy in 0..s.h {
-                let at = |c: usize| &x[c * len + ni * hw + yy * s.w..][..s.w];
-                let hi = pair.has_odd().then(|| at(2 * j + 1));
-                pair.form(&mut dp[(yy + 1) * pp.wp + 1..][..s.w], at(2 * j), hi);
-                // right ring word of this row, left ring word of the next
-                dp[(yy + 2) * pp.wp - 1..][..2].fill(0);
-            }
-            dp[(s.h + 1) * pp.wp + 1..].fill(0);
-        }
+        let at = |c: usize, p: usize, n: usize| &x[c * len + n0 * hw + p..][..n];
+        for_image_runs(s, pp, 0, (n1 - n0) * hw, |q, p, n| {
+            let hi = pair.has_odd().then(|| at(2 * j + 1, p, n));
+            pair.form(&mut row[q..][..n], at(2 * j, p, n), hi);
+        });
     });
 }
 
+/// The 3×3 of samples `n0..n1` from their pair planes (formed): `y[O][N·H·W]`'s positions
+/// of those samples overwritten, `wp` the 3×3's weights packed with 9 taps.
+///
+/// The output is computed on the padded grid: position `q` of the planes is
+/// `Σ_t W_t·X[q + tap_t]`, one product over the 9 taps ([`bf16::Products::product`]).
+/// The ring's positions are computed too and dropped (7% at 56×56, 29% at 14×14, 65% at
+/// 7×7 of the positions computed, against a kernel that would stop at each row's end).
+/// Runs of positions run on the team, each through its own output buffer.
+fn planes_conv3x3(
+    y: &mut [f32],
+    planes: &[u32],
+    pp: PairPlanes,
+    wp: &[u32],
+    s: &ConvShape,
+    n0: usize,
+    n1: usize,
+) {
+    thread_local! {
+        static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let products = bf16::Products::active();
+    let (o_n, i_n, hw) = (s.cout, s.cin, s.h * s.w);
+    let len = s.n * hw;
+    // positions from the first image row's start to the last one's end (the ring
+    // between planes included)
+    let (q0, q1) = (
+        pp.margin + pp.wp + 1,
+        pp.margin + (n1 - n0) * pp.plane - pp.wp - 1,
+    );
+    let span = q1 - q0;
+    let chunk = balanced_tile(span, 1024, 16, team::threads());
+    let tasks = span.div_ceil(chunk);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let taps = pp.taps();
+    let work = |task: usize| {
+        let (a, b) = (q0 + task * chunk, (q0 + (task + 1) * chunk).min(q1));
+        with_scratch(&OUT, o_n * (b - a), |out| {
+            // SAFETY: out holds o_n rows of b − a floats
+            unsafe {
+                products.product(
+                    out.as_mut_ptr(),
+                    b - a,
+                    wp,
+                    (planes, a, pp.ld),
+                    &taps,
+                    (0, o_n),
+                    i_n,
+                    b - a,
+                )
+            };
+            // SAFETY: the image positions of a..b are this task's only
+            unsafe {
+                unpad(
+                    yp.get(),
+                    out,
+                    (o_n, len, hw),
+                    s,
+                    (n0, a - pp.margin, b - a),
+                    pp,
+                )
+            };
+        })
+    };
+    if tasks > 1 && o_n * i_n * 9 * span >= 1 << 18 {
+        (0..tasks).into_par_iter().team_for_each(work);
+    } else {
+        (0..tasks).for_each(work);
+    }
+}
 /// The image positions among the `n` padded-grid positions from `q` (relative to the
 /// planes of the chunk that starts at sample `n0`) of `out: [o_n][n]`, into
 /// `y: [o_n][len]` (planes of `hw`).

@@ -64,6 +64,19 @@ unsafe fn rows<const R: usize>(
     }
 }
 
+/// `vpermw`'s indices that interleave two vectors of 16 bf16 into pairs: word `2k` ← the
+/// first vector's `k` (word `k`), word `2k + 1` ← the second's (word `16 + k`). A constant:
+/// built on each call it cost more than a 56-position row's conversion.
+const INTERLEAVE: [i16; 32] = {
+    let mut idx = [0i16; 32];
+    let mut w = 0;
+    while w < 32 {
+        idx[w] = (w / 2 + 16 * (w % 2)) as i16;
+        w += 1;
+    }
+    idx
+};
+
 /// One row of [`super::affine_pairs`]: `n` words from channels `lo` and `hi`, each
 /// value `v·scale + shift` (`affine = [scale_lo, shift_lo, scale_hi, shift_hi]`, none:
 /// `v`) then, where `relu`, the ReLU; 16 positions at a time: both vectors rounded to
@@ -82,9 +95,7 @@ pub(super) unsafe fn pairs(
     let (s0, t0) = (_mm512_set1_ps(c[0]), _mm512_set1_ps(c[1]));
     let (s1, t1) = (_mm512_set1_ps(c[2]), _mm512_set1_ps(c[3]));
     let zero = _mm512_setzero_ps();
-    // word 2k ← lo's k (bf16 word k), word 2k + 1 ← hi's k (bf16 word 16 + k)
-    let idx: [i16; 32] = std::array::from_fn(|w| ((w / 2) + 16 * (w % 2)) as i16);
-    let idx = _mm512_loadu_si512(idx.as_ptr() as *const _);
+    let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const _);
     let mut p = 0;
     while p < n {
         let left = n - p;
