@@ -108,5 +108,36 @@ fn main() {
                 );
             }
         }
+        // the 3×3's product over the window's 9 taps on zero-padded planes (densenet121's
+        // 128 → 32; `bench infer --profile` times the whole 3×3, forming included)
+        println!("kernel       3×3 128→32   positions  product  GFLOP/s");
+        for (side, batch) in [(56usize, 1usize), (28, 1), (14, 1), (7, 1), (56, 4), (14, 16), (7, 16)] {
+            let (o_n, i_n) = (32, 128);
+            let wp_ = side + 2;
+            let plane = wp_ * wp_;
+            let ld = (2 * (wp_ + 1) + batch * plane + 16).div_ceil(16) * 16;
+            let taps: [isize; 9] =
+                std::array::from_fn(|t| ((t / 3) as isize - 1) * wp_ as isize + (t % 3) as isize - 1);
+            let span = batch * plane - 2 * (wp_ + 1);
+            let flops = 2.0 * (o_n * i_n * 9 * batch * side * side) as f64;
+            let w: Vec<f32> = (0..o_n * i_n * 9).map(|k| (k % 13) as f32 * 0.01 - 0.06).collect();
+            let reps = (2e8 / flops).ceil() as usize;
+            for &p in &kernels {
+                let mut wp = vec![0u32; p.weight_len(o_n, i_n, 9)];
+                p.pack_weights(&mut wp, &w, o_n, i_n, 9);
+                let planes = vec![0x3f80_3f80u32; p.tile_rows(i_n) * ld];
+                let mut out = vec![0f32; o_n * span];
+                let alone = time(reps, || unsafe {
+                    // SAFETY: out holds o_n rows of span; the planes hold every tap's reads
+                    p.product(out.as_mut_ptr(), span, &wp, (&planes, 2 * (wp_ + 1), ld), &taps, (0, o_n), i_n, span)
+                });
+                println!(
+                    "{:<12} {batch:>2}×{side:>2}² {span:>11} {:>9.1} us {:>7.0}",
+                    format!("{p:?}"),
+                    alone * 1e6,
+                    flops / alone / 1e9,
+                );
+            }
+        }
     });
 }
