@@ -40,7 +40,7 @@ pub fn col_len(s: &ConvShape, r: &ConvRoute, samples: usize) -> usize {
             }
             Route::Im2colTiles | Route::Im2col => s.col_per_sample() * samples,
             Route::Conv3x3Bf16 => super::bf16::conv3x3_per_sample(s) * samples,
-            Route::Im2colBf16 => 0,
+            Route::Im2colBf16 => super::bf16::im2col_per_sample(s) * samples,
         })
         .max()
         .unwrap_or(0)
@@ -232,9 +232,7 @@ pub fn conv_forward(
             })
         }
         Route::Im2col => im2col_forward(y, x, w, s, col),
-        Route::Im2colBf16 => super::bf16::product(y, w, s.cout, kr, ldy, |a2, ld, a, b| {
-            im2col_pairs(a2, ld, x, s, a, b)
-        }),
+        Route::Im2colBf16 => super::bf16::im2col(y, x, w, s, col),
         Route::PointwiseBf16 => {
             assert!(s.is_pointwise(), "{route} takes a 1×1, not {s:?}");
             super::bf16::product(y, w, s.cout, s.cin, ldy, |a2, ld, a, b| {
@@ -266,25 +264,6 @@ fn im2col_tile(buf: &mut [f32], ld: usize, x: &[f32], s: &ConvShape, a: usize, b
             p += ox1 - ox0;
         }
     }
-}
-
-/// [`im2col_tile`] rounded into bf16 pairs of rows: `ceil(K/2)` rows of `ld` words
-/// (`K` = [`ConvShape::col_rows`]) for positions `a..b`, through an f32 tile of this
-/// thread's.
-fn im2col_pairs(a2: &mut [u32], ld: usize, x: &[f32], s: &ConvShape, a: usize, b: usize) {
-    thread_local! {
-        static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let (kr, n) = (s.col_rows(), b - a);
-    crate::util::par::with_scratch(&TILE, kr * n, |tile| {
-        im2col_tile(tile, n, x, s, a, b);
-        for j in 0..crate::kernels::bf16::pairs(kr) {
-            let pair = crate::kernels::bf16::Pair::of(j, kr, None);
-            let row = |r: usize| &tile[r * n..][..n];
-            let hi = pair.has_odd().then(|| row(2 * j + 1));
-            pair.form(&mut a2[j * ld..][..n], row(2 * j), hi);
-        }
-    })
 }
 
 /// [`conv_forward`] through im2col + GEMM (any kernel, stride and padding).
