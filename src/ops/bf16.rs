@@ -249,27 +249,6 @@ fn for_chunks(
     }
 }
 
-/// The runs of image positions among chunk positions `a..b` (`N·H·W` order from the
-/// chunk's first sample): `f(q, p, n)` for each run of `n` positions from `p`, whose
-/// word in a pair row of the planes is `q`.
-fn for_image_runs(
-    s: &ConvShape,
-    pp: PairPlanes,
-    a: usize,
-    b: usize,
-    mut f: impl FnMut(usize, usize, usize),
-) {
-    let hw = s.h * s.w;
-    let mut p = a;
-    while p < b {
-        let (ni, r) = (p / hw, p % hw);
-        let (yy, xx) = (r / s.w, r % s.w);
-        let n = (s.w - xx).min(b - p);
-        f(pp.margin + ni * pp.plane + (yy + 1) * pp.wp + 1 + xx, p, n);
-        p += n;
-    }
-}
-
 /// The zeros of one pair row of the planes of `ns` samples: margins and rings.
 fn ring_row(row: &mut [u32], s: &ConvShape, ns: usize, pp: PairPlanes) {
     row[..pp.margin].fill(0);
@@ -309,11 +288,14 @@ fn form_planes(
         }
         ring_row(row, s, n1 - n0, pp);
         let pair = bf16::Pair::of(j, i_n, bn);
-        let at = |c: usize, p: usize, n: usize| &x[c * len + n0 * hw + p..][..n];
-        for_image_runs(s, pp, 0, (n1 - n0) * hw, |q, p, n| {
-            let hi = pair.has_odd().then(|| at(2 * j + 1, p, n));
-            pair.form(&mut row[q..][..n], at(2 * j, p, n), hi);
-        });
+        for ni in n0..n1 {
+            // the sample's image rows into its plane's rows 1..=H, columns 1..=W, in one
+            // call (per image row, a 7×7's 448 calls a pass cost more than their work)
+            let at = |c: usize| &x[c * len + ni * hw..][..hw];
+            let dst = &mut row[pp.margin + (ni - n0) * pp.plane + pp.wp + 1..];
+            let hi = pair.has_odd().then(|| at(2 * j + 1));
+            pair.form_rows((dst, pp.wp), (at(2 * j), hi, s.w), s.h, s.w);
+        }
     });
 }
 

@@ -453,7 +453,24 @@ impl Pair {
     /// products are vector ones.
     pub fn form(&self, dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
         let n = dst.len();
-        assert!(lo.len() >= n && hi.is_none_or(|h| h.len() >= n) && hi.is_some() == self.odd);
+        self.form_rows((dst, n), (lo, hi, n), 1, n)
+    }
+
+    /// [`Pair::form`] of `rows` rows of `n` positions: source rows `src_ld` floats apart,
+    /// destination rows `dst_ld` words apart (an image's rows into a padded plane's).
+    pub fn form_rows(
+        &self,
+        (dst, dst_ld): (&mut [u32], usize),
+        (lo, hi, src_ld): (&[f32], Option<&[f32]>, usize),
+        rows: usize,
+        n: usize,
+    ) {
+        if rows == 0 || n == 0 {
+            return;
+        }
+        let (src_len, dst_len) = ((rows - 1) * src_ld + n, (rows - 1) * dst_ld + n);
+        assert!(dst.len() >= dst_len && lo.len() >= src_len);
+        assert!(hi.is_none_or(|h| h.len() >= src_len) && hi.is_some() == self.odd);
         #[cfg(target_arch = "x86_64")]
         if Products::active().is_vector() {
             let affine = match self.bn {
@@ -461,12 +478,13 @@ impl Pair {
                 None => (!self.odd).then_some([1.0, 0.0, 0.0, 0.0]),
             };
             // SAFETY: the vector tables are only active where the CPU has AVX512-BF16;
-            // lo, hi (lo itself for the zero channel, scaled by 0) and dst hold n
+            // lo, hi (lo itself for the zero channel, scaled by 0) and dst hold the rows
+            // (asserted above)
             unsafe {
                 avx512::pairs(
-                    dst.as_mut_ptr(),
-                    lo.as_ptr(),
-                    hi.unwrap_or(lo).as_ptr(),
+                    (dst.as_mut_ptr(), dst_ld),
+                    (lo.as_ptr(), hi.unwrap_or(lo).as_ptr(), src_ld),
+                    rows,
                     affine,
                     self.bn.is_some(),
                     n,
@@ -479,15 +497,18 @@ impl Pair {
             None => v,
         };
         let c = self.bn.unwrap_or([1.0, 0.0, 1.0, 0.0]);
-        match hi {
-            Some(hi) => {
-                for ((d, &u), &v) in dst.iter_mut().zip(lo).zip(hi) {
-                    *d = word(f(u, c[0], c[1]), f(v, c[2], c[3]));
+        for r in 0..rows {
+            let (d, l) = (&mut dst[r * dst_ld..][..n], &lo[r * src_ld..][..n]);
+            match hi {
+                Some(hi) => {
+                    for ((d, &u), &v) in d.iter_mut().zip(l).zip(&hi[r * src_ld..][..n]) {
+                        *d = word(f(u, c[0], c[1]), f(v, c[2], c[3]));
+                    }
                 }
-            }
-            None => {
-                for (d, &u) in dst.iter_mut().zip(lo) {
-                    *d = word(f(u, c[0], c[1]), 0.0);
+                None => {
+                    for (d, &u) in d.iter_mut().zip(l) {
+                        *d = word(f(u, c[0], c[1]), 0.0);
+                    }
                 }
             }
         }
