@@ -23,6 +23,8 @@
 #   ONLY="densenet121 train" STEPS=1 bench/compare.sh   # only the rows whose name has ONLY
 #   ORT=1 WORK=infer ROUNDS=5 bench/compare.sh   # densenet vs ONNX Runtime
 #   ORT=1 ORT_EXPORT=torch WORK=infer bench/compare.sh   # on torch.onnx.export's file
+#   OV=1 PRECISION=bf16 WORK=infer ROUNDS=3 bench/compare.sh   # densenet --precision bf16
+#                                        # vs OpenVINO's bf16 (its default on AMX CPUs)
 #   DENSENET_ROUTES=no-winograd bench/compare.sh   # densenet's 3×3 never through Winograd
 #   DENSENET_KERNELS=avx2 bench/compare.sh   # densenet on the AVX2 table (AVX-512 CPUs)
 #   ISA=avx2 bench/compare.sh            # both sides held to AVX2 on an AVX-512 CPU (below)
@@ -36,6 +38,10 @@
 # header says so. On Zen 4, which runs a 512-bit FMA as two 256-bit halves, the FLOP rate is
 # the same either way; on Intel's AVX-512 cores it is not, so read the ratios as Zen 4's.
 #
+# PRECISION=bf16 runs densenet's inference rows at --precision bf16 (training stays f32:
+# bf16 training is not built); OV=1 adds OpenVINO (made in bench/.venv like ORT=1's
+# onnxruntime) at the same INFERENCE_PRECISION_HINT, on our ONNX export.
+#
 # With ROUNDS > 1 the two sides alternate (ours, theirs, ours, theirs, ...) and the line
 # shows each side's median over the rounds and the median of the per-round ratios: on a
 # shared 2-core machine single runs of either side vary by 20-40%, and PyTorch's OpenMP
@@ -46,6 +52,7 @@ THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-3}
 ROUNDS=${ROUNDS:-1}
 WORK=${WORK:-all}
+PRECISION=${PRECISION:-f32}
 case ${ISA:-native} in
   native) cargo build --release -q; bin=target/release/densenet ;;
   avx2) CARGO_TARGET_DIR=target/isa-avx2 cargo build --release -q --no-default-features
@@ -101,14 +108,14 @@ compare() {
   median_step_s median_step_s $have_torch
 [ "$WORK" = train ] || for b in 16 1; do
   compare "densenet121 eval, batch $b" \
-    "$bin --threads $THREADS bench infer --model densenet121 --batch-size $b --steps $STEPS --json" \
+    "$bin --threads $THREADS --precision $PRECISION bench infer --model densenet121 --batch-size $b --steps $STEPS --json" \
     "$py bench/pytorch/bench_infer.py --model densenet121 --batch $b --threads $THREADS --iters $STEPS" \
     median_s median $have_torch
 done
-if [ "${ORT:-0}" = 1 ] && [ "$WORK" != train ]; then
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnxruntime" 2>/dev/null; then
-    python3 -m venv "$venv" && "$venv/bin/pip" install -q onnxruntime numpy
-  fi
+# our ONNX export of densenet121 (or torch.onnx.export's, ORT_EXPORT=torch), once
+onnx=
+export_onnx() {
+  [ -z "$onnx" ] || return 0
   onnx=$(mktemp -d)/densenet121.onnx
   if [ "${ORT_EXPORT:-ours}" = torch ]; then
     # torchvision's densenet121 through torch.onnx.export (the TorchScript exporter, which
@@ -123,11 +130,25 @@ torch.onnx.export(torchvision.models.densenet121().eval(), torch.randn(1, 3, 224
     [ -f "$weights" ] || { echo "no $weights: set REF to the reference directory" >&2; exit 1; }
     $bin export --model densenet121 --weights "$weights" --out "$onnx" --batch dynamic >/dev/null
   fi
+}
+# peer NAME PYTHON_MODULE PIP_PACKAGE SCRIPT_AND_ARGS: densenet121 inference against a peer
+peer() {
+  local name=$1 module=$2 package=$3 script=$4
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import $module" 2>/dev/null; then
+    { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } && "$venv/bin/pip" install -q "$package" numpy
+  fi
+  export_onnx
   for b in 16 1; do
     compare "densenet121 eval, batch $b" \
-      "$bin --threads $THREADS bench infer --model densenet121 --batch-size $b --steps $STEPS --json" \
-      "$venv/bin/python bench/ort_infer.py $onnx --batch $b --threads $THREADS --iters $STEPS" \
-      median_s median_s 1 onnxruntime
+      "$bin --threads $THREADS --precision $PRECISION bench infer --model densenet121 --batch-size $b --steps $STEPS --json" \
+      "$venv/bin/python $script $onnx --batch $b --threads $THREADS --iters $STEPS" \
+      median_s median_s 1 "$name"
   done
+}
+if [ "${ORT:-0}" = 1 ] && [ "$WORK" != train ]; then
+  peer onnxruntime onnxruntime onnxruntime bench/ort_infer.py
+fi
+if [ "${OV:-0}" = 1 ] && [ "$WORK" != train ]; then
+  peer "openvino-$PRECISION" openvino openvino "bench/ov_infer.py --precision $PRECISION"
 fi
 [ $have_torch = 1 ] || echo "(PyTorch not installed: $venv/bin/pip install torch torchvision to compare)"
