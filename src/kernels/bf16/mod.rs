@@ -652,6 +652,61 @@ mod tests {
         }
     }
 
+    /// Each kernel's sum over taps (the 3×3's offsets into zero-padded planes) against the
+    /// reference's: negative and positive offsets, odd channels, a row window.
+    #[test]
+    fn each_kernel_sums_over_taps_as_the_reference() {
+        let taps: [isize; 4] = [-7, -1, 0, 9];
+        for (p, runs) in [
+            (Products::Avx512Bf16, avx512bf16()),
+            (Products::Amx, amx::available()),
+        ] {
+            if !runs {
+                eprintln!("SKIPPED: this CPU has no {p:?}");
+                continue;
+            }
+            for (o_n, i_n, n) in [(32, 128, 61), (13, 33, 40), (40, 7, 100)] {
+                let (x0, ld) = (7, 7 + p.tile_ld(n) + 9 + 16);
+                let w = data(o_n * i_n * taps.len(), 5);
+                let x = data(i_n * ld, 6);
+                let mut x2 = vec![0; p.tile_rows(i_n) * ld];
+                pack_pairs(&mut x2, &x, i_n, ld);
+                // the reference's weights: [O][taps][ip] pairs
+                let ip = pairs(i_n);
+                let mut w2 = vec![0; o_n * taps.len() * ip];
+                Products::Reference.pack_weights(&mut w2, &w, o_n, i_n, taps.len());
+                let mut want = vec![0f32; o_n * n];
+                // SAFETY: every tap's rows lie inside x2 (x0 − 7 ≥ 0, x0 + 9 + n ≤ ld)
+                unsafe {
+                    let xp = x2.as_ptr().add(x0);
+                    reference_ptr(want.as_mut_ptr(), (n, ld), &w2, xp, &taps, (o_n, ip, n))
+                };
+                let mut wp = vec![0; p.weight_len(o_n, i_n, taps.len())];
+                p.pack_weights(&mut wp, &w, o_n, i_n, taps.len());
+                let mut got = vec![f32::NAN; o_n * n];
+                // SAFETY: got holds o_n rows of n
+                unsafe {
+                    p.product(
+                        got.as_mut_ptr(),
+                        n,
+                        &wp,
+                        (&x2, x0, ld),
+                        &taps,
+                        (0, o_n),
+                        i_n,
+                        n,
+                    )
+                };
+                for (k, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - r).abs() <= 1e-4 * (r.abs() + 1.0),
+                        "{p:?} {o_n}×{i_n}×{n} at {k}: {g} vs {r}"
+                    );
+                }
+            }
+        }
+    }
+
     /// [`Products::product`] of `p` against the reference on one shape: all rows, then the
     /// rows from the second row block on.
     fn check_kernel(p: Products, o_n: usize, i_n: usize, len: usize) {
