@@ -60,32 +60,60 @@ pub fn applies_data(s: &ConvShape) -> bool {
     applies(s) && s.cin.is_multiple_of(OB)
 }
 
-/// The padded layout of a chunk of `ns` samples.
-#[derive(Clone, Copy)]
+/// The padded layout of a chunk of `ns` samples: each channel row holds a margin, the
+/// samples' zero-padded planes (`(H+2)·(W+2)` values, a zero ring around the image) one
+/// after the other, and a margin, so that every tap of every position computed (a whole
+/// register block, or an AMX tile, past the last one) reads inside the row. The bf16 3×3
+/// (`ops::bf16`) lays its pair planes out the same way.
+#[derive(Clone, Copy, Debug)]
 pub struct Padded {
     /// Padded row width W+2.
-    wp: usize,
+    pub(crate) wp: usize,
+    /// Values of one sample's padded plane: (H+2)·(W+2).
+    pub(crate) plane: usize,
     /// Positions of the chunk: ns·(H+2)·(W+2).
-    body: usize,
-    /// Zero floats before and after the body of each channel row.
-    margin: usize,
+    pub(crate) body: usize,
+    /// Zero values before and after the body of each channel row.
+    pub(crate) margin: usize,
 }
 
 impl Padded {
-    fn new(s: &ConvShape, ns: usize) -> Self {
+    /// The layout of `ns` samples of `s`'s input.
+    pub(crate) fn new(s: &ConvShape, ns: usize) -> Self {
         let wp = s.w + 2;
+        let plane = (s.h + 2) * wp;
         Padded {
             wp,
-            body: ns * (s.h + 2) * wp,
+            plane,
+            body: ns * plane,
             margin: wp + 1 + PB,
         }
     }
+
+    /// Zeros where a channel row `row` of `ns` samples holds no image value: the margins
+    /// and the rings. (Only there: zeroing whole rows first wrote every value twice.)
+    pub(crate) fn zero_ring<T: Copy + Default>(&self, row: &mut [T], h: usize, ns: usize) {
+        let zero = T::default();
+        row[..self.margin].fill(zero);
+        row[self.margin + ns * self.plane..self.row()].fill(zero);
+        for ni in 0..ns {
+            let dp = &mut row[self.margin + ni * self.plane..][..self.plane];
+            // top ring row and the left ring value of the first image row
+            dp[..self.wp + 1].fill(zero);
+            for y in 0..h {
+                // right ring value of this row, left ring value of the next
+                dp[(y + 2) * self.wp - 1..][..2].fill(zero);
+            }
+            // the rest of the bottom ring row
+            dp[(h + 1) * self.wp + 1..].fill(zero);
+        }
+    }
     /// Length of one channel row, margins included.
-    fn row(&self) -> usize {
+    pub(crate) fn row(&self) -> usize {
         self.body + 2 * self.margin
     }
     /// Offsets of the 9 taps, row-major (ky, kx).
-    fn offsets(&self) -> [isize; 9] {
+    pub(crate) fn offsets(&self) -> [isize; 9] {
         let mut o = [0isize; 9];
         for (t, v) in o.iter_mut().enumerate() {
             *v = (t / 3) as isize * self.wp as isize + (t % 3) as isize - self.wp as isize - 1;
@@ -103,8 +131,8 @@ impl Padded {
             overrun: true,
         }
     }
-    /// The position range that covers every interior (real output) position.
-    fn interior(&self) -> (usize, usize) {
+    /// The position range (of the body) that covers every interior (real output) position.
+    pub(crate) fn interior(&self) -> (usize, usize) {
         (self.wp + 1, self.body - self.wp - 1)
     }
 }
@@ -137,33 +165,22 @@ fn pad(
     p: Padded,
 ) {
     let (hw, len) = (s.h * s.w, s.n * s.h * s.w);
-    let plane = (s.h + 2) * p.wp;
     let affine_relu = active().affine_relu;
     // on the calling thread below PAR_MIN floats: a fork-join cost more than the copy
     // (batch 1 at 7×7: 14.5 µs to pad 128 rows of 81 floats)
     let rows = buf[..c * p.row()].par_chunks_mut(p.row()).enumerate();
     per_channel(rows, c * p.row(), |(ci, row)| {
-        // zeros only where nothing is copied (margins and ring): zeroing whole rows
-        // first wrote every value twice
-        row[..p.margin].fill(0.0);
-        row[p.margin + (n1 - n0) * plane..].fill(0.0);
-        let wp = p.wp;
+        p.zero_ring(row, s.h, n1 - n0);
         for ni in n0..n1 {
             let sp = &src[ci * len + ni * hw..][..hw];
-            let dp = &mut row[p.margin + (ni - n0) * plane..][..plane];
-            // top ring row and the left ring value of the first image row
-            dp[..wp + 1].fill(0.0);
+            let dp = &mut row[p.margin + (ni - n0) * p.plane..][..p.plane];
             for y in 0..s.h {
-                let (d, v) = (&mut dp[(y + 1) * wp + 1..][..s.w], &sp[y * s.w..][..s.w]);
+                let (d, v) = (&mut dp[(y + 1) * p.wp + 1..][..s.w], &sp[y * s.w..][..s.w]);
                 match bn {
                     Some(bn) => affine_relu(d, v, bn.scale[ci], bn.shift[ci]),
                     None => d.copy_from_slice(v),
                 }
-                // right ring value of this row, left ring value of the next
-                dp[(y + 2) * wp - 1..][..2].fill(0.0);
             }
-            // the rest of the bottom ring row
-            dp[(s.h + 1) * wp + 1..].fill(0.0);
         }
     });
 }

@@ -6,6 +6,7 @@
 //! ([`super::conv::conv_forward`]). The 3×3 ([`conv3x3`]) forms the whole zero-padded
 //! input as pairs and multiplies it over the window's 9 taps.
 
+use crate::kernels::conv3x3::Padded;
 use crate::kernels::correlate::balanced_tile;
 use crate::kernels::{bf16, prepack, BnRelu, ConvShape};
 use crate::util::par::{with_scratch, OnTeam, SyncPtr};
@@ -151,54 +152,20 @@ fn product_rows(
     }
 }
 
-/// The zero-padded pair planes of [`conv3x3`] for `ns` samples: each pair row holds a
-/// margin, the samples' padded planes (`(H+2)·(W+2)` words each, a zero ring around the
-/// image) one after the other, and a margin, so that every tap of every computed position
-/// reads inside the row.
-#[derive(Clone, Copy, Debug)]
-struct PairPlanes {
-    /// Padded row width `W + 2`.
-    wp: usize,
-    /// Words of one sample's padded plane.
-    plane: usize,
-    /// Words before the first plane: one padded row and one word, the window's reach back.
-    margin: usize,
-    /// Words of a pair row: margin, planes, the window's reach on, an AMX tile's overrun.
-    ld: usize,
-}
-
-impl PairPlanes {
-    fn new(s: &ConvShape, ns: usize) -> Self {
-        let wp = s.w + 2;
-        let plane = (s.h + 2) * wp;
-        let margin = wp + 1;
-        PairPlanes {
-            wp,
-            plane,
-            margin,
-            ld: (2 * margin + ns * plane + 16).div_ceil(16) * 16,
-        }
-    }
-
-    /// The window's 9 taps as offsets from a position, row-major `(ky, kx)`.
-    fn taps(&self) -> [isize; 9] {
-        std::array::from_fn(|t| ((t / 3) as isize - 1) * self.wp as isize + (t % 3) as isize - 1)
-    }
-}
-
 /// Floats of scratch (`col`) [`conv3x3`] wants per sample: its pair planes (words of the
 /// size of a float), margins counted once per sample.
 pub fn conv3x3_per_sample(s: &ConvShape) -> usize {
     let products = bf16::Products::active();
-    products.tile_rows(s.cin) * PairPlanes::new(s, 1).ld
+    products.tile_rows(s.cin) * Padded::new(s, 1).row()
 }
 
 /// A 3×3 stride-1 padding-1 convolution in bf16 with f32 sums: `y[O][N·H·W]` overwritten,
 /// of `relu(x·scale + shift)` where `bn` is given (else of `x` as stored), `w` PyTorch's
 /// `[O][I][3][3]`, `col` scratch of [`conv3x3_per_sample`] floats per sample of a chunk.
 ///
-/// The input is formed once per chunk of samples as zero-padded pair planes
-/// ([`PairPlanes`]), and the output computed on the padded grid ([`planes_conv3x3`]).
+/// The input is formed once per chunk of samples as zero-padded pair planes (one pair of
+/// channels a row, laid out as the f32 direct 3×3's copies: [`Padded`]), and the output
+/// computed on the padded grid ([`planes_conv3x3`]).
 pub fn conv3x3(
     y: &mut [f32],
     x: &[f32],
@@ -218,7 +185,7 @@ pub fn conv3x3(
     with_weights(products, w, (o_n, i_n, 9), |wp| {
         for_chunks(s, col, |planes, pp, (n0, n1)| {
             form_planes(planes, x, bn, s, (n0, n1), pp);
-            planes_conv3x3(y, planes, pp, wp, s, n0, n1);
+            planes_conv3x3(y, planes, pp, wp, s, n0);
         })
     })
 }
@@ -228,44 +195,29 @@ pub fn conv3x3(
 fn for_chunks(
     s: &ConvShape,
     col: &mut [f32],
-    mut f: impl FnMut(&mut [u32], PairPlanes, (usize, usize)),
+    mut f: impl FnMut(&mut [u32], Padded, (usize, usize)),
 ) {
     let rows = bf16::Products::active().tile_rows(s.cin);
     let ns = (col.len() / conv3x3_per_sample(s).max(1)).clamp(1, s.n);
     let mut n0 = 0;
     while n0 < s.n {
         let n1 = (n0 + ns).min(s.n);
-        let pp = PairPlanes::new(s, n1 - n0);
+        let pp = Padded::new(s, n1 - n0);
         assert!(
-            col.len() >= rows * pp.ld,
+            col.len() >= rows * pp.row(),
             "conv3x3 bf16: col scratch too small"
         );
         // SAFETY: u32 and f32 have one size and alignment; col is only used as words
         // until the borrow ends
-        let planes =
-            unsafe { std::slice::from_raw_parts_mut(col.as_mut_ptr() as *mut u32, rows * pp.ld) };
+        let planes = unsafe {
+            std::slice::from_raw_parts_mut(col.as_mut_ptr() as *mut u32, rows * pp.row())
+        };
         f(planes, pp, (n0, n1));
         n0 = n1;
     }
 }
 
-/// The zeros of one pair row of the planes of `ns` samples: margins and rings.
-fn ring_row(row: &mut [u32], s: &ConvShape, ns: usize, pp: PairPlanes) {
-    row[..pp.margin].fill(0);
-    row[pp.margin + ns * pp.plane..].fill(0);
-    for ni in 0..ns {
-        let dp = &mut row[pp.margin + ni * pp.plane..][..pp.plane];
-        // top ring row and the left ring word of the first image row
-        dp[..pp.wp + 1].fill(0);
-        for yy in 0..s.h {
-            // right ring word of this row, left ring word of the next
-            dp[(yy + 2) * pp.wp - 1..][..2].fill(0);
-        }
-        dp[(s.h + 1) * pp.wp + 1..].fill(0);
-    }
-}
-
-/// Pair rows of `planes` (`pp.ld` words each) for samples `n0..n1` of `x: [I][N·H·W]`:
+/// Pair rows of `planes` (`pp.row()` words each) for samples `n0..n1` of `x: [I][N·H·W]`:
 /// zero margins and rings, the BN-ReLU (where `bn`) of each image row rounded into pairs,
 /// zero rows past the pairs.
 fn form_planes(
@@ -274,19 +226,21 @@ fn form_planes(
     bn: Option<(&[f32], &[f32])>,
     s: &ConvShape,
     (n0, n1): (usize, usize),
-    pp: PairPlanes,
+    pp: Padded,
 ) {
     let (i_n, hw) = (s.cin, s.h * s.w);
     let len = s.n * hw;
     let ip = bf16::pairs(i_n);
     let rows = bf16::Products::active().tile_rows(i_n);
-    let it = planes[..rows * pp.ld].par_chunks_mut(pp.ld).enumerate();
-    crate::util::par::per_channel(it, rows * pp.ld, |(j, row)| {
+    let it = planes[..rows * pp.row()]
+        .par_chunks_mut(pp.row())
+        .enumerate();
+    crate::util::par::per_channel(it, rows * pp.row(), |(j, row)| {
         if j >= ip {
             row.fill(0);
             return;
         }
-        ring_row(row, s, n1 - n0, pp);
+        pp.zero_ring(row, s.h, n1 - n0);
         let pair = bf16::Pair::of(j, i_n, bn);
         for ni in n0..n1 {
             // the sample's image rows into its plane's rows 1..=H, columns 1..=W, in one
@@ -299,7 +253,7 @@ fn form_planes(
     });
 }
 
-/// The 3×3 of samples `n0..n1` from their pair planes (formed): `y[O][N·H·W]`'s positions
+/// The 3×3 of the samples from `n0` that the pair planes `pp` hold (formed): `y[O][N·H·W]`'s positions
 /// of those samples overwritten, `wp` the 3×3's weights packed with 9 taps.
 ///
 /// The output is computed on the padded grid: position `q` of the planes is
@@ -307,15 +261,7 @@ fn form_planes(
 /// The ring's positions are computed too and dropped (7% at 56×56, 29% at 14×14, 65% at
 /// 7×7 of the positions computed, against a kernel that would stop at each row's end).
 /// Runs of positions run on the team, each through its own output buffer.
-fn planes_conv3x3(
-    y: &mut [f32],
-    planes: &[u32],
-    pp: PairPlanes,
-    wp: &[u32],
-    s: &ConvShape,
-    n0: usize,
-    n1: usize,
-) {
+fn planes_conv3x3(y: &mut [f32], planes: &[u32], pp: Padded, wp: &[u32], s: &ConvShape, n0: usize) {
     thread_local! {
         static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -324,10 +270,8 @@ fn planes_conv3x3(
     let len = s.n * hw;
     // positions from the first image row's start to the last one's end (the ring
     // between planes included)
-    let (q0, q1) = (
-        pp.margin + pp.wp + 1,
-        pp.margin + (n1 - n0) * pp.plane - pp.wp - 1,
-    );
+    let (q0, q1) = pp.interior();
+    let (q0, q1) = (pp.margin + q0, pp.margin + q1);
     let span = q1 - q0;
     let threads = team::threads();
     // at least a task per thread (two AMX tiles of positions each at the least): with
@@ -337,7 +281,7 @@ fn planes_conv3x3(
     let chunk = balanced_tile(span, most, 16, threads);
     let tasks = span.div_ceil(chunk);
     let yp = SyncPtr(y.as_mut_ptr());
-    let taps = pp.taps();
+    let taps = pp.offsets();
     let work = |task: usize| {
         let (a, b) = (q0 + task * chunk, (q0 + (task + 1) * chunk).min(q1));
         with_scratch(&OUT, o_n * (b - a), |out| {
@@ -347,7 +291,7 @@ fn planes_conv3x3(
                     out.as_mut_ptr(),
                     b - a,
                     wp,
-                    (planes, a, pp.ld),
+                    (planes, a, pp.row()),
                     &taps,
                     (0, o_n),
                     i_n,
@@ -386,7 +330,7 @@ unsafe fn unpad(
     (o_n, len, hw): (usize, usize, usize),
     s: &ConvShape,
     (n0, q, n): (usize, usize, usize),
-    pp: PairPlanes,
+    pp: Padded,
 ) {
     // runs of one image row: the padded row r of a plane holds image row r − 1 at
     // columns 1..=W
