@@ -9,9 +9,29 @@ use common::*;
 use densenet::ops::route::{self, Precision, Route};
 use densenet::{DenseNet, MemoryMode, Model};
 
-/// Held by each test that sets the process-wide precision, so that no other one plans a
-/// workspace meanwhile.
+/// Held by each test that sets the process-wide precision or kernels table, so that no
+/// other one plans a workspace meanwhile.
 static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `f(table)` with each kernels table this CPU runs that multiplies bf16 another way (AMX,
+/// AVX512-BF16, the reference), made the active one (under [`PRECISION`]), then the
+/// table that was active again.
+fn each_bf16_table(mut f: impl FnMut(&str)) {
+    use densenet::kernels;
+    let _held = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    let before = kernels::active();
+    let mut seen = Vec::new();
+    for table in kernels::available() {
+        if seen.contains(&table.bf16) {
+            continue;
+        }
+        seen.push(table.bf16);
+        kernels::force(table);
+        f(table.name);
+    }
+    kernels::force(before);
+    say(&format!("bf16 products tested: {seen:?}"));
+}
 
 fn logits(net: &mut DenseNet, input: &[f32], n: usize) -> Vec<f32> {
     let mut ws = net.workspace(n, MemoryMode::Efficient, false);
@@ -78,7 +98,7 @@ fn densenet121_logits_in_bf16_stay_within_1e_2_of_f32() {
 /// `fused::forward` on the bf16 route against the portable reference of the same
 /// BN-ReLU'd, bf16-rounded operands: odd channel counts, outputs off the register block,
 /// positions off the vector, one tile (rows split between threads) and many, on 1 and 2
-/// threads.
+/// threads, on each bf16 kernel this CPU runs.
 #[test]
 fn fused_bf16_forward_matches_the_reference() {
     use densenet::kernels::{bf16, BnRelu};
@@ -101,32 +121,42 @@ fn fused_bf16_forward_matches_the_reference() {
         bf16::pack_pairs(&mut a2, &a, i_n, len);
         let mut want = vec![0f32; o_n * len];
         bf16::pointwise_reference(&mut want, &w2, &a2, o_n, ip, len);
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut got = vec![f32::NAN; o_n * len];
-            pool.install(|| {
-                let bn = BnRelu {
-                    scale: &scale,
-                    shift: &shift,
-                };
-                densenet::ops::fused::forward(&mut got, &x, &w, bn, o_n, len, Route::PointwiseBf16)
-            });
-            for k in 0..o_n * len {
-                let (o, p) = (k / len, k % len);
-                let mag: f32 = (0..i_n)
-                    .map(|i| (w[o * i_n + i] * a[i * len + p]).abs())
-                    .sum();
-                assert!(
-                    (got[k] - want[k]).abs() <= 1e-5 * (mag + 1e-3),
-                    "{o_n}×{i_n}×{len} on {threads} threads at ({o}, {p}): {} vs {}",
-                    got[k],
-                    want[k]
-                );
+        each_bf16_table(|table| {
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut got = vec![f32::NAN; o_n * len];
+                pool.install(|| {
+                    let bn = BnRelu {
+                        scale: &scale,
+                        shift: &shift,
+                    };
+                    densenet::ops::fused::forward(
+                        &mut got,
+                        &x,
+                        &w,
+                        bn,
+                        o_n,
+                        len,
+                        Route::PointwiseBf16,
+                    )
+                });
+                for k in 0..o_n * len {
+                    let (o, p) = (k / len, k % len);
+                    let mag: f32 = (0..i_n)
+                        .map(|i| (w[o * i_n + i] * a[i * len + p]).abs())
+                        .sum();
+                    assert!(
+                        (got[k] - want[k]).abs() <= 1e-5 * (mag + 1e-3),
+                        "{table}: {o_n}×{i_n}×{len} on {threads} threads at ({o}, {p}): {} vs {}",
+                        got[k],
+                        want[k]
+                    );
+                }
             }
-        }
+        });
     }
 }
 
@@ -134,7 +164,7 @@ fn fused_bf16_forward_matches_the_reference() {
 /// input) and the bf16 im2col route ([`Route::Im2colBf16`], the stem's 7×7 stride 2 and a
 /// 3×3 stride 2) against f64 sums of the bf16-rounded operands: odd channel counts,
 /// outputs off the tile, planes off the tile and not square, batches of 1 to 3, 1 and 2
-/// threads. Whatever the table's products (AMX, AVX512-BF16 or the reference).
+/// threads; on each bf16 kernel this CPU runs (AMX, AVX512-BF16, the reference).
 #[test]
 fn bf16_convolutions_match_the_reference() {
     use densenet::kernels::{bf16, BnRelu, ConvShape};
@@ -199,36 +229,38 @@ fn bf16_convolutions_match_the_reference() {
         } else {
             Route::Im2colBf16
         };
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut got = vec![f32::NAN; cout * n * ohw];
-            let mut col = vec![f32::NAN; densenet::ops::bf16::conv3x3_per_sample(&s) * n];
-            pool.install(|| {
-                if fused {
-                    let bn = BnRelu {
-                        scale: &scale,
-                        shift: &shift,
-                    };
-                    let mut tmp = vec![0f32; cin * n * hw];
-                    densenet::ops::fused::conv3x3_forward(
-                        &mut got, &x, bn, &wt, &s, route, &mut col, &mut tmp,
-                    )
-                } else {
-                    densenet::ops::conv::conv_forward(&mut got, &x, &wt, &s, route, &mut col)
+        each_bf16_table(|table| {
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut got = vec![f32::NAN; cout * n * ohw];
+                let mut col = vec![f32::NAN; densenet::ops::bf16::conv3x3_per_sample(&s) * n];
+                pool.install(|| {
+                    if fused {
+                        let bn = BnRelu {
+                            scale: &scale,
+                            shift: &shift,
+                        };
+                        let mut tmp = vec![0f32; cin * n * hw];
+                        densenet::ops::fused::conv3x3_forward(
+                            &mut got, &x, bn, &wt, &s, route, &mut col, &mut tmp,
+                        )
+                    } else {
+                        densenet::ops::conv::conv_forward(&mut got, &x, &wt, &s, route, &mut col)
+                    }
+                });
+                for (q, (&g, &(v, mag))) in got.iter().zip(&want).enumerate() {
+                    // f32 sums of exact products: far inside bf16's rounding of the operands
+                    // (2^-9 of each product), which this bound catches
+                    assert!(
+                        (g as f64 - v).abs() <= 3e-5 * (mag + 1e-3),
+                        "{table}: {s:?} {route} on {threads} threads at {q}: {g} vs {v}"
+                    );
                 }
-            });
-            for (q, (&g, &(v, mag))) in got.iter().zip(&want).enumerate() {
-                // f32 sums of exact products: far inside bf16's rounding of the operands
-                // (2^-9 of each product), which this bound catches
-                assert!(
-                    (g as f64 - v).abs() <= 3e-5 * (mag + 1e-3),
-                    "{s:?} {route} on {threads} threads at {q}: {g} vs {v}"
-                );
             }
-        }
+        });
     }
 }
 
