@@ -236,7 +236,7 @@ fn bf16_convolutions_match_the_reference() {
                     .build()
                     .unwrap();
                 let mut got = vec![f32::NAN; cout * n * ohw];
-                let mut col = vec![f32::NAN; densenet::ops::bf16::conv3x3_per_sample(&s) * n];
+                let mut col = vec![f32::NAN; densenet::ops::bf16::im2col_per_sample(&s) * n];
                 pool.install(|| {
                     if fused {
                         let bn = BnRelu {

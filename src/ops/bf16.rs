@@ -152,127 +152,42 @@ fn product_rows(
     }
 }
 
-/// Floats of scratch (`col`) [`conv3x3`] wants per sample: its pair planes (words of the
-/// size of a float), margins counted once per sample.
-pub fn conv3x3_per_sample(s: &ConvShape) -> usize {
-    let products = bf16::Products::active();
-    products.tile_rows(s.cin) * Padded::new(s, 1).row()
-}
-
 /// A 3×3 stride-1 padding-1 convolution in bf16 with f32 sums: `y[O][N·H·W]` overwritten,
 /// of `relu(x·scale + shift)` where `bn` is given (else of `x` as stored), `w` PyTorch's
-/// `[O][I][3][3]`, `col` scratch of [`conv3x3_per_sample`] floats per sample of a chunk.
+/// `[O][I][3][3]`.
 ///
-/// The input is formed once per chunk of samples as zero-padded pair planes (one pair of
-/// channels a row, laid out as the f32 direct 3×3's copies: [`Padded`]), and the output
-/// computed on the padded grid ([`planes_conv3x3`]).
-pub fn conv3x3(
-    y: &mut [f32],
-    x: &[f32],
-    bn: Option<BnRelu>,
-    w: &[f32],
-    s: &ConvShape,
-    col: &mut [f32],
-) {
+/// The output is computed on the padded grid of all samples ([`Padded`], the f32 direct
+/// 3×3's layout): position `q` is `Σ_t W_t·X[q + tap_t]`, one product over the 9 taps
+/// ([`bf16::Products::product`]). The ring's positions are computed too and dropped (7%
+/// at 56×56, 29% at 14×14, 65% at 7×7 of the positions computed, against a kernel that
+/// would stop at each row's end).
+///
+/// Runs of positions run on the team. Each task forms the window of pair planes its
+/// product reads (its positions and the taps' reach, the BN-ReLU applied and rounded,
+/// zeros on the ring) in a buffer of its own, multiplies, and copies its image positions
+/// out. Forming the planes once for all tasks, split by channel pairs, had every task read
+/// half its planes from the other core's cache: at batch 1 each half of a 14×14 3×3 took
+/// 14–22 µs on 2 threads against 12.5 on one.
+pub fn conv3x3(y: &mut [f32], x: &[f32], bn: Option<BnRelu>, w: &[f32], s: &ConvShape) {
+    thread_local! {
+        static PLANES: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     assert!(
         s.k == 3 && s.stride == 1 && s.pad == 1,
         "conv3x3 bf16: {s:?}"
     );
-    let (o_n, i_n, len) = (s.cout, s.cin, s.n * s.h * s.w);
+    let (o_n, i_n, hw) = (s.cout, s.cin, s.h * s.w);
+    let len = s.n * hw;
     assert!(x.len() >= i_n * len && y.len() >= o_n * len && w.len() == o_n * i_n * 9);
     let products = bf16::Products::active();
     let bn = bn.map(|b| (b.scale, b.shift));
-    with_weights(products, w, (o_n, i_n, 9), |wp| {
-        for_chunks(s, col, |planes, pp, (n0, n1)| {
-            form_planes(planes, x, bn, s, (n0, n1), pp);
-            planes_conv3x3(y, planes, pp, wp, s, n0);
-        })
-    })
-}
-
-/// `f(planes, layout, (n0, n1))` for the chunks of samples that `col` holds as pair
-/// planes of `s`'s input ([`conv3x3_per_sample`]).
-fn for_chunks(
-    s: &ConvShape,
-    col: &mut [f32],
-    mut f: impl FnMut(&mut [u32], Padded, (usize, usize)),
-) {
-    let rows = bf16::Products::active().tile_rows(s.cin);
-    let ns = (col.len() / conv3x3_per_sample(s).max(1)).clamp(1, s.n);
-    let mut n0 = 0;
-    while n0 < s.n {
-        let n1 = (n0 + ns).min(s.n);
-        let pp = Padded::new(s, n1 - n0);
-        assert!(
-            col.len() >= rows * pp.row(),
-            "conv3x3 bf16: col scratch too small"
-        );
-        // SAFETY: u32 and f32 have one size and alignment; col is only used as words
-        // until the borrow ends
-        let planes = unsafe {
-            std::slice::from_raw_parts_mut(col.as_mut_ptr() as *mut u32, rows * pp.row())
-        };
-        f(planes, pp, (n0, n1));
-        n0 = n1;
-    }
-}
-
-/// Pair rows of `planes` (`pp.row()` words each) for samples `n0..n1` of `x: [I][N·H·W]`:
-/// zero margins and rings, the BN-ReLU (where `bn`) of each image row rounded into pairs,
-/// zero rows past the pairs.
-fn form_planes(
-    planes: &mut [u32],
-    x: &[f32],
-    bn: Option<(&[f32], &[f32])>,
-    s: &ConvShape,
-    (n0, n1): (usize, usize),
-    pp: Padded,
-) {
-    let (i_n, hw) = (s.cin, s.h * s.w);
-    let len = s.n * hw;
-    let ip = bf16::pairs(i_n);
-    let rows = bf16::Products::active().tile_rows(i_n);
-    let it = planes[..rows * pp.row()]
-        .par_chunks_mut(pp.row())
-        .enumerate();
-    crate::util::par::per_channel(it, rows * pp.row(), |(j, row)| {
-        if j >= ip {
-            row.fill(0);
-            return;
-        }
-        pp.zero_ring(row, s.h, n1 - n0);
-        let pair = bf16::Pair::of(j, i_n, bn);
-        for ni in n0..n1 {
-            // the sample's image rows into its plane's rows 1..=H, columns 1..=W, in one
-            // call (per image row, a 7×7's 448 calls a pass cost more than their work)
-            let at = |c: usize| &x[c * len + ni * hw..][..hw];
-            let dst = &mut row[pp.margin + (ni - n0) * pp.plane + pp.wp + 1..];
-            let hi = pair.has_odd().then(|| at(2 * j + 1));
-            pair.form_rows((dst, pp.wp), (at(2 * j), hi, s.w), s.h, s.w);
-        }
-    });
-}
-
-/// The 3×3 of the samples from `n0` that the pair planes `pp` hold (formed): `y[O][N·H·W]`'s positions
-/// of those samples overwritten, `wp` the 3×3's weights packed with 9 taps.
-///
-/// The output is computed on the padded grid: position `q` of the planes is
-/// `Σ_t W_t·X[q + tap_t]`, one product over the 9 taps ([`bf16::Products::product`]).
-/// The ring's positions are computed too and dropped (7% at 56×56, 29% at 14×14, 65% at
-/// 7×7 of the positions computed, against a kernel that would stop at each row's end).
-/// Runs of positions run on the team, each through its own output buffer.
-fn planes_conv3x3(y: &mut [f32], planes: &[u32], pp: Padded, wp: &[u32], s: &ConvShape, n0: usize) {
-    thread_local! {
-        static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let products = bf16::Products::active();
-    let (o_n, i_n, hw) = (s.cout, s.cin, s.h * s.w);
-    let len = s.n * hw;
-    // positions from the first image row's start to the last one's end (the ring
-    // between planes included)
+    let pp = Padded::new(s, s.n);
+    let rows = products.tile_rows(i_n);
+    // body positions from the first image row's start to the last one's end (the ring
+    // between planes included); a tap reaches a padded row and a column either way
     let (q0, q1) = pp.interior();
-    let (q0, q1) = (pp.margin + q0, pp.margin + q1);
-    let span = q1 - q0;
+    let (span, reach) = (q1 - q0, pp.wp + 1);
     let threads = team::threads();
     // at least a task per thread (two AMX tiles of positions each at the least): with
     // tasks of up to 1024 positions the 28×28 and 14×14 3×3s of batch 1 ran on one thread
@@ -280,46 +195,89 @@ fn planes_conv3x3(y: &mut [f32], planes: &[u32], pp: Padded, wp: &[u32], s: &Con
     let most = span.div_ceil(threads).next_multiple_of(32).clamp(32, 1024);
     let chunk = balanced_tile(span, most, 16, threads);
     let tasks = span.div_ceil(chunk);
-    let yp = SyncPtr(y.as_mut_ptr());
     let taps = pp.offsets();
-    let work = |task: usize| {
-        let (a, b) = (q0 + task * chunk, (q0 + (task + 1) * chunk).min(q1));
-        with_scratch(&OUT, o_n * (b - a), |out| {
-            // SAFETY: out holds o_n rows of b − a floats
-            unsafe {
-                products.product(
-                    out.as_mut_ptr(),
-                    b - a,
-                    wp,
-                    (planes, a, pp.row()),
-                    &taps,
-                    (0, o_n),
-                    i_n,
-                    b - a,
-                )
-            };
-            // SAFETY: the image positions of a..b are this task's only
-            unsafe {
-                unpad(
-                    yp.get(),
-                    out,
-                    (o_n, len, hw),
-                    s,
-                    (n0, a - pp.margin, b - a),
-                    pp,
-                )
-            };
-        })
-    };
-    if tasks > 1 && o_n * i_n * 9 * span >= 1 << 18 {
-        (0..tasks).into_par_iter().team_for_each(work);
-    } else {
-        (0..tasks).for_each(work);
+    let yp = SyncPtr(y.as_mut_ptr());
+    with_weights(products, w, (o_n, i_n, 9), |wp| {
+        let work = |task: usize| {
+            let (a, b) = (q0 + task * chunk, (q0 + (task + 1) * chunk).min(q1));
+            // the window: body positions lo..lo + ld, the taps' reach and an AMX tile's
+            // overrun past the last position
+            let (lo, n) = (a - reach, b - a);
+            let ld = (n + 2 * reach + 16).next_multiple_of(16);
+            with_scratch(&PLANES, rows * ld, |planes| {
+                form_window(planes, ld, x, bn, s, pp, lo);
+                with_scratch(&OUT, o_n * n, |out| {
+                    // SAFETY: out holds o_n rows of n floats; every tap of a..b reads
+                    // inside the window (the product checks it)
+                    unsafe {
+                        let x2 = (&*planes, reach, ld);
+                        products.product(out.as_mut_ptr(), n, wp, x2, &taps, (0, o_n), i_n, n)
+                    };
+                    // SAFETY: the image positions of a..b are this task's only
+                    unsafe { unpad(yp.get(), out, (o_n, len, hw), s, (a, n), pp) };
+                })
+            })
+        };
+        if tasks > 1 && o_n * i_n * 9 * span >= 1 << 18 {
+            (0..tasks).into_par_iter().team_for_each(work);
+        } else {
+            (0..tasks).for_each(work);
+        }
+    })
+}
+
+/// The pair planes of body positions `lo..lo + ld` of `s`'s input laid out as `pp` (all
+/// samples), one pair of channels a row of `planes` (`ld` words): the BN-ReLU (where `bn`)
+/// of the image positions rounded into pairs, zeros on the ring, past the body and in the
+/// rows past the pairs of `x: [I][N·H·W]`'s channels.
+fn form_window(
+    planes: &mut [u32],
+    ld: usize,
+    x: &[f32],
+    bn: Option<(&[f32], &[f32])>,
+    s: &ConvShape,
+    pp: Padded,
+    lo: usize,
+) {
+    let (i_n, hw) = (s.cin, s.h * s.w);
+    let len = s.n * hw;
+    let ip = bf16::pairs(i_n);
+    for (j, row) in planes.chunks_exact_mut(ld).enumerate() {
+        if j >= ip {
+            row.fill(0);
+            continue;
+        }
+        let pair = bf16::Pair::of(j, i_n, bn);
+        // padded row by padded row: its image columns formed, the rest zero
+        let mut q = lo;
+        while q < lo + ld {
+            let (ni, r) = (q / pp.plane, q % pp.plane);
+            let (pr, c) = (r / pp.wp, r % pp.wp);
+            let end = (q - c + pp.wp).min(lo + ld);
+            let dst = &mut row[q - lo..end - lo];
+            if ni >= s.n || pr == 0 || pr > s.h {
+                dst.fill(0);
+            } else {
+                // columns c..c + dst.len() of padded row pr; image columns 1..=W
+                let (c0, c1) = (c.max(1), (c + dst.len()).min(s.w + 1));
+                if c0 >= c1 {
+                    dst.fill(0);
+                } else {
+                    dst[..c0 - c].fill(0);
+                    dst[c1 - c..].fill(0);
+                    let at =
+                        |ch: usize| &x[ch * len + ni * hw + (pr - 1) * s.w + c0 - 1..][..c1 - c0];
+                    let hi = pair.has_odd().then(|| at(2 * j + 1));
+                    pair.form(&mut dst[c0 - c..c1 - c], at(2 * j), hi);
+                }
+            }
+            q = end;
+        }
     }
 }
-/// The image positions among the `n` padded-grid positions from `q` (relative to the
-/// planes of the chunk that starts at sample `n0`) of `out: [o_n][n]`, into
-/// `y: [o_n][len]` (planes of `hw`).
+
+/// The image positions among the `n` padded-grid positions from `q` (of the body of
+/// `pp`, all samples) of `out: [o_n][n]`, into `y: [o_n][len]` (planes of `hw`).
 ///
 /// # Safety
 /// `y` holds `o_n` rows of `len` floats, whose positions that `q..q + n` maps to nobody
@@ -329,7 +287,7 @@ unsafe fn unpad(
     out: &[f32],
     (o_n, len, hw): (usize, usize, usize),
     s: &ConvShape,
-    (n0, q, n): (usize, usize, usize),
+    (q, n): (usize, usize),
     pp: Padded,
 ) {
     // runs of one image row: the padded row r of a plane holds image row r − 1 at
@@ -342,7 +300,7 @@ unsafe fn unpad(
         if (1..=s.h).contains(&row) {
             let (c0, c1) = (c.max(1), (q + n).min(row_end - 1) - (at - c));
             if c0 < c1 {
-                let dst = (n0 + ni) * hw + (row - 1) * s.w + (c0 - 1);
+                let dst = ni * hw + (row - 1) * s.w + (c0 - 1);
                 let src = at - c + c0 - q;
                 for o in 0..o_n {
                     // SAFETY: the caller's contract; c0..c1 lies within the image row

@@ -31,7 +31,7 @@ pub fn col_len(s: &ConvShape, r: &ConvRoute, samples: usize) -> usize {
         .into_iter()
         .flatten()
         .map(|route| match route {
-            Route::Pointwise | Route::Gemm | Route::PointwiseBf16 => 0,
+            Route::Pointwise | Route::Gemm | Route::PointwiseBf16 | Route::Conv3x3Bf16 => 0,
             Route::Direct3x3 | Route::Broadcast3x3 | Route::Winograd { .. } => {
                 conv3x3::scratch_per_sample(s) * samples
             }
@@ -39,7 +39,6 @@ pub fn col_len(s: &ConvShape, r: &ConvRoute, samples: usize) -> usize {
                 broadcast::padded_per_sample(s).max(s.col_per_sample()) * samples
             }
             Route::Im2colTiles | Route::Im2col => s.col_per_sample() * samples,
-            Route::Conv3x3Bf16 => super::bf16::conv3x3_per_sample(s) * samples,
             Route::Im2colBf16 => super::bf16::im2col_per_sample(s) * samples,
         })
         .max()
@@ -309,7 +308,7 @@ pub fn conv3x3_routed(
         Route::Winograd { tile } => {
             route::expect(winograd::forward(y, x, bn, w, s, tile, col), route, s)
         }
-        Route::Conv3x3Bf16 => super::bf16::conv3x3(y, x, bn, w, s, col),
+        Route::Conv3x3Bf16 => super::bf16::conv3x3(y, x, bn, w, s),
         _ => return false,
     }
     true
