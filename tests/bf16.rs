@@ -361,3 +361,46 @@ fn stored_input_1x1s_in_bf16_stay_close_to_f32() {
         assert!(rel <= 1e-2 && rel > 1e-6, "{name}: relative L2 {rel:.2e}");
     }
 }
+
+/// On AMX every convolution of evaluation is a bf16 product whose sums do not depend on
+/// how positions are split into tasks: densenet121's logits are the same bits on 1, 2 and
+/// 3 threads. (Elsewhere the f32 3×3 routes depend on the thread count: SKIPPED.)
+#[test]
+fn amx_logits_are_the_same_bits_on_any_thread_count() {
+    use densenet::model::{AnyModel, ModelConfig};
+    use densenet::util::rng::Rng;
+    if densenet::kernels::amx().is_none() {
+        say("SKIPPED: this CPU has no AMX");
+        return;
+    }
+    let _held = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    let before = densenet::kernels::active();
+    densenet::kernels::force(densenet::kernels::amx().unwrap());
+    route::set_precision(Precision::Bf16);
+    let mut net = AnyModel::new(&ModelConfig::from_name("densenet121").unwrap(), 1);
+    let (_, c, s) = net.io();
+    let mut rng = Rng::new(5);
+    let x: Vec<f32> = (0..c * s * s).map(|_| rng.normal() as f32).collect();
+    let runs: Vec<Vec<f32>> = [1, 2, 3]
+        .iter()
+        .map(|&threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut ws = net.workspace(1, MemoryMode::Efficient, false);
+                net.forward_eval(&mut ws, &x, 1, None)
+            })
+        })
+        .collect();
+    route::set_precision(Precision::F32);
+    densenet::kernels::force(before);
+    for (k, r) in runs.iter().enumerate().skip(1) {
+        let same = r
+            .iter()
+            .zip(&runs[0])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{} threads gave other logits than 1", k + 1);
+    }
+}
