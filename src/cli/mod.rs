@@ -40,9 +40,10 @@ pub struct Cli {
     #[arg(long, global = true, value_parser = values::one_to(1024))]
     pub threads: Option<usize>,
     /// Arithmetic of the products: f32 (default; parity with PyTorch) or bf16 (bfloat16
-    /// operands, f32 sums, as PyTorch's CPU autocast). bf16 so far covers evaluation's
-    /// 1×1 convolutions (forward, predict, eval, embed, bench infer); the rest stays f32,
-    /// and training refuses it. Without AVX512-BF16 it runs a slow portable reference.
+    /// operands, f32 sums, as PyTorch's CPU autocast). bf16 covers evaluation's
+    /// convolutions (forward, predict, eval, embed, bench infer): every one on AMX, the
+    /// 1×1s on AVX512-BF16; the rest stays f32, and training refuses it. Without either
+    /// it runs a slow portable reference.
     #[arg(long, global = true, default_value = "f32", value_parser = crate::ops::route::Precision::parse)]
     pub precision: crate::ops::route::Precision,
     #[command(subcommand)]
