@@ -294,6 +294,36 @@ fn the_precision_flag_plans_reports_and_refuses() {
     let f32_plan = plan(&[]);
     assert!(!f32_plan.to_string().contains("bf16"), "f32 is the default");
 
+    // DENSENET_ROUTES=bf16-all takes the 3×3s (and the CIFAR stem's) to bf16 off AMX too:
+    // on the portable table, whose bf16 products are the reference's
+    let conv3 = |routes: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_densenet"));
+        c.env("DENSENET_KERNELS", "portable");
+        match routes {
+            Some(r) => c.env("DENSENET_ROUTES", r),
+            None => c.env_remove("DENSENET_ROUTES"),
+        };
+        let args = [
+            "--precision",
+            "bf16",
+            "summary",
+            "densenet-bc-40-12",
+            "--plan",
+            "--eval",
+        ];
+        let out = c.args(args).arg("--json").output().expect("run densenet");
+        let plan = json(&out);
+        let convs = plan["convolutions"]
+            .as_array()
+            .expect("a list of convolutions");
+        convs
+            .iter()
+            .filter(|c| c["forward"] == "conv3x3-bf16")
+            .count()
+    };
+    assert_eq!(conv3(None), 0, "off AMX the 3×3s stay f32 by default");
+    assert_eq!(conv3(Some("bf16-all")), 19, "18 layers' 3×3s and the stem");
+
     let bench = json(&densenet(&[
         "bench",
         "infer",

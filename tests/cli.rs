@@ -885,6 +885,7 @@ fn densenet_routes_sets_the_policy() {
     assert_eq!(json(&run(None))["routes"], "auto");
     assert_eq!(json(&run(Some("no-winograd")))["routes"], "no-winograd");
     assert_eq!(json(&run(Some("direct")))["routes"], "direct");
+    assert_eq!(json(&run(Some("bf16-all")))["routes"], "bf16-all");
     refused(&run(Some("maybe")), "DENSENET_ROUTES=maybe");
 }
 

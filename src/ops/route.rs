@@ -139,11 +139,15 @@ pub enum Policy {
     /// Every 3×3 the direct kernels take on them alone, neither Winograd nor broadcast
     /// (`direct`).
     Direct,
+    /// At `--precision bf16`, every convolution of evaluation on a bf16 route whatever
+    /// the table's bf16 kernel (`bf16-all`), where the default keeps the 3×3s and the stem
+    /// to AMX: to measure them on AVX512-BF16 (Zen 4) with one switch.
+    Bf16All,
 }
 
 /// A `DENSENET_ROUTES` value that names no policy.
 #[derive(Debug, thiserror::Error)]
-#[error("DENSENET_ROUTES={0}: expected auto, no-winograd or direct")]
+#[error("DENSENET_ROUTES={0}: expected auto, no-winograd, direct or bf16-all")]
 pub struct PolicyError(String);
 
 impl Policy {
@@ -153,6 +157,7 @@ impl Policy {
             None | Some("") | Some("auto") => Ok(Policy::Auto),
             Some("no-winograd") => Ok(Policy::NoWinograd),
             Some("direct") => Ok(Policy::Direct),
+            Some("bf16-all") => Ok(Policy::Bf16All),
             Some(other) => Err(PolicyError(other.to_string())),
         }
     }
@@ -168,6 +173,7 @@ impl Policy {
             Policy::Auto => "auto",
             Policy::NoWinograd => "no-winograd",
             Policy::Direct => "direct",
+            Policy::Bf16All => "bf16-all",
         }
     }
 
@@ -176,6 +182,7 @@ impl Policy {
             Policy::Auto => 1,
             Policy::NoWinograd => 2,
             Policy::Direct => 3,
+            Policy::Bf16All => 4,
         }
     }
 }
@@ -195,6 +202,7 @@ pub fn policy() -> Policy {
     let from = |c| match c {
         2 => Policy::NoWinograd,
         3 => Policy::Direct,
+        4 => Policy::Bf16All,
         _ => Policy::Auto,
     };
     match POLICY.load(Ordering::Acquire) {
@@ -323,13 +331,14 @@ fn broadcast_pays(s: &ConvShape) -> bool {
 
 /// Whether evaluation's convolutions other than the 1×1s take bf16 routes
 /// ([`Route::Conv3x3Bf16`], [`Route::Im2colBf16`]): at `--precision bf16` where the
-/// products run on AMX. densenet121 at batch 1 (Xeon with AMX, 2 threads): with the 1×1s
-/// in bf16 and the rest in f32 the 3×3s were 57% of a pass and the stem 8.5%; with the
-/// 3×3s in bf16 a pass took 9.6 ms against 14.4. On AVX512-BF16 alone (Zen 4) a bf16 3×3
-/// through im2col was slower than the f32 routes, and these routes are not measured
-/// there yet: they keep f32.
-fn on_amx() -> bool {
-    precision() == Precision::Bf16 && kernels::active().bf16 == kernels::bf16::Products::Amx
+/// products run on AMX (or [`Policy::Bf16All`] asks). densenet121 at batch 1 (Xeon with
+/// AMX, 2 threads): with the 1×1s in bf16 and the rest in f32 the 3×3s were 57% of a
+/// pass and the stem 8.5%; with the 3×3s in bf16 a pass took 9.6 ms against 14.4. On
+/// AVX512-BF16 alone (Zen 4) a bf16 3×3 through im2col was slower than the f32 routes,
+/// and these routes are not measured there yet: they keep f32.
+fn all_bf16() -> bool {
+    precision() == Precision::Bf16
+        && (kernels::active().bf16 == kernels::bf16::Products::Amx || policy() == Policy::Bf16All)
 }
 
 /// The forward route of a 3×3 stride-1 padding-1 convolution the direct kernels take.
@@ -400,7 +409,7 @@ pub fn choose(s: &ConvShape, reads: Reads, training: bool) -> ConvRoute {
             Route::Gemm
         };
         (fwd, bwd, bwd)
-    } else if !training && on_amx() {
+    } else if !training && all_bf16() {
         let fwd = if s.k == 3 && s.stride == 1 && s.pad == 1 {
             Route::Conv3x3Bf16
         } else {
