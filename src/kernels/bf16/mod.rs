@@ -311,38 +311,6 @@ pub fn avx512bf16() -> bool {
     }
 }
 
-/// `Y = W·X` in bf16 with f32 sums, as [`pointwise_reference`], on the active table's
-/// products (`w2`, `x2` in the pair layout; packed again for AMX, for tests).
-pub fn pointwise(y: &mut [f32], w2: &[u32], x2: &[u32], o_n: usize, ip: usize, len: usize) {
-    assert!(y.len() >= o_n * len && w2.len() >= o_n * ip && x2.len() >= ip * len);
-    let p = Products::active();
-    let i_n = 2 * ip;
-    // unpack W to f32 (exact) and pack it for p; X into a padded tile
-    let w: Vec<f32> = (0..o_n * i_n)
-        .map(|k| half(w2[k / 2], k % 2 == 1))
-        .collect();
-    let mut wp = vec![0; p.weight_len(o_n, i_n, 1)];
-    p.pack_weights(&mut wp, &w, o_n, i_n, 1);
-    let ld = p.tile_ld(len);
-    let mut xt = vec![0; p.tile_rows(i_n) * ld];
-    for (d, s) in xt.chunks_exact_mut(ld).zip(x2.chunks_exact(len)) {
-        d[..len].copy_from_slice(s);
-    }
-    // SAFETY: y holds o_n rows of len (asserted above)
-    unsafe {
-        p.product(
-            y.as_mut_ptr(),
-            len,
-            &wp,
-            (&xt, 0, ld),
-            &[0],
-            (0, o_n),
-            i_n,
-            len,
-        )
-    }
-}
-
 /// The bf16 half of a pair word `v` as f32: the high (odd channel) or low one.
 fn half(v: u32, hi: bool) -> f32 {
     from_bf16(if hi { (v >> 16) as u16 } else { v as u16 })
