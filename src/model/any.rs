@@ -30,7 +30,7 @@ impl AnyModel {
         })
     }
 
-    /// The network, if it is a `M` (a [`DenseNet`](crate::densenet::DenseNet), say).
+    /// The network, if it is a `M` (a [`DenseNet`], say).
     pub fn downcast_ref<M: Model + 'static>(&self) -> Option<&M> {
         self.0.as_any().downcast_ref()
     }

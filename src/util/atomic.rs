@@ -15,7 +15,7 @@
 //!
 //! Commands check their outputs against their inputs when they start, before any work,
 //! and again when they write; files that only the tool's own run directories hold are
-//! written with [`write`].
+//! written with [`write()`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
