@@ -263,13 +263,15 @@ unsafe fn block<const R2: bool, const C2: bool>(
 #[inline(always)]
 unsafe fn store<const T: usize>(y: *mut f32, ldy: usize, rows: usize, cols: usize) {
     #[repr(align(64))]
-    struct Buf([f32; 256]);
-    let mut buf = Buf([0.0; 256]);
+    struct Buf(std::mem::MaybeUninit<[f32; 256]>);
+    // left uninitialised: `tilestored` writes all of it before it is read, and the whole
+    // tiles (most of them) never touch it
+    let mut buf = Buf(std::mem::MaybeUninit::uninit());
     let whole = rows == 16 && cols == 16;
     let (dst, stride) = if whole {
         (y, ldy * 4)
     } else {
-        (buf.0.as_mut_ptr(), 64)
+        (buf.0.as_mut_ptr() as *mut f32, 64)
     };
     // SAFETY: dst holds 16 rows of `stride` bytes (the caller's rows, or the buffer)
     unsafe {
@@ -289,11 +291,11 @@ unsafe fn store<const T: usize>(y: *mut f32, ldy: usize, rows: usize, cols: usiz
         }
     }
     if !whole {
+        let src = buf.0.as_ptr() as *const f32;
         for r in 0..rows {
-            // SAFETY: row r of y holds `cols` floats here (the caller's contract)
-            unsafe {
-                std::ptr::copy_nonoverlapping(buf.0.as_ptr().add(r * 16), y.add(r * ldy), cols)
-            };
+            // SAFETY: the buffer was written by `tilestored` above; row r of y holds
+            // `cols` floats here (the caller's contract)
+            unsafe { std::ptr::copy_nonoverlapping(src.add(r * 16), y.add(r * ldy), cols) };
         }
     }
 }
