@@ -696,10 +696,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             // every process stops at the same step when one is interrupted; rank 0 says
             // how to continue
             let all_stop = matches!(e, TrainError::Interrupted { .. });
-            if all_stop && rank > 0 {
+            let e = explain(e);
+            if let Some(c) = comm.as_ref().filter(|c| c.size() > 1 && all_stop) {
+                // rank 0 says it before any process exits: mpirun ends the whole job when
+                // the first rank exits with a non-zero status, and a rank that got here
+                // first cut rank 0 short (tests/mpi.rs, SIGUSR1, seen once in CI)
+                if let Some(i) = e.downcast_ref::<Interrupted>().filter(|_| rank == 0) {
+                    eprintln!("{i}");
+                }
+                // a barrier: every rank has reached here, so rank 0 has printed
+                c.sum_f64(&mut [0.0]);
                 return Err(Interrupted(String::new()).into());
             }
-            let e = explain(e);
             if let Some(c) = comm.as_ref().filter(|c| c.size() > 1 && !all_stop) {
                 // the other processes may be waiting for this one in a collective: end
                 // them all, saying which process failed and why
