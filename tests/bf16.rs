@@ -339,13 +339,28 @@ fn the_precision_flag_plans_reports_and_refuses() {
     ]));
     assert_eq!(bench["precision"], "bf16");
 
-    let train = densenet(&["--precision", "bf16", "train", "--epochs", "1"]);
-    assert!(!train.status.success());
-    assert!(
-        stderr(&train).contains("training in bf16 is not built yet"),
-        "{}",
-        stderr(&train)
-    );
+    // training, and a forward pass in training mode, refuse it rather than run f32
+    let forward_train = [
+        "forward",
+        "-m",
+        "densenet-bc-16-4",
+        "--weights",
+        "w",
+        "--input",
+        "x",
+        "--out",
+        "y",
+        "--train",
+    ];
+    for args in [&["train", "--epochs", "1"][..], &forward_train[..]] {
+        let train = densenet(&[&["--precision", "bf16"][..], args].concat());
+        assert!(!train.status.success());
+        assert!(
+            stderr(&train).contains("training in bf16 is not built yet"),
+            "{args:?}: {}",
+            stderr(&train)
+        );
+    }
     let bad = densenet(&["--precision", "f16", "summary", "densenet121"]);
     assert!(!bad.status.success());
     assert!(

@@ -133,7 +133,8 @@ fn set_precision(cli: &Cli) -> anyhow::Result<()> {
     use crate::ops::route::Precision;
     if cli.precision == Precision::Bf16 {
         let trains = matches!(cli.command, Command::Train(_))
-            || matches!(&cli.command, Command::Bench(b) if b.trains());
+            || matches!(&cli.command, Command::Bench(b) if b.trains())
+            || matches!(&cli.command, Command::Forward(f) if f.train);
         anyhow::ensure!(
             !trains,
             "--precision bf16: training in bf16 is not built yet (evaluation only)"
