@@ -117,7 +117,7 @@ fn fused_bf16_forward_matches_the_reference() {
             .collect();
         let ip = bf16::pairs(i_n);
         let (mut w2, mut a2) = (vec![0; o_n * ip], vec![0; ip * len]);
-        bf16::pack_weight_pairs(&mut w2, &w, o_n, i_n);
+        bf16::pack_weight_pairs(&mut w2, &w, o_n, i_n, 1);
         bf16::pack_pairs(&mut a2, &a, i_n, len);
         let mut want = vec![0f32; o_n * len];
         bf16::pointwise_reference(&mut want, &w2, &a2, o_n, ip, len);

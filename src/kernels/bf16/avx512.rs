@@ -65,8 +65,7 @@ unsafe fn rows<const R: usize>(
 }
 
 /// `vpermw`'s indices that interleave two vectors of 16 bf16 into pairs: word `2k` ← the
-/// first vector's `k` (word `k`), word `2k + 1` ← the second's (word `16 + k`). A constant:
-/// built on each call it cost more than a 56-position row's conversion.
+/// first vector's `k` (word `k`), word `2k + 1` ← the second's (word `16 + k`).
 const INTERLEAVE: [i16; 32] = {
     let mut idx = [0i16; 32];
     let mut w = 0;
@@ -77,18 +76,16 @@ const INTERLEAVE: [i16; 32] = {
     idx
 };
 
-/// `rows` rows of [`super::Pair::form_rows`]: `n` words per row from channels `lo` and
-/// `hi` (rows `src_ld` floats apart; `dst`'s `dst_ld` words apart), each value
+/// [`super::Pair::form`]: `n` words from channels `lo` and `hi`, each value
 /// `v·scale + shift` (`affine = [scale_lo, shift_lo, scale_hi, shift_hi]`, none: `v`)
 /// then, where `relu`, the ReLU; 16 positions at a time: both vectors rounded to bf16 by
 /// one `vcvtne2ps2bf16` (lo in words 0–15, hi in 16–31), then interleaved into pairs by
 /// one `vpermw`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn pairs(
-    (dst, dst_ld): (*mut u32, usize),
-    (lo, hi, src_ld): (*const f32, *const f32, usize),
-    rows: usize,
+    dst: *mut u32,
+    lo: *const f32,
+    hi: *const f32,
     affine: Option<[f32; 4]>,
     relu: bool,
     n: usize,
@@ -98,31 +95,28 @@ pub(super) unsafe fn pairs(
     let (s1, t1) = (_mm512_set1_ps(c[2]), _mm512_set1_ps(c[3]));
     let zero = _mm512_setzero_ps();
     let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const _);
-    for r in 0..rows {
-        let (dst, lo, hi) = (dst.add(r * dst_ld), lo.add(r * src_ld), hi.add(r * src_ld));
-        let mut p = 0;
-        while p < n {
-            let left = n - p;
-            let mask: u16 = if left >= 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
-            let a = _mm512_maskz_loadu_ps(mask, lo.add(p));
-            let b = _mm512_maskz_loadu_ps(mask, hi.add(p));
-            let (mut a, mut b) = (a, b);
-            if affine.is_some() {
-                a = _mm512_add_ps(_mm512_mul_ps(a, s0), t0);
-                b = _mm512_add_ps(_mm512_mul_ps(b, s1), t1);
-            }
-            if relu {
-                (a, b) = (_mm512_max_ps(a, zero), _mm512_max_ps(b, zero));
-            }
-            let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
-            let v = _mm512_permutexvar_epi16(idx, h);
-            _mm512_mask_storeu_epi32(dst.add(p) as *mut i32, mask, v);
-            p += 16;
+    let mut p = 0;
+    while p < n {
+        let left = n - p;
+        let mask: u16 = if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        };
+        let a = _mm512_maskz_loadu_ps(mask, lo.add(p));
+        let b = _mm512_maskz_loadu_ps(mask, hi.add(p));
+        let (mut a, mut b) = (a, b);
+        if affine.is_some() {
+            a = _mm512_add_ps(_mm512_mul_ps(a, s0), t0);
+            b = _mm512_add_ps(_mm512_mul_ps(b, s1), t1);
         }
+        if relu {
+            (a, b) = (_mm512_max_ps(a, zero), _mm512_max_ps(b, zero));
+        }
+        let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+        let v = _mm512_permutexvar_epi16(idx, h);
+        _mm512_mask_storeu_epi32(dst.add(p) as *mut i32, mask, v);
+        p += 16;
     }
 }
 

@@ -1,6 +1,6 @@
 //! bfloat16 products (`--precision bf16`): the conversions, the pair layout that
-//! `vdpbf16ps` and AMX's `tdpbf16ps` read, a 1×1 convolution (`Y = W·X`) in that layout
-//! on AVX512-BF16 or AMX ([`amx`]), and a portable reference. Which one runs is the
+//! `vdpbf16ps` and AMX's `tdpbf16ps` read, the product `Y = Σ_t W_t·X[· + tap_t]` in that
+//! layout on AVX512-BF16 or AMX ([`amx`]), and a portable reference. Which one runs is the
 //! kernels table's [`Products`] entry (`avx512bf16`, `amx`; the other tables run the
 //! reference).
 //!
@@ -17,9 +17,10 @@
 //! count gets a zero channel. AMX reads the same input rows as whole tiles of 16 pairs ×
 //! 16 positions, and W packed into tiles ([`Products::pack_weights`]).
 //!
-//! [`crate::ops::route`] sends evaluation's fused BN-ReLU → 1×1 convolutions here at
-//! `--precision bf16` (`Route::PointwiseBf16`); `cargo bench --bench bf16` sets the
-//! kernel's speed against the f32 pointwise kernel.
+//! At `--precision bf16`, [`crate::ops::route`] sends evaluation's 1×1 convolutions here
+//! (`Route::PointwiseBf16`), and on AMX its 3×3s and its stem too (`Route::Conv3x3Bf16`,
+//! `Route::Im2colBf16`; [`crate::ops::bf16`] forms their inputs). `cargo bench --bench
+//! bf16` sets each kernel's speed against the f32 pointwise kernel.
 
 pub mod amx;
 #[cfg(target_arch = "x86_64")]
@@ -54,34 +55,32 @@ fn word(lo: f32, hi: f32) -> u32 {
 
 /// `x: [I][len]` (f32) into the pair layout `dst: [ceil(I/2)][len]` of 32-bit words, bf16
 /// channel `2j` in the low half of row `j`'s words and `2j + 1` in the high half (zero
-/// where `I` is odd).
+/// where `I` is odd); always the portable loop ([`Pair::form_portable`]), as tests'
+/// reference for the vector former.
 pub fn pack_pairs(dst: &mut [u32], x: &[f32], i_n: usize, len: usize) {
     assert!(x.len() >= i_n * len && dst.len() >= pairs(i_n) * len);
     for (j, row) in dst.chunks_exact_mut(len).take(pairs(i_n)).enumerate() {
-        let lo = &x[2 * j * len..][..len];
-        if 2 * j + 1 < i_n {
-            let hi = &x[(2 * j + 1) * len..][..len];
-            for ((d, &a), &b) in row.iter_mut().zip(lo).zip(hi) {
-                *d = word(a, b);
-            }
-        } else {
-            for (d, &a) in row.iter_mut().zip(lo) {
-                *d = word(a, 0.0);
-            }
-        }
+        let pair = Pair::of(j, i_n, None);
+        let at = |c: usize| &x[c * len..][..len];
+        pair.form_portable(row, at(2 * j), pair.odd.then(|| at(2 * j + 1)));
     }
 }
 
-/// `w: [O][I]` (f32) into `dst: [O][ceil(I/2)]` words, input channels paired as
-/// [`pack_pairs`] pairs them.
-pub fn pack_weight_pairs(dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize) {
+/// `w: [O][I][taps]` (f32, PyTorch's OIHW) into `dst: [O][taps][ceil(I/2)]` words, input
+/// channels paired as [`pack_pairs`] pairs them (a zero channel past an odd `I`).
+pub fn pack_weight_pairs(dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize, taps: usize) {
     let ip = pairs(i_n);
-    assert!(w.len() >= o_n * i_n && dst.len() >= o_n * ip);
-    for (o, row) in dst.chunks_exact_mut(ip).take(o_n).enumerate() {
-        let src = &w[o * i_n..][..i_n];
-        for (j, d) in row.iter_mut().enumerate() {
-            *d = word(src[2 * j], src.get(2 * j + 1).copied().unwrap_or(0.0));
+    assert!(w.len() >= o_n * i_n * taps && dst.len() >= o_n * taps * ip);
+    let at = |o: usize, i: usize, t: usize| {
+        if i < i_n {
+            w[(o * i_n + i) * taps + t]
+        } else {
+            0.0
         }
+    };
+    for (k, d) in dst[..o_n * taps * ip].iter_mut().enumerate() {
+        let (o, t, j) = (k / (taps * ip), k / ip % taps, k % ip);
+        *d = word(at(o, 2 * j, t), at(o, 2 * j + 1, t));
     }
 }
 
@@ -175,25 +174,12 @@ impl Products {
         }
     }
 
-    /// `w: [O][I][taps]` (PyTorch's OIHW) packed for this kernel: `[O][taps][ceil(I/2)]`
-    /// pair words ([`pack_weight_pairs`]' pairs, tap-major), or whole AMX tiles
-    /// ([`amx::pack_weight_tiles`]).
+    /// `w: [O][I][taps]` (PyTorch's OIHW) packed for this kernel: [`pack_weight_pairs`]'
+    /// `[O][taps][ceil(I/2)]` pair words, or whole AMX tiles ([`amx::pack_weight_tiles`]).
     pub fn pack_weights(self, dst: &mut [u32], w: &[f32], o_n: usize, i_n: usize, taps: usize) {
-        if self == Products::Amx {
-            return amx::pack_weight_tiles(dst, w, o_n, i_n, taps);
-        }
-        let ip = pairs(i_n);
-        assert!(w.len() >= o_n * i_n * taps && dst.len() >= o_n * taps * ip);
-        let at = |o: usize, i: usize, t: usize| {
-            if i < i_n {
-                w[(o * i_n + i) * taps + t]
-            } else {
-                0.0
-            }
-        };
-        for (k, d) in dst[..o_n * taps * ip].iter_mut().enumerate() {
-            let (o, t, j) = (k / (taps * ip), k / ip % taps, k % ip);
-            *d = word(at(o, 2 * j, t), at(o, 2 * j + 1, t));
+        match self {
+            Products::Amx => amx::pack_weight_tiles(dst, w, o_n, i_n, taps),
+            _ => pack_weight_pairs(dst, w, o_n, i_n, taps),
         }
     }
 
@@ -418,27 +404,10 @@ impl Pair {
 
     /// `dst[p] = (f(lo[p]), f(hi[p]))` rounded to bf16 pair words, `f` the BN-ReLU (or
     /// nothing), `hi` `None` for the zero channel; on AVX512-BF16 where the active table's
-    /// products are vector ones.
+    /// products are vector ones, else [`Pair::form_portable`].
     pub fn form(&self, dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
         let n = dst.len();
-        self.form_rows((dst, n), (lo, hi, n), 1, n)
-    }
-
-    /// [`Pair::form`] of `rows` rows of `n` positions: source rows `src_ld` floats apart,
-    /// destination rows `dst_ld` words apart (an image's rows into a padded plane's).
-    pub fn form_rows(
-        &self,
-        (dst, dst_ld): (&mut [u32], usize),
-        (lo, hi, src_ld): (&[f32], Option<&[f32]>, usize),
-        rows: usize,
-        n: usize,
-    ) {
-        if rows == 0 || n == 0 {
-            return;
-        }
-        let (src_len, dst_len) = ((rows - 1) * src_ld + n, (rows - 1) * dst_ld + n);
-        assert!(dst.len() >= dst_len && lo.len() >= src_len);
-        assert!(hi.is_none_or(|h| h.len() >= src_len) && hi.is_some() == self.odd);
+        assert!(lo.len() >= n && hi.is_none_or(|h| h.len() >= n) && hi.is_some() == self.odd);
         #[cfg(target_arch = "x86_64")]
         if Products::active().is_vector() {
             let affine = match self.bn {
@@ -446,13 +415,12 @@ impl Pair {
                 None => (!self.odd).then_some([1.0, 0.0, 0.0, 0.0]),
             };
             // SAFETY: the vector tables are only active where the CPU has AVX512-BF16;
-            // lo, hi (lo itself for the zero channel, scaled by 0) and dst hold the rows
-            // (asserted above)
+            // lo, hi (lo itself for the zero channel, scaled by 0) and dst hold n
             unsafe {
                 avx512::pairs(
-                    (dst.as_mut_ptr(), dst_ld),
-                    (lo.as_ptr(), hi.unwrap_or(lo).as_ptr(), src_ld),
-                    rows,
+                    dst.as_mut_ptr(),
+                    lo.as_ptr(),
+                    hi.unwrap_or(lo).as_ptr(),
                     affine,
                     self.bn.is_some(),
                     n,
@@ -460,23 +428,25 @@ impl Pair {
             };
             return;
         }
+        self.form_portable(dst, lo, hi)
+    }
+
+    /// [`Pair::form`] in plain Rust, one value at a time ([`to_bf16`]'s rounding).
+    pub fn form_portable(&self, dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
         let f = |v: f32, s: f32, t: f32| match self.bn {
             Some(_) => (v * s + t).max(0.0),
             None => v,
         };
         let c = self.bn.unwrap_or([1.0, 0.0, 1.0, 0.0]);
-        for r in 0..rows {
-            let (d, l) = (&mut dst[r * dst_ld..][..n], &lo[r * src_ld..][..n]);
-            match hi {
-                Some(hi) => {
-                    for ((d, &u), &v) in d.iter_mut().zip(l).zip(&hi[r * src_ld..][..n]) {
-                        *d = word(f(u, c[0], c[1]), f(v, c[2], c[3]));
-                    }
+        match hi {
+            Some(hi) => {
+                for ((d, &u), &v) in dst.iter_mut().zip(lo).zip(hi) {
+                    *d = word(f(u, c[0], c[1]), f(v, c[2], c[3]));
                 }
-                None => {
-                    for (d, &u) in d.iter_mut().zip(l) {
-                        *d = word(f(u, c[0], c[1]), 0.0);
-                    }
+            }
+            None => {
+                for (d, &u) in dst.iter_mut().zip(lo) {
+                    *d = word(f(u, c[0], c[1]), 0.0);
                 }
             }
         }
@@ -523,7 +493,7 @@ mod tests {
         let w = data(o_n * i_n, 1);
         let x = data(i_n * len, 2);
         let (mut w2, mut x2) = (vec![0; o_n * pairs(i_n)], vec![0; pairs(i_n) * len]);
-        pack_weight_pairs(&mut w2, &w, o_n, i_n);
+        pack_weight_pairs(&mut w2, &w, o_n, i_n, 1);
         pack_pairs(&mut x2, &x, i_n, len);
         let mut y = vec![0f32; o_n * len];
         pointwise_reference(&mut y, &w2, &x2, o_n, pairs(i_n), len);
@@ -642,7 +612,7 @@ mod tests {
                 // the reference's weights: [O][taps][ip] pairs
                 let ip = pairs(i_n);
                 let mut w2 = vec![0; o_n * taps.len() * ip];
-                Products::Reference.pack_weights(&mut w2, &w, o_n, i_n, taps.len());
+                pack_weight_pairs(&mut w2, &w, o_n, i_n, taps.len());
                 let mut want = vec![0f32; o_n * n];
                 // SAFETY: every tap's rows lie inside x2 (x0 − 7 ≥ 0, x0 + 9 + n ≤ ld)
                 unsafe {
@@ -682,7 +652,7 @@ mod tests {
         let x = data(i_n * len, 4);
         let ip = pairs(i_n);
         let (mut w2, mut x2) = (vec![0; o_n * ip], vec![0; ip * len]);
-        pack_weight_pairs(&mut w2, &w, o_n, i_n);
+        pack_weight_pairs(&mut w2, &w, o_n, i_n, 1);
         pack_pairs(&mut x2, &x, i_n, len);
         let mut want = vec![0f32; o_n * len];
         pointwise_reference(&mut want, &w2, &x2, o_n, ip, len);
