@@ -3,8 +3,9 @@
 //! pairs, in a per-thread buffer, and multiplied by W's pairs on the bf16 kernel
 //! ([`crate::kernels::bf16`]). The fused BN-ReLU → 1×1 forms A from a stored input
 //! ([`super::fused::forward`]); a stored input's 1×1 from its rows
-//! ([`super::conv::conv_forward`]). The 3×3 ([`conv3x3`]) forms the whole zero-padded
-//! input as pairs and multiplies it over the window's 9 taps.
+//! ([`super::conv::conv_forward`]); the 3×3 ([`conv3x3`]) a window of zero-padded pair
+//! planes per task, multiplied over the 9 taps; any other convolution ([`im2col`], the
+//! stem) its im2col rows, gathered from a bf16 copy of the input.
 
 use crate::kernels::conv3x3::Padded;
 use crate::kernels::correlate::balanced_tile;
@@ -38,7 +39,7 @@ pub fn product(
     let products = bf16::Products::active();
     let yp = SyncPtr(y.as_mut_ptr());
     with_weights(products, w, (o_n, i_n, 1), |wp| {
-        product_packed(yp, wp, products, (o_n, i_n, len), fill)
+        product_rows(yp, wp, products, (o_n, i_n, len, len), fill)
     })
 }
 
@@ -51,12 +52,19 @@ fn with_weights<R>(
     f: impl FnOnce(&[u32]) -> R,
 ) -> R {
     let len = products.weight_len(o_n, i_n, taps);
-    packed_as(w, len, |v| products.pack_weights(v, w, o_n, i_n, taps), f)
+    packed_as(
+        products,
+        w,
+        len,
+        |v| products.pack_weights(v, w, o_n, i_n, taps),
+        f,
+    )
 }
 
-/// `f` of `len` words that `pack` makes from `w`: made once per frozen model
-/// ([`prepack`], keyed by `w` and the active products), else for this call.
+/// `f` of `len` words that `pack` makes from `w` for `products`: made once per frozen
+/// model ([`prepack`], keyed by `w` and `products`), else for this call.
 fn packed_as<R>(
+    products: bf16::Products,
     w: &[f32],
     len: usize,
     pack: impl Fn(&mut [u32]),
@@ -67,7 +75,7 @@ fn packed_as<R>(
         pack(&mut v);
         v
     };
-    let layout = prepack::Layout::Bf16(bf16::Products::active());
+    let layout = prepack::Layout::Bf16(products);
     let frozen = prepack::packed(layout, w, len, |v| {
         for (d, s) in v.iter_mut().zip(words()) {
             *d = f32::from_bits(s);
@@ -81,18 +89,7 @@ fn packed_as<R>(
     }
 }
 
-/// [`product`] with W packed (`wp`), `y` its output.
-fn product_packed(
-    y: SyncPtr,
-    wp: &[u32],
-    products: bf16::Products,
-    (o_n, i_n, len): (usize, usize, usize),
-    fill: impl Fn(&mut [u32], usize, usize, usize) + Sync,
-) {
-    product_rows(y, wp, products, (o_n, i_n, len, len), fill)
-}
-
-/// [`product_packed`] of `len` positions into rows of `ldy` floats.
+/// [`product`] with W packed (`wp`): `len` positions into `y`'s rows of `ldy` floats.
 fn product_rows(
     y: SyncPtr,
     wp: &[u32],
@@ -396,7 +393,7 @@ pub fn im2col(y: &mut [f32], x: &[f32], w: &[f32], s: &ConvShape, col: &mut [f32
         products.pack_weights(v, &wide, o_n, kw, 1)
     };
     let ns = (col.len() / im2col_per_sample(s)).clamp(1, s.n);
-    packed_as(w, products.weight_len(o_n, kw, 1), pack, |wp| {
+    packed_as(products, w, products.weight_len(o_n, kw, 1), pack, |wp| {
         let mut n0 = 0;
         while n0 < s.n {
             let n1 = (n0 + ns).min(s.n);

@@ -54,11 +54,12 @@ pub enum Route {
     /// `--precision bf16`.
     PointwiseBf16,
     /// A 3×3 stride-1 convolution in bfloat16 with f32 sums on zero-padded pair planes
-    /// ([`super::bf16::conv3x3`]): evaluation at `--precision bf16` on AMX.
+    /// ([`super::bf16::conv3x3`]): evaluation at `--precision bf16` on AMX (or wherever
+    /// [`Policy::Bf16All`] asks).
     Conv3x3Bf16,
-    /// Any other convolution (the ImageNet stem) in bfloat16 with f32 sums: im2col a tile
-    /// of positions at a time, rounded into pairs, into the bf16 product: evaluation at
-    /// `--precision bf16` on AMX.
+    /// Any other convolution (the ImageNet stem) in bfloat16 with f32 sums: its im2col
+    /// tiles gathered from a bf16 copy of the input ([`super::bf16::im2col`]): evaluation
+    /// at `--precision bf16` on AMX (or wherever [`Policy::Bf16All`] asks).
     Im2colBf16,
 }
 
@@ -225,8 +226,8 @@ pub enum Precision {
     /// f32 throughout (the default; parity with PyTorch).
     F32,
     /// bfloat16 operands with f32 sums where a bf16 route exists (PyTorch's CPU autocast):
-    /// so far evaluation's 1×1 convolutions ([`Route::PointwiseBf16`]); everything else
-    /// stays f32.
+    /// evaluation's convolutions ([`Route::PointwiseBf16`], and on AMX
+    /// [`Route::Conv3x3Bf16`] and [`Route::Im2colBf16`]); everything else stays f32.
     Bf16,
 }
 
