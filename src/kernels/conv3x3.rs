@@ -48,11 +48,7 @@ pub type WeightGradFn = unsafe fn(&mut [[f32; 9]], &[f32], &[f32], usize, Padded
 /// Whether the direct kernels handle this convolution's forward pass and weight gradient
 /// on this CPU (any input channel count: the CIFAR stem has 3).
 pub fn applies(s: &ConvShape) -> bool {
-    s.k == 3
-        && s.stride == 1
-        && s.pad == 1
-        && s.cout.is_multiple_of(OB)
-        && active().direct.is_some()
+    s.is_same_3x3() && s.cout.is_multiple_of(OB) && active().direct.is_some()
 }
 
 /// Whether they handle its input gradient too (its output rows are the input channels).

@@ -83,6 +83,11 @@ impl ConvShape {
     pub fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
+    /// Whether the convolution is a 3×3 of stride 1 and padding 1, whose output is its
+    /// input's size (a dense layer's): what the 3×3 kernels and routes take.
+    pub fn is_same_3x3(&self) -> bool {
+        self.k == 3 && self.stride == 1 && self.pad == 1
+    }
     /// Rows of the im2col matrix: `Cin·K·K`.
     pub fn col_rows(&self) -> usize {
         self.cin * self.k * self.k

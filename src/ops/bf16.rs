@@ -172,10 +172,7 @@ pub fn conv3x3(y: &mut [f32], x: &[f32], bn: Option<BnRelu>, w: &[f32], s: &Conv
         static PLANES: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
         static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    assert!(
-        s.k == 3 && s.stride == 1 && s.pad == 1,
-        "conv3x3 bf16: {s:?}"
-    );
+    assert!(s.is_same_3x3(), "conv3x3 bf16: {s:?}");
     let (o_n, i_n, hw) = (s.cout, s.cin, s.h * s.w);
     let len = s.n * hw;
     assert!(x.len() >= i_n * len && y.len() >= o_n * len && w.len() == o_n * i_n * 9);

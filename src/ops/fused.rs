@@ -636,7 +636,7 @@ pub fn conv3x3_forward(
     col: &mut [f32],
     tmp: &mut [f32],
 ) {
-    assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
+    assert!(s.is_same_3x3() && bn.scale.len() == s.cin);
     let done = {
         let _t = conv_scope(s, true, 1);
         conv3x3_routed(y, x, Some(bn), w, s, route, col)
@@ -663,7 +663,7 @@ pub fn conv3x3_backward(
     col: &mut [f32],
     tmp: &mut [f32],
 ) {
-    assert!(s.k == 3 && s.stride == 1 && s.pad == 1 && bn.scale.len() == s.cin);
+    assert!(s.is_same_3x3() && bn.scale.len() == s.cin);
     // the 3×3 kernels' routes form the BN-ReLU in their padded copies
     let forms = |route: Option<Route>| route.is_none_or(Route::forms_bn_relu_backward);
     let data = dx.as_ref().and(r.input_grad);

@@ -411,7 +411,7 @@ pub fn choose(s: &ConvShape, reads: Reads, training: bool) -> ConvRoute {
         };
         (fwd, bwd, bwd)
     } else if !training && all_bf16() {
-        let fwd = if s.k == 3 && s.stride == 1 && s.pad == 1 {
+        let fwd = if s.is_same_3x3() {
             Route::Conv3x3Bf16
         } else {
             Route::Im2colBf16

@@ -58,7 +58,7 @@ pub type OutputFn = unsafe fn(*mut f32, *const f32, usize, &Segment);
 /// convolution, whose output count the one-tap kernel takes (which also needs the table's
 /// direct kernels).
 pub fn applies(s: &ConvShape) -> bool {
-    s.k == 3 && s.stride == 1 && s.pad == 1 && super::conv1x1::pointwise_applies(s.cout)
+    s.is_same_3x3() && super::conv1x1::pointwise_applies(s.cout)
 }
 
 /// A transform `f` ([`InputFn`]: `V` or `M'`) of every channel `c < channels` over the
