@@ -662,6 +662,7 @@ const EFF_BIG: usize = 8 << 20;
 /// JSON object per kernel, shape and thread count instead of text.
 fn efficiency() {
     let table = kernels::active().name;
+    let isa = kernels::active().isa;
     let json = json();
     let cpu = cpu_model();
     // one pool, one nominal peak and one measured peak per thread count
@@ -669,7 +670,7 @@ fn efficiency() {
         .map(|t| {
             let pool = pool(t);
             let measured = pool.install(|| densenet::kernels::peak::measured_gflops(0.3));
-            (peak(t, table), pool, measured)
+            (peak(t, isa), pool, measured)
         })
         .into();
     for (p, _, measured) in &pools {

@@ -235,6 +235,9 @@ pub struct Kernels {
     /// `portable`, `avx2`, `avx512`, `avx512bf16` or `amx`: what `DENSENET_KERNELS` takes
     /// and `bench --json` reports.
     pub name: &'static str,
+    /// The instruction set of its f32 kernels: `portable`, `avx2` or `avx512` (the three
+    /// AVX-512 tables share one set; [`peak`] counts its lanes).
+    pub isa: &'static str,
     /// Mean and biased variance of one channel ([`norm::row_stats`]).
     pub row_stats: fn(&[f32]) -> (f64, f64),
     /// `o = relu(x·s + t)`.
@@ -269,6 +272,7 @@ impl std::fmt::Debug for Kernels {
 /// Plain Rust for any CPU.
 static PORTABLE: Kernels = Kernels {
     name: "portable",
+    isa: "portable",
     row_stats: norm::row_stats,
     affine_relu: norm::affine_relu,
     masked_sums: norm::masked_sums,
@@ -286,6 +290,7 @@ static PORTABLE: Kernels = Kernels {
 #[cfg(target_arch = "x86_64")]
 static AVX2: Kernels = Kernels {
     name: "avx2",
+    isa: "avx2",
     row_stats: norm::avx2::row_stats,
     affine_relu: norm::avx2::affine_relu,
     masked_sums: norm::avx2::masked_sums,
@@ -342,6 +347,7 @@ static AMX: Kernels = Kernels {
 #[cfg(target_arch = "x86_64")]
 const AVX512_F32: Kernels = Kernels {
     name: "avx512",
+    isa: "avx512",
     row_stats: norm::avx512::row_stats,
     affine_relu: norm::avx512::affine_relu,
     // the AVX2 body: see `norm::table_entries`

@@ -107,29 +107,29 @@ impl Peak {
     }
 }
 
-/// f32 lanes of a kernels table's vectors ([`super::Kernels::name`]): `avx512` 16, `avx2`
-/// 8, anything else 4. The portable table is compiled for baseline x86-64, whose 128-bit
+/// f32 lanes of the vectors of a kernels table's instruction set ([`super::Kernels::isa`]):
+/// `avx512` 16, `avx2` 8, anything else 4. The portable table is compiled for baseline x86-64, whose 128-bit
 /// SSE has no FMA: its peak counts one 4-lane multiply plus one 4-lane add per cycle (see
 /// `fma_units_of`). Its convolutions go through the `gemm` crate, which picks AVX2 or
 /// AVX-512 micro-kernels itself, so they can show more than 100% of that peak.
-pub fn lanes_of(table_name: &str) -> usize {
-    match table_name {
-        "avx512" | "avx512bf16" | "amx" => 16,
+pub fn lanes_of(isa: &str) -> usize {
+    match isa {
+        "avx512" => 16,
         "avx2" => 8,
         _ => 4,
     }
 }
 
-/// FMA instructions per cycle for a kernels table on the CPU `cpuinfo` describes: 2 for
+/// FMA instructions per cycle for an instruction set on the CPU `cpuinfo` describes: 2 for
 /// `avx2` and `avx512`, 1 for the rest (portable: one SSE multiply and one add, a
 /// multiply-add's worth). An assumption, not a measurement: AMD Zen 3 and Intel Sapphire
 /// Rapids have two 256-bit (Zen 3) or 512-bit (Sapphire Rapids) FMA pipes, but AMD's
 /// family 25 (Zen 3 and Zen 4) has 256-bit pipes only, and Zen 4 runs a 512-bit FMA as
 /// both halves at once: one `avx512` FMA per cycle there, the same FLOPs as two AVX2 ones.
-fn fma_units_of(table_name: &str, cpuinfo: &str) -> usize {
-    match table_name {
-        "avx512" | "avx512bf16" if is_amd_family_25(cpuinfo) => 1,
-        "avx2" | "avx512" | "avx512bf16" | "amx" => 2,
+fn fma_units_of(isa: &str, cpuinfo: &str) -> usize {
+    match isa {
+        "avx512" if is_amd_family_25(cpuinfo) => 1,
+        "avx2" | "avx512" => 2,
         _ => 1,
     }
 }
@@ -147,9 +147,9 @@ fn is_amd_family_25(cpuinfo: &str) -> bool {
     field("vendor_id") == Some("AuthenticAMD") && field("cpu family") == Some("25")
 }
 
-/// The FP32 peak of `threads` cores running the kernels table `table_name` (see the
-/// module documentation for where the clock comes from).
-pub fn peak(threads: usize, table_name: &str) -> Peak {
+/// The FP32 peak of `threads` cores running f32 kernels of the instruction set `isa`
+/// ([`super::Kernels::isa`]; see the module documentation for where the clock comes from).
+pub fn peak(threads: usize, isa: &str) -> Peak {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
     let (ghz, ghz_source) = read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
@@ -160,8 +160,8 @@ pub fn peak(threads: usize, table_name: &str) -> Peak {
         .unwrap_or((3.0, "default"));
     Peak {
         threads,
-        lanes: lanes_of(table_name),
-        fma_units: fma_units_of(table_name, &cpuinfo),
+        lanes: lanes_of(isa),
+        fma_units: fma_units_of(isa, &cpuinfo),
         ghz,
         ghz_source,
     }
