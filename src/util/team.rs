@@ -94,9 +94,9 @@ pub fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
-/// Spins for [`SPIN`], then yields, while `busy` holds (the caller waiting for parts
-/// that members run).
-fn wait_while(busy: impl Fn() -> bool) {
+/// Spins for [`SPIN`] while `busy` holds, then calls `after_spin` (yield, sleep) between
+/// its looks.
+fn spin_while(busy: impl Fn() -> bool, mut after_spin: impl FnMut()) {
     let start = std::time::Instant::now();
     let mut spins = 0u32;
     while busy() {
@@ -104,9 +104,15 @@ fn wait_while(busy: impl Fn() -> bool) {
         if !spins.is_multiple_of(SPINS) || start.elapsed() < SPIN {
             std::hint::spin_loop();
         } else {
-            std::thread::yield_now();
+            after_spin();
         }
     }
+}
+
+/// Spins for [`SPIN`], then yields, while `busy` holds (the caller waiting for parts
+/// that members run).
+fn wait_while(busy: impl Fn() -> bool) {
+    spin_while(busy, std::thread::yield_now)
 }
 
 /// Runs `f(p)` for every part `p` in `0..parts` on the team and returns when all are
@@ -199,16 +205,7 @@ impl Team {
         let mut seen = 0;
         loop {
             let idle = |open: usize, seen: usize| open == 0 || open == seen;
-            let start = std::time::Instant::now();
-            let mut spins = 0u32;
-            while idle(self.open.load(Acquire), seen) {
-                spins += 1;
-                if !spins.is_multiple_of(SPINS) || start.elapsed() < SPIN {
-                    std::hint::spin_loop();
-                } else {
-                    self.sleep(seen);
-                }
-            }
+            spin_while(|| idle(self.open.load(Acquire), seen), || self.sleep(seen));
             let region = self.open.load(Acquire);
             if idle(region, seen) {
                 continue;
