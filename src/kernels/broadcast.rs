@@ -41,8 +41,7 @@
 use super::conv1x1::transpose_padded;
 use super::simd::{simd_entries, F32x};
 use super::{active, active_direct, prepack, ConvShape};
-use crate::util::par::OnTeam;
-use crate::util::par::{with_scratch, SyncPtr};
+use crate::util::par::{with_scratch, OnTeam, SyncPtr};
 use rayon::prelude::*;
 
 /// Signature of [`task_avx2`] and [`task_avx512`] (an entry of [`super::Direct`]).

@@ -37,8 +37,7 @@
 use super::correlate::{for_tiles, part_rows4, tile_len, Span, Weights, OB, PB};
 use super::simd::{simd_entries, F32x};
 use super::{active, active_direct, broadcast, BnRelu, ConvShape};
-use crate::util::par::OnTeam;
-use crate::util::par::{per_channel, with_scratch, SyncPtr};
+use crate::util::par::{per_channel, with_scratch, OnTeam, SyncPtr};
 use rayon::prelude::*;
 
 /// Signature of [`weight_grad_avx2`] and [`weight_grad_avx512`] (entries of

@@ -11,8 +11,7 @@
 //! convolutions then take im2col + GEMM.
 
 use super::simd::{simd_entries, F32x};
-use crate::util::par::OnTeam;
-use crate::util::par::{per_channel, with_scratch};
+use crate::util::par::{per_channel, with_scratch, OnTeam};
 use rayon::prelude::*;
 
 /// Signature of [`correlate_avx2`] and [`correlate_avx512`] (entries of [`super::Direct`]).

@@ -28,8 +28,7 @@ use crate::kernels::correlate::{balanced_tile, with_packed, Weights, PB};
 use crate::kernels::gemm::Parallelism;
 use crate::kernels::gemm::{raw_ptr, raw_ptr_row_split, row_split_pays, Mat};
 pub use crate::kernels::BnRelu;
-use crate::util::par::OnTeam;
-use crate::util::par::{with_scratch, SyncPtr};
+use crate::util::par::{with_scratch, OnTeam, SyncPtr};
 use crate::util::profile;
 use rayon::prelude::*;
 

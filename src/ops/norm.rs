@@ -9,8 +9,7 @@
 //! on it).
 
 use crate::kernels::{self, norm::Grad};
-use crate::util::par::per_channel;
-use crate::util::par::OnTeam;
+use crate::util::par::{per_channel, OnTeam};
 use crate::util::profile;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};

@@ -1,8 +1,7 @@
 //! Pooling on the channel-major layout: planes of `h×w` for every (channel, sample), so a
 //! `[C][N·H·W]` tensor is simply `C·N` planes in a row.
 
-use crate::util::par::with_scratch;
-use crate::util::par::OnTeam;
+use crate::util::par::{with_scratch, OnTeam};
 use rayon::prelude::*;
 
 /// Output size of a pooling window: `⌊(size + 2·pad − k)/stride⌋ + 1` (PyTorch's floor mode).

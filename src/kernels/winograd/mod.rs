@@ -30,8 +30,7 @@ use super::conv1x1::pointwise_tile;
 use super::correlate::{pack_into, Weights, PB};
 use super::simd::{simd_entries, F32x};
 use super::{active, prepack, BnRelu, ConvShape};
-use crate::util::par::OnTeam;
-use crate::util::par::{per_channel, with_scratch, SyncPtr};
+use crate::util::par::{per_channel, with_scratch, OnTeam, SyncPtr};
 use rayon::prelude::*;
 
 mod layout;
