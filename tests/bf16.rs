@@ -13,23 +13,33 @@ use densenet::{DenseNet, MemoryMode, Model};
 /// other one plans a workspace meanwhile.
 static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// `f(table)` with each kernels table this CPU runs that multiplies bf16 another way (AMX,
-/// AVX512-BF16, the reference), made the active one (under [`PRECISION`]), then the
-/// table that was active again.
-fn each_bf16_table(mut f: impl FnMut(&str)) {
-    use densenet::kernels;
+/// `f()` with `table` the active kernels table (under [`PRECISION`]), then the table that
+/// was active again.
+fn with_table<R>(table: &'static densenet::kernels::Kernels, f: impl FnOnce() -> R) -> R {
     let _held = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-    let before = kernels::active();
+    let before = densenet::kernels::active();
+    densenet::kernels::force(table);
+    let r = f();
+    densenet::kernels::force(before);
+    r
+}
+
+/// `f(table, threads)` on 1 and on 2 threads ([`on_threads`] is the caller's to use), with
+/// each kernels table this CPU runs that multiplies bf16 another way (AMX, AVX512-BF16, the
+/// reference) made the active one ([`with_table`]).
+fn each_bf16_table(mut f: impl FnMut(&str, usize)) {
     let mut seen = Vec::new();
-    for table in kernels::available() {
+    for table in densenet::kernels::available() {
         if seen.contains(&table.bf16) {
             continue;
         }
         seen.push(table.bf16);
-        kernels::force(table);
-        f(table.name);
+        with_table(table, || {
+            for threads in [1, 2] {
+                f(table.name, threads)
+            }
+        });
     }
-    kernels::force(before);
     say(&format!("bf16 products tested: {seen:?}"));
 }
 
@@ -121,40 +131,26 @@ fn fused_bf16_forward_matches_the_reference() {
         bf16::pack_pairs(&mut a2, &a, i_n, len);
         let mut want = vec![0f32; o_n * len];
         bf16::pointwise_reference(&mut want, &w2, &a2, o_n, ip, len);
-        each_bf16_table(|table| {
-            for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut got = vec![f32::NAN; o_n * len];
-                pool.install(|| {
-                    let bn = BnRelu {
-                        scale: &scale,
-                        shift: &shift,
-                    };
-                    densenet::ops::fused::forward(
-                        &mut got,
-                        &x,
-                        &w,
-                        bn,
-                        o_n,
-                        len,
-                        Route::PointwiseBf16,
-                    )
-                });
-                for k in 0..o_n * len {
-                    let (o, p) = (k / len, k % len);
-                    let mag: f32 = (0..i_n)
-                        .map(|i| (w[o * i_n + i] * a[i * len + p]).abs())
-                        .sum();
-                    assert!(
-                        (got[k] - want[k]).abs() <= 1e-5 * (mag + 1e-3),
-                        "{table}: {o_n}×{i_n}×{len} on {threads} threads at ({o}, {p}): {} vs {}",
-                        got[k],
-                        want[k]
-                    );
-                }
+        each_bf16_table(|table, threads| {
+            let mut got = vec![f32::NAN; o_n * len];
+            on_threads(threads, || {
+                let bn = BnRelu {
+                    scale: &scale,
+                    shift: &shift,
+                };
+                densenet::ops::fused::forward(&mut got, &x, &w, bn, o_n, len, Route::PointwiseBf16)
+            });
+            for k in 0..o_n * len {
+                let (o, p) = (k / len, k % len);
+                let mag: f32 = (0..i_n)
+                    .map(|i| (w[o * i_n + i] * a[i * len + p]).abs())
+                    .sum();
+                assert!(
+                    (got[k] - want[k]).abs() <= 1e-5 * (mag + 1e-3),
+                    "{table}: {o_n}×{i_n}×{len} on {threads} threads at ({o}, {p}): {} vs {}",
+                    got[k],
+                    want[k]
+                );
             }
         });
     }
@@ -229,36 +225,30 @@ fn bf16_convolutions_match_the_reference() {
         } else {
             Route::Im2colBf16
         };
-        each_bf16_table(|table| {
-            for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut got = vec![f32::NAN; cout * n * ohw];
-                let mut col = vec![f32::NAN; densenet::ops::bf16::im2col_per_sample(&s) * n];
-                pool.install(|| {
-                    if fused {
-                        let bn = BnRelu {
-                            scale: &scale,
-                            shift: &shift,
-                        };
-                        let mut tmp = vec![0f32; cin * n * hw];
-                        densenet::ops::fused::conv3x3_forward(
-                            &mut got, &x, bn, &wt, &s, route, &mut col, &mut tmp,
-                        )
-                    } else {
-                        densenet::ops::conv::conv_forward(&mut got, &x, &wt, &s, route, &mut col)
-                    }
-                });
-                for (q, (&g, &(v, mag))) in got.iter().zip(&want).enumerate() {
-                    // f32 sums of exact products: far inside bf16's rounding of the operands
-                    // (2^-9 of each product), which this bound catches
-                    assert!(
-                        (g as f64 - v).abs() <= 3e-5 * (mag + 1e-3),
-                        "{table}: {s:?} {route} on {threads} threads at {q}: {g} vs {v}"
-                    );
+        each_bf16_table(|table, threads| {
+            let mut got = vec![f32::NAN; cout * n * ohw];
+            let mut col = vec![f32::NAN; densenet::ops::bf16::im2col_per_sample(&s) * n];
+            on_threads(threads, || {
+                if fused {
+                    let bn = BnRelu {
+                        scale: &scale,
+                        shift: &shift,
+                    };
+                    let mut tmp = vec![0f32; cin * n * hw];
+                    densenet::ops::fused::conv3x3_forward(
+                        &mut got, &x, bn, &wt, &s, route, &mut col, &mut tmp,
+                    )
+                } else {
+                    densenet::ops::conv::conv_forward(&mut got, &x, &wt, &s, route, &mut col)
                 }
+            });
+            for (q, (&g, &(v, mag))) in got.iter().zip(&want).enumerate() {
+                // f32 sums of exact products: far inside bf16's rounding of the operands
+                // (2^-9 of each product), which this bound catches
+                assert!(
+                    (g as f64 - v).abs() <= 3e-5 * (mag + 1e-3),
+                    "{table}: {s:?} {route} on {threads} threads at {q}: {g} vs {v}"
+                );
             }
         });
     }
@@ -418,29 +408,23 @@ fn amx_logits_are_the_same_bits_on_any_thread_count() {
         say("SKIPPED: this CPU has no AMX");
         return;
     }
-    let _held = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-    let before = densenet::kernels::active();
-    densenet::kernels::force(densenet::kernels::amx().unwrap());
-    route::set_precision(Precision::Bf16);
-    let mut net = AnyModel::new(&ModelConfig::from_name("densenet121").unwrap(), 1);
-    let (_, c, s) = net.io();
-    let mut rng = Rng::new(5);
-    let x: Vec<f32> = (0..c * s * s).map(|_| rng.normal() as f32).collect();
-    let runs: Vec<Vec<f32>> = [1, 2, 3]
-        .iter()
-        .map(|&threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let mut ws = net.workspace(1, MemoryMode::Efficient, false);
-                net.forward_eval(&mut ws, &x, 1, None)
+    let runs: Vec<Vec<f32>> = with_table(densenet::kernels::amx().unwrap(), || {
+        route::set_precision(Precision::Bf16);
+        let mut net = AnyModel::new(&ModelConfig::from_name("densenet121").unwrap(), 1);
+        let (_, c, s) = net.io();
+        let mut rng = Rng::new(5);
+        let x: Vec<f32> = (0..c * s * s).map(|_| rng.normal() as f32).collect();
+        let runs = [1, 2, 3]
+            .map(|threads| {
+                on_threads(threads, || {
+                    let mut ws = net.workspace(1, MemoryMode::Efficient, false);
+                    net.forward_eval(&mut ws, &x, 1, None)
+                })
             })
-        })
-        .collect();
-    route::set_precision(Precision::F32);
-    densenet::kernels::force(before);
+            .into();
+        route::set_precision(Precision::F32);
+        runs
+    });
     for (k, r) in runs.iter().enumerate().skip(1) {
         let same = r
             .iter()

@@ -25,6 +25,16 @@ pub fn tmp_in(prefix: &str, name: &str) -> PathBuf {
     d.join(name)
 }
 
+/// `f()` on a rayon pool of its own of `threads` threads (the thread count the library's
+/// parallel regions split over).
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 /// A fresh, empty directory `path` (whatever was there is removed).
 pub fn fresh(path: PathBuf) -> PathBuf {
     let _ = std::fs::remove_dir_all(&path);
