@@ -32,22 +32,12 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.to_string())
-        })
-        .unwrap_or_default();
+    let cpu = densenet::kernels::peak::cpu_model();
     use bf16::Products;
-    let kernels: Vec<Products> = [
-        (Products::Avx512Bf16, bf16::avx512bf16()),
-        (Products::Amx, bf16::amx::available()),
-    ]
-    .into_iter()
-    .filter_map(|(p, runs)| runs.then_some(p))
-    .collect();
+    let kernels: Vec<Products> = [Products::Avx512Bf16, Products::Amx]
+        .into_iter()
+        .filter(|p| p.runs())
+        .collect();
     println!("{cpu}; bf16 kernels: {kernels:?}");
     if kernels.is_empty() {
         println!("SKIPPED: the bf16 kernel would be the portable reference");

@@ -18,7 +18,7 @@
 
 use densenet::kernels::conv1x1::{pointwise, pointwise_applies};
 use densenet::kernels::gemm::{raw, sgemm, Mat};
-use densenet::kernels::peak::peak;
+use densenet::kernels::peak::{cpu_model, peak};
 use densenet::kernels::{self, broadcast, conv3x3, BnRelu, ConvShape};
 use densenet::ops::route::{self, ConvRoute, Reads, Route};
 use densenet::ops::{conv, fused, norm};
@@ -91,19 +91,6 @@ fn best_secs(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     best
-}
-
-/// The `model name` line of /proc/cpuinfo.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// A rayon pool of `threads` threads.

@@ -147,6 +147,20 @@ fn is_amd_family_25(cpuinfo: &str) -> bool {
     field("vendor_id") == Some("AuthenticAMD") && field("cpu family") == Some("25")
 }
 
+/// The CPU's model name (Linux: `model name` in /proc/cpuinfo), or `unknown`: what the
+/// benchmarks print beside every figure.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The FP32 peak of `threads` cores running f32 kernels of the instruction set `isa`
 /// ([`super::Kernels::isa`]; see the module documentation for where the clock comes from).
 pub fn peak(threads: usize, isa: &str) -> Peak {

@@ -380,18 +380,7 @@ pub struct InferReport {
     pub ab: Option<Paired>,
 }
 
-/// The CPU's model name (Linux: `model name` in /proc/cpuinfo), or `unknown`.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
+pub use crate::kernels::peak::cpu_model;
 
 /// The process's peak resident set size (Linux: `VmHWM` in /proc/self/status).
 pub fn peak_rss_bytes() -> Option<u64> {

@@ -166,6 +166,16 @@ impl Products {
         self != Products::Reference
     }
 
+    /// Whether this CPU runs this kernel (the reference everywhere; AMX where Linux
+    /// granted the tile state too).
+    pub fn runs(self) -> bool {
+        match self {
+            Products::Reference => true,
+            Products::Avx512Bf16 => avx512bf16(),
+            Products::Amx => amx::available(),
+        }
+    }
+
     /// Words of `W: [O][I][taps]` packed for this kernel ([`Products::pack_weights`]).
     pub fn weight_len(self, o_n: usize, i_n: usize, taps: usize) -> usize {
         match self {
@@ -261,13 +271,13 @@ impl Products {
         match self {
             #[cfg(target_arch = "x86_64")]
             Products::Amx => {
-                assert!(amx::available());
+                assert!(self.runs());
                 // SAFETY: checked above; the caller's contract
                 unsafe { amx::product(y, ldy, wp.as_ptr(), xp, ldx, taps, (o0, o1), rows, n) }
             }
             #[cfg(target_arch = "x86_64")]
             Products::Avx512Bf16 => {
-                assert!(avx512bf16());
+                assert!(self.runs());
                 // SAFETY: checked above; the caller's contract
                 unsafe {
                     let (y, w) = (y.add(o0 * ldy), wp.as_ptr().add(o0 * taps.len() * ip));
@@ -566,13 +576,9 @@ mod tests {
     /// positions.
     #[test]
     fn each_kernel_matches_the_reference() {
-        let kernels = [
-            (Products::Avx512Bf16, avx512bf16(), "AVX512-BF16"),
-            (Products::Amx, amx::available(), "AMX"),
-        ];
-        for (p, runs, name) in kernels {
-            if !runs {
-                eprintln!("SKIPPED: this CPU has no {name}");
+        for p in [Products::Avx512Bf16, Products::Amx] {
+            if !p.runs() {
+                eprintln!("SKIPPED: this CPU has no {p:?}");
                 continue;
             }
             for (o_n, i_n, len) in [
@@ -595,11 +601,8 @@ mod tests {
     #[test]
     fn each_kernel_sums_over_taps_as_the_reference() {
         let taps: [isize; 4] = [-7, -1, 0, 9];
-        for (p, runs) in [
-            (Products::Avx512Bf16, avx512bf16()),
-            (Products::Amx, amx::available()),
-        ] {
-            if !runs {
+        for p in [Products::Avx512Bf16, Products::Amx] {
+            if !p.runs() {
                 eprintln!("SKIPPED: this CPU has no {p:?}");
                 continue;
             }
